@@ -1,0 +1,142 @@
+//! Storage buffers: creation within the device's limits, upload and readback.
+
+use super::Gpu;
+use crate::{Error, Result};
+
+/// Usage of every buffer the crate allocates: bound as storage, filled by queue
+/// writes or copies, read back by copies.
+pub const STORAGE_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_SRC)
+    .union(wgpu::BufferUsages::COPY_DST);
+
+impl Gpu {
+    /// A zero-filled storage buffer of `bytes` bytes (rounded up to 4), with
+    /// [`STORAGE_USAGE`]. Sizes over the device's `max_buffer_size` are an error.
+    pub fn storage_buffer(&self, label: &str, bytes: u64) -> Result<wgpu::Buffer> {
+        let size = bytes.max(4).next_multiple_of(4);
+        let limit = self.limits().max_buffer_size;
+        if size > limit {
+            return Err(Error::Limit {
+                context: format!("allocating `{label}`"),
+                what: "buffer size in bytes".into(),
+                value: size,
+                limit,
+            });
+        }
+        self.scoped(&format!("allocating `{label}` ({size} bytes)"), || {
+            self.device().create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size,
+                usage: STORAGE_USAGE,
+                mapped_at_creation: false,
+            })
+        })
+    }
+
+    /// A storage buffer holding `data`.
+    pub fn upload<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> Result<wgpu::Buffer> {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        let buffer = self.storage_buffer(label, bytes.len() as u64)?;
+        self.write(&buffer, 0, data)?;
+        Ok(buffer)
+    }
+
+    /// Writes `data` into `buffer` at byte `offset` (queued before the next submit).
+    pub fn write<T: bytemuck::Pod>(
+        &self,
+        buffer: &wgpu::Buffer,
+        offset: u64,
+        data: &[T],
+    ) -> Result<()> {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        let end = offset + bytes.len() as u64;
+        if end > buffer.size() || !offset.is_multiple_of(4) || !bytes.len().is_multiple_of(4) {
+            return Err(Error::Binding {
+                context: "Gpu::write".into(),
+                operand: buffer_label(buffer),
+                problem: format!(
+                    "of {} bytes cannot take {} bytes at offset {offset} (must fit and be 4-byte aligned)",
+                    buffer.size(),
+                    bytes.len()
+                ),
+            });
+        }
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.scoped("writing a buffer", || {
+            self.queue().write_buffer(buffer, offset, bytes)
+        })
+    }
+
+    /// Reads `len` elements of `T` from `buffer` at byte `offset`, waiting for all
+    /// submitted work first.
+    pub fn read<T: bytemuck::Pod>(
+        &self,
+        buffer: &wgpu::Buffer,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<T>> {
+        let bytes = (len * std::mem::size_of::<T>()) as u64;
+        if offset + bytes > buffer.size() || !offset.is_multiple_of(4) || !bytes.is_multiple_of(4) {
+            return Err(Error::Binding {
+                context: "Gpu::read".into(),
+                operand: buffer_label(buffer),
+                problem: format!(
+                    "of {} bytes cannot give {bytes} bytes at offset {offset}",
+                    buffer.size()
+                ),
+            });
+        }
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        if !buffer.usage().contains(wgpu::BufferUsages::COPY_SRC) {
+            return Err(Error::Binding {
+                context: "Gpu::read".into(),
+                operand: buffer_label(buffer),
+                problem: "lacks COPY_SRC usage, so it cannot be read back".into(),
+            });
+        }
+        let staging = self.scoped("creating a readback buffer", || {
+            let staging = self.device().create_buffer(&wgpu::BufferDescriptor {
+                label: Some("mmoe-wgpu readback"),
+                size: bytes,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            let mut encoder = self
+                .device()
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
+            encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, bytes);
+            self.queue().submit([encoder.finish()]);
+            staging
+        })?;
+        let (sender, receiver) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = sender.send(r);
+        });
+        self.wait()?;
+        let mapped = receiver.recv().map_err(|_| Error::Gpu {
+            during: "reading a buffer back".into(),
+            message: "the map callback never ran".into(),
+        })?;
+        mapped.map_err(|e| Error::Gpu {
+            during: "mapping a readback buffer".into(),
+            message: e.to_string(),
+        })?;
+        let out = {
+            let view = staging.get_mapped_range(..).map_err(|e| Error::Gpu {
+                during: "reading a mapped buffer".into(),
+                message: e.to_string(),
+            })?;
+            bytemuck::pod_collect_to_vec(&view)
+        };
+        staging.unmap();
+        Ok(out)
+    }
+}
+
+fn buffer_label(buffer: &wgpu::Buffer) -> String {
+    format!("buffer of {} bytes", buffer.size())
+}

@@ -1,0 +1,332 @@
+//! The device layer: adapter selection, device limits and features, error capture,
+//! buffers and the per-device cache of compiled pipelines.
+//!
+//! A [`Gpu`] is a cheap-to-clone handle. Make one with [`Gpu::new`] (picks an adapter,
+//! honouring wgpu's `WGPU_BACKEND`, `WGPU_ADAPTER_NAME` and `WGPU_POWER_PREF`
+//! environment variables) or wrap a device the application already has with
+//! [`Gpu::from_device`].
+
+mod buffers;
+pub use buffers::STORAGE_USAGE;
+mod pipelines;
+mod scope;
+mod timing;
+
+pub use timing::{TimeSource, Timing};
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+pub use pipelines::ShaderProgram;
+pub(crate) use pipelines::{BindingKind, PipelineCache};
+
+use crate::{Error, Result};
+
+/// Which adapter to open. [`GpuOptions::from_env`] reads wgpu's own variables.
+#[derive(Clone, Debug, Default)]
+pub struct GpuOptions {
+    /// Backends to consider; `None` means Vulkan, Metal and DX12.
+    pub backends: Option<wgpu::Backends>,
+    /// Pick the first adapter whose name contains this (case-insensitive).
+    pub adapter_name: Option<String>,
+    /// Preference between integrated and discrete GPUs when no name is given.
+    pub power_preference: wgpu::PowerPreference,
+}
+
+impl GpuOptions {
+    /// Options from `WGPU_BACKEND`, `WGPU_ADAPTER_NAME` and `WGPU_POWER_PREF`.
+    /// Without `WGPU_POWER_PREF` the high-performance adapter is preferred.
+    pub fn from_env() -> Self {
+        GpuOptions {
+            backends: wgpu::Backends::from_env(),
+            adapter_name: std::env::var("WGPU_ADAPTER_NAME")
+                .ok()
+                .filter(|s| !s.is_empty()),
+            power_preference: wgpu::PowerPreference::from_env()
+                .unwrap_or(wgpu::PowerPreference::HighPerformance),
+        }
+    }
+}
+
+/// What the crate knows about the adapter it runs on.
+#[derive(Clone, Debug)]
+pub struct AdapterReport {
+    /// Adapter name, e.g. `llvmpipe (LLVM 15.0.6, 256 bits)`.
+    pub name: String,
+    /// Graphics API in use.
+    pub backend: wgpu::Backend,
+    /// Driver name.
+    pub driver: String,
+    /// Driver version information.
+    pub driver_info: String,
+    /// Integrated, discrete, CPU, ...
+    pub device_type: wgpu::DeviceType,
+    /// Smallest subgroup size the adapter may use (0 when unknown).
+    pub subgroup_min_size: u32,
+    /// Largest subgroup size the adapter may use (0 when unknown).
+    pub subgroup_max_size: u32,
+}
+
+impl AdapterReport {
+    fn from_info(info: &wgpu::AdapterInfo) -> Self {
+        AdapterReport {
+            name: info.name.clone(),
+            backend: info.backend,
+            driver: info.driver.clone(),
+            driver_info: info.driver_info.clone(),
+            device_type: info.device_type,
+            subgroup_min_size: info.subgroup_min_size,
+            subgroup_max_size: info.subgroup_max_size,
+        }
+    }
+}
+
+impl fmt::Display for AdapterReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({:?}", self.name, self.backend)?;
+        if !self.driver.is_empty() {
+            write!(f, ", {}", self.driver)?;
+        }
+        if !self.driver_info.is_empty() {
+            write!(f, " {}", self.driver_info)?;
+        }
+        write!(f, ")")
+    }
+}
+
+/// Optional features the kernels can use, as enabled on the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    /// GPU timestamps (`TIMESTAMP_QUERY`), used for kernel timing.
+    pub timestamps: bool,
+    /// f16 arithmetic and storage in shaders (`SHADER_F16`).
+    pub f16: bool,
+    /// Subgroup operations (`SUBGROUP`) with a subgroup size of at least 8, which the
+    /// broadcast GEMM tilings need.
+    pub subgroups: bool,
+}
+
+/// A wgpu device and queue with the crate's caches. Clone it freely.
+#[derive(Clone)]
+pub struct Gpu {
+    inner: Arc<GpuInner>,
+}
+
+struct GpuInner {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    report: AdapterReport,
+    caps: Capabilities,
+    limits: wgpu::Limits,
+    /// Errors wgpu could not hand to an error scope; only set on devices we created.
+    uncaptured: Arc<Mutex<Option<String>>>,
+    lost: Arc<Mutex<Option<String>>>,
+    pipelines: PipelineCache,
+}
+
+/// The features the crate asks for when the adapter has them.
+fn wanted_features() -> wgpu::Features {
+    wgpu::Features::TIMESTAMP_QUERY
+        | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
+        | wgpu::Features::SHADER_F16
+        | wgpu::Features::SUBGROUP
+}
+
+fn capabilities(features: wgpu::Features, report: &AdapterReport) -> Capabilities {
+    Capabilities {
+        timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+        f16: features.contains(wgpu::Features::SHADER_F16),
+        subgroups: features.contains(wgpu::Features::SUBGROUP) && report.subgroup_min_size >= 8,
+    }
+}
+
+impl Gpu {
+    /// Open the adapter chosen by [`GpuOptions::from_env`].
+    pub fn new() -> Result<Gpu> {
+        Gpu::with_options(&GpuOptions::from_env())
+    }
+
+    /// Open an adapter chosen by `options`, with the adapter's own limits (not the
+    /// WebGPU defaults) and the optional features the crate can use.
+    pub fn with_options(options: &GpuOptions) -> Result<Gpu> {
+        let backends = options.backends.unwrap_or(wgpu::Backends::PRIMARY);
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+        desc.backends = backends;
+        let instance = wgpu::Instance::new(desc);
+        let adapter = pollster::block_on(pick_adapter(&instance, backends, options))?;
+        let info = adapter.get_info();
+        let report = AdapterReport::from_info(&info);
+        let features = adapter.features() & wanted_features();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("mmoe-wgpu"),
+            required_features: features,
+            required_limits: adapter.limits(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| Error::RequestDevice {
+            adapter: report.name.clone(),
+            message: e.to_string(),
+        })?;
+        let uncaptured = Arc::new(Mutex::new(None));
+        let sink = uncaptured.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut slot = sink.lock().unwrap_or_else(|p| p.into_inner());
+            slot.get_or_insert_with(|| e.to_string());
+        }));
+        Ok(Gpu::assemble(device, queue, report, uncaptured))
+    }
+
+    /// Use a device the application already created. The crate uses whatever optional
+    /// features ([`Capabilities`]) that device has enabled; it does not replace the
+    /// application's uncaptured-error handler, and captures its own errors with error
+    /// scopes.
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Gpu {
+        let report = AdapterReport::from_info(&device.adapter_info());
+        Gpu::assemble(device, queue, report, Arc::new(Mutex::new(None)))
+    }
+
+    fn assemble(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        report: AdapterReport,
+        uncaptured: Arc<Mutex<Option<String>>>,
+    ) -> Gpu {
+        let caps = capabilities(device.features(), &report);
+        let limits = device.limits();
+        let lost = Arc::new(Mutex::new(None));
+        let lost_sink = lost.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            let mut slot = lost_sink.lock().unwrap_or_else(|p| p.into_inner());
+            slot.get_or_insert_with(|| format!("{reason:?}: {message}"));
+        });
+        Gpu {
+            inner: Arc::new(GpuInner {
+                device,
+                queue,
+                report,
+                caps,
+                limits,
+                uncaptured,
+                lost,
+                pipelines: PipelineCache::default(),
+            }),
+        }
+    }
+
+    /// The wgpu device.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.inner.device
+    }
+
+    /// The wgpu queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.inner.queue
+    }
+
+    /// Name, backend and driver of the adapter.
+    pub fn adapter(&self) -> &AdapterReport {
+        &self.inner.report
+    }
+
+    /// Optional features in use.
+    pub fn capabilities(&self) -> Capabilities {
+        self.inner.caps
+    }
+
+    /// The device's limits.
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.inner.limits
+    }
+
+    pub(crate) fn pipelines(&self) -> &PipelineCache {
+        &self.inner.pipelines
+    }
+
+    /// Returns the first error the device reported outside an error scope, or its
+    /// loss, since the last call. Every public entry point that talks to the device
+    /// calls this, so an asynchronous failure surfaces as an `Err` from the next call.
+    pub fn check(&self) -> Result<()> {
+        if let Some(msg) = self
+            .inner
+            .lost
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return Err(Error::DeviceLost(msg));
+        }
+        let pending = self
+            .inner
+            .uncaptured
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        match pending {
+            Some(message) => Err(Error::Gpu {
+                during: "earlier GPU work".into(),
+                message,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Block until all submitted work is done.
+    pub fn wait(&self) -> Result<()> {
+        self.inner
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu {
+                during: "waiting for the queue".into(),
+                message: e.to_string(),
+            })?;
+        self.check()
+    }
+}
+
+impl fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Gpu")
+            .field("adapter", &self.inner.report)
+            .field("capabilities", &self.inner.caps)
+            .finish()
+    }
+}
+
+async fn pick_adapter(
+    instance: &wgpu::Instance,
+    backends: wgpu::Backends,
+    options: &GpuOptions,
+) -> Result<wgpu::Adapter> {
+    let backends_note = if options.backends.is_some() {
+        format!(" for WGPU_BACKEND={backends:?}")
+    } else {
+        String::new()
+    };
+    if let Some(wanted) = &options.adapter_name {
+        let adapters = instance.enumerate_adapters(backends).await;
+        let needle = wanted.to_lowercase();
+        let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+        return adapters
+            .into_iter()
+            .find(|a| a.get_info().name.to_lowercase().contains(&needle))
+            .ok_or_else(|| Error::NoAdapter {
+                detail: format!(
+                    " whose name contains WGPU_ADAPTER_NAME=`{wanted}`{backends_note} (adapters present: {names:?})"
+                ),
+            });
+    }
+    instance
+        .request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: options.power_preference,
+            force_fallback_adapter: false,
+            compatible_surface: None,
+            // Limit buckets hide the real limits; the kernels want them.
+            apply_limit_buckets: false,
+        })
+        .await
+        .map_err(|e| Error::NoAdapter {
+            detail: format!("{backends_note} ({e})"),
+        })
+}

@@ -1,0 +1,30 @@
+//! Capturing wgpu errors as `Err` instead of letting them reach the panic handler.
+
+use super::Gpu;
+use crate::{Error, Result};
+
+impl Gpu {
+    /// Runs `f` inside validation, out-of-memory and internal error scopes and turns
+    /// whatever they caught into [`Error::Gpu`] naming `during`.
+    pub(crate) fn scoped<T>(&self, during: &str, f: impl FnOnce() -> T) -> Result<T> {
+        self.check()?;
+        let device = self.device();
+        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let internal = device.push_error_scope(wgpu::ErrorFilter::Internal);
+        let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let out = f();
+        // Scopes pop in reverse order of pushing.
+        let caught = pollster::block_on(validation.pop())
+            .into_iter()
+            .chain(pollster::block_on(internal.pop()))
+            .chain(pollster::block_on(oom.pop()))
+            .next();
+        match caught {
+            Some(e) => Err(Error::Gpu {
+                during: during.to_string(),
+                message: e.to_string(),
+            }),
+            None => Ok(out),
+        }
+    }
+}
