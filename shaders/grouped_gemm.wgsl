@@ -1,0 +1,381 @@
+// Grouped GEMM: Y_g = act(X_g · W_g + b_g) for every group g in one dispatch, and its
+// backward pass.
+//
+// Layouts, row-major f32:
+//   X  [rows, inputs] shared by all groups, or [groups, rows, inputs] (x_group_stride)
+//   W  [groups, inputs, outputs]    b [groups, outputs]    Y, dY [groups, rows, outputs]
+//   dX like X (shared: summed over groups)    dW like W    db like b
+//
+// Every output is one sequential fma chain over its reduction index, starting from +0
+// and masked terms contributing fma(0, 0, acc) == acc. All entry points of this family
+// (naive here, tiled in grouped_gemm_subgroup.wgsl) therefore give bitwise identical
+// results, whichever the autotuner picks.
+//
+// Bounds are handled here: row and column indices are clamped for loads (the values
+// of clamped lanes are never stored) and reduction indices past the end load zero.
+
+struct GemmParams {
+    groups: u32,
+    rows: u32,
+    inputs: u32,
+    outputs: u32,
+    // Elements between consecutive groups of X and dX; 0 when X is shared.
+    x_group_stride: u32,
+    // 0: identity, 1: relu.
+    activation: u32,
+    // FLAG_BIAS (forward adds b), FLAG_ACCUMULATE (backward_input adds into dX).
+    flags: u32,
+    // Element offsets of each operand inside its binding (bindings start at the
+    // device's offset alignment, operands anywhere after it).
+    x_base: u32,
+    w_base: u32,
+    b_base: u32,
+    y_base: u32,
+    dy_base: u32,
+    dx_base: u32,
+    dw_base: u32,
+    db_base: u32,
+    _pad: u32,
+}
+
+const FLAG_BIAS: u32 = 1u;
+const FLAG_ACCUMULATE: u32 = 2u;
+const ACT_RELU: u32 = 1u;
+
+@group(0) @binding(0) var<uniform> P: GemmParams;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> w: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(5) var<storage, read> dy: array<f32>;
+// The forward output Y, read by the backward pass for the activation's derivative.
+@group(0) @binding(6) var<storage, read> y_saved: array<f32>;
+@group(0) @binding(7) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(8) var<storage, read_write> dw: array<f32>;
+@group(0) @binding(9) var<storage, read_write> db: array<f32>;
+
+// Invocations per workgroup along the output columns (tiled kernels: a multiple of 8).
+override WG: u32 = 8u;
+// Naive kernels: invocations per workgroup along the output rows.
+override WG_ROWS: u32 = 8u;
+// Tiled kernels: blocks of 8 output rows per workgroup (1..=8).
+override RB: u32 = 4u;
+// Tiled kernels: groups of 4 output columns per invocation (1 or 2).
+override CN: u32 = 1u;
+
+// ---------------------------------------------------------------- element access
+
+fn x_at(g: u32, row: u32, k: u32) -> f32 {
+    return x[P.x_base + g * P.x_group_stride + row * P.inputs + k];
+}
+
+fn w_at(g: u32, k: u32, col: u32) -> f32 {
+    return w[P.w_base + (g * P.inputs + k) * P.outputs + col];
+}
+
+fn act(v: f32) -> f32 {
+    if (P.activation == ACT_RELU) {
+        return max(v, 0.0);
+    }
+    return v;
+}
+
+// dZ = dY ⊙ act'(Y): the activation's derivative applied as dY is loaded.
+fn dz_at(g: u32, row: u32, col: u32) -> f32 {
+    let i = (g * P.rows + row) * P.outputs + col;
+    let d = dy[P.dy_base + i];
+    if (P.activation == ACT_RELU) {
+        return select(0.0, d, y_saved[P.y_base + i] > 0.0);
+    }
+    return d;
+}
+
+// ---------------------------------------------------------------- register tiles
+//
+// A Tile is 8 rows × 4 columns of accumulators, or 8 rows × 4 reduction steps of the
+// left operand. Kept as named struct members (not arrays) so drivers keep it in
+// registers.
+
+struct Tile {
+    r0: vec4<f32>,
+    r1: vec4<f32>,
+    r2: vec4<f32>,
+    r3: vec4<f32>,
+    r4: vec4<f32>,
+    r5: vec4<f32>,
+    r6: vec4<f32>,
+    r7: vec4<f32>,
+}
+
+// Four steps of the chain acc += a[s] * b[s], in order s = 0..3.
+fn chain4(acc: vec4<f32>, a: vec4<f32>, b: mat4x4<f32>) -> vec4<f32> {
+    var c = fma(vec4(a.x), b[0], acc);
+    c = fma(vec4(a.y), b[1], c);
+    c = fma(vec4(a.z), b[2], c);
+    return fma(vec4(a.w), b[3], c);
+}
+
+fn tile_step(t: ptr<function, Tile>, a: Tile, b: mat4x4<f32>) {
+    (*t).r0 = chain4((*t).r0, a.r0, b);
+    (*t).r1 = chain4((*t).r1, a.r1, b);
+    (*t).r2 = chain4((*t).r2, a.r2, b);
+    (*t).r3 = chain4((*t).r3, a.r3, b);
+    (*t).r4 = chain4((*t).r4, a.r4, b);
+    (*t).r5 = chain4((*t).r5, a.r5, b);
+    (*t).r6 = chain4((*t).r6, a.r6, b);
+    (*t).r7 = chain4((*t).r7, a.r7, b);
+}
+
+fn tile_row(t: Tile, i: u32) -> vec4<f32> {
+    switch i {
+        case 0u: { return t.r0; }
+        case 1u: { return t.r1; }
+        case 2u: { return t.r2; }
+        case 3u: { return t.r3; }
+        case 4u: { return t.r4; }
+        case 5u: { return t.r5; }
+        case 6u: { return t.r6; }
+        default: { return t.r7; }
+    }
+}
+
+// ------------------------------------------------- operand fetches for the tiled kernels
+// Each returns 4 consecutive steps of a reduction, zero past its end.
+
+// Forward, left operand: X_g[row, k..k+4].
+fn fetch_x_k4(g: u32, row: u32, k: u32) -> vec4<f32> {
+    let r = min(row, P.rows - 1u);
+    let last = P.inputs - 1u;
+    return vec4(
+        select(0.0, x_at(g, r, min(k, last)), k < P.inputs),
+        select(0.0, x_at(g, r, min(k + 1u, last)), k + 1u < P.inputs),
+        select(0.0, x_at(g, r, min(k + 2u, last)), k + 2u < P.inputs),
+        select(0.0, x_at(g, r, min(k + 3u, last)), k + 3u < P.inputs),
+    );
+}
+
+// Forward, right operand: W_g[k, col..col+4].
+fn fetch_w_cols(g: u32, k: u32, col: u32) -> vec4<f32> {
+    if (k >= P.inputs) {
+        return vec4(0.0);
+    }
+    let last = P.outputs - 1u;
+    return vec4(
+        w_at(g, k, min(col, last)),
+        w_at(g, k, min(col + 1u, last)),
+        w_at(g, k, min(col + 2u, last)),
+        w_at(g, k, min(col + 3u, last)),
+    );
+}
+
+fn fetch_w_block(g: u32, k: u32, col: u32) -> mat4x4<f32> {
+    return mat4x4(
+        fetch_w_cols(g, k, col),
+        fetch_w_cols(g, k + 1u, col),
+        fetch_w_cols(g, k + 2u, col),
+        fetch_w_cols(g, k + 3u, col),
+    );
+}
+
+// Backward input, left operand: dZ_g[row, j..j+4].
+fn fetch_dz_j4(g: u32, row: u32, j: u32) -> vec4<f32> {
+    let r = min(row, P.rows - 1u);
+    let last = P.outputs - 1u;
+    return vec4(
+        select(0.0, dz_at(g, r, min(j, last)), j < P.outputs),
+        select(0.0, dz_at(g, r, min(j + 1u, last)), j + 1u < P.outputs),
+        select(0.0, dz_at(g, r, min(j + 2u, last)), j + 2u < P.outputs),
+        select(0.0, dz_at(g, r, min(j + 3u, last)), j + 3u < P.outputs),
+    );
+}
+
+// Backward input, right operand: W_g[i..i+4, j], i.e. a row of W_gᵀ.
+fn fetch_wt_cols(g: u32, j: u32, i: u32) -> vec4<f32> {
+    if (j >= P.outputs) {
+        return vec4(0.0);
+    }
+    let last = P.inputs - 1u;
+    return vec4(
+        w_at(g, min(i, last), j),
+        w_at(g, min(i + 1u, last), j),
+        w_at(g, min(i + 2u, last), j),
+        w_at(g, min(i + 3u, last), j),
+    );
+}
+
+fn fetch_wt_block(g: u32, j: u32, i: u32) -> mat4x4<f32> {
+    return mat4x4(
+        fetch_wt_cols(g, j, i),
+        fetch_wt_cols(g, j + 1u, i),
+        fetch_wt_cols(g, j + 2u, i),
+        fetch_wt_cols(g, j + 3u, i),
+    );
+}
+
+// Backward weights, left operand: X_g[b..b+4, i], where row i == inputs is the
+// all-ones column whose product gives db.
+fn xt_or_one(g: u32, b: u32, i: u32) -> f32 {
+    if (b >= P.rows) {
+        return 0.0;
+    }
+    if (i >= P.inputs) {
+        return 1.0;
+    }
+    return x_at(g, b, i);
+}
+
+fn fetch_xt_b4(g: u32, i: u32, b: u32) -> vec4<f32> {
+    let ii = min(i, P.inputs);
+    return vec4(
+        xt_or_one(g, b, ii),
+        xt_or_one(g, b + 1u, ii),
+        xt_or_one(g, b + 2u, ii),
+        xt_or_one(g, b + 3u, ii),
+    );
+}
+
+// Backward weights, right operand: dZ_g[b, col..col+4].
+fn fetch_dz_cols(g: u32, b: u32, col: u32) -> vec4<f32> {
+    if (b >= P.rows) {
+        return vec4(0.0);
+    }
+    let last = P.outputs - 1u;
+    return vec4(
+        dz_at(g, b, min(col, last)),
+        dz_at(g, b, min(col + 1u, last)),
+        dz_at(g, b, min(col + 2u, last)),
+        dz_at(g, b, min(col + 3u, last)),
+    );
+}
+
+fn fetch_dz_block(g: u32, b: u32, col: u32) -> mat4x4<f32> {
+    return mat4x4(
+        fetch_dz_cols(g, b, col),
+        fetch_dz_cols(g, b + 1u, col),
+        fetch_dz_cols(g, b + 2u, col),
+        fetch_dz_cols(g, b + 3u, col),
+    );
+}
+
+// ---------------------------------------------------------------- epilogues
+
+fn store_forward(g: u32, row: u32, col: u32, acc: f32) {
+    if (row < P.rows && col < P.outputs) {
+        var v = acc;
+        if ((P.flags & FLAG_BIAS) != 0u) {
+            v = v + bias[P.b_base + g * P.outputs + col];
+        }
+        y[P.y_base + (g * P.rows + row) * P.outputs + col] = act(v);
+    }
+}
+
+// dX has one group when X is shared (x_group_stride == 0).
+fn store_dx(g: u32, row: u32, i: u32, acc: f32) {
+    if (row < P.rows && i < P.inputs) {
+        let at = P.dx_base + g * P.x_group_stride + row * P.inputs + i;
+        var v = acc;
+        if ((P.flags & FLAG_ACCUMULATE) != 0u) {
+            v = dx[at] + v;
+        }
+        dx[at] = v;
+    }
+}
+
+// Row i of the backward-weights result is dW_g[i, :] for i < inputs and db_g for
+// i == inputs (when there is a bias; otherwise the db slot is a stand-in for dW).
+fn store_dw(g: u32, i: u32, col: u32, acc: f32) {
+    if (col >= P.outputs) {
+        return;
+    }
+    if (i < P.inputs) {
+        dw[P.dw_base + (g * P.inputs + i) * P.outputs + col] = acc;
+    } else if (i == P.inputs && (P.flags & FLAG_BIAS) != 0u) {
+        db[P.db_base + g * P.outputs + col] = acc;
+    }
+}
+
+// Tile stores, one per output kind: a kernel's bindings are the ones its functions
+// mention, so each kernel must only reach its own store.
+fn store_tile_forward(g: u32, row0: u32, col: u32, t: Tile) {
+    for (var i = 0u; i < 8u; i++) {
+        let v = tile_row(t, i);
+        for (var c = 0u; c < 4u; c++) {
+            store_forward(g, row0 + i, col + c, v[c]);
+        }
+    }
+}
+
+fn store_tile_dx(g: u32, row0: u32, col: u32, t: Tile) {
+    for (var i = 0u; i < 8u; i++) {
+        let v = tile_row(t, i);
+        for (var c = 0u; c < 4u; c++) {
+            store_dx(g, row0 + i, col + c, v[c]);
+        }
+    }
+}
+
+fn store_tile_dw(g: u32, row0: u32, col: u32, t: Tile) {
+    for (var i = 0u; i < 8u; i++) {
+        let v = tile_row(t, i);
+        for (var c = 0u; c < 4u; c++) {
+            store_dw(g, row0 + i, col + c, v[c]);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- naive kernels
+// One invocation per output: the baseline the tiled kernels are measured against,
+// and the right choice for tiny shapes.
+
+@compute @workgroup_size(WG, WG_ROWS)
+fn forward_naive(@builtin(global_invocation_id) id: vec3<u32>) {
+    let col = id.x;
+    let row = id.y;
+    let g = id.z;
+    if (col >= P.outputs || row >= P.rows) {
+        return;
+    }
+    var acc = 0.0;
+    for (var k = 0u; k < P.inputs; k++) {
+        acc = fma(x_at(g, row, k), w_at(g, k, col), acc);
+    }
+    store_forward(g, row, col, acc);
+}
+
+@compute @workgroup_size(WG, WG_ROWS)
+fn backward_input_naive(@builtin(global_invocation_id) id: vec3<u32>) {
+    let i = id.x;
+    let row = id.y;
+    if (i >= P.inputs || row >= P.rows) {
+        return;
+    }
+    // Shared X: one dX summed over all groups. Per-group X: one dX per group.
+    var g_first = id.z;
+    var g_end = id.z + 1u;
+    if (P.x_group_stride == 0u) {
+        g_first = 0u;
+        g_end = P.groups;
+    }
+    var acc = 0.0;
+    for (var g = g_first; g < g_end; g++) {
+        for (var j = 0u; j < P.outputs; j++) {
+            acc = fma(dz_at(g, row, j), w_at(g, i, j), acc);
+        }
+    }
+    store_dx(id.z, row, i, acc);
+}
+
+@compute @workgroup_size(WG, WG_ROWS)
+fn backward_weights_naive(@builtin(global_invocation_id) id: vec3<u32>) {
+    let col = id.x;
+    let i = id.y;
+    let g = id.z;
+    if (col >= P.outputs || i > P.inputs) {
+        return;
+    }
+    var acc = 0.0;
+    for (var b = 0u; b < P.rows; b++) {
+        acc = fma(xt_or_one(g, b, i), dz_at(g, b, col), acc);
+    }
+    store_dw(g, i, col, acc);
+}

@@ -1,0 +1,26 @@
+//! The kernel backend: each kernel family checks its operands, then records into the
+//! caller's [`wgpu::CommandEncoder`] (or [`wgpu::ComputePass`]) over the caller's
+//! buffers. Nothing here knows about MMoE; `graph` composes these.
+//!
+//! Every call comes in two steps: a kernel's `forward`/`backward_*` method checks
+//! shapes, sizes, usage flags and aliasing and returns a [`Dispatch`] (pipeline and
+//! bind group, built once), which is recorded as often as needed with
+//! [`Dispatch::record`] or [`Dispatch::encode`]. The `encode_*` shortcuts do both.
+
+mod binding;
+mod dispatch;
+pub mod grouped_gemm;
+
+pub use binding::BufferView;
+pub(crate) use binding::{Operand, bind_operands};
+pub use dispatch::Dispatch;
+pub use grouped_gemm::GroupedGemm;
+
+/// Every WGSL program the crate builds, for validation and translation checks.
+pub fn programs() -> Vec<crate::gpu::ShaderProgram> {
+    grouped_gemm::PROGRAMS.to_vec()
+}
+
+pub(crate) fn div_ceil(a: usize, b: usize) -> u32 {
+    a.div_ceil(b) as u32
+}

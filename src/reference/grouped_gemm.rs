@@ -1,0 +1,138 @@
+//! Reference grouped GEMM: forward `Y_g = act(X_g · W_g + b_g)` and backward.
+
+use super::check_len;
+use crate::Result;
+use crate::shape::{Activation, GemmShape, InputLayout};
+
+fn x_offset(shape: &GemmShape, g: usize) -> usize {
+    match shape.input {
+        InputLayout::Shared => 0,
+        InputLayout::PerGroup => g * shape.rows * shape.inputs,
+    }
+}
+
+/// `Y: [groups, rows, outputs]`.
+pub fn forward(
+    shape: &GemmShape,
+    activation: Activation,
+    x: &[f64],
+    w: &[f64],
+    bias: Option<&[f64]>,
+) -> Result<Vec<f64>> {
+    const CTX: &str = "reference grouped_gemm forward";
+    shape.validate(CTX)?;
+    check_len(CTX, "x", x, shape.x_len())?;
+    check_len(CTX, "w", w, shape.w_len())?;
+    if let Some(b) = bias {
+        check_len(CTX, "bias", b, shape.b_len())?;
+    }
+    let &GemmShape {
+        groups,
+        rows,
+        inputs: d,
+        outputs: n,
+        ..
+    } = shape;
+    let mut y = vec![0.0; shape.y_len()];
+    for g in 0..groups {
+        let xg = &x[x_offset(shape, g)..];
+        let wg = &w[g * d * n..(g + 1) * d * n];
+        for r in 0..rows {
+            for c in 0..n {
+                let mut acc = 0.0;
+                for k in 0..d {
+                    acc += xg[r * d + k] * wg[k * n + c];
+                }
+                if let Some(b) = bias {
+                    acc += b[g * n + c];
+                }
+                y[(g * rows + r) * n + c] = apply(activation, acc);
+            }
+        }
+    }
+    Ok(y)
+}
+
+/// Gradients of a grouped GEMM.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GemmGrads {
+    /// `dX`, shaped like `X` (summed over groups when `X` is shared).
+    pub dx: Vec<f64>,
+    /// `dW: [groups, inputs, outputs]`.
+    pub dw: Vec<f64>,
+    /// `db: [groups, outputs]`.
+    pub db: Vec<f64>,
+}
+
+/// Gradients given the forward output `y` and the output gradient `dy`; the
+/// activation's derivative is taken at `y` (`relu'(z) = 1` where `y > 0`).
+pub fn backward(
+    shape: &GemmShape,
+    activation: Activation,
+    x: &[f64],
+    w: &[f64],
+    y: &[f64],
+    dy: &[f64],
+) -> Result<GemmGrads> {
+    const CTX: &str = "reference grouped_gemm backward";
+    shape.validate(CTX)?;
+    check_len(CTX, "x", x, shape.x_len())?;
+    check_len(CTX, "w", w, shape.w_len())?;
+    check_len(CTX, "y", y, shape.y_len())?;
+    check_len(CTX, "dy", dy, shape.y_len())?;
+    let &GemmShape {
+        groups,
+        rows,
+        inputs: d,
+        outputs: n,
+        ..
+    } = shape;
+    let dz: Vec<f64> = dy
+        .iter()
+        .zip(y)
+        .map(|(&g, &v)| g * derivative(activation, v))
+        .collect();
+    let mut grads = GemmGrads {
+        dx: vec![0.0; shape.x_len()],
+        dw: vec![0.0; shape.w_len()],
+        db: vec![0.0; shape.b_len()],
+    };
+    for g in 0..groups {
+        let xo = x_offset(shape, g);
+        let wg = &w[g * d * n..(g + 1) * d * n];
+        let dzg = &dz[g * rows * n..(g + 1) * rows * n];
+        for r in 0..rows {
+            for c in 0..n {
+                let v = dzg[r * n + c];
+                grads.db[g * n + c] += v;
+                for k in 0..d {
+                    grads.dw[(g * d + k) * n + c] += x[xo + r * d + k] * v;
+                    grads.dx[xo + r * d + k] += v * wg[k * n + c];
+                }
+            }
+        }
+    }
+    Ok(grads)
+}
+
+/// The activation function.
+pub fn apply(activation: Activation, z: f64) -> f64 {
+    match activation {
+        Activation::Identity => z,
+        Activation::Relu => z.max(0.0),
+    }
+}
+
+/// The activation's derivative, as a function of its output.
+pub fn derivative(activation: Activation, y: f64) -> f64 {
+    match activation {
+        Activation::Identity => 1.0,
+        Activation::Relu => {
+            if y > 0.0 {
+                1.0
+            } else {
+                0.0
+            }
+        }
+    }
+}

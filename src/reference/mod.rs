@@ -1,0 +1,20 @@
+//! CPU reference of every kernel: plain loops over `f64`, the ground truth the GPU
+//! kernels and the finite-difference checks are measured against.
+
+pub mod grouped_gemm;
+
+use crate::{Error, Result};
+
+/// Checks `data` holds `len` values.
+pub(crate) fn check_len(context: &str, name: &str, data: &[f64], len: usize) -> Result<()> {
+    if data.len() == len {
+        Ok(())
+    } else {
+        Err(Error::shape(
+            context,
+            name,
+            format!("{len} values"),
+            format!("{} values", data.len()),
+        ))
+    }
+}
