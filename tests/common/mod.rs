@@ -1,0 +1,65 @@
+//! Helpers shared by the integration tests. Every test runs on a real adapter
+//! (lavapipe in CI): a missing adapter fails the test with the reason.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+
+use mmoe_wgpu::Gpu;
+use mmoe_wgpu::rng::Rng;
+
+/// One device for the whole test binary, so pipelines compile once.
+pub fn gpu() -> &'static Gpu {
+    static GPU: OnceLock<Gpu> = OnceLock::new();
+    GPU.get_or_init(|| match Gpu::new() {
+        Ok(gpu) => {
+            eprintln!("adapter: {}", gpu.adapter());
+            gpu
+        }
+        Err(e) => panic!("the tests need a GPU adapter: {e}"),
+    })
+}
+
+/// `n` values uniform in `[-scale, scale)`.
+pub fn random(rng: &mut Rng, n: usize, scale: f64) -> Vec<f32> {
+    (0..n).map(|_| rng.uniform(-scale, scale) as f32).collect()
+}
+
+pub fn to_f64(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+/// Relative error of `got` against `want`: the largest absolute difference over the
+/// largest magnitude of `want` (norm-wise, so values that cancel to near zero do not
+/// blow it up).
+pub fn relative_error(got: &[f32], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len(), "length mismatch");
+    let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
+    let diff = got
+        .iter()
+        .zip(want)
+        .fold(0.0f64, |m, (&g, &w)| m.max((g as f64 - w).abs()));
+    diff / scale
+}
+
+#[track_caller]
+pub fn assert_close(what: &str, got: &[f32], want: &[f64], tolerance: f64) {
+    let err = relative_error(got, want);
+    assert!(
+        err <= tolerance,
+        "{what}: relative error {err:.3e} over tolerance {tolerance:.1e}"
+    );
+}
+
+/// Runs `record` on a fresh encoder and waits for the GPU.
+pub fn run(gpu: &Gpu, record: impl FnOnce(&mut wgpu::CommandEncoder)) {
+    let mut encoder = gpu
+        .device()
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
+    record(&mut encoder);
+    gpu.queue().submit([encoder.finish()]);
+    gpu.wait().expect("GPU work failed");
+}
+
+pub fn read(gpu: &Gpu, buffer: &wgpu::Buffer, len: usize) -> Vec<f32> {
+    gpu.read(buffer, 0, len).expect("readback failed")
+}

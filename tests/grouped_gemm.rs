@@ -1,0 +1,563 @@
+//! Grouped GEMM kernels against the CPU reference, on awkward shapes and every tiling
+//! the adapter offers; the reference's gradients against finite differences; bad
+//! input rejected with errors.
+
+mod common;
+
+use common::*;
+use mmoe_wgpu::kernels::BufferView;
+use mmoe_wgpu::kernels::grouped_gemm::{
+    GemmBackwardInput, GemmBackwardWeights, GemmForward, GroupedGemm, Tiling,
+};
+use mmoe_wgpu::reference::grouped_gemm as reference;
+use mmoe_wgpu::rng::Rng;
+use mmoe_wgpu::{Activation, Error, GemmShape, InputLayout};
+
+const TOLERANCE: f64 = 1e-4;
+
+/// Rows from the design's list; widths that are not tile multiples; 1, 2, 8, 16
+/// groups; both input layouts, both activations, with and without bias. Rotating
+/// through the lists keeps the run short while every value appears.
+fn cases() -> Vec<(GemmShape, Activation, bool)> {
+    let rows = [1, 3, 17, 100, 257];
+    let widths = [(1, 1), (5, 7), (13, 33), (100, 16), (64, 9), (37, 70)];
+    let groups = [1, 2, 8, 16];
+    let mut out = Vec::new();
+    for (i, &r) in rows.iter().enumerate() {
+        for j in 0..4 {
+            let (inputs, outputs) = widths[(i + j) % widths.len()];
+            let g = groups[(i + 3 * j) % groups.len()];
+            let input = if j % 2 == 0 {
+                InputLayout::Shared
+            } else {
+                InputLayout::PerGroup
+            };
+            let act = if (i + j) % 3 == 0 {
+                Activation::Identity
+            } else {
+                Activation::Relu
+            };
+            let bias = (i + j) % 4 != 1;
+            out.push((
+                GemmShape {
+                    groups: g,
+                    rows: r,
+                    inputs,
+                    outputs,
+                    input,
+                },
+                act,
+                bias,
+            ));
+        }
+    }
+    out
+}
+
+struct Data {
+    x: Vec<f32>,
+    w: Vec<f32>,
+    b: Vec<f32>,
+    dy: Vec<f32>,
+    dx_prior: Vec<f32>,
+}
+
+fn data(shape: &GemmShape, seed: u64) -> Data {
+    let mut rng = Rng::new(seed);
+    Data {
+        x: random(&mut rng, shape.x_len(), 1.0),
+        w: random(&mut rng, shape.w_len(), 0.5),
+        b: random(&mut rng, shape.b_len(), 0.5),
+        dy: random(&mut rng, shape.y_len(), 1.0),
+        dx_prior: random(&mut rng, shape.x_len(), 1.0),
+    }
+}
+
+#[test]
+fn every_tiling_matches_the_reference_and_each_other_bitwise() {
+    let gpu = gpu();
+    let gemm = GroupedGemm::new(gpu);
+    let tilings = gemm.tilings();
+    eprintln!("tilings: {tilings:?}");
+    for (n, (shape, act, with_bias)) in cases().into_iter().enumerate() {
+        let what = format!("{shape:?} {act:?} bias={with_bias}");
+        let d = data(&shape, n as u64);
+        let bias = with_bias.then_some(&d.b[..]);
+        let b64 = bias.map(to_f64);
+        let want_y =
+            reference::forward(&shape, act, &to_f64(&d.x), &to_f64(&d.w), b64.as_deref()).unwrap();
+        let want_y32: Vec<f32> = want_y.iter().map(|&v| v as f32).collect();
+        let want = reference::backward(
+            &shape,
+            act,
+            &to_f64(&d.x),
+            &to_f64(&d.w),
+            &to_f64(&want_y32),
+            &to_f64(&d.dy),
+        )
+        .unwrap();
+
+        let x = gpu.upload("x", &d.x).unwrap();
+        let w = gpu.upload("w", &d.w).unwrap();
+        let b = gpu.upload("b", &d.b).unwrap();
+        let dy = gpu.upload("dy", &d.dy).unwrap();
+        let y = gpu.storage_buffer("y", 4 * shape.y_len() as u64).unwrap();
+        let dx = gpu.storage_buffer("dx", 4 * shape.x_len() as u64).unwrap();
+        let dw = gpu.storage_buffer("dw", 4 * shape.w_len() as u64).unwrap();
+        let db = gpu.storage_buffer("db", 4 * shape.b_len() as u64).unwrap();
+
+        let mut first: Option<[Vec<f32>; 4]> = None;
+        for &tiling in &tilings {
+            let fwd = GemmForward {
+                shape,
+                activation: act,
+                x: (&x).into(),
+                w: (&w).into(),
+                bias: with_bias.then_some(BufferView::new(&b)),
+                y: (&y).into(),
+            };
+            let bi = GemmBackwardInput {
+                shape,
+                activation: act,
+                dy: (&dy).into(),
+                y: Some((&y).into()),
+                w: (&w).into(),
+                dx: (&dx).into(),
+                accumulate: false,
+            };
+            let bw = GemmBackwardWeights {
+                shape,
+                activation: act,
+                x: (&x).into(),
+                dy: (&dy).into(),
+                y: Some((&y).into()),
+                dw: (&dw).into(),
+                db: with_bias.then_some(BufferView::new(&db)),
+            };
+            let f = gemm.forward_with(&fwd, tiling).unwrap();
+            let i = gemm.backward_input_with(&bi, tiling).unwrap();
+            let wt = gemm.backward_weights_with(&bw, tiling).unwrap();
+            run(gpu, |e| {
+                f.encode(e);
+                i.encode(e);
+                wt.encode(e);
+            });
+            let got_y = read(gpu, &y, shape.y_len());
+            let got_dx = read(gpu, &dx, shape.x_len());
+            let got_dw = read(gpu, &dw, shape.w_len());
+            let got_db = read(gpu, &db, shape.b_len());
+            assert_close(&format!("Y {tiling:?} {what}"), &got_y, &want_y, TOLERANCE);
+            assert_close(
+                &format!("dX {tiling:?} {what}"),
+                &got_dx,
+                &want.dx,
+                TOLERANCE,
+            );
+            assert_close(
+                &format!("dW {tiling:?} {what}"),
+                &got_dw,
+                &want.dw,
+                TOLERANCE,
+            );
+            if with_bias {
+                assert_close(
+                    &format!("db {tiling:?} {what}"),
+                    &got_db,
+                    &want.db,
+                    TOLERANCE,
+                );
+            }
+            let outs = [got_y, got_dx, got_dw, got_db];
+            match &first {
+                None => first = Some(outs),
+                Some(first) => {
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    for (name, (a, b)) in
+                        ["Y", "dX", "dW", "db"].iter().zip(first.iter().zip(&outs))
+                    {
+                        assert_eq!(
+                            bits(a),
+                            bits(b),
+                            "{name} bits differ under {tiling:?} for {what}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    gpu.check().unwrap();
+}
+
+#[test]
+fn backward_input_accumulates_into_dx() {
+    let gpu = gpu();
+    let gemm = GroupedGemm::new(gpu);
+    for input in [InputLayout::Shared, InputLayout::PerGroup] {
+        let shape = GemmShape {
+            groups: 3,
+            rows: 19,
+            inputs: 10,
+            outputs: 6,
+            input,
+        };
+        let d = data(&shape, 99);
+        let y = reference::forward(&shape, Activation::Relu, &to_f64(&d.x), &to_f64(&d.w), None)
+            .unwrap();
+        let y32: Vec<f32> = y.iter().map(|&v| v as f32).collect();
+        let want = reference::backward(
+            &shape,
+            Activation::Relu,
+            &to_f64(&d.x),
+            &to_f64(&d.w),
+            &to_f64(&y32),
+            &to_f64(&d.dy),
+        )
+        .unwrap();
+        let want_dx: Vec<f64> = want
+            .dx
+            .iter()
+            .zip(&d.dx_prior)
+            .map(|(g, &p)| g + p as f64)
+            .collect();
+        let (w, dy, yb) = (
+            gpu.upload("w", &d.w).unwrap(),
+            gpu.upload("dy", &d.dy).unwrap(),
+            gpu.upload("y", &y32).unwrap(),
+        );
+        let dx = gpu.upload("dx", &d.dx_prior).unwrap();
+        for tiling in gemm.tilings() {
+            gpu.write(&dx, 0, &d.dx_prior).unwrap();
+            let args = GemmBackwardInput {
+                shape,
+                activation: Activation::Relu,
+                dy: (&dy).into(),
+                y: Some((&yb).into()),
+                w: (&w).into(),
+                dx: (&dx).into(),
+                accumulate: true,
+            };
+            let dispatch = gemm.backward_input_with(&args, tiling).unwrap();
+            run(gpu, |e| dispatch.encode(e));
+            assert_close(
+                &format!("accumulated dX {input:?} {tiling:?}"),
+                &read(gpu, &dx, shape.x_len()),
+                &want_dx,
+                TOLERANCE,
+            );
+        }
+    }
+}
+
+#[test]
+fn operands_at_unaligned_offsets_inside_shared_buffers() {
+    let gpu = gpu();
+    let gemm = GroupedGemm::new(gpu);
+    let shape = GemmShape {
+        groups: 2,
+        rows: 5,
+        inputs: 7,
+        outputs: 3,
+        input: InputLayout::PerGroup,
+    };
+    let d = data(&shape, 5);
+    // All inputs in one buffer at 4-byte-aligned offsets that are not binding-aligned.
+    let (xo, wo, bo) = (
+        3usize,
+        3 + shape.x_len() + 1,
+        3 + shape.x_len() + 1 + shape.w_len() + 5,
+    );
+    let mut packed = vec![f32::NAN; bo + shape.b_len() + 2];
+    packed[xo..xo + shape.x_len()].copy_from_slice(&d.x);
+    packed[wo..wo + shape.w_len()].copy_from_slice(&d.w);
+    packed[bo..bo + shape.b_len()].copy_from_slice(&d.b);
+    let inputs = gpu.upload("packed inputs", &packed).unwrap();
+    let out = gpu
+        .upload("outputs", &vec![-7.0f32; 9 + shape.y_len() + 4])
+        .unwrap();
+    let args = GemmForward {
+        shape,
+        activation: Activation::Relu,
+        x: BufferView::at(&inputs, 4 * xo as u64),
+        w: BufferView::at(&inputs, 4 * wo as u64),
+        bias: Some(BufferView::at(&inputs, 4 * bo as u64)),
+        y: BufferView::at(&out, 36),
+    };
+    let want = reference::forward(
+        &shape,
+        Activation::Relu,
+        &to_f64(&d.x),
+        &to_f64(&d.w),
+        Some(&to_f64(&d.b)),
+    )
+    .unwrap();
+    for tiling in gemm.tilings() {
+        let dispatch = gemm.forward_with(&args, tiling).unwrap();
+        run(gpu, |e| dispatch.encode(e));
+        let all = read(gpu, &out, 9 + shape.y_len() + 4);
+        assert_close(
+            &format!("Y at offset {tiling:?}"),
+            &all[9..9 + shape.y_len()],
+            &want,
+            TOLERANCE,
+        );
+        assert!(
+            all[..9]
+                .iter()
+                .chain(&all[9 + shape.y_len()..])
+                .all(|&v| v == -7.0),
+            "wrote outside Y: {all:?}"
+        );
+    }
+}
+
+#[test]
+fn reference_gradients_match_finite_differences() {
+    let mut rng = Rng::new(11);
+    for (input, act) in [
+        (InputLayout::Shared, Activation::Relu),
+        (InputLayout::PerGroup, Activation::Identity),
+        (InputLayout::PerGroup, Activation::Relu),
+    ] {
+        let shape = GemmShape {
+            groups: 3,
+            rows: 4,
+            inputs: 5,
+            outputs: 6,
+            input,
+        };
+        let x: Vec<f64> = (0..shape.x_len()).map(|_| rng.uniform(-1.0, 1.0)).collect();
+        let w: Vec<f64> = (0..shape.w_len()).map(|_| rng.uniform(-1.0, 1.0)).collect();
+        let b: Vec<f64> = (0..shape.b_len()).map(|_| rng.uniform(-0.5, 0.5)).collect();
+        // Loss = Σ r ⊙ Y, so dL/dY = r.
+        let r: Vec<f64> = (0..shape.y_len()).map(|_| rng.uniform(-1.0, 1.0)).collect();
+        let loss = |x: &[f64], w: &[f64], b: &[f64]| -> f64 {
+            let y = reference::forward(&shape, act, x, w, Some(b)).unwrap();
+            y.iter().zip(&r).map(|(a, b)| a * b).sum()
+        };
+        let y = reference::forward(&shape, act, &x, &w, Some(&b)).unwrap();
+        let grads = reference::backward(&shape, act, &x, &w, &y, &r).unwrap();
+        let eps = 1e-6;
+        let check = |name: &str, analytic: &[f64], which: usize| {
+            for i in 0..analytic.len() {
+                let (mut xp, mut wp, mut bp) = (x.clone(), w.clone(), b.clone());
+                let (mut xm, mut wm, mut bm) = (x.clone(), w.clone(), b.clone());
+                match which {
+                    0 => {
+                        xp[i] += eps;
+                        xm[i] -= eps;
+                    }
+                    1 => {
+                        wp[i] += eps;
+                        wm[i] -= eps;
+                    }
+                    _ => {
+                        bp[i] += eps;
+                        bm[i] -= eps;
+                    }
+                }
+                let fd = (loss(&xp, &wp, &bp) - loss(&xm, &wm, &bm)) / (2.0 * eps);
+                assert!(
+                    (fd - analytic[i]).abs() <= 1e-6 * (1.0 + fd.abs()),
+                    "{name}[{i}] {input:?} {act:?}: finite difference {fd} vs analytic {}",
+                    analytic[i]
+                );
+            }
+        };
+        check("dX", &grads.dx, 0);
+        check("dW", &grads.dw, 1);
+        check("db", &grads.db, 2);
+    }
+}
+
+fn expect_err(result: Result<mmoe_wgpu::kernels::Dispatch, Error>, needle: &str) {
+    match result {
+        Ok(_) => panic!("expected an error mentioning `{needle}`, got Ok"),
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(
+                msg.contains(needle),
+                "error `{msg}` does not mention `{needle}`"
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_input_is_an_error_not_a_panic() {
+    let gpu = gpu();
+    let gemm = GroupedGemm::new(gpu);
+    let shape = GemmShape {
+        groups: 2,
+        rows: 4,
+        inputs: 3,
+        outputs: 5,
+        input: InputLayout::Shared,
+    };
+    let x = gpu.storage_buffer("x", 4 * shape.x_len() as u64).unwrap();
+    let w = gpu.storage_buffer("w", 4 * shape.w_len() as u64).unwrap();
+    let y = gpu.storage_buffer("y", 4 * shape.y_len() as u64).unwrap();
+    let small = gpu
+        .storage_buffer("small", 4 * (shape.y_len() - 1) as u64)
+        .unwrap();
+    let fwd = GemmForward {
+        shape,
+        activation: Activation::Relu,
+        x: (&x).into(),
+        w: (&w).into(),
+        bias: None,
+        y: (&y).into(),
+    };
+
+    expect_err(
+        gemm.forward(&GemmForward {
+            shape: GemmShape { groups: 0, ..shape },
+            ..fwd
+        }),
+        "groups",
+    );
+    expect_err(
+        gemm.forward(&GemmForward {
+            shape: GemmShape { rows: 0, ..shape },
+            ..fwd
+        }),
+        "rows",
+    );
+    // Too small: the message names the operand and both sizes.
+    let e = gemm
+        .forward(&GemmForward {
+            y: (&small).into(),
+            ..fwd
+        })
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        matches!(e, Error::Shape { .. })
+            && msg.contains("`y`")
+            && msg.contains("160 bytes")
+            && msg.contains("156 bytes"),
+        "{msg}"
+    );
+    expect_err(
+        gemm.forward(&GemmForward {
+            x: BufferView::at(&x, 8),
+            ..fwd
+        }),
+        "`x`",
+    );
+    expect_err(
+        gemm.forward(&GemmForward {
+            x: BufferView::at(&x, 2),
+            ..fwd
+        }),
+        "multiple of 4",
+    );
+    expect_err(
+        gemm.forward(&GemmForward {
+            y: (&y).into(),
+            x: (&y).into(),
+            shape: GemmShape {
+                inputs: 5,
+                outputs: 5,
+                groups: 1,
+                ..shape
+            },
+            ..fwd
+        }),
+        "distinct buffers",
+    );
+    let mappable = gpu.device().create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 256,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    expect_err(
+        gemm.forward(&GemmForward {
+            x: (&mappable).into(),
+            ..fwd
+        }),
+        "STORAGE",
+    );
+    expect_err(
+        gemm.forward_with(&fwd, Tiling::Naive { wg: 0, wg_rows: 8 }),
+        "tiling",
+    );
+    expect_err(
+        gemm.forward_with(
+            &fwd,
+            Tiling::Naive {
+                wg: 4096,
+                wg_rows: 4096,
+            },
+        ),
+        "tiling",
+    );
+    if gpu.capabilities().subgroups {
+        expect_err(
+            gemm.forward_with(
+                &fwd,
+                Tiling::Subgroup {
+                    wg: 12,
+                    row_blocks: 1,
+                    col_groups: 1,
+                },
+            ),
+            "multiple of 8",
+        );
+        expect_err(
+            gemm.forward_with(
+                &fwd,
+                Tiling::Subgroup {
+                    wg: 8,
+                    row_blocks: 9,
+                    col_groups: 1,
+                },
+            ),
+            "row_blocks",
+        );
+    }
+    let bi = GemmBackwardInput {
+        shape,
+        activation: Activation::Relu,
+        dy: (&y).into(),
+        y: None,
+        w: (&w).into(),
+        dx: (&x).into(),
+        accumulate: false,
+    };
+    expect_err(gemm.backward_input(&bi), "forward output");
+    let dw = gpu.storage_buffer("dw", 4 * shape.w_len() as u64).unwrap();
+    let bw = GemmBackwardWeights {
+        shape,
+        activation: Activation::Identity,
+        x: (&x).into(),
+        dy: (&y).into(),
+        y: None,
+        dw: BufferView::at(&dw, 4),
+        db: None,
+    };
+    expect_err(gemm.backward_weights(&bw), "`dw`");
+    let db_overlap = GemmBackwardWeights {
+        db: Some(BufferView::at(&dw, 8)),
+        dw: (&dw).into(),
+        ..bw
+    };
+    expect_err(gemm.backward_weights(&db_overlap), "overlaps");
+    // None of the above reached the device as a validation error.
+    gpu.check().unwrap();
+}
+
+#[test]
+fn a_missing_adapter_says_how_to_get_one() {
+    let options = mmoe_wgpu::GpuOptions {
+        adapter_name: Some("no adapter is called this".into()),
+        ..Default::default()
+    };
+    let e = mmoe_wgpu::Gpu::with_options(&options).unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, Error::NoAdapter { .. }), "{msg}");
+    assert!(
+        msg.contains("mesa-vulkan-drivers") && msg.contains("no adapter is called this"),
+        "{msg}"
+    );
+}
