@@ -12,9 +12,11 @@
 
 #![deny(unsafe_code)]
 
+pub mod data;
 mod error;
 pub mod gpu;
 pub mod kernels;
+pub mod metrics;
 pub mod reference;
 pub mod rng;
 pub mod shape;
