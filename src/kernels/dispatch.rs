@@ -14,6 +14,8 @@ pub struct Dispatch {
     pipeline: wgpu::ComputePipeline,
     bind_group: wgpu::BindGroup,
     workgroups: [u32; 3],
+    /// Buffers the kernel made for this dispatch (see [`Dispatch::build_with_buffers`]).
+    _owned: Vec<wgpu::Buffer>,
 }
 
 impl Dispatch {
@@ -25,6 +27,33 @@ impl Dispatch {
         layout: &wgpu::BindGroupLayout,
         params: &[u8],
         operands: &[BoundOperand<'_>],
+        workgroups: [u32; 3],
+    ) -> Result<Dispatch> {
+        Self::build_with_buffers(
+            gpu,
+            label,
+            pipeline,
+            layout,
+            params,
+            operands,
+            &[],
+            workgroups,
+        )
+    }
+
+    /// [`build`](Self::build), also binding whole buffers the kernel made itself at
+    /// the given slots: a uniform the host rewrites every step with
+    /// `Queue::write_buffer`, or a small table uploaded from host data. The dispatch
+    /// holds a handle to each, so they live as long as it does.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn build_with_buffers(
+        gpu: &Gpu,
+        label: &'static str,
+        pipeline: wgpu::ComputePipeline,
+        layout: &wgpu::BindGroupLayout,
+        params: &[u8],
+        operands: &[BoundOperand<'_>],
+        buffers: &[(u32, &wgpu::Buffer)],
         workgroups: [u32; 3],
     ) -> Result<Dispatch> {
         let max = gpu.limits().max_compute_workgroups_per_dimension;
@@ -58,6 +87,10 @@ impl Dispatch {
                     size: wgpu::BufferSize::new(op.bind_size),
                 }),
             }));
+            entries.extend(buffers.iter().map(|&(slot, buffer)| wgpu::BindGroupEntry {
+                binding: slot,
+                resource: buffer.as_entire_binding(),
+            }));
             gpu.device().create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some(label),
                 layout,
@@ -69,6 +102,7 @@ impl Dispatch {
             pipeline,
             bind_group,
             workgroups,
+            _owned: buffers.iter().map(|&(_, b)| b.clone()).collect(),
         })
     }
 

@@ -10,15 +10,22 @@
 mod binding;
 mod dispatch;
 pub mod grouped_gemm;
+pub mod loss;
+pub mod optimizer;
 
 pub use binding::BufferView;
 pub(crate) use binding::{Operand, bind_operands};
 pub use dispatch::Dispatch;
 pub use grouped_gemm::GroupedGemm;
+pub use loss::{Loss, LossArgs, LossKind, TaskLoss};
+pub use optimizer::{Optimizer, OptimizerArgs, OptimizerKernel, OptimizerStep};
 
 /// Every WGSL program the crate builds, for validation and translation checks.
 pub fn programs() -> Vec<crate::gpu::ShaderProgram> {
-    grouped_gemm::PROGRAMS.to_vec()
+    let mut out = grouped_gemm::PROGRAMS.to_vec();
+    out.extend_from_slice(loss::PROGRAMS);
+    out.extend_from_slice(optimizer::PROGRAMS);
+    out
 }
 
 pub(crate) fn div_ceil(a: usize, b: usize) -> u32 {

@@ -2,6 +2,8 @@
 //! kernels and the finite-difference checks are measured against.
 
 pub mod grouped_gemm;
+pub mod loss;
+pub mod optimizer;
 
 use crate::{Error, Result};
 

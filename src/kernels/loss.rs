@@ -1,0 +1,234 @@
+//! Per-task weighted loss and its gradient in one dispatch:
+//! `loss[t] = λ_t · mean_b ℓ_t(p[t, b], y[t, b])` and
+//! `grad[t, b] = λ_t / B · ℓ_t'(p[t, b], y[t, b])`, with ℓ the mean squared error or
+//! the binary cross-entropy on logits.
+//!
+//! One workgroup per task; each invocation sums a fixed strided set of rows, then a
+//! fixed-order tree adds the partial sums. No float atomics, so for a given workgroup
+//! size the results are bitwise reproducible.
+//!
+//! Shader: `shaders/loss.wgsl`.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{BufferView, Dispatch, Operand, bind_operands};
+use crate::gpu::{BindingKind, Gpu, ShaderProgram};
+use crate::{Error, Result};
+
+/// The WGSL programs of this family.
+pub const PROGRAMS: &[ShaderProgram] = &[PROGRAM];
+
+const PROGRAM: ShaderProgram = ShaderProgram {
+    name: "loss",
+    parts: &[("loss.wgsl", include_str!("../../shaders/loss.wgsl"))],
+    needs_subgroups: false,
+};
+
+const ENTRY: &str = "loss_forward_backward";
+
+use BindingKind::{Read, ReadWrite, Uniform};
+const BINDINGS: &[(u32, BindingKind)] = &[
+    (0, Uniform),
+    (1, Read),
+    (2, Read),
+    (3, Read),
+    (4, ReadWrite),
+    (5, ReadWrite),
+];
+/// Slot of the per-task table (kind, weight) the kernel uploads.
+const TABLE_SLOT: u32 = 1;
+
+/// The workgroup size [`Loss::new`] uses.
+pub const DEFAULT_WORKGROUP_SIZE: u32 = 64;
+
+/// The per-example loss of a task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LossKind {
+    /// `ℓ = (p − y)²`, `ℓ' = 2(p − y)` (regression).
+    MeanSquaredError,
+    /// Binary cross-entropy on the logit `p` against a target `y` in `[0, 1]`, in the
+    /// stable form `ℓ = max(p, 0) − p·y + log(1 + exp(−|p|))`, `ℓ' = sigmoid(p) − y`
+    /// (classification). Finite for any finite logit.
+    BinaryCrossEntropy,
+}
+
+impl LossKind {
+    fn code(self) -> u32 {
+        match self {
+            LossKind::MeanSquaredError => 0,
+            LossKind::BinaryCrossEntropy => 1,
+        }
+    }
+}
+
+/// The loss of one task and its weight `λ_t` in the total.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TaskLoss {
+    /// Per-example loss.
+    pub kind: LossKind,
+    /// `λ_t`; finite.
+    pub weight: f32,
+}
+
+/// Operands of the loss kernel. `T = tasks.len()`, `B = rows`.
+#[derive(Clone, Copy, Debug)]
+pub struct LossArgs<'a> {
+    /// Rows per task, `B`.
+    pub rows: usize,
+    /// Kind and weight of each task.
+    pub tasks: &'a [TaskLoss],
+    /// Head outputs (logits for binary cross-entropy) `P: [T, B]`, task-major.
+    pub predictions: BufferView<'a>,
+    /// Targets `Y: [T, B]`.
+    pub targets: BufferView<'a>,
+    /// Output: `loss: [T]`, `λ_t · mean_b ℓ`.
+    pub loss: BufferView<'a>,
+    /// Output: `grad: [T, B]`, `λ_t / B · ℓ'`, the gradient of `Σ_t loss[t]` with
+    /// respect to the predictions.
+    pub grad: BufferView<'a>,
+}
+
+/// Mirrors `LossParams` in the shader.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Pod, Zeroable)]
+struct LossParams {
+    tasks: u32,
+    rows: u32,
+    pred_base: u32,
+    target_base: u32,
+    loss_base: u32,
+    grad_base: u32,
+    _pad: [u32; 2],
+}
+
+/// Mirrors `TaskEntry` in the shader.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct TaskEntry {
+    kind: u32,
+    weight: f32,
+}
+
+/// The loss kernel on one device. Cheap to clone; the pipeline is compiled on first
+/// use and cached per device.
+#[derive(Clone, Debug)]
+pub struct Loss {
+    gpu: Gpu,
+    workgroup_size: u32,
+}
+
+impl Loss {
+    /// The kernel on `gpu`, with [`DEFAULT_WORKGROUP_SIZE`] invocations per task.
+    pub fn new(gpu: &Gpu) -> Self {
+        Loss {
+            gpu: gpu.clone(),
+            workgroup_size: DEFAULT_WORKGROUP_SIZE,
+        }
+    }
+
+    /// The kernel with `workgroup_size` invocations per task: a power of two within
+    /// the device's limits. The summation order, and so the last bits of the loss,
+    /// depend on it.
+    pub fn with_workgroup_size(gpu: &Gpu, workgroup_size: u32) -> Result<Self> {
+        let limits = gpu.limits();
+        let max = limits
+            .max_compute_invocations_per_workgroup
+            .min(limits.max_compute_workgroup_size_x);
+        // The tree reduction keeps one f32 per invocation in workgroup memory.
+        let max = max.min(limits.max_compute_workgroup_storage_size / 4);
+        if !workgroup_size.is_power_of_two() || workgroup_size > max {
+            return Err(Error::invalid(
+                "loss workgroup size",
+                format!("{workgroup_size} is not a power of two between 1 and {max}"),
+            ));
+        }
+        Ok(Loss {
+            gpu: gpu.clone(),
+            workgroup_size,
+        })
+    }
+
+    /// Invocations per task.
+    pub fn workgroup_size(&self) -> u32 {
+        self.workgroup_size
+    }
+
+    /// Checks and binds the loss and gradient computation. The task table (kinds and
+    /// weights) is uploaded into a small buffer the returned dispatch keeps alive.
+    pub fn dispatch(&self, args: &LossArgs<'_>) -> Result<Dispatch> {
+        const CTX: &str = "loss";
+        let tasks = args.tasks.len();
+        if tasks == 0 {
+            return Err(Error::shape(CTX, "tasks", "at least 1 task", "0 tasks"));
+        }
+        if args.rows == 0 {
+            return Err(Error::shape(CTX, "rows", "at least 1", "0"));
+        }
+        if let Some((t, task)) = args
+            .tasks
+            .iter()
+            .enumerate()
+            .find(|(_, t)| !t.weight.is_finite())
+        {
+            return Err(Error::NonFinite {
+                what: format!("{CTX}: the weights in `tasks`"),
+                index: t,
+                value: task.weight,
+            });
+        }
+        let len = tasks
+            .checked_mul(args.rows)
+            .filter(|&n| n < u32::MAX as usize / 2)
+            .ok_or_else(|| Error::Limit {
+                context: CTX.into(),
+                what: "element count of the predictions (tasks × rows)".into(),
+                value: (tasks as u64).saturating_mul(args.rows as u64),
+                limit: u32::MAX as u64 / 2,
+            })?;
+        let operands = [
+            Operand::new("predictions", 2, args.predictions, len, Read),
+            Operand::new("targets", 3, args.targets, len, Read),
+            Operand::new("loss", 4, args.loss, tasks, ReadWrite),
+            Operand::new("grad", 5, args.grad, len, ReadWrite),
+        ];
+        let bound = bind_operands(&self.gpu, CTX, &operands)?;
+        let params = LossParams {
+            tasks: tasks as u32,
+            rows: args.rows as u32,
+            pred_base: bound[0].base,
+            target_base: bound[1].base,
+            loss_base: bound[2].base,
+            grad_base: bound[3].base,
+            _pad: [0; 2],
+        };
+        let table: Vec<TaskEntry> = args
+            .tasks
+            .iter()
+            .map(|t| TaskEntry {
+                kind: t.kind.code(),
+                weight: t.weight,
+            })
+            .collect();
+        let table = self.gpu.upload("loss task table", &table)?;
+        let pipeline =
+            self.gpu
+                .pipeline(&PROGRAM, ENTRY, BINDINGS, &[("WG", self.workgroup_size)])?;
+        let (layout, _) = self.gpu.layout(BINDINGS)?;
+        Dispatch::build_with_buffers(
+            &self.gpu,
+            CTX,
+            pipeline,
+            &layout,
+            bytemuck::bytes_of(&params),
+            &bound,
+            &[(TABLE_SLOT, &table)],
+            [tasks as u32, 1, 1],
+        )
+    }
+
+    /// Checks, binds and records the loss and gradient into `encoder`.
+    pub fn encode(&self, encoder: &mut wgpu::CommandEncoder, args: &LossArgs<'_>) -> Result<()> {
+        self.dispatch(args)?.encode(encoder);
+        Ok(())
+    }
+}

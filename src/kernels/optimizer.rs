@@ -1,0 +1,475 @@
+//! One optimizer step (SGD with momentum, Adam, AdamW) over one flat parameter
+//! buffer, in one dispatch.
+//!
+//! [`OptimizerKernel::prepare`] checks and binds the buffers once and returns an
+//! [`OptimizerStep`]; before each submit, [`OptimizerStep::set_step`] writes the step
+//! number, the learning rate and the bias corrections into a small uniform the step
+//! owns. Changing the learning rate therefore never recompiles or rebinds anything.
+//!
+//! # Non-finite-loss guard
+//!
+//! When [`OptimizerArgs::loss`] and [`OptimizerArgs::status`] are given, the step
+//! first looks at the `T` loss values (every invocation reads them):
+//! - if any is NaN or infinite, the whole update is skipped (params and moments are
+//!   left untouched) and, if `status[0] == 0`, `status[0]` is set to the step number
+//!   and `status[1..=T]` to the loss values' bits (`f32::to_bits`);
+//! - once `status[0] != 0`, every later step is skipped as well, whatever its loss.
+//!
+//! A trainer zeroes `status` once, records steps without reading anything back, and
+//! reads `status` whenever it likes: a non-zero `status[0]` is the first step whose
+//! loss was non-finite (see [`Error::NonFiniteLoss`]), and the parameters are those
+//! from just before it.
+//!
+//! Shader: `shaders/optimizer.wgsl`.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{BufferView, Dispatch, Operand, bind_operands, div_ceil};
+use crate::gpu::{BindingKind, Gpu, ShaderProgram};
+use crate::{Error, Result};
+
+/// The WGSL programs of this family.
+pub const PROGRAMS: &[ShaderProgram] = &[PROGRAM];
+
+const PROGRAM: ShaderProgram = ShaderProgram {
+    name: "optimizer",
+    parts: &[(
+        "optimizer.wgsl",
+        include_str!("../../shaders/optimizer.wgsl"),
+    )],
+    needs_subgroups: false,
+};
+
+use BindingKind::{Read, ReadWrite, Uniform};
+const SGD_BINDINGS: &[(u32, BindingKind)] = &[
+    (0, Uniform),
+    (1, Uniform),
+    (2, ReadWrite),
+    (3, Read),
+    (4, ReadWrite),
+    (6, Read),
+    (7, ReadWrite),
+];
+const ADAM_BINDINGS: &[(u32, BindingKind)] = &[
+    (0, Uniform),
+    (1, Uniform),
+    (2, ReadWrite),
+    (3, Read),
+    (4, ReadWrite),
+    (5, ReadWrite),
+    (6, Read),
+    (7, ReadWrite),
+];
+/// Slot of the per-step uniform.
+const STEP_SLOT: u32 = 1;
+
+const FLAG_GUARD: u32 = 1;
+const FLAG_L2: u32 = 2;
+const FLAG_DECOUPLED: u32 = 4;
+
+/// The workgroup size [`OptimizerKernel::new`] uses.
+pub const DEFAULT_WORKGROUP_SIZE: u32 = 64;
+
+/// An update rule and its fixed hyperparameters (the learning rate is given per step).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Optimizer {
+    /// `m = μ·m + g; p −= lr·m`. `μ = 0` is plain SGD.
+    Sgd {
+        /// Momentum `μ`, in `[0, 1)`.
+        momentum: f32,
+    },
+    /// Adam with L2 regularisation: `g' = g + wd·p`,
+    /// `m = β1·m + (1−β1)·g'`, `v = β2·v + (1−β2)·g'²`,
+    /// `p −= lr · (m/(1−β1^t)) / (sqrt(v/(1−β2^t)) + eps)`.
+    Adam {
+        /// `β1`, in `[0, 1)`.
+        beta1: f32,
+        /// `β2`, in `[0, 1)`.
+        beta2: f32,
+        /// `eps`, positive.
+        eps: f32,
+        /// L2 coefficient added to the gradient, `≥ 0`.
+        weight_decay: f32,
+    },
+    /// Adam with decoupled weight decay: `p −= lr·wd·p`, then the Adam update on the
+    /// unmodified gradient.
+    AdamW {
+        /// `β1`, in `[0, 1)`.
+        beta1: f32,
+        /// `β2`, in `[0, 1)`.
+        beta2: f32,
+        /// `eps`, positive.
+        eps: f32,
+        /// Decoupled weight decay, `≥ 0`.
+        weight_decay: f32,
+    },
+}
+
+impl Optimizer {
+    /// Checks the hyperparameters are in range.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(Error::invalid("optimizer", format!("{self:?}: {m}")));
+        let unit = |x: f32| (0.0..1.0).contains(&x);
+        match *self {
+            Optimizer::Sgd { momentum } => {
+                if !unit(momentum) {
+                    return bad("momentum must be in [0, 1)");
+                }
+            }
+            Optimizer::Adam {
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+            }
+            | Optimizer::AdamW {
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+            } => {
+                if !unit(beta1) {
+                    return bad("beta1 must be in [0, 1)");
+                }
+                if !unit(beta2) {
+                    return bad("beta2 must be in [0, 1)");
+                }
+                if !(eps > 0.0 && eps.is_finite()) {
+                    return bad("eps must be positive and finite");
+                }
+                if !(weight_decay >= 0.0 && weight_decay.is_finite()) {
+                    return bad("weight_decay must be finite and not negative");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the rule keeps a second moment `v`.
+    pub fn needs_second_moment(&self) -> bool {
+        !matches!(self, Optimizer::Sgd { .. })
+    }
+
+    /// `(1 − β1^t, 1 − β2^t)` in `f64`, or `(1, 1)` for SGD.
+    pub fn bias_corrections(&self, step: u32) -> (f64, f64) {
+        match *self {
+            Optimizer::Sgd { .. } => (1.0, 1.0),
+            Optimizer::Adam { beta1, beta2, .. } | Optimizer::AdamW { beta1, beta2, .. } => {
+                let t = step as f64;
+                (1.0 - (beta1 as f64).powf(t), 1.0 - (beta2 as f64).powf(t))
+            }
+        }
+    }
+}
+
+/// Operands of an optimizer step over `len` elements.
+#[derive(Clone, Copy, Debug)]
+pub struct OptimizerArgs<'a> {
+    /// Update rule and hyperparameters.
+    pub optimizer: Optimizer,
+    /// Number of parameters.
+    pub len: usize,
+    /// Parameters, updated in place.
+    pub params: BufferView<'a>,
+    /// Their gradients; a buffer distinct from every written operand's.
+    pub grads: BufferView<'a>,
+    /// First moment (Adam) or velocity (SGD), updated in place; zero before step 1.
+    pub m: BufferView<'a>,
+    /// Second moment, updated in place; required by Adam and AdamW, ignored by SGD.
+    pub v: Option<BufferView<'a>>,
+    /// Non-finite-loss guard (see the [module docs](self)): `T` f32 loss values of
+    /// the step's forward pass. Given together with `status`.
+    pub loss: Option<BufferView<'a>>,
+    /// Guard status, `1 + T` u32 words, read and written; zero it before training.
+    pub status: Option<BufferView<'a>>,
+    /// `T`, the number of loss values the guard reads; ignored without a guard.
+    pub tasks: usize,
+}
+
+/// Mirrors `OptParams` in the shader.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Pod, Zeroable)]
+struct OptParams {
+    len: u32,
+    flags: u32,
+    tasks: u32,
+    stride: u32,
+    p_base: u32,
+    g_base: u32,
+    m_base: u32,
+    v_base: u32,
+    loss_base: u32,
+    status_base: u32,
+    beta1: f32,
+    one_minus_beta1: f32,
+    beta2: f32,
+    one_minus_beta2: f32,
+    eps: f32,
+    decay_or_momentum: f32,
+}
+
+/// Mirrors `StepParams` in the shader.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Pod, Zeroable)]
+struct StepParams {
+    step: u32,
+    lr: f32,
+    inv_bc1: f32,
+    inv_bc2: f32,
+}
+
+/// A bound optimizer step: the [`Dispatch`] plus the uniform holding the per-step
+/// values, which it owns. Record [`dispatch`](Self::dispatch) once per training step
+/// and call [`set_step`](Self::set_step) before each submit.
+#[derive(Clone, Debug)]
+pub struct OptimizerStep {
+    dispatch: Dispatch,
+    uniform: wgpu::Buffer,
+    optimizer: Optimizer,
+}
+
+impl OptimizerStep {
+    /// Writes the step number `step` (1-based), the learning rate and the bias
+    /// corrections `1 − β1^t`, `1 − β2^t` (computed in `f64`) into the step's uniform
+    /// with `queue.write_buffer`. The write lands before the next submit on `queue`,
+    /// so call it once between submits: every dispatch in one submit sees the last
+    /// value written. `step == 0` (the value before the first call) makes the
+    /// dispatch a no-op.
+    pub fn set_step(&self, queue: &wgpu::Queue, step: u32, learning_rate: f32) {
+        let (bc1, bc2) = self.optimizer.bias_corrections(step.max(1));
+        let params = StepParams {
+            step,
+            lr: learning_rate,
+            inv_bc1: (1.0 / bc1) as f32,
+            inv_bc2: (1.0 / bc2) as f32,
+        };
+        queue.write_buffer(&self.uniform, 0, bytemuck::bytes_of(&params));
+    }
+
+    /// The dispatch to record.
+    pub fn dispatch(&self) -> &Dispatch {
+        &self.dispatch
+    }
+
+    /// The update rule it was prepared with.
+    pub fn optimizer(&self) -> Optimizer {
+        self.optimizer
+    }
+
+    /// Records the step in a compute pass of its own.
+    pub fn encode(&self, encoder: &mut wgpu::CommandEncoder) {
+        self.dispatch.encode(encoder);
+    }
+}
+
+/// The optimizer kernels on one device. Cheap to clone; pipelines are compiled on
+/// first use and cached per device.
+#[derive(Clone, Debug)]
+pub struct OptimizerKernel {
+    gpu: Gpu,
+    workgroup_size: u32,
+}
+
+impl OptimizerKernel {
+    /// The kernels on `gpu`, with [`DEFAULT_WORKGROUP_SIZE`] invocations per workgroup.
+    pub fn new(gpu: &Gpu) -> Self {
+        OptimizerKernel {
+            gpu: gpu.clone(),
+            workgroup_size: DEFAULT_WORKGROUP_SIZE,
+        }
+    }
+
+    /// The kernels with `workgroup_size` invocations per workgroup, within the
+    /// device's limits. Results do not depend on it.
+    pub fn with_workgroup_size(gpu: &Gpu, workgroup_size: u32) -> Result<Self> {
+        let limits = gpu.limits();
+        let max = limits
+            .max_compute_invocations_per_workgroup
+            .min(limits.max_compute_workgroup_size_x);
+        if workgroup_size == 0 || workgroup_size > max {
+            return Err(Error::invalid(
+                "optimizer workgroup size",
+                format!("{workgroup_size} is not between 1 and {max}"),
+            ));
+        }
+        Ok(OptimizerKernel {
+            gpu: gpu.clone(),
+            workgroup_size,
+        })
+    }
+
+    /// Invocations per workgroup.
+    pub fn workgroup_size(&self) -> u32 {
+        self.workgroup_size
+    }
+
+    /// Checks and binds one step. The returned step does nothing until
+    /// [`OptimizerStep::set_step`] gives it a step number.
+    pub fn prepare(&self, args: &OptimizerArgs<'_>) -> Result<OptimizerStep> {
+        const CTX: &str = "optimizer";
+        let opt = args.optimizer;
+        opt.validate()?;
+        let len = args.len;
+        if len == 0 {
+            return Err(Error::shape(CTX, "len", "at least 1 parameter", "0"));
+        }
+        if len >= u32::MAX as usize / 2 {
+            return Err(Error::Limit {
+                context: CTX.into(),
+                what: "parameter count".into(),
+                value: len as u64,
+                limit: u32::MAX as u64 / 2,
+            });
+        }
+        let params = Operand::new("params", 2, args.params, len, ReadWrite);
+        let grads = Operand::new("grads", 3, args.grads, len, Read);
+        let m = Operand::new("m", 4, args.m, len, ReadWrite);
+        let mut operands = vec![params, grads, m];
+        let adam = opt.needs_second_moment();
+        if adam {
+            let v = args.v.ok_or_else(|| {
+                Error::shape(
+                    CTX,
+                    "v",
+                    format!("a second-moment buffer (needed by {opt:?})"),
+                    "none",
+                )
+            })?;
+            operands.push(Operand::new("v", 5, v, len, ReadWrite));
+        }
+        let guard = match (args.loss, args.status) {
+            (Some(loss), Some(status)) => {
+                if args.tasks == 0 {
+                    return Err(Error::shape(
+                        CTX,
+                        "tasks",
+                        "at least 1 loss value for the guard",
+                        "0",
+                    ));
+                }
+                if args.tasks >= u32::MAX as usize / 2 {
+                    return Err(Error::Limit {
+                        context: CTX.into(),
+                        what: "guard loss count".into(),
+                        value: args.tasks as u64,
+                        limit: u32::MAX as u64 / 2,
+                    });
+                }
+                operands.push(Operand::new("loss", 6, loss, args.tasks, Read));
+                operands.push(Operand::new("status", 7, status, 1 + args.tasks, ReadWrite));
+                true
+            }
+            (None, None) => {
+                // The shader never reads these slots without FLAG_GUARD.
+                operands.push(grads.stand_in(6));
+                operands.push(params.stand_in(7));
+                false
+            }
+            (Some(_), None) => {
+                return Err(Error::shape(
+                    CTX,
+                    "status",
+                    "a status buffer (the guard needs loss and status together)",
+                    "none",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(Error::shape(
+                    CTX,
+                    "loss",
+                    "a loss buffer (the guard needs loss and status together)",
+                    "none",
+                ));
+            }
+        };
+        let bound = bind_operands(&self.gpu, CTX, &operands)?;
+        let base = |slot: u32| bound.iter().find(|b| b.slot == slot).map_or(0, |b| b.base);
+
+        let wg = self.workgroup_size;
+        let workgroups = div_ceil(len, wg as usize)
+            .min(self.gpu.limits().max_compute_workgroups_per_dimension)
+            .max(1);
+        let mut p = OptParams {
+            len: len as u32,
+            flags: if guard { FLAG_GUARD } else { 0 },
+            tasks: if guard { args.tasks as u32 } else { 0 },
+            stride: workgroups * wg,
+            p_base: base(2),
+            g_base: base(3),
+            m_base: base(4),
+            v_base: base(5),
+            loss_base: base(6),
+            status_base: base(7),
+            ..Default::default()
+        };
+        match opt {
+            Optimizer::Sgd { momentum } => p.decay_or_momentum = momentum,
+            Optimizer::Adam {
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+            }
+            | Optimizer::AdamW {
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+            } => {
+                p.beta1 = beta1;
+                p.one_minus_beta1 = (1.0 - beta1 as f64) as f32;
+                p.beta2 = beta2;
+                p.one_minus_beta2 = (1.0 - beta2 as f64) as f32;
+                p.eps = eps;
+                p.decay_or_momentum = weight_decay;
+                if weight_decay > 0.0 {
+                    p.flags |= if matches!(opt, Optimizer::Adam { .. }) {
+                        FLAG_L2
+                    } else {
+                        FLAG_DECOUPLED
+                    };
+                }
+            }
+        }
+
+        let (entry, bindings) = if adam {
+            ("adam", ADAM_BINDINGS)
+        } else {
+            ("sgd", SGD_BINDINGS)
+        };
+        let pipeline = self
+            .gpu
+            .pipeline(&PROGRAM, entry, bindings, &[("WG", wg)])?;
+        let (layout, _) = self.gpu.layout(bindings)?;
+        // Zero-filled: step 0, a no-op until `set_step`.
+        let uniform = self
+            .gpu
+            .scoped("creating the optimizer's step uniform", || {
+                self.gpu.device().create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("optimizer step"),
+                    size: std::mem::size_of::<StepParams>() as u64,
+                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })
+            })?;
+        let dispatch = Dispatch::build_with_buffers(
+            &self.gpu,
+            if adam {
+                "optimizer adam"
+            } else {
+                "optimizer sgd"
+            },
+            pipeline,
+            &layout,
+            bytemuck::bytes_of(&p),
+            &bound,
+            &[(STEP_SLOT, &uniform)],
+            [workgroups, 1, 1],
+        )?;
+        Ok(OptimizerStep {
+            dispatch,
+            uniform,
+            optimizer: opt,
+        })
+    }
+}
