@@ -9,6 +9,7 @@
 
 mod binding;
 mod dispatch;
+pub mod gate_mix;
 pub mod grouped_gemm;
 pub mod loss;
 pub mod optimizer;
@@ -16,6 +17,7 @@ pub mod optimizer;
 pub use binding::BufferView;
 pub(crate) use binding::{Operand, bind_operands};
 pub use dispatch::Dispatch;
+pub use gate_mix::{GateMix, GateMixShape};
 pub use grouped_gemm::GroupedGemm;
 pub use loss::{Loss, LossArgs, LossKind, TaskLoss};
 pub use optimizer::{Optimizer, OptimizerArgs, OptimizerKernel, OptimizerStep};
@@ -23,6 +25,7 @@ pub use optimizer::{Optimizer, OptimizerArgs, OptimizerKernel, OptimizerStep};
 /// Every WGSL program the crate builds, for validation and translation checks.
 pub fn programs() -> Vec<crate::gpu::ShaderProgram> {
     let mut out = grouped_gemm::PROGRAMS.to_vec();
+    out.extend_from_slice(gate_mix::PROGRAMS);
     out.extend_from_slice(loss::PROGRAMS);
     out.extend_from_slice(optimizer::PROGRAMS);
     out

@@ -1,0 +1,381 @@
+// Fused gate + mix: per gate t, G_t = softmax(X · Wg_t + bg_t) over the experts and
+// M_t = Σ_e G_t[:, e] ⊙ H_e, in one dispatch; and the part of the backward pass that
+// is not a GEMM (dH and dz; the host runs dWg, dbg and dX as grouped GEMMs on dz).
+//
+// Layouts, row-major f32 (T gates, E experts):
+//   X [rows, inputs]    Wg [T, inputs, E]    bg [T, E]    H, dH [E, rows, width]
+//   G, dz [T, rows, E]  M, dM [T, rows, width]
+//
+// Every output is one sequential chain over its reduction index, the same whatever
+// WG, RB and CN are, so every tiling gives bitwise identical results. No atomics.
+// Bounds are handled here, for any T, E, rows, inputs and width.
+
+struct GateMixParams {
+    gates: u32,
+    experts: u32,
+    rows: u32,
+    inputs: u32,
+    width: u32,
+    // Element offsets of each operand inside its binding (bindings start at the
+    // device's offset alignment, operands anywhere after it).
+    x_base: u32,
+    wg_base: u32,
+    bg_base: u32,
+    h_base: u32,
+    g_base: u32,
+    m_base: u32,
+    dm_base: u32,
+    dh_base: u32,
+    dz_base: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> P: GateMixParams;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> wg: array<f32>;
+@group(0) @binding(3) var<storage, read> bg: array<f32>;
+@group(0) @binding(4) var<storage, read> h: array<f32>;
+// Forward output; also the scratch holding the logits until the softmax.
+@group(0) @binding(5) var<storage, read_write> g: array<f32>;
+@group(0) @binding(6) var<storage, read_write> m: array<f32>;
+// The forward's G, read by the backward pass.
+@group(0) @binding(7) var<storage, read> g_saved: array<f32>;
+@group(0) @binding(8) var<storage, read> dm: array<f32>;
+@group(0) @binding(9) var<storage, read_write> dh: array<f32>;
+@group(0) @binding(10) var<storage, read_write> dz: array<f32>;
+
+// Invocations per workgroup.
+override WG: u32 = 8u;
+// Blocks of 8 rows per workgroup.
+override RB: u32 = 4u;
+// Groups of 4 (gate, expert) columns per invocation in the logits tile (1 or 2).
+override CN: u32 = 2u;
+
+// ---------------------------------------------------------------- register tiles
+//
+// A loaded float costs as much as dozens of fmas on CPU drivers, so every kernel here
+// is a set of small matrix products computed as outer products: each reduction step
+// loads 4 values of each operand and does 16 fmas into a Quad of accumulators. Quads
+// are named struct members, not arrays, so drivers keep them in registers.
+
+struct Quad {
+    q0: vec4<f32>,
+    q1: vec4<f32>,
+    q2: vec4<f32>,
+    q3: vec4<f32>,
+}
+
+// One step of 16 chains: q_i[c] += a[i] * b[c].
+fn quad_step(q: ptr<function, Quad>, a: vec4<f32>, b: vec4<f32>) {
+    (*q).q0 = fma(vec4(a.x), b, (*q).q0);
+    (*q).q1 = fma(vec4(a.y), b, (*q).q1);
+    (*q).q2 = fma(vec4(a.z), b, (*q).q2);
+    (*q).q3 = fma(vec4(a.w), b, (*q).q3);
+}
+
+fn quad_row(q: Quad, i: u32) -> vec4<f32> {
+    switch i {
+        case 0u: { return q.q0; }
+        case 1u: { return q.q1; }
+        case 2u: { return q.q2; }
+        default: { return q.q3; }
+    }
+}
+
+// ---------------------------------------------------------------- element access
+// A quad fetch loads 4 values along one dimension, its indices clamped so that they
+// stay in bounds; a clamped lane only feeds accumulators that are never stored.
+// Reductions run exactly to their end, so no lane needs zeroing.
+
+// Element index of (t, row, e) in G and dz, of (t, row, j) in M and dM, of (e, row, j)
+// in H and dH, before the operand's base.
+fn gate_index(t: u32, row: u32, e: u32) -> u32 {
+    return (t * P.rows + row) * P.experts + e;
+}
+
+fn mix_index(t: u32, row: u32, j: u32) -> u32 {
+    return (t * P.rows + row) * P.width + j;
+}
+
+fn expert_index(e: u32, row: u32, j: u32) -> u32 {
+    return (e * P.rows + row) * P.width + j;
+}
+
+// i0, i0 + 1, i0 + 2, i0 + 3, none past `end - 1`.
+fn quad(i0: u32, end: u32) -> vec4<u32> {
+    return min(vec4(i0) + vec4(0u, 1u, 2u, 3u), vec4(end - 1u));
+}
+
+fn load_x(at: vec4<u32>) -> vec4<f32> {
+    return vec4(x[at.x], x[at.y], x[at.z], x[at.w]);
+}
+
+fn load_wg(at: vec4<u32>) -> vec4<f32> {
+    return vec4(wg[at.x], wg[at.y], wg[at.z], wg[at.w]);
+}
+
+fn load_h(at: vec4<u32>) -> vec4<f32> {
+    return vec4(h[at.x], h[at.y], h[at.z], h[at.w]);
+}
+
+fn load_g(at: vec4<u32>) -> vec4<f32> {
+    return vec4(g[at.x], g[at.y], g[at.z], g[at.w]);
+}
+
+fn load_g_saved(at: vec4<u32>) -> vec4<f32> {
+    return vec4(g_saved[at.x], g_saved[at.y], g_saved[at.z], g_saved[at.w]);
+}
+
+fn load_dm(at: vec4<u32>) -> vec4<f32> {
+    return vec4(dm[at.x], dm[at.y], dm[at.z], dm[at.w]);
+}
+
+// X[row0..row0+4, k].
+fn x_rows(row0: u32, k: u32) -> vec4<f32> {
+    return load_x(P.x_base + k + quad(row0, P.rows) * P.inputs);
+}
+
+// The logits form T·E columns c = t·E + e. Where columns c0..c0+4 of Wg start (at
+// row k = 0); row k is k·E further on.
+fn wg_columns(c0: u32) -> vec4<u32> {
+    let c = quad(c0, P.gates * P.experts);
+    return P.wg_base + c / P.experts * (P.inputs * P.experts) + c % P.experts;
+}
+
+fn wg_row(columns: vec4<u32>, k: u32) -> vec4<f32> {
+    return load_wg(columns + k * P.experts);
+}
+
+// G_t[row, e] for gates t0..t0+3, from the forward's output.
+fn g_gates(t0: u32, row: u32, e: u32) -> vec4<f32> {
+    return load_g(P.g_base + e + (quad(t0, P.gates) * P.rows + row) * P.experts);
+}
+
+// G_t[row, e] for experts e0..e0+3, from the saved G.
+fn g_experts(t: u32, row: u32, e0: u32) -> vec4<f32> {
+    return load_g_saved(P.g_base + gate_index(t, row, 0u) + quad(e0, P.experts));
+}
+
+// H_e[row, j..j+4].
+fn h_columns(e: u32, row: u32, j: u32) -> vec4<f32> {
+    return load_h(P.h_base + expert_index(e, row, 0u) + quad(j, P.width));
+}
+
+// H_e[row, j] for experts e0..e0+3.
+fn h_experts(e0: u32, row: u32, j: u32) -> vec4<f32> {
+    return load_h(P.h_base + j + (quad(e0, P.experts) * P.rows + row) * P.width);
+}
+
+// dM_t[row, j..j+4].
+fn dm_columns(t: u32, row: u32, j: u32) -> vec4<f32> {
+    return load_dm(P.dm_base + mix_index(t, row, 0u) + quad(j, P.width));
+}
+
+// dM_t[row, j] for gates t0..t0+3.
+fn dm_gates(t0: u32, row: u32, j: u32) -> vec4<f32> {
+    return load_dm(P.dm_base + j + (quad(t0, P.gates) * P.rows + row) * P.width);
+}
+
+// ---------------------------------------------------------------- forward
+
+// Logits of rows row0..row0+4 and columns c0..c0+4 (see wg_columns) into G.
+fn store_logits(row0: u32, c0: u32, q: Quad) {
+    for (var i = 0u; i < 4u; i++) {
+        let v = quad_row(q, i);
+        for (var c = 0u; c < 4u; c++) {
+            let col = c0 + c;
+            if (row0 + i < P.rows && col < P.gates * P.experts) {
+                let at = gate_index(col / P.experts, row0 + i, col % P.experts);
+                g[P.g_base + at] = v[c] + bg[P.bg_base + col];
+            }
+        }
+    }
+}
+
+// Logits of 8 rows × 4·CN columns: each X value feeds 4·CN columns, each Wg value 8
+// rows.
+fn logits_tile(row0: u32, c0: u32) {
+    let wa = wg_columns(c0);
+    let wb = wg_columns(c0 + 4u);
+    var a0: Quad;
+    var a1: Quad;
+    var b0: Quad;
+    var b1: Quad;
+    for (var k = 0u; k < P.inputs; k++) {
+        let xa = x_rows(row0, k);
+        let xb = x_rows(row0 + 4u, k);
+        let w = wg_row(wa, k);
+        quad_step(&a0, xa, w);
+        quad_step(&a1, xb, w);
+        if (CN > 1u) {
+            let v = wg_row(wb, k);
+            quad_step(&b0, xa, v);
+            quad_step(&b1, xb, v);
+        }
+    }
+    store_logits(row0, c0, a0);
+    store_logits(row0 + 4u, c0, a1);
+    if (CN > 1u) {
+        store_logits(row0, c0 + 4u, b0);
+        store_logits(row0 + 4u, c0 + 4u, b1);
+    }
+}
+
+// Softmax of one row of logits in place, the row maximum subtracted so that large
+// logits cannot overflow exp.
+fn softmax_row(t: u32, row: u32) {
+    let base = P.g_base + gate_index(t, row, 0u);
+    var top = g[base];
+    for (var e = 1u; e < P.experts; e++) {
+        top = max(top, g[base + e]);
+    }
+    var sum = 0.0;
+    for (var e = 0u; e < P.experts; e++) {
+        let p = exp(g[base + e] - top);
+        g[base + e] = p;
+        sum += p;
+    }
+    for (var e = 0u; e < P.experts; e++) {
+        g[base + e] = g[base + e] / sum;
+    }
+}
+
+// M_t[row, j..j+4] = Σ_e G_t[row, e] · H_e[row, j..j+4] for gates t0..t0+3: each H
+// value feeds 4 gates.
+fn mix_tile(row: u32, t0: u32, j: u32) {
+    var q: Quad;
+    for (var e = 0u; e < P.experts; e++) {
+        quad_step(&q, g_gates(t0, row, e), h_columns(e, row, j));
+    }
+    for (var i = 0u; i < 4u; i++) {
+        let v = quad_row(q, i);
+        for (var c = 0u; c < 4u; c++) {
+            if (t0 + i < P.gates && j + c < P.width) {
+                m[P.m_base + mix_index(t0 + i, row, j + c)] = v[c];
+            }
+        }
+    }
+}
+
+// One workgroup per block of 8·RB rows, all gates. Its invocations share three
+// phases: logits tiles, row softmaxes, mixture tiles. E is only known at run time, so
+// the logits wait in G (not in workgroup memory) for the next phase; storageBarrier
+// makes the workgroup's writes to G visible to all its invocations. Loop bounds
+// depend only on uniform values, so every invocation reaches every barrier.
+@compute @workgroup_size(WG)
+fn forward(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) group: vec3<u32>,
+) {
+    let block0 = group.x * RB * 8u;
+    let block_rows = min(RB * 8u, P.rows - block0);
+
+    let col_tiles = (P.gates * P.experts + 4u * CN - 1u) / (4u * CN);
+    let tiles = ((block_rows + 7u) / 8u) * col_tiles;
+    for (var first = 0u; first < tiles; first += WG) {
+        let item = first + lid;
+        if (item < tiles) {
+            logits_tile(block0 + item / col_tiles * 8u, item % col_tiles * 4u * CN);
+        }
+    }
+    storageBarrier();
+
+    let rows = P.gates * block_rows;
+    for (var first = 0u; first < rows; first += WG) {
+        let item = first + lid;
+        if (item < rows) {
+            softmax_row(item / block_rows, block0 + item % block_rows);
+        }
+    }
+    storageBarrier();
+
+    let quads = (P.width + 3u) / 4u;
+    let per_row = (P.gates + 3u) / 4u * quads;
+    let mixes = block_rows * per_row;
+    for (var first = 0u; first < mixes; first += WG) {
+        let item = first + lid;
+        if (item < mixes) {
+            let rest = item % per_row;
+            mix_tile(block0 + item / per_row, rest / quads * 4u, rest % quads * 4u);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- backward
+
+// dz for gates t0..t0+3 of one row: dg_t[e] = ⟨dM_t[row], H_e[row]⟩ (4 gates × 4
+// experts at a time), then dz_t[e] = G_t[e] · (dg_t[e] − Σ_e' G_t[e'] · dg_t[e']);
+// dz holds dg until the sum is known.
+fn dz_tile(row: u32, t0: u32) {
+    var s = vec4(0.0);
+    for (var e0 = 0u; e0 < P.experts; e0 += 4u) {
+        var q: Quad;
+        for (var j = 0u; j < P.width; j++) {
+            quad_step(&q, dm_gates(t0, row, j), h_experts(e0, row, j));
+        }
+        for (var i = 0u; i < 4u; i++) {
+            let v = quad_row(q, i);
+            for (var c = 0u; c < 4u; c++) {
+                if (t0 + i < P.gates && e0 + c < P.experts) {
+                    let at = gate_index(t0 + i, row, e0 + c);
+                    dz[P.dz_base + at] = v[c];
+                    s[i] = fma(g_saved[P.g_base + at], v[c], s[i]);
+                }
+            }
+        }
+    }
+    for (var i = 0u; i < 4u && t0 + i < P.gates; i++) {
+        for (var e = 0u; e < P.experts; e++) {
+            let at = gate_index(t0 + i, row, e);
+            dz[P.dz_base + at] = g_saved[P.g_base + at] * (dz[P.dz_base + at] - s[i]);
+        }
+    }
+}
+
+// dH_e[row, j..j+4] = Σ_t G_t[row, e] · dM_t[row, j..j+4] for experts e0..e0+3.
+fn dh_tile(row: u32, e0: u32, j: u32) {
+    var q: Quad;
+    for (var t = 0u; t < P.gates; t++) {
+        quad_step(&q, g_experts(t, row, e0), dm_columns(t, row, j));
+    }
+    for (var i = 0u; i < 4u; i++) {
+        let v = quad_row(q, i);
+        for (var c = 0u; c < 4u; c++) {
+            if (e0 + i < P.experts && j + c < P.width) {
+                dh[P.dh_base + expert_index(e0 + i, row, j + c)] = v[c];
+            }
+        }
+    }
+}
+
+// One workgroup per block of 8·RB rows, all gates (dH sums over them). Each dz tile
+// and each dH tile is owned by one invocation, so no barrier is needed.
+@compute @workgroup_size(WG)
+fn backward(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) group: vec3<u32>,
+) {
+    let block0 = group.x * RB * 8u;
+    let block_rows = min(RB * 8u, P.rows - block0);
+
+    let gate_quads = (P.gates + 3u) / 4u;
+    let dz_tiles = block_rows * gate_quads;
+    for (var first = 0u; first < dz_tiles; first += WG) {
+        let item = first + lid;
+        if (item < dz_tiles) {
+            dz_tile(block0 + item / gate_quads, item % gate_quads * 4u);
+        }
+    }
+
+    let quads = (P.width + 3u) / 4u;
+    let per_row = (P.experts + 3u) / 4u * quads;
+    let dh_tiles = block_rows * per_row;
+    for (var first = 0u; first < dh_tiles; first += WG) {
+        let item = first + lid;
+        if (item < dh_tiles) {
+            let rest = item % per_row;
+            dh_tile(block0 + item / per_row, rest / quads * 4u, rest % quads * 4u);
+        }
+    }
+}

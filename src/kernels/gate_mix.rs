@@ -1,0 +1,477 @@
+//! Fused gate + mix: for every gate `t`, `G_t = softmax(X · Wg_t + bg_t)` and
+//! `M_t = Σ_e G_t[:, e] ⊙ H_e` in one dispatch, and the backward pass: one dispatch for
+//! `dH` and the logit gradient `dz`, then `dWg`, `dbg` (and optionally `dX`) as grouped
+//! GEMMs on `dz`.
+//!
+//! Shader: `shaders/gate_mix.wgsl`.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::grouped_gemm::{GemmBackwardInput, GemmBackwardWeights};
+use super::{BufferView, Dispatch, GroupedGemm, Operand, bind_operands, div_ceil};
+use crate::gpu::{BindingKind, Gpu, ShaderProgram};
+use crate::shape::{Activation, GemmShape, InputLayout};
+use crate::{Error, Result};
+
+const PROGRAM: ShaderProgram = ShaderProgram {
+    name: "gate_mix",
+    parts: &[("gate_mix.wgsl", include_str!("../../shaders/gate_mix.wgsl"))],
+    needs_subgroups: false,
+};
+
+/// The WGSL programs of this family.
+pub const PROGRAMS: &[ShaderProgram] = &[PROGRAM];
+
+use BindingKind::{Read, ReadWrite, Uniform};
+const FORWARD_BINDINGS: &[(u32, BindingKind)] = &[
+    (0, Uniform),
+    (1, Read),
+    (2, Read),
+    (3, Read),
+    (4, Read),
+    (5, ReadWrite),
+    (6, ReadWrite),
+];
+const BACKWARD_BINDINGS: &[(u32, BindingKind)] = &[
+    (0, Uniform),
+    (4, Read),
+    (7, Read),
+    (8, Read),
+    (9, ReadWrite),
+    (10, ReadWrite),
+];
+
+/// Shape of a gate + mix over `gates` gates (`T` for MMoE, 1 for a one-gate model).
+///
+/// `X: [rows, inputs]`, `Wg: [gates, inputs, experts]`, `bg: [gates, experts]`,
+/// `H: [experts, rows, width]`, `G: [gates, rows, experts]`, `M: [gates, rows, width]`.
+/// All row-major.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GateMixShape {
+    /// Number of gates.
+    pub gates: usize,
+    /// Number of experts `E`, the softmax length.
+    pub experts: usize,
+    /// Batch rows `B`.
+    pub rows: usize,
+    /// Input features `d` of the gates.
+    pub inputs: usize,
+    /// Expert width `h`.
+    pub width: usize,
+}
+
+impl GateMixShape {
+    /// Checks every dimension is non-zero and every tensor fits the 32-bit indexing
+    /// the shader uses.
+    pub fn validate(&self, context: &str) -> Result<()> {
+        for (name, v) in [
+            ("gates", self.gates),
+            ("experts", self.experts),
+            ("rows", self.rows),
+            ("inputs", self.inputs),
+            ("width", self.width),
+        ] {
+            if v == 0 {
+                return Err(Error::shape(context, name, "at least 1", "0"));
+            }
+        }
+        // In u128 so that absurd shapes are reported, not overflowed.
+        let (t, e, b, d, w) = (self.gates, self.experts, self.rows, self.inputs, self.width);
+        for (name, dims) in [
+            ("X", [b, d, 1]),
+            ("Wg", [t, d, e]),
+            ("H", [e, b, w]),
+            ("G", [t, b, e]),
+            ("M", [t, b, w]),
+        ] {
+            let len: u128 = dims.iter().map(|&n| n as u128).product();
+            if len >= u32::MAX as u128 / 2 {
+                return Err(Error::Limit {
+                    context: context.into(),
+                    what: format!("element count of {name}"),
+                    value: len.min(u64::MAX as u128) as u64,
+                    limit: u32::MAX as u64 / 2,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Elements of `X` (and of `dX`).
+    pub fn x_len(&self) -> usize {
+        self.rows * self.inputs
+    }
+
+    /// Elements of `Wg` (and of `dWg`).
+    pub fn wg_len(&self) -> usize {
+        self.gates * self.inputs * self.experts
+    }
+
+    /// Elements of `bg` (and of `dbg`).
+    pub fn bg_len(&self) -> usize {
+        self.gates * self.experts
+    }
+
+    /// Elements of `H` (and of `dH`).
+    pub fn h_len(&self) -> usize {
+        self.experts * self.rows * self.width
+    }
+
+    /// Elements of `G` (and of `dz`).
+    pub fn g_len(&self) -> usize {
+        self.gates * self.rows * self.experts
+    }
+
+    /// Elements of `M` (and of `dM`).
+    pub fn m_len(&self) -> usize {
+        self.gates * self.rows * self.width
+    }
+
+    /// The gate logits `X · Wg_t + bg_t` as a grouped GEMM: one group per gate on the
+    /// shared input.
+    pub fn logits_gemm(&self) -> GemmShape {
+        GemmShape {
+            groups: self.gates,
+            rows: self.rows,
+            inputs: self.inputs,
+            outputs: self.experts,
+            input: InputLayout::Shared,
+        }
+    }
+}
+
+/// How the gate + mix kernels map work to invocations. Every tiling gives bitwise
+/// equal results.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GateMixTiling {
+    /// Invocations per workgroup.
+    pub wg: u32,
+    /// Blocks of 8 rows per workgroup, 1 to 16.
+    pub row_blocks: u32,
+    /// Groups of 4 logit columns (gate, expert pairs) per invocation, 1 or 2.
+    pub column_groups: u32,
+}
+
+impl GateMixTiling {
+    fn validate(&self, gpu: &Gpu) -> Result<()> {
+        let max = gpu.limits().max_compute_invocations_per_workgroup;
+        if self.wg == 0
+            || self.wg > max
+            || !(1..=16).contains(&self.row_blocks)
+            || !(1..=2).contains(&self.column_groups)
+        {
+            return Err(Error::invalid(
+                "gate_mix tiling",
+                format!(
+                    "{self:?}: wg must be 1..={max}, row_blocks 1..=16 and column_groups 1..=2"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn constants(&self) -> [(&'static str, u32); 3] {
+        [
+            ("WG", self.wg),
+            ("RB", self.row_blocks),
+            ("CN", self.column_groups),
+        ]
+    }
+
+    fn row_workgroups(&self, rows: usize) -> u32 {
+        div_ceil(rows, 8 * self.row_blocks as usize)
+    }
+}
+
+/// Mirrors `GateMixParams` in the shader.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Pod, Zeroable)]
+struct GateMixParams {
+    gates: u32,
+    experts: u32,
+    rows: u32,
+    inputs: u32,
+    width: u32,
+    x_base: u32,
+    wg_base: u32,
+    bg_base: u32,
+    h_base: u32,
+    g_base: u32,
+    m_base: u32,
+    dm_base: u32,
+    dh_base: u32,
+    dz_base: u32,
+    _pad: [u32; 2],
+}
+
+impl GateMixParams {
+    fn new(s: &GateMixShape) -> Self {
+        GateMixParams {
+            gates: s.gates as u32,
+            experts: s.experts as u32,
+            rows: s.rows as u32,
+            inputs: s.inputs as u32,
+            width: s.width as u32,
+            ..Default::default()
+        }
+    }
+}
+
+/// Operands of the forward pass.
+#[derive(Clone, Copy, Debug)]
+pub struct GateMixForward<'a> {
+    /// Shape.
+    pub shape: GateMixShape,
+    /// `X: [rows, inputs]`, the gates' input.
+    pub x: BufferView<'a>,
+    /// `Wg: [gates, inputs, experts]`.
+    pub wg: BufferView<'a>,
+    /// `bg: [gates, experts]`.
+    pub bg: BufferView<'a>,
+    /// The experts' outputs `H: [experts, rows, width]`.
+    pub h: BufferView<'a>,
+    /// Output `G: [gates, rows, experts]`, the gate probabilities (kept for backward).
+    pub g: BufferView<'a>,
+    /// Output `M: [gates, rows, width]`, the mixtures.
+    pub m: BufferView<'a>,
+}
+
+/// Operands of the backward pass. Outputs are overwritten, except `dx` with
+/// `accumulate_dx`. All outputs must be in buffers distinct from all inputs.
+#[derive(Clone, Copy, Debug)]
+pub struct GateMixBackward<'a> {
+    /// Shape.
+    pub shape: GateMixShape,
+    /// The forward input `X`.
+    pub x: BufferView<'a>,
+    /// `Wg` (read only for `dx`).
+    pub wg: BufferView<'a>,
+    /// The forward's `H`.
+    pub h: BufferView<'a>,
+    /// The forward's output `G`.
+    pub g: BufferView<'a>,
+    /// `dM: [gates, rows, width]`.
+    pub dm: BufferView<'a>,
+    /// Output `dH: [experts, rows, width]`.
+    pub dh: BufferView<'a>,
+    /// Output scratch `dz: [gates, rows, experts]`, the gradient of the logits.
+    pub dz: BufferView<'a>,
+    /// Output `dWg: [gates, inputs, experts]`.
+    pub dwg: BufferView<'a>,
+    /// Output `dbg: [gates, experts]`.
+    pub dbg: BufferView<'a>,
+    /// Output `dX: [rows, inputs]`, or none when `X` needs no gradient.
+    pub dx: Option<BufferView<'a>>,
+    /// Add into `dX` instead of overwriting it (the experts also feed from `X`).
+    pub accumulate_dx: bool,
+}
+
+/// The gate + mix kernels on one device. Cheap to clone; pipelines are compiled on
+/// first use and cached per device.
+#[derive(Clone, Debug)]
+pub struct GateMix {
+    gpu: Gpu,
+    gemm: GroupedGemm,
+}
+
+impl GateMix {
+    /// The kernels on `gpu`.
+    pub fn new(gpu: &Gpu) -> Self {
+        GateMix {
+            gpu: gpu.clone(),
+            gemm: GroupedGemm::new(gpu),
+        }
+    }
+
+    /// The tiling used when none is given: 8 invocations and up to 16 rows per
+    /// workgroup, 8 logit columns per invocation where there are that many (which did
+    /// best on lavapipe at the standard shapes).
+    pub fn default_tiling(&self, shape: &GateMixShape) -> GateMixTiling {
+        GateMixTiling {
+            wg: 8,
+            row_blocks: shape.rows.div_ceil(8).clamp(1, 2) as u32,
+            column_groups: if shape.gates * shape.experts > 4 {
+                2
+            } else {
+                1
+            },
+        }
+    }
+
+    /// Every tiling worth trying.
+    pub fn tilings(&self) -> Vec<GateMixTiling> {
+        [(8, 1, 1), (8, 2, 2), (8, 4, 2), (32, 2, 2), (64, 8, 1)]
+            .into_iter()
+            .map(|(wg, row_blocks, column_groups)| GateMixTiling {
+                wg,
+                row_blocks,
+                column_groups,
+            })
+            .collect()
+    }
+
+    /// Checks and binds the forward pass: one dispatch.
+    pub fn forward(&self, args: &GateMixForward<'_>) -> Result<Dispatch> {
+        self.forward_with(args, self.default_tiling(&args.shape))
+    }
+
+    /// [`forward`](Self::forward) with a given tiling.
+    pub fn forward_with(
+        &self,
+        args: &GateMixForward<'_>,
+        tiling: GateMixTiling,
+    ) -> Result<Dispatch> {
+        const CTX: &str = "gate_mix forward";
+        let s = &args.shape;
+        s.validate(CTX)?;
+        tiling.validate(&self.gpu)?;
+        let operands = [
+            Operand::new("x", 1, args.x, s.x_len(), Read),
+            Operand::new("wg", 2, args.wg, s.wg_len(), Read),
+            Operand::new("bg", 3, args.bg, s.bg_len(), Read),
+            Operand::new("h", 4, args.h, s.h_len(), Read),
+            Operand::new("g", 5, args.g, s.g_len(), ReadWrite),
+            Operand::new("m", 6, args.m, s.m_len(), ReadWrite),
+        ];
+        let bound = bind_operands(&self.gpu, CTX, &operands)?;
+        let mut p = GateMixParams::new(s);
+        p.x_base = bound[0].base;
+        p.wg_base = bound[1].base;
+        p.bg_base = bound[2].base;
+        p.h_base = bound[3].base;
+        p.g_base = bound[4].base;
+        p.m_base = bound[5].base;
+        self.build(CTX, "forward", tiling, FORWARD_BINDINGS, &p, &bound)
+    }
+
+    /// Checks and binds the backward pass: `dH` and `dz` in one dispatch, then `dWg`
+    /// with `dbg`, then `dX` when asked for. Record them in order.
+    pub fn backward(&self, args: &GateMixBackward<'_>) -> Result<Vec<Dispatch>> {
+        self.backward_with(args, self.default_tiling(&args.shape))
+    }
+
+    /// [`backward`](Self::backward) with a given tiling for its first dispatch.
+    pub fn backward_with(
+        &self,
+        args: &GateMixBackward<'_>,
+        tiling: GateMixTiling,
+    ) -> Result<Vec<Dispatch>> {
+        const CTX: &str = "gate_mix backward";
+        let s = &args.shape;
+        s.validate(CTX)?;
+        tiling.validate(&self.gpu)?;
+        let own = [
+            Operand::new("h", 4, args.h, s.h_len(), Read),
+            Operand::new("g", 7, args.g, s.g_len(), Read),
+            Operand::new("dm", 8, args.dm, s.m_len(), Read),
+            Operand::new("dh", 9, args.dh, s.h_len(), ReadWrite),
+            Operand::new("dz", 10, args.dz, s.g_len(), ReadWrite),
+        ];
+        // The three dispatches run in sequence, so no output of one may clobber an
+        // operand of another, and dz, written first, is then read next to the GEMMs'
+        // outputs. Checked here, under this kernel's operand names.
+        let dwg = Operand::new("dwg", 11, args.dwg, s.wg_len(), ReadWrite);
+        let dbg = Operand::new("dbg", 12, args.dbg, s.bg_len(), ReadWrite);
+        let dx = args
+            .dx
+            .map(|v| Operand::new("dx", 13, v, s.x_len(), ReadWrite));
+        let mut all = own.to_vec();
+        all.extend([
+            Operand::new("x", 1, args.x, s.x_len(), Read),
+            Operand::new("wg", 2, args.wg, s.wg_len(), Read),
+            dwg,
+            dbg,
+        ]);
+        all.extend(dx);
+        bind_operands(&self.gpu, CTX, &all)?;
+        let dz_read = Operand {
+            kind: Read,
+            ..own[4]
+        };
+        bind_operands(&self.gpu, CTX, &[dz_read, dwg, dbg])?;
+        if let Some(dx) = dx {
+            bind_operands(&self.gpu, CTX, &[dz_read, dx])?;
+        }
+
+        let bound = bind_operands(&self.gpu, CTX, &own)?;
+        let mut p = GateMixParams::new(s);
+        p.h_base = bound[0].base;
+        p.g_base = bound[1].base;
+        p.dm_base = bound[2].base;
+        p.dh_base = bound[3].base;
+        p.dz_base = bound[4].base;
+        let mut dispatches =
+            vec![self.build(CTX, "backward", tiling, BACKWARD_BINDINGS, &p, &bound)?];
+
+        let gemm = s.logits_gemm();
+        dispatches.push(self.gemm.backward_weights(&GemmBackwardWeights {
+            shape: gemm,
+            activation: Activation::Identity,
+            x: args.x,
+            dy: args.dz,
+            y: None,
+            dw: args.dwg,
+            db: Some(args.dbg),
+        })?);
+        if let Some(dx) = args.dx {
+            dispatches.push(self.gemm.backward_input(&GemmBackwardInput {
+                shape: gemm,
+                activation: Activation::Identity,
+                dy: args.dz,
+                y: None,
+                w: args.wg,
+                dx,
+                accumulate: args.accumulate_dx,
+            })?);
+        }
+        Ok(dispatches)
+    }
+
+    /// Checks, binds and records the forward pass into `encoder`.
+    pub fn encode_forward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        args: &GateMixForward<'_>,
+    ) -> Result<()> {
+        self.forward(args)?.encode(encoder);
+        Ok(())
+    }
+
+    /// Checks, binds and records the backward pass into `encoder`.
+    pub fn encode_backward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        args: &GateMixBackward<'_>,
+    ) -> Result<()> {
+        for dispatch in self.backward(args)? {
+            dispatch.encode(encoder);
+        }
+        Ok(())
+    }
+
+    /// Both kernels run one workgroup per block of rows.
+    fn build(
+        &self,
+        ctx: &'static str,
+        entry: &'static str,
+        tiling: GateMixTiling,
+        bindings: &[(u32, BindingKind)],
+        params: &GateMixParams,
+        bound: &[super::binding::BoundOperand<'_>],
+    ) -> Result<Dispatch> {
+        let workgroups = [tiling.row_workgroups(params.rows as usize), 1, 1];
+        let pipeline = self
+            .gpu
+            .pipeline(&PROGRAM, entry, bindings, &tiling.constants())?;
+        let (layout, _) = self.gpu.layout(bindings)?;
+        Dispatch::build(
+            &self.gpu,
+            ctx,
+            pipeline,
+            &layout,
+            bytemuck::bytes_of(params),
+            bound,
+            workgroups,
+        )
+    }
+}
