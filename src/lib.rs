@@ -15,8 +15,10 @@
 pub mod data;
 mod error;
 pub mod gpu;
+pub mod graph;
 pub mod kernels;
 pub mod metrics;
+pub mod model;
 pub mod reference;
 pub mod rng;
 pub mod shape;

@@ -1,0 +1,279 @@
+//! The CPU executor: runs a graph through [`crate::reference`] in `f64`, the ground
+//! truth the GPU executor is tested against.
+
+use super::{BackwardStep, Graph, Op, Plan, Role, TensorId, at_rows};
+use crate::kernels::optimizer::Optimizer;
+use crate::reference;
+use crate::shape::Activation;
+use crate::{Error, Result};
+
+/// A graph's parameters, optimizer state and tensors in `f64` on the host.
+#[derive(Clone, Debug)]
+pub struct CpuExecutor {
+    graph: Graph,
+    plan: Plan,
+    optimizer: Optimizer,
+    params: Vec<f64>,
+    grads: Vec<f64>,
+    m: Vec<f64>,
+    v: Vec<f64>,
+    values: Vec<Vec<f64>>,
+    grad_values: Vec<Vec<f64>>,
+    rows: usize,
+}
+
+impl CpuExecutor {
+    /// An executor for `graph` starting from the flat `params` (laid out by `plan`).
+    pub fn new(graph: Graph, plan: Plan, optimizer: Optimizer, params: &[f64]) -> Result<Self> {
+        reference::check_len("CpuExecutor::new", "params", params, plan.param_len)?;
+        let n = graph.tensors().len();
+        Ok(CpuExecutor {
+            optimizer,
+            params: params.to_vec(),
+            grads: vec![0.0; plan.param_len],
+            m: vec![0.0; plan.param_len],
+            v: vec![0.0; plan.param_len],
+            values: vec![Vec::new(); n],
+            grad_values: vec![Vec::new(); n],
+            rows: 0,
+            graph,
+            plan,
+        })
+    }
+
+    /// The flat parameters.
+    pub fn parameters(&self) -> &[f64] {
+        &self.params
+    }
+
+    /// The flat parameters, to perturb them (finite differences) or load them.
+    pub fn parameters_mut(&mut self) -> &mut [f64] {
+        &mut self.params
+    }
+
+    /// The flat gradients of the last [`backward`](Self::backward).
+    pub fn gradients(&self) -> &[f64] {
+        &self.grads
+    }
+
+    /// The value of a tensor after the last forward pass (parameters included).
+    pub fn tensor(&self, id: TensorId) -> &[f64] {
+        match self.plan.param_offsets[id.0] {
+            Some(offset) => &self.params[offset..offset + self.graph.tensor(id).len()],
+            None => &self.values[id.0],
+        }
+    }
+
+    /// Runs the forward pass on `rows` rows of `inputs` (one slice per input tensor,
+    /// in creation order) and, if given, `targets` (one per target tensor).
+    pub fn forward(&mut self, rows: usize, inputs: &[&[f64]], targets: &[&[f64]]) -> Result<()> {
+        self.graph.check_rows(rows)?;
+        self.rows = rows;
+        for (role, data) in [(Role::Input, inputs), (Role::Target, targets)] {
+            let ids = self.graph.with_role(role);
+            for (i, id) in ids.iter().enumerate() {
+                let tensor = self.graph.tensor(*id);
+                let value = data.get(i).copied().unwrap_or(&[]);
+                if role == Role::Target && data.is_empty() {
+                    continue;
+                }
+                reference::check_len(
+                    "CpuExecutor::forward",
+                    &tensor.name,
+                    value,
+                    tensor.len_at(rows),
+                )?;
+                self.values[id.0] = value.to_vec();
+            }
+        }
+        let nodes: Vec<Op> = self
+            .graph
+            .nodes()
+            .iter()
+            .map(|op| at_rows(op, rows))
+            .collect();
+        for op in &nodes {
+            if matches!(op, Op::Loss { .. }) && targets.is_empty() {
+                continue;
+            }
+            self.forward_node(op)?;
+        }
+        Ok(())
+    }
+
+    fn forward_node(&mut self, op: &Op) -> Result<()> {
+        match op {
+            Op::Dense {
+                shape,
+                activation,
+                x,
+                w,
+                b,
+                y,
+            } => {
+                let bias = b.map(|b| self.tensor(b).to_vec());
+                self.values[y.0] = reference::grouped_gemm::forward(
+                    shape,
+                    *activation,
+                    self.tensor(*x),
+                    self.tensor(*w),
+                    bias.as_deref(),
+                )?;
+            }
+            Op::GateMix {
+                shape,
+                x,
+                wg,
+                bg,
+                h,
+                g,
+                m,
+            } => {
+                let (gv, mv) = reference::gate_mix::forward(
+                    shape,
+                    self.tensor(*x),
+                    self.tensor(*wg),
+                    self.tensor(*bg),
+                    self.tensor(*h),
+                )?;
+                self.values[g.0] = gv;
+                self.values[m.0] = mv;
+            }
+            Op::Loss {
+                tasks,
+                predictions,
+                targets,
+                loss,
+            } => {
+                let kinds: Vec<_> = tasks.iter().map(|t| (t.kind, t.weight as f64)).collect();
+                let (l, grad) = reference::loss::forward(
+                    &kinds,
+                    self.rows,
+                    self.tensor(*predictions),
+                    self.tensor(*targets),
+                )?;
+                self.values[loss.0] = l;
+                self.grad_values[predictions.0] = grad;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the backward pass of the last forward pass (which must have had targets).
+    pub fn backward(&mut self) -> Result<()> {
+        if self.rows == 0 {
+            return Err(Error::invalid(
+                "CpuExecutor::backward",
+                "no forward pass ran yet",
+            ));
+        }
+        for step in self.plan.backward.clone() {
+            self.backward_step(step)?;
+        }
+        Ok(())
+    }
+
+    fn backward_step(&mut self, step: BackwardStep) -> Result<()> {
+        let (BackwardStep::DenseWeights { node }
+        | BackwardStep::DenseInput { node, .. }
+        | BackwardStep::GateMix { node, .. }) = step;
+        match at_rows(&self.graph.nodes()[node], self.rows) {
+            Op::Dense {
+                shape,
+                activation,
+                x,
+                w,
+                b,
+                y,
+            } => {
+                let saved = match activation {
+                    Activation::Identity => vec![1.0; shape.y_len()],
+                    Activation::Relu => self.values[y.0].clone(),
+                };
+                let grads = reference::grouped_gemm::backward(
+                    &shape,
+                    activation,
+                    self.tensor(x),
+                    self.tensor(w),
+                    &saved,
+                    &self.grad_values[y.0],
+                )?;
+                match step {
+                    BackwardStep::DenseWeights { .. } => {
+                        self.set_param_grad(w, &grads.dw);
+                        if let Some(b) = b {
+                            self.set_param_grad(b, &grads.db);
+                        }
+                    }
+                    BackwardStep::DenseInput { accumulate, .. } => {
+                        self.set_grad(x, grads.dx, accumulate)
+                    }
+                    BackwardStep::GateMix { .. } => {
+                        unreachable!("a gate-mix step names a gate-mix node")
+                    }
+                }
+            }
+            Op::GateMix {
+                shape,
+                x,
+                wg,
+                bg,
+                h,
+                g,
+                m,
+            } => {
+                let grads = reference::gate_mix::backward(
+                    &shape,
+                    self.tensor(x),
+                    self.tensor(wg),
+                    self.tensor(h),
+                    &self.values[g.0],
+                    &self.grad_values[m.0],
+                )?;
+                self.set_param_grad(wg, &grads.dwg);
+                self.set_param_grad(bg, &grads.dbg);
+                self.set_grad(h, grads.dh, false);
+                if let BackwardStep::GateMix {
+                    dx: Some(accumulate),
+                    ..
+                } = step
+                {
+                    self.set_grad(x, grads.dx, accumulate);
+                }
+            }
+            Op::Loss { .. } => unreachable!("the loss has no backward step"),
+        }
+        Ok(())
+    }
+
+    fn set_param_grad(&mut self, id: TensorId, grad: &[f64]) {
+        let offset = self.plan.param_offsets[id.0].expect("a parameter");
+        self.grads[offset..offset + grad.len()].copy_from_slice(grad);
+    }
+
+    fn set_grad(&mut self, id: TensorId, grad: Vec<f64>, accumulate: bool) {
+        let slot = &mut self.grad_values[id.0];
+        if accumulate {
+            slot.iter_mut().zip(&grad).for_each(|(s, g)| *s += g);
+        } else {
+            *slot = grad;
+        }
+    }
+
+    /// One optimizer step (1-based `step`) with learning rate `learning_rate`.
+    pub fn optimizer_step(&mut self, step: u32, learning_rate: f64) -> Result<()> {
+        let v = self
+            .optimizer
+            .needs_second_moment()
+            .then_some(&mut self.v[..]);
+        reference::optimizer::step(
+            self.optimizer,
+            step,
+            learning_rate,
+            &mut self.params,
+            &self.grads,
+            &mut self.m,
+            v,
+        )
+    }
+}

@@ -1,0 +1,569 @@
+//! The GPU executor: allocates the plan's buffers once, builds every dispatch (and
+//! its bind group) once per batch size, and records a whole training step into one
+//! command encoder with no host round trip inside it.
+
+use std::collections::HashMap;
+
+use super::plan::moment_buffers;
+use super::{BackwardStep, Graph, MemoryReport, Op, Plan, Role, TensorId, at_rows};
+use crate::gpu::Gpu;
+use crate::kernels::gate_mix::{GateMix, GateMixBackward, GateMixForward};
+use crate::kernels::grouped_gemm::{
+    GemmBackwardInput, GemmBackwardWeights, GemmForward, GroupedGemm,
+};
+use crate::kernels::loss::{Loss, LossArgs};
+use crate::kernels::optimizer::{Optimizer, OptimizerArgs, OptimizerKernel, OptimizerStep};
+use crate::kernels::{BufferView, Dispatch};
+use crate::shape::Activation;
+use crate::{Error, Result};
+
+/// The dispatches of one batch size, built once.
+struct Recorded {
+    forward: Vec<Dispatch>,
+    loss: Vec<Dispatch>,
+    backward: Vec<Dispatch>,
+}
+
+/// A graph's buffers and dispatches on one device.
+pub struct GpuExecutor {
+    gpu: Gpu,
+    graph: Graph,
+    plan: Plan,
+    gemm: GroupedGemm,
+    gate_mix: GateMix,
+    loss_kernel: Loss,
+    params: wgpu::Buffer,
+    grads: wgpu::Buffer,
+    moments: Vec<wgpu::Buffer>,
+    buffers: Vec<Option<wgpu::Buffer>>,
+    grad_buffers: Vec<Option<wgpu::Buffer>>,
+    scratch: Vec<Option<wgpu::Buffer>>,
+    status: wgpu::Buffer,
+    loss_tensor: Option<TensorId>,
+    optimizer: OptimizerStep,
+    recorded: HashMap<usize, Recorded>,
+}
+
+impl GpuExecutor {
+    /// Allocates every buffer of `plan` on `gpu` and uploads the flat `params`.
+    pub fn new(
+        gpu: &Gpu,
+        graph: Graph,
+        plan: Plan,
+        optimizer: Optimizer,
+        params: &[f32],
+    ) -> Result<Self> {
+        if params.len() != plan.param_len {
+            return Err(Error::shape(
+                "GpuExecutor::new",
+                "params",
+                format!("{} values", plan.param_len),
+                format!("{} values", params.len()),
+            ));
+        }
+        let bytes = |n: usize| 4 * n as u64;
+        let params_buffer = gpu.upload("parameters", params)?;
+        let grads = gpu.storage_buffer("gradients", bytes(plan.param_len))?;
+        let moments = (0..moment_buffers(&optimizer))
+            .map(|i| {
+                gpu.storage_buffer(
+                    &format!("optimizer moment {}", i + 1),
+                    bytes(plan.param_len),
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut buffers = Vec::new();
+        let mut grad_buffers = Vec::new();
+        for (tensor, &has_grad) in graph.tensors().iter().zip(&plan.has_grad) {
+            let own = tensor.role != Role::Parameter;
+            buffers.push(
+                own.then(|| gpu.storage_buffer(&tensor.name, bytes(tensor.len())))
+                    .transpose()?,
+            );
+            grad_buffers.push(
+                has_grad
+                    .then(|| gpu.storage_buffer(&format!("d {}", tensor.name), bytes(tensor.len())))
+                    .transpose()?,
+            );
+        }
+        let scratch = plan
+            .scratch
+            .iter()
+            .map(|&n| {
+                (n > 0)
+                    .then(|| gpu.storage_buffer("gate-mix dz", bytes(n)))
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let loss_tensor = graph.nodes().iter().find_map(|op| match op {
+            Op::Loss { loss, .. } => Some(*loss),
+            _ => None,
+        });
+        let tasks = loss_tensor.map_or(0, |l| graph.tensor(l).len());
+        let status = gpu.storage_buffer("non-finite loss status", bytes(1 + tasks))?;
+        let loss_view =
+            loss_tensor.map(|l| BufferView::new(buffers[l.0].as_ref().expect("loss buffer")));
+        let optimizer = OptimizerKernel::new(gpu).prepare(&OptimizerArgs {
+            optimizer,
+            len: plan.param_len,
+            params: BufferView::new(&params_buffer),
+            grads: BufferView::new(&grads),
+            m: BufferView::new(&moments[0]),
+            v: moments.get(1).map(BufferView::new),
+            loss: loss_view,
+            status: loss_view.map(|_| BufferView::new(&status)),
+            tasks,
+        })?;
+        Ok(GpuExecutor {
+            gemm: GroupedGemm::new(gpu),
+            gate_mix: GateMix::new(gpu),
+            loss_kernel: Loss::new(gpu),
+            gpu: gpu.clone(),
+            graph,
+            plan,
+            params: params_buffer,
+            grads,
+            moments,
+            buffers,
+            grad_buffers,
+            scratch,
+            status,
+            loss_tensor,
+            optimizer,
+            recorded: HashMap::new(),
+        })
+    }
+
+    /// The graph.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// The buffer layout.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// The device.
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// Bytes allocated on the device, by kind.
+    pub fn memory(&self) -> MemoryReport {
+        let size = |b: &wgpu::Buffer| b.size();
+        let sum = |bufs: &[Option<wgpu::Buffer>], role: &dyn Fn(Role) -> bool| -> u64 {
+            bufs.iter()
+                .zip(self.graph.tensors())
+                .filter(|(_, t)| role(t.role))
+                .filter_map(|(b, _)| b.as_ref().map(size))
+                .sum()
+        };
+        MemoryReport {
+            parameters: size(&self.params),
+            gradients: size(&self.grads),
+            optimizer_state: self.moments.iter().map(size).sum(),
+            activations: sum(&self.buffers, &|r| r == Role::Activation),
+            activation_gradients: sum(&self.grad_buffers, &|_| true),
+            inputs: sum(&self.buffers, &|r| matches!(r, Role::Input | Role::Target)),
+            scratch: self.scratch.iter().flatten().map(size).sum::<u64>() + size(&self.status),
+        }
+    }
+
+    fn view(&self, id: TensorId) -> BufferView<'_> {
+        match self.plan.param_offsets[id.0] {
+            Some(offset) => BufferView::at(&self.params, 4 * offset as u64),
+            None => BufferView::new(
+                self.buffers[id.0]
+                    .as_ref()
+                    .expect("every non-parameter tensor has a buffer"),
+            ),
+        }
+    }
+
+    fn grad_view(&self, id: TensorId) -> BufferView<'_> {
+        match self.plan.param_offsets[id.0] {
+            Some(offset) => BufferView::at(&self.grads, 4 * offset as u64),
+            None => BufferView::new(
+                self.grad_buffers[id.0]
+                    .as_ref()
+                    .expect("the plan gives this tensor a gradient"),
+            ),
+        }
+    }
+
+    /// Writes a batch of `rows` rows: one slice per input tensor and (optionally) per
+    /// target tensor, in creation order.
+    pub fn write_batch(&self, rows: usize, inputs: &[&[f32]], targets: &[&[f32]]) -> Result<()> {
+        self.graph.check_rows(rows)?;
+        for (role, data) in [(Role::Input, inputs), (Role::Target, targets)] {
+            let ids = self.graph.with_role(role);
+            if data.is_empty() && role == Role::Target {
+                continue;
+            }
+            if data.len() != ids.len() {
+                return Err(Error::invalid(
+                    "GpuExecutor::write_batch",
+                    format!(
+                        "{} {role:?} tensors expected, {} given",
+                        ids.len(),
+                        data.len()
+                    ),
+                ));
+            }
+            for (id, values) in ids.into_iter().zip(data) {
+                let tensor = self.graph.tensor(id);
+                if values.len() != tensor.len_at(rows) {
+                    return Err(Error::shape(
+                        "GpuExecutor::write_batch",
+                        &tensor.name,
+                        format!("{} values ({rows} rows)", tensor.len_at(rows)),
+                        format!("{} values", values.len()),
+                    ));
+                }
+                self.gpu.write(
+                    self.buffers[id.0].as_ref().expect("input buffer"),
+                    0,
+                    values,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn recorded(&mut self, rows: usize) -> Result<&Recorded> {
+        self.graph.check_rows(rows)?;
+        if !self.recorded.contains_key(&rows) {
+            let recorded = self.build(rows)?;
+            self.recorded.insert(rows, recorded);
+        }
+        Ok(&self.recorded[&rows])
+    }
+
+    fn build(&self, rows: usize) -> Result<Recorded> {
+        let mut recorded = Recorded {
+            forward: Vec::new(),
+            loss: Vec::new(),
+            backward: Vec::new(),
+        };
+        for op in self.graph.nodes() {
+            match at_rows(op, rows) {
+                Op::Dense {
+                    shape,
+                    activation,
+                    x,
+                    w,
+                    b,
+                    y,
+                } => recorded.forward.push(self.gemm.forward(&GemmForward {
+                    shape,
+                    activation,
+                    x: self.view(x),
+                    w: self.view(w),
+                    bias: b.map(|b| self.view(b)),
+                    y: self.view(y),
+                })?),
+                Op::GateMix {
+                    shape,
+                    x,
+                    wg,
+                    bg,
+                    h,
+                    g,
+                    m,
+                } => recorded
+                    .forward
+                    .push(self.gate_mix.forward(&GateMixForward {
+                        shape,
+                        x: self.view(x),
+                        wg: self.view(wg),
+                        bg: self.view(bg),
+                        h: self.view(h),
+                        g: self.view(g),
+                        m: self.view(m),
+                    })?),
+                Op::Loss {
+                    tasks,
+                    predictions,
+                    targets,
+                    loss,
+                } => recorded.loss.push(self.loss_kernel.dispatch(&LossArgs {
+                    rows,
+                    tasks: &tasks,
+                    predictions: self.view(predictions),
+                    targets: self.view(targets),
+                    loss: self.view(loss),
+                    grad: self.grad_view(predictions),
+                })?),
+            }
+        }
+        for &step in &self.plan.backward {
+            self.build_backward(step, rows, &mut recorded.backward)?;
+        }
+        Ok(recorded)
+    }
+
+    fn build_backward(
+        &self,
+        step: BackwardStep,
+        rows: usize,
+        out: &mut Vec<Dispatch>,
+    ) -> Result<()> {
+        let (BackwardStep::DenseWeights { node }
+        | BackwardStep::DenseInput { node, .. }
+        | BackwardStep::GateMix { node, .. }) = step;
+        match (step, at_rows(&self.graph.nodes()[node], rows)) {
+            (
+                BackwardStep::DenseWeights { .. },
+                Op::Dense {
+                    shape,
+                    activation,
+                    x,
+                    w,
+                    b,
+                    y,
+                },
+            ) => out.push(self.gemm.backward_weights(&GemmBackwardWeights {
+                shape,
+                activation,
+                x: self.view(x),
+                dy: self.grad_view(y),
+                y: (activation == Activation::Relu).then(|| self.view(y)),
+                dw: self.grad_view(w),
+                db: b.map(|b| self.grad_view(b)),
+            })?),
+            (
+                BackwardStep::DenseInput { accumulate, .. },
+                Op::Dense {
+                    shape,
+                    activation,
+                    x,
+                    w,
+                    y,
+                    ..
+                },
+            ) => out.push(self.gemm.backward_input(&GemmBackwardInput {
+                shape,
+                activation,
+                dy: self.grad_view(y),
+                y: (activation == Activation::Relu).then(|| self.view(y)),
+                w: self.view(w),
+                dx: self.grad_view(x),
+                accumulate,
+            })?),
+            (
+                BackwardStep::GateMix { dx, .. },
+                Op::GateMix {
+                    shape,
+                    x,
+                    wg,
+                    bg,
+                    h,
+                    g,
+                    m,
+                },
+            ) => out.extend(self.gate_mix.backward(&GateMixBackward {
+                shape,
+                x: self.view(x),
+                wg: self.view(wg),
+                h: self.view(h),
+                g: self.view(g),
+                dm: self.grad_view(m),
+                dh: self.grad_view(h),
+                dz: BufferView::new(self.scratch[node].as_ref().expect("gate-mix scratch")),
+                dwg: self.grad_view(wg),
+                dbg: self.grad_view(bg),
+                dx: dx.map(|_| self.grad_view(x)),
+                accumulate_dx: dx == Some(true),
+            })?),
+            (step, op) => unreachable!("backward step {step:?} does not match node {op:?}"),
+        }
+        Ok(())
+    }
+
+    /// Compute dispatches one training step records at `rows` rows.
+    pub fn dispatches_per_step(&mut self, rows: usize) -> Result<usize> {
+        let r = self.recorded(rows)?;
+        Ok(r.forward.len() + r.loss.len() + r.backward.len() + 1)
+    }
+
+    fn submit(&mut self, rows: usize, what: &str, parts: Parts) -> Result<()> {
+        self.recorded(rows)?;
+        let recorded = &self.recorded[&rows];
+        let optimizer = parts.optimizer.then(|| self.optimizer.dispatch());
+        self.gpu.scoped(what, || {
+            let mut encoder = self
+                .gpu
+                .device()
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(what) });
+            {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some(what),
+                    timestamp_writes: None,
+                });
+                let loss: &[Dispatch] = if parts.loss { &recorded.loss } else { &[] };
+                let backward: &[Dispatch] = if parts.backward {
+                    &recorded.backward
+                } else {
+                    &[]
+                };
+                for d in recorded
+                    .forward
+                    .iter()
+                    .chain(loss)
+                    .chain(backward)
+                    .chain(optimizer)
+                {
+                    d.record(&mut pass);
+                }
+            }
+            self.gpu.queue().submit([encoder.finish()]);
+        })
+    }
+
+    /// Runs one training step dispatch by dispatch, timing each (GPU timestamps where
+    /// the device has them): where a step's time goes. Applies the update like
+    /// [`train_step`](Self::train_step).
+    pub fn profile_step(
+        &mut self,
+        rows: usize,
+        step: u32,
+        learning_rate: f32,
+    ) -> Result<Vec<(&'static str, std::time::Duration)>> {
+        self.optimizer
+            .set_step(self.gpu.queue(), step, learning_rate);
+        self.recorded(rows)?;
+        let recorded = &self.recorded[&rows];
+        let all = recorded
+            .forward
+            .iter()
+            .chain(&recorded.loss)
+            .chain(&recorded.backward)
+            .chain([self.optimizer.dispatch()]);
+        all.map(|d| {
+            Ok((
+                d.label(),
+                self.gpu.time_pass(1, |pass| d.record(pass))?.total,
+            ))
+        })
+        .collect()
+    }
+
+    /// Forward pass on the batch last written; with `loss`, also the loss (targets
+    /// must have been written).
+    pub fn forward(&mut self, rows: usize, loss: bool) -> Result<()> {
+        self.submit(
+            rows,
+            "forward pass",
+            Parts {
+                loss,
+                backward: false,
+                optimizer: false,
+            },
+        )
+    }
+
+    /// Forward, loss and backward: fills the gradient buffer, does not update.
+    pub fn gradients(&mut self, rows: usize) -> Result<()> {
+        self.submit(
+            rows,
+            "forward and backward pass",
+            Parts {
+                loss: true,
+                backward: true,
+                optimizer: false,
+            },
+        )
+    }
+
+    /// One whole training step in one submission: forward, loss, backward and the
+    /// optimizer update number `step` (1-based) with `learning_rate`.
+    pub fn train_step(&mut self, rows: usize, step: u32, learning_rate: f32) -> Result<()> {
+        self.optimizer
+            .set_step(self.gpu.queue(), step, learning_rate);
+        self.submit(
+            rows,
+            "training step",
+            Parts {
+                loss: true,
+                backward: true,
+                optimizer: true,
+            },
+        )
+    }
+
+    /// Reads a tensor as computed by the last run at `rows` rows.
+    pub fn read(&self, id: TensorId, rows: usize) -> Result<Vec<f32>> {
+        let view = self.view(id);
+        self.gpu
+            .read(view.buffer, view.offset, self.graph.tensor(id).len_at(rows))
+    }
+
+    /// Reads the gradient of a tensor (parameter or activation).
+    pub fn read_grad(&self, id: TensorId, rows: usize) -> Result<Vec<f32>> {
+        let view = self.grad_view(id);
+        self.gpu
+            .read(view.buffer, view.offset, self.graph.tensor(id).len_at(rows))
+    }
+
+    /// The flat parameters.
+    pub fn parameters(&self) -> Result<Vec<f32>> {
+        self.gpu.read(&self.params, 0, self.plan.param_len)
+    }
+
+    /// The flat gradients of the last backward pass.
+    pub fn gradients_flat(&self) -> Result<Vec<f32>> {
+        self.gpu.read(&self.grads, 0, self.plan.param_len)
+    }
+
+    /// Replaces the flat parameters.
+    pub fn set_parameters(&self, params: &[f32]) -> Result<()> {
+        if params.len() != self.plan.param_len {
+            return Err(Error::shape(
+                "GpuExecutor::set_parameters",
+                "params",
+                format!("{} values", self.plan.param_len),
+                format!("{} values", params.len()),
+            ));
+        }
+        self.gpu.write(&self.params, 0, params)
+    }
+
+    /// The per-task loss of the last run with a loss.
+    pub fn loss(&self) -> Result<Vec<f32>> {
+        match self.loss_tensor {
+            Some(id) => self.read(id, 1),
+            None => Err(Error::invalid(
+                "GpuExecutor::loss",
+                "the graph has no loss node",
+            )),
+        }
+    }
+
+    /// Err naming the first step whose loss was non-finite, if any step's was: the
+    /// optimizer skipped that update and every later one.
+    pub fn check_finite(&self) -> Result<()> {
+        let Some(id) = self.loss_tensor else {
+            return Ok(());
+        };
+        let status: Vec<u32> = self
+            .gpu
+            .read(&self.status, 0, 1 + self.graph.tensor(id).len())?;
+        if status[0] == 0 {
+            return Ok(());
+        }
+        let losses: Vec<f32> = status[1..].iter().map(|&b| f32::from_bits(b)).collect();
+        let task = losses.iter().position(|l| !l.is_finite()).unwrap_or(0);
+        Err(Error::NonFiniteLoss {
+            step: status[0] as u64,
+            task,
+            value: losses[task],
+        })
+    }
+}
+
+struct Parts {
+    loss: bool,
+    backward: bool,
+    optimizer: bool,
+}

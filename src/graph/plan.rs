@@ -1,0 +1,147 @@
+//! Buffer layout, decided once per graph: parameters, their gradients and the
+//! optimizer state each in one flat buffer (tensors as views at aligned offsets);
+//! activations, their gradients and scratch one buffer each.
+
+use super::backward::{BackwardStep, backward_steps, needs_grad};
+use super::{Graph, Op, Role};
+use crate::Result;
+use crate::kernels::optimizer::Optimizer;
+
+/// Where every tensor lives.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// Alignment of parameter views, in elements.
+    pub align: usize,
+    /// Element offset of each parameter in the flat buffers (`None` for other tensors).
+    pub param_offsets: Vec<Option<usize>>,
+    /// Length of the flat parameter (and gradient, and moment) buffers.
+    pub param_len: usize,
+    /// Which activations have a gradient buffer.
+    pub has_grad: Vec<bool>,
+    /// Per node: the length of the gate-mix `dz` scratch at capacity (0 for others).
+    pub scratch: Vec<usize>,
+    /// The backward pass.
+    pub backward: Vec<BackwardStep>,
+}
+
+impl Plan {
+    /// Lays out `graph` with parameter views aligned to `align_bytes` (the device's
+    /// `min_storage_buffer_offset_alignment`, so each view can also be bound alone).
+    pub fn new(graph: &Graph, align_bytes: u32) -> Result<Plan> {
+        let align = (align_bytes as usize / 4).max(1);
+        let mut param_len = 0usize;
+        let param_offsets = graph
+            .tensors()
+            .iter()
+            .map(|t| {
+                (t.role == Role::Parameter).then(|| {
+                    let offset = param_len.next_multiple_of(align);
+                    param_len = offset + t.len();
+                    offset
+                })
+            })
+            .collect();
+        let needs = needs_grad(graph);
+        let mut has_grad: Vec<bool> = graph
+            .tensors()
+            .iter()
+            .zip(&needs)
+            .map(|(t, &n)| n && t.role == Role::Activation)
+            .collect();
+        let mut scratch = vec![0; graph.nodes().len()];
+        for (node, op) in graph.nodes().iter().enumerate() {
+            match op {
+                // Gate values and losses are outputs without a gradient of their own.
+                Op::GateMix { g, shape, .. } => {
+                    has_grad[g.0] = false;
+                    scratch[node] = shape.gates * shape.rows * shape.experts;
+                }
+                Op::Loss { loss, .. } => has_grad[loss.0] = false,
+                Op::Dense { .. } => {}
+            }
+        }
+        Ok(Plan {
+            align,
+            param_offsets,
+            param_len,
+            has_grad,
+            scratch,
+            backward: backward_steps(graph)?,
+        })
+    }
+
+    /// Bytes the plan needs on the device, by kind (f32 everywhere), trained with
+    /// `optimizer`.
+    pub fn memory(&self, graph: &Graph, optimizer: &Optimizer) -> MemoryReport {
+        let moments = moment_buffers(optimizer);
+        let bytes = |n: usize| 4 * n as u64;
+        let sum_role = |role: Role| {
+            bytes(
+                graph
+                    .tensors()
+                    .iter()
+                    .filter(|t| t.role == role)
+                    .map(|t| t.len())
+                    .sum(),
+            )
+        };
+        MemoryReport {
+            parameters: bytes(self.param_len),
+            gradients: bytes(self.param_len),
+            optimizer_state: bytes(self.param_len * moments),
+            activations: sum_role(Role::Activation),
+            activation_gradients: bytes(
+                graph
+                    .tensors()
+                    .iter()
+                    .zip(&self.has_grad)
+                    .filter(|(_, g)| **g)
+                    .map(|(t, _)| t.len())
+                    .sum(),
+            ),
+            inputs: sum_role(Role::Input) + sum_role(Role::Target),
+            scratch: bytes(self.scratch.iter().sum()),
+        }
+    }
+}
+
+/// Optimizer state buffers `optimizer` keeps, each as long as the parameters.
+pub fn moment_buffers(optimizer: &Optimizer) -> usize {
+    if optimizer.needs_second_moment() {
+        2
+    } else {
+        1
+    }
+}
+
+/// Device memory by kind, in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryReport {
+    /// The flat parameter buffer.
+    pub parameters: u64,
+    /// The flat gradient buffer.
+    pub gradients: u64,
+    /// Optimizer moments.
+    pub optimizer_state: u64,
+    /// Forward activations (kept for backward).
+    pub activations: u64,
+    /// Gradients of activations.
+    pub activation_gradients: u64,
+    /// Per-step inputs and targets.
+    pub inputs: u64,
+    /// Kernel scratch (gate-mix `dz`).
+    pub scratch: u64,
+}
+
+impl MemoryReport {
+    /// Sum of all kinds.
+    pub fn total(&self) -> u64 {
+        self.parameters
+            + self.gradients
+            + self.optimizer_state
+            + self.activations
+            + self.activation_gradients
+            + self.inputs
+            + self.scratch
+    }
+}

@@ -1,0 +1,16 @@
+//! MMoE and its baselines as graphs, and the trainer that runs them on the GPU.
+//!
+//! - [`ModelConfig`]: MMoE, OMoE (one gate shared by all tasks), shared-bottom, each
+//!   optionally on shared hidden layers; experts, bottom and towers of one or more
+//!   ReLU layers; per-task head kind and loss weight.
+//! - [`build`]: the config as a [`crate::graph::Graph`], and seeded initial weights
+//!   (He uniform for ReLU layers, Glorot uniform for gates and heads, zero biases).
+//! - [`Trainer`]: `step`, `predict`, `evaluate`, `gate_report`.
+
+mod build;
+mod config;
+mod trainer;
+
+pub use build::{ModelGraph, build, initial_parameters};
+pub use config::{Architecture, ModelConfig, TaskConfig, TaskKind};
+pub use trainer::{Evaluation, GateReport, Trainer};

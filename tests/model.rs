@@ -1,0 +1,392 @@
+//! The whole model: the GPU executor against the CPU executor on the same graph
+//! (outputs, every parameter's gradient, parameters after Adam steps), the CPU
+//! model against finite differences, determinism, fusion and bad input.
+
+mod common;
+
+use common::{gpu, random, relative_error, to_f64};
+use mmoe_wgpu::Error;
+use mmoe_wgpu::graph::{CpuExecutor, Role};
+use mmoe_wgpu::model::{Architecture, ModelConfig, TaskConfig, TaskKind, Trainer};
+use mmoe_wgpu::rng::Rng;
+
+const ROWS: usize = 19;
+const INPUTS: usize = 7;
+
+fn tasks(n: usize) -> Vec<TaskConfig> {
+    (0..n)
+        .map(|t| {
+            let kind = if t % 2 == 0 {
+                TaskKind::Regression
+            } else {
+                TaskKind::BinaryClassification
+            };
+            TaskConfig {
+                weight: 1.0 + 0.5 * t as f32,
+                ..TaskConfig::new(format!("task{t}"), kind)
+            }
+        })
+        .collect()
+}
+
+/// The four architectures of the issue, small and with awkward widths.
+fn configs() -> Vec<(&'static str, ModelConfig)> {
+    let mmoe = ModelConfig {
+        tower_layers: vec![3],
+        seed: 11,
+        learning_rate: 0.01,
+        ..ModelConfig::mmoe(INPUTS, 3, 5, 3, tasks(2))
+    };
+    vec![
+        ("mmoe", mmoe.clone()),
+        (
+            "omoe",
+            ModelConfig {
+                architecture: Architecture::Omoe {
+                    experts: 3,
+                    expert_layers: vec![5],
+                },
+                ..mmoe.clone()
+            },
+        ),
+        (
+            "shared-bottom",
+            ModelConfig {
+                architecture: Architecture::SharedBottom {
+                    bottom_layers: vec![9],
+                },
+                ..mmoe.clone()
+            },
+        ),
+        (
+            "mmoe on a shared hidden layer, two-layer experts, three tasks",
+            ModelConfig {
+                shared_layers: vec![6],
+                architecture: Architecture::Mmoe {
+                    experts: 4,
+                    expert_layers: vec![5, 4],
+                },
+                tower_layers: vec![3, 2],
+                tasks: tasks(3),
+                ..mmoe
+            },
+        ),
+    ]
+}
+
+/// A batch whose targets suit each task's kind (0/1 labels for classification).
+fn batch(config: &ModelConfig, rows: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
+    let mut rng = Rng::new(seed);
+    let x = random(&mut rng, rows * config.inputs, 1.0);
+    let y = config
+        .tasks
+        .iter()
+        .flat_map(|t| {
+            (0..rows)
+                .map(|_| match t.kind {
+                    TaskKind::Regression => rng.uniform(-1.0, 1.0) as f32,
+                    TaskKind::BinaryClassification => (rng.unit() < 0.5) as u8 as f32,
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    (x, y)
+}
+
+/// Norm-wise relative error of every parameter tensor of a flat vector.
+fn worst_parameter_error(trainer: &Trainer, got: &[f32], want: &[f64]) -> (String, f64) {
+    let graph = &trainer.model().graph;
+    let plan = trainer.executor().plan();
+    graph
+        .with_role(Role::Parameter)
+        .into_iter()
+        .map(|id| {
+            let offset = plan.param_offsets[id.0].unwrap();
+            let len = graph.tensor(id).len();
+            let err = relative_error(&got[offset..offset + len], &want[offset..offset + len]);
+            (graph.tensor(id).name.clone(), err)
+        })
+        .fold((String::new(), 0.0), |a, b| if b.1 > a.1 { b } else { a })
+}
+
+fn cpu_forward_backward(cpu: &mut CpuExecutor, x: &[f32], y: &[f32], rows: usize) {
+    cpu.forward(rows, &[&to_f64(x)], &[&to_f64(y)]).unwrap();
+    cpu.backward().unwrap();
+}
+
+#[test]
+fn gpu_and_cpu_executors_agree_on_outputs_gradients_and_adam_steps() {
+    for (name, config) in configs() {
+        let mut trainer = Trainer::new(gpu(), config.clone(), ROWS).unwrap();
+        let mut cpu = trainer.reference().unwrap();
+        let (x, y) = batch(&config, ROWS, 5);
+
+        // Outputs and every parameter's gradient, on a full and on a partial batch.
+        for rows in [ROWS, 4] {
+            let (x, y) = (
+                &x[..rows * INPUTS],
+                &subset_targets(&y, config.tasks.len(), ROWS, rows),
+            );
+            let got_grads = trainer.gradients(x, y).unwrap();
+            cpu_forward_backward(&mut cpu, x, y, rows);
+            let preds = trainer
+                .executor()
+                .read(trainer.model().predictions, rows)
+                .unwrap();
+            let err = relative_error(&preds, cpu.tensor(trainer.model().predictions));
+            assert!(
+                err <= 1e-4,
+                "{name}, {rows} rows: predictions differ by {err:.2e}"
+            );
+            let (worst, err) = worst_parameter_error(&trainer, &got_grads, cpu.gradients());
+            assert!(
+                err <= 1e-4,
+                "{name}, {rows} rows: gradient of `{worst}` differs by {err:.2e}"
+            );
+        }
+
+        // Three Adam steps on different batches.
+        for step in 1..=3 {
+            let (x, y) = batch(&config, ROWS, 100 + step as u64);
+            trainer.step(&x, &y).unwrap();
+            cpu_forward_backward(&mut cpu, &x, &y, ROWS);
+            cpu.optimizer_step(step, config.learning_rate as f64)
+                .unwrap();
+        }
+        let params = trainer.parameters().unwrap();
+        let (worst, err) = worst_parameter_error(&trainer, &params, cpu.parameters());
+        assert!(
+            err <= 1e-3,
+            "{name}: after 3 Adam steps `{worst}` differs by {err:.2e}"
+        );
+        eprintln!("{name}: after 3 Adam steps the worst parameter `{worst}` differs by {err:.2e}");
+    }
+}
+
+fn subset_targets(y: &[f32], tasks: usize, rows: usize, keep: usize) -> Vec<f32> {
+    (0..tasks)
+        .flat_map(|t| y[t * rows..t * rows + keep].to_vec())
+        .collect()
+}
+
+#[test]
+fn cpu_reference_gradients_match_finite_differences() {
+    for (name, config) in configs() {
+        let trainer = Trainer::new(gpu(), config.clone(), 5).unwrap();
+        let mut cpu = trainer.reference().unwrap();
+        let (x, y) = batch(&config, 5, 9);
+        let (x, y) = (to_f64(&x), to_f64(&y));
+        // Zero biases put every row whose layer input is all zero (a dead ReLU row)
+        // exactly on the kink of the next ReLU, where finite differences see half a
+        // slope: move every parameter off such ties first.
+        let mut rng = Rng::new(17);
+        for p in cpu.parameters_mut() {
+            *p += rng.uniform(-0.1, 0.1);
+        }
+        let loss_id = trainer.model().graph.find("loss").unwrap();
+        let total = |cpu: &mut CpuExecutor| -> f64 {
+            cpu.forward(5, &[&x], &[&y]).unwrap();
+            cpu.tensor(loss_id).iter().sum()
+        };
+        total(&mut cpu);
+        cpu.backward().unwrap();
+        let analytic = cpu.gradients().to_vec();
+        let eps = 1e-6;
+        let mut worst: f64 = 0.0;
+        let scale = analytic.iter().fold(0.0f64, |m, g| m.max(g.abs()));
+        for (i, &want) in analytic.iter().enumerate() {
+            let p = cpu.parameters()[i];
+            cpu.parameters_mut()[i] = p + eps;
+            let up = total(&mut cpu);
+            cpu.parameters_mut()[i] = p - eps;
+            let down = total(&mut cpu);
+            cpu.parameters_mut()[i] = p;
+            let numeric = (up - down) / (2.0 * eps);
+            worst = worst.max((numeric - want).abs() / scale);
+        }
+        assert!(
+            worst < 1e-6,
+            "{name}: finite differences differ by {worst:.2e} of the largest gradient"
+        );
+    }
+}
+
+#[test]
+fn same_seed_trains_to_bitwise_identical_parameters() {
+    let config = configs().remove(0).1;
+    let train = || {
+        let mut trainer = Trainer::new(gpu(), config.clone(), ROWS).unwrap();
+        for step in 0..5 {
+            let (x, y) = batch(&config, ROWS, 40 + step);
+            trainer.step(&x, &y).unwrap();
+        }
+        trainer.parameters().unwrap()
+    };
+    let (a, b) = (train(), train());
+    assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()));
+    let other = Trainer::new(
+        gpu(),
+        ModelConfig {
+            seed: 12,
+            ..config.clone()
+        },
+        ROWS,
+    )
+    .unwrap();
+    assert_ne!(
+        other.parameters().unwrap(),
+        Trainer::new(gpu(), config, ROWS)
+            .unwrap()
+            .parameters()
+            .unwrap()
+    );
+}
+
+#[test]
+fn experts_start_different() {
+    let config = ModelConfig::mmoe(INPUTS, 4, 6, 3, tasks(2));
+    let trainer = Trainer::new(gpu(), config, 8).unwrap();
+    let w = trainer.parameter("experts.0.weight").unwrap();
+    let per_expert = INPUTS * 6;
+    for e in 1..4 {
+        assert_ne!(
+            w[..per_expert],
+            w[e * per_expert..(e + 1) * per_expert],
+            "expert {e} equals expert 0"
+        );
+    }
+}
+
+#[test]
+fn one_layer_mmoe_step_records_at_most_16_dispatches() {
+    for experts in [2, 8, 16] {
+        for task_count in [1, 2, 4] {
+            let config = ModelConfig::mmoe(INPUTS, experts, 4, 3, tasks(task_count));
+            let mut trainer = Trainer::new(gpu(), config, 8).unwrap();
+            let n = trainer.dispatches_per_step().unwrap();
+            eprintln!("E={experts}, T={task_count}: {n} dispatches per step");
+            assert!(n <= 16, "E={experts}, T={task_count}: {n} dispatches");
+        }
+    }
+}
+
+#[test]
+fn short_training_lowers_the_loss_tenfold() {
+    // Two regression tasks that are smooth functions of the input.
+    let config = ModelConfig {
+        learning_rate: 0.01,
+        seed: 3,
+        ..ModelConfig::mmoe(
+            4,
+            4,
+            16,
+            8,
+            vec![
+                TaskConfig::new("a", TaskKind::Regression),
+                TaskConfig::new("b", TaskKind::Regression),
+            ],
+        )
+    };
+    let mut rng = Rng::new(21);
+    let rows = 256;
+    let x = random(&mut rng, rows * 4, 1.0);
+    let mut y = vec![0.0f32; 2 * rows];
+    for r in 0..rows {
+        let v = &x[r * 4..r * 4 + 4];
+        y[r] = 2.0 * v[0] - v[1] + 0.5;
+        y[rows + r] = v[2] * v[3] + v[0] - 1.0;
+    }
+    let mut trainer = Trainer::new(gpu(), config, rows).unwrap();
+    let before = trainer.evaluate(&x, &y).unwrap().total;
+    for _ in 0..300 {
+        trainer.step(&x, &y).unwrap();
+    }
+    let after = trainer.evaluate(&x, &y).unwrap().total;
+    assert!(after * 10.0 <= before, "loss went from {before} to {after}");
+    let report = trainer.gate_report(&x).unwrap();
+    for row in &report.weights {
+        assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-4);
+    }
+}
+
+#[test]
+fn bad_input_is_an_error() {
+    let config = ModelConfig::mmoe(INPUTS, 3, 4, 3, tasks(2));
+    let mut trainer = Trainer::new(gpu(), config.clone(), 8).unwrap();
+    let (x, y) = batch(&config, 8, 1);
+    assert!(matches!(
+        trainer.step(&x[..x.len() - 1], &y),
+        Err(Error::Shape { .. })
+    ));
+    assert!(matches!(
+        trainer.step(&x, &y[..8]),
+        Err(Error::Shape { .. })
+    ));
+    let big = batch(&config, 9, 1);
+    assert!(trainer.step(&big.0, &big.1).is_err());
+    let mut nan_x = x.clone();
+    nan_x[3] = f32::NAN;
+    assert!(matches!(
+        trainer.step(&nan_x, &y),
+        Err(Error::NonFinite { index: 3, .. })
+    ));
+    let mut inf_y = y.clone();
+    inf_y[0] = f32::INFINITY;
+    assert!(matches!(
+        trainer.step(&x, &inf_y),
+        Err(Error::NonFinite { .. })
+    ));
+    for bad in [
+        ModelConfig::mmoe(INPUTS, 0, 4, 3, tasks(2)),
+        ModelConfig::mmoe(INPUTS, 3, 0, 3, tasks(2)),
+        ModelConfig::mmoe(0, 3, 4, 3, tasks(2)),
+        ModelConfig::mmoe(INPUTS, 3, 4, 3, vec![]),
+    ] {
+        assert!(matches!(
+            Trainer::new(gpu(), bad, 8),
+            Err(Error::Invalid { .. })
+        ));
+    }
+    assert!(trainer.gate_report(&x).is_ok());
+    assert_eq!(trainer.steps(), 0, "failed steps must not count");
+}
+
+#[test]
+fn a_diverging_loss_is_reported_with_its_step() {
+    // A learning rate this large overflows the regression head within a few steps.
+    let config = ModelConfig {
+        learning_rate: 1e30,
+        optimizer: mmoe_wgpu::kernels::optimizer::Optimizer::Sgd { momentum: 0.0 },
+        ..ModelConfig::mmoe(
+            INPUTS,
+            3,
+            4,
+            3,
+            vec![TaskConfig::new("r", TaskKind::Regression)],
+        )
+    };
+    let mut trainer = Trainer::new(gpu(), config.clone(), 8).unwrap();
+    let (x, y) = batch(&config, 8, 2);
+    let mut reported = None;
+    for _ in 0..20 {
+        trainer.step(&x, &y).unwrap();
+        if let Err(e) = trainer.loss() {
+            reported = Some(e);
+            break;
+        }
+    }
+    match reported {
+        Some(Error::NonFiniteLoss {
+            step,
+            task: 0,
+            value,
+        }) => {
+            assert!(step >= 2 && step <= trainer.steps() as u64, "step {step}");
+            assert!(!value.is_finite());
+            // The update of the failing step was not applied: parameters stay finite.
+            let params = trainer.executor().parameters().unwrap();
+            assert!(params.iter().all(|p| p.is_finite()));
+        }
+        other => panic!("expected a non-finite loss error, got {other:?}"),
+    }
+}
