@@ -302,6 +302,7 @@ fn short_training_lowers_the_loss_tenfold() {
         trainer.step(&x, &y).unwrap();
     }
     let after = trainer.evaluate(&x, &y).unwrap().total;
+    eprintln!("loss {before:.4} -> {after:.5} after 300 steps");
     assert!(after * 10.0 <= before, "loss went from {before} to {after}");
     let report = trainer.gate_report(&x).unwrap();
     for row in &report.weights {
@@ -389,4 +390,29 @@ fn a_diverging_loss_is_reported_with_its_step() {
         }
         other => panic!("expected a non-finite loss error, got {other:?}"),
     }
+}
+
+#[test]
+fn device_memory_stays_within_the_plan_over_100_steps() {
+    let config = configs().remove(3).1;
+    let mut trainer = Trainer::new(gpu(), config.clone(), ROWS).unwrap();
+    let planned = trainer.planned_memory().total();
+    let (x, y) = batch(&config, ROWS, 8);
+    for step in 0..100 {
+        // Alternate batch sizes: each size builds its dispatches once, no buffers.
+        let rows = if step % 2 == 0 { ROWS } else { 5 };
+        trainer
+            .step(
+                &x[..rows * INPUTS],
+                &subset_targets(&y, config.tasks.len(), ROWS, rows),
+            )
+            .unwrap();
+    }
+    trainer.loss().unwrap();
+    let used = trainer.memory();
+    assert!(
+        used.total() as f64 <= 1.25 * planned as f64,
+        "allocated {used:?} against {planned} bytes planned"
+    );
+    assert_eq!(used.parameters, trainer.planned_memory().parameters);
 }
