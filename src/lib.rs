@@ -8,7 +8,10 @@
 //! - [`gpu`]: adapter and device, limits, features, buffers, error capture;
 //! - [`kernels`]: each kernel family checks its operands and records dispatches into
 //!   the caller's encoder over the caller's buffers (the kernel backend);
-//! - [`reference`]: the same operations on the CPU in `f64`.
+//! - [`reference`](mod@reference): the same operations on the CPU in `f64`;
+//! - [`graph`]: tensors, ops, backward, buffer plan, GPU and CPU executors;
+//! - [`model`]: MMoE, OMoE and shared-bottom as graphs, and the [`model::Trainer`];
+//! - [`data`] and [`metrics`]: the paper's synthetic data, the census loader, AUC.
 
 #![deny(unsafe_code)]
 

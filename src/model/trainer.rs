@@ -141,7 +141,7 @@ impl Trainer {
     /// One training step on a batch: `x` is `[rows, inputs]`, `targets` is
     /// `[tasks, rows]` (task-major). Nothing is read back. A non-finite loss stops
     /// the updates on the device and is reported as an error naming its step by
-    /// this call (at most [`FINITE_CHECK_EVERY`] steps later) or by the next read.
+    /// this call (at most 64 steps later) or by the next read.
     pub fn step(&mut self, x: &[f32], targets: &[f32]) -> Result<()> {
         let rows = self.rows_of("Trainer::step", x, true)?;
         self.check_targets("Trainer::step", rows, targets)?;
