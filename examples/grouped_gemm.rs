@@ -211,7 +211,10 @@ fn run(standard: StandardShape) -> mmoe_wgpu::Result<bool> {
 fn gflops(gpu: &Gpu, dispatch: &Dispatch, flops: f64) -> mmoe_wgpu::Result<f64> {
     // The first run also faults in memory; a run that takes over a second (the naive
     // kernel at `large`) is long enough to stand as the measurement itself.
-    let first = gpu.time_pass(1, |p| dispatch.record(p))?.total.as_secs_f64();
+    let first = gpu
+        .time_pass(1, |p| dispatch.record(p))?
+        .total
+        .as_secs_f64();
     if first > 1.0 {
         return Ok(flops / first / 1e9);
     }

@@ -1,0 +1,184 @@
+//! Throughput of the fused gate + mix kernels (forward, backward) and of one Adam
+//! update over all parameters, at the standard shapes. Criterion's `elem/s` counts
+//! floating-point operations (so `Gelem/s` reads as GFLOP/s) and `B/s` the bytes
+//! each pass must move at least once.
+//!
+//! ```text
+//! cargo bench --bench gate_mix_adam [-- census]
+//! ```
+
+use std::time::Duration;
+
+use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use mmoe_wgpu::kernels::gate_mix::{GateMix, GateMixBackward, GateMixForward, GateMixShape};
+use mmoe_wgpu::kernels::optimizer::{OptimizerArgs, OptimizerKernel};
+use mmoe_wgpu::kernels::{BufferView, Dispatch};
+use mmoe_wgpu::model::ModelConfig;
+use mmoe_wgpu::rng::Rng;
+use mmoe_wgpu::{Gpu, StandardShape};
+
+fn random(gpu: &Gpu, label: &str, rng: &mut Rng, n: usize) -> wgpu::Buffer {
+    let values: Vec<f32> = (0..n).map(|_| rng.uniform(-1.0, 1.0) as f32).collect();
+    gpu.upload(label, &values).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn zeros(gpu: &Gpu, label: &str, n: usize) -> wgpu::Buffer {
+    gpu.storage_buffer(label, 4 * n as u64)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Parameters of the one-layer MMoE at `shape`: experts, gates, towers, heads.
+fn parameter_count(s: &StandardShape) -> usize {
+    let (d, e, h, t, u) = (s.inputs, s.experts, s.expert_width, s.tasks, s.tower_width);
+    e * (d * h + h) + t * (d * e + e) + t * (h * u + u) + t * (u + 1)
+}
+
+fn bench_passes(
+    c: &mut Criterion,
+    gpu: &Gpu,
+    (name, function): (&str, &str),
+    throughput: Throughput,
+    passes: &[Dispatch],
+) {
+    let mut group = c.benchmark_group(name);
+    group
+        .sampling_mode(SamplingMode::Flat)
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2))
+        .throughput(throughput);
+    group.bench_function(function, |bencher| {
+        bencher.iter_custom(|iterations| {
+            let reps = u32::try_from(iterations).unwrap_or(u32::MAX);
+            gpu.time_pass(reps, |pass| passes.iter().for_each(|d| d.record(pass)))
+                .unwrap_or_else(|e| panic!("{e}"))
+                .total
+        })
+    });
+    group.finish();
+}
+
+fn gate_mix_and_adam(c: &mut Criterion) {
+    let gpu = Gpu::new().unwrap_or_else(|e| panic!("{e}"));
+    println!("adapter: {}", gpu.adapter());
+    println!("time source: {}", gpu.time_source());
+    let kernel = GateMix::new(&gpu);
+    let optimizer = OptimizerKernel::new(&gpu);
+    let mut rng = Rng::new(5);
+    for standard in StandardShape::ALL {
+        let shape = GateMixShape {
+            gates: standard.tasks,
+            experts: standard.experts,
+            rows: standard.batch,
+            inputs: standard.inputs,
+            width: standard.expert_width,
+        };
+        let x = random(&gpu, "x", &mut rng, shape.x_len());
+        let wg = random(&gpu, "wg", &mut rng, shape.wg_len());
+        let bg = random(&gpu, "bg", &mut rng, shape.bg_len());
+        let h = random(&gpu, "h", &mut rng, shape.h_len());
+        let dm = random(&gpu, "dm", &mut rng, shape.m_len());
+        let (g, m) = (
+            zeros(&gpu, "g", shape.g_len()),
+            zeros(&gpu, "m", shape.m_len()),
+        );
+        let (dh, dz) = (
+            zeros(&gpu, "dh", shape.h_len()),
+            zeros(&gpu, "dz", shape.g_len()),
+        );
+        let (dwg, dbg) = (
+            zeros(&gpu, "dwg", shape.wg_len()),
+            zeros(&gpu, "dbg", shape.bg_len()),
+        );
+        let forward = kernel
+            .forward(&GateMixForward {
+                shape,
+                x: (&x).into(),
+                wg: (&wg).into(),
+                bg: (&bg).into(),
+                h: (&h).into(),
+                g: (&g).into(),
+                m: (&m).into(),
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        let backward = kernel
+            .backward(&GateMixBackward {
+                shape,
+                x: (&x).into(),
+                wg: (&wg).into(),
+                h: (&h).into(),
+                g: (&g).into(),
+                dm: (&dm).into(),
+                dh: (&dh).into(),
+                dz: (&dz).into(),
+                dwg: (&dwg).into(),
+                dbg: (&dbg).into(),
+                dx: None,
+                accumulate_dx: false,
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (b, d, e, t, w) = (
+            shape.rows as u64,
+            shape.inputs as u64,
+            shape.experts as u64,
+            shape.gates as u64,
+            shape.width as u64,
+        );
+        let logits = 2 * b * d * e * t;
+        let mix = 2 * t * b * e * w;
+        let bytes = 4 * (b * d + t * d * e + e * b * w + t * b * e + t * b * w);
+        bench_passes(
+            c,
+            &gpu,
+            (&format!("gate_mix/{}", standard.name), "forward"),
+            Throughput::ElementsAndBytes {
+                elements: logits + mix,
+                bytes,
+            },
+            std::slice::from_ref(&forward),
+        );
+        bench_passes(
+            c,
+            &gpu,
+            (&format!("gate_mix/{}", standard.name), "backward"),
+            Throughput::ElementsAndBytes {
+                elements: logits + 2 * mix,
+                bytes: bytes + 4 * e * b * w,
+            },
+            &backward,
+        );
+
+        let n = parameter_count(&standard);
+        let params = random(&gpu, "params", &mut rng, n);
+        let grads = random(&gpu, "grads", &mut rng, n);
+        let (m1, m2) = (zeros(&gpu, "m", n), zeros(&gpu, "v", n));
+        let adam = optimizer
+            .prepare(&OptimizerArgs {
+                optimizer: ModelConfig::ADAM,
+                len: n,
+                params: (&params).into(),
+                grads: (&grads).into(),
+                m: (&m1).into(),
+                v: Some(BufferView::new(&m2)),
+                loss: None,
+                status: None,
+                tasks: 0,
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        adam.set_step(gpu.queue(), 1, 1e-6);
+        // Reads p, g, m, v and writes p, m, v: 7 floats per parameter; ~12 flops.
+        bench_passes(
+            c,
+            &gpu,
+            ("adam", standard.name),
+            Throughput::ElementsAndBytes {
+                elements: 12 * n as u64,
+                bytes: 28 * n as u64,
+            },
+            std::slice::from_ref(adam.dispatch()),
+        );
+    }
+}
+
+criterion_group!(benches, gate_mix_and_adam);
+criterion_main!(benches);
