@@ -1,0 +1,130 @@
+//! Runs the `synthetic` example end to end on the default adapter (lavapipe in CI)
+//! with a shortened schedule and checks its JSON lines, its plots and its usage
+//! errors.
+//!
+//! `cargo test` builds the examples before the integration tests, next to them:
+//! `target/<profile>/deps/<this test>` and `target/<profile>/examples/synthetic`.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn example() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("the test executable sits in target/<profile>/deps");
+    let path = profile_dir
+        .join("examples")
+        .join(format!("synthetic{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.is_file(),
+        "the example binary {} is missing: `cargo test` builds it (run the tests with \
+         cargo test, not by hand)",
+        path.display()
+    );
+    path
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(example())
+        .args(args)
+        .output()
+        .expect("the example starts")
+}
+
+#[test]
+fn short_run_prints_one_finite_json_line_per_model() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("synthetic_example");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (loss_png, gate_png) = (dir.join("loss.png"), dir.join("gates.png"));
+    for png in [&loss_png, &gate_png] {
+        let _ = std::fs::remove_file(png);
+    }
+    let output = run(&[
+        "--json",
+        "--steps",
+        "40",
+        "--batch-size",
+        "32",
+        "--train-rows",
+        "256",
+        "--test-rows",
+        "64",
+        "--seeds",
+        "1",
+        "--first-seed",
+        "7",
+        "--correlations",
+        "0.5",
+        "--loss-plot",
+        loss_png.to_str().unwrap(),
+        "--gate-plot",
+        gate_png.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the example failed ({}):\n{stderr}",
+        output.status
+    );
+
+    let mut models = HashSet::new();
+    for line in stdout.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"));
+        let model = v["model"].as_str().expect("`model` is a string");
+        assert!(models.insert(model.to_string()), "{model} reported twice");
+        assert_eq!(v["correlation"].as_f64(), Some(0.5), "{line}");
+        assert_eq!(v["seed"].as_u64(), Some(7), "{line}");
+        assert_eq!(v["steps"].as_u64(), Some(40), "{line}");
+        let mse = v["test_mse"].as_f64().expect("`test_mse` is a number");
+        assert!(mse.is_finite() && mse > 0.0, "test_mse {mse}: {line}");
+        let seconds = v["seconds"].as_f64().expect("`seconds` is a number");
+        assert!(
+            seconds.is_finite() && seconds > 0.0,
+            "seconds {seconds}: {line}"
+        );
+    }
+    let expected: HashSet<String> = ["mmoe", "omoe", "shared-bottom"].map(String::from).into();
+    assert_eq!(models, expected, "stdout:\n{stdout}\nstderr:\n{stderr}");
+
+    // The table goes to stderr under --json, and both pictures are written.
+    assert!(stderr.contains("test MSE"), "no table on stderr:\n{stderr}");
+    for png in [&loss_png, &gate_png] {
+        let bytes = std::fs::read(png).unwrap_or_else(|e| panic!("{}: {e}", png.display()));
+        assert!(
+            bytes.starts_with(b"\x89PNG\r\n\x1a\n"),
+            "{} is not a PNG",
+            png.display()
+        );
+    }
+}
+
+#[test]
+fn bad_flags_are_usage_errors_with_exit_code_2() {
+    for args in [
+        &["--correlations", "1.5"][..],
+        &["--correlations", "0.5,-2"],
+        &["--train-rows", "-5"],
+        &["--train-rows", "0"],
+        &["--models", "mmoe,moe"],
+        &["--learning-rate", "-1"],
+        &["--no-such-flag"],
+    ] {
+        let output = run(args);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?} should be a usage error; stderr:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains("error:"),
+            "{args:?}: no error message on stderr"
+        );
+        assert!(output.stdout.is_empty(), "{args:?} printed to stdout");
+    }
+}
