@@ -30,6 +30,17 @@ pub enum BackwardStep {
     },
 }
 
+impl BackwardStep {
+    /// The forward node this step differentiates.
+    pub fn node(&self) -> usize {
+        match *self {
+            BackwardStep::DenseWeights { node }
+            | BackwardStep::DenseInput { node, .. }
+            | BackwardStep::GateMix { node, .. } => node,
+        }
+    }
+}
+
 /// Whether a gradient flows into each tensor: parameters, and activations computed
 /// from them.
 pub fn needs_grad(graph: &Graph) -> Vec<bool> {

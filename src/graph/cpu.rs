@@ -174,9 +174,7 @@ impl CpuExecutor {
     }
 
     fn backward_step(&mut self, step: BackwardStep) -> Result<()> {
-        let (BackwardStep::DenseWeights { node }
-        | BackwardStep::DenseInput { node, .. }
-        | BackwardStep::GateMix { node, .. }) = step;
+        let node = step.node();
         match at_rows(&self.graph.nodes()[node], self.rows) {
             Op::Dense {
                 shape,

@@ -309,9 +309,7 @@ impl GpuExecutor {
         rows: usize,
         out: &mut Vec<Dispatch>,
     ) -> Result<()> {
-        let (BackwardStep::DenseWeights { node }
-        | BackwardStep::DenseInput { node, .. }
-        | BackwardStep::GateMix { node, .. }) = step;
+        let node = step.node();
         match (step, at_rows(&self.graph.nodes()[node], rows)) {
             (
                 BackwardStep::DenseWeights { .. },
