@@ -3,32 +3,14 @@
 //! `MMOE_CENSUS_DIR` set (CI sets it) a short training run on the full data set
 //! whose test AUCs must already be well above chance.
 
-use std::path::PathBuf;
+mod common;
+
+use common::example_binary;
+
 use std::process::{Command, Output};
 
-/// `target/<profile>/examples/census`, from this test's own path
-/// `target/<profile>/deps/census_example-<hash>`.
-fn example_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test knows its own path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("the test binary lives in target/<profile>/deps");
-    let binary = profile_dir
-        .join("examples")
-        .join(format!("census{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        binary.is_file(),
-        "the census example binary `{}` is missing: `cargo test` builds it unless the \
-         run is restricted with --test; build it with `cargo build --example census` \
-         (add --release for a release test run)",
-        binary.display()
-    );
-    binary
-}
-
 fn run(args: &[&str]) -> Output {
-    let binary = example_binary();
+    let binary = example_binary("census");
     Command::new(&binary)
         .args(args)
         .output()

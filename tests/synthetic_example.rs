@@ -5,30 +5,16 @@
 //! `cargo test` builds the examples before the integration tests, next to them:
 //! `target/<profile>/deps/<this test>` and `target/<profile>/examples/synthetic`.
 
+mod common;
+
+use common::example_binary;
+
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-fn example() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test executable's path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("the test executable sits in target/<profile>/deps");
-    let path = profile_dir
-        .join("examples")
-        .join(format!("synthetic{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        path.is_file(),
-        "the example binary {} is missing: `cargo test` builds it (run the tests with \
-         cargo test, not by hand)",
-        path.display()
-    );
-    path
-}
-
 fn run(args: &[&str]) -> Output {
-    Command::new(example())
+    Command::new(example_binary("synthetic"))
         .args(args)
         .output()
         .expect("the example starts")

@@ -63,3 +63,24 @@ pub fn run(gpu: &Gpu, record: impl FnOnce(&mut wgpu::CommandEncoder)) {
 pub fn read(gpu: &Gpu, buffer: &wgpu::Buffer, len: usize) -> Vec<f32> {
     gpu.read(buffer, 0, len).expect("readback failed")
 }
+
+/// The example `name` as `cargo test` builds it, next to the test binaries:
+/// `target/<profile>/examples/<name>`, found from this test's own path
+/// `target/<profile>/deps/<test>-<hash>`. Missing is a failure, never a skip.
+pub fn example_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test knows its own path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("the test binary lives in target/<profile>/deps");
+    let binary = profile_dir
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        binary.is_file(),
+        "the `{name}` example binary `{}` is missing: `cargo test` builds it unless the \
+         run is restricted with --test; build it with `cargo build --release --example {name}`",
+        binary.display()
+    );
+    binary
+}
