@@ -23,7 +23,8 @@ struct GemmParams {
     x_group_stride: u32,
     // 0: identity, 1: relu.
     activation: u32,
-    // FLAG_BIAS (forward adds b), FLAG_ACCUMULATE (backward_input adds into dX).
+    // FLAG_BIAS (forward adds b), FLAG_ACCUMULATE (backward_input adds into dX),
+    // FLAG_PACK_GROUPS (tiled kernels: columns run over all groups, see column_of).
     flags: u32,
     // Element offsets of each operand inside its binding (bindings start at the
     // device's offset alignment, operands anywhere after it).
@@ -40,6 +41,7 @@ struct GemmParams {
 
 const FLAG_BIAS: u32 = 1u;
 const FLAG_ACCUMULATE: u32 = 2u;
+const FLAG_PACK_GROUPS: u32 = 4u;
 const ACT_RELU: u32 = 1u;
 
 @group(0) @binding(0) var<uniform> P: GemmParams;

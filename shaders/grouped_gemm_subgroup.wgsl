@@ -8,6 +8,24 @@
 // Needs a subgroup size of at least 8 and WG a multiple of 8; the host only builds
 // these kernels where both hold.
 
+// The (group, first column) an invocation owns. Normally a workgroup covers columns of
+// one group (workgroup_id.z). With FLAG_PACK_GROUPS (shared X, 4·CN-aligned widths)
+// columns run over all groups' columns one after another, so narrow groups (experts
+// of 16) still fill every invocation; X being shared, the broadcast rows serve every
+// group alike. Invocations past the last group get a column past the end: their
+// loads clamp and their stores are masked.
+fn column_of(wg: vec3<u32>, lid: u32) -> vec2<u32> {
+    let first = (wg.x * WG + lid) * CN * 4u;
+    if ((P.flags & FLAG_PACK_GROUPS) == 0u) {
+        return vec2(wg.z, first);
+    }
+    let g = first / P.outputs;
+    if (g >= P.groups) {
+        return vec2(P.groups - 1u, P.outputs);
+    }
+    return vec2(g, first % P.outputs);
+}
+
 fn broadcast_rows(a: vec4<f32>) -> Tile {
     return Tile(
         subgroupBroadcast(a, 0u),
@@ -56,9 +74,10 @@ fn forward_subgroup(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(subgroup_invocation_id) lane: u32,
 ) {
-    let g = wg.z;
+    let owned = column_of(wg, lid);
+    let g = owned.x;
+    let col = owned.y;
     let row0 = wg.y * RB * 8u;
-    let col = (wg.x * WG + lid) * CN * 4u;
     let src = row0 + lane % 8u;
     var t0: Tile; var t1: Tile; var t2: Tile; var t3: Tile;
     var t4: Tile; var t5: Tile; var t6: Tile; var t7: Tile;
@@ -145,9 +164,10 @@ fn backward_weights_subgroup(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(subgroup_invocation_id) lane: u32,
 ) {
-    let g = wg.z;
+    let owned = column_of(wg, lid);
+    let g = owned.x;
+    let col = owned.y;
     let row0 = wg.y * RB * 8u;
-    let col = (wg.x * WG + lid) * CN * 4u;
     let src = row0 + lane % 8u;
     var t0: Tile; var t1: Tile; var t2: Tile; var t3: Tile;
     var t4: Tile; var t5: Tile; var t6: Tile; var t7: Tile;

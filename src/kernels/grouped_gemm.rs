@@ -63,6 +63,7 @@ const BACKWARD_WEIGHTS_BINDINGS: &[(u32, BindingKind)] = &[
 
 const FLAG_BIAS: u32 = 1;
 const FLAG_ACCUMULATE: u32 = 2;
+const FLAG_PACK_GROUPS: u32 = 4;
 
 /// Mirrors `GemmParams` in the shader.
 #[repr(C)]
@@ -209,6 +210,32 @@ impl Tiling {
                 div_ceil(rows, (row_blocks * 8) as usize),
                 groups as u32,
             ],
+        }
+    }
+
+    /// Whether the tiled forward or weight-gradient kernel runs `shape` with its
+    /// columns packed over all groups (FLAG_PACK_GROUPS): X shared and every
+    /// invocation's 4·CN columns inside one group.
+    fn packs_groups(&self, shape: &GemmShape) -> bool {
+        match *self {
+            Tiling::Naive { .. } => false,
+            Tiling::Subgroup { col_groups, .. } => {
+                shape.input == InputLayout::Shared
+                    && shape.groups > 1
+                    && shape.outputs.is_multiple_of(4 * col_groups as usize)
+            }
+        }
+    }
+
+    /// [`workgroups`](Self::workgroups) for the forward or weight-gradient pass, and
+    /// the flag to pass when the columns are packed over the groups.
+    fn output_workgroups(&self, shape: &GemmShape, rows: usize) -> ([u32; 3], u32) {
+        if self.packs_groups(shape) {
+            let mut w = self.workgroups(rows, shape.groups * shape.outputs, 1);
+            w[2] = 1;
+            (w, FLAG_PACK_GROUPS)
+        } else {
+            (self.workgroups(rows, shape.outputs, shape.groups), 0)
         }
     }
 
@@ -361,7 +388,8 @@ impl GroupedGemm {
         p.w_base = bound[1].base;
         p.b_base = bound[2].base;
         p.y_base = bound[3].base;
-        let workgroups = tiling.workgroups(s.rows, s.outputs, s.groups);
+        let (workgroups, pack) = tiling.output_workgroups(s, s.rows);
+        p.flags |= pack;
         self.build(
             CTX,
             Pass::Forward,
@@ -459,7 +487,8 @@ impl GroupedGemm {
         p.db_base = bound[4].base;
         // Output rows are the inputs, plus the bias row.
         let out_rows = s.inputs + usize::from(args.db.is_some());
-        let workgroups = tiling.workgroups(out_rows, s.outputs, s.groups);
+        let (workgroups, pack) = tiling.output_workgroups(s, out_rows);
+        p.flags |= pack;
         self.build(
             CTX,
             Pass::BackwardWeights,
