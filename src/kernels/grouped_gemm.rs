@@ -214,15 +214,18 @@ impl Tiling {
     }
 
     /// Whether the tiled forward or weight-gradient kernel runs `shape` with its
-    /// columns packed over all groups (FLAG_PACK_GROUPS): X shared and every
-    /// invocation's 4·CN columns inside one group.
+    /// columns packed over all groups (FLAG_PACK_GROUPS): X shared, every
+    /// invocation's 4·CN columns inside one group, and a group's width leaving
+    /// workgroup columns idle otherwise (packing full-width groups measured slower).
     fn packs_groups(&self, shape: &GemmShape) -> bool {
         match *self {
             Tiling::Naive { .. } => false,
-            Tiling::Subgroup { col_groups, .. } => {
+            Tiling::Subgroup { wg, col_groups, .. } => {
+                let invocation_cols = 4 * col_groups as usize;
                 shape.input == InputLayout::Shared
                     && shape.groups > 1
-                    && shape.outputs.is_multiple_of(4 * col_groups as usize)
+                    && shape.outputs.is_multiple_of(invocation_cols)
+                    && !shape.outputs.is_multiple_of(wg as usize * invocation_cols)
             }
         }
     }
