@@ -1,7 +1,7 @@
 //! The CPU executor: runs a graph through [`crate::reference`] in `f64`, the ground
 //! truth the GPU executor is tested against.
 
-use super::{BackwardStep, Graph, Op, Plan, Role, TensorId, at_rows};
+use super::{BackwardStep, Graph, Op, Plan, TensorId, at_rows};
 use crate::kernels::optimizer::Optimizer;
 use crate::reference;
 use crate::shape::Activation;
@@ -67,25 +67,13 @@ impl CpuExecutor {
     /// Runs the forward pass on `rows` rows of `inputs` (one slice per input tensor,
     /// in creation order) and, if given, `targets` (one per target tensor).
     pub fn forward(&mut self, rows: usize, inputs: &[&[f64]], targets: &[&[f64]]) -> Result<()> {
-        self.graph.check_rows(rows)?;
-        self.rows = rows;
-        for (role, data) in [(Role::Input, inputs), (Role::Target, targets)] {
-            let ids = self.graph.with_role(role);
-            for (i, id) in ids.iter().enumerate() {
-                let tensor = self.graph.tensor(*id);
-                let value = data.get(i).copied().unwrap_or(&[]);
-                if role == Role::Target && data.is_empty() {
-                    continue;
-                }
-                reference::check_len(
-                    "CpuExecutor::forward",
-                    &tensor.name,
-                    value,
-                    tensor.len_at(rows),
-                )?;
-                self.values[id.0] = value.to_vec();
-            }
+        for (id, values) in self
+            .graph
+            .fed_tensors("CpuExecutor::forward", rows, inputs, targets)?
+        {
+            self.values[id.0] = values.to_vec();
         }
+        self.rows = rows;
         let nodes: Vec<Op> = self
             .graph
             .nodes()

@@ -195,38 +195,15 @@ impl GpuExecutor {
     /// Writes a batch of `rows` rows: one slice per input tensor and (optionally) per
     /// target tensor, in creation order.
     pub fn write_batch(&self, rows: usize, inputs: &[&[f32]], targets: &[&[f32]]) -> Result<()> {
-        self.graph.check_rows(rows)?;
-        for (role, data) in [(Role::Input, inputs), (Role::Target, targets)] {
-            let ids = self.graph.with_role(role);
-            if data.is_empty() && role == Role::Target {
-                continue;
-            }
-            if data.len() != ids.len() {
-                return Err(Error::invalid(
-                    "GpuExecutor::write_batch",
-                    format!(
-                        "{} {role:?} tensors expected, {} given",
-                        ids.len(),
-                        data.len()
-                    ),
-                ));
-            }
-            for (id, values) in ids.into_iter().zip(data) {
-                let tensor = self.graph.tensor(id);
-                if values.len() != tensor.len_at(rows) {
-                    return Err(Error::shape(
-                        "GpuExecutor::write_batch",
-                        &tensor.name,
-                        format!("{} values ({rows} rows)", tensor.len_at(rows)),
-                        format!("{} values", values.len()),
-                    ));
-                }
-                self.gpu.write(
-                    self.buffers[id.0].as_ref().expect("input buffer"),
-                    0,
-                    values,
-                )?;
-            }
+        for (id, values) in
+            self.graph
+                .fed_tensors("GpuExecutor::write_batch", rows, inputs, targets)?
+        {
+            self.gpu.write(
+                self.buffers[id.0].as_ref().expect("input buffer"),
+                0,
+                values,
+            )?;
         }
         Ok(())
     }

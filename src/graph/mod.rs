@@ -463,6 +463,50 @@ impl Graph {
         }
     }
 
+    /// The tensors an execution of `rows` rows is fed, paired with their values:
+    /// one slice per input tensor and per target tensor, in creation order (no
+    /// targets at all for a forward pass without loss). Counts and lengths are
+    /// checked; every executor feeds through this.
+    pub(crate) fn fed_tensors<'a, T>(
+        &self,
+        context: &str,
+        rows: usize,
+        inputs: &[&'a [T]],
+        targets: &[&'a [T]],
+    ) -> Result<Vec<(TensorId, &'a [T])>> {
+        self.check_rows(rows)?;
+        let mut fed = Vec::new();
+        for (role, data) in [(Role::Input, inputs), (Role::Target, targets)] {
+            let ids = self.with_role(role);
+            if data.is_empty() && role == Role::Target {
+                continue;
+            }
+            if data.len() != ids.len() {
+                return Err(Error::invalid(
+                    context,
+                    format!(
+                        "{} {role:?} tensors expected, {} given",
+                        ids.len(),
+                        data.len()
+                    ),
+                ));
+            }
+            for (id, &values) in ids.into_iter().zip(data) {
+                let tensor = self.tensor(id);
+                if values.len() != tensor.len_at(rows) {
+                    return Err(Error::shape(
+                        context,
+                        &tensor.name,
+                        format!("{} values ({rows} rows)", tensor.len_at(rows)),
+                        format!("{} values", values.len()),
+                    ));
+                }
+                fed.push((id, values));
+            }
+        }
+        Ok(fed)
+    }
+
     /// The number of rows an execution uses, checked against the capacity.
     pub(crate) fn check_rows(&self, rows: usize) -> Result<()> {
         if rows == 0 || rows > self.capacity {
