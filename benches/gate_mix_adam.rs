@@ -12,10 +12,13 @@ use std::time::Duration;
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use mmoe_wgpu::kernels::gate_mix::{GateMix, GateMixBackward, GateMixForward, GateMixShape};
 use mmoe_wgpu::kernels::optimizer::{OptimizerArgs, OptimizerKernel};
-use mmoe_wgpu::kernels::{BufferView, Dispatch};
+use mmoe_wgpu::kernels::{BufferView, Dispatch, Precision};
 use mmoe_wgpu::model::ModelConfig;
 use mmoe_wgpu::rng::Rng;
 use mmoe_wgpu::{Gpu, StandardShape};
+
+mod common;
+use common::{best_seconds, decision, fresh_gpu, print_candidates};
 
 fn random(gpu: &Gpu, label: &str, rng: &mut Rng, n: usize) -> wgpu::Buffer {
     let values: Vec<f32> = (0..n).map(|_| rng.uniform(-1.0, 1.0) as f32).collect();
@@ -58,10 +61,46 @@ fn bench_passes(
     group.finish();
 }
 
+/// Every tiling of the gate + mix's own dispatch on the full shape next to the tuner's
+/// choice. The forward pass is one dispatch; in the backward pass only the first (dH
+/// and dz) depends on the tiling, so it is measured alone here.
+fn compare_tilings(
+    gpu: &Gpu,
+    kernel: &GateMix,
+    name: &str,
+    before: usize,
+    forward: &GateMixForward<'_>,
+    backward: &GateMixBackward<'_>,
+) {
+    let s = forward.shape;
+    let mix = 2.0 * (s.gates * s.rows * s.experts * s.width) as f64;
+    let logits = 2.0 * (s.rows * s.inputs * s.experts * s.gates) as f64;
+    let mut measured: [Vec<(String, f64)>; 2] = Default::default();
+    for tiling in kernel.tilings() {
+        let f = kernel
+            .forward_with(forward, tiling)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let b = kernel
+            .backward_with(backward, tiling)
+            .unwrap_or_else(|e| panic!("{e}"));
+        measured[0].push((tiling.to_string(), best_seconds(gpu, 2, |p| f.record(p))));
+        measured[1].push((tiling.to_string(), best_seconds(gpu, 2, |p| b[0].record(p))));
+    }
+    for (i, (pass, flops)) in [("Forward", logits + mix), ("Backward", 2.0 * mix)]
+        .into_iter()
+        .enumerate()
+    {
+        print_candidates(
+            &format!("gate_mix/{name} {pass}"),
+            flops,
+            &measured[i],
+            &decision(gpu, before, &format!("gate_mix {pass} ")),
+        );
+    }
+}
+
 fn gate_mix_and_adam(c: &mut Criterion) {
-    let gpu = Gpu::new().unwrap_or_else(|e| panic!("{e}"));
-    println!("adapter: {}", gpu.adapter());
-    println!("time source: {}", gpu.time_source());
+    let gpu = fresh_gpu();
     let kernel = GateMix::new(&gpu);
     let optimizer = OptimizerKernel::new(&gpu);
     let mut rng = Rng::new(5);
@@ -90,9 +129,11 @@ fn gate_mix_and_adam(c: &mut Criterion) {
             zeros(&gpu, "dwg", shape.wg_len()),
             zeros(&gpu, "dbg", shape.bg_len()),
         );
+        let before = gpu.tune_records().len();
         let forward = kernel
             .forward(&GateMixForward {
                 shape,
+                precision: Precision::F32,
                 x: (&x).into(),
                 wg: (&wg).into(),
                 bg: (&bg).into(),
@@ -104,6 +145,7 @@ fn gate_mix_and_adam(c: &mut Criterion) {
         let backward = kernel
             .backward(&GateMixBackward {
                 shape,
+                precision: Precision::F32,
                 x: (&x).into(),
                 wg: (&wg).into(),
                 h: (&h).into(),
@@ -117,6 +159,37 @@ fn gate_mix_and_adam(c: &mut Criterion) {
                 accumulate_dx: false,
             })
             .unwrap_or_else(|e| panic!("{e}"));
+        compare_tilings(
+            &gpu,
+            &kernel,
+            standard.name,
+            before,
+            &GateMixForward {
+                shape,
+                precision: Precision::F32,
+                x: (&x).into(),
+                wg: (&wg).into(),
+                bg: (&bg).into(),
+                h: (&h).into(),
+                g: (&g).into(),
+                m: (&m).into(),
+            },
+            &GateMixBackward {
+                shape,
+                precision: Precision::F32,
+                x: (&x).into(),
+                wg: (&wg).into(),
+                h: (&h).into(),
+                g: (&g).into(),
+                dm: (&dm).into(),
+                dh: (&dh).into(),
+                dz: (&dz).into(),
+                dwg: (&dwg).into(),
+                dbg: (&dbg).into(),
+                dx: None,
+                accumulate_dx: false,
+            },
+        );
         let (b, d, e, t, w) = (
             shape.rows as u64,
             shape.inputs as u64,
@@ -156,6 +229,7 @@ fn gate_mix_and_adam(c: &mut Criterion) {
             .prepare(&OptimizerArgs {
                 optimizer: ModelConfig::ADAM,
                 len: n,
+                precision: Precision::F32,
                 params: (&params).into(),
                 grads: (&grads).into(),
                 m: (&m1).into(),
@@ -163,6 +237,7 @@ fn gate_mix_and_adam(c: &mut Criterion) {
                 loss: None,
                 status: None,
                 tasks: 0,
+                params_copy: None,
             })
             .unwrap_or_else(|e| panic!("{e}"));
         adam.set_step(gpu.queue(), 1, 1e-6);

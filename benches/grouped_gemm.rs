@@ -5,16 +5,22 @@
 //! ```text
 //! cargo bench --bench grouped_gemm [-- census]
 //! ```
+//!
+//! Before the timed runs, every tiling is measured on the full shape and printed next
+//! to the autotuner's choice (tuned afresh in this process).
 
 use std::time::Duration;
 
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
-use mmoe_wgpu::kernels::Dispatch;
 use mmoe_wgpu::kernels::grouped_gemm::{
-    GemmBackwardInput, GemmBackwardWeights, GemmForward, GroupedGemm,
+    GemmBackwardInput, GemmBackwardWeights, GemmForward, GroupedGemm, Tiling,
 };
+use mmoe_wgpu::kernels::{Dispatch, Precision};
 use mmoe_wgpu::rng::Rng;
 use mmoe_wgpu::{Activation, Gpu, StandardShape};
+
+mod common;
+use common::{best_seconds, decision, fresh_gpu, print_candidates};
 
 /// The three passes of one shape, recorded once and replayed by every iteration.
 struct Passes {
@@ -25,11 +31,23 @@ struct Passes {
     _buffers: Vec<wgpu::Buffer>,
 }
 
+impl Passes {
+    fn all(&self) -> [&Dispatch; 3] {
+        [&self.forward, &self.backward_input, &self.backward_weights]
+    }
+}
+
 fn random(rng: &mut Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.uniform(-1.0, 1.0) as f32).collect()
 }
 
-fn passes(gpu: &Gpu, gemm: &GroupedGemm, standard: StandardShape) -> mmoe_wgpu::Result<Passes> {
+/// The three passes, with `tiling` or (None) the tuned one.
+fn passes(
+    gpu: &Gpu,
+    gemm: &GroupedGemm,
+    standard: StandardShape,
+    tiling: Option<Tiling>,
+) -> mmoe_wgpu::Result<Passes> {
     let shape = standard.expert_gemm();
     let mut rng = Rng::new(7);
     let x = gpu.upload("x", &random(&mut rng, shape.x_len()))?;
@@ -41,32 +59,47 @@ fn passes(gpu: &Gpu, gemm: &GroupedGemm, standard: StandardShape) -> mmoe_wgpu::
     let dw = gpu.storage_buffer("dw", 4 * shape.w_len() as u64)?;
     let db = gpu.storage_buffer("db", 4 * shape.b_len() as u64)?;
     let activation = Activation::Relu;
-    let forward = gemm.forward(&GemmForward {
+    let forward = GemmForward {
         shape,
+        precision: Precision::F32,
         activation,
         x: (&x).into(),
         w: (&w).into(),
         bias: Some((&b).into()),
         y: (&y).into(),
-    })?;
-    let backward_input = gemm.backward_input(&GemmBackwardInput {
+    };
+    let backward_input = GemmBackwardInput {
         shape,
+        precision: Precision::F32,
         activation,
         dy: (&dy).into(),
         y: Some((&y).into()),
         w: (&w).into(),
         dx: (&dx).into(),
         accumulate: false,
-    })?;
-    let backward_weights = gemm.backward_weights(&GemmBackwardWeights {
+    };
+    let backward_weights = GemmBackwardWeights {
         shape,
+        precision: Precision::F32,
         activation,
         x: (&x).into(),
         dy: (&dy).into(),
         y: Some((&y).into()),
         dw: (&dw).into(),
         db: Some((&db).into()),
-    })?;
+    };
+    let (forward, backward_input, backward_weights) = match tiling {
+        None => (
+            gemm.forward(&forward)?,
+            gemm.backward_input(&backward_input)?,
+            gemm.backward_weights(&backward_weights)?,
+        ),
+        Some(t) => (
+            gemm.forward_with(&forward, t)?,
+            gemm.backward_input_with(&backward_input, t)?,
+            gemm.backward_weights_with(&backward_weights, t)?,
+        ),
+    };
     Ok(Passes {
         forward,
         backward_input,
@@ -75,14 +108,54 @@ fn passes(gpu: &Gpu, gemm: &GroupedGemm, standard: StandardShape) -> mmoe_wgpu::
     })
 }
 
+/// Every tiling on the full shape next to the tuner's choice, pass by pass.
+fn compare_tilings(gpu: &Gpu, gemm: &GroupedGemm, standard: StandardShape) -> Passes {
+    let shape = standard.expert_gemm();
+    let before = gpu.tune_records().len();
+    let tuned = passes(gpu, gemm, standard, None).unwrap_or_else(|e| panic!("{e}"));
+    // The naive kernels take minutes per dispatch at `large`.
+    let tilings: Vec<Tiling> = gemm
+        .tilings()
+        .into_iter()
+        .filter(|t| standard.name != "large" || matches!(t, Tiling::Subgroup { .. }))
+        .collect();
+    let mut measured: [Vec<(String, f64)>; 3] = Default::default();
+    for &tiling in &tilings {
+        let p = passes(gpu, gemm, standard, Some(tiling)).unwrap_or_else(|e| panic!("{e}"));
+        for (i, d) in p.all().into_iter().enumerate() {
+            measured[i].push((
+                tiling.to_string(),
+                best_seconds(gpu, 2, |pass| d.record(pass)),
+            ));
+        }
+    }
+    for (i, pass) in ["Forward", "BackwardInput", "BackwardWeights"]
+        .iter()
+        .enumerate()
+    {
+        print_candidates(
+            &format!("grouped_gemm/{} {pass}", standard.name),
+            shape.forward_flops(),
+            &measured[i],
+            &decision(gpu, before, &format!("grouped_gemm {pass} ")),
+        );
+    }
+    tuned
+}
+
 fn grouped_gemm(c: &mut Criterion) {
-    let gpu = Gpu::new().unwrap_or_else(|e| panic!("{e}"));
-    println!("adapter: {}", gpu.adapter());
-    println!("time source: {}", gpu.time_source());
+    let gpu = fresh_gpu();
     let gemm = GroupedGemm::new(&gpu);
+    let only: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     for standard in StandardShape::ALL {
+        if only
+            .as_ref()
+            .is_some_and(|o| !standard.name.contains(o.as_str()))
+        {
+            continue;
+        }
         let shape = standard.expert_gemm();
-        let passes = passes(&gpu, &gemm, standard).unwrap_or_else(|e| panic!("{e}"));
+        let passes = compare_tilings(&gpu, &gemm, standard);
         let mut group = c.benchmark_group(format!("grouped_gemm/{}", standard.name));
         // Each iteration is a whole GPU pass (up to seconds on lavapipe at `large`):
         // flat sampling with few samples keeps the run in minutes.

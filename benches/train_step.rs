@@ -1,14 +1,21 @@
 //! One full MMoE training step (forward, backward, Adam) at the standard shapes, and
-//! the cold start: a fresh device, pipeline compilation included, to the end of the
-//! first step.
+//! the cold start: a fresh process on a fresh device, pipeline compilation and
+//! autotuning included, to the end of the first step. Criterion's `elem/s` counts a
+//! step as three times the model's forward FLOPs, so `Gelem/s` reads as GFLOP/s.
 //!
 //! ```text
 //! cargo bench --bench train_step [-- census]
 //! ```
+//!
+//! The cold start runs in child processes of this bench with Mesa's shader cache
+//! disabled (`MESA_SHADER_CACHE_DISABLE`), first without a tuning cache file, then
+//! with the one the first child wrote.
 
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use criterion::{Criterion, SamplingMode, criterion_group, criterion_main};
+use criterion::{Criterion, SamplingMode, Throughput};
 use mmoe_wgpu::model::{ModelConfig, TaskConfig, TaskKind, Trainer};
 use mmoe_wgpu::rng::Rng;
 use mmoe_wgpu::{Gpu, StandardShape};
@@ -37,6 +44,9 @@ fn batch(shape: &StandardShape) -> (Vec<f32>, Vec<f32>) {
     (x, y)
 }
 
+/// Set in the child processes that measure a cold start: the shape's name.
+const COLD_CHILD: &str = "MMOE_BENCH_COLD_START";
+
 /// A new device and trainer, then one step and a wait: what a fresh process pays.
 fn cold_first_step(shape: &StandardShape) -> (Duration, Duration) {
     let (x, y) = batch(shape);
@@ -55,18 +65,58 @@ fn cold_first_step(shape: &StandardShape) -> (Duration, Duration) {
     (first, steady.elapsed() / 3)
 }
 
+/// Runs [`cold_first_step`] in a child process with a cold driver cache and the
+/// given tuning cache file; returns its report line.
+fn cold_start_in_child(shape: &StandardShape, tune_cache: &Path) -> String {
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("{e}"));
+    let out = Command::new(exe)
+        .env(COLD_CHILD, shape.name)
+        .env("MESA_SHADER_CACHE_DISABLE", "true")
+        .env(mmoe_wgpu::gpu::TUNE_CACHE_ENV, tune_cache)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "cold-start child failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout.lines().last().unwrap_or_default().to_owned()
+}
+
+fn cold_starts(shape: &StandardShape) {
+    let cache = std::env::temp_dir().join(format!(
+        "mmoe-wgpu-bench-tuning-{}-{}.tsv",
+        shape.name,
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&cache);
+    let first = cold_start_in_child(shape, &cache);
+    let second = cold_start_in_child(shape, &cache);
+    let _ = std::fs::remove_file(&cache);
+    println!(
+        "train_step/{}: cold start, no tuning cache:   {first}",
+        shape.name
+    );
+    println!(
+        "train_step/{}: cold start, tuning cache read: {second}",
+        shape.name
+    );
+}
+
 fn train_step(c: &mut Criterion) {
     let gpu = Gpu::new().unwrap_or_else(|e| panic!("{e}"));
     println!("adapter: {}", gpu.adapter());
-    println!("time: wall clock per step, each step waited for (loss read back)");
+    println!("time: wall clock per step, one device sync after all of a sample's steps");
+    let only: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     for shape in StandardShape::ALL {
-        let (first, steady) = cold_first_step(&shape);
-        println!(
-            "train_step/{}: cold first step {:.2} s (device, pipelines, first step), then {:.1} ms per step",
-            shape.name,
-            first.as_secs_f64(),
-            steady.as_secs_f64() * 1e3
-        );
+        if only
+            .as_ref()
+            .is_some_and(|o| !shape.name.contains(o.as_str()))
+        {
+            continue;
+        }
+        cold_starts(&shape);
         let (x, y) = batch(&shape);
         let mut trainer =
             Trainer::new(&gpu, config(&shape), shape.batch).unwrap_or_else(|e| panic!("{e}"));
@@ -82,7 +132,10 @@ fn train_step(c: &mut Criterion) {
             .sampling_mode(SamplingMode::Flat)
             .sample_size(10)
             .warm_up_time(Duration::from_millis(500))
-            .measurement_time(Duration::from_secs(3));
+            .measurement_time(Duration::from_secs(3))
+            .throughput(Throughput::Elements(
+                (3.0 * shape.model_forward_flops()) as u64,
+            ));
         group.bench_function(shape.name, |bencher| {
             bencher.iter_custom(|iterations| {
                 let start = Instant::now();
@@ -97,5 +150,18 @@ fn train_step(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, train_step);
-criterion_main!(benches);
+fn main() {
+    if let Ok(name) = std::env::var(COLD_CHILD) {
+        let shape = StandardShape::named(&name).unwrap_or_else(|| panic!("no shape {name}"));
+        let (first, steady) = cold_first_step(&shape);
+        println!(
+            "first step {:.2} s (device, pipelines, tuning, first step), then {:.1} ms per step",
+            first.as_secs_f64(),
+            steady.as_secs_f64() * 1e3
+        );
+        return;
+    }
+    let mut criterion = Criterion::default().configure_from_args();
+    train_step(&mut criterion);
+    criterion.final_summary();
+}

@@ -8,6 +8,7 @@
 
 use std::process::ExitCode;
 
+use mmoe_wgpu::kernels::Precision;
 use mmoe_wgpu::kernels::grouped_gemm::{
     GemmBackwardInput, GemmBackwardWeights, GemmForward, GroupedGemm, Tiling,
 };
@@ -82,6 +83,7 @@ fn run(standard: StandardShape) -> mmoe_wgpu::Result<bool> {
     let dbb = gpu.storage_buffer("db", 4 * shape.b_len() as u64)?;
     let act = Activation::Relu;
     let forward = GemmForward {
+        precision: Precision::F32,
         shape,
         activation: act,
         x: (&xb).into(),
@@ -90,6 +92,7 @@ fn run(standard: StandardShape) -> mmoe_wgpu::Result<bool> {
         y: (&yb).into(),
     };
     let backward_input = GemmBackwardInput {
+        precision: Precision::F32,
         shape,
         activation: act,
         dy: (&dyb).into(),
@@ -99,6 +102,7 @@ fn run(standard: StandardShape) -> mmoe_wgpu::Result<bool> {
         accumulate: false,
     };
     let backward_weights = GemmBackwardWeights {
+        precision: Precision::F32,
         shape,
         activation: act,
         x: (&xb).into(),

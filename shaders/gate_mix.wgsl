@@ -2,7 +2,8 @@
 // M_t = Σ_e G_t[:, e] ⊙ H_e, in one dispatch; and the part of the backward pass that
 // is not a GEMM (dH and dz; the host runs dWg, dbg and dX as grouped GEMMs on dz).
 //
-// Layouts, row-major f32 (T gates, E experts):
+// Layouts, row-major, stored as `Elem` (f32 or f16, set by the storage_*.wgsl file
+// compiled with this one; all arithmetic is f32) (T gates, E experts):
 //   X [rows, inputs]    Wg [T, inputs, E]    bg [T, E]    H, dH [E, rows, width]
 //   G, dz [T, rows, E]  M, dM [T, rows, width]
 //
@@ -32,18 +33,18 @@ struct GateMixParams {
 }
 
 @group(0) @binding(0) var<uniform> P: GateMixParams;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> wg: array<f32>;
-@group(0) @binding(3) var<storage, read> bg: array<f32>;
-@group(0) @binding(4) var<storage, read> h: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<Elem>;
+@group(0) @binding(2) var<storage, read> wg: array<Elem>;
+@group(0) @binding(3) var<storage, read> bg: array<Elem>;
+@group(0) @binding(4) var<storage, read> h: array<Elem>;
 // Forward output; also the scratch holding the logits until the softmax.
-@group(0) @binding(5) var<storage, read_write> g: array<f32>;
-@group(0) @binding(6) var<storage, read_write> m: array<f32>;
+@group(0) @binding(5) var<storage, read_write> g: array<Elem>;
+@group(0) @binding(6) var<storage, read_write> m: array<Elem>;
 // The forward's G, read by the backward pass.
-@group(0) @binding(7) var<storage, read> g_saved: array<f32>;
-@group(0) @binding(8) var<storage, read> dm: array<f32>;
-@group(0) @binding(9) var<storage, read_write> dh: array<f32>;
-@group(0) @binding(10) var<storage, read_write> dz: array<f32>;
+@group(0) @binding(7) var<storage, read> g_saved: array<Elem>;
+@group(0) @binding(8) var<storage, read> dm: array<Elem>;
+@group(0) @binding(9) var<storage, read_write> dh: array<Elem>;
+@group(0) @binding(10) var<storage, read_write> dz: array<Elem>;
 
 // Invocations per workgroup.
 override WG: u32 = 8u;
@@ -108,27 +109,29 @@ fn quad(i0: u32, end: u32) -> vec4<u32> {
 }
 
 fn load_x(at: vec4<u32>) -> vec4<f32> {
-    return vec4(x[at.x], x[at.y], x[at.z], x[at.w]);
+    return vec4(f32(x[at.x]), f32(x[at.y]), f32(x[at.z]), f32(x[at.w]));
 }
 
 fn load_wg(at: vec4<u32>) -> vec4<f32> {
-    return vec4(wg[at.x], wg[at.y], wg[at.z], wg[at.w]);
+    return vec4(f32(wg[at.x]), f32(wg[at.y]), f32(wg[at.z]), f32(wg[at.w]));
 }
 
 fn load_h(at: vec4<u32>) -> vec4<f32> {
-    return vec4(h[at.x], h[at.y], h[at.z], h[at.w]);
+    return vec4(f32(h[at.x]), f32(h[at.y]), f32(h[at.z]), f32(h[at.w]));
 }
 
 fn load_g(at: vec4<u32>) -> vec4<f32> {
-    return vec4(g[at.x], g[at.y], g[at.z], g[at.w]);
+    return vec4(f32(g[at.x]), f32(g[at.y]), f32(g[at.z]), f32(g[at.w]));
 }
 
 fn load_g_saved(at: vec4<u32>) -> vec4<f32> {
-    return vec4(g_saved[at.x], g_saved[at.y], g_saved[at.z], g_saved[at.w]);
+    return vec4(
+        f32(g_saved[at.x]), f32(g_saved[at.y]), f32(g_saved[at.z]), f32(g_saved[at.w]),
+    );
 }
 
 fn load_dm(at: vec4<u32>) -> vec4<f32> {
-    return vec4(dm[at.x], dm[at.y], dm[at.z], dm[at.w]);
+    return vec4(f32(dm[at.x]), f32(dm[at.y]), f32(dm[at.z]), f32(dm[at.w]));
 }
 
 // X[row0..row0+4, k].
@@ -187,7 +190,7 @@ fn store_logits(row0: u32, c0: u32, q: Quad) {
             let col = c0 + c;
             if (row0 + i < P.rows && col < P.gates * P.experts) {
                 let at = gate_index(col / P.experts, row0 + i, col % P.experts);
-                g[P.g_base + at] = v[c] + bg[P.bg_base + col];
+                g[P.g_base + at] = Elem(v[c] + f32(bg[P.bg_base + col]));
             }
         }
     }
@@ -226,18 +229,18 @@ fn logits_tile(row0: u32, c0: u32) {
 // logits cannot overflow exp.
 fn softmax_row(t: u32, row: u32) {
     let base = P.g_base + gate_index(t, row, 0u);
-    var top = g[base];
+    var top = f32(g[base]);
     for (var e = 1u; e < P.experts; e++) {
-        top = max(top, g[base + e]);
+        top = max(top, f32(g[base + e]));
     }
     var sum = 0.0;
     for (var e = 0u; e < P.experts; e++) {
-        let p = exp(g[base + e] - top);
-        g[base + e] = p;
+        let p = exp(f32(g[base + e]) - top);
+        g[base + e] = Elem(p);
         sum += p;
     }
     for (var e = 0u; e < P.experts; e++) {
-        g[base + e] = g[base + e] / sum;
+        g[base + e] = Elem(f32(g[base + e]) / sum);
     }
 }
 
@@ -252,7 +255,7 @@ fn mix_tile(row: u32, t0: u32, j: u32) {
         let v = quad_row(q, i);
         for (var c = 0u; c < 4u; c++) {
             if (t0 + i < P.gates && j + c < P.width) {
-                m[P.m_base + mix_index(t0 + i, row, j + c)] = v[c];
+                m[P.m_base + mix_index(t0 + i, row, j + c)] = Elem(v[c]);
             }
         }
     }
@@ -319,8 +322,10 @@ fn dz_tile(row: u32, t0: u32) {
             for (var c = 0u; c < 4u; c++) {
                 if (t0 + i < P.gates && e0 + c < P.experts) {
                     let at = gate_index(t0 + i, row, e0 + c);
-                    dz[P.dz_base + at] = v[c];
-                    s[i] = fma(g_saved[P.g_base + at], v[c], s[i]);
+                    // ⟨g, dg⟩ from dg as stored (f32(Elem(..)) rounds it to f16, if
+                    // that is the storage), so that a row's dz still sum to zero.
+                    dz[P.dz_base + at] = Elem(v[c]);
+                    s[i] = fma(f32(g_saved[P.g_base + at]), f32(Elem(v[c])), s[i]);
                 }
             }
         }
@@ -328,7 +333,8 @@ fn dz_tile(row: u32, t0: u32) {
     for (var i = 0u; i < 4u && t0 + i < P.gates; i++) {
         for (var e = 0u; e < P.experts; e++) {
             let at = gate_index(t0 + i, row, e);
-            dz[P.dz_base + at] = g_saved[P.g_base + at] * (dz[P.dz_base + at] - s[i]);
+            dz[P.dz_base + at] =
+                Elem(f32(g_saved[P.g_base + at]) * (f32(dz[P.dz_base + at]) - s[i]));
         }
     }
 }
@@ -343,7 +349,7 @@ fn dh_tile(row: u32, e0: u32, j: u32) {
         let v = quad_row(q, i);
         for (var c = 0u; c < 4u; c++) {
             if (e0 + i < P.experts && j + c < P.width) {
-                dh[P.dh_base + expert_index(e0 + i, row, j + c)] = v[c];
+                dh[P.dh_base + expert_index(e0 + i, row, j + c)] = Elem(v[c]);
             }
         }
     }

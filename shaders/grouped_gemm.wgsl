@@ -1,7 +1,8 @@
 // Grouped GEMM: Y_g = act(X_g · W_g + b_g) for every group g in one dispatch, and its
 // backward pass.
 //
-// Layouts, row-major f32:
+// Layouts, row-major, stored as `Elem` (f32 or f16, set by the storage_*.wgsl file
+// compiled with this one; all arithmetic is f32):
 //   X  [rows, inputs] shared by all groups, or [groups, rows, inputs] (x_group_stride)
 //   W  [groups, inputs, outputs]    b [groups, outputs]    Y, dY [groups, rows, outputs]
 //   dX like X (shared: summed over groups)    dW like W    db like b
@@ -45,16 +46,16 @@ const FLAG_PACK_GROUPS: u32 = 4u;
 const ACT_RELU: u32 = 1u;
 
 @group(0) @binding(0) var<uniform> P: GemmParams;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> w: array<f32>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
-@group(0) @binding(5) var<storage, read> dy: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<Elem>;
+@group(0) @binding(2) var<storage, read> w: array<Elem>;
+@group(0) @binding(3) var<storage, read> bias: array<Elem>;
+@group(0) @binding(4) var<storage, read_write> y: array<Elem>;
+@group(0) @binding(5) var<storage, read> dy: array<Elem>;
 // The forward output Y, read by the backward pass for the activation's derivative.
-@group(0) @binding(6) var<storage, read> y_saved: array<f32>;
-@group(0) @binding(7) var<storage, read_write> dx: array<f32>;
-@group(0) @binding(8) var<storage, read_write> dw: array<f32>;
-@group(0) @binding(9) var<storage, read_write> db: array<f32>;
+@group(0) @binding(6) var<storage, read> y_saved: array<Elem>;
+@group(0) @binding(7) var<storage, read_write> dx: array<Elem>;
+@group(0) @binding(8) var<storage, read_write> dw: array<Elem>;
+@group(0) @binding(9) var<storage, read_write> db: array<Elem>;
 
 // Invocations per workgroup along the output columns (tiled kernels: a multiple of 8).
 override WG: u32 = 8u;
@@ -68,11 +69,11 @@ override CN: u32 = 1u;
 // ---------------------------------------------------------------- element access
 
 fn x_at(g: u32, row: u32, k: u32) -> f32 {
-    return x[P.x_base + g * P.x_group_stride + row * P.inputs + k];
+    return f32(x[P.x_base + g * P.x_group_stride + row * P.inputs + k]);
 }
 
 fn w_at(g: u32, k: u32, col: u32) -> f32 {
-    return w[P.w_base + (g * P.inputs + k) * P.outputs + col];
+    return f32(w[P.w_base + (g * P.inputs + k) * P.outputs + col]);
 }
 
 fn act(v: f32) -> f32 {
@@ -85,9 +86,9 @@ fn act(v: f32) -> f32 {
 // dZ = dY ⊙ act'(Y): the activation's derivative applied as dY is loaded.
 fn dz_at(g: u32, row: u32, col: u32) -> f32 {
     let i = (g * P.rows + row) * P.outputs + col;
-    let d = dy[P.dy_base + i];
+    let d = f32(dy[P.dy_base + i]);
     if (P.activation == ACT_RELU) {
-        return select(0.0, d, y_saved[P.y_base + i] > 0.0);
+        return select(0.0, d, f32(y_saved[P.y_base + i]) > 0.0);
     }
     return d;
 }
@@ -265,9 +266,9 @@ fn store_forward(g: u32, row: u32, col: u32, acc: f32) {
     if (row < P.rows && col < P.outputs) {
         var v = acc;
         if ((P.flags & FLAG_BIAS) != 0u) {
-            v = v + bias[P.b_base + g * P.outputs + col];
+            v = v + f32(bias[P.b_base + g * P.outputs + col]);
         }
-        y[P.y_base + (g * P.rows + row) * P.outputs + col] = act(v);
+        y[P.y_base + (g * P.rows + row) * P.outputs + col] = Elem(act(v));
     }
 }
 
@@ -277,9 +278,9 @@ fn store_dx(g: u32, row: u32, i: u32, acc: f32) {
         let at = P.dx_base + g * P.x_group_stride + row * P.inputs + i;
         var v = acc;
         if ((P.flags & FLAG_ACCUMULATE) != 0u) {
-            v = dx[at] + v;
+            v = f32(dx[at]) + v;
         }
-        dx[at] = v;
+        dx[at] = Elem(v);
     }
 }
 
@@ -290,9 +291,9 @@ fn store_dw(g: u32, i: u32, col: u32, acc: f32) {
         return;
     }
     if (i < P.inputs) {
-        dw[P.dw_base + (g * P.inputs + i) * P.outputs + col] = acc;
+        dw[P.dw_base + (g * P.inputs + i) * P.outputs + col] = Elem(acc);
     } else if (i == P.inputs && (P.flags & FLAG_BIAS) != 0u) {
-        db[P.db_base + g * P.outputs + col] = acc;
+        db[P.db_base + g * P.outputs + col] = Elem(acc);
     }
 }
 

@@ -1,8 +1,10 @@
 // Per-task loss and its gradient in one dispatch.
 //
-// Layouts, row-major f32:
-//   predictions, targets, grad  [tasks, rows]  (task-major: the heads' outputs)
-//   loss                        [tasks]
+// Layouts, row-major:
+//   predictions, targets, grad  [tasks, rows]  (task-major: the heads' outputs), stored
+//                               as `Elem` (f32 or f16, set by storage_*.wgsl)
+//   loss                        [tasks], always f32: a mean over many rows, and what
+//                               the optimizer's non-finite guard reads
 //   table                       [tasks] of (kind, weight λ_t), uploaded by the host
 //
 //   loss[t]    = λ_t · mean_b ℓ(p[t, b], y[t, b])
@@ -37,10 +39,10 @@ const KIND_BCE: u32 = 1u;
 
 @group(0) @binding(0) var<uniform> P: LossParams;
 @group(0) @binding(1) var<storage, read> table: array<TaskEntry>;
-@group(0) @binding(2) var<storage, read> predictions: array<f32>;
-@group(0) @binding(3) var<storage, read> targets: array<f32>;
+@group(0) @binding(2) var<storage, read> predictions: array<Elem>;
+@group(0) @binding(3) var<storage, read> targets: array<Elem>;
 @group(0) @binding(4) var<storage, read_write> loss: array<f32>;
-@group(0) @binding(5) var<storage, read_write> grad: array<f32>;
+@group(0) @binding(5) var<storage, read_write> grad: array<Elem>;
 
 // Invocations per workgroup; a power of two (the host checks).
 override WG: u32 = 64u;
@@ -98,11 +100,11 @@ fn loss_forward_backward(
         let i = t * rows + b;
         let ld = loss_and_derivative(
             entry.kind,
-            predictions[P.pred_base + i],
-            targets[P.target_base + i],
+            f32(predictions[P.pred_base + i]),
+            f32(targets[P.target_base + i]),
         );
         acc += ld.x;
-        grad[P.grad_base + i] = grad_scale * ld.y;
+        grad[P.grad_base + i] = Elem(grad_scale * ld.y);
     }
     partial[lid] = acc;
     workgroupBarrier();

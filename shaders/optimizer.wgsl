@@ -8,6 +8,12 @@
 // A grid-stride loop covers any length with at most max_compute_workgroups_per_dimension
 // workgroups.
 //
+// Storage: params and both moments are always f32 (master weights: an f16 parameter
+// cannot take updates below 2^-11 of its size, which is most of Adam's steps late in
+// training). grads and the optional params_copy are `Elem` (storage_*.wgsl): f16
+// gradients from f16 backward kernels, and an f16 copy of the updated parameters for
+// f16 forward kernels (FLAG_COPY), written in the same pass.
+//
 // Per-step values (step t, learning rate, bias corrections) live in their own uniform,
 // rewritten by the host before each step; everything else is fixed when the dispatch
 // is built.
@@ -31,6 +37,10 @@ struct OptParams {
     v_base: u32,
     loss_base: u32,
     status_base: u32,
+    copy_base: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
     beta1: f32,
     one_minus_beta1: f32,
     beta2: f32,
@@ -52,17 +62,19 @@ struct StepParams {
 const FLAG_GUARD: u32 = 1u;
 const FLAG_L2: u32 = 2u;
 const FLAG_DECOUPLED: u32 = 4u;
+const FLAG_COPY: u32 = 8u;
 
 @group(0) @binding(0) var<uniform> P: OptParams;
 @group(0) @binding(1) var<uniform> S: StepParams;
 @group(0) @binding(2) var<storage, read_write> params: array<f32>;
-@group(0) @binding(3) var<storage, read> grads: array<f32>;
+@group(0) @binding(3) var<storage, read> grads: array<Elem>;
 // First moment (Adam) or velocity (SGD).
 @group(0) @binding(4) var<storage, read_write> moment1: array<f32>;
 // Second moment (Adam only).
 @group(0) @binding(5) var<storage, read_write> moment2: array<f32>;
 @group(0) @binding(6) var<storage, read> loss: array<f32>;
 @group(0) @binding(7) var<storage, read_write> status: array<u32>;
+@group(0) @binding(8) var<storage, read_write> params_copy: array<Elem>;
 
 override WG: u32 = 64u;
 
@@ -74,6 +86,13 @@ fn non_finite(x: f32) -> bool {
 // Whether this step must leave params and moments untouched. Only invocation 0
 // writes status, and only when a loss is non-finite, in which case no invocation
 // reads status: there is no race.
+fn store_param(i: u32, p: f32) {
+    params[P.p_base + i] = p;
+    if ((P.flags & FLAG_COPY) != 0u) {
+        params_copy[P.copy_base + i] = Elem(p);
+    }
+}
+
 fn skip_step(gid: u32) -> bool {
     if (S.step == 0u) {
         return true;
@@ -104,9 +123,9 @@ fn sgd(@builtin(global_invocation_id) id: vec3<u32>) {
     }
     let mu = P.decay_or_momentum;
     for (var i = id.x; i < P.len; i += P.stride) {
-        let m = mu * moment1[P.m_base + i] + grads[P.g_base + i];
+        let m = mu * moment1[P.m_base + i] + f32(grads[P.g_base + i]);
         moment1[P.m_base + i] = m;
-        params[P.p_base + i] = params[P.p_base + i] - S.lr * m;
+        store_param(i, params[P.p_base + i] - S.lr * m);
     }
 }
 
@@ -120,7 +139,7 @@ fn adam(@builtin(global_invocation_id) id: vec3<u32>) {
     let decoupled = (P.flags & FLAG_DECOUPLED) != 0u;
     for (var i = id.x; i < P.len; i += P.stride) {
         var p = params[P.p_base + i];
-        var g = grads[P.g_base + i];
+        var g = f32(grads[P.g_base + i]);
         if (l2) {
             g = g + wd * p;
         }
@@ -132,6 +151,6 @@ fn adam(@builtin(global_invocation_id) id: vec3<u32>) {
             p = p - S.lr * wd * p;
         }
         p = p - S.lr * (m * S.inv_bc1) / (sqrt(v * S.inv_bc2) + P.eps);
-        params[P.p_base + i] = p;
+        store_param(i, p);
     }
 }

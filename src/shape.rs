@@ -181,4 +181,19 @@ impl StandardShape {
             input: InputLayout::Shared,
         }
     }
+
+    /// Floating-point operations of the one-layer MMoE's forward pass at this shape
+    /// (2 per multiply-add): experts, gate logits, mixture, towers and heads. A
+    /// training step is counted as three times this.
+    pub fn model_forward_flops(&self) -> f64 {
+        let (b, d, e, h, t, u) = (
+            self.batch as f64,
+            self.inputs as f64,
+            self.experts as f64,
+            self.expert_width as f64,
+            self.tasks as f64,
+            self.tower_width as f64,
+        );
+        2.0 * b * (d * e * h + d * e * t + e * h * t + h * u * t + u * t)
+    }
 }

@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use mmoe_wgpu::kernels::BufferView;
+use mmoe_wgpu::kernels::Precision;
 use mmoe_wgpu::kernels::gate_mix::{
     GateMix, GateMixBackward, GateMixForward, GateMixShape, GateMixTiling,
 };
@@ -120,6 +121,7 @@ impl Buffers {
 
     fn forward(&self) -> GateMixForward<'_> {
         GateMixForward {
+            precision: Precision::F32,
             shape: self.shape,
             x: (&self.x).into(),
             wg: (&self.wg).into(),
@@ -132,6 +134,7 @@ impl Buffers {
 
     fn backward(&self, accumulate_dx: bool) -> GateMixBackward<'_> {
         GateMixBackward {
+            precision: Precision::F32,
             shape: self.shape,
             x: (&self.x).into(),
             wg: (&self.wg).into(),
@@ -337,6 +340,7 @@ fn operands_at_unaligned_offsets_inside_shared_buffers() {
     let dz = gpu.storage_buffer("dz", 4 * s.g_len() as u64).unwrap();
     let view = |buf, at: &[usize], k: usize| BufferView::at(buf, 4 * at[k] as u64);
     let fwd = GateMixForward {
+        precision: Precision::F32,
         shape: s,
         x: view(&inb, &i, 0),
         wg: view(&inb, &i, 1),
@@ -346,6 +350,7 @@ fn operands_at_unaligned_offsets_inside_shared_buffers() {
         m: view(&fb, &f, 1),
     };
     let bwd = GateMixBackward {
+        precision: Precision::F32,
         shape: s,
         x: fwd.x,
         wg: fwd.wg,

@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use mmoe_wgpu::kernels::BufferView;
+use mmoe_wgpu::kernels::Precision;
 use mmoe_wgpu::kernels::grouped_gemm::{
     GemmBackwardInput, GemmBackwardWeights, GemmForward, GroupedGemm, Tiling,
 };
@@ -109,6 +110,7 @@ fn every_tiling_matches_the_reference_and_each_other_bitwise() {
         let mut first: Option<[Vec<f32>; 4]> = None;
         for &tiling in &tilings {
             let fwd = GemmForward {
+                precision: Precision::F32,
                 shape,
                 activation: act,
                 x: (&x).into(),
@@ -117,6 +119,7 @@ fn every_tiling_matches_the_reference_and_each_other_bitwise() {
                 y: (&y).into(),
             };
             let bi = GemmBackwardInput {
+                precision: Precision::F32,
                 shape,
                 activation: act,
                 dy: (&dy).into(),
@@ -126,6 +129,7 @@ fn every_tiling_matches_the_reference_and_each_other_bitwise() {
                 accumulate: false,
             };
             let bw = GemmBackwardWeights {
+                precision: Precision::F32,
                 shape,
                 activation: act,
                 x: (&x).into(),
@@ -228,6 +232,7 @@ fn backward_input_accumulates_into_dx() {
         for tiling in gemm.tilings() {
             gpu.write(&dx, 0, &d.dx_prior).unwrap();
             let args = GemmBackwardInput {
+                precision: Precision::F32,
                 shape,
                 activation: Activation::Relu,
                 dy: (&dy).into(),
@@ -275,6 +280,7 @@ fn operands_at_unaligned_offsets_inside_shared_buffers() {
         .upload("outputs", &vec![-7.0f32; 9 + shape.y_len() + 4])
         .unwrap();
     let args = GemmForward {
+        precision: Precision::F32,
         shape,
         activation: Activation::Relu,
         x: BufferView::at(&inputs, 4 * xo as u64),
@@ -400,6 +406,7 @@ fn bad_input_is_an_error_not_a_panic() {
         .storage_buffer("small", 4 * (shape.y_len() - 1) as u64)
         .unwrap();
     let fwd = GemmForward {
+        precision: Precision::F32,
         shape,
         activation: Activation::Relu,
         x: (&x).into(),
@@ -517,6 +524,7 @@ fn bad_input_is_an_error_not_a_panic() {
         );
     }
     let bi = GemmBackwardInput {
+        precision: Precision::F32,
         shape,
         activation: Activation::Relu,
         dy: (&y).into(),
@@ -528,6 +536,7 @@ fn bad_input_is_an_error_not_a_panic() {
     expect_err(gemm.backward_input(&bi), "forward output");
     let dw = gpu.storage_buffer("dw", 4 * shape.w_len() as u64).unwrap();
     let bw = GemmBackwardWeights {
+        precision: Precision::F32,
         shape,
         activation: Activation::Identity,
         x: (&x).into(),

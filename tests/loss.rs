@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use mmoe_wgpu::Error;
+use mmoe_wgpu::kernels::Precision;
 use mmoe_wgpu::kernels::loss::{Loss, LossArgs, LossKind, TaskLoss};
 use mmoe_wgpu::kernels::{BufferView, Dispatch};
 use mmoe_wgpu::reference::loss as reference;
@@ -89,6 +90,7 @@ impl Buffers {
 
     fn args<'a>(&'a self, rows: usize, tasks: &'a [TaskLoss]) -> LossArgs<'a> {
         LossArgs {
+            precision: Precision::F32,
             rows,
             tasks,
             predictions: (&self.predictions).into(),
@@ -221,6 +223,7 @@ fn operands_at_unaligned_offsets_inside_shared_buffers() {
     let total = go + len + 4;
     let out = gpu.upload("outputs", &vec![-7.0f32; total]).unwrap();
     let args = LossArgs {
+        precision: Precision::F32,
         rows,
         tasks: &tasks,
         predictions: BufferView::at(&inputs, 4 * po as u64),
@@ -373,6 +376,7 @@ fn bad_input_is_an_error_not_a_panic() {
     let grad = gpu.storage_buffer("grad", 4 * 20).unwrap();
     let small = gpu.storage_buffer("small", 4 * 19).unwrap();
     let args = LossArgs {
+        precision: Precision::F32,
         rows,
         tasks: &tasks,
         predictions: (&p).into(),

@@ -8,6 +8,7 @@ mod common;
 use common::*;
 use mmoe_wgpu::Error;
 use mmoe_wgpu::kernels::BufferView;
+use mmoe_wgpu::kernels::Precision;
 use mmoe_wgpu::kernels::optimizer::{Optimizer, OptimizerArgs, OptimizerKernel, OptimizerStep};
 use mmoe_wgpu::reference::optimizer as reference;
 use mmoe_wgpu::rng::Rng;
@@ -102,6 +103,8 @@ impl Buffers {
 
     fn args(&self, optimizer: Optimizer, len: usize) -> OptimizerArgs<'_> {
         OptimizerArgs {
+            params_copy: None,
+            precision: Precision::F32,
             optimizer,
             len,
             params: (&self.params).into(),
@@ -354,6 +357,8 @@ fn operands_at_unaligned_offsets_inside_shared_buffers() {
     let go = 11usize;
     let grads = gpu.storage_buffer("grads", 4 * (go + len) as u64).unwrap();
     let args = OptimizerArgs {
+        params_copy: None,
+        precision: Precision::F32,
         optimizer: opt,
         len,
         params: BufferView::at(&state_buf, 4 * po as u64),

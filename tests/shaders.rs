@@ -9,11 +9,14 @@ use naga::back::{hlsl, msl, spv};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 
 fn capabilities(program: &ShaderProgram) -> Capabilities {
+    let mut caps = Capabilities::empty();
     if program.needs_subgroups {
-        Capabilities::SUBGROUP | Capabilities::SUBGROUP_BARRIER
-    } else {
-        Capabilities::empty()
+        caps |= Capabilities::SUBGROUP | Capabilities::SUBGROUP_BARRIER;
     }
+    if program.needs_f16 {
+        caps |= Capabilities::SHADER_FLOAT16;
+    }
+    caps
 }
 
 /// Override settings each entry point is translated with: the defaults, and the
@@ -78,7 +81,12 @@ fn check_program(program: &ShaderProgram) {
             assert!(msl_text.contains("kernel"), "{what}: MSL has no kernel");
 
             let hlsl_options = hlsl::Options {
-                shader_model: hlsl::ShaderModel::V6_0,
+                // 16-bit types need shader model 6.2 on DX12.
+                shader_model: if program.needs_f16 {
+                    hlsl::ShaderModel::V6_2
+                } else {
+                    hlsl::ShaderModel::V6_0
+                },
                 ..Default::default()
             };
             let hlsl_pipeline = hlsl::PipelineOptions {
@@ -127,7 +135,7 @@ fn every_file_in_shaders_belongs_to_a_program() {
 fn the_base_programs_need_no_optional_capability() {
     for program in mmoe_wgpu::kernels::programs()
         .iter()
-        .filter(|p| !p.needs_subgroups)
+        .filter(|p| !p.needs_subgroups && !p.needs_f16)
     {
         let module = naga::front::wgsl::parse_str(&program.text()).unwrap();
         Validator::new(ValidationFlags::all(), Capabilities::empty())

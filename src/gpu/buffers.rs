@@ -33,11 +33,15 @@ impl Gpu {
         })
     }
 
-    /// A storage buffer holding `data`.
+    /// A storage buffer holding `data` (f32, [`half::f16`], ...), its size rounded up
+    /// to whole 4-byte words.
     pub fn upload<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> Result<wgpu::Buffer> {
         let bytes: &[u8] = bytemuck::cast_slice(data);
         let buffer = self.storage_buffer(label, bytes.len() as u64)?;
-        self.write(&buffer, 0, data)?;
+        // Queue writes are whole words; the buffer has the room, and it is ours.
+        let mut words = bytes.to_vec();
+        words.resize(bytes.len().next_multiple_of(4), 0);
+        self.write(&buffer, 0, &words)?;
         Ok(buffer)
     }
 
@@ -70,7 +74,8 @@ impl Gpu {
     }
 
     /// Reads `len` elements of `T` from `buffer` at byte `offset`, waiting for all
-    /// submitted work first.
+    /// submitted work first. Copies move whole 4-byte words, so a range that starts or
+    /// ends mid-word (f16 data) needs the rest of its words inside the buffer.
     pub fn read<T: bytemuck::Pod>(
         &self,
         buffer: &wgpu::Buffer,
@@ -78,12 +83,15 @@ impl Gpu {
         len: usize,
     ) -> Result<Vec<T>> {
         let bytes = (len * std::mem::size_of::<T>()) as u64;
-        if offset + bytes > buffer.size() || !offset.is_multiple_of(4) || !bytes.is_multiple_of(4) {
+        let start = offset / 4 * 4;
+        let end = (offset + bytes).next_multiple_of(4);
+        if end > buffer.size() {
             return Err(Error::Binding {
                 context: "Gpu::read".into(),
                 operand: buffer_label(buffer),
                 problem: format!(
-                    "of {} bytes cannot give {bytes} bytes at offset {offset}",
+                    "of {} bytes cannot give {bytes} bytes at offset {offset} (read as the \
+                     4-byte words {start}..{end})",
                     buffer.size()
                 ),
             });
@@ -101,21 +109,25 @@ impl Gpu {
         let staging = self.scoped("creating a readback buffer", || {
             let staging = self.device().create_buffer(&wgpu::BufferDescriptor {
                 label: Some("mmoe-wgpu readback"),
-                size: bytes,
+                size: end - start,
                 usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             });
             let mut encoder = self
                 .device()
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
-            encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, bytes);
+            encoder.copy_buffer_to_buffer(buffer, start, &staging, 0, end - start);
             self.queue().submit([encoder.finish()]);
             staging
         })?;
         let (sender, receiver) = std::sync::mpsc::channel();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| {
-            let _ = sender.send(r);
-        });
+        // In a scope: on a lost device mapping fails validation, which must come
+        // back as an error, not reach a (possibly panicking) uncaptured-error handler.
+        self.scoped("mapping a readback buffer", || {
+            staging.map_async(wgpu::MapMode::Read, .., move |r| {
+                let _ = sender.send(r);
+            })
+        })?;
         self.wait()?;
         let mapped = receiver.recv().map_err(|_| Error::Gpu {
             during: "reading a buffer back".into(),
@@ -130,7 +142,8 @@ impl Gpu {
                 during: "reading a mapped buffer".into(),
                 message: e.to_string(),
             })?;
-            bytemuck::pod_collect_to_vec(&view)
+            let first = (offset - start) as usize;
+            bytemuck::pod_collect_to_vec(&view[first..first + bytes as usize])
         };
         staging.unmap();
         Ok(out)

@@ -6,19 +6,24 @@
 //! environment variables) or wrap a device the application already has with
 //! [`Gpu::from_device`].
 
+pub(crate) mod bind_cache;
+pub use bind_cache::BIND_GROUP_CACHE_CAPACITY;
 mod buffers;
 pub use buffers::STORAGE_USAGE;
 mod pipelines;
 mod scope;
 mod timing;
+mod tuning;
 
 pub use timing::{TimeSource, Timing};
+pub(crate) use tuning::TuneTable;
+pub use tuning::{TUNE_CACHE_ENV, TUNE_ENV, TuneMode, TuneRecord, TuneSource};
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
-pub use pipelines::ShaderProgram;
 pub(crate) use pipelines::{BindingKind, PipelineCache};
+pub use pipelines::{CompiledPipeline, ShaderProgram};
 
 use crate::{Error, Result};
 
@@ -31,11 +36,18 @@ pub struct GpuOptions {
     pub adapter_name: Option<String>,
     /// Preference between integrated and discrete GPUs when no name is given.
     pub power_preference: wgpu::PowerPreference,
+    /// How kernels choose their tiling ([`TUNE_ENV`]).
+    pub tune: TuneMode,
+    /// Where tuning choices persist between processes ([`TUNE_CACHE_ENV`]; by
+    /// default `mmoe-wgpu/tuning.tsv` in the user's cache directory); `None` keeps
+    /// them in memory.
+    pub tune_cache: Option<std::path::PathBuf>,
 }
 
 impl GpuOptions {
-    /// Options from `WGPU_BACKEND`, `WGPU_ADAPTER_NAME` and `WGPU_POWER_PREF`.
-    /// Without `WGPU_POWER_PREF` the high-performance adapter is preferred.
+    /// Options from `WGPU_BACKEND`, `WGPU_ADAPTER_NAME`, `WGPU_POWER_PREF`,
+    /// [`TUNE_ENV`] and [`TUNE_CACHE_ENV`]. Without `WGPU_POWER_PREF` the
+    /// high-performance adapter is preferred.
     pub fn from_env() -> Self {
         GpuOptions {
             backends: wgpu::Backends::from_env(),
@@ -44,6 +56,8 @@ impl GpuOptions {
                 .filter(|s| !s.is_empty()),
             power_preference: wgpu::PowerPreference::from_env()
                 .unwrap_or(wgpu::PowerPreference::HighPerformance),
+            tune: TuneMode::from_env(),
+            tune_cache: tuning::cache_path_from_env(),
         }
     }
 }
@@ -122,6 +136,8 @@ struct GpuInner {
     uncaptured: Arc<Mutex<Option<String>>>,
     lost: Arc<Mutex<Option<String>>>,
     pipelines: PipelineCache,
+    bind_groups: bind_cache::BindGroupCache,
+    tuning: TuneTable,
 }
 
 /// The features the crate asks for when the adapter has them.
@@ -175,16 +191,17 @@ impl Gpu {
             let mut slot = sink.lock().unwrap_or_else(|p| p.into_inner());
             slot.get_or_insert_with(|| e.to_string());
         }));
-        Ok(Gpu::assemble(device, queue, report, uncaptured))
+        Ok(Gpu::assemble(device, queue, report, uncaptured, options))
     }
 
     /// Use a device the application already created. The crate uses whatever optional
     /// features ([`Capabilities`]) that device has enabled; it does not replace the
     /// application's uncaptured-error handler, and captures its own errors with error
-    /// scopes.
+    /// scopes. Tuning follows [`GpuOptions::from_env`].
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Gpu {
         let report = AdapterReport::from_info(&device.adapter_info());
-        Gpu::assemble(device, queue, report, Arc::new(Mutex::new(None)))
+        let options = GpuOptions::from_env();
+        Gpu::assemble(device, queue, report, Arc::new(Mutex::new(None)), &options)
     }
 
     fn assemble(
@@ -192,6 +209,7 @@ impl Gpu {
         queue: wgpu::Queue,
         report: AdapterReport,
         uncaptured: Arc<Mutex<Option<String>>>,
+        options: &GpuOptions,
     ) -> Gpu {
         let caps = capabilities(device.features(), &report);
         let limits = device.limits();
@@ -201,16 +219,19 @@ impl Gpu {
             let mut slot = lost_sink.lock().unwrap_or_else(|p| p.into_inner());
             slot.get_or_insert_with(|| format!("{reason:?}: {message}"));
         });
+        let tuning = TuneTable::new(options.tune, options.tune_cache.clone(), &report);
         Gpu {
             inner: Arc::new(GpuInner {
                 device,
                 queue,
-                report,
                 caps,
                 limits,
                 uncaptured,
                 lost,
                 pipelines: PipelineCache::default(),
+                bind_groups: Default::default(),
+                tuning,
+                report,
             }),
         }
     }
@@ -242,6 +263,10 @@ impl Gpu {
 
     pub(crate) fn pipelines(&self) -> &PipelineCache {
         &self.inner.pipelines
+    }
+
+    pub(crate) fn tuning(&self) -> &TuneTable {
+        &self.inner.tuning
     }
 
     /// Returns the first error the device reported outside an error scope, or its

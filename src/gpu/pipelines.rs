@@ -3,12 +3,14 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use super::Gpu;
 use crate::{Error, Result};
 
 /// A WGSL program: a name and the source files it is made of, concatenated in order
-/// (a `_subgroup.wgsl` file extends its family's base file).
+/// (the family's base file, a `_subgroup.wgsl` file extending it, and a
+/// `storage_*.wgsl` part choosing the storage type).
 #[derive(Clone, Copy, Debug)]
 pub struct ShaderProgram {
     /// Name, used as the shader module's label.
@@ -18,6 +20,9 @@ pub struct ShaderProgram {
     /// The program uses subgroup operations; only built where
     /// [`Capabilities::subgroups`](super::Capabilities::subgroups) holds.
     pub needs_subgroups: bool,
+    /// The program stores f16 (`enable f16;`); only built where
+    /// [`Capabilities::f16`](super::Capabilities::f16) holds.
+    pub needs_f16: bool,
 }
 
 impl ShaderProgram {
@@ -49,6 +54,16 @@ pub(crate) struct PipelineCache {
     modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
     layouts: Mutex<HashMap<LayoutKey, (wgpu::BindGroupLayout, wgpu::PipelineLayout)>>,
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
+    compiled: Mutex<Vec<CompiledPipeline>>,
+}
+
+/// One pipeline compilation: what was built and how long the driver took.
+#[derive(Clone, Debug)]
+pub struct CompiledPipeline {
+    /// `program::entry` and its override constants.
+    pub name: String,
+    /// Host time spent creating the pipeline (the driver's compile).
+    pub time: Duration,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -64,6 +79,13 @@ impl Gpu {
             return Err(Error::MissingFeature {
                 what: format!("shader `{}`", source.name),
                 feature: "SUBGROUP (with subgroup size >= 8)".into(),
+                adapter: self.adapter().name.clone(),
+            });
+        }
+        if source.needs_f16 && !self.capabilities().f16 {
+            return Err(Error::MissingFeature {
+                what: format!("shader `{}`", source.name),
+                feature: "SHADER_F16".into(),
                 adapter: self.adapter().name.clone(),
             });
         }
@@ -147,25 +169,34 @@ impl Gpu {
         let module = self.shader_module(source)?;
         let (_, layout) = self.layout(bindings)?;
         let values: Vec<(&str, f64)> = constants.iter().map(|&(k, v)| (k, v as f64)).collect();
-        let pipeline = self.scoped(
-            &format!("building pipeline `{}::{entry}` {constants:?}", source.name),
-            || {
-                self.device()
-                    .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                        label: Some(entry),
-                        layout: Some(&layout),
-                        module: &module,
-                        entry_point: Some(entry),
-                        compilation_options: wgpu::PipelineCompilationOptions {
-                            constants: &values,
-                            // Kernels write every workgroup cell before reading it.
-                            zero_initialize_workgroup_memory: false,
-                        },
-                        cache: None,
-                    })
-            },
-        )?;
+        let name = format!("{}::{entry} {constants:?}", source.name);
+        let start = Instant::now();
+        let pipeline = self.scoped(&format!("building pipeline `{name}`"), || {
+            self.device()
+                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(entry),
+                    layout: Some(&layout),
+                    module: &module,
+                    entry_point: Some(entry),
+                    compilation_options: wgpu::PipelineCompilationOptions {
+                        constants: &values,
+                        // Kernels write every workgroup cell before reading it.
+                        zero_initialize_workgroup_memory: false,
+                    },
+                    cache: None,
+                })
+        })?;
+        lock(&self.pipelines().compiled).push(CompiledPipeline {
+            name,
+            time: start.elapsed(),
+        });
         lock(&self.pipelines().pipelines).insert(key, pipeline.clone());
         Ok(pipeline)
+    }
+
+    /// Every pipeline compiled on this device so far, in order, with its compile time:
+    /// where a cold start goes.
+    pub fn compiled_pipelines(&self) -> Vec<CompiledPipeline> {
+        lock(&self.pipelines().compiled).clone()
     }
 }

@@ -20,10 +20,16 @@ impl Gpu {
             .chain(pollster::block_on(oom.pop()))
             .next();
         match caught {
-            Some(e) => Err(Error::Gpu {
-                during: during.to_string(),
-                message: e.to_string(),
-            }),
+            Some(e) => {
+                // A lost device fails every later call's validation; waiting lets its
+                // lost callback run, so the error says the device is gone.
+                let _ = device.poll(wgpu::PollType::wait_indefinitely());
+                self.check()?;
+                Err(Error::Gpu {
+                    during: during.to_string(),
+                    message: e.to_string(),
+                })
+            }
             None => Ok(out),
         }
     }

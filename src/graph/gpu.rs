@@ -13,7 +13,7 @@ use crate::kernels::grouped_gemm::{
 };
 use crate::kernels::loss::{Loss, LossArgs};
 use crate::kernels::optimizer::{Optimizer, OptimizerArgs, OptimizerKernel, OptimizerStep};
-use crate::kernels::{BufferView, Dispatch};
+use crate::kernels::{BufferView, Dispatch, Precision};
 use crate::shape::Activation;
 use crate::{Error, Result};
 
@@ -42,6 +42,18 @@ pub struct GpuExecutor {
     loss_tensor: Option<TensorId>,
     optimizer: OptimizerStep,
     recorded: HashMap<usize, Recorded>,
+}
+
+impl Drop for GpuExecutor {
+    /// The device's bind group cache must not keep this executor's buffers alive.
+    fn drop(&mut self) {
+        let mut owned: Vec<&wgpu::Buffer> = vec![&self.params, &self.grads, &self.status];
+        owned.extend(&self.moments);
+        for list in [&self.buffers, &self.grad_buffers, &self.scratch] {
+            owned.extend(list.iter().flatten());
+        }
+        self.gpu.forget_bind_groups_of(&owned);
+    }
 }
 
 impl GpuExecutor {
@@ -104,6 +116,8 @@ impl GpuExecutor {
         let loss_view =
             loss_tensor.map(|l| BufferView::new(buffers[l.0].as_ref().expect("loss buffer")));
         let optimizer = OptimizerKernel::new(gpu).prepare(&OptimizerArgs {
+            params_copy: None,
+            precision: Precision::F32,
             optimizer,
             len: plan.param_len,
             params: BufferView::new(&params_buffer),
@@ -233,6 +247,7 @@ impl GpuExecutor {
                     b,
                     y,
                 } => recorded.forward.push(self.gemm.forward(&GemmForward {
+                    precision: Precision::F32,
                     shape,
                     activation,
                     x: self.view(x),
@@ -251,6 +266,7 @@ impl GpuExecutor {
                 } => recorded
                     .forward
                     .push(self.gate_mix.forward(&GateMixForward {
+                        precision: Precision::F32,
                         shape,
                         x: self.view(x),
                         wg: self.view(wg),
@@ -265,6 +281,7 @@ impl GpuExecutor {
                     targets,
                     loss,
                 } => recorded.loss.push(self.loss_kernel.dispatch(&LossArgs {
+                    precision: Precision::F32,
                     rows,
                     tasks: &tasks,
                     predictions: self.view(predictions),
@@ -299,6 +316,7 @@ impl GpuExecutor {
                     y,
                 },
             ) => out.push(self.gemm.backward_weights(&GemmBackwardWeights {
+                precision: Precision::F32,
                 shape,
                 activation,
                 x: self.view(x),
@@ -318,6 +336,7 @@ impl GpuExecutor {
                     ..
                 },
             ) => out.push(self.gemm.backward_input(&GemmBackwardInput {
+                precision: Precision::F32,
                 shape,
                 activation,
                 dy: self.grad_view(y),
@@ -338,6 +357,7 @@ impl GpuExecutor {
                     m,
                 },
             ) => out.extend(self.gate_mix.backward(&GateMixBackward {
+                precision: Precision::F32,
                 shape,
                 x: self.view(x),
                 wg: self.view(wg),
@@ -502,6 +522,47 @@ impl GpuExecutor {
             ));
         }
         self.gpu.write(&self.params, 0, params)
+    }
+
+    /// The optimizer's state buffers (the first and, for Adam and AdamW, second
+    /// moments), each laid out like the flat parameters.
+    pub fn optimizer_state(&self) -> Result<Vec<Vec<f32>>> {
+        self.moments
+            .iter()
+            .map(|m| self.gpu.read(m, 0, self.plan.param_len))
+            .collect()
+    }
+
+    /// Replaces the optimizer's state buffers (see
+    /// [`optimizer_state`](Self::optimizer_state)).
+    pub fn set_optimizer_state(&self, state: &[Vec<f32>]) -> Result<()> {
+        if state.len() != self.moments.len() {
+            return Err(Error::shape(
+                "GpuExecutor::set_optimizer_state",
+                "state",
+                format!("{} buffers", self.moments.len()),
+                format!("{} buffers", state.len()),
+            ));
+        }
+        for (i, (buffer, values)) in self.moments.iter().zip(state).enumerate() {
+            if values.len() != self.plan.param_len {
+                return Err(Error::shape(
+                    "GpuExecutor::set_optimizer_state",
+                    format!("state[{i}]"),
+                    format!("{} values", self.plan.param_len),
+                    format!("{} values", values.len()),
+                ));
+            }
+            self.gpu.write(buffer, 0, values)?;
+        }
+        Ok(())
+    }
+
+    /// Forgets a non-finite loss seen earlier, so the optimizer updates again: for
+    /// after the parameters were replaced by good ones.
+    pub fn clear_non_finite(&self) -> Result<()> {
+        let words = (self.status.size() / 4) as usize;
+        self.gpu.write(&self.status, 0, &vec![0u32; words])
     }
 
     /// The per-task loss of the last run with a loss.

@@ -1,12 +1,112 @@
 //! Checking a kernel's operands against the caller's buffers and binding them.
 
-use crate::gpu::{BindingKind, Gpu};
+use crate::gpu::{BindingKind, Gpu, ShaderProgram};
 use crate::{Error, Result};
 
+/// The type a kernel's floating-point tensors are stored as. Arithmetic is f32 either
+/// way: f16 storage halves memory and bandwidth, and rounds each stored result once.
+///
+/// [`F16`](Precision::F16) needs the adapter feature `SHADER_F16`
+/// ([`Capabilities::f16`](crate::Capabilities::f16)); asking for it without is an
+/// [`Error::MissingFeature`]. On the host, f16 data is [`half::f16`] (re-exported as
+/// [`mmoe_wgpu::half`](crate::half)), which [`Gpu::upload`] and [`Gpu::read`] take
+/// as they are.
+///
+/// Which operands follow the precision: every tensor of the grouped GEMM and gate +
+/// mix kernels; predictions, targets and gradient of the loss (the per-task loss
+/// values stay f32); gradients and the optional parameter copy of the optimizer (the
+/// parameters and moments stay f32: master weights in f32 are what keeps small updates
+/// from rounding away). The model [`Trainer`](crate::model::Trainer) always uses f32.
+///
+/// ```
+/// use mmoe_wgpu::kernels::Precision;
+///
+/// # fn main() -> mmoe_wgpu::Result<()> {
+/// let gpu = mmoe_wgpu::Gpu::new()?;
+/// // f16 where the adapter has it, the f32 path otherwise.
+/// let precision = Precision::best(&gpu);
+/// assert!(precision.check(&gpu, "this example").is_ok());
+/// assert_eq!(Precision::F16.element_size(), 2);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Precision {
+    /// 32-bit floats, `f32` on the host. Every adapter.
+    #[default]
+    F32,
+    /// 16-bit floats, [`half::f16`] on the host; accumulation stays f32.
+    F16,
+}
+
+impl Precision {
+    /// Bytes per element: 4 or 2.
+    pub const fn element_size(self) -> u64 {
+        match self {
+            Precision::F32 => 4,
+            Precision::F16 => 2,
+        }
+    }
+
+    /// Whether `gpu` can run kernels at this precision.
+    pub fn is_supported(self, gpu: &Gpu) -> bool {
+        match self {
+            Precision::F32 => true,
+            Precision::F16 => gpu.capabilities().f16,
+        }
+    }
+
+    /// `Ok` when `gpu` supports this precision, otherwise an
+    /// [`Error::MissingFeature`] naming `what` asked for it.
+    pub fn check(self, gpu: &Gpu, what: &str) -> Result<()> {
+        if self.is_supported(gpu) {
+            return Ok(());
+        }
+        Err(Error::MissingFeature {
+            what: format!("{what} with {self:?} storage"),
+            feature: "SHADER_F16".into(),
+            adapter: gpu.adapter().name.clone(),
+        })
+    }
+
+    /// The smallest storage `gpu` supports: [`F16`](Precision::F16) where the adapter
+    /// has `SHADER_F16`, [`F32`](Precision::F32) otherwise.
+    pub fn best(gpu: &Gpu) -> Precision {
+        if Precision::F16.is_supported(gpu) {
+            Precision::F16
+        } else {
+            Precision::F32
+        }
+    }
+}
+
+/// The storage parts (`shaders/storage_*.wgsl`): a family's source is compiled with one
+/// of them, which sets the type its tensors are stored as. The f32 part goes last and
+/// the f16 part first (see the files for why).
+pub(crate) const STORAGE_F32: (&str, &str) = (
+    "storage_f32.wgsl",
+    include_str!("../../shaders/storage_f32.wgsl"),
+);
+pub(crate) const STORAGE_F16: (&str, &str) = (
+    "storage_f16.wgsl",
+    include_str!("../../shaders/storage_f16.wgsl"),
+);
+
+/// A family's program at each precision: `[f32, f16]`.
+pub(crate) fn program_for(
+    programs: &'static [ShaderProgram; 2],
+    precision: Precision,
+) -> &'static ShaderProgram {
+    match precision {
+        Precision::F32 => &programs[0],
+        Precision::F16 => &programs[1],
+    }
+}
+
 /// A place in a caller's buffer where an operand starts: `offset` in bytes, a multiple
-/// of 4. The element count comes from the kernel's shape. Any 4-byte-aligned offset
-/// works: the binding starts at the device's alignment below it and the shader adds
-/// the rest.
+/// of the operand's element size (4 for f32, 2 for f16). The element count comes from
+/// the kernel's shape. Any such offset works: the binding starts at the device's
+/// alignment below it and the shader adds the rest.
 #[derive(Clone, Copy, Debug)]
 pub struct BufferView<'a> {
     /// The buffer; needs `STORAGE` usage.
@@ -39,8 +139,10 @@ pub(crate) struct Operand<'a> {
     pub name: &'static str,
     pub slot: u32,
     pub view: BufferView<'a>,
-    /// f32 elements the kernel touches from `view.offset` on.
+    /// Elements the kernel touches from `view.offset` on.
     pub len: usize,
+    /// Bytes per element.
+    pub elem: u64,
     pub kind: BindingKind,
     /// The slot only satisfies the layout: the kernel never touches it (an absent
     /// optional operand), so it is exempt from the aliasing rules.
@@ -60,8 +162,17 @@ impl<'a> Operand<'a> {
             slot,
             view,
             len,
+            elem: 4,
             kind,
             placeholder: false,
+        }
+    }
+
+    /// The operand stored at `precision` (f32 unless said).
+    pub fn of(self, precision: Precision) -> Self {
+        Operand {
+            elem: precision.element_size(),
+            ..self
         }
     }
 
@@ -88,7 +199,7 @@ pub(crate) struct BoundOperand<'a> {
 
 fn ranges_overlap(a: &Operand<'_>, b: &Operand<'_>) -> bool {
     let (a0, b0) = (a.view.offset, b.view.offset);
-    let (a1, b1) = (a0 + 4 * a.len as u64, b0 + 4 * b.len as u64);
+    let (a1, b1) = (a0 + a.elem * a.len as u64, b0 + b.elem * b.len as u64);
     a0 < b1 && b0 < a1
 }
 
@@ -115,26 +226,43 @@ pub(crate) fn bind_operands<'a>(
                 buffer.usage()
             )));
         }
-        if op.view.offset % 4 != 0 {
+        if op.view.offset % op.elem != 0 {
             return Err(binding_err(format!(
-                "offset {} is not a multiple of 4 bytes",
-                op.view.offset
+                "offset {} is not a multiple of {} bytes (the element size)",
+                op.view.offset, op.elem
             )));
         }
-        let needed = op.view.offset + 4 * op.len as u64;
+        let type_name = if op.elem == 2 { "f16" } else { "f32" };
+        let needed = op.view.offset + op.elem * op.len as u64;
         if needed > buffer.size() {
             return Err(Error::shape(
                 context,
                 op.name,
                 format!(
-                    "a buffer of at least {needed} bytes ({} f32 from byte offset {})",
+                    "a buffer of at least {needed} bytes ({} {type_name} from byte offset {})",
                     op.len, op.view.offset
                 ),
                 format!("a buffer of {} bytes", buffer.size()),
             ));
         }
         let bind_offset = op.view.offset / align * align;
-        let bind_size = needed - bind_offset;
+        // Storage bindings are whole 4-byte words: an f16 operand ending mid-word binds
+        // the word's other half too (never touched) and needs it inside the buffer.
+        let bind_size = (needed - bind_offset).next_multiple_of(4);
+        if bind_offset + bind_size > buffer.size() {
+            return Err(Error::shape(
+                context,
+                op.name,
+                format!(
+                    "a buffer of at least {} bytes ({} {type_name} from byte offset {}, \
+                     rounded up to a whole 4-byte word, as storage bindings must be)",
+                    bind_offset + bind_size,
+                    op.len,
+                    op.view.offset
+                ),
+                format!("a buffer of {} bytes", buffer.size()),
+            ));
+        }
         if bind_size > max_binding {
             return Err(Error::Limit {
                 context: context.into(),
@@ -148,7 +276,7 @@ pub(crate) fn bind_operands<'a>(
             buffer,
             bind_offset,
             bind_size,
-            base: ((op.view.offset - bind_offset) / 4) as u32,
+            base: ((op.view.offset - bind_offset) / op.elem) as u32,
         });
     }
     // wgpu forbids a buffer bound read-only and writable in one dispatch, and two

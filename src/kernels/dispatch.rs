@@ -1,25 +1,41 @@
-//! A checked, ready-to-record dispatch.
+//! A checked, ready-to-record dispatch, and where dispatches are recorded.
 
 use wgpu::util::DeviceExt;
 
 use super::binding::BoundOperand;
 use crate::gpu::Gpu;
+use crate::gpu::bind_cache::{BindKey, CachedBindGroup};
 use crate::{Error, Result};
 
 /// One kernel launch with its pipeline and bind group built: record it into any
 /// number of passes. It keeps its buffers alive; it does not check them again.
+///
+/// Pipelines are compiled once per device; bind groups are cached per device by
+/// binding set, so building a `Dispatch` again over the same buffers, offsets and
+/// shape returns the same bind group (see [`Gpu::clear_bind_group_cache`]).
 #[derive(Clone, Debug)]
 pub struct Dispatch {
     label: &'static str,
     pipeline: wgpu::ComputePipeline,
     bind_group: wgpu::BindGroup,
     workgroups: [u32; 3],
-    /// Buffers the kernel made for this dispatch (see [`Dispatch::build_with_buffers`]).
+    /// Buffers the kernel made for this dispatch: the parameter uniform, tables, and
+    /// any buffer given as [`Extra::Buffer`].
     _owned: Vec<wgpu::Buffer>,
 }
 
+/// A binding a kernel supplies itself, next to the caller's operands.
+pub(crate) enum Extra<'a> {
+    /// A small read-only storage table made from these bytes (cached by contents).
+    Table(&'a [u8]),
+    /// A buffer the kernel made and rewrites between submits (a per-step uniform):
+    /// the dispatch is then never shared through the bind group cache.
+    Buffer(&'a wgpu::Buffer),
+}
+
 impl Dispatch {
-    /// Builds the uniform block and bind group for `pipeline`.
+    /// Builds (or finds in the device's cache) the uniform block and bind group for
+    /// `pipeline` over `operands`.
     pub(crate) fn build(
         gpu: &Gpu,
         label: &'static str,
@@ -29,7 +45,7 @@ impl Dispatch {
         operands: &[BoundOperand<'_>],
         workgroups: [u32; 3],
     ) -> Result<Dispatch> {
-        Self::build_with_buffers(
+        Self::build_with(
             gpu,
             label,
             pipeline,
@@ -41,19 +57,17 @@ impl Dispatch {
         )
     }
 
-    /// [`build`](Self::build), also binding whole buffers the kernel made itself at
-    /// the given slots: a uniform the host rewrites every step with
-    /// `Queue::write_buffer`, or a small table uploaded from host data. The dispatch
-    /// holds a handle to each, so they live as long as it does.
+    /// [`build`](Self::build), also binding buffers the kernel supplies at the given
+    /// slots.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn build_with_buffers(
+    pub(crate) fn build_with(
         gpu: &Gpu,
         label: &'static str,
         pipeline: wgpu::ComputePipeline,
         layout: &wgpu::BindGroupLayout,
         params: &[u8],
         operands: &[BoundOperand<'_>],
-        buffers: &[(u32, &wgpu::Buffer)],
+        extras: &[(u32, Extra<'_>)],
         workgroups: [u32; 3],
     ) -> Result<Dispatch> {
         let max = gpu.limits().max_compute_workgroups_per_dimension;
@@ -67,42 +81,34 @@ impl Dispatch {
                 });
             }
         }
-        let bind_group = gpu.scoped(&format!("binding `{label}`"), || {
-            let uniform = gpu
-                .device()
-                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some(label),
-                    contents: params,
-                    usage: wgpu::BufferUsages::UNIFORM,
-                });
-            let mut entries = vec![wgpu::BindGroupEntry {
-                binding: 0,
-                resource: uniform.as_entire_binding(),
-            }];
-            entries.extend(operands.iter().map(|op| wgpu::BindGroupEntry {
-                binding: op.slot,
-                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                    buffer: op.buffer,
-                    offset: op.bind_offset,
-                    size: wgpu::BufferSize::new(op.bind_size),
-                }),
-            }));
-            entries.extend(buffers.iter().map(|&(slot, buffer)| wgpu::BindGroupEntry {
-                binding: slot,
-                resource: buffer.as_entire_binding(),
-            }));
-            gpu.device().create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some(label),
-                layout,
-                entries: &entries,
-            })
-        })?;
+        let make = || create_bind_group(gpu, label, layout, params, operands, extras);
+        let shareable = extras.iter().all(|(_, e)| matches!(e, Extra::Table(_)));
+        let made = if shareable {
+            let key = BindKey {
+                layout: layout.clone(),
+                params: params.to_vec(),
+                operands: operands
+                    .iter()
+                    .map(|op| (op.slot, op.buffer.clone(), op.bind_offset, op.bind_size))
+                    .collect(),
+                tables: extras
+                    .iter()
+                    .filter_map(|(slot, e)| match e {
+                        Extra::Table(bytes) => Some((*slot, bytes.to_vec())),
+                        Extra::Buffer(_) => None,
+                    })
+                    .collect(),
+            };
+            gpu.cached_bind_group(key, make)?
+        } else {
+            make()?
+        };
         Ok(Dispatch {
             label,
             pipeline,
-            bind_group,
+            bind_group: made.bind_group,
             workgroups,
-            _owned: buffers.iter().map(|&(_, b)| b.clone()).collect(),
+            _owned: made.owned,
         })
     }
 
@@ -131,5 +137,88 @@ impl Dispatch {
     /// Workgroups launched along x, y and z.
     pub fn workgroups(&self) -> [u32; 3] {
         self.workgroups
+    }
+
+    /// The compute pipeline, shared by every dispatch of the same kernel, tiling and
+    /// precision on the device.
+    pub fn pipeline(&self) -> &wgpu::ComputePipeline {
+        &self.pipeline
+    }
+
+    /// The bind group (group 0), shared by every dispatch over the same binding set.
+    pub fn bind_group(&self) -> &wgpu::BindGroup {
+        &self.bind_group
+    }
+}
+
+fn create_bind_group(
+    gpu: &Gpu,
+    label: &'static str,
+    layout: &wgpu::BindGroupLayout,
+    params: &[u8],
+    operands: &[BoundOperand<'_>],
+    extras: &[(u32, Extra<'_>)],
+) -> Result<CachedBindGroup> {
+    gpu.scoped(&format!("binding `{label}`"), || {
+        let device = gpu.device();
+        let init = |contents: &[u8], usage| {
+            device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents,
+                usage,
+            })
+        };
+        let mut owned = vec![init(params, wgpu::BufferUsages::UNIFORM)];
+        let mut slots = vec![0];
+        for (slot, extra) in extras {
+            owned.push(match extra {
+                Extra::Table(bytes) => init(bytes, wgpu::BufferUsages::STORAGE),
+                Extra::Buffer(buffer) => (*buffer).clone(),
+            });
+            slots.push(*slot);
+        }
+        let mut entries: Vec<wgpu::BindGroupEntry<'_>> = slots
+            .iter()
+            .zip(&owned)
+            .map(|(&binding, buffer)| wgpu::BindGroupEntry {
+                binding,
+                resource: buffer.as_entire_binding(),
+            })
+            .collect();
+        entries.extend(operands.iter().map(|op| wgpu::BindGroupEntry {
+            binding: op.slot,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: op.buffer,
+                offset: op.bind_offset,
+                size: wgpu::BufferSize::new(op.bind_size),
+            }),
+        }));
+        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(label),
+            layout,
+            entries: &entries,
+        });
+        CachedBindGroup { bind_group, owned }
+    })
+}
+
+/// Where a kernel's `encode*` methods record: a [`wgpu::CommandEncoder`] (each
+/// dispatch in a compute pass of its own) or a [`wgpu::ComputePass`] the caller has
+/// open (the dispatches join it, next to the caller's own; wgpu orders the
+/// dispatches of a pass as recorded and makes each see the writes of those before).
+pub trait Recorder {
+    /// Records `dispatch`.
+    fn record_dispatch(&mut self, dispatch: &Dispatch);
+}
+
+impl Recorder for wgpu::CommandEncoder {
+    fn record_dispatch(&mut self, dispatch: &Dispatch) {
+        dispatch.encode(self);
+    }
+}
+
+impl Recorder for wgpu::ComputePass<'_> {
+    fn record_dispatch(&mut self, dispatch: &Dispatch) {
+        dispatch.record(self);
     }
 }

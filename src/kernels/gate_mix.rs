@@ -3,24 +3,111 @@
 //! `dH` and the logit gradient `dz`, then `dWg`, `dbg` (and optionally `dX`) as grouped
 //! GEMMs on `dz`.
 //!
-//! Shader: `shaders/gate_mix.wgsl`.
+//! Shader: `shaders/gate_mix.wgsl`, with the storage part (`shaders/storage_*.wgsl`)
+//! of the call's [`Precision`].
+//!
+//! # Example
+//!
+//! Two gates over three experts, each gate's softmax mixing the experts' outputs `H`,
+//! then the backward pass, recorded into one compute pass of the caller's:
+//!
+//! ```
+//! use mmoe_wgpu::kernels::gate_mix::{GateMix, GateMixBackward, GateMixForward, GateMixShape};
+//! use mmoe_wgpu::kernels::{BufferView, Precision};
+//! use mmoe_wgpu::Gpu;
+//!
+//! # fn main() -> mmoe_wgpu::Result<()> {
+//! let gpu = Gpu::new()?;
+//! let shape = GateMixShape { gates: 2, experts: 3, rows: 4, inputs: 5, width: 6 };
+//! let filled = |name: &str, n: usize| -> mmoe_wgpu::Result<wgpu::Buffer> {
+//!     gpu.upload(name, &(0..n).map(|i| (i % 7) as f32 / 7.0).collect::<Vec<_>>())
+//! };
+//! let (x, wg, bg, h) = (
+//!     filled("x", shape.x_len())?,
+//!     filled("wg", shape.wg_len())?,
+//!     filled("bg", shape.bg_len())?,
+//!     filled("h", shape.h_len())?,
+//! );
+//! let dm = filled("dm", shape.m_len())?;
+//! let out = |name: &str, n: usize| gpu.storage_buffer(name, 4 * n as u64);
+//! let (g, m) = (out("g", shape.g_len())?, out("m", shape.m_len())?);
+//! let (dh, dz) = (out("dh", shape.h_len())?, out("dz", shape.g_len())?);
+//! let (dwg, dbg) = (out("dwg", shape.wg_len())?, out("dbg", shape.bg_len())?);
+//!
+//! let kernels = GateMix::new(&gpu);
+//! let mut encoder = gpu.device().create_command_encoder(&Default::default());
+//! {
+//!     let mut pass = encoder.begin_compute_pass(&Default::default());
+//!     kernels.encode_forward(&mut pass, &GateMixForward {
+//!         shape,
+//!         precision: Precision::F32,
+//!         x: BufferView::new(&x),
+//!         wg: BufferView::new(&wg),
+//!         bg: BufferView::new(&bg),
+//!         h: BufferView::new(&h),
+//!         g: BufferView::new(&g),
+//!         m: BufferView::new(&m),
+//!     })?;
+//!     kernels.encode_backward(&mut pass, &GateMixBackward {
+//!         shape,
+//!         precision: Precision::F32,
+//!         x: BufferView::new(&x),
+//!         wg: BufferView::new(&wg),
+//!         h: BufferView::new(&h),
+//!         g: BufferView::new(&g),
+//!         dm: BufferView::new(&dm),
+//!         dh: BufferView::new(&dh),
+//!         dz: BufferView::new(&dz),
+//!         dwg: BufferView::new(&dwg),
+//!         dbg: BufferView::new(&dbg),
+//!         dx: None,
+//!         accumulate_dx: false,
+//!     })?;
+//! }
+//! gpu.queue().submit([encoder.finish()]);
+//!
+//! // Each gate's probabilities sum to one on every row.
+//! let probabilities: Vec<f32> = gpu.read(&g, 0, shape.g_len())?;
+//! for row in probabilities.chunks(shape.experts) {
+//!     assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
 use bytemuck::{Pod, Zeroable};
 
+use super::binding::{STORAGE_F16, STORAGE_F32, program_for};
 use super::grouped_gemm::{GemmBackwardInput, GemmBackwardWeights};
-use super::{BufferView, Dispatch, GroupedGemm, Operand, bind_operands, div_ceil};
+use super::{
+    BufferView, Dispatch, GroupedGemm, Operand, Precision, Recorder, bind_operands, div_ceil,
+};
 use crate::gpu::{BindingKind, Gpu, ShaderProgram};
 use crate::shape::{Activation, GemmShape, InputLayout};
 use crate::{Error, Result};
 
-const PROGRAM: ShaderProgram = ShaderProgram {
-    name: "gate_mix",
-    parts: &[("gate_mix.wgsl", include_str!("../../shaders/gate_mix.wgsl"))],
-    needs_subgroups: false,
-};
+mod tune;
+
+const SOURCE: (&str, &str) = ("gate_mix.wgsl", include_str!("../../shaders/gate_mix.wgsl"));
+
+/// The kernels in f32 and f16 storage.
+const PROGRAM: [ShaderProgram; 2] = [
+    ShaderProgram {
+        name: "gate_mix",
+        parts: &[SOURCE, STORAGE_F32],
+        needs_subgroups: false,
+        needs_f16: false,
+    },
+    ShaderProgram {
+        name: "gate_mix_f16",
+        parts: &[STORAGE_F16, SOURCE],
+        needs_subgroups: false,
+        needs_f16: true,
+    },
+];
 
 /// The WGSL programs of this family.
-pub const PROGRAMS: &[ShaderProgram] = &[PROGRAM];
+pub const PROGRAMS: &[ShaderProgram] = &PROGRAM;
 
 use BindingKind::{Read, ReadWrite, Uniform};
 const FORWARD_BINDINGS: &[(u32, BindingKind)] = &[
@@ -222,6 +309,9 @@ impl GateMixParams {
 pub struct GateMixForward<'a> {
     /// Shape.
     pub shape: GateMixShape,
+    /// Storage type of every operand; logits, softmax and mixing run in f32 either
+    /// way (with f16, the logits are rounded to f16 once, in `G`, before the softmax).
+    pub precision: Precision,
     /// `X: [rows, inputs]`, the gates' input.
     pub x: BufferView<'a>,
     /// `Wg: [gates, inputs, experts]`.
@@ -242,6 +332,8 @@ pub struct GateMixForward<'a> {
 pub struct GateMixBackward<'a> {
     /// Shape.
     pub shape: GateMixShape,
+    /// Storage type of every operand, `dz` included; accumulation is f32 either way.
+    pub precision: Precision,
     /// The forward input `X`.
     pub x: BufferView<'a>,
     /// `Wg` (read only for `dx`).
@@ -312,7 +404,10 @@ impl GateMix {
 
     /// Checks and binds the forward pass: one dispatch.
     pub fn forward(&self, args: &GateMixForward<'_>) -> Result<Dispatch> {
-        self.forward_with(args, self.default_tiling(&args.shape))
+        args.shape.validate("gate_mix forward")?;
+        args.precision.check(&self.gpu, "gate_mix forward")?;
+        let t = self.tuned(tune::GatePass::Forward, &args.shape, args.precision)?;
+        self.forward_with(args, t)
     }
 
     /// [`forward`](Self::forward) with a given tiling.
@@ -324,6 +419,7 @@ impl GateMix {
         const CTX: &str = "gate_mix forward";
         let s = &args.shape;
         s.validate(CTX)?;
+        args.precision.check(&self.gpu, CTX)?;
         tiling.validate(&self.gpu)?;
         let operands = [
             Operand::new("x", 1, args.x, s.x_len(), Read),
@@ -332,7 +428,8 @@ impl GateMix {
             Operand::new("h", 4, args.h, s.h_len(), Read),
             Operand::new("g", 5, args.g, s.g_len(), ReadWrite),
             Operand::new("m", 6, args.m, s.m_len(), ReadWrite),
-        ];
+        ]
+        .map(|o| o.of(args.precision));
         let bound = bind_operands(&self.gpu, CTX, &operands)?;
         let mut p = GateMixParams::new(s);
         p.x_base = bound[0].base;
@@ -341,13 +438,24 @@ impl GateMix {
         p.h_base = bound[3].base;
         p.g_base = bound[4].base;
         p.m_base = bound[5].base;
-        self.build(CTX, "forward", tiling, FORWARD_BINDINGS, &p, &bound)
+        self.build(
+            CTX,
+            "forward",
+            tiling,
+            args.precision,
+            FORWARD_BINDINGS,
+            &p,
+            &bound,
+        )
     }
 
     /// Checks and binds the backward pass: `dH` and `dz` in one dispatch, then `dWg`
     /// with `dbg`, then `dX` when asked for. Record them in order.
     pub fn backward(&self, args: &GateMixBackward<'_>) -> Result<Vec<Dispatch>> {
-        self.backward_with(args, self.default_tiling(&args.shape))
+        args.shape.validate("gate_mix backward")?;
+        args.precision.check(&self.gpu, "gate_mix backward")?;
+        let t = self.tuned(tune::GatePass::Backward, &args.shape, args.precision)?;
+        self.backward_with(args, t)
     }
 
     /// [`backward`](Self::backward) with a given tiling for its first dispatch.
@@ -359,6 +467,8 @@ impl GateMix {
         const CTX: &str = "gate_mix backward";
         let s = &args.shape;
         s.validate(CTX)?;
+        let precision = args.precision;
+        precision.check(&self.gpu, CTX)?;
         tiling.validate(&self.gpu)?;
         let own = [
             Operand::new("h", 4, args.h, s.h_len(), Read),
@@ -366,19 +476,20 @@ impl GateMix {
             Operand::new("dm", 8, args.dm, s.m_len(), Read),
             Operand::new("dh", 9, args.dh, s.h_len(), ReadWrite),
             Operand::new("dz", 10, args.dz, s.g_len(), ReadWrite),
-        ];
+        ]
+        .map(|o| o.of(precision));
         // The three dispatches run in sequence, so no output of one may clobber an
         // operand of another, and dz, written first, is then read next to the GEMMs'
         // outputs. Checked here, under this kernel's operand names.
-        let dwg = Operand::new("dwg", 11, args.dwg, s.wg_len(), ReadWrite);
-        let dbg = Operand::new("dbg", 12, args.dbg, s.bg_len(), ReadWrite);
+        let dwg = Operand::new("dwg", 11, args.dwg, s.wg_len(), ReadWrite).of(precision);
+        let dbg = Operand::new("dbg", 12, args.dbg, s.bg_len(), ReadWrite).of(precision);
         let dx = args
             .dx
-            .map(|v| Operand::new("dx", 13, v, s.x_len(), ReadWrite));
+            .map(|v| Operand::new("dx", 13, v, s.x_len(), ReadWrite).of(precision));
         let mut all = own.to_vec();
         all.extend([
-            Operand::new("x", 1, args.x, s.x_len(), Read),
-            Operand::new("wg", 2, args.wg, s.wg_len(), Read),
+            Operand::new("x", 1, args.x, s.x_len(), Read).of(precision),
+            Operand::new("wg", 2, args.wg, s.wg_len(), Read).of(precision),
             dwg,
             dbg,
         ]);
@@ -400,13 +511,21 @@ impl GateMix {
         p.dm_base = bound[2].base;
         p.dh_base = bound[3].base;
         p.dz_base = bound[4].base;
-        let mut dispatches =
-            vec![self.build(CTX, "backward", tiling, BACKWARD_BINDINGS, &p, &bound)?];
+        let mut dispatches = vec![self.build(
+            CTX,
+            "backward",
+            tiling,
+            precision,
+            BACKWARD_BINDINGS,
+            &p,
+            &bound,
+        )?];
 
         let gemm = s.logits_gemm();
         dispatches.push(self.gemm.backward_weights(&GemmBackwardWeights {
             shape: gemm,
             activation: Activation::Identity,
+            precision,
             x: args.x,
             dy: args.dz,
             y: None,
@@ -417,6 +536,7 @@ impl GateMix {
             dispatches.push(self.gemm.backward_input(&GemmBackwardInput {
                 shape: gemm,
                 activation: Activation::Identity,
+                precision,
                 dy: args.dz,
                 y: None,
                 w: args.wg,
@@ -427,42 +547,50 @@ impl GateMix {
         Ok(dispatches)
     }
 
-    /// Checks, binds and records the forward pass into `encoder`.
+    /// Checks, binds and records the forward pass into `target`: a
+    /// [`wgpu::CommandEncoder`] or an open [`wgpu::ComputePass`]. Nothing is recorded
+    /// when a check fails.
     pub fn encode_forward(
         &self,
-        encoder: &mut wgpu::CommandEncoder,
+        target: &mut impl Recorder,
         args: &GateMixForward<'_>,
     ) -> Result<()> {
-        self.forward(args)?.encode(encoder);
+        target.record_dispatch(&self.forward(args)?);
         Ok(())
     }
 
-    /// Checks, binds and records the backward pass into `encoder`.
+    /// Checks, binds and records the backward pass's dispatches, in order, into
+    /// `target`. Nothing is recorded when a check fails.
     pub fn encode_backward(
         &self,
-        encoder: &mut wgpu::CommandEncoder,
+        target: &mut impl Recorder,
         args: &GateMixBackward<'_>,
     ) -> Result<()> {
         for dispatch in self.backward(args)? {
-            dispatch.encode(encoder);
+            target.record_dispatch(&dispatch);
         }
         Ok(())
     }
 
     /// Both kernels run one workgroup per block of rows.
+    #[allow(clippy::too_many_arguments)]
     fn build(
         &self,
         ctx: &'static str,
         entry: &'static str,
         tiling: GateMixTiling,
+        precision: Precision,
         bindings: &[(u32, BindingKind)],
         params: &GateMixParams,
         bound: &[super::binding::BoundOperand<'_>],
     ) -> Result<Dispatch> {
         let workgroups = [tiling.row_workgroups(params.rows as usize), 1, 1];
-        let pipeline = self
-            .gpu
-            .pipeline(&PROGRAM, entry, bindings, &tiling.constants())?;
+        let pipeline = self.gpu.pipeline(
+            program_for(&PROGRAM, precision),
+            entry,
+            bindings,
+            &tiling.constants(),
+        )?;
         let (layout, _) = self.gpu.layout(bindings)?;
         Dispatch::build(
             &self.gpu,

@@ -2,40 +2,102 @@
 //! backward pass (`dX`, and `dW` with `db` in one dispatch).
 //!
 //! Shaders: `shaders/grouped_gemm.wgsl` (layouts, naive kernels) and
-//! `shaders/grouped_gemm_subgroup.wgsl` (register-tiled kernels).
+//! `shaders/grouped_gemm_subgroup.wgsl` (register-tiled kernels), with the storage
+//! part (`shaders/storage_*.wgsl`) of the call's [`Precision`].
+//!
+//! # Example
+//!
+//! The expert layer `H_e = relu(X · W_e + b_e)` of 2 experts on a shared input, recorded
+//! into the caller's encoder:
+//!
+//! ```
+//! use mmoe_wgpu::kernels::grouped_gemm::{GemmForward, GroupedGemm};
+//! use mmoe_wgpu::kernels::{BufferView, Precision};
+//! use mmoe_wgpu::{Activation, GemmShape, Gpu, InputLayout};
+//!
+//! # fn main() -> mmoe_wgpu::Result<()> {
+//! let gpu = Gpu::new()?;
+//! let shape = GemmShape { groups: 2, rows: 3, inputs: 2, outputs: 2, input: InputLayout::Shared };
+//! let x = gpu.upload("x", &[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0])?; // [rows, inputs]
+//! let w = gpu.upload("w", &[1.0f32, 0.0, 0.0, 1.0, -1.0, 0.0, 0.0, -1.0])?; // I, then −I
+//! let b = gpu.upload("b", &[0.5f32, 0.5, 0.5, 0.5])?;
+//! let y = gpu.storage_buffer("y", 4 * shape.y_len() as u64)?;
+//!
+//! let mut encoder = gpu.device().create_command_encoder(&Default::default());
+//! GroupedGemm::new(&gpu).encode_forward(
+//!     &mut encoder,
+//!     &GemmForward {
+//!         shape,
+//!         activation: Activation::Relu,
+//!         precision: Precision::F32,
+//!         x: BufferView::new(&x),
+//!         w: BufferView::new(&w),
+//!         bias: Some(BufferView::new(&b)),
+//!         y: BufferView::new(&y),
+//!     },
+//! )?;
+//! gpu.queue().submit([encoder.finish()]);
+//!
+//! let h: Vec<f32> = gpu.read(&y, 0, shape.y_len())?; // [groups, rows, outputs]
+//! assert_eq!(h, [1.5, 2.5, 3.5, 4.5, 5.5, 6.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+//! # Ok(())
+//! # }
+//! ```
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{BufferView, Dispatch, Operand, bind_operands, div_ceil};
+use super::binding::{STORAGE_F16, STORAGE_F32, program_for};
+use super::{BufferView, Dispatch, Operand, Precision, Recorder, bind_operands, div_ceil};
 use crate::gpu::{BindingKind, Gpu, ShaderProgram};
 use crate::shape::{Activation, GemmShape, InputLayout};
 use crate::{Error, Result};
+
+mod tune;
 
 const BASE_WGSL: (&str, &str) = (
     "grouped_gemm.wgsl",
     include_str!("../../shaders/grouped_gemm.wgsl"),
 );
 
-const BASE: ShaderProgram = ShaderProgram {
-    name: "grouped_gemm",
-    parts: &[BASE_WGSL],
-    needs_subgroups: false,
-};
+const SUBGROUP_WGSL: (&str, &str) = (
+    "grouped_gemm_subgroup.wgsl",
+    include_str!("../../shaders/grouped_gemm_subgroup.wgsl"),
+);
 
-const SUBGROUP: ShaderProgram = ShaderProgram {
-    name: "grouped_gemm_subgroup",
-    parts: &[
-        BASE_WGSL,
-        (
-            "grouped_gemm_subgroup.wgsl",
-            include_str!("../../shaders/grouped_gemm_subgroup.wgsl"),
-        ),
-    ],
-    needs_subgroups: true,
-};
+/// The naive kernels, in f32 and f16 storage.
+const BASE: [ShaderProgram; 2] = [
+    ShaderProgram {
+        name: "grouped_gemm",
+        parts: &[BASE_WGSL, STORAGE_F32],
+        needs_subgroups: false,
+        needs_f16: false,
+    },
+    ShaderProgram {
+        name: "grouped_gemm_f16",
+        parts: &[STORAGE_F16, BASE_WGSL],
+        needs_subgroups: false,
+        needs_f16: true,
+    },
+];
+
+/// The register-tiled kernels, in f32 and f16 storage.
+const SUBGROUP: [ShaderProgram; 2] = [
+    ShaderProgram {
+        name: "grouped_gemm_subgroup",
+        parts: &[BASE_WGSL, SUBGROUP_WGSL, STORAGE_F32],
+        needs_subgroups: true,
+        needs_f16: false,
+    },
+    ShaderProgram {
+        name: "grouped_gemm_subgroup_f16",
+        parts: &[STORAGE_F16, BASE_WGSL, SUBGROUP_WGSL],
+        needs_subgroups: true,
+        needs_f16: true,
+    },
+];
 
 /// The WGSL programs of this family.
-pub const PROGRAMS: &[ShaderProgram] = &[BASE, SUBGROUP];
+pub const PROGRAMS: &[ShaderProgram] = &[BASE[0], BASE[1], SUBGROUP[0], SUBGROUP[1]];
 
 use BindingKind::{Read, ReadWrite, Uniform};
 const FORWARD_BINDINGS: &[(u32, BindingKind)] = &[
@@ -173,10 +235,10 @@ impl Tiling {
         Ok(())
     }
 
-    fn source(&self) -> &'static ShaderProgram {
+    fn source(&self, precision: Precision) -> &'static ShaderProgram {
         match self {
-            Tiling::Naive { .. } => &BASE,
-            Tiling::Subgroup { .. } => &SUBGROUP,
+            Tiling::Naive { .. } => program_for(&BASE, precision),
+            Tiling::Subgroup { .. } => program_for(&SUBGROUP, precision),
         }
     }
 
@@ -268,6 +330,8 @@ pub struct GemmForward<'a> {
     pub shape: GemmShape,
     /// Activation applied in the epilogue.
     pub activation: Activation,
+    /// Storage type of every operand; accumulation is f32 either way.
+    pub precision: Precision,
     /// `X`: `[rows, inputs]` or `[groups, rows, inputs]`.
     pub x: BufferView<'a>,
     /// `W: [groups, inputs, outputs]`.
@@ -286,6 +350,8 @@ pub struct GemmBackwardInput<'a> {
     pub shape: GemmShape,
     /// The forward pass's activation.
     pub activation: Activation,
+    /// Storage type of every operand; accumulation is f32 either way.
+    pub precision: Precision,
     /// `dY: [groups, rows, outputs]`.
     pub dy: BufferView<'a>,
     /// The forward output `Y`; required unless the activation is the identity.
@@ -306,6 +372,8 @@ pub struct GemmBackwardWeights<'a> {
     pub shape: GemmShape,
     /// The forward pass's activation.
     pub activation: Activation,
+    /// Storage type of every operand; accumulation is f32 either way.
+    pub precision: Precision,
     /// The forward input `X`.
     pub x: BufferView<'a>,
     /// `dY: [groups, rows, outputs]`.
@@ -331,28 +399,42 @@ impl GroupedGemm {
         GroupedGemm { gpu: gpu.clone() }
     }
 
-    /// The tiling used when none is given: register tiles where the adapter has
-    /// subgroups, one invocation per output otherwise.
+    /// The tiling of a forward pass on `shape` without tuning (and tuning's first
+    /// candidate): register tiles where the adapter has subgroups, one invocation per
+    /// output otherwise.
     pub fn default_tiling(&self, shape: &GemmShape) -> Tiling {
+        self.default_for(shape.rows, shape.forward_flops())
+    }
+
+    /// The untuned tiling for `out_rows` output rows and `flops` of work. Taller tiles
+    /// load less per multiply-add but compile longer (about 2.4 s for 8 row blocks on
+    /// lavapipe, 1 s for 4), so only work of a census-size expert layer or more
+    /// (0.25 GFLOP) gets them.
+    fn default_for(&self, out_rows: usize, flops: f64) -> Tiling {
         if !self.gpu.capabilities().subgroups {
             return Tiling::Naive { wg: 8, wg_rows: 8 };
         }
-        let rows_blocks = shape.rows.div_ceil(8).clamp(1, 4) as u32;
+        let row_blocks = if flops >= 2.5e8 && out_rows >= 64 {
+            8
+        } else {
+            out_rows.div_ceil(8).clamp(1, 4) as u32
+        };
         Tiling::Subgroup {
             wg: 8,
-            row_blocks: rows_blocks,
+            row_blocks,
             col_groups: 1,
         }
     }
 
-    /// Every tiling valid on this device worth trying for `shape`.
+    /// Every tiling valid on this device worth trying; autotuning picks among them.
     pub fn tilings(&self) -> Vec<Tiling> {
         let mut out = vec![
             Tiling::Naive { wg: 8, wg_rows: 8 },
             Tiling::Naive { wg: 64, wg_rows: 1 },
         ];
         if self.gpu.capabilities().subgroups {
-            for (row_blocks, col_groups) in [(1, 1), (2, 1), (4, 1), (4, 2), (8, 1)] {
+            for (row_blocks, col_groups) in [(1, 1), (2, 1), (2, 2), (4, 1), (4, 2), (8, 1), (8, 2)]
+            {
                 out.push(Tiling::Subgroup {
                     wg: 8,
                     row_blocks,
@@ -363,9 +445,18 @@ impl GroupedGemm {
         out
     }
 
-    /// Checks and binds the forward pass.
+    /// Checks and binds the forward pass, with the tiling tuned for its shape.
     pub fn forward(&self, args: &GemmForward<'_>) -> Result<Dispatch> {
-        self.forward_with(args, self.default_tiling(&args.shape))
+        args.shape.validate("grouped_gemm forward")?;
+        args.precision.check(&self.gpu, "grouped_gemm forward")?;
+        let t = self.tuned(
+            Pass::Forward,
+            &args.shape,
+            args.activation,
+            args.bias.is_some(),
+            args.precision,
+        )?;
+        self.forward_with(args, t)
     }
 
     /// [`forward`](Self::forward) with a given tiling.
@@ -373,6 +464,7 @@ impl GroupedGemm {
         const CTX: &str = "grouped_gemm forward";
         let s = &args.shape;
         s.validate(CTX)?;
+        args.precision.check(&self.gpu, CTX)?;
         tiling.validate(&self.gpu)?;
         let flags = if args.bias.is_some() { FLAG_BIAS } else { 0 };
         let w = op("w", 2, args.w, s.w_len(), Read);
@@ -384,7 +476,8 @@ impl GroupedGemm {
                 None => w.stand_in(3),
             },
             op("y", 4, args.y, s.y_len(), ReadWrite),
-        ];
+        ]
+        .map(|o| o.of(args.precision));
         let bound = bind_operands(&self.gpu, CTX, &operands)?;
         let mut p = GemmParams::new(s, args.activation, flags);
         p.x_base = bound[0].base;
@@ -397,6 +490,7 @@ impl GroupedGemm {
             CTX,
             Pass::Forward,
             tiling,
+            args.precision,
             FORWARD_BINDINGS,
             &p,
             &bound,
@@ -404,12 +498,18 @@ impl GroupedGemm {
         )
     }
 
-    /// Checks and binds the input gradient.
+    /// Checks and binds the input gradient, with the tiling tuned for its shape.
     pub fn backward_input(&self, args: &GemmBackwardInput<'_>) -> Result<Dispatch> {
-        let t = self.default_tiling(&GemmShape {
-            outputs: args.shape.inputs,
-            ..args.shape
-        });
+        args.shape.validate("grouped_gemm backward_input")?;
+        args.precision
+            .check(&self.gpu, "grouped_gemm backward_input")?;
+        let t = self.tuned(
+            Pass::BackwardInput,
+            &args.shape,
+            args.activation,
+            false,
+            args.precision,
+        )?;
         self.backward_input_with(args, t)
     }
 
@@ -422,6 +522,7 @@ impl GroupedGemm {
         const CTX: &str = "grouped_gemm backward_input";
         let s = &args.shape;
         s.validate(CTX)?;
+        args.precision.check(&self.gpu, CTX)?;
         tiling.validate(&self.gpu)?;
         let dy = op("dy", 5, args.dy, s.y_len(), Read);
         let operands = [
@@ -429,7 +530,8 @@ impl GroupedGemm {
             dy,
             saved_output(CTX, args.activation, args.y, &dy, s.y_len())?,
             op("dx", 7, args.dx, s.x_len(), ReadWrite),
-        ];
+        ]
+        .map(|o| o.of(args.precision));
         let bound = bind_operands(&self.gpu, CTX, &operands)?;
         let flags = if args.accumulate { FLAG_ACCUMULATE } else { 0 };
         let mut p = GemmParams::new(s, args.activation, flags);
@@ -442,6 +544,7 @@ impl GroupedGemm {
             CTX,
             Pass::BackwardInput,
             tiling,
+            args.precision,
             BACKWARD_INPUT_BINDINGS,
             &p,
             &bound,
@@ -449,12 +552,19 @@ impl GroupedGemm {
         )
     }
 
-    /// Checks and binds the weight (and bias) gradients.
+    /// Checks and binds the weight (and bias) gradients, with the tiling tuned for
+    /// its shape.
     pub fn backward_weights(&self, args: &GemmBackwardWeights<'_>) -> Result<Dispatch> {
-        let t = self.default_tiling(&GemmShape {
-            rows: args.shape.inputs + 1,
-            ..args.shape
-        });
+        args.shape.validate("grouped_gemm backward_weights")?;
+        args.precision
+            .check(&self.gpu, "grouped_gemm backward_weights")?;
+        let t = self.tuned(
+            Pass::BackwardWeights,
+            &args.shape,
+            args.activation,
+            args.db.is_some(),
+            args.precision,
+        )?;
         self.backward_weights_with(args, t)
     }
 
@@ -467,6 +577,7 @@ impl GroupedGemm {
         const CTX: &str = "grouped_gemm backward_weights";
         let s = &args.shape;
         s.validate(CTX)?;
+        args.precision.check(&self.gpu, CTX)?;
         tiling.validate(&self.gpu)?;
         let flags = if args.db.is_some() { FLAG_BIAS } else { 0 };
         let dy = op("dy", 5, args.dy, s.y_len(), Read);
@@ -480,7 +591,8 @@ impl GroupedGemm {
                 Some(db) => op("db", 9, db, s.b_len(), ReadWrite),
                 None => dw.stand_in(9),
             },
-        ];
+        ]
+        .map(|o| o.of(args.precision));
         let bound = bind_operands(&self.gpu, CTX, &operands)?;
         let mut p = GemmParams::new(s, args.activation, flags);
         p.x_base = bound[0].base;
@@ -496,6 +608,7 @@ impl GroupedGemm {
             CTX,
             Pass::BackwardWeights,
             tiling,
+            args.precision,
             BACKWARD_WEIGHTS_BINDINGS,
             &p,
             &bound,
@@ -503,33 +616,35 @@ impl GroupedGemm {
         )
     }
 
-    /// Checks, binds and records the forward pass into `encoder`.
-    pub fn encode_forward(
-        &self,
-        encoder: &mut wgpu::CommandEncoder,
-        args: &GemmForward<'_>,
-    ) -> Result<()> {
-        self.forward(args)?.encode(encoder);
+    /// Checks, binds and records the forward pass into `target`: a
+    /// [`wgpu::CommandEncoder`] or an open [`wgpu::ComputePass`]. Nothing is recorded
+    /// when a check fails.
+    pub fn encode_forward(&self, target: &mut impl Recorder, args: &GemmForward<'_>) -> Result<()> {
+        target.record_dispatch(&self.forward(args)?);
         Ok(())
     }
 
-    /// Checks, binds and records the input gradient into `encoder`.
+    /// Checks, binds and records the input gradient into `target`: a
+    /// [`wgpu::CommandEncoder`] or an open [`wgpu::ComputePass`]. Nothing is recorded
+    /// when a check fails.
     pub fn encode_backward_input(
         &self,
-        encoder: &mut wgpu::CommandEncoder,
+        target: &mut impl Recorder,
         args: &GemmBackwardInput<'_>,
     ) -> Result<()> {
-        self.backward_input(args)?.encode(encoder);
+        target.record_dispatch(&self.backward_input(args)?);
         Ok(())
     }
 
-    /// Checks, binds and records the weight gradients into `encoder`.
+    /// Checks, binds and records the weight gradients into `target`: a
+    /// [`wgpu::CommandEncoder`] or an open [`wgpu::ComputePass`]. Nothing is recorded
+    /// when a check fails.
     pub fn encode_backward_weights(
         &self,
-        encoder: &mut wgpu::CommandEncoder,
+        target: &mut impl Recorder,
         args: &GemmBackwardWeights<'_>,
     ) -> Result<()> {
-        self.backward_weights(args)?.encode(encoder);
+        target.record_dispatch(&self.backward_weights(args)?);
         Ok(())
     }
 
@@ -539,13 +654,14 @@ impl GroupedGemm {
         ctx: &'static str,
         pass: Pass,
         tiling: Tiling,
+        precision: Precision,
         bindings: &[(u32, BindingKind)],
         params: &GemmParams,
         bound: &[super::binding::BoundOperand<'_>],
         workgroups: [u32; 3],
     ) -> Result<Dispatch> {
         let pipeline = self.gpu.pipeline(
-            tiling.source(),
+            tiling.source(precision),
             tiling.entry(pass),
             bindings,
             &tiling.constants(),

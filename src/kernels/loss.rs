@@ -7,22 +7,75 @@
 //! fixed-order tree adds the partial sums. No float atomics, so for a given workgroup
 //! size the results are bitwise reproducible.
 //!
-//! Shader: `shaders/loss.wgsl`.
+//! Shader: `shaders/loss.wgsl`, with the storage part (`shaders/storage_*.wgsl`) of
+//! the call's [`Precision`], which sets the predictions', targets' and gradient's type
+//! (the loss values are always f32).
+//!
+//! # Example
+//!
+//! ```
+//! use mmoe_wgpu::kernels::loss::{Loss, LossArgs, LossKind, TaskLoss};
+//! use mmoe_wgpu::kernels::{BufferView, Precision};
+//!
+//! # fn main() -> mmoe_wgpu::Result<()> {
+//! let gpu = mmoe_wgpu::Gpu::new()?;
+//! // Two tasks of 2 rows: a regression and a classification (on logits).
+//! let tasks = [
+//!     TaskLoss { kind: LossKind::MeanSquaredError, weight: 1.0 },
+//!     TaskLoss { kind: LossKind::BinaryCrossEntropy, weight: 0.5 },
+//! ];
+//! let predictions = gpu.upload("predictions", &[1.0f32, 2.0, 0.0, 0.0])?;
+//! let targets = gpu.upload("targets", &[0.0f32, 2.0, 1.0, 0.0])?;
+//! let loss = gpu.storage_buffer("loss", 4 * 2)?;
+//! let grad = gpu.storage_buffer("grad", 4 * 4)?;
+//!
+//! let mut encoder = gpu.device().create_command_encoder(&Default::default());
+//! Loss::new(&gpu).encode(&mut encoder, &LossArgs {
+//!     rows: 2,
+//!     tasks: &tasks,
+//!     precision: Precision::F32,
+//!     predictions: BufferView::new(&predictions),
+//!     targets: BufferView::new(&targets),
+//!     loss: BufferView::new(&loss),
+//!     grad: BufferView::new(&grad),
+//! })?;
+//! gpu.queue().submit([encoder.finish()]);
+//!
+//! let values: Vec<f32> = gpu.read(&loss, 0, 2)?;
+//! assert!((values[0] - 0.5).abs() < 1e-6); // ((1 − 0)² + 0) / 2
+//! assert!((values[1] - 0.5 * std::f32::consts::LN_2).abs() < 1e-6);
+//! # Ok(())
+//! # }
+//! ```
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{BufferView, Dispatch, Operand, bind_operands};
+use super::binding::{STORAGE_F16, STORAGE_F32, program_for};
+use super::dispatch::Extra;
+use super::{BufferView, Dispatch, Operand, Precision, Recorder, bind_operands};
 use crate::gpu::{BindingKind, Gpu, ShaderProgram};
 use crate::{Error, Result};
 
 /// The WGSL programs of this family.
-pub const PROGRAMS: &[ShaderProgram] = &[PROGRAM];
+pub const PROGRAMS: &[ShaderProgram] = &PROGRAM;
 
-const PROGRAM: ShaderProgram = ShaderProgram {
-    name: "loss",
-    parts: &[("loss.wgsl", include_str!("../../shaders/loss.wgsl"))],
-    needs_subgroups: false,
-};
+const SOURCE: (&str, &str) = ("loss.wgsl", include_str!("../../shaders/loss.wgsl"));
+
+/// The kernel in f32 and f16 storage.
+const PROGRAM: [ShaderProgram; 2] = [
+    ShaderProgram {
+        name: "loss",
+        parts: &[SOURCE, STORAGE_F32],
+        needs_subgroups: false,
+        needs_f16: false,
+    },
+    ShaderProgram {
+        name: "loss_f16",
+        parts: &[STORAGE_F16, SOURCE],
+        needs_subgroups: false,
+        needs_f16: true,
+    },
+];
 
 const ENTRY: &str = "loss_forward_backward";
 
@@ -77,6 +130,9 @@ pub struct LossArgs<'a> {
     pub rows: usize,
     /// Kind and weight of each task.
     pub tasks: &'a [TaskLoss],
+    /// Storage type of `predictions`, `targets` and `grad`; `loss` is always f32 and
+    /// the arithmetic too.
+    pub precision: Precision,
     /// Head outputs (logits for binary cross-entropy) `P: [T, B]`, task-major.
     pub predictions: BufferView<'a>,
     /// Targets `Y: [T, B]`.
@@ -157,6 +213,7 @@ impl Loss {
     /// weights) is uploaded into a small buffer the returned dispatch keeps alive.
     pub fn dispatch(&self, args: &LossArgs<'_>) -> Result<Dispatch> {
         const CTX: &str = "loss";
+        args.precision.check(&self.gpu, CTX)?;
         let tasks = args.tasks.len();
         if tasks == 0 {
             return Err(Error::shape(CTX, "tasks", "at least 1 task", "0 tasks"));
@@ -186,10 +243,10 @@ impl Loss {
                 limit: u32::MAX as u64 / 2,
             })?;
         let operands = [
-            Operand::new("predictions", 2, args.predictions, len, Read),
-            Operand::new("targets", 3, args.targets, len, Read),
+            Operand::new("predictions", 2, args.predictions, len, Read).of(args.precision),
+            Operand::new("targets", 3, args.targets, len, Read).of(args.precision),
             Operand::new("loss", 4, args.loss, tasks, ReadWrite),
-            Operand::new("grad", 5, args.grad, len, ReadWrite),
+            Operand::new("grad", 5, args.grad, len, ReadWrite).of(args.precision),
         ];
         let bound = bind_operands(&self.gpu, CTX, &operands)?;
         let params = LossParams {
@@ -209,26 +266,30 @@ impl Loss {
                 weight: t.weight,
             })
             .collect();
-        let table = self.gpu.upload("loss task table", &table)?;
-        let pipeline =
-            self.gpu
-                .pipeline(&PROGRAM, ENTRY, BINDINGS, &[("WG", self.workgroup_size)])?;
+        let pipeline = self.gpu.pipeline(
+            program_for(&PROGRAM, args.precision),
+            ENTRY,
+            BINDINGS,
+            &[("WG", self.workgroup_size)],
+        )?;
         let (layout, _) = self.gpu.layout(BINDINGS)?;
-        Dispatch::build_with_buffers(
+        Dispatch::build_with(
             &self.gpu,
             CTX,
             pipeline,
             &layout,
             bytemuck::bytes_of(&params),
             &bound,
-            &[(TABLE_SLOT, &table)],
+            &[(TABLE_SLOT, Extra::Table(bytemuck::cast_slice(&table)))],
             [tasks as u32, 1, 1],
         )
     }
 
-    /// Checks, binds and records the loss and gradient into `encoder`.
-    pub fn encode(&self, encoder: &mut wgpu::CommandEncoder, args: &LossArgs<'_>) -> Result<()> {
-        self.dispatch(args)?.encode(encoder);
+    /// Checks, binds and records the loss and gradient into `target`: a
+    /// [`wgpu::CommandEncoder`] or an open [`wgpu::ComputePass`]. Nothing is recorded
+    /// when a check fails.
+    pub fn encode(&self, target: &mut impl Recorder, args: &LossArgs<'_>) -> Result<()> {
+        target.record_dispatch(&self.dispatch(args)?);
         Ok(())
     }
 }

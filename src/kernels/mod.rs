@@ -3,9 +3,16 @@
 //! buffers. Nothing here knows about MMoE; `graph` composes these.
 //!
 //! Every call comes in two steps: a kernel's `forward`/`backward_*` method checks
-//! shapes, sizes, usage flags and aliasing and returns a [`Dispatch`] (pipeline and
-//! bind group, built once), which is recorded as often as needed with
-//! [`Dispatch::record`] or [`Dispatch::encode`]. The `encode_*` shortcuts do both.
+//! shapes, sizes, offset alignment, usage flags, aliasing and the [`Precision`] against
+//! the device, and returns a [`Dispatch`] (pipeline and bind group), which is recorded
+//! as often as needed with [`Dispatch::record`] or [`Dispatch::encode`]. The
+//! `encode_*` shortcuts do both, into any [`Recorder`]: a command encoder or an open
+//! compute pass. A failed check records nothing. Pipelines are compiled once per
+//! device; bind groups are cached per device by binding set (buffers, offsets, sizes,
+//! parameters), so building the same dispatch again is cheap.
+//!
+//! Each family's module docs hold a runnable example: [`grouped_gemm`], [`gate_mix`],
+//! [`loss`], [`optimizer`].
 
 mod binding;
 mod dispatch;
@@ -13,10 +20,11 @@ pub mod gate_mix;
 pub mod grouped_gemm;
 pub mod loss;
 pub mod optimizer;
+pub mod tune;
 
-pub use binding::BufferView;
+pub use binding::{BufferView, Precision};
 pub(crate) use binding::{Operand, bind_operands};
-pub use dispatch::Dispatch;
+pub use dispatch::{Dispatch, Recorder};
 pub use gate_mix::{GateMix, GateMixShape};
 pub use grouped_gemm::GroupedGemm;
 pub use loss::{Loss, LossArgs, LossKind, TaskLoss};

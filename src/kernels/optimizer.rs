@@ -20,25 +20,87 @@
 //! loss was non-finite (see [`Error::NonFiniteLoss`]), and the parameters are those
 //! from just before it.
 //!
-//! Shader: `shaders/optimizer.wgsl`.
+//! # Precision
+//!
+//! Parameters and moments are always f32: these are the master weights, and an f16
+//! parameter could not take the many updates smaller than 2^-11 of its size (the
+//! usual mixed-precision practice). [`OptimizerArgs::precision`] sets the type of the
+//! gradients (f16 from f16 backward kernels) and of the optional
+//! [`params_copy`](OptimizerArgs::params_copy), the updated parameters rounded to
+//! f16 in the same pass for f16 forward kernels to read.
+//!
+//! Shader: `shaders/optimizer.wgsl`, with the storage part (`shaders/storage_*.wgsl`)
+//! of the call's [`Precision`].
+//!
+//! # Example
+//!
+//! ```
+//! use mmoe_wgpu::kernels::optimizer::{Optimizer, OptimizerArgs, OptimizerKernel};
+//! use mmoe_wgpu::kernels::{BufferView, Precision};
+//!
+//! # fn main() -> mmoe_wgpu::Result<()> {
+//! let gpu = mmoe_wgpu::Gpu::new()?;
+//! let params = gpu.upload("params", &[1.0f32, -2.0, 3.0])?;
+//! let grads = gpu.upload("grads", &[0.5f32, 0.5, -1.0])?;
+//! let m = gpu.storage_buffer("m", 4 * 3)?; // zero before the first step
+//!
+//! let step = OptimizerKernel::new(&gpu).prepare(&OptimizerArgs {
+//!     optimizer: Optimizer::Sgd { momentum: 0.0 },
+//!     len: 3,
+//!     precision: Precision::F32,
+//!     params: BufferView::new(&params),
+//!     grads: BufferView::new(&grads),
+//!     m: BufferView::new(&m),
+//!     v: None,
+//!     loss: None,
+//!     status: None,
+//!     tasks: 0,
+//!     params_copy: None,
+//! })?;
+//! step.set_step(gpu.queue(), 1, 0.1); // step 1, learning rate 0.1
+//! let mut encoder = gpu.device().create_command_encoder(&Default::default());
+//! step.encode(&mut encoder);
+//! gpu.queue().submit([encoder.finish()]);
+//!
+//! let updated: Vec<f32> = gpu.read(&params, 0, 3)?;
+//! for (got, want) in updated.iter().zip([0.95, -2.05, 3.1]) {
+//!     assert!((got - want).abs() < 1e-6); // p − 0.1·g
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{BufferView, Dispatch, Operand, bind_operands, div_ceil};
+use super::binding::{STORAGE_F16, STORAGE_F32, program_for};
+use super::dispatch::Extra;
+use super::{BufferView, Dispatch, Operand, Precision, Recorder, bind_operands, div_ceil};
 use crate::gpu::{BindingKind, Gpu, ShaderProgram};
 use crate::{Error, Result};
 
 /// The WGSL programs of this family.
-pub const PROGRAMS: &[ShaderProgram] = &[PROGRAM];
+pub const PROGRAMS: &[ShaderProgram] = &PROGRAM;
 
-const PROGRAM: ShaderProgram = ShaderProgram {
-    name: "optimizer",
-    parts: &[(
-        "optimizer.wgsl",
-        include_str!("../../shaders/optimizer.wgsl"),
-    )],
-    needs_subgroups: false,
-};
+const SOURCE: (&str, &str) = (
+    "optimizer.wgsl",
+    include_str!("../../shaders/optimizer.wgsl"),
+);
+
+/// The kernels with f32 and f16 gradients.
+const PROGRAM: [ShaderProgram; 2] = [
+    ShaderProgram {
+        name: "optimizer",
+        parts: &[SOURCE, STORAGE_F32],
+        needs_subgroups: false,
+        needs_f16: false,
+    },
+    ShaderProgram {
+        name: "optimizer_f16",
+        parts: &[STORAGE_F16, SOURCE],
+        needs_subgroups: false,
+        needs_f16: true,
+    },
+];
 
 use BindingKind::{Read, ReadWrite, Uniform};
 const SGD_BINDINGS: &[(u32, BindingKind)] = &[
@@ -49,6 +111,7 @@ const SGD_BINDINGS: &[(u32, BindingKind)] = &[
     (4, ReadWrite),
     (6, Read),
     (7, ReadWrite),
+    (8, ReadWrite),
 ];
 const ADAM_BINDINGS: &[(u32, BindingKind)] = &[
     (0, Uniform),
@@ -59,6 +122,7 @@ const ADAM_BINDINGS: &[(u32, BindingKind)] = &[
     (5, ReadWrite),
     (6, Read),
     (7, ReadWrite),
+    (8, ReadWrite),
 ];
 /// Slot of the per-step uniform.
 const STEP_SLOT: u32 = 1;
@@ -66,6 +130,7 @@ const STEP_SLOT: u32 = 1;
 const FLAG_GUARD: u32 = 1;
 const FLAG_L2: u32 = 2;
 const FLAG_DECOUPLED: u32 = 4;
+const FLAG_COPY: u32 = 8;
 
 /// The workgroup size [`OptimizerKernel::new`] uses.
 pub const DEFAULT_WORKGROUP_SIZE: u32 = 64;
@@ -169,7 +234,9 @@ pub struct OptimizerArgs<'a> {
     pub optimizer: Optimizer,
     /// Number of parameters.
     pub len: usize,
-    /// Parameters, updated in place.
+    /// Storage type of `grads` and `params_copy`; parameters and moments are f32.
+    pub precision: Precision,
+    /// Parameters (f32 master weights), updated in place.
     pub params: BufferView<'a>,
     /// Their gradients; a buffer distinct from every written operand's.
     pub grads: BufferView<'a>,
@@ -184,6 +251,9 @@ pub struct OptimizerArgs<'a> {
     pub status: Option<BufferView<'a>>,
     /// `T`, the number of loss values the guard reads; ignored without a guard.
     pub tasks: usize,
+    /// Also written with the updated parameters, in `precision`: the f16 working copy
+    /// of the f32 master weights that f16 kernels read. Untouched by skipped steps.
+    pub params_copy: Option<BufferView<'a>>,
 }
 
 /// Mirrors `OptParams` in the shader.
@@ -200,6 +270,8 @@ struct OptParams {
     v_base: u32,
     loss_base: u32,
     status_base: u32,
+    copy_base: u32,
+    _pad: [u32; 3],
     beta1: f32,
     one_minus_beta1: f32,
     beta2: f32,
@@ -256,9 +328,10 @@ impl OptimizerStep {
         self.optimizer
     }
 
-    /// Records the step in a compute pass of its own.
-    pub fn encode(&self, encoder: &mut wgpu::CommandEncoder) {
-        self.dispatch.encode(encoder);
+    /// Records the step into `target`: a [`wgpu::CommandEncoder`] (in a compute pass
+    /// of its own) or an open [`wgpu::ComputePass`].
+    pub fn encode(&self, target: &mut impl Recorder) {
+        target.record_dispatch(&self.dispatch);
     }
 }
 
@@ -309,6 +382,7 @@ impl OptimizerKernel {
         const CTX: &str = "optimizer";
         let opt = args.optimizer;
         opt.validate()?;
+        args.precision.check(&self.gpu, CTX)?;
         let len = args.len;
         if len == 0 {
             return Err(Error::shape(CTX, "len", "at least 1 parameter", "0"));
@@ -322,7 +396,7 @@ impl OptimizerKernel {
             });
         }
         let params = Operand::new("params", 2, args.params, len, ReadWrite);
-        let grads = Operand::new("grads", 3, args.grads, len, Read);
+        let grads = Operand::new("grads", 3, args.grads, len, Read).of(args.precision);
         let m = Operand::new("m", 4, args.m, len, ReadWrite);
         let mut operands = vec![params, grads, m];
         let adam = opt.needs_second_moment();
@@ -382,6 +456,11 @@ impl OptimizerKernel {
                 ));
             }
         };
+        // Without FLAG_COPY the shader never touches slot 8.
+        operands.push(match args.params_copy {
+            Some(copy) => Operand::new("params_copy", 8, copy, len, ReadWrite).of(args.precision),
+            None => params.stand_in(8),
+        });
         let bound = bind_operands(&self.gpu, CTX, &operands)?;
         let base = |slot: u32| bound.iter().find(|b| b.slot == slot).map_or(0, |b| b.base);
 
@@ -400,8 +479,12 @@ impl OptimizerKernel {
             v_base: base(5),
             loss_base: base(6),
             status_base: base(7),
+            copy_base: base(8),
             ..Default::default()
         };
+        if args.params_copy.is_some() {
+            p.flags |= FLAG_COPY;
+        }
         match opt {
             Optimizer::Sgd { momentum } => p.decay_or_momentum = momentum,
             Optimizer::Adam {
@@ -437,9 +520,12 @@ impl OptimizerKernel {
         } else {
             ("sgd", SGD_BINDINGS)
         };
-        let pipeline = self
-            .gpu
-            .pipeline(&PROGRAM, entry, bindings, &[("WG", wg)])?;
+        let pipeline = self.gpu.pipeline(
+            program_for(&PROGRAM, args.precision),
+            entry,
+            bindings,
+            &[("WG", wg)],
+        )?;
         let (layout, _) = self.gpu.layout(bindings)?;
         // Zero-filled: step 0, a no-op until `set_step`.
         let uniform = self
@@ -452,7 +538,7 @@ impl OptimizerKernel {
                     mapped_at_creation: false,
                 })
             })?;
-        let dispatch = Dispatch::build_with_buffers(
+        let dispatch = Dispatch::build_with(
             &self.gpu,
             if adam {
                 "optimizer adam"
@@ -463,7 +549,7 @@ impl OptimizerKernel {
             &layout,
             bytemuck::bytes_of(&p),
             &bound,
-            &[(STEP_SLOT, &uniform)],
+            &[(STEP_SLOT, Extra::Buffer(&uniform))],
             [workgroups, 1, 1],
         )?;
         Ok(OptimizerStep {

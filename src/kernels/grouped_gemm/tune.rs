@@ -1,0 +1,287 @@
+//! Choosing a grouped GEMM tiling per shape class by measurement (see
+//! [`crate::kernels::tune`]).
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use super::{GemmBackwardInput, GemmBackwardWeights, GemmForward, GroupedGemm, Pass, Tiling};
+use crate::gpu::TuneMode;
+use crate::kernels::Precision;
+use crate::kernels::tune::{choose, compile_allowance, proxy_rows};
+use crate::shape::{Activation, GemmShape};
+use crate::{Error, Result};
+
+impl fmt::Display for Tiling {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Tiling::Naive { wg, wg_rows } => write!(f, "naive-{wg}x{wg_rows}"),
+            Tiling::Subgroup {
+                wg,
+                row_blocks,
+                col_groups,
+            } => write!(f, "subgroup-wg{wg}-rb{row_blocks}-cn{col_groups}"),
+        }
+    }
+}
+
+impl FromStr for Tiling {
+    type Err = Error;
+
+    /// Parses what [`Display`](fmt::Display) writes.
+    fn from_str(s: &str) -> Result<Tiling> {
+        let bad = || Error::invalid("grouped GEMM tiling", format!("cannot parse `{s}`"));
+        let number = |t: &str, prefix: &str| -> Result<u32> {
+            t.strip_prefix(prefix)
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(bad)
+        };
+        if let Some(rest) = s.strip_prefix("naive-") {
+            let (wg, rows) = rest.split_once('x').ok_or_else(bad)?;
+            return Ok(Tiling::Naive {
+                wg: number(wg, "")?,
+                wg_rows: number(rows, "")?,
+            });
+        }
+        let parts: Vec<&str> = s.split('-').collect();
+        match parts.as_slice() {
+            ["subgroup", wg, rb, cn] => Ok(Tiling::Subgroup {
+                wg: number(wg, "wg")?,
+                row_blocks: number(rb, "rb")?,
+                col_groups: number(cn, "cn")?,
+            }),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl Tiling {
+    /// Relative compile cost: the register tile's size in 8 × 4 blocks. Drivers that
+    /// compile to CPU code (lavapipe) spend time roughly in proportion to it.
+    pub fn compile_weight(&self) -> u32 {
+        match *self {
+            Tiling::Naive { .. } => 1,
+            Tiling::Subgroup {
+                row_blocks,
+                col_groups,
+                ..
+            } => row_blocks * col_groups,
+        }
+    }
+
+    /// Rows of output a workgroup covers.
+    fn rows_per_workgroup(&self) -> usize {
+        match *self {
+            Tiling::Naive { wg_rows, .. } => wg_rows as usize,
+            Tiling::Subgroup { row_blocks, .. } => 8 * row_blocks as usize,
+        }
+    }
+}
+
+/// Output rows and columns of a pass: the weight gradient's rows are the inputs (and
+/// the bias row), the input gradient's columns are the inputs.
+fn output_extent(pass: Pass, shape: &GemmShape, bias: bool) -> (usize, usize) {
+    match pass {
+        Pass::Forward => (shape.rows, shape.outputs),
+        Pass::BackwardInput => (shape.rows, shape.inputs),
+        Pass::BackwardWeights => (shape.inputs + usize::from(bias), shape.outputs),
+    }
+}
+
+impl GroupedGemm {
+    /// The tilings tuning tries for `pass` on `shape`, the default first. In
+    /// [`TuneMode::Fast`]: register tiles at least as large as the default's (smaller
+    /// ones load more per multiply-add) and no larger than the work can repay in
+    /// compile time, nor taller than the output. In [`TuneMode::Full`]: every tiling
+    /// of the default's kind.
+    fn candidates(
+        &self,
+        pass: Pass,
+        shape: &GemmShape,
+        bias: bool,
+        default: Tiling,
+    ) -> Vec<Tiling> {
+        let (out_rows, _) = output_extent(pass, shape, bias);
+        let mut out = vec![default];
+        // Naive kernels only where there are no register tiles: they are 10-30x slower
+        // and take minutes per dispatch at the large shape.
+        let same_kind = |t: &Tiling| {
+            matches!(t, Tiling::Subgroup { .. }) == matches!(default, Tiling::Subgroup { .. })
+        };
+        let allowance = compile_allowance(shape.forward_flops());
+        let tallest = out_rows.next_power_of_two().max(8);
+        let keep = |t: &Tiling| match self.gpu.tune_mode() {
+            TuneMode::Off => false,
+            TuneMode::Full => same_kind(t),
+            TuneMode::Fast => {
+                same_kind(t)
+                    && t.compile_weight() >= default.compile_weight()
+                    && t.compile_weight() <= allowance
+                    && t.rows_per_workgroup() <= tallest
+            }
+        };
+        out.extend(
+            self.tilings()
+                .into_iter()
+                .filter(|t| *t != default && keep(t)),
+        );
+        out
+    }
+
+    /// The tiling for `pass` on `shape`: tuned on first use of its shape class (see
+    /// [`crate::kernels::tune`]), the fixed default with `MMOE_WGPU_TUNE=off`.
+    pub(super) fn tuned(
+        &self,
+        pass: Pass,
+        shape: &GemmShape,
+        activation: Activation,
+        bias: bool,
+        precision: Precision,
+    ) -> Result<Tiling> {
+        let (out_rows, _) = output_extent(pass, shape, bias);
+        let default = self.default_for(out_rows, shape.forward_flops());
+        if self.gpu.tune_mode() == TuneMode::Off {
+            return Ok(default);
+        }
+        // Rows only change the number of workgroups once there are a few hundred.
+        let rows_class = shape.rows.next_power_of_two().min(1024);
+        let key = format!(
+            "grouped_gemm {pass:?} {precision:?} groups={} rows~{rows_class} inputs={} outputs={} {:?} {activation:?} bias={bias}",
+            shape.groups, shape.inputs, shape.outputs, shape.input
+        );
+        let candidates = self.candidates(pass, shape, bias, default);
+        let flops_per_row = shape.forward_flops() / shape.rows as f64;
+        let proxy = GemmShape {
+            rows: proxy_rows(shape.rows, flops_per_row, 128),
+            ..*shape
+        };
+        let mut operands: Option<ProxyOperands> = None;
+        let valid = self.tilings();
+        let chosen = choose(&self.gpu, key, default, &candidates, &valid, |tiling| {
+            if operands.is_none() {
+                operands = Some(ProxyOperands::new(self, &proxy, precision)?);
+            }
+            let ops = operands.as_ref().expect("created above");
+            let problem = Problem {
+                pass,
+                shape: proxy,
+                activation,
+                bias,
+                precision,
+            };
+            ops.time(self, &problem, tiling)
+        });
+        if let Some(ops) = &operands {
+            ops.release(&self.gpu);
+        }
+        chosen
+    }
+}
+
+/// What a candidate is timed on.
+struct Problem {
+    pass: Pass,
+    shape: GemmShape,
+    activation: Activation,
+    bias: bool,
+    precision: Precision,
+}
+
+/// Buffers for timing candidates, filled with small values (the work does not depend
+/// on them, but NaN or denormal inputs could slow some drivers down).
+struct ProxyOperands {
+    x: wgpu::Buffer,
+    w: wgpu::Buffer,
+    b: wgpu::Buffer,
+    y: wgpu::Buffer,
+    dy: wgpu::Buffer,
+    dx: wgpu::Buffer,
+    dw: wgpu::Buffer,
+    db: wgpu::Buffer,
+}
+
+impl ProxyOperands {
+    /// Lets the bind group cache drop its hold on these buffers.
+    fn release(&self, gpu: &crate::Gpu) {
+        gpu.forget_bind_groups_of(&[
+            &self.x, &self.w, &self.b, &self.y, &self.dy, &self.dx, &self.dw, &self.db,
+        ]);
+    }
+
+    fn new(gemm: &GroupedGemm, s: &GemmShape, precision: Precision) -> Result<Self> {
+        let gpu = &gemm.gpu;
+        let fill = |name: &str, n: usize| {
+            let value = |i: usize| ((i * 37 % 101) as f32 - 50.0) / 256.0;
+            match precision {
+                Precision::F32 => gpu.upload(name, &(0..n).map(value).collect::<Vec<f32>>()),
+                Precision::F16 => gpu.upload(
+                    name,
+                    &(0..n)
+                        .map(|i| half::f16::from_f32(value(i)))
+                        .collect::<Vec<_>>(),
+                ),
+            }
+        };
+        Ok(ProxyOperands {
+            x: fill("tuning x", s.x_len())?,
+            w: fill("tuning w", s.w_len())?,
+            b: fill("tuning b", s.b_len())?,
+            y: fill("tuning y", s.y_len())?,
+            dy: fill("tuning dy", s.y_len())?,
+            dx: gpu.storage_buffer("tuning dx", 4 * s.x_len() as u64)?,
+            dw: gpu.storage_buffer("tuning dw", 4 * s.w_len() as u64)?,
+            db: gpu.storage_buffer("tuning db", 4 * s.b_len() as u64)?,
+        })
+    }
+
+    fn time(&self, gemm: &GroupedGemm, problem: &Problem, tiling: Tiling) -> Result<Duration> {
+        let Problem {
+            pass,
+            shape,
+            activation,
+            bias,
+            precision,
+        } = *problem;
+        let dispatch = match pass {
+            Pass::Forward => gemm.forward_with(
+                &GemmForward {
+                    precision,
+                    shape,
+                    activation,
+                    x: (&self.x).into(),
+                    w: (&self.w).into(),
+                    bias: bias.then(|| (&self.b).into()),
+                    y: (&self.y).into(),
+                },
+                tiling,
+            )?,
+            Pass::BackwardInput => gemm.backward_input_with(
+                &GemmBackwardInput {
+                    precision,
+                    shape,
+                    activation,
+                    dy: (&self.dy).into(),
+                    y: Some((&self.y).into()),
+                    w: (&self.w).into(),
+                    dx: (&self.dx).into(),
+                    accumulate: false,
+                },
+                tiling,
+            )?,
+            Pass::BackwardWeights => gemm.backward_weights_with(
+                &GemmBackwardWeights {
+                    precision,
+                    shape,
+                    activation,
+                    x: (&self.x).into(),
+                    dy: (&self.dy).into(),
+                    y: Some((&self.y).into()),
+                    dw: (&self.dw).into(),
+                    db: bias.then(|| (&self.db).into()),
+                },
+                tiling,
+            )?,
+        };
+        Ok(gemm.gpu.time_pass(1, |p| dispatch.record(p))?.total)
+    }
+}

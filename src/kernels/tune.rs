@@ -1,0 +1,113 @@
+//! Autotuning: the first time a kernel runs a shape class on a device, time its
+//! candidate tilings on a problem of that class and keep the fastest (in memory, and
+//! in the cache file, see [`crate::gpu::TuneMode`]).
+//!
+//! Every tiling of a kernel gives bitwise identical results (fixed reduction order),
+//! so tuning changes speed only, never numbers.
+//!
+//! On lavapipe, compiling a pipeline costs far more than timing it (a register-tiled
+//! GEMM takes 1–5 s), so in [`TuneMode::Fast`] a kernel only considers tilings whose
+//! compile time its work can repay: [`compile_allowance`].
+
+use std::fmt::Display;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use crate::Result;
+use crate::gpu::{Gpu, TuneMode, TuneRecord, TuneSource};
+
+/// Timed runs per candidate after the warm-up run (which includes compilation). The
+/// best is kept: on a shared machine, noise only ever adds time.
+const TIMED_RUNS: usize = 3;
+
+/// Floating-point work per dispatch for which one unit of a tiling's compile weight
+/// (its register tile's size, see the kernels' `compile_weight`) is worth compiling.
+/// Measured on lavapipe: a weight-4 GEMM tiling compiles in about 1 s and a weight-16
+/// one in about 5 s; a census-shape expert GEMM (0.54 GFLOP) runs in about 75 ms.
+const FLOPS_PER_WEIGHT: f64 = 1e8;
+
+/// The largest compile weight a candidate may have in [`TuneMode::Fast`] for a kernel
+/// doing `flops` per dispatch. Large shapes try everything; the census shape only what
+/// compiles in about a second, which keeps its cold start within seconds.
+pub fn compile_allowance(flops: f64) -> u32 {
+    (flops / FLOPS_PER_WEIGHT).min(u32::MAX as f64) as u32
+}
+
+/// Rows of the problem candidates are timed on: the real row count up to a budget of
+/// work, so tuning a large shape takes a few dispatches of ~0.1 s, not seconds each.
+/// `flops_per_row` is the work one row adds; at least `min_rows` rows are kept so
+/// every candidate's workgroups fill the device.
+pub fn proxy_rows(rows: usize, flops_per_row: f64, min_rows: usize) -> usize {
+    const PROXY_FLOPS: f64 = 5e8;
+    let budget = (PROXY_FLOPS / flops_per_row.max(1.0)) as usize;
+    rows.min(budget.max(min_rows))
+}
+
+/// Picks a tiling for `key`: the fixed `default` when tuning is off, the stored choice
+/// when there is one (any of `valid`: a choice made in [`TuneMode::Full`] serves later
+/// processes in any mode), otherwise the fastest of `candidates` by `time_once`, which
+/// runs one dispatch of the given tiling and returns its time. `default` should be
+/// among `candidates`.
+pub fn choose<T>(
+    gpu: &Gpu,
+    key: String,
+    default: T,
+    candidates: &[T],
+    valid: &[T],
+    mut time_once: impl FnMut(T) -> Result<Duration>,
+) -> Result<T>
+where
+    T: Copy + PartialEq + Display + FromStr,
+{
+    if gpu.tune_mode() == TuneMode::Off {
+        return Ok(default);
+    }
+    if let Some(stored) = gpu.tuned_choice(&key).and_then(|s| s.parse::<T>().ok())
+        && (stored == default || valid.contains(&stored))
+    {
+        if !gpu.tune_records().iter().any(|r| r.key == key) {
+            gpu.record_tuning(TuneRecord {
+                key,
+                chosen: stored.to_string(),
+                source: TuneSource::Cached,
+                measured: Vec::new(),
+                spent: Duration::ZERO,
+            });
+        }
+        return Ok(stored);
+    }
+    if candidates.len() <= 1 {
+        let only = candidates.first().copied().unwrap_or(default);
+        gpu.record_tuning(TuneRecord {
+            key,
+            chosen: only.to_string(),
+            source: TuneSource::Only,
+            measured: Vec::new(),
+            spent: Duration::ZERO,
+        });
+        return Ok(only);
+    }
+    let start = Instant::now();
+    let mut measured = Vec::with_capacity(candidates.len());
+    let mut best: Option<(T, Duration)> = None;
+    for &candidate in candidates {
+        time_once(candidate)?;
+        let mut fastest = Duration::MAX;
+        for _ in 0..TIMED_RUNS {
+            fastest = fastest.min(time_once(candidate)?);
+        }
+        measured.push((candidate.to_string(), fastest));
+        if best.is_none_or(|(_, t)| fastest < t) {
+            best = Some((candidate, fastest));
+        }
+    }
+    let chosen = best.map_or(default, |(t, _)| t);
+    gpu.record_tuning(TuneRecord {
+        key,
+        chosen: chosen.to_string(),
+        source: TuneSource::Measured,
+        measured,
+        spent: start.elapsed(),
+    });
+    Ok(chosen)
+}
