@@ -131,6 +131,17 @@ pub enum Error {
         message: String,
     },
 
+    /// A checkpoint cannot be read, or does not fit the model it is restored into.
+    #[error("checkpoint {origin}: {what}: {message}")]
+    Checkpoint {
+        /// The file, or `<in memory>`.
+        origin: String,
+        /// The part at fault: a tensor (by name), the metadata, the config or the file.
+        what: String,
+        /// What is wrong.
+        message: String,
+    },
+
     /// An I/O error, with the path it happened on.
     #[error("{}: {source}", path.display())]
     Io {

@@ -135,8 +135,14 @@ pub fn read_census(path: impl AsRef<Path>) -> Result<CensusTable> {
         path: path.to_path_buf(),
         source,
     })?;
-    let text = std::str::from_utf8(&bytes).map_err(|e| Error::Data {
-        file: path.to_path_buf(),
+    parse_census_bytes(path, &bytes)
+}
+
+/// Parses the raw bytes of a census file, which must be UTF-8; `file` only names
+/// it in errors.
+pub fn parse_census_bytes(file: &Path, bytes: &[u8]) -> Result<CensusTable> {
+    let text = std::str::from_utf8(bytes).map_err(|e| Error::Data {
+        file: file.to_path_buf(),
         line: 1 + bytes[..e.valid_up_to()]
             .iter()
             .filter(|&&b| b == b'\n')
@@ -144,7 +150,7 @@ pub fn read_census(path: impl AsRef<Path>) -> Result<CensusTable> {
         field: "text".into(),
         message: "not valid UTF-8".into(),
     })?;
-    parse_census(path, text)
+    parse_census(file, text)
 }
 
 /// Parses the contents of a raw census file; `file` only names it in errors.

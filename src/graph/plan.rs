@@ -4,8 +4,8 @@
 
 use super::backward::{BackwardStep, backward_steps, needs_grad};
 use super::{Graph, Op, Role};
-use crate::Result;
 use crate::kernels::optimizer::Optimizer;
+use crate::{Error, Result};
 
 /// Where every tensor lives.
 #[derive(Clone, Debug)]
@@ -101,6 +101,62 @@ impl Plan {
             ),
             inputs: sum_role(Role::Input) + sum_role(Role::Target),
             scratch: bytes(self.scratch.iter().sum()),
+        }
+    }
+}
+
+impl Plan {
+    /// Checks every buffer the GPU executor allocates for `graph` against the
+    /// device's `max_buffer_size` and `max_storage_buffer_binding_size` (each
+    /// buffer is bound whole by some kernel), naming the first that is over.
+    pub fn check_limits(
+        &self,
+        graph: &Graph,
+        optimizer: &Optimizer,
+        limits: &wgpu::Limits,
+    ) -> Result<()> {
+        let binding = limits.max_storage_buffer_binding_size;
+        let (limit, which) = if binding <= limits.max_buffer_size {
+            (binding, "max_storage_buffer_binding_size")
+        } else {
+            (limits.max_buffer_size, "max_buffer_size")
+        };
+        let bytes = |n: usize| 4 * n as u64;
+        let flat = bytes(self.param_len);
+        let mut buffers = vec![
+            ("the flat parameters".to_string(), flat),
+            ("the flat gradients".to_string(), flat),
+        ];
+        for i in 0..moment_buffers(optimizer) {
+            buffers.push((format!("optimizer moment {}", i + 1), flat));
+        }
+        for (tensor, &has_grad) in graph.tensors().iter().zip(&self.has_grad) {
+            if tensor.role != Role::Parameter {
+                buffers.push((format!("tensor `{}`", tensor.name), bytes(tensor.len())));
+            }
+            if has_grad {
+                buffers.push((
+                    format!("gradient of `{}`", tensor.name),
+                    bytes(tensor.len()),
+                ));
+            }
+        }
+        buffers.extend(
+            self.scratch
+                .iter()
+                .map(|&n| ("gate-mix scratch".to_string(), bytes(n))),
+        );
+        match buffers.into_iter().find(|(_, size)| *size > limit) {
+            Some((name, size)) => Err(Error::Limit {
+                context: format!(
+                    "planning buffers for a batch capacity of {} rows",
+                    graph.capacity()
+                ),
+                what: format!("the size in bytes of {name} (device limit {which})"),
+                value: size,
+                limit,
+            }),
+            None => Ok(()),
         }
     }
 }

@@ -5,12 +5,16 @@
 //!   ReLU layers; per-task head kind and loss weight.
 //! - [`build`]: the config as a [`crate::graph::Graph`], and seeded initial weights
 //!   (He uniform for ReLU layers, Glorot uniform for gates and heads, zero biases).
-//! - [`Trainer`]: `step`, `predict`, `evaluate`, `gate_report`.
+//! - [`Trainer`]: `step`, `predict`, `evaluate`, `gate_report`, `checkpoint` and
+//!   `restore`.
+//! - [`checkpoint`]: [`Checkpoint`], saved and loaded as safetensors files.
 
 mod build;
+pub mod checkpoint;
 mod config;
 mod trainer;
 
 pub use build::{ModelGraph, build, initial_parameters};
+pub use checkpoint::Checkpoint;
 pub use config::{Architecture, ModelConfig, TaskConfig, TaskKind};
 pub use trainer::{Evaluation, GateReport, Trainer};

@@ -2,8 +2,9 @@
 //! when asked.
 
 use super::build::{ModelGraph, build, initial_parameters};
+use super::checkpoint::{Checkpoint, check_dimensions, config_mismatch};
 use super::config::{ModelConfig, TaskKind};
-use crate::graph::{CpuExecutor, GpuExecutor, MemoryReport, Plan};
+use crate::graph::{CpuExecutor, GpuExecutor, MemoryReport, Plan, Role};
 use crate::{Error, Gpu, Result};
 
 /// How often [`Trainer::step`] looks for a non-finite loss on its own (a device
@@ -38,14 +39,25 @@ pub struct Trainer {
 impl Trainer {
     /// Builds `config` on `gpu` for batches of up to `batch_capacity` rows, with
     /// seeded initial parameters.
+    ///
+    /// Every buffer is checked against the device's limits first: a capacity whose
+    /// buffers would not fit is an [`Error::Limit`] naming the buffer and the limit
+    /// ([`max_batch_capacity`](Self::max_batch_capacity) gives the largest that
+    /// fits). The dispatches of a full batch are built here too, so whatever else
+    /// the device cannot do at this capacity is also an error now, not at the first
+    /// step.
     pub fn new(gpu: &Gpu, config: ModelConfig, batch_capacity: usize) -> Result<Trainer> {
+        check_dimensions(&config, batch_capacity)?;
         let model = build(&config, batch_capacity)?;
         let plan = Plan::new(
             &model.graph,
             gpu.limits().min_storage_buffer_offset_alignment,
         )?;
+        plan.check_limits(&model.graph, &config.optimizer, gpu.limits())?;
         let params = initial_parameters(&model.graph, &plan, config.seed);
-        let executor = GpuExecutor::new(gpu, model.graph.clone(), plan, config.optimizer, &params)?;
+        let mut executor =
+            GpuExecutor::new(gpu, model.graph.clone(), plan, config.optimizer, &params)?;
+        executor.dispatches_per_step(batch_capacity)?;
         Ok(Trainer {
             learning_rate: config.learning_rate,
             config,
@@ -53,6 +65,97 @@ impl Trainer {
             executor,
             steps: 0,
         })
+    }
+
+    /// The largest batch capacity whose buffers fit `gpu`'s `max_buffer_size` and
+    /// `max_storage_buffer_binding_size` (and the kernels' 32-bit indexing). Err if
+    /// not even one row fits, stating the limit.
+    pub fn max_batch_capacity(gpu: &Gpu, config: &ModelConfig) -> Result<usize> {
+        check_dimensions(config, 1)?;
+        let model = build(config, 1)?;
+        let graph = &model.graph;
+        let limits = gpu.limits();
+        let plan = Plan::new(graph, limits.min_storage_buffer_offset_alignment)?;
+        // One row must fit; then every buffer that grows with the batch grows
+        // linearly in it, so its size at one row is its size per row.
+        plan.check_limits(graph, &config.optimizer, limits)?;
+        let per_row = graph
+            .tensors()
+            .iter()
+            .filter(|t| t.role != Role::Parameter && t.batch_axis.is_some())
+            .map(|t| t.len())
+            .chain(plan.scratch.iter().copied())
+            .max()
+            .unwrap_or(1) as u64;
+        let bytes = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size);
+        let elements = (bytes / 4).min(u32::MAX as u64 / 2 - 1);
+        Ok(usize::try_from(elements / per_row)
+            .unwrap_or(usize::MAX)
+            .max(1))
+    }
+
+    /// A trainer for `checkpoint`'s config on `gpu`, in the state the checkpoint
+    /// holds (see [`restore`](Self::restore)).
+    pub fn from_checkpoint(
+        gpu: &Gpu,
+        checkpoint: &Checkpoint,
+        batch_capacity: usize,
+    ) -> Result<Trainer> {
+        let mut trainer = Trainer::new(gpu, checkpoint.config().clone(), batch_capacity)?;
+        trainer.restore(checkpoint)?;
+        Ok(trainer)
+    }
+
+    /// The parameters, optimizer state, step count and learning rate, read from the
+    /// device: resuming from it continues bitwise as if training had not stopped.
+    /// Err, and no checkpoint, when the device failed or a step's loss was
+    /// non-finite, so a checkpoint always holds a good state.
+    pub fn checkpoint(&self) -> Result<Checkpoint> {
+        self.executor.check_finite()?;
+        let params = self.executor.parameters()?;
+        check_finite("parameters", &params)?;
+        let state = self.executor.optimizer_state()?;
+        for s in &state {
+            check_finite("optimizer state", s)?;
+        }
+        Checkpoint::from_flat(
+            &self.config,
+            self.steps,
+            self.learning_rate,
+            (&self.model.graph, self.executor.plan()),
+            &params,
+            &state,
+        )
+    }
+
+    /// Puts the trainer in the state `checkpoint` holds: parameters, optimizer
+    /// state, step count and learning rate; a non-finite loss seen before is
+    /// forgotten. The checkpoint's config must equal this trainer's except for the
+    /// learning rate, else the error names the first field that differs. If the
+    /// device fails part way the error says so and the step count is unchanged:
+    /// restore again, on this trainer or a new one.
+    pub fn restore(&mut self, checkpoint: &Checkpoint) -> Result<()> {
+        if let Some(difference) = config_mismatch(&self.config, checkpoint.config()) {
+            return Err(Error::Checkpoint {
+                origin: "being restored".into(),
+                what: "config".into(),
+                message: format!("does not match the trainer's: {difference}"),
+            });
+        }
+        let (params, state) = checkpoint.to_flat(&self.model.graph, self.executor.plan())?;
+        self.executor.set_parameters(&params)?;
+        self.executor.set_optimizer_state(&state)?;
+        self.executor.clear_non_finite()?;
+        self.steps = checkpoint.steps();
+        self.learning_rate = checkpoint.learning_rate();
+        Ok(())
+    }
+
+    /// The learning rate the next step uses.
+    pub fn learning_rate(&self) -> f32 {
+        self.learning_rate
     }
 
     /// The configuration.

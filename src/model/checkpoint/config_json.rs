@@ -1,0 +1,262 @@
+//! [`ModelConfig`] as JSON text, stable across releases: field names are spelt out
+//! here rather than derived, and every `f32` is written in its shortest form that
+//! parses back to the same bits.
+
+use super::json::{self, Fields, Value};
+use crate::kernels::optimizer::Optimizer;
+use crate::model::{Architecture, ModelConfig, TaskConfig, TaskKind};
+
+/// One line of JSON, keys in a fixed order.
+pub(crate) fn encode(config: &ModelConfig) -> Result<String, String> {
+    let f = json::number_f32;
+    let list = |widths: &[usize]| {
+        let items: Vec<String> = widths.iter().map(usize::to_string).collect();
+        format!("[{}]", items.join(","))
+    };
+    let architecture = match &config.architecture {
+        Architecture::Mmoe {
+            experts,
+            expert_layers,
+        } => format!(
+            r#"{{"kind":"mmoe","experts":{experts},"expert_layers":{}}}"#,
+            list(expert_layers)
+        ),
+        Architecture::Omoe {
+            experts,
+            expert_layers,
+        } => format!(
+            r#"{{"kind":"omoe","experts":{experts},"expert_layers":{}}}"#,
+            list(expert_layers)
+        ),
+        Architecture::SharedBottom { bottom_layers } => format!(
+            r#"{{"kind":"shared_bottom","bottom_layers":{}}}"#,
+            list(bottom_layers)
+        ),
+    };
+    let mut tasks = Vec::new();
+    for task in &config.tasks {
+        let kind = match task.kind {
+            TaskKind::Regression => "regression",
+            TaskKind::BinaryClassification => "binary_classification",
+        };
+        tasks.push(format!(
+            r#"{{"name":{},"kind":"{kind}","weight":{}}}"#,
+            json::string(&task.name),
+            f(task.weight)?
+        ));
+    }
+    let optimizer = match config.optimizer {
+        Optimizer::Sgd { momentum } => format!(r#"{{"kind":"sgd","momentum":{}}}"#, f(momentum)?),
+        Optimizer::Adam {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+        }
+        | Optimizer::AdamW {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+        } => {
+            let kind = if matches!(config.optimizer, Optimizer::Adam { .. }) {
+                "adam"
+            } else {
+                "adamw"
+            };
+            format!(
+                r#"{{"kind":"{kind}","beta1":{},"beta2":{},"eps":{},"weight_decay":{}}}"#,
+                f(beta1)?,
+                f(beta2)?,
+                f(eps)?,
+                f(weight_decay)?
+            )
+        }
+    };
+    Ok(format!(
+        r#"{{"inputs":{},"shared_layers":{},"architecture":{architecture},"tower_layers":{},"tasks":[{}],"optimizer":{optimizer},"learning_rate":{},"seed":{}}}"#,
+        config.inputs,
+        list(&config.shared_layers),
+        list(&config.tower_layers),
+        tasks.join(","),
+        f(config.learning_rate)?,
+        config.seed
+    ))
+}
+
+/// The config in `value`, every field required and none unknown; `what` is the
+/// path of `value` in error messages. The result is not yet validated.
+pub(crate) fn decode(value: &Value, what: &str) -> Result<ModelConfig, String> {
+    let mut fields = Fields::new(value, what)?;
+    let widths = |v: &Value, path: String| -> Result<Vec<usize>, String> {
+        v.items(&path)?
+            .iter()
+            .enumerate()
+            .map(|(i, w)| w.size(&format!("{path}[{i}]")))
+            .collect()
+    };
+    let inputs = fields.get("inputs")?.size(&fields.path("inputs"))?;
+    let shared_layers = widths(fields.get("shared_layers")?, fields.path("shared_layers"))?;
+    let architecture = architecture(fields.get("architecture")?, &fields.path("architecture"))?;
+    let tower_layers = widths(fields.get("tower_layers")?, fields.path("tower_layers"))?;
+    let tasks_path = fields.path("tasks");
+    let tasks = fields
+        .get("tasks")?
+        .items(&tasks_path)?
+        .iter()
+        .enumerate()
+        .map(|(i, t)| task(t, &format!("{tasks_path}[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let optimizer = optimizer(fields.get("optimizer")?, &fields.path("optimizer"))?;
+    let learning_rate = fields
+        .get("learning_rate")?
+        .float(&fields.path("learning_rate"))?;
+    let seed = fields.get("seed")?.integer(&fields.path("seed"))?;
+    fields.finish()?;
+    Ok(ModelConfig {
+        inputs,
+        shared_layers,
+        architecture,
+        tower_layers,
+        tasks,
+        optimizer,
+        learning_rate,
+        seed,
+    })
+}
+
+fn architecture(value: &Value, what: &str) -> Result<Architecture, String> {
+    let mut fields = Fields::new(value, what)?;
+    let kind_path = fields.path("kind");
+    let kind = fields.get("kind")?.text(&kind_path)?;
+    let layers = |fields: &mut Fields, key: &str| -> Result<Vec<usize>, String> {
+        let path = fields.path(key);
+        fields
+            .get(key)?
+            .items(&path)?
+            .iter()
+            .enumerate()
+            .map(|(i, w)| w.size(&format!("{path}[{i}]")))
+            .collect()
+    };
+    let architecture = match kind {
+        "mmoe" | "omoe" => {
+            let experts = fields.get("experts")?.size(&fields.path("experts"))?;
+            let expert_layers = layers(&mut fields, "expert_layers")?;
+            if kind == "mmoe" {
+                Architecture::Mmoe {
+                    experts,
+                    expert_layers,
+                }
+            } else {
+                Architecture::Omoe {
+                    experts,
+                    expert_layers,
+                }
+            }
+        }
+        "shared_bottom" => Architecture::SharedBottom {
+            bottom_layers: layers(&mut fields, "bottom_layers")?,
+        },
+        other => {
+            return Err(format!(
+                "`{kind_path}` is `{other}`; expected mmoe, omoe or shared_bottom"
+            ));
+        }
+    };
+    fields.finish()?;
+    Ok(architecture)
+}
+
+fn task(value: &Value, what: &str) -> Result<TaskConfig, String> {
+    let mut fields = Fields::new(value, what)?;
+    let name = fields.get("name")?.text(&fields.path("name"))?.to_string();
+    let kind_path = fields.path("kind");
+    let kind = match fields.get("kind")?.text(&kind_path)? {
+        "regression" => TaskKind::Regression,
+        "binary_classification" => TaskKind::BinaryClassification,
+        other => {
+            return Err(format!(
+                "`{kind_path}` is `{other}`; expected regression or binary_classification"
+            ));
+        }
+    };
+    let weight = fields.get("weight")?.float(&fields.path("weight"))?;
+    fields.finish()?;
+    Ok(TaskConfig { name, kind, weight })
+}
+
+fn optimizer(value: &Value, what: &str) -> Result<Optimizer, String> {
+    let mut fields = Fields::new(value, what)?;
+    let kind_path = fields.path("kind");
+    let kind = fields.get("kind")?.text(&kind_path)?;
+    let mut float = |key: &str| -> Result<f32, String> {
+        let path = fields.path(key);
+        fields.get(key)?.float(&path)
+    };
+    let optimizer = match kind {
+        "sgd" => Optimizer::Sgd {
+            momentum: float("momentum")?,
+        },
+        "adam" | "adamw" => {
+            let (beta1, beta2) = (float("beta1")?, float("beta2")?);
+            let (eps, weight_decay) = (float("eps")?, float("weight_decay")?);
+            if kind == "adam" {
+                Optimizer::Adam {
+                    beta1,
+                    beta2,
+                    eps,
+                    weight_decay,
+                }
+            } else {
+                Optimizer::AdamW {
+                    beta1,
+                    beta2,
+                    eps,
+                    weight_decay,
+                }
+            }
+        }
+        other => {
+            return Err(format!(
+                "`{kind_path}` is `{other}`; expected sgd, adam or adamw"
+            ));
+        }
+    };
+    fields.finish()?;
+    Ok(optimizer)
+}
+
+/// The first field in which `found` differs from `expected`, ignoring the learning
+/// rate (the caller's schedule moves it), as `field: expected …, found …`.
+pub(crate) fn mismatch(expected: &ModelConfig, found: &ModelConfig) -> Option<String> {
+    let differ = |field: &str, a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| {
+        Some(format!("{field}: expected {a:?}, found {b:?}"))
+    };
+    if expected.inputs != found.inputs {
+        return differ("inputs", &expected.inputs, &found.inputs);
+    }
+    if expected.shared_layers != found.shared_layers {
+        return differ(
+            "shared_layers",
+            &expected.shared_layers,
+            &found.shared_layers,
+        );
+    }
+    if expected.architecture != found.architecture {
+        return differ("architecture", &expected.architecture, &found.architecture);
+    }
+    if expected.tower_layers != found.tower_layers {
+        return differ("tower_layers", &expected.tower_layers, &found.tower_layers);
+    }
+    if expected.tasks != found.tasks {
+        return differ("tasks", &expected.tasks, &found.tasks);
+    }
+    if expected.optimizer != found.optimizer {
+        return differ("optimizer", &expected.optimizer, &found.optimizer);
+    }
+    if expected.seed != found.seed {
+        return differ("seed", &expected.seed, &found.seed);
+    }
+    None
+}

@@ -1,0 +1,430 @@
+//! Checkpoints in the safetensors format: a model's parameters, its optimizer
+//! state, step count, learning rate and config, in a file PyTorch can read and write
+//! (the names and layouts are in README.md, "Checkpoints").
+//!
+//! Every tensor is `F32`, little-endian, row-major, named as in [`Trainer::parameter`]
+//! (`experts.0.weight`, in this crate's `[groups, inputs, outputs]` layout); optimizer
+//! state is `optimizer.{exp_avg,exp_avg_sq,momentum_buffer}.{parameter}`. The rest
+//! lives in one metadata entry, [`METADATA_KEY`], as JSON: one key keeps the header
+//! byte-identical from save to save (safetensors writes metadata in hash order).
+//!
+//! [`Trainer::parameter`]: crate::model::Trainer::parameter
+
+mod config_json;
+mod json;
+mod layout;
+mod write;
+
+pub(crate) use layout::check_dimensions;
+pub use layout::{state_names, state_tensor_name};
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use safetensors::{Dtype, SafeTensors};
+
+use crate::graph::{Graph, Plan, Role};
+use crate::model::ModelConfig;
+use crate::{Error, Result};
+use json::{Fields, Value};
+
+/// The safetensors metadata key holding the checkpoint's JSON description.
+pub const METADATA_KEY: &str = "mmoe_wgpu";
+/// The value of the description's `format` field.
+pub const FORMAT: &str = "mmoe-wgpu checkpoint";
+/// The version of the layout this crate writes and reads.
+pub const VERSION: u64 = 1;
+
+/// One tensor of a checkpoint.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NamedTensor {
+    /// Its name in the file, e.g. `experts.0.weight` or `optimizer.exp_avg.gate.bias`.
+    pub name: String,
+    /// Row-major shape.
+    pub shape: Vec<usize>,
+    /// The values, `shape.iter().product()` of them.
+    pub values: Vec<f32>,
+}
+
+/// Everything needed to resume training bitwise: config, step count, learning
+/// rate, parameters and optimizer state. Made by [`Trainer::checkpoint`] or read
+/// from a file; always checked against its own config, and immutable, so a copy
+/// held by the caller survives any later failure of the trainer.
+///
+/// [`Trainer::checkpoint`]: crate::model::Trainer::checkpoint
+#[derive(Clone, Debug, PartialEq)]
+pub struct Checkpoint {
+    config: ModelConfig,
+    steps: u32,
+    learning_rate: f32,
+    tensors: Vec<NamedTensor>,
+}
+
+/// Where a checkpoint came from, for error messages.
+const IN_MEMORY: &str = "<in memory>";
+
+fn fault(origin: &str, what: impl Into<String>, message: impl Into<String>) -> Error {
+    Error::Checkpoint {
+        origin: origin.to_string(),
+        what: what.into(),
+        message: message.into(),
+    }
+}
+
+impl Checkpoint {
+    /// The model config (its `learning_rate` is the initial one; see
+    /// [`learning_rate`](Self::learning_rate)).
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Optimizer steps taken when the checkpoint was made.
+    pub fn steps(&self) -> u32 {
+        self.steps
+    }
+
+    /// The trainer's learning rate when the checkpoint was made.
+    pub fn learning_rate(&self) -> f32 {
+        self.learning_rate
+    }
+
+    /// Every tensor: the parameters in graph order, then each optimizer state.
+    pub fn tensors(&self) -> &[NamedTensor] {
+        &self.tensors
+    }
+
+    /// The tensor called `name`, if the checkpoint has one.
+    pub fn tensor(&self, name: &str) -> Option<&NamedTensor> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+
+    /// Gathers a checkpoint from a trainer's flat buffers (laid out by `plan`).
+    pub(crate) fn from_flat(
+        config: &ModelConfig,
+        steps: u32,
+        learning_rate: f32,
+        (graph, plan): (&Graph, &Plan),
+        params: &[f32],
+        state: &[Vec<f32>],
+    ) -> Result<Checkpoint> {
+        let names = state_names(&config.optimizer);
+        if state.len() != names.len() {
+            return Err(fault(
+                IN_MEMORY,
+                "optimizer state",
+                format!("{} buffers for {names:?}", state.len()),
+            ));
+        }
+        let mut tensors = Vec::new();
+        for (prefix, flat) in std::iter::once((None, params)).chain(
+            names
+                .iter()
+                .zip(state)
+                .map(|(n, s)| (Some(*n), s.as_slice())),
+        ) {
+            for id in graph.with_role(Role::Parameter) {
+                let tensor = graph.tensor(id);
+                let offset = plan.param_offsets[id.0].unwrap_or(0);
+                let values = flat
+                    .get(offset..offset + tensor.len())
+                    .ok_or_else(|| {
+                        fault(
+                            IN_MEMORY,
+                            format!("tensor `{}`", tensor.name),
+                            "out of range",
+                        )
+                    })?
+                    .to_vec();
+                let name = match prefix {
+                    None => tensor.name.clone(),
+                    Some(state) => state_tensor_name(state, &tensor.name),
+                };
+                tensors.push(NamedTensor {
+                    name,
+                    shape: tensor.shape.clone(),
+                    values,
+                });
+            }
+        }
+        Ok(Checkpoint {
+            config: config.clone(),
+            steps,
+            learning_rate,
+            tensors,
+        })
+    }
+
+    /// The flat parameter buffer and each flat optimizer state buffer, laid out by
+    /// `plan` (padding zero).
+    pub(crate) fn to_flat(&self, graph: &Graph, plan: &Plan) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
+        let names = state_names(&self.config.optimizer);
+        let mut flats = vec![vec![0.0f32; plan.param_len]; 1 + names.len()];
+        for (k, flat) in flats.iter_mut().enumerate() {
+            for id in graph.with_role(Role::Parameter) {
+                let param = graph.tensor(id);
+                let name = match k {
+                    0 => param.name.clone(),
+                    _ => state_tensor_name(names[k - 1], &param.name),
+                };
+                let tensor = self.tensor(&name).filter(|t| t.shape == param.shape);
+                let offset = plan.param_offsets[id.0].unwrap_or(0);
+                match (tensor, flat.get_mut(offset..offset + param.len())) {
+                    (Some(t), Some(dst)) => dst.copy_from_slice(&t.values),
+                    _ => {
+                        return Err(fault(
+                            IN_MEMORY,
+                            format!("tensor `{name}`"),
+                            format!("missing or not of shape {:?}", param.shape),
+                        ));
+                    }
+                }
+            }
+        }
+        let params = flats.remove(0);
+        Ok((params, flats))
+    }
+
+    /// The checkpoint as the bytes of a safetensors file. The description ends in
+    /// a CRC-32 of the tensor data and of the description before it, so that any
+    /// damage is found on loading.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let head = format!(
+            r#"{{"format":{},"version":{VERSION},"steps":{},"learning_rate":{},"config":{}"#,
+            json::string(FORMAT),
+            self.steps,
+            json::number_f32(self.learning_rate).map_err(|m| fault(
+                IN_MEMORY,
+                "learning rate",
+                m
+            ))?,
+            config_json::encode(&self.config).map_err(|m| fault(IN_MEMORY, "config", m))?
+        );
+        let bytes: Vec<Vec<u8>> = self
+            .tensors
+            .iter()
+            .map(|t| t.values.iter().flat_map(|v| v.to_le_bytes()).collect())
+            .collect();
+        let serialize = |description: String| {
+            let views = self
+                .tensors
+                .iter()
+                .zip(&bytes)
+                .map(|(t, b)| {
+                    safetensors::tensor::TensorView::new(Dtype::F32, t.shape.clone(), b)
+                        .map(|view| (t.name.as_str(), view))
+                        .map_err(|e| {
+                            fault(IN_MEMORY, format!("tensor `{}`", t.name), e.to_string())
+                        })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let metadata = HashMap::from([(METADATA_KEY.to_string(), description)]);
+            safetensors::serialize(views, Some(metadata))
+                .map_err(|e| fault(IN_MEMORY, "file", format!("serialising: {e}")))
+        };
+        // The data section does not depend on the metadata, so a first pass gives
+        // the bytes the checksum covers.
+        let draft = serialize(format!("{head}}}"))?;
+        let crc = write::crc32(&[data_section(&draft).unwrap_or(&[]), head.as_bytes()]);
+        serialize(format!(r#"{head},"crc32":{crc}}}"#))
+    }
+
+    /// Reads a checkpoint from the bytes of a safetensors file, checking it as
+    /// [`load`](Self::load) does.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Checkpoint> {
+        decode(bytes, IN_MEMORY)
+    }
+
+    /// Reads and checks the checkpoint at `path`: the description and config, then
+    /// that the tensors are exactly those of the config (names, `F32` dtype,
+    /// shapes) with finite values. A mismatch is an error naming the tensor.
+    pub fn load(path: impl AsRef<Path>) -> Result<Checkpoint> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        decode(&bytes, &path.display().to_string())
+    }
+
+    /// Writes the checkpoint to `path` atomically: a crash at any moment leaves
+    /// either the old file or the complete new one at `path` (see
+    /// [`save_with`](Self::save_with)).
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        use std::io::Write;
+        self.save_with(path, |file, bytes| file.write_all(bytes))
+    }
+
+    /// [`save`](Self::save) with the bytes handed to `write` for the temporary
+    /// file, e.g. through a writer that fails part way to test what a crash does.
+    /// The file is written in the target's directory, flushed to disk, renamed over
+    /// `path` and the directory flushed; on failure it is removed and `path` is
+    /// untouched.
+    pub fn save_with(
+        &self,
+        path: impl AsRef<Path>,
+        write: impl FnOnce(&mut std::fs::File, &[u8]) -> std::io::Result<()>,
+    ) -> Result<()> {
+        let bytes = self.to_bytes()?;
+        write::atomically(path.as_ref(), |file| write(file, &bytes))
+    }
+}
+
+/// The checks of [`Checkpoint::load`] on `bytes`; `origin` names them in errors.
+fn decode(bytes: &[u8], origin: &str) -> Result<Checkpoint> {
+    let (_, metadata) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| fault(origin, "file", format!("not a valid safetensors file: {e}")))?;
+    let file = SafeTensors::deserialize(bytes)
+        .map_err(|e| fault(origin, "file", format!("not a valid safetensors file: {e}")))?;
+    let what = format!("metadata `{METADATA_KEY}`");
+    let text = metadata
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(METADATA_KEY))
+        .ok_or_else(|| fault(origin, &what, "missing: not an mmoe-wgpu checkpoint"))?;
+    let description = json::parse(text).map_err(|m| fault(origin, &what, m))?;
+    let (config, steps, learning_rate, crc) =
+        describe(&description, text).map_err(|m| fault(origin, &what, m))?;
+    config
+        .validate()
+        .and_then(|()| config.optimizer.validate())
+        .map_err(|e| fault(origin, "config", e.to_string()))?;
+    let expected = layout::layout(&config).map_err(|e| fault(origin, "config", e.to_string()))?;
+    // Names, dtypes and shapes first: a file of another model is reported by the
+    // tensor that differs, not as damage.
+    let mut views = Vec::with_capacity(expected.len());
+    for (name, shape) in expected {
+        let what = format!("tensor `{name}`");
+        let view = file
+            .tensor(&name)
+            .map_err(|_| fault(origin, &what, "missing"))?;
+        if view.dtype() != Dtype::F32 {
+            let dtype = view.dtype();
+            return Err(fault(
+                origin,
+                &what,
+                format!("has dtype {dtype:?}, F32 expected"),
+            ));
+        }
+        if view.shape() != shape {
+            let found = view.shape();
+            return Err(fault(
+                origin,
+                &what,
+                format!("has shape {found:?}, {shape:?} expected"),
+            ));
+        }
+        views.push((name, view));
+    }
+    if let Some(extra) = file
+        .names()
+        .into_iter()
+        .find(|n| !views.iter().any(|(name, _)| name == n))
+    {
+        let message = "not part of this model (unexpected tensor)";
+        return Err(fault(origin, format!("tensor `{extra}`"), message));
+    }
+    // Files written elsewhere (e.g. by PyTorch) may leave the checksum out.
+    if let Some(stored) = crc {
+        let covered = &text[..text.rfind(CRC_MEMBER).unwrap_or(0)];
+        let computed = write::crc32(&[data_section(bytes).unwrap_or(&[]), covered.as_bytes()]);
+        if computed != stored {
+            return Err(fault(
+                origin,
+                "file",
+                format!(
+                    "damaged: the CRC-32 of its data and description is {computed}, \
+                     the file says {stored}"
+                ),
+            ));
+        }
+    }
+    let mut tensors = Vec::with_capacity(views.len());
+    for (name, view) in views {
+        let what = format!("tensor `{name}`");
+        let values: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            let message = format!("value {} at index {i} is not finite", values[i]);
+            return Err(fault(origin, &what, message));
+        }
+        if name.starts_with("optimizer.exp_avg_sq.")
+            && let Some(i) = values.iter().position(|v| *v < 0.0)
+        {
+            let message = format!("second moment {} at index {i} is negative", values[i]);
+            return Err(fault(origin, &what, message));
+        }
+        let shape = view.shape().to_vec();
+        tensors.push(NamedTensor {
+            name,
+            shape,
+            values,
+        });
+    }
+    Ok(Checkpoint {
+        config,
+        steps,
+        learning_rate,
+        tensors,
+    })
+}
+
+/// How the checksum member is written: last, so that the text before it is what it
+/// covers.
+const CRC_MEMBER: &str = r#","crc32":"#;
+
+/// The bytes after a safetensors file's header, if the header length is in range.
+fn data_section(file: &[u8]) -> Option<&[u8]> {
+    let n = u64::from_le_bytes(file.get(..8)?.try_into().ok()?);
+    file.get(usize::try_from(n).ok()?.checked_add(8)?..)
+}
+
+/// Config, steps, learning rate and checksum (if any) from the JSON description
+/// `text`, parsed as `description`.
+fn describe(
+    description: &Value,
+    text: &str,
+) -> Result<(ModelConfig, u32, f32, Option<u32>), String> {
+    let mut fields = Fields::new(description, METADATA_KEY)?;
+    let format = fields.get("format")?.text(&fields.path("format"))?;
+    if format != FORMAT {
+        return Err(format!("format is `{format}`, `{FORMAT}` expected"));
+    }
+    let version = fields.get("version")?.integer(&fields.path("version"))?;
+    if version != VERSION {
+        return Err(format!(
+            "version {version}; this build reads version {VERSION}"
+        ));
+    }
+    let steps = fields.get("steps")?.integer(&fields.path("steps"))?;
+    let steps = u32::try_from(steps).map_err(|_| format!("steps {steps} is over 2^32 - 1"))?;
+    let learning_rate = fields
+        .get("learning_rate")?
+        .float(&fields.path("learning_rate"))?;
+    if learning_rate < 0.0 {
+        return Err(format!("learning rate {learning_rate} is negative"));
+    }
+    let config = config_json::decode(fields.get("config")?, "config")?;
+    let crc = match fields.optional("crc32") {
+        None => None,
+        Some(value) => {
+            let crc = value.integer(&fields.path("crc32"))?;
+            let crc = u32::try_from(crc).map_err(|_| format!("crc32 {crc} is over 32 bits"))?;
+            if !text.ends_with(&format!("{CRC_MEMBER}{crc}}}")) {
+                return Err(format!(
+                    "`crc32` must be the last member, written as `{CRC_MEMBER}{crc}}}`"
+                ));
+            }
+            Some(crc)
+        }
+    };
+    fields.finish()?;
+    Ok((config, steps, learning_rate, crc))
+}
+
+/// Why `found` cannot be restored into a trainer of `expected`, if it cannot.
+pub(crate) fn config_mismatch(expected: &ModelConfig, found: &ModelConfig) -> Option<String> {
+    config_json::mismatch(expected, found)
+}

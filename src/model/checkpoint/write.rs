@@ -1,0 +1,115 @@
+//! Replacing a file so that a crash at any point leaves the old or the new
+//! contents, never a mix: write a temporary file beside it, flush it to disk,
+//! rename it over the target, flush the directory.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::{Error, Result};
+
+/// Makes temporary names unique between threads of one process; the process id
+/// separates processes.
+static SERIAL: AtomicU64 = AtomicU64::new(0);
+
+/// Writes `path` through `write`, atomically as the module explains.
+pub(super) fn atomically(
+    path: &Path,
+    write: impl FnOnce(&mut File) -> io::Result<()>,
+) -> Result<()> {
+    let io_error = |source: io::Error| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let name = path.file_name().ok_or_else(|| {
+        io_error(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a checkpoint path must end in a file name",
+        ))
+    })?;
+    // The rename is only atomic within one file system, so the temporary file
+    // lives in the target's own directory.
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let temp = dir.join(format!(
+        ".{}.{}-{}.tmp",
+        name.to_string_lossy(),
+        std::process::id(),
+        SERIAL.fetch_add(1, Ordering::Relaxed)
+    ));
+    let written = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)?;
+        write(&mut file)?;
+        file.sync_all()
+    })();
+    if let Err(e) = written {
+        // Best effort: a leftover temporary file is harmless, the target is intact.
+        let _ = std::fs::remove_file(&temp);
+        return Err(io_error(io::Error::new(
+            e.kind(),
+            format!(
+                "writing the temporary file {} failed, {} was left as it was: {e}",
+                temp.display(),
+                path.display()
+            ),
+        )));
+    }
+    if let Err(e) = std::fs::rename(&temp, path) {
+        let _ = std::fs::remove_file(&temp);
+        return Err(io_error(e));
+    }
+    sync_dir(dir).map_err(|e| Error::Io {
+        path: dir.to_path_buf(),
+        source: e,
+    })
+}
+
+/// Flushes the directory entry of the rename to disk.
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// `File::open` cannot open a directory on other platforms, so the rename is not
+/// flushed separately there (the file's own contents are).
+#[cfg(not(unix))]
+fn sync_dir(_dir: &Path) -> io::Result<()> {
+    Ok(())
+}
+
+/// CRC-32 (IEEE 802.3, the one of zlib, PNG and Python's `zlib.crc32`) of the
+/// bytes of `parts` in turn.
+pub(super) fn crc32(parts: &[&[u8]]) -> u32 {
+    const TABLE: [u32; 256] = {
+        let mut table = [0u32; 256];
+        let mut i = 0;
+        while i < 256 {
+            let mut c = i as u32;
+            let mut k = 0;
+            while k < 8 {
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+                k += 1;
+            }
+            table[i] = c;
+            i += 1;
+        }
+        table
+    };
+    let mut crc = !0u32;
+    for part in parts {
+        for &b in *part {
+            crc = TABLE[((crc ^ b as u32) & 0xFF) as usize] ^ (crc >> 8);
+        }
+    }
+    !crc
+}
