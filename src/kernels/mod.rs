@@ -17,6 +17,7 @@
 mod binding;
 mod dispatch;
 pub mod gate_mix;
+pub mod gate_topk;
 pub mod grouped_gemm;
 pub mod loss;
 pub mod optimizer;
@@ -26,6 +27,7 @@ pub use binding::{BufferView, Precision};
 pub(crate) use binding::{Operand, bind_operands};
 pub use dispatch::{Dispatch, Recorder};
 pub use gate_mix::{GateMix, GateMixShape};
+pub use gate_topk::{GateTopk, GateTopkForward};
 pub use grouped_gemm::GroupedGemm;
 pub use loss::{Loss, LossArgs, LossKind, TaskLoss};
 pub use optimizer::{Optimizer, OptimizerArgs, OptimizerKernel, OptimizerStep};
@@ -34,6 +36,7 @@ pub use optimizer::{Optimizer, OptimizerArgs, OptimizerKernel, OptimizerStep};
 pub fn programs() -> Vec<crate::gpu::ShaderProgram> {
     let mut out = grouped_gemm::PROGRAMS.to_vec();
     out.extend_from_slice(gate_mix::PROGRAMS);
+    out.extend_from_slice(gate_topk::PROGRAMS);
     out.extend_from_slice(loss::PROGRAMS);
     out.extend_from_slice(optimizer::PROGRAMS);
     out

@@ -1,0 +1,295 @@
+// Sparse top-k gate + mix, forward: per gate t and row, the logits z = X · Wg_t + bg_t,
+// the k largest of them (equal logits: the lower expert first), a softmax over those k
+// alone, written to G with zeros for every other expert, and M_t = Σ_e G_t[:, e] ⊙ H_e.
+// The backward pass needs no kernel of its own: with zeros in G outside the selection,
+// gate_mix's backward G ⊙ (dg − ⟨G, dg⟩) is exactly the top-k gradient (the host runs
+// it on this kernel's G).
+//
+// Layouts, row-major, stored as `Elem` (f32 or f16, set by the storage_*.wgsl file
+// compiled with this one; all arithmetic is f32) (T gates, E experts):
+//   X [rows, inputs]    Wg [T, inputs, E]    bg [T, E]    H [E, rows, width]
+//   G [T, rows, E]      M [T, rows, width]
+//
+// The logits and mixture tiles are gate_mix.wgsl's, operation for operation, so that
+// k = E gives gate_mix's results bit for bit. Every output is one sequential chain over
+// its reduction index, the same whatever WG, RB and CN are, so every tiling gives
+// bitwise identical results. No atomics. Bounds are handled here, for any T, E, rows,
+// inputs, width and 1 ≤ k ≤ E (the host checks k).
+
+struct GateTopkParams {
+    gates: u32,
+    experts: u32,
+    rows: u32,
+    inputs: u32,
+    width: u32,
+    k: u32,
+    // Element offsets of each operand inside its binding (bindings start at the
+    // device's offset alignment, operands anywhere after it).
+    x_base: u32,
+    wg_base: u32,
+    bg_base: u32,
+    h_base: u32,
+    g_base: u32,
+    m_base: u32,
+}
+
+@group(0) @binding(0) var<uniform> P: GateTopkParams;
+@group(0) @binding(1) var<storage, read> x: array<Elem>;
+@group(0) @binding(2) var<storage, read> wg: array<Elem>;
+@group(0) @binding(3) var<storage, read> bg: array<Elem>;
+@group(0) @binding(4) var<storage, read> h: array<Elem>;
+// Output; also the scratch holding the logits until the selection and softmax.
+@group(0) @binding(5) var<storage, read_write> g: array<Elem>;
+@group(0) @binding(6) var<storage, read_write> m: array<Elem>;
+
+// Invocations per workgroup.
+override WG: u32 = 8u;
+// Blocks of 8 rows per workgroup.
+override RB: u32 = 4u;
+// Groups of 4 (gate, expert) columns per invocation in the logits tile (1 or 2).
+override CN: u32 = 2u;
+
+// ---------------------------------------------------------------- register tiles
+// As in gate_mix.wgsl: small matrix products as outer products, 4 loads of each
+// operand feeding 16 fmas into named (register-resident) accumulators.
+
+struct Quad {
+    q0: vec4<f32>,
+    q1: vec4<f32>,
+    q2: vec4<f32>,
+    q3: vec4<f32>,
+}
+
+// One step of 16 chains: q_i[c] += a[i] * b[c].
+fn quad_step(q: ptr<function, Quad>, a: vec4<f32>, b: vec4<f32>) {
+    (*q).q0 = fma(vec4(a.x), b, (*q).q0);
+    (*q).q1 = fma(vec4(a.y), b, (*q).q1);
+    (*q).q2 = fma(vec4(a.z), b, (*q).q2);
+    (*q).q3 = fma(vec4(a.w), b, (*q).q3);
+}
+
+fn quad_row(q: Quad, i: u32) -> vec4<f32> {
+    switch i {
+        case 0u: { return q.q0; }
+        case 1u: { return q.q1; }
+        case 2u: { return q.q2; }
+        default: { return q.q3; }
+    }
+}
+
+// ---------------------------------------------------------------- element access
+// A quad fetch loads 4 values along one dimension, its indices clamped so that they
+// stay in bounds; a clamped lane only feeds accumulators that are never stored.
+
+fn gate_index(t: u32, row: u32, e: u32) -> u32 {
+    return (t * P.rows + row) * P.experts + e;
+}
+
+fn mix_index(t: u32, row: u32, j: u32) -> u32 {
+    return (t * P.rows + row) * P.width + j;
+}
+
+fn expert_index(e: u32, row: u32, j: u32) -> u32 {
+    return (e * P.rows + row) * P.width + j;
+}
+
+// i0, i0 + 1, i0 + 2, i0 + 3, none past `end - 1`.
+fn quad(i0: u32, end: u32) -> vec4<u32> {
+    return min(vec4(i0) + vec4(0u, 1u, 2u, 3u), vec4(end - 1u));
+}
+
+fn load_x(at: vec4<u32>) -> vec4<f32> {
+    return vec4(f32(x[at.x]), f32(x[at.y]), f32(x[at.z]), f32(x[at.w]));
+}
+
+fn load_wg(at: vec4<u32>) -> vec4<f32> {
+    return vec4(f32(wg[at.x]), f32(wg[at.y]), f32(wg[at.z]), f32(wg[at.w]));
+}
+
+fn load_h(at: vec4<u32>) -> vec4<f32> {
+    return vec4(f32(h[at.x]), f32(h[at.y]), f32(h[at.z]), f32(h[at.w]));
+}
+
+fn load_g(at: vec4<u32>) -> vec4<f32> {
+    return vec4(f32(g[at.x]), f32(g[at.y]), f32(g[at.z]), f32(g[at.w]));
+}
+
+// X[row0..row0+4, k].
+fn x_rows(row0: u32, k: u32) -> vec4<f32> {
+    return load_x(P.x_base + k + quad(row0, P.rows) * P.inputs);
+}
+
+// The logits form T·E columns c = t·E + e. Where columns c0..c0+4 of Wg start (at
+// row k = 0); row k is k·E further on.
+fn wg_columns(c0: u32) -> vec4<u32> {
+    let c = quad(c0, P.gates * P.experts);
+    return P.wg_base + c / P.experts * (P.inputs * P.experts) + c % P.experts;
+}
+
+fn wg_row(columns: vec4<u32>, k: u32) -> vec4<f32> {
+    return load_wg(columns + k * P.experts);
+}
+
+// G_t[row, e] for gates t0..t0+3.
+fn g_gates(t0: u32, row: u32, e: u32) -> vec4<f32> {
+    return load_g(P.g_base + e + (quad(t0, P.gates) * P.rows + row) * P.experts);
+}
+
+// H_e[row, j..j+4].
+fn h_columns(e: u32, row: u32, j: u32) -> vec4<f32> {
+    return load_h(P.h_base + expert_index(e, row, 0u) + quad(j, P.width));
+}
+
+// ---------------------------------------------------------------- phases
+
+// Logits of rows row0..row0+4 and columns c0..c0+4 (see wg_columns) into G.
+fn store_logits(row0: u32, c0: u32, q: Quad) {
+    for (var i = 0u; i < 4u; i++) {
+        let v = quad_row(q, i);
+        for (var c = 0u; c < 4u; c++) {
+            let col = c0 + c;
+            if (row0 + i < P.rows && col < P.gates * P.experts) {
+                let at = gate_index(col / P.experts, row0 + i, col % P.experts);
+                g[P.g_base + at] = Elem(v[c] + f32(bg[P.bg_base + col]));
+            }
+        }
+    }
+}
+
+// Logits of 8 rows × 4·CN columns: each X value feeds 4·CN columns, each Wg value 8
+// rows.
+fn logits_tile(row0: u32, c0: u32) {
+    let wa = wg_columns(c0);
+    let wb = wg_columns(c0 + 4u);
+    var a0: Quad;
+    var a1: Quad;
+    var b0: Quad;
+    var b1: Quad;
+    for (var k = 0u; k < P.inputs; k++) {
+        let xa = x_rows(row0, k);
+        let xb = x_rows(row0 + 4u, k);
+        let w = wg_row(wa, k);
+        quad_step(&a0, xa, w);
+        quad_step(&a1, xb, w);
+        if (CN > 1u) {
+            let v = wg_row(wb, k);
+            quad_step(&b0, xa, v);
+            quad_step(&b1, xb, v);
+        }
+    }
+    store_logits(row0, c0, a0);
+    store_logits(row0 + 4u, c0, a1);
+    if (CN > 1u) {
+        store_logits(row0, c0 + 4u, b0);
+        store_logits(row0 + 4u, c0 + 4u, b1);
+    }
+}
+
+// Top-k softmax of one row of logits in place. The logits are ranked larger first,
+// then lower expert first, a strict total order (for finite logits), so exactly k are
+// selected whatever the ties. Picking them one at a time, each the first logit ranked
+// after the previous pick, costs k·E comparisons and no scratch: the first pick is the
+// row maximum the softmax subtracts (so large logits cannot overflow exp), the k-th
+// pick the cut below which nothing is selected.
+fn topk_softmax_row(t: u32, row: u32) {
+    let base = P.g_base + gate_index(t, row, 0u);
+    var top = 0.0;
+    var cut = 0.0;
+    var cut_e = 0u;
+    for (var j = 0u; j < P.k; j++) {
+        var found = false;
+        var best = 0.0;
+        var best_e = 0u;
+        for (var e = 0u; e < P.experts; e++) {
+            let z = f32(g[base + e]);
+            let after = j == 0u || z < cut || (z == cut && e > cut_e);
+            if (after && (!found || z > best)) {
+                found = true;
+                best = z;
+                best_e = e;
+            }
+        }
+        if (j == 0u) {
+            top = best;
+        }
+        cut = best;
+        cut_e = best_e;
+    }
+    // Unselected experts add an exact 0 to the sum, which keeps k = E identical to the
+    // dense softmax.
+    var sum = 0.0;
+    for (var e = 0u; e < P.experts; e++) {
+        let z = f32(g[base + e]);
+        var p = 0.0;
+        if (z > cut || (z == cut && e <= cut_e)) {
+            p = exp(z - top);
+        }
+        g[base + e] = Elem(p);
+        sum += p;
+    }
+    for (var e = 0u; e < P.experts; e++) {
+        g[base + e] = Elem(f32(g[base + e]) / sum);
+    }
+}
+
+// M_t[row, j..j+4] = Σ_e G_t[row, e] · H_e[row, j..j+4] for gates t0..t0+3. The sum
+// runs over every expert, the zeros included: the 4 gates of a tile select different
+// experts, and the H loads they share are what the tile saves.
+fn mix_tile(row: u32, t0: u32, j: u32) {
+    var q: Quad;
+    for (var e = 0u; e < P.experts; e++) {
+        quad_step(&q, g_gates(t0, row, e), h_columns(e, row, j));
+    }
+    for (var i = 0u; i < 4u; i++) {
+        let v = quad_row(q, i);
+        for (var c = 0u; c < 4u; c++) {
+            if (t0 + i < P.gates && j + c < P.width) {
+                m[P.m_base + mix_index(t0 + i, row, j + c)] = Elem(v[c]);
+            }
+        }
+    }
+}
+
+// One workgroup per block of 8·RB rows, all gates, in three phases as in
+// gate_mix.wgsl: logits tiles, row selections and softmaxes, mixture tiles. The logits
+// wait in G between phases; storageBarrier makes the workgroup's writes to G visible
+// to all its invocations. Loop bounds depend only on uniform values, so every
+// invocation reaches every barrier.
+@compute @workgroup_size(WG)
+fn forward(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) group: vec3<u32>,
+) {
+    let block0 = group.x * RB * 8u;
+    let block_rows = min(RB * 8u, P.rows - block0);
+
+    let col_tiles = (P.gates * P.experts + 4u * CN - 1u) / (4u * CN);
+    let tiles = ((block_rows + 7u) / 8u) * col_tiles;
+    for (var first = 0u; first < tiles; first += WG) {
+        let item = first + lid;
+        if (item < tiles) {
+            logits_tile(block0 + item / col_tiles * 8u, item % col_tiles * 4u * CN);
+        }
+    }
+    storageBarrier();
+
+    let rows = P.gates * block_rows;
+    for (var first = 0u; first < rows; first += WG) {
+        let item = first + lid;
+        if (item < rows) {
+            topk_softmax_row(item / block_rows, block0 + item % block_rows);
+        }
+    }
+    storageBarrier();
+
+    let quads = (P.width + 3u) / 4u;
+    let per_row = (P.gates + 3u) / 4u * quads;
+    let mixes = block_rows * per_row;
+    for (var first = 0u; first < mixes; first += WG) {
+        let item = first + lid;
+        if (item < mixes) {
+            let rest = item % per_row;
+            mix_tile(block0 + item / per_row, rest / quads * 4u, rest % quads * 4u);
+        }
+    }
+}

@@ -1,0 +1,736 @@
+//! Top-k gate + mix against the CPU reference on awkward shapes for k ∈ {1, 2, E} and
+//! every tiling; k = E against the dense gate; ties; large logits; operands at
+//! unaligned offsets; f16 storage; bitwise reproducibility; the reference's gradients
+//! against finite differences; bad input rejected with errors.
+
+mod common;
+
+use common::*;
+use half::f16;
+use mmoe_wgpu::kernels::gate_mix::{
+    GateMix, GateMixBackward, GateMixForward, GateMixShape, GateMixTiling,
+};
+use mmoe_wgpu::kernels::gate_topk::{GateTopk, GateTopkForward};
+use mmoe_wgpu::kernels::{BufferView, Precision};
+use mmoe_wgpu::reference::gate_mix as dense_reference;
+use mmoe_wgpu::reference::gate_topk as reference;
+use mmoe_wgpu::rng::Rng;
+use mmoe_wgpu::{Error, Gpu};
+
+const TOLERANCE: f64 = 1e-4;
+
+/// How far every row's k-th largest logit stays from the (k+1)-th in the GPU tests:
+/// f32 logits differ from the reference's f64 ones by about 1e-6, so a closer pair
+/// could be selected differently on the two sides.
+const MARGIN: f64 = 1e-4;
+
+fn shape(gates: usize, experts: usize, rows: usize, inputs: usize, width: usize) -> GateMixShape {
+    GateMixShape {
+        gates,
+        experts,
+        rows,
+        inputs,
+        width,
+    }
+}
+
+/// Every combination of rows {1, 3, 37}, experts {2, 5, 16}, gates {1, 3} and
+/// k ∈ {1, 2, E}, with input and expert widths rotated.
+fn cases() -> Vec<(GateMixShape, usize)> {
+    let mut out = Vec::new();
+    for rows in [1, 3, 37] {
+        for experts in [2, 5, 16] {
+            for gates in [1, 3] {
+                let mut ks = vec![1, 2, experts];
+                ks.dedup();
+                for k in ks {
+                    let n = out.len();
+                    let inputs = [1, 7, 33][n % 3];
+                    let width = [1, 5, 16, 6][n % 4];
+                    out.push((shape(gates, experts, rows, inputs, width), k));
+                }
+            }
+        }
+    }
+    out
+}
+
+struct Data {
+    x: Vec<f32>,
+    wg: Vec<f32>,
+    bg: Vec<f32>,
+    h: Vec<f32>,
+    dm: Vec<f32>,
+    dx_prior: Vec<f32>,
+}
+
+/// Random operands; `gate_scale` scales the gate weights and biases.
+fn data(shape: &GateMixShape, seed: u64, gate_scale: f64) -> Data {
+    let mut rng = Rng::new(seed);
+    Data {
+        x: random(&mut rng, shape.x_len(), 1.0),
+        wg: random(&mut rng, shape.wg_len(), 0.5 * gate_scale),
+        bg: random(&mut rng, shape.bg_len(), 0.5 * gate_scale),
+        h: random(&mut rng, shape.h_len(), 1.0),
+        dm: random(&mut rng, shape.m_len(), 1.0),
+        dx_prior: random(&mut rng, shape.x_len(), 1.0),
+    }
+}
+
+/// The logits `X · Wg_t + bg_t` in f64, `[gates, rows, experts]`.
+fn logits(s: &GateMixShape, x: &[f64], wg: &[f64], bg: &[f64]) -> Vec<f64> {
+    let mut z = vec![0.0; s.g_len()];
+    for t in 0..s.gates {
+        for b in 0..s.rows {
+            for e in 0..s.experts {
+                z[(t * s.rows + b) * s.experts + e] = (0..s.inputs)
+                    .fold(bg[t * s.experts + e], |z, i| {
+                        z + x[b * s.inputs + i] * wg[(t * s.inputs + i) * s.experts + e]
+                    });
+            }
+        }
+    }
+    z
+}
+
+/// The smallest gap between a row's k-th and (k+1)-th largest logit (infinite for
+/// k = E, where nothing is left out).
+fn selection_margin(s: &GateMixShape, k: usize, z: &[f64]) -> f64 {
+    if k == s.experts {
+        return f64::INFINITY;
+    }
+    z.chunks(s.experts)
+        .map(|row| {
+            let mut sorted = row.to_vec();
+            sorted.sort_by(|a, b| b.total_cmp(a));
+            sorted[k - 1] - sorted[k]
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+fn data_margin(s: &GateMixShape, k: usize, d: &Data) -> f64 {
+    selection_margin(
+        s,
+        k,
+        &logits(s, &to_f64(&d.x), &to_f64(&d.wg), &to_f64(&d.bg)),
+    )
+}
+
+/// The first data from `seed` on (deterministic) whose every row keeps `margin`
+/// between selected and unselected logits.
+fn data_away_from_ties(
+    s: &GateMixShape,
+    k: usize,
+    seed: u64,
+    gate_scale: f64,
+    margin: f64,
+) -> Data {
+    (0..200)
+        .map(|i| data(s, 1000 * seed + i, gate_scale))
+        .find(|d| data_margin(s, k, d) >= margin)
+        .unwrap_or_else(|| panic!("no data for {s:?} k={k} keeps a margin of {margin}"))
+}
+
+const NAMES: [&str; 7] = ["G", "M", "dH", "dz", "dWg", "dbg", "dX"];
+
+/// The GPU's or the reference's G, M, dH, dz, dWg, dbg and dX.
+type Outputs<T> = [Vec<T>; 7];
+
+fn bits(out: &[Vec<f32>]) -> Vec<u32> {
+    out.iter().flatten().map(|v| v.to_bits()).collect()
+}
+
+/// One buffer per operand, inputs uploaded from `Data`, `dX` holding `dx_prior`.
+struct Buffers {
+    shape: GateMixShape,
+    x: wgpu::Buffer,
+    wg: wgpu::Buffer,
+    bg: wgpu::Buffer,
+    h: wgpu::Buffer,
+    dm: wgpu::Buffer,
+    g: wgpu::Buffer,
+    m: wgpu::Buffer,
+    dh: wgpu::Buffer,
+    dz: wgpu::Buffer,
+    dwg: wgpu::Buffer,
+    dbg: wgpu::Buffer,
+    dx: wgpu::Buffer,
+}
+
+impl Buffers {
+    fn new(gpu: &Gpu, shape: GateMixShape, d: &Data) -> Buffers {
+        let up = |v: &[f32]| gpu.upload("in", v).unwrap();
+        let out = |len: usize| gpu.storage_buffer("out", 4 * len as u64).unwrap();
+        Buffers {
+            shape,
+            x: up(&d.x),
+            wg: up(&d.wg),
+            bg: up(&d.bg),
+            h: up(&d.h),
+            dm: up(&d.dm),
+            g: out(shape.g_len()),
+            m: out(shape.m_len()),
+            dh: out(shape.h_len()),
+            dz: out(shape.g_len()),
+            dwg: out(shape.wg_len()),
+            dbg: out(shape.bg_len()),
+            dx: up(&d.dx_prior),
+        }
+    }
+
+    fn forward(&self, k: usize) -> GateTopkForward<'_> {
+        GateTopkForward {
+            shape: self.shape,
+            k,
+            precision: Precision::F32,
+            x: (&self.x).into(),
+            wg: (&self.wg).into(),
+            bg: (&self.bg).into(),
+            h: (&self.h).into(),
+            g: (&self.g).into(),
+            m: (&self.m).into(),
+        }
+    }
+
+    fn backward(&self, accumulate_dx: bool) -> GateMixBackward<'_> {
+        GateMixBackward {
+            shape: self.shape,
+            precision: Precision::F32,
+            x: (&self.x).into(),
+            wg: (&self.wg).into(),
+            h: (&self.h).into(),
+            g: (&self.g).into(),
+            dm: (&self.dm).into(),
+            dh: (&self.dh).into(),
+            dz: (&self.dz).into(),
+            dwg: (&self.dwg).into(),
+            dbg: (&self.dbg).into(),
+            dx: Some((&self.dx).into()),
+            accumulate_dx,
+        }
+    }
+
+    fn read(&self, gpu: &Gpu) -> Outputs<f32> {
+        let s = &self.shape;
+        [
+            read(gpu, &self.g, s.g_len()),
+            read(gpu, &self.m, s.m_len()),
+            read(gpu, &self.dh, s.h_len()),
+            read(gpu, &self.dz, s.g_len()),
+            read(gpu, &self.dwg, s.wg_len()),
+            read(gpu, &self.dbg, s.bg_len()),
+            read(gpu, &self.dx, s.x_len()),
+        ]
+    }
+}
+
+/// Forward (with `tiling`, or the default), then backward on the GPU's `G`.
+fn run_gpu(
+    gpu: &Gpu,
+    shape: GateMixShape,
+    k: usize,
+    d: &Data,
+    tiling: Option<GateMixTiling>,
+    accumulate: bool,
+) -> Outputs<f32> {
+    let kernels = GateTopk::new(gpu);
+    let bufs = Buffers::new(gpu, shape, d);
+    let fwd = bufs.forward(k);
+    let f = match tiling {
+        Some(t) => kernels.forward_with(&fwd, t),
+        None => kernels.forward(&fwd),
+    }
+    .unwrap();
+    let b = kernels.backward(&bufs.backward(accumulate)).unwrap();
+    assert_eq!(b.len(), 3, "backward with dX is three dispatches");
+    run(gpu, |e| {
+        f.encode(e);
+        b.iter().for_each(|d| d.encode(e));
+    });
+    bufs.read(gpu)
+}
+
+fn reference_outputs(shape: &GateMixShape, k: usize, d: &Data, accumulate: bool) -> Outputs<f64> {
+    let (x, wg, h) = (to_f64(&d.x), to_f64(&d.wg), to_f64(&d.h));
+    let (g, m) = reference::forward(shape, k, &x, &wg, &to_f64(&d.bg), &h).unwrap();
+    let grads = reference::backward(shape, &x, &wg, &h, &g, &to_f64(&d.dm)).unwrap();
+    let mut dx = grads.dx;
+    if accumulate {
+        for (v, &p) in dx.iter_mut().zip(&d.dx_prior) {
+            *v += p as f64;
+        }
+    }
+    [g, m, grads.dh, grads.dz, grads.dwg, grads.dbg, dx]
+}
+
+/// Every output within the tolerance, and the selection exact: `G` and `dz` are zero
+/// wherever the reference leaves an expert out.
+fn assert_matches(what: &str, got: &Outputs<f32>, want: &Outputs<f64>) {
+    for ((name, got), want) in NAMES.iter().zip(got).zip(want) {
+        assert!(
+            got.iter().all(|v| v.is_finite()),
+            "{name} {what}: non-finite"
+        );
+        assert_close(&format!("{name} {what}"), got, want, TOLERANCE);
+    }
+    for (i, &p) in want[0].iter().enumerate() {
+        if p == 0.0 {
+            assert!(
+                got[0][i] == 0.0 && got[3][i] == 0.0,
+                "{what}: unselected entry {i} has G = {}, dz = {}",
+                got[0][i],
+                got[3][i]
+            );
+        }
+    }
+}
+
+#[test]
+fn every_case_matches_the_reference_and_every_tiling_bitwise() {
+    let gpu = gpu();
+    let tilings = GateTopk::new(gpu).tilings();
+    for (n, (shape, k)) in cases().into_iter().enumerate() {
+        let accumulate = n % 2 == 1;
+        let d = data_away_from_ties(&shape, k, n as u64, 1.0, MARGIN);
+        let want = reference_outputs(&shape, k, &d, accumulate);
+        let default = run_gpu(gpu, shape, k, &d, None, accumulate);
+        assert_matches(
+            &format!("{shape:?} k={k} accumulate={accumulate}"),
+            &default,
+            &want,
+        );
+        for &tiling in &tilings {
+            let got = run_gpu(gpu, shape, k, &d, Some(tiling), accumulate);
+            assert!(
+                bits(&got) == bits(&default),
+                "{tiling:?} differs bitwise from the default tiling on {shape:?} k={k}"
+            );
+        }
+    }
+    gpu.check().unwrap();
+}
+
+#[test]
+fn k_equal_to_experts_is_the_dense_gate() {
+    let gpu = gpu();
+    for (n, shape) in [
+        shape(1, 2, 1, 7, 5),
+        shape(3, 5, 37, 33, 16),
+        shape(3, 16, 3, 1, 6),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let d = data(&shape, 50 + n as u64, 1.0);
+        let (x, wg, bg, h) = (to_f64(&d.x), to_f64(&d.wg), to_f64(&d.bg), to_f64(&d.h));
+        let dm = to_f64(&d.dm);
+        let (g, m) = dense_reference::forward(&shape, &x, &wg, &bg, &h).unwrap();
+        let dense = dense_reference::backward(&shape, &x, &wg, &h, &g, &dm).unwrap();
+
+        // The two references agree to f64 rounding...
+        let (tg, tm) = reference::forward(&shape, shape.experts, &x, &wg, &bg, &h).unwrap();
+        let topk = reference::backward(&shape, &x, &wg, &h, &tg, &dm).unwrap();
+        let pairs = [
+            (&tg, &g),
+            (&tm, &m),
+            (&topk.dh, &dense.dh),
+            (&topk.dwg, &dense.dwg),
+            (&topk.dbg, &dense.dbg),
+            (&topk.dx, &dense.dx),
+        ];
+        for (got, want) in pairs {
+            let got: Vec<f32> = got.iter().map(|&v| v as f32).collect();
+            assert_close(&format!("reference k=E {shape:?}"), &got, want, 1e-6);
+        }
+
+        // ...and the GPU's top-E gate is the dense gate's reference.
+        let got = run_gpu(gpu, shape, shape.experts, &d, None, false);
+        let want = [g, m, dense.dh, dense.dwg, dense.dbg, dense.dx];
+        for ((name, got), want) in ["G", "M", "dH", "dWg", "dbg", "dX"]
+            .iter()
+            .zip([&got[0], &got[1], &got[2], &got[4], &got[5], &got[6]])
+            .zip(&want)
+        {
+            assert_close(&format!("{name} k=E {shape:?}"), got, want, TOLERANCE);
+        }
+
+        // The same logits and mixture tiles as the dense kernel: the same bits.
+        let bufs = Buffers::new(gpu, shape, &d);
+        let mix = GateMix::new(gpu);
+        let dense_forward = GateMixForward {
+            shape,
+            precision: Precision::F32,
+            x: (&bufs.x).into(),
+            wg: (&bufs.wg).into(),
+            bg: (&bufs.bg).into(),
+            h: (&bufs.h).into(),
+            g: (&bufs.g).into(),
+            m: (&bufs.m).into(),
+        };
+        let dispatch = mix
+            .forward_with(&dense_forward, mix.default_tiling(&shape))
+            .unwrap();
+        run(gpu, |e| dispatch.encode(e));
+        let dense_gpu = [
+            read(gpu, &bufs.g, shape.g_len()),
+            read(gpu, &bufs.m, shape.m_len()),
+        ];
+        assert!(
+            bits(&dense_gpu) == bits(&got[..2]),
+            "top-E differs bitwise from the dense gate on {shape:?}"
+        );
+    }
+}
+
+#[test]
+fn equal_logits_go_to_the_lower_expert() {
+    let gpu = gpu();
+    let s = shape(1, 5, 3, 4, 2);
+    let mut d = data(&s, 3, 1.0);
+    // With Wg = 0 every row's logits are bg exactly.
+    d.wg = vec![0.0; s.wg_len()];
+    d.bg = vec![1.0, 3.0, 3.0, 2.0, 3.0];
+    let third = 1.0 / 3.0;
+    for (k, selected, weights) in [
+        (1, vec![1usize], vec![0.0, 1.0, 0.0, 0.0, 0.0]),
+        (2, vec![1, 2], vec![0.0, 0.5, 0.5, 0.0, 0.0]),
+        (3, vec![1, 2, 4], vec![0.0, third, third, 0.0, third]),
+    ] {
+        assert_eq!(reference::top_k(&to_f64(&d.bg), k), selected);
+        let want = reference_outputs(&s, k, &d, false);
+        for (i, (&got, &w)) in want[0].iter().zip(weights.iter().cycle()).enumerate() {
+            assert!(
+                (got - w).abs() < 1e-15,
+                "reference G[{i}] = {got}, want {w} (k={k})"
+            );
+        }
+        let got = run_gpu(gpu, s, k, &d, None, false);
+        assert_matches(&format!("ties k={k}"), &got, &want);
+    }
+    // 0 and −0 are equal logits too.
+    assert_eq!(reference::top_k(&[-0.0, 0.0, -1.0], 1), [0]);
+}
+
+/// The largest logit magnitude of the data.
+fn max_logit(s: &GateMixShape, d: &Data) -> f64 {
+    logits(s, &to_f64(&d.x), &to_f64(&d.wg), &to_f64(&d.bg))
+        .iter()
+        .fold(0.0f64, |m, z| m.max(z.abs()))
+}
+
+#[test]
+fn large_logits_give_a_stable_softmax() {
+    let gpu = gpu();
+    for (n, (shape, k)) in [(shape(2, 8, 33, 37, 5), 2), (shape(3, 16, 37, 33, 16), 5)]
+        .into_iter()
+        .enumerate()
+    {
+        // f32 logits of this size are off by about 1e-4, so the margin grows with them.
+        let d = data_away_from_ties(&shape, k, 100 + n as u64, 50.0, 50.0 * MARGIN);
+        assert!(
+            max_logit(&shape, &d) > 100.0,
+            "the data should overflow exp"
+        );
+        let want = reference_outputs(&shape, k, &d, false);
+        let got = run_gpu(gpu, shape, k, &d, None, false);
+        assert_matches(&format!("{shape:?} k={k} ×50"), &got, &want);
+    }
+}
+
+#[test]
+fn two_runs_are_bitwise_identical() {
+    let gpu = gpu();
+    let shape = shape(3, 16, 257, 100, 33);
+    let d = data(&shape, 7, 1.0);
+    let a = run_gpu(gpu, shape, 2, &d, None, true);
+    let b = run_gpu(gpu, shape, 2, &d, None, true);
+    assert!(bits(&a) == bits(&b), "two runs differ");
+}
+
+/// `parts` one after another from a 4-byte-aligned offset that is not
+/// binding-aligned, with `fill` around and between; returns each part's start too.
+fn pack(parts: &[&[f32]], fill: f32) -> (Vec<f32>, Vec<usize>) {
+    let mut all = vec![fill; 3];
+    let mut at = Vec::new();
+    for v in parts {
+        at.push(all.len());
+        all.extend_from_slice(v);
+        all.extend([fill; 5]);
+    }
+    (all, at)
+}
+
+#[test]
+fn operands_at_unaligned_offsets_inside_shared_buffers() {
+    let gpu = gpu();
+    let (s, k) = (shape(2, 5, 9, 6, 7), 2);
+    let d = data_away_from_ties(&s, k, 21, 1.0, MARGIN);
+    let want = reference_outputs(&s, k, &d, false);
+    let (ins, i) = pack(&[&d.x, &d.wg, &d.bg, &d.h], f32::NAN);
+    let (outs, o) = pack(&[&vec![0.0f32; s.g_len()], &vec![0.0f32; s.m_len()]], -7.0);
+    let inb = gpu.upload("packed inputs", &ins).unwrap();
+    let outb = gpu.upload("packed outputs", &outs).unwrap();
+    let view = |buf, at: &[usize], n: usize| BufferView::at(buf, 4 * at[n] as u64);
+    let args = GateTopkForward {
+        shape: s,
+        k,
+        precision: Precision::F32,
+        x: view(&inb, &i, 0),
+        wg: view(&inb, &i, 1),
+        bg: view(&inb, &i, 2),
+        h: view(&inb, &i, 3),
+        g: view(&outb, &o, 0),
+        m: view(&outb, &o, 1),
+    };
+    let dispatch = GateTopk::new(gpu).forward(&args).unwrap();
+    run(gpu, |e| dispatch.encode(e));
+    let all = read(gpu, &outb, outs.len());
+    let (g, m) = (&all[o[0]..o[0] + s.g_len()], &all[o[1]..o[1] + s.m_len()]);
+    assert_close("G at offsets", g, &want[0], TOLERANCE);
+    assert_close("M at offsets", m, &want[1], TOLERANCE);
+    let inside = |j: usize| (0..2).any(|p| (o[p]..o[p] + [s.g_len(), s.m_len()][p]).contains(&j));
+    for (j, &v) in all.iter().enumerate() {
+        assert!(
+            inside(j) || v == -7.0,
+            "wrote outside the operands at {j}: {v}"
+        );
+    }
+}
+
+#[test]
+fn f16_storage_selects_the_same_experts() {
+    let gpu = gpu();
+    let kernels = GateTopk::new(gpu);
+    let (s, k) = (shape(2, 5, 9, 7, 6), 2);
+    if !Precision::F16.is_supported(gpu) {
+        eprintln!(
+            "note: {} has no SHADER_F16; f16 is checked to fail",
+            gpu.adapter()
+        );
+        let bufs = Buffers::new(gpu, s, &data(&s, 1, 1.0));
+        let args = GateTopkForward {
+            precision: Precision::F16,
+            ..bufs.forward(k)
+        };
+        expect_err(kernels.forward(&args), &["gate_topk forward", "SHADER_F16"]);
+        return;
+    }
+    // Rounded to f16 on the host, so the reference sees exactly the stored inputs; the
+    // logits are rounded to f16 once more on the GPU (about 1e-3 here), well inside
+    // the margin.
+    let d = data_away_from_ties(&s, k, 31, 1.0, 2e-2);
+    let half = |v: &[f32]| -> Vec<f16> { v.iter().map(|&x| f16::from_f32(x)).collect() };
+    let exact = |v: &[f16]| -> Vec<f64> { v.iter().map(|x| x.to_f64()).collect() };
+    let (x, wg, bg, h) = (half(&d.x), half(&d.wg), half(&d.bg), half(&d.h));
+    let z = logits(&s, &exact(&x), &exact(&wg), &exact(&bg));
+    assert!(
+        selection_margin(&s, k, &z) >= 1e-2,
+        "f16 rounding moved a logit too close to a tie"
+    );
+    let (want_g, want_m) =
+        reference::forward(&s, k, &exact(&x), &exact(&wg), &exact(&bg), &exact(&h)).unwrap();
+    let up = |v: &[f16]| gpu.upload("f16 in", v).unwrap();
+    let (xb, wgb, bgb, hb) = (up(&x), up(&wg), up(&bg), up(&h));
+    let out = |n: usize| gpu.storage_buffer("f16 out", 2 * n as u64).unwrap();
+    let (g, m) = (out(s.g_len()), out(s.m_len()));
+    let args = GateTopkForward {
+        shape: s,
+        k,
+        precision: Precision::F16,
+        x: (&xb).into(),
+        wg: (&wgb).into(),
+        bg: (&bgb).into(),
+        h: (&hb).into(),
+        g: (&g).into(),
+        m: (&m).into(),
+    };
+    let dispatch = kernels.forward(&args).unwrap();
+    run(gpu, |e| dispatch.encode(e));
+    let to_f32 = |v: Vec<f16>| -> Vec<f32> { v.iter().map(|x| x.to_f32()).collect() };
+    let got_g = to_f32(gpu.read::<f16>(&g, 0, s.g_len()).unwrap());
+    let got_m = to_f32(gpu.read::<f16>(&m, 0, s.m_len()).unwrap());
+    // Logits below 2 in magnitude are off by at most 2^-9 in f16, which moves a weight
+    // by at most twice that relative; the exponentials, weights and mixtures are each
+    // stored once more (2^-10 each): under 1% of a weight, and of a mixture (Σ G = 1,
+    // |H| ≤ 1). A wrong selection would be off by tenths.
+    assert!(
+        z.iter().all(|v| v.abs() < 2.0),
+        "logits too large for the bound"
+    );
+    assert_close("f16 G", &got_g, &want_g, 2e-2);
+    assert_close("f16 M", &got_m, &want_m, 2e-2);
+    for (i, &p) in want_g.iter().enumerate() {
+        assert_eq!(p == 0.0, got_g[i] == 0.0, "f16 selection differs at {i}");
+    }
+}
+
+#[test]
+fn reference_gradients_match_finite_differences() {
+    let (shape, k) = (shape(2, 5, 4, 3, 2), 2);
+    // Data whose selection no step of ±eps can change: gaps far above eps.
+    let (p, r) = (0..200u64)
+        .map(|seed| {
+            let mut rng = Rng::new(seed);
+            let mut draw =
+                |n: usize| -> Vec<f64> { (0..n).map(|_| rng.uniform(-1.0, 1.0)).collect() };
+            let p = [
+                draw(shape.x_len()),
+                draw(shape.wg_len()),
+                draw(shape.bg_len()),
+                draw(shape.h_len()),
+            ];
+            (p, draw(shape.m_len()))
+        })
+        .find(|(p, _)| selection_margin(&shape, k, &logits(&shape, &p[0], &p[1], &p[2])) >= 1e-2)
+        .expect("a seed away from selection boundaries");
+    // Loss = Σ R ⊙ M, so dL/dM = R.
+    let loss = |p: &[Vec<f64>; 4]| -> f64 {
+        let (_, m) = reference::forward(&shape, k, &p[0], &p[1], &p[2], &p[3]).unwrap();
+        m.iter().zip(&r).map(|(a, b)| a * b).sum()
+    };
+    let (g, _) = reference::forward(&shape, k, &p[0], &p[1], &p[2], &p[3]).unwrap();
+    for row in g.chunks(shape.experts) {
+        assert_eq!(row.iter().filter(|&&v| v > 0.0).count(), k);
+        assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+    }
+    let grads = reference::backward(&shape, &p[0], &p[1], &p[3], &g, &r).unwrap();
+    let eps = 1e-6;
+    for (which, (name, analytic)) in [
+        ("dX", &grads.dx),
+        ("dWg", &grads.dwg),
+        ("dbg", &grads.dbg),
+        ("dH", &grads.dh),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for (i, &a) in analytic.iter().enumerate() {
+            let (mut plus, mut minus) = (p.clone(), p.clone());
+            plus[which][i] += eps;
+            minus[which][i] -= eps;
+            let fd = (loss(&plus) - loss(&minus)) / (2.0 * eps);
+            assert!(
+                (fd - a).abs() <= 1e-7 * (1.0 + fd.abs()),
+                "{name}[{i}]: finite difference {fd} vs analytic {a}"
+            );
+        }
+    }
+    // No gradient reaches a logit left out of its row's selection.
+    for (i, (&dz, &gv)) in grads.dz.iter().zip(&g).enumerate() {
+        assert!(
+            gv > 0.0 || dz == 0.0,
+            "dz[{i}] = {dz} for an unselected expert"
+        );
+    }
+}
+
+fn expect_err<T>(result: Result<T, Error>, needles: &[&str]) -> Error {
+    match result {
+        Ok(_) => panic!("expected an error mentioning {needles:?}, got Ok"),
+        Err(e) => {
+            let msg = e.to_string();
+            for needle in needles {
+                assert!(
+                    msg.contains(needle),
+                    "error `{msg}` does not mention `{needle}`"
+                );
+            }
+            e
+        }
+    }
+}
+
+#[test]
+fn bad_input_is_an_error_not_a_panic() {
+    let gpu = gpu();
+    let kernels = GateTopk::new(gpu);
+    let shape = shape(2, 3, 4, 5, 6);
+    let bufs = Buffers::new(gpu, shape, &data(&shape, 1, 1.0));
+    let fwd = bufs.forward(2);
+    let forward = |args: GateTopkForward<'_>| kernels.forward(&args);
+
+    for k in [0, 4] {
+        let e = expect_err(
+            forward(GateTopkForward { k, ..fwd }),
+            &["gate_topk forward k", &format!("k = {k}"), "1 ≤ k ≤ 3"],
+        );
+        assert!(matches!(e, Error::Invalid { .. }));
+    }
+    let zero = GateMixShape {
+        experts: 0,
+        ..shape
+    };
+    expect_err(
+        forward(GateTopkForward { shape: zero, ..fwd }),
+        &["`experts`"],
+    );
+    let small = gpu
+        .storage_buffer("small", 4 * (shape.h_len() - 1) as u64)
+        .unwrap();
+    let e = expect_err(
+        forward(GateTopkForward {
+            h: (&small).into(),
+            ..fwd
+        }),
+        &["gate_topk forward", "`h`", "288 bytes", "284 bytes"],
+    );
+    assert!(matches!(e, Error::Shape { .. }));
+    expect_err(
+        forward(GateTopkForward {
+            g: BufferView::at(&bufs.g, 4),
+            ..fwd
+        }),
+        &["`g`"],
+    );
+    expect_err(
+        forward(GateTopkForward {
+            m: (&bufs.h).into(),
+            ..fwd
+        }),
+        &["distinct buffers"],
+    );
+    let tiling = GateMixTiling {
+        wg: 0,
+        row_blocks: 1,
+        column_groups: 1,
+    };
+    expect_err(kernels.forward_with(&fwd, tiling), &["gate_topk tiling"]);
+    let huge = GateMixShape {
+        rows: usize::MAX / 2,
+        ..shape
+    };
+    expect_err(
+        forward(GateTopkForward { shape: huge, ..fwd }),
+        &["element count"],
+    );
+
+    let bwd = bufs.backward(false);
+    expect_err(
+        kernels.backward(&GateMixBackward {
+            dbg: BufferView::at(&bufs.dbg, 4),
+            ..bwd
+        }),
+        &["`dbg`"],
+    );
+    let short_g = gpu
+        .storage_buffer("short g", 4 * (shape.g_len() - 1) as u64)
+        .unwrap();
+    expect_err(
+        kernels.backward(&GateMixBackward {
+            g: (&short_g).into(),
+            ..bwd
+        }),
+        &["gate_mix backward", "`g`"],
+    );
+
+    let r = vec![0.0; 3];
+    expect_err(reference::forward(&shape, 0, &r, &r, &r, &r), &["k = 0"]);
+    expect_err(reference::forward(&shape, 4, &r, &r, &r, &r), &["k = 4"]);
+    expect_err(reference::forward(&shape, 2, &r, &r, &r, &r), &["`x`"]);
+    expect_err(
+        reference::backward(&zero, &r, &r, &r, &r, &r),
+        &["`experts`"],
+    );
+    expect_err(reference::backward(&shape, &r, &r, &r, &r, &r), &["`x`"]);
+    gpu.check().unwrap();
+}
