@@ -18,7 +18,8 @@ use mmoe_wgpu::rng::Rng;
 use mmoe_wgpu::{Gpu, StandardShape};
 
 mod common;
-use common::{best_seconds, decision, fresh_gpu, print_candidates};
+use common::{best_seconds, decision, fresh_gpu, full_tuning_gpu, print_candidates};
+use mmoe_wgpu::gpu::TuneRecord;
 
 fn random(gpu: &Gpu, label: &str, rng: &mut Rng, n: usize) -> wgpu::Buffer {
     let values: Vec<f32> = (0..n).map(|_| rng.uniform(-1.0, 1.0) as f32).collect();
@@ -61,6 +62,59 @@ fn bench_passes(
     group.finish();
 }
 
+/// The full-mode tuning decisions for the gate + mix at `shape`, on their own device.
+fn full_mode_decisions(full: &Gpu, shape: GateMixShape) -> Vec<TuneRecord> {
+    let before = full.tune_records().len();
+    let mut rng = Rng::new(5);
+    let kernel = GateMix::new(full);
+    let b: Vec<wgpu::Buffer> = [
+        shape.x_len(),
+        shape.wg_len(),
+        shape.bg_len(),
+        shape.h_len(),
+        shape.g_len(),
+        shape.m_len(),
+        shape.m_len(),
+        shape.h_len(),
+        shape.g_len(),
+        shape.wg_len(),
+        shape.bg_len(),
+    ]
+    .iter()
+    .map(|&n| random(full, "full", &mut rng, n))
+    .collect();
+    kernel
+        .forward(&GateMixForward {
+            shape,
+            precision: Precision::F32,
+            x: (&b[0]).into(),
+            wg: (&b[1]).into(),
+            bg: (&b[2]).into(),
+            h: (&b[3]).into(),
+            g: (&b[4]).into(),
+            m: (&b[5]).into(),
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    kernel
+        .backward(&GateMixBackward {
+            shape,
+            precision: Precision::F32,
+            x: (&b[0]).into(),
+            wg: (&b[1]).into(),
+            h: (&b[3]).into(),
+            g: (&b[4]).into(),
+            dm: (&b[6]).into(),
+            dh: (&b[7]).into(),
+            dz: (&b[8]).into(),
+            dwg: (&b[9]).into(),
+            dbg: (&b[10]).into(),
+            dx: None,
+            accumulate_dx: false,
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    full.tune_records().split_off(before)
+}
+
 /// Every tiling of the gate + mix's own dispatch on the full shape next to the tuner's
 /// choice. The forward pass is one dispatch; in the backward pass only the first (dH
 /// and dz) depends on the tiling, so it is measured alone here.
@@ -71,6 +125,7 @@ fn compare_tilings(
     before: usize,
     forward: &GateMixForward<'_>,
     backward: &GateMixBackward<'_>,
+    full: &[TuneRecord],
 ) {
     let s = forward.shape;
     let mix = 2.0 * (s.gates * s.rows * s.experts * s.width) as f64;
@@ -94,13 +149,20 @@ fn compare_tilings(
             &format!("gate_mix/{name} {pass}"),
             flops,
             &measured[i],
-            &decision(gpu, before, &format!("gate_mix {pass} ")),
+            &[
+                decision(gpu, before, &format!("gate_mix {pass} ")),
+                full.iter()
+                    .find(|r| r.key.contains(&format!("gate_mix {pass} ")))
+                    .cloned()
+                    .unwrap_or_else(|| panic!("no full-mode decision")),
+            ],
         );
     }
 }
 
 fn gate_mix_and_adam(c: &mut Criterion) {
     let gpu = fresh_gpu();
+    let full = full_tuning_gpu();
     let kernel = GateMix::new(&gpu);
     let optimizer = OptimizerKernel::new(&gpu);
     let mut rng = Rng::new(5);
@@ -189,6 +251,7 @@ fn gate_mix_and_adam(c: &mut Criterion) {
                 dx: None,
                 accumulate_dx: false,
             },
+            &full_mode_decisions(&full, shape),
         );
         let (b, d, e, t, w) = (
             shape.rows as u64,

@@ -20,7 +20,7 @@ use mmoe_wgpu::rng::Rng;
 use mmoe_wgpu::{Activation, Gpu, StandardShape};
 
 mod common;
-use common::{best_seconds, decision, fresh_gpu, print_candidates};
+use common::{best_seconds, decision, fresh_gpu, full_tuning_gpu, print_candidates};
 
 /// The three passes of one shape, recorded once and replayed by every iteration.
 struct Passes {
@@ -108,11 +108,14 @@ fn passes(
     })
 }
 
-/// Every tiling on the full shape next to the tuner's choice, pass by pass.
-fn compare_tilings(gpu: &Gpu, gemm: &GroupedGemm, standard: StandardShape) -> Passes {
+/// Every tiling on the full shape next to the choices of both tuning modes, pass by
+/// pass; returns the fast-mode (default) passes.
+fn compare_tilings(gpu: &Gpu, full: &Gpu, standard: StandardShape) -> Passes {
     let shape = standard.expert_gemm();
-    let before = gpu.tune_records().len();
-    let tuned = passes(gpu, gemm, standard, None).unwrap_or_else(|e| panic!("{e}"));
+    let gemm = GroupedGemm::new(gpu);
+    let before = [gpu.tune_records().len(), full.tune_records().len()];
+    let tuned = passes(gpu, &gemm, standard, None).unwrap_or_else(|e| panic!("{e}"));
+    drop(passes(full, &GroupedGemm::new(full), standard, None).unwrap_or_else(|e| panic!("{e}")));
     // The naive kernels take minutes per dispatch at `large`.
     let tilings: Vec<Tiling> = gemm
         .tilings()
@@ -121,7 +124,7 @@ fn compare_tilings(gpu: &Gpu, gemm: &GroupedGemm, standard: StandardShape) -> Pa
         .collect();
     let mut measured: [Vec<(String, f64)>; 3] = Default::default();
     for &tiling in &tilings {
-        let p = passes(gpu, gemm, standard, Some(tiling)).unwrap_or_else(|e| panic!("{e}"));
+        let p = passes(gpu, &gemm, standard, Some(tiling)).unwrap_or_else(|e| panic!("{e}"));
         for (i, d) in p.all().into_iter().enumerate() {
             measured[i].push((
                 tiling.to_string(),
@@ -133,11 +136,15 @@ fn compare_tilings(gpu: &Gpu, gemm: &GroupedGemm, standard: StandardShape) -> Pa
         .iter()
         .enumerate()
     {
+        let key = format!("grouped_gemm {pass} ");
         print_candidates(
             &format!("grouped_gemm/{} {pass}", standard.name),
             shape.forward_flops(),
             &measured[i],
-            &decision(gpu, before, &format!("grouped_gemm {pass} ")),
+            &[
+                decision(gpu, before[0], &key),
+                decision(full, before[1], &key),
+            ],
         );
     }
     tuned
@@ -145,7 +152,7 @@ fn compare_tilings(gpu: &Gpu, gemm: &GroupedGemm, standard: StandardShape) -> Pa
 
 fn grouped_gemm(c: &mut Criterion) {
     let gpu = fresh_gpu();
-    let gemm = GroupedGemm::new(&gpu);
+    let full = full_tuning_gpu();
     let only: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     for standard in StandardShape::ALL {
         if only
@@ -155,7 +162,7 @@ fn grouped_gemm(c: &mut Criterion) {
             continue;
         }
         let shape = standard.expert_gemm();
-        let passes = compare_tilings(&gpu, &gemm, standard);
+        let passes = compare_tilings(&gpu, &full, standard);
         let mut group = c.benchmark_group(format!("grouped_gemm/{}", standard.name));
         // Each iteration is a whole GPU pass (up to seconds on lavapipe at `large`):
         // flat sampling with few samples keeps the run in minutes.

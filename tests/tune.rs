@@ -56,25 +56,32 @@ fn tiling_names_round_trip() {
 fn the_fastest_candidate_wins_and_is_remembered() {
     let cache = temp_cache("choose");
     let gpu = gpu_with(TuneMode::Fast, Some(cache.clone()));
-    let timings = |t: u32| Ok(Duration::from_millis(u64::from(t)));
     let mut runs = 0;
-    let chosen = choose(&gpu, "k1".into(), 5u32, &[5, 3, 9], &[5, 3, 9], |t| {
-        runs += 1;
-        timings(t)
-    })
+    let chosen = choose(
+        &gpu,
+        "k1".into(),
+        5u32,
+        &[5, 3, 9],
+        &[5, 3, 9],
+        |t, reps| {
+            runs += reps;
+            Ok(Duration::from_millis(u64::from(t)) * reps)
+        },
+    )
     .unwrap();
     assert_eq!(chosen, 3);
+    // Per candidate: a warm-up, a single run, then three batches lasting >= 10 ms.
     assert_eq!(
         runs,
-        3 * 4,
-        "one warm-up and three timed runs per candidate"
+        2 * 3 + 3 * (2 + 4 + 2),
+        "runs of 5, 3 and 9 ms, batches of 10 ms"
     );
     let record = gpu.tune_records().pop().unwrap();
     assert_eq!(record.source, TuneSource::Measured);
     assert_eq!(record.measured.len(), 3);
 
     // Same device: stored in memory, nothing measured again.
-    let again = choose(&gpu, "k1".into(), 5u32, &[5, 3, 9], &[5, 3, 9], |_| {
+    let again = choose(&gpu, "k1".into(), 5u32, &[5, 3, 9], &[5, 3, 9], |_, _| {
         panic!("measured twice")
     });
     assert_eq!(again.unwrap(), 3);
@@ -83,7 +90,7 @@ fn the_fastest_candidate_wins_and_is_remembered() {
     let text = std::fs::read_to_string(&cache).unwrap();
     assert!(text.contains("\tk1\t3"), "cache file: {text}");
     let other = gpu_with(TuneMode::Fast, Some(cache.clone()));
-    let cached = choose(&other, "k1".into(), 5u32, &[5, 9], &[5, 3, 9], |_| {
+    let cached = choose(&other, "k1".into(), 5u32, &[5, 9], &[5, 3, 9], |_, _| {
         panic!("the cache file was not used")
     });
     assert_eq!(
@@ -95,7 +102,7 @@ fn the_fastest_candidate_wins_and_is_remembered() {
 
     // Off: the default, no records.
     let off = gpu_with(TuneMode::Off, Some(cache.clone()));
-    let chosen = choose(&off, "k1".into(), 5u32, &[5, 3, 9], &[5, 3, 9], |_| {
+    let chosen = choose(&off, "k1".into(), 5u32, &[5, 3, 9], &[5, 3, 9], |_, _| {
         panic!("measured with tuning off")
     });
     assert_eq!(chosen.unwrap(), 5);
@@ -108,14 +115,14 @@ fn a_broken_cache_file_is_ignored_and_repaired() {
     let cache = temp_cache("broken");
     std::fs::write(&cache, "garbage\n\t\t\nmore\tgarbage\n\u{0}\u{1}\n").unwrap();
     let gpu = gpu_with(TuneMode::Fast, Some(cache.clone()));
-    let chosen = choose(&gpu, "k2".into(), 2u32, &[2, 1], &[2, 1], |t| {
-        Ok(Duration::from_millis(u64::from(t)))
+    let chosen = choose(&gpu, "k2".into(), 2u32, &[2, 1], &[2, 1], |t, n| {
+        Ok(Duration::from_millis(u64::from(t)) * n)
     });
     assert_eq!(chosen.unwrap(), 1);
     // A stored value that no longer names a valid choice is re-tuned.
     let stale = gpu_with(TuneMode::Fast, Some(cache.clone()));
-    let chosen = choose(&stale, "k2".into(), 2u32, &[2, 7], &[2, 7], |t| {
-        Ok(Duration::from_millis(10 - u64::from(t)))
+    let chosen = choose(&stale, "k2".into(), 2u32, &[2, 7], &[2, 7], |t, n| {
+        Ok(Duration::from_millis(10 - u64::from(t)) * n)
     });
     assert_eq!(chosen.unwrap(), 7);
     // An unwritable cache location costs nothing but persistence.
@@ -123,8 +130,8 @@ fn a_broken_cache_file_is_ignored_and_repaired() {
         TuneMode::Fast,
         Some(PathBuf::from("/proc/no/such/dir/t.tsv")),
     );
-    let chosen = choose(&nowhere, "k3".into(), 2u32, &[2, 1], &[2, 1], |t| {
-        Ok(Duration::from_millis(u64::from(t)))
+    let chosen = choose(&nowhere, "k3".into(), 2u32, &[2, 1], &[2, 1], |t, n| {
+        Ok(Duration::from_millis(u64::from(t)) * n)
     });
     assert_eq!(chosen.unwrap(), 1);
     let _ = std::fs::remove_file(&cache);

@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use mmoe_wgpu::gpu::{TuneRecord, TuneSource};
+use mmoe_wgpu::gpu::{TuneMode, TuneRecord};
 use mmoe_wgpu::{Gpu, GpuOptions};
 
 /// A device whose tuning starts empty (no cache file), so every choice the bench
@@ -21,17 +21,20 @@ pub fn fresh_gpu() -> Gpu {
 }
 
 /// Seconds of one run of `record`: one warm-up run (compilation included), then the
-/// best of `runs` timed runs.
+/// best of `runs` timed batches, each of enough runs to last about 20 ms (a single
+/// sub-millisecond dispatch mostly measures the driver's wake-up jitter).
 pub fn best_seconds(gpu: &Gpu, runs: usize, record: impl Fn(&mut wgpu::ComputePass<'_>)) -> f64 {
-    gpu.time_pass(1, &record).unwrap_or_else(|e| panic!("{e}"));
-    (0..runs)
-        .map(|_| {
-            gpu.time_pass(1, &record)
-                .unwrap_or_else(|e| panic!("{e}"))
-                .total
-                .as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min)
+    let time = |reps: u32| {
+        gpu.time_pass(reps, &record)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .total
+            .as_secs_f64()
+            / f64::from(reps)
+    };
+    time(1);
+    let single = time(1);
+    let reps = (0.02 / single.max(1e-6)).ceil().clamp(1.0, 256.0) as u32;
+    (0..runs).map(|_| time(reps)).fold(single, f64::min)
 }
 
 /// The tuning decision made for `key_part` since `before` records.
@@ -43,48 +46,68 @@ pub fn decision(gpu: &Gpu, before: usize, key_part: &str) -> TuneRecord {
         .unwrap_or_else(|| panic!("no tuning decision for {key_part}"))
 }
 
-/// Prints every tiling's GFLOP/s on the full shape, which of them the tuner tried and
-/// which it chose, and how the choice compares with the fastest.
+/// A second device on the same adapter that tunes in [`TuneMode::Full`]: every tiling
+/// is a candidate, whatever it costs to compile.
+pub fn full_tuning_gpu() -> Gpu {
+    let options = GpuOptions {
+        tune: TuneMode::Full,
+        tune_cache: None,
+        ..GpuOptions::from_env()
+    };
+    Gpu::with_options(&options).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Prints every tiling's GFLOP/s on the full shape, which of them each tuning mode
+/// tried and chose, and how each choice compares with the fastest.
 pub fn print_candidates(
     title: &str,
     flops: f64,
     measured: &[(String, f64)],
-    decision: &TuneRecord,
+    decisions: &[TuneRecord],
 ) {
-    println!("{title}: {} ({:?})", decision.key, decision.source);
-    let tried: Vec<&str> = if decision.measured.is_empty() {
-        vec![decision.chosen.as_str()]
-    } else {
-        decision.measured.iter().map(|(n, _)| n.as_str()).collect()
-    };
+    println!("{title}: {}", decisions[0].key);
     let rate = |s: f64| flops / s / 1e9;
+    let mode_name = |i: usize| if i == 0 { "fast" } else { "full" };
     for (name, seconds) in measured {
-        let mark = match (name == &decision.chosen, tried.contains(&name.as_str())) {
-            (true, _) => "  <- chosen",
-            (false, true) => "  (tuner candidate)",
-            _ => "",
-        };
-        println!("  {name:<24} {:>8.2} GFLOP/s{mark}", rate(*seconds));
+        let marks: Vec<String> = decisions
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| &d.chosen == name)
+            .map(|(i, _)| format!("<- {} mode", mode_name(i)))
+            .collect();
+        println!(
+            "  {name:<24} {:>8.2} GFLOP/s  {}",
+            rate(*seconds),
+            marks.join(", ")
+        );
     }
     let time_of = |n: &str| measured.iter().find(|(m, _)| m == n).map(|(_, s)| *s);
-    let fastest_tried = tried
-        .iter()
-        .filter_map(|n| time_of(n))
-        .fold(f64::INFINITY, f64::min);
     let fastest = measured
         .iter()
         .map(|(_, s)| *s)
         .fold(f64::INFINITY, f64::min);
-    if let Some(chosen) = time_of(&decision.chosen) {
-        println!(
-            "  chosen {:.2} GFLOP/s = {:.1}% of the fastest tuner candidate, {:.1}% of the fastest tiling; tuning took {:.2} s",
-            rate(chosen),
-            100.0 * fastest_tried / chosen,
-            100.0 * fastest / chosen,
-            decision.spent.as_secs_f64(),
-        );
-    }
-    if decision.source == TuneSource::Cached {
-        println!("  (choice read from the cache file)");
+    for (i, d) in decisions.iter().enumerate() {
+        let tried: Vec<&str> = if d.measured.is_empty() {
+            vec![d.chosen.as_str()]
+        } else {
+            d.measured.iter().map(|(n, _)| n.as_str()).collect()
+        };
+        let fastest_tried = tried
+            .iter()
+            .filter_map(|n| time_of(n))
+            .fold(f64::INFINITY, f64::min);
+        if let Some(chosen) = time_of(&d.chosen) {
+            println!(
+                "  {} mode ({:?}, {} candidate(s), {:.2} s): {} at {:.2} GFLOP/s = {:.1}% of its fastest candidate, {:.1}% of the fastest tiling",
+                mode_name(i),
+                d.source,
+                tried.len(),
+                d.spent.as_secs_f64(),
+                d.chosen,
+                rate(chosen),
+                100.0 * fastest_tried / chosen,
+                100.0 * fastest / chosen,
+            );
+        }
     }
 }

@@ -417,7 +417,7 @@ impl GroupedGemm {
         let row_blocks = if flops >= 2.5e8 && out_rows >= 64 {
             8
         } else {
-            out_rows.div_ceil(8).clamp(1, 4) as u32
+            out_rows.div_ceil(8).clamp(1, 2) as u32
         };
         Tiling::Subgroup {
             wg: 8,

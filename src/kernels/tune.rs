@@ -20,6 +20,9 @@ use crate::gpu::{Gpu, TuneMode, TuneRecord, TuneSource};
 /// best is kept: on a shared machine, noise only ever adds time.
 const TIMED_RUNS: usize = 3;
 
+/// Shortest timed batch of dispatches.
+const MIN_TIMED: Duration = Duration::from_millis(10);
+
 /// Floating-point work per dispatch for which one unit of a tiling's compile weight
 /// (its register tile's size, see the kernels' `compile_weight`) is worth compiling.
 /// Measured on lavapipe: a weight-4 GEMM tiling compiles in about 1 s and a weight-16
@@ -45,16 +48,16 @@ pub fn proxy_rows(rows: usize, flops_per_row: f64, min_rows: usize) -> usize {
 
 /// Picks a tiling for `key`: the fixed `default` when tuning is off, the stored choice
 /// when there is one (any of `valid`: a choice made in [`TuneMode::Full`] serves later
-/// processes in any mode), otherwise the fastest of `candidates` by `time_once`, which
-/// runs one dispatch of the given tiling and returns its time. `default` should be
-/// among `candidates`.
+/// processes in any mode), otherwise the fastest of `candidates` by `time_runs`, which
+/// runs the given tiling's dispatch that many times in one pass and returns the total
+/// time. `default` should be among `candidates`.
 pub fn choose<T>(
     gpu: &Gpu,
     key: String,
     default: T,
     candidates: &[T],
     valid: &[T],
-    mut time_once: impl FnMut(T) -> Result<Duration>,
+    mut time_runs: impl FnMut(T, u32) -> Result<Duration>,
 ) -> Result<T>
 where
     T: Copy + PartialEq + Display + FromStr,
@@ -91,10 +94,16 @@ where
     let mut measured = Vec::with_capacity(candidates.len());
     let mut best: Option<(T, Duration)> = None;
     for &candidate in candidates {
-        time_once(candidate)?;
-        let mut fastest = Duration::MAX;
+        time_runs(candidate, 1)?;
+        // Tiny dispatches are timed in batches: a single one of a fraction of a
+        // millisecond is mostly the driver's start-up and wake-up jitter.
+        let single = time_runs(candidate, 1)?;
+        let reps = (MIN_TIMED.as_secs_f64() / single.as_secs_f64().max(1e-6))
+            .ceil()
+            .clamp(1.0, 64.0) as u32;
+        let mut fastest = single;
         for _ in 0..TIMED_RUNS {
-            fastest = fastest.min(time_once(candidate)?);
+            fastest = fastest.min(time_runs(candidate, reps)? / reps);
         }
         measured.push((candidate.to_string(), fastest));
         if best.is_none_or(|(_, t)| fastest < t) {

@@ -100,18 +100,25 @@ impl GateMix {
             shape.gates, shape.experts, shape.inputs, shape.width
         );
         let proxy = GateMixShape {
-            rows: proxy_rows(shape.rows, flops(pass, shape) / shape.rows as f64, 128),
+            rows: proxy_rows(shape.rows, flops(pass, shape) / shape.rows as f64, 256),
             ..*shape
         };
         let mut operands: Option<ProxyOperands> = None;
         let valid = self.tilings();
-        let chosen = choose(&self.gpu, key, default, &candidates, &valid, |tiling| {
-            if operands.is_none() {
-                operands = Some(ProxyOperands::new(self, &proxy, precision)?);
-            }
-            let ops = operands.as_ref().expect("created above");
-            ops.time(self, pass, &proxy, precision, tiling)
-        });
+        let chosen = choose(
+            &self.gpu,
+            key,
+            default,
+            &candidates,
+            &valid,
+            |tiling, reps| {
+                if operands.is_none() {
+                    operands = Some(ProxyOperands::new(self, &proxy, precision)?);
+                }
+                let ops = operands.as_ref().expect("created above");
+                ops.time(self, pass, &proxy, precision, tiling, reps)
+            },
+        );
         if let Some(ops) = &operands {
             self.gpu
                 .forget_bind_groups_of(&ops.buffers.iter().collect::<Vec<_>>());
@@ -187,6 +194,7 @@ impl ProxyOperands {
         shape: &GateMixShape,
         precision: Precision,
         tiling: GateMixTiling,
+        reps: u32,
     ) -> Result<Duration> {
         let b = &self.buffers;
         let dispatch = match pass {
@@ -214,6 +222,6 @@ impl ProxyOperands {
                 )?
                 .swap_remove(0),
         };
-        Ok(kernels.gpu.time_pass(1, |p| dispatch.record(p))?.total)
+        Ok(kernels.gpu.time_pass(reps, |p| dispatch.record(p))?.total)
     }
 }

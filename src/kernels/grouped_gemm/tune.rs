@@ -152,25 +152,32 @@ impl GroupedGemm {
         let candidates = self.candidates(pass, shape, bias, default);
         let flops_per_row = shape.forward_flops() / shape.rows as f64;
         let proxy = GemmShape {
-            rows: proxy_rows(shape.rows, flops_per_row, 128),
+            rows: proxy_rows(shape.rows, flops_per_row, 256),
             ..*shape
         };
         let mut operands: Option<ProxyOperands> = None;
         let valid = self.tilings();
-        let chosen = choose(&self.gpu, key, default, &candidates, &valid, |tiling| {
-            if operands.is_none() {
-                operands = Some(ProxyOperands::new(self, &proxy, precision)?);
-            }
-            let ops = operands.as_ref().expect("created above");
-            let problem = Problem {
-                pass,
-                shape: proxy,
-                activation,
-                bias,
-                precision,
-            };
-            ops.time(self, &problem, tiling)
-        });
+        let chosen = choose(
+            &self.gpu,
+            key,
+            default,
+            &candidates,
+            &valid,
+            |tiling, reps| {
+                if operands.is_none() {
+                    operands = Some(ProxyOperands::new(self, &proxy, precision)?);
+                }
+                let ops = operands.as_ref().expect("created above");
+                let problem = Problem {
+                    pass,
+                    shape: proxy,
+                    activation,
+                    bias,
+                    precision,
+                };
+                ops.time(self, &problem, tiling, reps)
+            },
+        );
         if let Some(ops) = &operands {
             ops.release(&self.gpu);
         }
@@ -234,7 +241,13 @@ impl ProxyOperands {
         })
     }
 
-    fn time(&self, gemm: &GroupedGemm, problem: &Problem, tiling: Tiling) -> Result<Duration> {
+    fn time(
+        &self,
+        gemm: &GroupedGemm,
+        problem: &Problem,
+        tiling: Tiling,
+        reps: u32,
+    ) -> Result<Duration> {
         let Problem {
             pass,
             shape,
@@ -282,6 +295,6 @@ impl ProxyOperands {
                 tiling,
             )?,
         };
-        Ok(gemm.gpu.time_pass(1, |p| dispatch.record(p))?.total)
+        Ok(gemm.gpu.time_pass(reps, |p| dispatch.record(p))?.total)
     }
 }
