@@ -91,25 +91,38 @@ where
         return Ok(only);
     }
     let start = Instant::now();
-    let mut measured = Vec::with_capacity(candidates.len());
-    let mut best: Option<(T, Duration)> = None;
+    // Warm up (compile) and size each candidate's batch first; tiny dispatches are
+    // timed in batches, since a single one of a fraction of a millisecond is mostly
+    // the driver's wake-up jitter.
+    let mut fastest = Vec::with_capacity(candidates.len());
+    let mut reps = Vec::with_capacity(candidates.len());
     for &candidate in candidates {
         time_runs(candidate, 1)?;
-        // Tiny dispatches are timed in batches: a single one of a fraction of a
-        // millisecond is mostly the driver's start-up and wake-up jitter.
         let single = time_runs(candidate, 1)?;
-        let reps = (MIN_TIMED.as_secs_f64() / single.as_secs_f64().max(1e-6))
-            .ceil()
-            .clamp(1.0, 64.0) as u32;
-        let mut fastest = single;
-        for _ in 0..TIMED_RUNS {
-            fastest = fastest.min(time_runs(candidate, reps)? / reps);
-        }
-        measured.push((candidate.to_string(), fastest));
-        if best.is_none_or(|(_, t)| fastest < t) {
-            best = Some((candidate, fastest));
+        fastest.push(single);
+        reps.push(
+            (MIN_TIMED.as_secs_f64() / single.as_secs_f64().max(1e-6))
+                .ceil()
+                .clamp(1.0, 64.0) as u32,
+        );
+    }
+    // Rounds over all candidates rather than all runs of one candidate at a time,
+    // so that a burst of other work on the machine slows every candidate alike.
+    for _ in 0..TIMED_RUNS {
+        for (i, &candidate) in candidates.iter().enumerate() {
+            fastest[i] = fastest[i].min(time_runs(candidate, reps[i])? / reps[i]);
         }
     }
+    let measured: Vec<(String, Duration)> = candidates
+        .iter()
+        .zip(&fastest)
+        .map(|(c, t)| (c.to_string(), *t))
+        .collect();
+    let best = candidates
+        .iter()
+        .zip(&fastest)
+        .min_by_key(|(_, t)| **t)
+        .map(|(c, t)| (*c, *t));
     let chosen = best.map_or(default, |(t, _)| t);
     gpu.record_tuning(TuneRecord {
         key,
