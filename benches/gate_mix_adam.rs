@@ -65,54 +65,81 @@ fn bench_passes(
 /// The full-mode tuning decisions for the gate + mix at `shape`, on their own device.
 fn full_mode_decisions(full: &Gpu, shape: GateMixShape) -> Vec<TuneRecord> {
     let before = full.tune_records().len();
-    let mut rng = Rng::new(5);
+    let buffers = GateBuffers::new(full, &mut Rng::new(5), shape);
     let kernel = GateMix::new(full);
-    let b: Vec<wgpu::Buffer> = [
-        shape.x_len(),
-        shape.wg_len(),
-        shape.bg_len(),
-        shape.h_len(),
-        shape.g_len(),
-        shape.m_len(),
-        shape.m_len(),
-        shape.h_len(),
-        shape.g_len(),
-        shape.wg_len(),
-        shape.bg_len(),
-    ]
-    .iter()
-    .map(|&n| random(full, "full", &mut rng, n))
-    .collect();
     kernel
-        .forward(&GateMixForward {
-            shape,
-            precision: Precision::F32,
-            x: (&b[0]).into(),
-            wg: (&b[1]).into(),
-            bg: (&b[2]).into(),
-            h: (&b[3]).into(),
-            g: (&b[4]).into(),
-            m: (&b[5]).into(),
-        })
+        .forward(&buffers.forward())
         .unwrap_or_else(|e| panic!("{e}"));
     kernel
-        .backward(&GateMixBackward {
-            shape,
-            precision: Precision::F32,
-            x: (&b[0]).into(),
-            wg: (&b[1]).into(),
-            h: (&b[3]).into(),
-            g: (&b[4]).into(),
-            dm: (&b[6]).into(),
-            dh: (&b[7]).into(),
-            dz: (&b[8]).into(),
-            dwg: (&b[9]).into(),
-            dbg: (&b[10]).into(),
-            dx: None,
-            accumulate_dx: false,
-        })
+        .backward(&buffers.backward())
         .unwrap_or_else(|e| panic!("{e}"));
     full.tune_records().split_off(before)
+}
+
+/// The gate + mix operands at one shape: random inputs, zeroed outputs.
+struct GateBuffers {
+    shape: GateMixShape,
+    x: wgpu::Buffer,
+    wg: wgpu::Buffer,
+    bg: wgpu::Buffer,
+    h: wgpu::Buffer,
+    dm: wgpu::Buffer,
+    g: wgpu::Buffer,
+    m: wgpu::Buffer,
+    dh: wgpu::Buffer,
+    dz: wgpu::Buffer,
+    dwg: wgpu::Buffer,
+    dbg: wgpu::Buffer,
+}
+
+impl GateBuffers {
+    fn new(gpu: &Gpu, rng: &mut Rng, shape: GateMixShape) -> Self {
+        GateBuffers {
+            shape,
+            x: random(gpu, "x", rng, shape.x_len()),
+            wg: random(gpu, "wg", rng, shape.wg_len()),
+            bg: random(gpu, "bg", rng, shape.bg_len()),
+            h: random(gpu, "h", rng, shape.h_len()),
+            dm: random(gpu, "dm", rng, shape.m_len()),
+            g: zeros(gpu, "g", shape.g_len()),
+            m: zeros(gpu, "m", shape.m_len()),
+            dh: zeros(gpu, "dh", shape.h_len()),
+            dz: zeros(gpu, "dz", shape.g_len()),
+            dwg: zeros(gpu, "dwg", shape.wg_len()),
+            dbg: zeros(gpu, "dbg", shape.bg_len()),
+        }
+    }
+
+    fn forward(&self) -> GateMixForward<'_> {
+        GateMixForward {
+            shape: self.shape,
+            precision: Precision::F32,
+            x: (&self.x).into(),
+            wg: (&self.wg).into(),
+            bg: (&self.bg).into(),
+            h: (&self.h).into(),
+            g: (&self.g).into(),
+            m: (&self.m).into(),
+        }
+    }
+
+    fn backward(&self) -> GateMixBackward<'_> {
+        GateMixBackward {
+            shape: self.shape,
+            precision: Precision::F32,
+            x: (&self.x).into(),
+            wg: (&self.wg).into(),
+            h: (&self.h).into(),
+            g: (&self.g).into(),
+            dm: (&self.dm).into(),
+            dh: (&self.dh).into(),
+            dz: (&self.dz).into(),
+            dwg: (&self.dwg).into(),
+            dbg: (&self.dbg).into(),
+            dx: None,
+            accumulate_dx: false,
+        }
+    }
 }
 
 /// Every tiling of the gate + mix's own dispatch on the full shape next to the tuner's
@@ -174,83 +201,22 @@ fn gate_mix_and_adam(c: &mut Criterion) {
             inputs: standard.inputs,
             width: standard.expert_width,
         };
-        let x = random(&gpu, "x", &mut rng, shape.x_len());
-        let wg = random(&gpu, "wg", &mut rng, shape.wg_len());
-        let bg = random(&gpu, "bg", &mut rng, shape.bg_len());
-        let h = random(&gpu, "h", &mut rng, shape.h_len());
-        let dm = random(&gpu, "dm", &mut rng, shape.m_len());
-        let (g, m) = (
-            zeros(&gpu, "g", shape.g_len()),
-            zeros(&gpu, "m", shape.m_len()),
-        );
-        let (dh, dz) = (
-            zeros(&gpu, "dh", shape.h_len()),
-            zeros(&gpu, "dz", shape.g_len()),
-        );
-        let (dwg, dbg) = (
-            zeros(&gpu, "dwg", shape.wg_len()),
-            zeros(&gpu, "dbg", shape.bg_len()),
-        );
+        let buffers = GateBuffers::new(&gpu, &mut rng, shape);
+        let (forward_args, backward_args) = (buffers.forward(), buffers.backward());
         let before = gpu.tune_records().len();
         let forward = kernel
-            .forward(&GateMixForward {
-                shape,
-                precision: Precision::F32,
-                x: (&x).into(),
-                wg: (&wg).into(),
-                bg: (&bg).into(),
-                h: (&h).into(),
-                g: (&g).into(),
-                m: (&m).into(),
-            })
+            .forward(&forward_args)
             .unwrap_or_else(|e| panic!("{e}"));
         let backward = kernel
-            .backward(&GateMixBackward {
-                shape,
-                precision: Precision::F32,
-                x: (&x).into(),
-                wg: (&wg).into(),
-                h: (&h).into(),
-                g: (&g).into(),
-                dm: (&dm).into(),
-                dh: (&dh).into(),
-                dz: (&dz).into(),
-                dwg: (&dwg).into(),
-                dbg: (&dbg).into(),
-                dx: None,
-                accumulate_dx: false,
-            })
+            .backward(&backward_args)
             .unwrap_or_else(|e| panic!("{e}"));
         compare_tilings(
             &gpu,
             &kernel,
             standard.name,
             before,
-            &GateMixForward {
-                shape,
-                precision: Precision::F32,
-                x: (&x).into(),
-                wg: (&wg).into(),
-                bg: (&bg).into(),
-                h: (&h).into(),
-                g: (&g).into(),
-                m: (&m).into(),
-            },
-            &GateMixBackward {
-                shape,
-                precision: Precision::F32,
-                x: (&x).into(),
-                wg: (&wg).into(),
-                h: (&h).into(),
-                g: (&g).into(),
-                dm: (&dm).into(),
-                dh: (&dh).into(),
-                dz: (&dz).into(),
-                dwg: (&dwg).into(),
-                dbg: (&dbg).into(),
-                dx: None,
-                accumulate_dx: false,
-            },
+            &forward_args,
+            &backward_args,
             &full_mode_decisions(&full, shape),
         );
         let (b, d, e, t, w) = (
