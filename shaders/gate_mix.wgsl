@@ -28,8 +28,10 @@ struct GateMixParams {
     dm_base: u32,
     dh_base: u32,
     dz_base: u32,
-    _pad0: u32,
-    _pad1: u32,
+    // Experts each gate keeps per row: the dense softmax when k = experts, otherwise
+    // the top k (the gate_topk kernel).
+    k: u32,
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: GateMixParams;
@@ -225,9 +227,60 @@ fn logits_tile(row0: u32, c0: u32) {
     }
 }
 
+// Top-k softmax of one row of logits in place. The logits are ranked larger first,
+// then lower expert first, a strict total order (for finite logits), so exactly k are
+// selected whatever the ties. Picking them one at a time, each the first logit ranked
+// after the previous pick, costs k·E comparisons and no scratch: the first pick is the
+// row maximum the softmax subtracts (so large logits cannot overflow exp), the k-th
+// pick the cut below which nothing is selected.
+fn topk_softmax_row(t: u32, row: u32) {
+    let base = P.g_base + gate_index(t, row, 0u);
+    var top = 0.0;
+    var cut = 0.0;
+    var cut_e = 0u;
+    for (var j = 0u; j < P.k; j++) {
+        var found = false;
+        var best = 0.0;
+        var best_e = 0u;
+        for (var e = 0u; e < P.experts; e++) {
+            let z = f32(g[base + e]);
+            let after = j == 0u || z < cut || (z == cut && e > cut_e);
+            if (after && (!found || z > best)) {
+                found = true;
+                best = z;
+                best_e = e;
+            }
+        }
+        if (j == 0u) {
+            top = best;
+        }
+        cut = best;
+        cut_e = best_e;
+    }
+    // Unselected experts add an exact 0 to the sum, which keeps k = E identical to the
+    // dense softmax.
+    var sum = 0.0;
+    for (var e = 0u; e < P.experts; e++) {
+        let z = f32(g[base + e]);
+        var p = 0.0;
+        if (z > cut || (z == cut && e <= cut_e)) {
+            p = exp(z - top);
+        }
+        g[base + e] = Elem(p);
+        sum += p;
+    }
+    for (var e = 0u; e < P.experts; e++) {
+        g[base + e] = Elem(f32(g[base + e]) / sum);
+    }
+}
+
 // Softmax of one row of logits in place, the row maximum subtracted so that large
-// logits cannot overflow exp.
+// logits cannot overflow exp; with k < experts, over the top k alone.
 fn softmax_row(t: u32, row: u32) {
+    if (P.k < P.experts) {
+        topk_softmax_row(t, row);
+        return;
+    }
     let base = P.g_base + gate_index(t, row, 0u);
     var top = f32(g[base]);
     for (var e = 1u; e < P.experts; e++) {

@@ -240,7 +240,7 @@ pub struct GateMixTiling {
 }
 
 impl GateMixTiling {
-    fn validate(&self, gpu: &Gpu) -> Result<()> {
+    fn validate(&self, gpu: &Gpu, kernel: &str) -> Result<()> {
         let max = gpu.limits().max_compute_invocations_per_workgroup;
         if self.wg == 0
             || self.wg > max
@@ -248,7 +248,7 @@ impl GateMixTiling {
             || !(1..=2).contains(&self.column_groups)
         {
             return Err(Error::invalid(
-                "gate_mix tiling",
+                format!("{kernel} tiling"),
                 format!(
                     "{self:?}: wg must be 1..={max}, row_blocks 1..=16 and column_groups 1..=2"
                 ),
@@ -288,7 +288,9 @@ struct GateMixParams {
     dm_base: u32,
     dh_base: u32,
     dz_base: u32,
-    _pad: [u32; 2],
+    /// Experts kept per row: `experts` (dense) unless the top-k gate asks for fewer.
+    k: u32,
+    _pad: u32,
 }
 
 impl GateMixParams {
@@ -299,6 +301,7 @@ impl GateMixParams {
             rows: s.rows as u32,
             inputs: s.inputs as u32,
             width: s.width as u32,
+            k: s.experts as u32,
             ..Default::default()
         }
     }
@@ -416,11 +419,28 @@ impl GateMix {
         args: &GateMixForward<'_>,
         tiling: GateMixTiling,
     ) -> Result<Dispatch> {
-        const CTX: &str = "gate_mix forward";
+        self.forward_top_k(
+            ("gate_mix", "gate_mix forward"),
+            args,
+            args.shape.experts,
+            tiling,
+        )
+    }
+
+    /// The forward pass keeping the `k` largest logits of each gate and row
+    /// (1 ≤ k ≤ experts); the calling kernel's name and pass name the errors.
+    pub(crate) fn forward_top_k(
+        &self,
+        (kernel, ctx): (&str, &'static str),
+        args: &GateMixForward<'_>,
+        k: usize,
+        tiling: GateMixTiling,
+    ) -> Result<Dispatch> {
         let s = &args.shape;
-        s.validate(CTX)?;
-        args.precision.check(&self.gpu, CTX)?;
-        tiling.validate(&self.gpu)?;
+        s.validate(ctx)?;
+        super::gate_topk::check_k(ctx, s, k)?;
+        args.precision.check(&self.gpu, ctx)?;
+        tiling.validate(&self.gpu, kernel)?;
         let operands = [
             Operand::new("x", 1, args.x, s.x_len(), Read),
             Operand::new("wg", 2, args.wg, s.wg_len(), Read),
@@ -430,8 +450,9 @@ impl GateMix {
             Operand::new("m", 6, args.m, s.m_len(), ReadWrite),
         ]
         .map(|o| o.of(args.precision));
-        let bound = bind_operands(&self.gpu, CTX, &operands)?;
+        let bound = bind_operands(&self.gpu, ctx, &operands)?;
         let mut p = GateMixParams::new(s);
+        p.k = k as u32;
         p.x_base = bound[0].base;
         p.wg_base = bound[1].base;
         p.bg_base = bound[2].base;
@@ -439,7 +460,7 @@ impl GateMix {
         p.g_base = bound[4].base;
         p.m_base = bound[5].base;
         self.build(
-            CTX,
+            ctx,
             "forward",
             tiling,
             args.precision,
@@ -469,7 +490,7 @@ impl GateMix {
         s.validate(CTX)?;
         let precision = args.precision;
         precision.check(&self.gpu, CTX)?;
-        tiling.validate(&self.gpu)?;
+        tiling.validate(&self.gpu, "gate_mix")?;
         let own = [
             Operand::new("h", 4, args.h, s.h_len(), Read),
             Operand::new("g", 7, args.g, s.g_len(), Read),

@@ -11,8 +11,9 @@
 //! is the softmax gradient of the selected logits, so [`GateTopk::backward`] records
 //! [`GateMix::backward`] (its errors name `gate_mix backward`).
 //!
-//! Shader: `shaders/gate_topk.wgsl`, with the storage part (`shaders/storage_*.wgsl`)
-//! of the call's [`Precision`].
+//! Shader: the gate + mix family's (`shaders/gate_mix.wgsl`), whose softmax keeps the
+//! top `k` when `k` < experts: the logits and mixture tiles are the dense gate's, so the
+//! two kernels share pipelines, tilings and tuning.
 //!
 //! # Example
 //!
@@ -81,48 +82,10 @@
 //! # }
 //! ```
 
-use bytemuck::{Pod, Zeroable};
-
-use super::binding::{BoundOperand, STORAGE_F16, STORAGE_F32, program_for};
-use super::gate_mix::{GateMix, GateMixBackward, GateMixShape, GateMixTiling};
-use super::{BufferView, Dispatch, Operand, Precision, Recorder, bind_operands, div_ceil};
-use crate::gpu::{BindingKind, Gpu, ShaderProgram};
+use super::gate_mix::{GateMix, GateMixBackward, GateMixForward, GateMixShape, GateMixTiling};
+use super::{BufferView, Dispatch, Precision, Recorder};
+use crate::gpu::Gpu;
 use crate::{Error, Result};
-
-const SOURCE: (&str, &str) = (
-    "gate_topk.wgsl",
-    include_str!("../../shaders/gate_topk.wgsl"),
-);
-
-/// The kernel in f32 and f16 storage.
-const PROGRAM: [ShaderProgram; 2] = [
-    ShaderProgram {
-        name: "gate_topk",
-        parts: &[SOURCE, STORAGE_F32],
-        needs_subgroups: false,
-        needs_f16: false,
-    },
-    ShaderProgram {
-        name: "gate_topk_f16",
-        parts: &[STORAGE_F16, SOURCE],
-        needs_subgroups: false,
-        needs_f16: true,
-    },
-];
-
-/// The WGSL programs of this family.
-pub const PROGRAMS: &[ShaderProgram] = &PROGRAM;
-
-use BindingKind::{Read, ReadWrite, Uniform};
-const FORWARD_BINDINGS: &[(u32, BindingKind)] = &[
-    (0, Uniform),
-    (1, Read),
-    (2, Read),
-    (3, Read),
-    (4, Read),
-    (5, ReadWrite),
-    (6, ReadWrite),
-];
 
 /// Checks `1 ≤ k ≤ experts`, the selections a top-k gate can make.
 pub(crate) fn check_k(context: &str, shape: &GateMixShape, k: usize) -> Result<()> {
@@ -136,24 +99,6 @@ pub(crate) fn check_k(context: &str, shape: &GateMixShape, k: usize) -> Result<(
             shape.experts, shape.experts
         ),
     ))
-}
-
-/// Mirrors `GateTopkParams` in the shader.
-#[repr(C)]
-#[derive(Clone, Copy, Default, Pod, Zeroable)]
-struct GateTopkParams {
-    gates: u32,
-    experts: u32,
-    rows: u32,
-    inputs: u32,
-    width: u32,
-    k: u32,
-    x_base: u32,
-    wg_base: u32,
-    bg_base: u32,
-    h_base: u32,
-    g_base: u32,
-    m_base: u32,
 }
 
 /// Operands of the forward pass: those of
@@ -187,7 +132,6 @@ pub struct GateTopkForward<'a> {
 /// on first use and cached per device.
 #[derive(Clone, Debug)]
 pub struct GateTopk {
-    gpu: Gpu,
     dense: GateMix,
 }
 
@@ -195,7 +139,6 @@ impl GateTopk {
     /// The kernels on `gpu`.
     pub fn new(gpu: &Gpu) -> Self {
         GateTopk {
-            gpu: gpu.clone(),
             dense: GateMix::new(gpu),
         }
     }
@@ -224,37 +167,18 @@ impl GateTopk {
         tiling: GateMixTiling,
     ) -> Result<Dispatch> {
         const CTX: &str = "gate_topk forward";
-        let s = &args.shape;
-        s.validate(CTX)?;
-        check_k(CTX, s, args.k)?;
-        args.precision.check(&self.gpu, CTX)?;
-        self.check_tiling(tiling)?;
-        let operands = [
-            Operand::new("x", 1, args.x, s.x_len(), Read),
-            Operand::new("wg", 2, args.wg, s.wg_len(), Read),
-            Operand::new("bg", 3, args.bg, s.bg_len(), Read),
-            Operand::new("h", 4, args.h, s.h_len(), Read),
-            Operand::new("g", 5, args.g, s.g_len(), ReadWrite),
-            Operand::new("m", 6, args.m, s.m_len(), ReadWrite),
-        ]
-        .map(|o| o.of(args.precision));
-        let bound = bind_operands(&self.gpu, CTX, &operands)?;
-        // validate() bounds every tensor, so each dimension and k fit in u32.
-        let params = GateTopkParams {
-            gates: s.gates as u32,
-            experts: s.experts as u32,
-            rows: s.rows as u32,
-            inputs: s.inputs as u32,
-            width: s.width as u32,
-            k: args.k as u32,
-            x_base: bound[0].base,
-            wg_base: bound[1].base,
-            bg_base: bound[2].base,
-            h_base: bound[3].base,
-            g_base: bound[4].base,
-            m_base: bound[5].base,
+        let dense = GateMixForward {
+            shape: args.shape,
+            precision: args.precision,
+            x: args.x,
+            wg: args.wg,
+            bg: args.bg,
+            h: args.h,
+            g: args.g,
+            m: args.m,
         };
-        self.build(CTX, tiling, args.precision, &params, &bound)
+        self.dense
+            .forward_top_k(("gate_topk", CTX), &dense, args.k, tiling)
     }
 
     /// Checks and binds the backward pass: the dense gate's ([`GateMix::backward`])
@@ -285,60 +209,5 @@ impl GateTopk {
         args: &GateMixBackward<'_>,
     ) -> Result<()> {
         self.dense.encode_backward(target, args)
-    }
-
-    /// The dense gate's limits on a tiling, which the shader shares.
-    fn check_tiling(&self, tiling: GateMixTiling) -> Result<()> {
-        let max = self.gpu.limits().max_compute_invocations_per_workgroup;
-        if tiling.wg == 0
-            || tiling.wg > max
-            || !(1..=16).contains(&tiling.row_blocks)
-            || !(1..=2).contains(&tiling.column_groups)
-        {
-            return Err(Error::invalid(
-                "gate_topk tiling",
-                format!(
-                    "{tiling:?}: wg must be 1..={max}, row_blocks 1..=16 and column_groups 1..=2"
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    /// One workgroup per block of `8 · row_blocks` rows.
-    fn build(
-        &self,
-        ctx: &'static str,
-        tiling: GateMixTiling,
-        precision: Precision,
-        params: &GateTopkParams,
-        bound: &[BoundOperand<'_>],
-    ) -> Result<Dispatch> {
-        let constants = [
-            ("WG", tiling.wg),
-            ("RB", tiling.row_blocks),
-            ("CN", tiling.column_groups),
-        ];
-        let pipeline = self.gpu.pipeline(
-            program_for(&PROGRAM, precision),
-            "forward",
-            FORWARD_BINDINGS,
-            &constants,
-        )?;
-        let (layout, _) = self.gpu.layout(FORWARD_BINDINGS)?;
-        let workgroups = [
-            div_ceil(params.rows as usize, 8 * tiling.row_blocks as usize),
-            1,
-            1,
-        ];
-        Dispatch::build(
-            &self.gpu,
-            ctx,
-            pipeline,
-            &layout,
-            bytemuck::bytes_of(params),
-            bound,
-            workgroups,
-        )
     }
 }

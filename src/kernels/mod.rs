@@ -36,7 +36,6 @@ pub use optimizer::{Optimizer, OptimizerArgs, OptimizerKernel, OptimizerStep};
 pub fn programs() -> Vec<crate::gpu::ShaderProgram> {
     let mut out = grouped_gemm::PROGRAMS.to_vec();
     out.extend_from_slice(gate_mix::PROGRAMS);
-    out.extend_from_slice(gate_topk::PROGRAMS);
     out.extend_from_slice(loss::PROGRAMS);
     out.extend_from_slice(optimizer::PROGRAMS);
     out
