@@ -14,6 +14,18 @@
 //
 // Bounds are handled here: row and column indices are clamped for loads (the values
 // of clamped lanes are never stored) and reduction indices past the end load zero.
+//
+// Ragged mode (FLAG_RAGGED; forward and weight gradients): group g only computes the
+// rows a row map routes to it. The map (`routes`, u32, written by routing.wgsl) is
+//   routes[g]                    count_g, the rows routed to group g
+//   routes[groups + g·rows + s]  slot s of g's list: the routed rows (s < count_g),
+//                                then the others
+// The kernels run over slots instead of rows: slot s stands for row map[g][s], in X,
+// Y and dY alike. The forward writes exact zeros to the rows past count_g; the weight
+// gradients sum over slots 0..count_g in slot order. With every row routed (count_g =
+// rows, map[g][s] = s) each output is the same fma chain as the dense pass's, bit for
+// bit. Packing groups (FLAG_PACK_GROUPS) is never combined with it: a workgroup then
+// holds one group, so its count, and every loop bound, is uniform.
 
 struct GemmParams {
     groups: u32,
@@ -37,12 +49,14 @@ struct GemmParams {
     dx_base: u32,
     dw_base: u32,
     db_base: u32,
-    _pad: u32,
+    // Element offset of the row map inside its binding (ragged mode).
+    routes_base: u32,
 }
 
 const FLAG_BIAS: u32 = 1u;
 const FLAG_ACCUMULATE: u32 = 2u;
 const FLAG_PACK_GROUPS: u32 = 4u;
+const FLAG_RAGGED: u32 = 8u;
 const ACT_RELU: u32 = 1u;
 
 @group(0) @binding(0) var<uniform> P: GemmParams;
@@ -56,6 +70,8 @@ const ACT_RELU: u32 = 1u;
 @group(0) @binding(7) var<storage, read_write> dx: array<Elem>;
 @group(0) @binding(8) var<storage, read_write> dw: array<Elem>;
 @group(0) @binding(9) var<storage, read_write> db: array<Elem>;
+// The row map of ragged mode; in a dense pass, a stand-in that is never read.
+@group(0) @binding(10) var<storage, read> routes: array<u32>;
 
 // Invocations per workgroup along the output columns (tiled kernels: a multiple of 8).
 override WG: u32 = 8u;
@@ -81,6 +97,39 @@ fn act(v: f32) -> f32 {
         return max(v, 0.0);
     }
     return v;
+}
+
+// ---------------------------------------------------------------- ragged mode
+// The map comes from the caller's buffer, so counts and rows are clamped: a malformed
+// map gives wrong numbers, never an access out of bounds.
+
+// Slots of group g that hold a product: every row when dense.
+fn live_slots(g: u32) -> u32 {
+    if ((P.flags & FLAG_RAGGED) == 0u) {
+        return P.rows;
+    }
+    return min(routes[P.routes_base + g], P.rows);
+}
+
+fn mapped_row(g: u32, s: u32) -> u32 {
+    let at = P.routes_base + P.groups + g * P.rows + min(s, P.rows - 1u);
+    return min(routes[at], P.rows - 1u);
+}
+
+// The row in slot s of group g's list. Dense: s itself (loads clamp it later).
+fn row_of(g: u32, s: u32) -> u32 {
+    if ((P.flags & FLAG_RAGGED) == 0u) {
+        return s;
+    }
+    return mapped_row(g, s);
+}
+
+// The rows in slots s..s+4, behind one branch: this runs once per reduction step.
+fn rows_of4(g: u32, s: u32) -> vec4<u32> {
+    if ((P.flags & FLAG_RAGGED) == 0u) {
+        return vec4(s, s + 1u, s + 2u, s + 3u);
+    }
+    return vec4(mapped_row(g, s), mapped_row(g, s + 1u), mapped_row(g, s + 2u), mapped_row(g, s + 3u));
 }
 
 // dZ = dY ⊙ act'(Y): the activation's derivative applied as dY is loaded.
@@ -215,60 +264,73 @@ fn fetch_wt_block(g: u32, j: u32, i: u32) -> mat4x4<f32> {
     );
 }
 
-// Backward weights, left operand: X_g[b..b+4, i], where row i == inputs is the
-// all-ones column whose product gives db.
-fn xt_or_one(g: u32, b: u32, i: u32) -> f32 {
-    if (b >= P.rows) {
+// Backward weights, left operand: X_g[row, i] for the rows in slots b..b+4 (`rows`)
+// of the n live ones, where row i == inputs is the all-ones column whose product
+// gives db.
+fn xt_or_one(g: u32, b: u32, row: u32, i: u32, n: u32) -> f32 {
+    if (b >= n) {
         return 0.0;
     }
     if (i >= P.inputs) {
         return 1.0;
     }
-    return x_at(g, b, i);
+    return x_at(g, row, i);
 }
 
-fn fetch_xt_b4(g: u32, i: u32, b: u32) -> vec4<f32> {
+fn fetch_xt_b4(g: u32, i: u32, b: u32, rows: vec4<u32>, n: u32) -> vec4<f32> {
     let ii = min(i, P.inputs);
     return vec4(
-        xt_or_one(g, b, ii),
-        xt_or_one(g, b + 1u, ii),
-        xt_or_one(g, b + 2u, ii),
-        xt_or_one(g, b + 3u, ii),
+        xt_or_one(g, b, rows.x, ii, n),
+        xt_or_one(g, b + 1u, rows.y, ii, n),
+        xt_or_one(g, b + 2u, rows.z, ii, n),
+        xt_or_one(g, b + 3u, rows.w, ii, n),
     );
 }
 
-// Backward weights, right operand: dZ_g[b, col..col+4].
-fn fetch_dz_cols(g: u32, b: u32, col: u32) -> vec4<f32> {
-    if (b >= P.rows) {
+// Backward weights, right operand: dZ_g[row, col..col+4] for the row in slot b.
+fn fetch_dz_cols(g: u32, b: u32, row: u32, col: u32, n: u32) -> vec4<f32> {
+    if (b >= n) {
         return vec4(0.0);
     }
     let last = P.outputs - 1u;
     return vec4(
-        dz_at(g, b, min(col, last)),
-        dz_at(g, b, min(col + 1u, last)),
-        dz_at(g, b, min(col + 2u, last)),
-        dz_at(g, b, min(col + 3u, last)),
+        dz_at(g, row, min(col, last)),
+        dz_at(g, row, min(col + 1u, last)),
+        dz_at(g, row, min(col + 2u, last)),
+        dz_at(g, row, min(col + 3u, last)),
     );
 }
 
-fn fetch_dz_block(g: u32, b: u32, col: u32) -> mat4x4<f32> {
+fn fetch_dz_block(g: u32, b: u32, rows: vec4<u32>, col: u32, n: u32) -> mat4x4<f32> {
     return mat4x4(
-        fetch_dz_cols(g, b, col),
-        fetch_dz_cols(g, b + 1u, col),
-        fetch_dz_cols(g, b + 2u, col),
-        fetch_dz_cols(g, b + 3u, col),
+        fetch_dz_cols(g, b, rows.x, col, n),
+        fetch_dz_cols(g, b + 1u, rows.y, col, n),
+        fetch_dz_cols(g, b + 2u, rows.z, col, n),
+        fetch_dz_cols(g, b + 3u, rows.w, col, n),
     );
 }
 
 // ---------------------------------------------------------------- epilogues
 
-fn store_forward(g: u32, row: u32, col: u32, acc: f32) {
-    if (row < P.rows && col < P.outputs) {
+// Output slot s of group g: the row it stands for, and whether it holds a product
+// (ragged slots past the count hold zeros, not act(b)).
+struct OutRow {
+    row: u32,
+    live: bool,
+}
+
+fn out_row(g: u32, s: u32) -> OutRow {
+    return OutRow(row_of(g, s), s < live_slots(g));
+}
+
+fn store_forward(g: u32, s: u32, to: OutRow, col: u32, acc: f32) {
+    if (s < P.rows && col < P.outputs) {
         var v = acc;
         if ((P.flags & FLAG_BIAS) != 0u) {
             v = v + f32(bias[P.b_base + g * P.outputs + col]);
         }
-        y[P.y_base + (g * P.rows + row) * P.outputs + col] = Elem(act(v));
+        let out = select(0.0, act(v), to.live);
+        y[P.y_base + (g * P.rows + to.row) * P.outputs + col] = Elem(out);
     }
 }
 
@@ -302,8 +364,9 @@ fn store_dw(g: u32, i: u32, col: u32, acc: f32) {
 fn store_tile_forward(g: u32, row0: u32, col: u32, t: Tile) {
     for (var i = 0u; i < 8u; i++) {
         let v = tile_row(t, i);
+        let to = out_row(g, row0 + i);
         for (var c = 0u; c < 4u; c++) {
-            store_forward(g, row0 + i, col + c, v[c]);
+            store_forward(g, row0 + i, to, col + c, v[c]);
         }
     }
 }
@@ -333,16 +396,18 @@ fn store_tile_dw(g: u32, row0: u32, col: u32, t: Tile) {
 @compute @workgroup_size(WG, WG_ROWS)
 fn forward_naive(@builtin(global_invocation_id) id: vec3<u32>) {
     let col = id.x;
-    let row = id.y;
+    let s = id.y;
     let g = id.z;
-    if (col >= P.outputs || row >= P.rows) {
+    if (col >= P.outputs || s >= P.rows) {
         return;
     }
+    let to = out_row(g, s);
+    let k_end = select(0u, P.inputs, to.live);
     var acc = 0.0;
-    for (var k = 0u; k < P.inputs; k++) {
-        acc = fma(x_at(g, row, k), w_at(g, k, col), acc);
+    for (var k = 0u; k < k_end; k++) {
+        acc = fma(x_at(g, to.row, k), w_at(g, k, col), acc);
     }
-    store_forward(g, row, col, acc);
+    store_forward(g, s, to, col, acc);
 }
 
 @compute @workgroup_size(WG, WG_ROWS)
@@ -376,9 +441,11 @@ fn backward_weights_naive(@builtin(global_invocation_id) id: vec3<u32>) {
     if (col >= P.outputs || i > P.inputs) {
         return;
     }
+    let n = live_slots(g);
     var acc = 0.0;
-    for (var b = 0u; b < P.rows; b++) {
-        acc = fma(xt_or_one(g, b, i), dz_at(g, b, col), acc);
+    for (var b = 0u; b < n; b++) {
+        let row = row_of(g, b);
+        acc = fma(xt_or_one(g, b, row, i, n), dz_at(g, row, col), acc);
     }
     store_dw(g, i, col, acc);
 }

@@ -68,6 +68,18 @@ fn block_store_dw(g: u32, row0: u32, col: u32, t: Tile, u: Tile) {
     }
 }
 
+// Ragged forward, a workgroup whose slots all lie past its group's count (a uniform
+// branch: in ragged mode a workgroup holds one group): only the zeros of those rows,
+// without the bias loads and register tiles of the full epilogue.
+fn store_zero_rows(g: u32, row0: u32, col: u32) {
+    for (var i = 0u; i < RB * 8u && row0 + i < P.rows; i++) {
+        let at = P.y_base + (g * P.rows + row_of(g, row0 + i)) * P.outputs;
+        for (var c = col; c < min(col + CN * 4u, P.outputs); c++) {
+            y[at + c] = Elem(0.0);
+        }
+    }
+}
+
 @compute @workgroup_size(WG)
 fn forward_subgroup(
     @builtin(local_invocation_index) lid: u32,
@@ -78,7 +90,20 @@ fn forward_subgroup(
     let g = owned.x;
     let col = owned.y;
     let row0 = wg.y * RB * 8u;
+    if (row0 >= live_slots(wg.z)) {
+        store_zero_rows(g, row0, col);
+        return;
+    }
     let src = row0 + lane % 8u;
+    // The rows each lane loads, looked up in the ragged map once, not per step.
+    let x0 = row_of(g, src);
+    let x1 = row_of(g, src + 8u);
+    let x2 = row_of(g, src + 16u);
+    let x3 = row_of(g, src + 24u);
+    let x4 = row_of(g, src + 32u);
+    let x5 = row_of(g, src + 40u);
+    let x6 = row_of(g, src + 48u);
+    let x7 = row_of(g, src + 56u);
     var t0: Tile; var t1: Tile; var t2: Tile; var t3: Tile;
     var t4: Tile; var t5: Tile; var t6: Tile; var t7: Tile;
     var u0: Tile; var u1: Tile; var u2: Tile; var u3: Tile;
@@ -89,14 +114,14 @@ fn forward_subgroup(
         if (CN > 1u) {
             b1 = fetch_w_block(g, k, col + 4u);
         }
-        block_step(&t0, &u0, broadcast_rows(fetch_x_k4(g, src, k)), b0, b1);
-        if (RB > 1u) { block_step(&t1, &u1, broadcast_rows(fetch_x_k4(g, src + 8u, k)), b0, b1); }
-        if (RB > 2u) { block_step(&t2, &u2, broadcast_rows(fetch_x_k4(g, src + 16u, k)), b0, b1); }
-        if (RB > 3u) { block_step(&t3, &u3, broadcast_rows(fetch_x_k4(g, src + 24u, k)), b0, b1); }
-        if (RB > 4u) { block_step(&t4, &u4, broadcast_rows(fetch_x_k4(g, src + 32u, k)), b0, b1); }
-        if (RB > 5u) { block_step(&t5, &u5, broadcast_rows(fetch_x_k4(g, src + 40u, k)), b0, b1); }
-        if (RB > 6u) { block_step(&t6, &u6, broadcast_rows(fetch_x_k4(g, src + 48u, k)), b0, b1); }
-        if (RB > 7u) { block_step(&t7, &u7, broadcast_rows(fetch_x_k4(g, src + 56u, k)), b0, b1); }
+        block_step(&t0, &u0, broadcast_rows(fetch_x_k4(g, x0, k)), b0, b1);
+        if (RB > 1u) { block_step(&t1, &u1, broadcast_rows(fetch_x_k4(g, x1, k)), b0, b1); }
+        if (RB > 2u) { block_step(&t2, &u2, broadcast_rows(fetch_x_k4(g, x2, k)), b0, b1); }
+        if (RB > 3u) { block_step(&t3, &u3, broadcast_rows(fetch_x_k4(g, x3, k)), b0, b1); }
+        if (RB > 4u) { block_step(&t4, &u4, broadcast_rows(fetch_x_k4(g, x4, k)), b0, b1); }
+        if (RB > 5u) { block_step(&t5, &u5, broadcast_rows(fetch_x_k4(g, x5, k)), b0, b1); }
+        if (RB > 6u) { block_step(&t6, &u6, broadcast_rows(fetch_x_k4(g, x6, k)), b0, b1); }
+        if (RB > 7u) { block_step(&t7, &u7, broadcast_rows(fetch_x_k4(g, x7, k)), b0, b1); }
     }
     block_store_forward(g, row0, col, t0, u0);
     if (RB > 1u) { block_store_forward(g, row0 + 8u, col, t1, u1); }
@@ -157,7 +182,8 @@ fn backward_input_subgroup(
 }
 
 // dW_g[i, col] = Σ_b X_g[b, i] · dZ_g[b, col], and db_g as the row i == inputs:
-// output rows are inputs i (plus one), the reduction runs over the batch rows b.
+// output rows are inputs i (plus one), the reduction runs over the batch rows b (in
+// ragged mode, over the slots of the routed rows, looked up once per step of 4).
 @compute @workgroup_size(WG)
 fn backward_weights_subgroup(
     @builtin(local_invocation_index) lid: u32,
@@ -173,20 +199,22 @@ fn backward_weights_subgroup(
     var t4: Tile; var t5: Tile; var t6: Tile; var t7: Tile;
     var u0: Tile; var u1: Tile; var u2: Tile; var u3: Tile;
     var u4: Tile; var u5: Tile; var u6: Tile; var u7: Tile;
-    for (var b = 0u; b < P.rows; b += 4u) {
-        let b0 = fetch_dz_block(g, b, col);
+    let n = live_slots(wg.z);
+    for (var b = 0u; b < n; b += 4u) {
+        let rows = rows_of4(g, b);
+        let b0 = fetch_dz_block(g, b, rows, col, n);
         var b1 = b0;
         if (CN > 1u) {
-            b1 = fetch_dz_block(g, b, col + 4u);
+            b1 = fetch_dz_block(g, b, rows, col + 4u, n);
         }
-        block_step(&t0, &u0, broadcast_rows(fetch_xt_b4(g, src, b)), b0, b1);
-        if (RB > 1u) { block_step(&t1, &u1, broadcast_rows(fetch_xt_b4(g, src + 8u, b)), b0, b1); }
-        if (RB > 2u) { block_step(&t2, &u2, broadcast_rows(fetch_xt_b4(g, src + 16u, b)), b0, b1); }
-        if (RB > 3u) { block_step(&t3, &u3, broadcast_rows(fetch_xt_b4(g, src + 24u, b)), b0, b1); }
-        if (RB > 4u) { block_step(&t4, &u4, broadcast_rows(fetch_xt_b4(g, src + 32u, b)), b0, b1); }
-        if (RB > 5u) { block_step(&t5, &u5, broadcast_rows(fetch_xt_b4(g, src + 40u, b)), b0, b1); }
-        if (RB > 6u) { block_step(&t6, &u6, broadcast_rows(fetch_xt_b4(g, src + 48u, b)), b0, b1); }
-        if (RB > 7u) { block_step(&t7, &u7, broadcast_rows(fetch_xt_b4(g, src + 56u, b)), b0, b1); }
+        block_step(&t0, &u0, broadcast_rows(fetch_xt_b4(g, src, b, rows, n)), b0, b1);
+        if (RB > 1u) { block_step(&t1, &u1, broadcast_rows(fetch_xt_b4(g, src + 8u, b, rows, n)), b0, b1); }
+        if (RB > 2u) { block_step(&t2, &u2, broadcast_rows(fetch_xt_b4(g, src + 16u, b, rows, n)), b0, b1); }
+        if (RB > 3u) { block_step(&t3, &u3, broadcast_rows(fetch_xt_b4(g, src + 24u, b, rows, n)), b0, b1); }
+        if (RB > 4u) { block_step(&t4, &u4, broadcast_rows(fetch_xt_b4(g, src + 32u, b, rows, n)), b0, b1); }
+        if (RB > 5u) { block_step(&t5, &u5, broadcast_rows(fetch_xt_b4(g, src + 40u, b, rows, n)), b0, b1); }
+        if (RB > 6u) { block_step(&t6, &u6, broadcast_rows(fetch_xt_b4(g, src + 48u, b, rows, n)), b0, b1); }
+        if (RB > 7u) { block_step(&t7, &u7, broadcast_rows(fetch_xt_b4(g, src + 56u, b, rows, n)), b0, b1); }
     }
     block_store_dw(g, row0, col, t0, u0);
     if (RB > 1u) { block_store_dw(g, row0 + 8u, col, t1, u1); }

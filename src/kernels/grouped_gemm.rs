@@ -1,6 +1,10 @@
 //! Grouped GEMM: `Y_g = act(X_g · W_g + b_g)` for all groups in one dispatch, and its
 //! backward pass (`dX`, and `dW` with `db` in one dispatch).
 //!
+//! The forward pass and the weight gradients also run *ragged*: each group on only
+//! the rows a row map (from the [`routing`](super::routing) kernel) routes to it, with
+//! the same tilings and tuning (see [Ragged mode](#ragged-mode)).
+//!
 //! Shaders: `shaders/grouped_gemm.wgsl` (layouts, naive kernels) and
 //! `shaders/grouped_gemm_subgroup.wgsl` (register-tiled kernels), with the storage
 //! part (`shaders/storage_*.wgsl`) of the call's [`Precision`].
@@ -43,6 +47,31 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Ragged mode
+//!
+//! With sparse (top-k) gates each expert only needs the rows some gate routed to it.
+//! [`GroupedGemm::forward_ragged`] and [`GroupedGemm::backward_weights_ragged`] take
+//! the dense passes' arguments plus a [`RowMap`] (the [`routing`](super::routing)
+//! kernel's output) and run the same kernels, tilings and tuning over it:
+//!
+//! - forward: `Y_g[r] = act(X_g[r] · W_g + b_g)` for the rows `r` routed to group
+//!   `g`, and `Y_g[r] = 0` exactly for the others (not `act(b_g)`: an expert no gate
+//!   chose for a row contributes nothing to it);
+//! - weight gradients: `dW_g = Σ_{routed r} X_g[r]ᵀ · dZ_g[r]` and
+//!   `db_g = Σ_{routed r} dZ_g[r]`, `dZ = dY ⊙ act'(Y)`, summed in the map's order
+//!   (ascending rows);
+//! - input gradient: the dense [`GroupedGemm::backward_input`]. It is the ragged one
+//!   whenever `dZ` is zero on unrouted rows: with ReLU that holds by itself (`Y` is 0
+//!   there, so `act'` is 0); with the identity `dY` must be zero there, as the gate's
+//!   backward pass makes it (an unchosen expert's `dH = Σ_t G_t · dM_t` is 0).
+//!
+//! A routed row's outputs are bitwise those of the dense pass, and with every row
+//! routed the weight gradients are too. The grid is the dense one (the counts live on
+//! the device and are never read back): a workgroup whose rows all lie past its
+//! group's count only writes zeros, so the work follows `Σ_g count_g`, rounded up to
+//! the tiling's row block per group. [`ragged_flops`] turns counts read back with
+//! [`read_counts`] into FLOPs for reports.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -52,7 +81,10 @@ use crate::gpu::{BindingKind, Gpu, ShaderProgram};
 use crate::shape::{Activation, GemmShape, InputLayout};
 use crate::{Error, Result};
 
+mod ragged;
 mod tune;
+
+pub use ragged::{RowMap, ragged_flops, read_counts};
 
 const BASE_WGSL: (&str, &str) = (
     "grouped_gemm.wgsl",
@@ -106,6 +138,7 @@ const FORWARD_BINDINGS: &[(u32, BindingKind)] = &[
     (2, Read),
     (3, Read),
     (4, ReadWrite),
+    (10, Read),
 ];
 const BACKWARD_INPUT_BINDINGS: &[(u32, BindingKind)] = &[
     (0, Uniform),
@@ -121,11 +154,15 @@ const BACKWARD_WEIGHTS_BINDINGS: &[(u32, BindingKind)] = &[
     (6, Read),
     (8, ReadWrite),
     (9, ReadWrite),
+    (10, Read),
 ];
 
 const FLAG_BIAS: u32 = 1;
 const FLAG_ACCUMULATE: u32 = 2;
 const FLAG_PACK_GROUPS: u32 = 4;
+const FLAG_RAGGED: u32 = 8;
+/// Binding slot of the row map (ragged mode), or of a stand-in that is never read.
+const ROUTES_SLOT: u32 = 10;
 
 /// Mirrors `GemmParams` in the shader.
 #[repr(C)]
@@ -146,7 +183,7 @@ struct GemmParams {
     dx_base: u32,
     dw_base: u32,
     db_base: u32,
-    _pad: u32,
+    routes_base: u32,
 }
 
 impl GemmParams {
@@ -293,9 +330,10 @@ impl Tiling {
     }
 
     /// [`workgroups`](Self::workgroups) for the forward or weight-gradient pass, and
-    /// the flag to pass when the columns are packed over the groups.
-    fn output_workgroups(&self, shape: &GemmShape, rows: usize) -> ([u32; 3], u32) {
-        if self.packs_groups(shape) {
+    /// the flag to pass when the columns are packed over the groups. Ragged passes
+    /// never pack: each group gathers its own rows, so a workgroup must hold one group.
+    fn output_workgroups(&self, shape: &GemmShape, rows: usize, ragged: bool) -> ([u32; 3], u32) {
+        if !ragged && self.packs_groups(shape) {
             let mut w = self.workgroups(rows, shape.groups * shape.outputs, 1);
             w[2] = 1;
             (w, FLAG_PACK_GROUPS)
@@ -461,33 +499,47 @@ impl GroupedGemm {
 
     /// [`forward`](Self::forward) with a given tiling.
     pub fn forward_with(&self, args: &GemmForward<'_>, tiling: Tiling) -> Result<Dispatch> {
-        const CTX: &str = "grouped_gemm forward";
+        self.forward_rows("grouped_gemm forward", args, None, tiling)
+    }
+
+    /// The forward pass over every row, or ragged over the rows of `rows`.
+    fn forward_rows(
+        &self,
+        ctx: &'static str,
+        args: &GemmForward<'_>,
+        rows: Option<RowMap<'_>>,
+        tiling: Tiling,
+    ) -> Result<Dispatch> {
         let s = &args.shape;
-        s.validate(CTX)?;
-        args.precision.check(&self.gpu, CTX)?;
+        s.validate(ctx)?;
+        args.precision.check(&self.gpu, ctx)?;
         tiling.validate(&self.gpu)?;
-        let flags = if args.bias.is_some() { FLAG_BIAS } else { 0 };
-        let w = op("w", 2, args.w, s.w_len(), Read);
+        let mut flags = if args.bias.is_some() { FLAG_BIAS } else { 0 };
+        let w = op("w", 2, args.w, s.w_len(), Read).of(args.precision);
         let operands = [
-            op("x", 1, args.x, s.x_len(), Read),
+            op("x", 1, args.x, s.x_len(), Read).of(args.precision),
             w,
             match args.bias {
-                Some(b) => op("bias", 3, b, s.b_len(), Read),
+                Some(b) => op("bias", 3, b, s.b_len(), Read).of(args.precision),
                 None => w.stand_in(3),
             },
-            op("y", 4, args.y, s.y_len(), ReadWrite),
-        ]
-        .map(|o| o.of(args.precision));
-        let bound = bind_operands(&self.gpu, CTX, &operands)?;
+            op("y", 4, args.y, s.y_len(), ReadWrite).of(args.precision),
+            ragged::routes_operand(ctx, s, rows, &w)?,
+        ];
+        let bound = bind_operands(&self.gpu, ctx, &operands)?;
+        if rows.is_some() {
+            flags |= FLAG_RAGGED;
+        }
         let mut p = GemmParams::new(s, args.activation, flags);
         p.x_base = bound[0].base;
         p.w_base = bound[1].base;
         p.b_base = bound[2].base;
         p.y_base = bound[3].base;
-        let (workgroups, pack) = tiling.output_workgroups(s, s.rows);
+        p.routes_base = bound[4].base;
+        let (workgroups, pack) = tiling.output_workgroups(s, s.rows, rows.is_some());
         p.flags |= pack;
         self.build(
-            CTX,
+            ctx,
             Pass::Forward,
             tiling,
             args.precision,
@@ -574,38 +626,53 @@ impl GroupedGemm {
         args: &GemmBackwardWeights<'_>,
         tiling: Tiling,
     ) -> Result<Dispatch> {
-        const CTX: &str = "grouped_gemm backward_weights";
+        self.backward_weights_rows("grouped_gemm backward_weights", args, None, tiling)
+    }
+
+    /// The weight gradients summed over every row, or over the rows of `rows`.
+    fn backward_weights_rows(
+        &self,
+        ctx: &'static str,
+        args: &GemmBackwardWeights<'_>,
+        rows: Option<RowMap<'_>>,
+        tiling: Tiling,
+    ) -> Result<Dispatch> {
         let s = &args.shape;
-        s.validate(CTX)?;
-        args.precision.check(&self.gpu, CTX)?;
+        s.validate(ctx)?;
+        args.precision.check(&self.gpu, ctx)?;
         tiling.validate(&self.gpu)?;
-        let flags = if args.db.is_some() { FLAG_BIAS } else { 0 };
-        let dy = op("dy", 5, args.dy, s.y_len(), Read);
-        let dw = op("dw", 8, args.dw, s.w_len(), ReadWrite);
+        let mut flags = if args.db.is_some() { FLAG_BIAS } else { 0 };
+        let x = op("x", 1, args.x, s.x_len(), Read).of(args.precision);
+        let dy = op("dy", 5, args.dy, s.y_len(), Read).of(args.precision);
+        let dw = op("dw", 8, args.dw, s.w_len(), ReadWrite).of(args.precision);
         let operands = [
-            op("x", 1, args.x, s.x_len(), Read),
+            x,
             dy,
-            saved_output(CTX, args.activation, args.y, &dy, s.y_len())?,
+            saved_output(ctx, args.activation, args.y, &dy, s.y_len())?.of(args.precision),
             dw,
             match args.db {
-                Some(db) => op("db", 9, db, s.b_len(), ReadWrite),
+                Some(db) => op("db", 9, db, s.b_len(), ReadWrite).of(args.precision),
                 None => dw.stand_in(9),
             },
-        ]
-        .map(|o| o.of(args.precision));
-        let bound = bind_operands(&self.gpu, CTX, &operands)?;
+            ragged::routes_operand(ctx, s, rows, &x)?,
+        ];
+        let bound = bind_operands(&self.gpu, ctx, &operands)?;
+        if rows.is_some() {
+            flags |= FLAG_RAGGED;
+        }
         let mut p = GemmParams::new(s, args.activation, flags);
         p.x_base = bound[0].base;
         p.dy_base = bound[1].base;
         p.y_base = bound[2].base;
         p.dw_base = bound[3].base;
         p.db_base = bound[4].base;
+        p.routes_base = bound[5].base;
         // Output rows are the inputs, plus the bias row.
         let out_rows = s.inputs + usize::from(args.db.is_some());
-        let (workgroups, pack) = tiling.output_workgroups(s, out_rows);
+        let (workgroups, pack) = tiling.output_workgroups(s, out_rows, rows.is_some());
         p.flags |= pack;
         self.build(
-            CTX,
+            ctx,
             Pass::BackwardWeights,
             tiling,
             args.precision,

@@ -12,7 +12,7 @@
 //! parameters), so building the same dispatch again is cheap.
 //!
 //! Each family's module docs hold a runnable example: [`grouped_gemm`], [`gate_mix`],
-//! [`loss`], [`optimizer`].
+//! [`loss`], [`optimizer`], [`routing`].
 
 mod binding;
 mod dispatch;
@@ -21,6 +21,7 @@ pub mod gate_topk;
 pub mod grouped_gemm;
 pub mod loss;
 pub mod optimizer;
+pub mod routing;
 pub mod tune;
 
 pub use binding::{BufferView, Precision};
@@ -31,6 +32,7 @@ pub use gate_topk::{GateTopk, GateTopkForward};
 pub use grouped_gemm::GroupedGemm;
 pub use loss::{Loss, LossArgs, LossKind, TaskLoss};
 pub use optimizer::{Optimizer, OptimizerArgs, OptimizerKernel, OptimizerStep};
+pub use routing::{Routing, RoutingArgs, RoutingShape};
 
 /// Every WGSL program the crate builds, for validation and translation checks.
 pub fn programs() -> Vec<crate::gpu::ShaderProgram> {
@@ -38,6 +40,7 @@ pub fn programs() -> Vec<crate::gpu::ShaderProgram> {
     out.extend_from_slice(gate_mix::PROGRAMS);
     out.extend_from_slice(loss::PROGRAMS);
     out.extend_from_slice(optimizer::PROGRAMS);
+    out.extend_from_slice(routing::PROGRAMS);
     out
 }
 

@@ -1,6 +1,8 @@
-//! Reference grouped GEMM: forward `Y_g = act(X_g · W_g + b_g)` and backward.
+//! Reference grouped GEMM: forward `Y_g = act(X_g · W_g + b_g)` and backward, dense
+//! and ragged (each group on the rows a row map routes to it).
 
 use super::check_len;
+use super::routing::routed_rows;
 use crate::Result;
 use crate::shape::{Activation, GemmShape, InputLayout};
 
@@ -113,6 +115,57 @@ pub fn backward(
         }
     }
     Ok(grads)
+}
+
+/// The ragged forward pass: `Y_g[r] = act(X_g[r] · W_g + b_g)` for the rows `r` the
+/// row map `routes` (layout in [`RowMap`](crate::kernels::grouped_gemm::RowMap))
+/// routes to group `g`, and `Y_g[r] = 0` for the others.
+pub fn forward_ragged(
+    shape: &GemmShape,
+    activation: Activation,
+    x: &[f64],
+    w: &[f64],
+    bias: Option<&[f64]>,
+    routes: &[u32],
+) -> Result<Vec<f64>> {
+    let dense = forward(shape, activation, x, w, bias)?;
+    let routed = routed_rows(routes, shape.groups, shape.rows)?;
+    let n = shape.outputs;
+    let mut y = vec![0.0; shape.y_len()];
+    for (g, rows) in routed.iter().enumerate() {
+        for &r in rows.iter() {
+            let at = (g * shape.rows + r as usize) * n;
+            y[at..at + n].copy_from_slice(&dense[at..at + n]);
+        }
+    }
+    Ok(y)
+}
+
+/// Gradients of [`forward_ragged`] given its output `y` and the output gradient `dy`:
+/// the dense gradients with `dY` taken as zero on every unrouted row (`Y` does not
+/// depend on the inputs there). `dX` is what the dense input gradient gives on such
+/// a `dY`; `dW` and `db` what the ragged weight gradients sum over the routed rows.
+pub fn backward_ragged(
+    shape: &GemmShape,
+    activation: Activation,
+    x: &[f64],
+    w: &[f64],
+    y: &[f64],
+    dy: &[f64],
+    routes: &[u32],
+) -> Result<GemmGrads> {
+    const CTX: &str = "reference grouped_gemm backward_ragged";
+    check_len(CTX, "dy", dy, shape.y_len())?;
+    let routed = routed_rows(routes, shape.groups, shape.rows)?;
+    let n = shape.outputs;
+    let mut masked = vec![0.0; shape.y_len()];
+    for (g, rows) in routed.iter().enumerate() {
+        for &r in rows.iter() {
+            let at = (g * shape.rows + r as usize) * n;
+            masked[at..at + n].copy_from_slice(&dy[at..at + n]);
+        }
+    }
+    backward(shape, activation, x, w, y, &masked)
 }
 
 /// The activation function.

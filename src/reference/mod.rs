@@ -6,6 +6,7 @@ pub mod gate_topk;
 pub mod grouped_gemm;
 pub mod loss;
 pub mod optimizer;
+pub mod routing;
 
 use crate::{Error, Result};
 

@@ -1,0 +1,282 @@
+//! Routing for sparse gates: from the gate values `G: [gates, rows, experts]`, for
+//! every expert the rows some gate sends to it (`G[t, row, e] != 0` for some `t`),
+//! as the [`RowMap`] the ragged grouped GEMM runs on, in one dispatch.
+//!
+//! The map is `u32`s: `experts` counts, then one list of `rows` row indices per expert,
+//! its routed rows in ascending order followed by its unrouted rows in ascending order
+//! (see [`RowMap`]). Each list is a full permutation of the rows, so the ragged
+//! forward pass can write zeros to the unrouted rows of its output.
+//!
+//! One workgroup per expert numbers the routed rows with a workgroup prefix sum, chunk
+//! by chunk: integer sums of a fixed shape, no atomics, so the map is the same on every
+//! run and device, whatever the workgroup size.
+//!
+//! Shader: `shaders/routing.wgsl`, with the storage part (`shaders/storage_*.wgsl`)
+//! of the call's [`Precision`], which sets the type of `G`.
+//!
+//! # Example
+//!
+//! Two gates over three experts on four rows: the rows each expert must compute, then
+//! the experts' layer on those rows alone.
+//!
+//! ```
+//! use mmoe_wgpu::kernels::grouped_gemm::{GemmForward, GroupedGemm, RowMap};
+//! use mmoe_wgpu::kernels::routing::{Routing, RoutingArgs, RoutingShape};
+//! use mmoe_wgpu::kernels::{BufferView, Precision};
+//! use mmoe_wgpu::{Activation, GemmShape, Gpu, InputLayout};
+//!
+//! # fn main() -> mmoe_wgpu::Result<()> {
+//! let gpu = Gpu::new()?;
+//! let shape = RoutingShape { gates: 2, rows: 4, experts: 3 };
+//! #[rustfmt::skip]
+//! let g = gpu.upload("g", &[
+//!     // gate 0: rows 0..4 over experts 0..3
+//!     0.7f32, 0.3, 0.0,   0.0, 1.0, 0.0,   0.0, 0.0, 0.0,   0.0, 0.6, 0.4,
+//!     // gate 1
+//!     0.5, 0.0, 0.5,      0.0, 0.0, 0.0,   0.0, 0.0, 0.0,   0.0, 0.0, 1.0,
+//! ])?;
+//! let routes = gpu.storage_buffer("routes", 4 * shape.routes_len() as u64)?;
+//!
+//! let mut encoder = gpu.device().create_command_encoder(&Default::default());
+//! Routing::new(&gpu).encode(&mut encoder, &RoutingArgs {
+//!     shape,
+//!     precision: Precision::F32,
+//!     g: BufferView::new(&g),
+//!     routes: BufferView::new(&routes),
+//! })?;
+//!
+//! // Each expert's layer on the rows routed to it; zeros on the others.
+//! let gemm = GemmShape { groups: 3, rows: 4, inputs: 2, outputs: 1, input: InputLayout::Shared };
+//! let x = gpu.upload("x", &[1.0f32, 1.0, 2.0, 2.0, 3.0, 3.0, 4.0, 4.0])?;
+//! let w = gpu.upload("w", &[1.0f32, 0.0, 0.0, 1.0, 1.0, 1.0])?;
+//! let y = gpu.storage_buffer("y", 4 * gemm.y_len() as u64)?;
+//! GroupedGemm::new(&gpu).encode_forward_ragged(
+//!     &mut encoder,
+//!     &GemmForward {
+//!         shape: gemm,
+//!         activation: Activation::Identity,
+//!         precision: Precision::F32,
+//!         x: BufferView::new(&x),
+//!         w: BufferView::new(&w),
+//!         bias: None,
+//!         y: BufferView::new(&y),
+//!     },
+//!     RowMap::new(&routes),
+//! )?;
+//! gpu.queue().submit([encoder.finish()]);
+//!
+//! let map: Vec<u32> = gpu.read(&routes, 0, shape.routes_len())?;
+//! assert_eq!(map[..3], [1, 3, 2]); // rows routed to experts 0, 1, 2
+//! assert_eq!(map[3..7], [0, 1, 2, 3]); // expert 0: row 0, then the others
+//! assert_eq!(map[7..11], [0, 1, 3, 2]); // expert 1: rows 0, 1, 3, then row 2
+//! assert_eq!(map[11..15], [0, 3, 1, 2]); // expert 2: rows 0, 3, then rows 1, 2
+//! let y: Vec<f32> = gpu.read(&y, 0, gemm.y_len())?; // [experts, rows, 1]
+//! assert_eq!(y, [1.0, 0.0, 0.0, 0.0, 1.0, 2.0, 0.0, 4.0, 2.0, 0.0, 0.0, 8.0]);
+//! # Ok(())
+//! # }
+//! ```
+
+use bytemuck::{Pod, Zeroable};
+
+use super::binding::{STORAGE_F16, STORAGE_F32, program_for};
+use super::{BufferView, Dispatch, Operand, Precision, Recorder, bind_operands};
+use crate::gpu::{BindingKind, Gpu, ShaderProgram};
+use crate::{Error, Result};
+
+pub use super::grouped_gemm::RowMap;
+
+const SOURCE: (&str, &str) = ("routing.wgsl", include_str!("../../shaders/routing.wgsl"));
+
+/// The kernel in f32 and f16 storage of `G`.
+const PROGRAM: [ShaderProgram; 2] = [
+    ShaderProgram {
+        name: "routing",
+        parts: &[SOURCE, STORAGE_F32],
+        needs_subgroups: false,
+        needs_f16: false,
+    },
+    ShaderProgram {
+        name: "routing_f16",
+        parts: &[STORAGE_F16, SOURCE],
+        needs_subgroups: false,
+        needs_f16: true,
+    },
+];
+
+/// The WGSL programs of this family.
+pub const PROGRAMS: &[ShaderProgram] = &PROGRAM;
+
+const ENTRY: &str = "route_rows";
+
+use BindingKind::{Read, ReadWrite, Uniform};
+const BINDINGS: &[(u32, BindingKind)] = &[(0, Uniform), (1, Read), (2, ReadWrite)];
+
+/// The workgroup size [`Routing::new`] uses.
+pub const DEFAULT_WORKGROUP_SIZE: u32 = 64;
+
+/// Shape of a routing: `G: [gates, rows, experts]` in, a [`RowMap`] of `experts`
+/// groups of `rows` rows out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RoutingShape {
+    /// Gates `T` whose choices are merged (one per task).
+    pub gates: usize,
+    /// Batch rows `B`.
+    pub rows: usize,
+    /// Experts `E`: the groups of the ragged GEMM.
+    pub experts: usize,
+}
+
+impl RoutingShape {
+    /// Checks every dimension is non-zero and every tensor fits the 32-bit indexing
+    /// the shader uses.
+    pub fn validate(&self, context: &str) -> Result<()> {
+        for (name, v) in [
+            ("gates", self.gates),
+            ("rows", self.rows),
+            ("experts", self.experts),
+        ] {
+            if v == 0 {
+                return Err(Error::shape(context, name, "at least 1", "0"));
+            }
+        }
+        // In u128 so that absurd shapes are reported, not overflowed.
+        let (t, b, e) = (self.gates as u128, self.rows as u128, self.experts as u128);
+        for (name, len) in [("G", t * b * e), ("the row map", e * (b + 1))] {
+            if len >= u32::MAX as u128 / 2 {
+                return Err(Error::Limit {
+                    context: context.into(),
+                    what: format!("element count of {name}"),
+                    value: len.min(u64::MAX as u128) as u64,
+                    limit: u32::MAX as u64 / 2,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Elements of `G`.
+    pub fn g_len(&self) -> usize {
+        self.gates * self.rows * self.experts
+    }
+
+    /// Elements (`u32`) of the row map: `experts · (rows + 1)`.
+    pub fn routes_len(&self) -> usize {
+        RowMap::elements(self.experts, self.rows)
+    }
+}
+
+/// Operands of the routing kernel.
+#[derive(Clone, Copy, Debug)]
+pub struct RoutingArgs<'a> {
+    /// Shape.
+    pub shape: RoutingShape,
+    /// Storage type of `G` (the map is always `u32`).
+    pub precision: Precision,
+    /// The gate values `G: [gates, rows, experts]`, zero where a gate did not choose
+    /// an expert (a top-k gate's output).
+    pub g: BufferView<'a>,
+    /// Output: the row map, [`RoutingShape::routes_len`] `u32`s (layout in
+    /// [`RowMap`]); a buffer distinct from `g`.
+    pub routes: BufferView<'a>,
+}
+
+/// Mirrors `RoutingParams` in the shader.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Pod, Zeroable)]
+struct RoutingParams {
+    gates: u32,
+    rows: u32,
+    experts: u32,
+    g_base: u32,
+    routes_base: u32,
+    _pad: [u32; 3],
+}
+
+/// The routing kernel on one device. Cheap to clone; the pipeline is compiled on first
+/// use and cached per device.
+#[derive(Clone, Debug)]
+pub struct Routing {
+    gpu: Gpu,
+    workgroup_size: u32,
+}
+
+impl Routing {
+    /// The kernel on `gpu`, with [`DEFAULT_WORKGROUP_SIZE`] invocations per expert.
+    pub fn new(gpu: &Gpu) -> Self {
+        Routing {
+            gpu: gpu.clone(),
+            workgroup_size: DEFAULT_WORKGROUP_SIZE,
+        }
+    }
+
+    /// The kernel with `workgroup_size` invocations per expert: a power of two within
+    /// the device's limits. The map does not depend on it.
+    pub fn with_workgroup_size(gpu: &Gpu, workgroup_size: u32) -> Result<Self> {
+        let limits = gpu.limits();
+        let max = limits
+            .max_compute_invocations_per_workgroup
+            .min(limits.max_compute_workgroup_size_x);
+        // The prefix sum keeps one u32 per invocation in workgroup memory.
+        let max = max.min(limits.max_compute_workgroup_storage_size / 4);
+        if !workgroup_size.is_power_of_two() || workgroup_size > max {
+            return Err(Error::invalid(
+                "routing workgroup size",
+                format!("{workgroup_size} is not a power of two between 1 and {max}"),
+            ));
+        }
+        Ok(Routing {
+            gpu: gpu.clone(),
+            workgroup_size,
+        })
+    }
+
+    /// Invocations per expert.
+    pub fn workgroup_size(&self) -> u32 {
+        self.workgroup_size
+    }
+
+    /// Checks and binds the routing: one dispatch, one workgroup per expert.
+    pub fn dispatch(&self, args: &RoutingArgs<'_>) -> Result<Dispatch> {
+        const CTX: &str = "routing";
+        let s = &args.shape;
+        s.validate(CTX)?;
+        args.precision.check(&self.gpu, CTX)?;
+        let operands = [
+            Operand::new("g", 1, args.g, s.g_len(), Read).of(args.precision),
+            Operand::new("routes", 2, args.routes, s.routes_len(), ReadWrite),
+        ];
+        let bound = bind_operands(&self.gpu, CTX, &operands)?;
+        let params = RoutingParams {
+            gates: s.gates as u32,
+            rows: s.rows as u32,
+            experts: s.experts as u32,
+            g_base: bound[0].base,
+            routes_base: bound[1].base,
+            _pad: [0; 3],
+        };
+        let pipeline = self.gpu.pipeline(
+            program_for(&PROGRAM, args.precision),
+            ENTRY,
+            BINDINGS,
+            &[("WG", self.workgroup_size)],
+        )?;
+        let (layout, _) = self.gpu.layout(BINDINGS)?;
+        Dispatch::build(
+            &self.gpu,
+            CTX,
+            pipeline,
+            &layout,
+            bytemuck::bytes_of(&params),
+            &bound,
+            [s.experts as u32, 1, 1],
+        )
+    }
+
+    /// Checks, binds and records the routing into `target`: a
+    /// [`wgpu::CommandEncoder`] or an open [`wgpu::ComputePass`]. Nothing is recorded
+    /// when a check fails.
+    pub fn encode(&self, target: &mut impl Recorder, args: &RoutingArgs<'_>) -> Result<()> {
+        target.record_dispatch(&self.dispatch(args)?);
+        Ok(())
+    }
+}

@@ -1,0 +1,619 @@
+//! Ragged grouped GEMM (each group on the rows a row map routes to it) against the CPU
+//! reference, on awkward shapes and row maps from the routing kernel, for every tiling:
+//! all tilings bitwise equal, unrouted rows exactly zero, routed rows bitwise equal to
+//! the dense kernels', the dense input gradient right on ragged outputs; the ragged
+//! reference against finite differences; bad input rejected with errors.
+
+mod common;
+
+use common::*;
+use half::f16;
+use mmoe_wgpu::kernels::grouped_gemm::{
+    GemmBackwardInput, GemmBackwardWeights, GemmForward, GroupedGemm, RowMap, Tiling, ragged_flops,
+    read_counts,
+};
+use mmoe_wgpu::kernels::routing::{Routing, RoutingArgs, RoutingShape};
+use mmoe_wgpu::kernels::{Dispatch, Precision};
+use mmoe_wgpu::reference::grouped_gemm as reference;
+use mmoe_wgpu::reference::routing::{route, routed_rows};
+use mmoe_wgpu::rng::Rng;
+use mmoe_wgpu::{Activation, Error, GemmShape, Gpu, InputLayout};
+
+const TOLERANCE: f64 = 1e-4;
+
+/// Gate values of `gates` top-k gates over `experts`: every fifth row goes to no
+/// expert, and below k = experts the last expert gets no row.
+fn top_k_gates(rng: &mut Rng, shape: &RoutingShape, k: usize) -> Vec<f32> {
+    let choosable = if k < shape.experts {
+        shape.experts - 1
+    } else {
+        shape.experts
+    };
+    let mut g = vec![0.0f32; shape.g_len()];
+    for t in 0..shape.gates {
+        for r in (0..shape.rows).filter(|r| r % 5 != 4) {
+            let mut order: Vec<usize> = (0..choosable).collect();
+            rng.shuffle(&mut order);
+            for &e in order.iter().take(k) {
+                g[(t * shape.rows + r) * shape.experts + e] = rng.uniform(0.05, 1.0) as f32;
+            }
+        }
+    }
+    g
+}
+
+/// The row map of `g` made on the device, checked against the reference's.
+fn routes_on_gpu(gpu: &Gpu, shape: &RoutingShape, g: &[f32]) -> (wgpu::Buffer, Vec<u32>) {
+    let input = gpu.upload("g", g).unwrap();
+    let routes = gpu
+        .storage_buffer("routes", 4 * shape.routes_len() as u64)
+        .unwrap();
+    let args = RoutingArgs {
+        shape: *shape,
+        precision: Precision::F32,
+        g: (&input).into(),
+        routes: (&routes).into(),
+    };
+    run(gpu, |e| Routing::new(gpu).encode(e, &args).unwrap());
+    let map: Vec<u32> = gpu.read(&routes, 0, shape.routes_len()).unwrap();
+    assert_eq!(
+        map,
+        route(shape, &to_f64(g)).unwrap(),
+        "row map of {shape:?}"
+    );
+    (routes, map)
+}
+
+/// Rows 1..257 with groups 1, 3, 16, widths that are not tile multiples, both input
+/// layouts and activations, with and without bias, 1 to 4 gates choosing 1, 2 or all
+/// experts: rotating through the lists keeps the run short while every value appears.
+fn cases() -> Vec<(GemmShape, Activation, bool, usize, usize)> {
+    let rows = [1, 3, 17, 100, 257];
+    let widths = [(5, 7), (13, 33), (37, 70), (64, 9), (1, 1), (100, 16)];
+    let groups = [1, 3, 16];
+    let mut out = Vec::new();
+    for (i, &r) in rows.iter().enumerate() {
+        for j in 0..3 {
+            let (inputs, outputs) = widths[(i + 2 * j) % widths.len()];
+            let g = groups[(i + j) % groups.len()];
+            let input = if (i + j) % 2 == 0 {
+                InputLayout::Shared
+            } else {
+                InputLayout::PerGroup
+            };
+            let act = if (i + 2 * j) % 3 == 0 {
+                Activation::Identity
+            } else {
+                Activation::Relu
+            };
+            let k = [1, 2, g][j].min(g);
+            out.push((
+                GemmShape {
+                    groups: g,
+                    rows: r,
+                    inputs,
+                    outputs,
+                    input,
+                },
+                act,
+                (i + j) % 4 != 1,
+                1 + (i + 3 * j) % 4,
+                k,
+            ));
+        }
+    }
+    out
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// `dy` with the rows the map does not route set to zero.
+fn masked(shape: &GemmShape, map: &[u32], dy: &[f32]) -> Vec<f32> {
+    let mut out = vec![0.0; dy.len()];
+    let n = shape.outputs;
+    for (g, rows) in routed_rows(map, shape.groups, shape.rows)
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
+        for &r in rows.iter() {
+            let at = (g * shape.rows + r as usize) * n;
+            out[at..at + n].copy_from_slice(&dy[at..at + n]);
+        }
+    }
+    out
+}
+
+#[test]
+fn every_tiling_matches_the_reference_and_the_dense_kernels_bitwise() {
+    let gpu = gpu();
+    let gemm = GroupedGemm::new(gpu);
+    for (n, (shape, act, with_bias, gates, k)) in cases().into_iter().enumerate() {
+        let what = format!("{shape:?} {act:?} bias={with_bias} gates={gates} k={k}");
+        let mut rng = Rng::new(n as u64);
+        let routing = RoutingShape {
+            gates,
+            rows: shape.rows,
+            experts: shape.groups,
+        };
+        let (routes, map) = routes_on_gpu(gpu, &routing, &top_k_gates(&mut rng, &routing, k));
+        let (x, w) = (
+            random(&mut rng, shape.x_len(), 1.0),
+            random(&mut rng, shape.w_len(), 0.5),
+        );
+        let (b, dy) = (
+            random(&mut rng, shape.b_len(), 0.5),
+            random(&mut rng, shape.y_len(), 1.0),
+        );
+        let b64 = with_bias.then(|| to_f64(&b));
+        let (x64, w64) = (to_f64(&x), to_f64(&w));
+        let want_y =
+            reference::forward_ragged(&shape, act, &x64, &w64, b64.as_deref(), &map).unwrap();
+        let want_y32: Vec<f32> = want_y.iter().map(|&v| v as f32).collect();
+        let want = reference::backward_ragged(
+            &shape,
+            act,
+            &x64,
+            &w64,
+            &to_f64(&want_y32),
+            &to_f64(&dy),
+            &map,
+        )
+        .unwrap();
+        let unrouted: Vec<bool> = {
+            let mut live = vec![false; shape.y_len()];
+            let routed = routed_rows(&map, shape.groups, shape.rows).unwrap();
+            for (g, rows) in routed.iter().enumerate() {
+                for &r in rows.iter() {
+                    let at = (g * shape.rows + r as usize) * shape.outputs;
+                    live[at..at + shape.outputs].fill(true);
+                }
+            }
+            live.iter().map(|l| !l).collect()
+        };
+        // The dense input gradient is the ragged one when dZ is zero on unrouted rows:
+        // ReLU makes it so on a ragged Y; the identity needs dY zero there.
+        let dy_for_dx = match act {
+            Activation::Relu => dy.clone(),
+            Activation::Identity => masked(&shape, &map, &dy),
+        };
+
+        let up = |name: &str, v: &[f32]| gpu.upload(name, v).unwrap();
+        let (xb, wb, bb, dy_dx) = (
+            up("x", &x),
+            up("w", &w),
+            up("b", &b),
+            up("dx dy", &dy_for_dx),
+        );
+        // [ragged, dense] of each: the dense weight gradients on dY masked.
+        let dys = [up("dy", &dy), up("masked dy", &masked(&shape, &map, &dy))];
+        let out = |name: &str, n: usize| gpu.storage_buffer(name, 4 * n as u64).unwrap();
+        let ys = [out("y", shape.y_len()), out("y dense", shape.y_len())];
+        let dws = [out("dw", shape.w_len()), out("dw dense", shape.w_len())];
+        let dbs = [out("db", shape.b_len()), out("db dense", shape.b_len())];
+        let dx = out("dx", shape.x_len());
+        let (y, dw, db) = (&ys[0], &dws[0], &dbs[0]);
+
+        let mut first: Option<[Vec<f32>; 4]> = None;
+        for tiling in gemm.tilings() {
+            let forward = |i: usize| GemmForward {
+                shape,
+                activation: act,
+                precision: Precision::F32,
+                x: (&xb).into(),
+                w: (&wb).into(),
+                bias: with_bias.then(|| (&bb).into()),
+                y: (&ys[i]).into(),
+            };
+            // Both on the ragged Y.
+            let weights = |i: usize| GemmBackwardWeights {
+                shape,
+                activation: act,
+                precision: Precision::F32,
+                x: (&xb).into(),
+                dy: (&dys[i]).into(),
+                y: Some(y.into()),
+                dw: (&dws[i]).into(),
+                db: with_bias.then(|| (&dbs[i]).into()),
+            };
+            let input = GemmBackwardInput {
+                shape,
+                activation: act,
+                precision: Precision::F32,
+                dy: (&dy_dx).into(),
+                y: Some(y.into()),
+                w: (&wb).into(),
+                dx: (&dx).into(),
+                accumulate: false,
+            };
+            let map_view = RowMap::new(&routes);
+            let dispatches = [
+                gemm.forward_ragged_with(&forward(0), map_view, tiling)
+                    .unwrap(),
+                gemm.forward_with(&forward(1), tiling).unwrap(),
+                gemm.backward_weights_ragged_with(&weights(0), map_view, tiling)
+                    .unwrap(),
+                gemm.backward_weights_with(&weights(1), tiling).unwrap(),
+                gemm.backward_input_with(&input, tiling).unwrap(),
+            ];
+            run(gpu, |e| dispatches.iter().for_each(|d| d.encode(e)));
+            let got_y = read(gpu, y, shape.y_len());
+            let got_dx = read(gpu, &dx, shape.x_len());
+            let got_dw = read(gpu, dw, shape.w_len());
+            let got_db = read(gpu, db, shape.b_len());
+            let at = format!("{tiling:?} {what}");
+            assert_close(&format!("Y {at}"), &got_y, &want_y, TOLERANCE);
+            assert_close(&format!("dX {at}"), &got_dx, &want.dx, TOLERANCE);
+            assert_close(&format!("dW {at}"), &got_dw, &want.dw, TOLERANCE);
+            if with_bias {
+                assert_close(&format!("db {at}"), &got_db, &want.db, TOLERANCE);
+            }
+            // Unrouted rows hold +0.0 exactly; routed rows the dense kernel's bits.
+            let dense_y = read(gpu, &ys[1], shape.y_len());
+            for (i, (&got, &dense)) in got_y.iter().zip(&dense_y).enumerate() {
+                let want_bits = if unrouted[i] { 0 } else { dense.to_bits() };
+                assert_eq!(got.to_bits(), want_bits, "Y[{i}] {at}");
+            }
+            // Skipping the unrouted rows is summing their zero dZ: the same bits.
+            assert_eq!(
+                bits(&got_dw),
+                bits(&read(gpu, &dws[1], shape.w_len())),
+                "dW {at}"
+            );
+            if with_bias {
+                assert_eq!(
+                    bits(&got_db),
+                    bits(&read(gpu, &dbs[1], shape.b_len())),
+                    "db {at}"
+                );
+            }
+            let outs = [got_y, got_dx, got_dw, got_db];
+            match &first {
+                None => first = Some(outs),
+                Some(first) => {
+                    for (name, (a, b)) in
+                        ["Y", "dX", "dW", "db"].iter().zip(first.iter().zip(&outs))
+                    {
+                        assert_eq!(bits(a), bits(b), "{name} bits differ under {at}");
+                    }
+                }
+            }
+        }
+        let counts = read_counts(gpu, RowMap::new(&routes), shape.groups).unwrap();
+        assert_eq!(counts, map[..shape.groups]);
+        let routed_pairs: u64 = counts.iter().map(|&c| u64::from(c)).sum();
+        assert_eq!(
+            ragged_flops(&shape, &counts).unwrap(),
+            2.0 * routed_pairs as f64 * (shape.inputs * shape.outputs) as f64
+        );
+    }
+    gpu.check().unwrap();
+}
+
+#[test]
+fn with_every_row_routed_ragged_equals_dense_bitwise() {
+    let gpu = gpu();
+    let gemm = GroupedGemm::new(gpu);
+    for (n, input) in [InputLayout::Shared, InputLayout::PerGroup]
+        .into_iter()
+        .enumerate()
+    {
+        let shape = GemmShape {
+            groups: 3,
+            rows: 37,
+            inputs: 21,
+            outputs: 10,
+            input,
+        };
+        let routing = RoutingShape {
+            gates: 2,
+            rows: shape.rows,
+            experts: shape.groups,
+        };
+        let (routes, map) = routes_on_gpu(gpu, &routing, &vec![0.5; routing.g_len()]);
+        assert!(map[..3].iter().all(|&c| c == 37));
+        let mut rng = Rng::new(40 + n as u64);
+        let up = |name: &str, len: usize, scale: f64, rng: &mut Rng| {
+            gpu.upload(name, &random(rng, len, scale)).unwrap()
+        };
+        let (x, w) = (
+            up("x", shape.x_len(), 1.0, &mut rng),
+            up("w", shape.w_len(), 0.5, &mut rng),
+        );
+        let (b, dy) = (
+            up("b", shape.b_len(), 0.5, &mut rng),
+            up("dy", shape.y_len(), 1.0, &mut rng),
+        );
+        let out = |name: &str, n: usize| gpu.storage_buffer(name, 4 * n as u64).unwrap();
+        let ys = [
+            out("y ragged", shape.y_len()),
+            out("y dense", shape.y_len()),
+        ];
+        let dws = [
+            out("dw ragged", shape.w_len()),
+            out("dw dense", shape.w_len()),
+        ];
+        let dbs = [
+            out("db ragged", shape.b_len()),
+            out("db dense", shape.b_len()),
+        ];
+        for tiling in gemm.tilings() {
+            let forward = |i: usize| GemmForward {
+                shape,
+                activation: Activation::Relu,
+                precision: Precision::F32,
+                x: (&x).into(),
+                w: (&w).into(),
+                bias: Some((&b).into()),
+                y: (&ys[i]).into(),
+            };
+            let weights = |i: usize| GemmBackwardWeights {
+                shape,
+                activation: Activation::Relu,
+                precision: Precision::F32,
+                x: (&x).into(),
+                dy: (&dy).into(),
+                y: Some((&ys[i]).into()),
+                dw: (&dws[i]).into(),
+                db: Some((&dbs[i]).into()),
+            };
+            let map_view = RowMap::new(&routes);
+            let dispatches = [
+                gemm.forward_ragged_with(&forward(0), map_view, tiling)
+                    .unwrap(),
+                gemm.forward_with(&forward(1), tiling).unwrap(),
+                gemm.backward_weights_ragged_with(&weights(0), map_view, tiling)
+                    .unwrap(),
+                gemm.backward_weights_with(&weights(1), tiling).unwrap(),
+            ];
+            run(gpu, |e| dispatches.iter().for_each(|d| d.encode(e)));
+            for (name, pair, len) in [
+                ("Y", &ys, shape.y_len()),
+                ("dW", &dws, shape.w_len()),
+                ("db", &dbs, shape.b_len()),
+            ] {
+                assert_eq!(
+                    bits(&read(gpu, &pair[0], len)),
+                    bits(&read(gpu, &pair[1], len)),
+                    "{name} {input:?} {tiling:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn f16_ragged_rows_match_the_f16_dense_kernel() {
+    let gpu = gpu();
+    if !gpu.capabilities().f16 {
+        eprintln!(
+            "note: {} has no SHADER_F16; skipping the f16 comparison",
+            gpu.adapter()
+        );
+        return;
+    }
+    let gemm = GroupedGemm::new(gpu);
+    let shape = GemmShape {
+        groups: 16,
+        rows: 100,
+        inputs: 37,
+        outputs: 70,
+        input: InputLayout::Shared,
+    };
+    let routing = RoutingShape {
+        gates: 3,
+        rows: shape.rows,
+        experts: shape.groups,
+    };
+    let mut rng = Rng::new(77);
+    let (routes, map) = routes_on_gpu(gpu, &routing, &top_k_gates(&mut rng, &routing, 2));
+    let half = |n: usize, rng: &mut Rng| -> Vec<f16> {
+        random(rng, n, 1.0)
+            .iter()
+            .map(|&v| f16::from_f32(v))
+            .collect()
+    };
+    let x = gpu.upload("x", &half(shape.x_len(), &mut rng)).unwrap();
+    let w = gpu.upload("w", &half(shape.w_len(), &mut rng)).unwrap();
+    let ys = [
+        gpu.storage_buffer("y ragged", 2 * shape.y_len() as u64)
+            .unwrap(),
+        gpu.storage_buffer("y dense", 2 * shape.y_len() as u64)
+            .unwrap(),
+    ];
+    let forward = |i: usize| GemmForward {
+        shape,
+        activation: Activation::Relu,
+        precision: Precision::F16,
+        x: (&x).into(),
+        w: (&w).into(),
+        bias: None,
+        y: (&ys[i]).into(),
+    };
+    let ragged = gemm
+        .forward_ragged(&forward(0), RowMap::new(&routes))
+        .unwrap();
+    let dense = gemm.forward(&forward(1)).unwrap();
+    run(gpu, |e| {
+        ragged.encode(e);
+        dense.encode(e);
+    });
+    let got: Vec<f16> = gpu.read(&ys[0], 0, shape.y_len()).unwrap();
+    let want: Vec<f16> = gpu.read(&ys[1], 0, shape.y_len()).unwrap();
+    let routed = routed_rows(&map, shape.groups, shape.rows).unwrap();
+    for (g, routed) in routed.iter().enumerate() {
+        for r in 0..shape.rows {
+            let at = (g * shape.rows + r) * shape.outputs;
+            let row = &got[at..at + shape.outputs];
+            if routed.contains(&(r as u32)) {
+                assert_eq!(row, &want[at..at + shape.outputs], "group {g} row {r}");
+            } else {
+                assert!(row.iter().all(|v| v.to_bits() == 0), "group {g} row {r}");
+            }
+        }
+    }
+}
+
+#[test]
+fn ragged_reference_gradients_match_finite_differences() {
+    let mut rng = Rng::new(12);
+    for (input, act) in [
+        (InputLayout::Shared, Activation::Relu),
+        (InputLayout::PerGroup, Activation::Identity),
+        (InputLayout::Shared, Activation::Identity),
+    ] {
+        let shape = GemmShape {
+            groups: 3,
+            rows: 6,
+            inputs: 4,
+            outputs: 5,
+            input,
+        };
+        let routing = RoutingShape {
+            gates: 2,
+            rows: shape.rows,
+            experts: shape.groups,
+        };
+        let g = top_k_gates(&mut rng, &routing, 1);
+        let map = route(&routing, &to_f64(&g)).unwrap();
+        let x: Vec<f64> = (0..shape.x_len()).map(|_| rng.uniform(-1.0, 1.0)).collect();
+        let w: Vec<f64> = (0..shape.w_len()).map(|_| rng.uniform(-1.0, 1.0)).collect();
+        let b: Vec<f64> = (0..shape.b_len()).map(|_| rng.uniform(-0.5, 0.5)).collect();
+        // Loss = Σ r ⊙ Y, so dL/dY = r, also on the unrouted rows, where Y is constant.
+        let r: Vec<f64> = (0..shape.y_len()).map(|_| rng.uniform(-1.0, 1.0)).collect();
+        let loss = |x: &[f64], w: &[f64], b: &[f64]| -> f64 {
+            let y = reference::forward_ragged(&shape, act, x, w, Some(b), &map).unwrap();
+            y.iter().zip(&r).map(|(a, b)| a * b).sum()
+        };
+        let y = reference::forward_ragged(&shape, act, &x, &w, Some(&b), &map).unwrap();
+        let grads = reference::backward_ragged(&shape, act, &x, &w, &y, &r, &map).unwrap();
+        let eps = 1e-6;
+        for (name, analytic, which) in [
+            ("dX", &grads.dx, 0),
+            ("dW", &grads.dw, 1),
+            ("db", &grads.db, 2),
+        ] {
+            for i in 0..analytic.len() {
+                let mut plus = [x.clone(), w.clone(), b.clone()];
+                let mut minus = plus.clone();
+                plus[which][i] += eps;
+                minus[which][i] -= eps;
+                let fd = (loss(&plus[0], &plus[1], &plus[2])
+                    - loss(&minus[0], &minus[1], &minus[2]))
+                    / (2.0 * eps);
+                assert!(
+                    (fd - analytic[i]).abs() <= 1e-6 * (1.0 + fd.abs()),
+                    "{name}[{i}] {input:?} {act:?}: finite difference {fd} vs analytic {}",
+                    analytic[i]
+                );
+            }
+        }
+        // An expert with no row has no gradient.
+        assert!(grads.dw[2 * 4 * 5..].iter().all(|&v| v == 0.0));
+    }
+}
+
+fn expect_err(result: Result<Dispatch, Error>, needle: &str) {
+    match result {
+        Ok(_) => panic!("expected an error mentioning `{needle}`, got Ok"),
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(
+                msg.contains(needle),
+                "error `{msg}` does not mention `{needle}`"
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_input_is_an_error_not_a_panic() {
+    let gpu = gpu();
+    let gemm = GroupedGemm::new(gpu);
+    let shape = GemmShape {
+        groups: 2,
+        rows: 4,
+        inputs: 3,
+        outputs: 5,
+        input: InputLayout::Shared,
+    };
+    let x = gpu.storage_buffer("x", 4 * shape.x_len() as u64).unwrap();
+    let w = gpu.storage_buffer("w", 4 * shape.w_len() as u64).unwrap();
+    let y = gpu.storage_buffer("y", 4 * shape.y_len() as u64).unwrap();
+    let routes_len = RowMap::elements(shape.groups, shape.rows);
+    let routes = gpu.storage_buffer("routes", 4 * routes_len as u64).unwrap();
+    let fwd = GemmForward {
+        precision: Precision::F32,
+        shape,
+        activation: Activation::Relu,
+        x: (&x).into(),
+        w: (&w).into(),
+        bias: None,
+        y: (&y).into(),
+    };
+    let map = RowMap::new(&routes);
+    expect_err(
+        gemm.forward_ragged(
+            &GemmForward {
+                shape: GemmShape { groups: 0, ..shape },
+                ..fwd
+            },
+            map,
+        ),
+        "groups",
+    );
+    // A map too short for the shape: named, with both sizes.
+    let e = gemm
+        .forward_ragged(&fwd, RowMap::at(&routes, 4))
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("forward_ragged") && msg.contains("`routes`") && msg.contains("40 bytes"),
+        "{msg}"
+    );
+    expect_err(
+        gemm.forward_ragged(&fwd, RowMap::at(&routes, 2)),
+        "multiple of 4",
+    );
+    expect_err(
+        gemm.forward_ragged(&fwd, RowMap::new(&y)),
+        "distinct buffers",
+    );
+    expect_err(
+        gemm.forward_ragged_with(&fwd, map, Tiling::Naive { wg: 0, wg_rows: 8 }),
+        "tiling",
+    );
+    let dw = gpu.storage_buffer("dw", 4 * shape.w_len() as u64).unwrap();
+    let bw = GemmBackwardWeights {
+        precision: Precision::F32,
+        shape,
+        activation: Activation::Relu,
+        x: (&x).into(),
+        dy: (&y).into(),
+        y: None,
+        dw: (&dw).into(),
+        db: None,
+    };
+    expect_err(gemm.backward_weights_ragged(&bw, map), "forward output");
+    let with_y = GemmBackwardWeights {
+        y: Some((&y).into()),
+        ..bw
+    };
+    expect_err(
+        gemm.backward_weights_ragged(&with_y, RowMap::new(&dw)),
+        "distinct buffers",
+    );
+    expect_err(
+        gemm.backward_weights_ragged(&with_y, RowMap::at(&routes, 8)),
+        "backward_weights_ragged",
+    );
+
+    assert!(ragged_flops(&shape, &[1]).is_err());
+    assert!(ragged_flops(&shape, &[1, 5]).is_err());
+    assert_eq!(ragged_flops(&shape, &[1, 4]).unwrap(), 2.0 * 5.0 * 15.0);
+    assert!(read_counts(gpu, RowMap::at(&routes, 2), 2).is_err());
+    assert!(read_counts(gpu, RowMap::at(&routes, 4 * routes_len as u64), 2).is_err());
+    gpu.check().unwrap();
+}
