@@ -31,7 +31,13 @@ struct GateMixParams {
     // Experts each gate keeps per row: the dense softmax when k = experts, otherwise
     // the top k (the gate_topk kernel).
     k: u32,
-    _pad: u32,
+    // Task-specific experts: every gate sees experts below shared_experts, and gate t
+    // also its own own_experts after them (own_experts = 0: every gate sees all).
+    shared_experts: u32,
+    own_experts: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: GateMixParams;
@@ -227,7 +233,12 @@ fn logits_tile(row0: u32, c0: u32) {
     }
 }
 
-// Top-k softmax of one row of logits in place. The logits are ranked larger first,
+fn sees(t: u32, e: u32) -> bool {
+    return P.own_experts == 0u || e < P.shared_experts
+        || (e - P.shared_experts) / P.own_experts == t;
+}
+
+// Top-k softmax of one row of logits in place, over the experts gate t sees. The logits are ranked larger first,
 // then lower expert first, a strict total order (for finite logits), so exactly k are
 // selected whatever the ties. Picking them one at a time, each the first logit ranked
 // after the previous pick, costs k·E comparisons and no scratch: the first pick is the
@@ -245,7 +256,7 @@ fn topk_softmax_row(t: u32, row: u32) {
         for (var e = 0u; e < P.experts; e++) {
             let z = f32(g[base + e]);
             let after = j == 0u || z < cut || (z == cut && e > cut_e);
-            if (after && (!found || z > best)) {
+            if (sees(t, e) && after && (!found || z > best)) {
                 found = true;
                 best = z;
                 best_e = e;
@@ -263,7 +274,7 @@ fn topk_softmax_row(t: u32, row: u32) {
     for (var e = 0u; e < P.experts; e++) {
         let z = f32(g[base + e]);
         var p = 0.0;
-        if (z > cut || (z == cut && e <= cut_e)) {
+        if (sees(t, e) && (z > cut || (z == cut && e <= cut_e))) {
             p = exp(z - top);
         }
         g[base + e] = Elem(p);
@@ -275,9 +286,10 @@ fn topk_softmax_row(t: u32, row: u32) {
 }
 
 // Softmax of one row of logits in place, the row maximum subtracted so that large
-// logits cannot overflow exp; with k < experts, over the top k alone.
+// logits cannot overflow exp; with k < experts or task-specific experts, over the
+// top k of those the gate sees.
 fn softmax_row(t: u32, row: u32) {
-    if (P.k < P.experts) {
+    if (P.k < P.experts || P.own_experts != 0u) {
         topk_softmax_row(t, row);
         return;
     }

@@ -7,7 +7,7 @@ use mmoe_wgpu::Gpu;
 use mmoe_wgpu::data::Dataset;
 use mmoe_wgpu::data::synthetic::{SyntheticConfig, generate};
 use mmoe_wgpu::graph::Role;
-use mmoe_wgpu::model::{Architecture, ModelConfig, TaskConfig, TaskKind, Trainer};
+use mmoe_wgpu::model::{Architecture, Gate, ModelConfig, TaskConfig, TaskKind, Trainer};
 use mmoe_wgpu::rng::Rng;
 
 /// A correlation as shown to people: `1.0`, `0.5`, `-0.25`.
@@ -67,6 +67,7 @@ impl Model {
             Model::Omoe => Architecture::Omoe {
                 experts: 8,
                 expert_layers: vec![16],
+                gate: Gate::SOFTMAX,
             },
             Model::SharedBottom => Architecture::SharedBottom {
                 bottom_layers: vec![113],

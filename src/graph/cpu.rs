@@ -2,6 +2,7 @@
 //! truth the GPU executor is tested against.
 
 use super::{BackwardStep, Graph, Op, Plan, TensorId, at_rows};
+use crate::kernels::gate_mix::GateMixShape;
 use crate::kernels::optimizer::Optimizer;
 use crate::reference;
 use crate::shape::Activation;
@@ -110,6 +111,8 @@ impl CpuExecutor {
             }
             Op::GateMix {
                 shape,
+                k,
+                access,
                 x,
                 wg,
                 bg,
@@ -117,13 +120,26 @@ impl CpuExecutor {
                 g,
                 m,
             } => {
-                let (gv, mv) = reference::gate_mix::forward(
-                    shape,
-                    self.tensor(*x),
-                    self.tensor(*wg),
-                    self.tensor(*bg),
-                    self.tensor(*h),
-                )?;
+                let wg = self.gate_weights(shape, *wg);
+                let (gv, mv) = if *k == shape.experts {
+                    reference::gate_mix::forward(
+                        shape,
+                        self.tensor(*x),
+                        &wg,
+                        self.tensor(*bg),
+                        self.tensor(*h),
+                    )?
+                } else {
+                    reference::gate_topk::forward_with_access(
+                        shape,
+                        *k,
+                        *access,
+                        self.tensor(*x),
+                        &wg,
+                        self.tensor(*bg),
+                        self.tensor(*h),
+                    )?
+                };
                 self.values[g.0] = gv;
                 self.values[m.0] = mv;
             }
@@ -207,16 +223,20 @@ impl CpuExecutor {
                 h,
                 g,
                 m,
+                ..
             } => {
+                // The dense backward is the top-k one too: it is zero wherever G is.
                 let grads = reference::gate_mix::backward(
                     &shape,
                     self.tensor(x),
-                    self.tensor(wg),
+                    &self.gate_weights(&shape, wg),
                     self.tensor(h),
                     &self.values[g.0],
                     &self.grad_values[m.0],
                 )?;
-                self.set_param_grad(wg, &grads.dwg);
+                if let Some(wg) = wg {
+                    self.set_param_grad(wg, &grads.dwg);
+                }
                 self.set_param_grad(bg, &grads.dbg);
                 self.set_grad(h, grads.dh, false);
                 if let BackwardStep::GateMix {
@@ -230,6 +250,14 @@ impl CpuExecutor {
             Op::Loss { .. } => unreachable!("the loss has no backward step"),
         }
         Ok(())
+    }
+
+    /// A gate's weights: its parameter, or a static gate's zeros.
+    fn gate_weights(&self, shape: &GateMixShape, wg: Option<TensorId>) -> Vec<f64> {
+        match wg {
+            Some(wg) => self.tensor(wg).to_vec(),
+            None => vec![0.0; shape.wg_len()],
+        }
     }
 
     fn set_param_grad(&mut self, id: TensorId, grad: &[f64]) {
