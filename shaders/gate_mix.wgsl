@@ -35,10 +35,15 @@ struct GateMixParams {
     // also its own own_experts after them (own_experts = 0: every gate sees all).
     shared_experts: u32,
     own_experts: u32,
-    _pad0: u32,
+    // Forward phases to run: STAGE_GATE (logits and softmax into G), STAGE_MIX (M
+    // from G). Sparse experts run between the two, on the rows G routes to them.
+    stages: u32,
     _pad1: u32,
     _pad2: u32,
 }
+
+const STAGE_GATE: u32 = 1u;
+const STAGE_MIX: u32 = 2u;
 
 @group(0) @binding(0) var<uniform> P: GateMixParams;
 @group(0) @binding(1) var<storage, read> x: array<Elem>;
@@ -339,24 +344,29 @@ fn forward(
     let block0 = group.x * RB * 8u;
     let block_rows = min(RB * 8u, P.rows - block0);
 
-    let col_tiles = (P.gates * P.experts + 4u * CN - 1u) / (4u * CN);
-    let tiles = ((block_rows + 7u) / 8u) * col_tiles;
-    for (var first = 0u; first < tiles; first += WG) {
-        let item = first + lid;
-        if (item < tiles) {
-            logits_tile(block0 + item / col_tiles * 8u, item % col_tiles * 4u * CN);
+    if ((P.stages & STAGE_GATE) != 0u) {
+        let col_tiles = (P.gates * P.experts + 4u * CN - 1u) / (4u * CN);
+        let tiles = ((block_rows + 7u) / 8u) * col_tiles;
+        for (var first = 0u; first < tiles; first += WG) {
+            let item = first + lid;
+            if (item < tiles) {
+                logits_tile(block0 + item / col_tiles * 8u, item % col_tiles * 4u * CN);
+            }
         }
-    }
-    storageBarrier();
+        storageBarrier();
 
-    let rows = P.gates * block_rows;
-    for (var first = 0u; first < rows; first += WG) {
-        let item = first + lid;
-        if (item < rows) {
-            softmax_row(item / block_rows, block0 + item % block_rows);
+        let rows = P.gates * block_rows;
+        for (var first = 0u; first < rows; first += WG) {
+            let item = first + lid;
+            if (item < rows) {
+                softmax_row(item / block_rows, block0 + item % block_rows);
+            }
         }
+        storageBarrier();
     }
-    storageBarrier();
+    if ((P.stages & STAGE_MIX) == 0u) {
+        return;
+    }
 
     let quads = (P.width + 3u) / 4u;
     let per_row = (P.gates + 3u) / 4u * quads;

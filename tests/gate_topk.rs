@@ -8,7 +8,8 @@ mod common;
 use common::*;
 use half::f16;
 use mmoe_wgpu::kernels::gate_mix::{
-    ExpertAccess, GateMix, GateMixBackward, GateMixForward, GateMixShape, GateMixTiling,
+    ExpertAccess, ForwardStages, GateMix, GateMixBackward, GateMixForward, GateMixShape,
+    GateMixTiling,
 };
 use mmoe_wgpu::kernels::gate_topk::{GateTopk, GateTopkForward};
 use mmoe_wgpu::kernels::{BufferView, Precision};
@@ -183,6 +184,7 @@ impl Buffers {
             shape: self.shape,
             k,
             access: ExpertAccess::All,
+            stages: ForwardStages::Both,
             precision: Precision::F32,
             x: (&self.x).into(),
             wg: (&self.wg).into(),
@@ -476,6 +478,7 @@ fn operands_at_unaligned_offsets_inside_shared_buffers() {
         shape: s,
         k,
         access: ExpertAccess::All,
+        stages: ForwardStages::Both,
         precision: Precision::F32,
         x: view(&inb, &i, 0),
         wg: view(&inb, &i, 1),
@@ -539,6 +542,7 @@ fn f16_storage_selects_the_same_experts() {
         shape: s,
         k,
         access: ExpertAccess::All,
+        stages: ForwardStages::Both,
         precision: Precision::F16,
         x: (&xb).into(),
         wg: (&wgb).into(),
@@ -804,5 +808,43 @@ fn task_specific_experts_are_seen_by_their_gate_alone() {
         }),
         &["gate_topk forward k", "1 ≤ k ≤ 3"],
     );
+    gpu.check().unwrap();
+}
+
+#[test]
+fn gate_then_mix_in_two_dispatches_equals_one() {
+    let gpu = gpu();
+    let kernels = GateTopk::new(gpu);
+    let s = shape(3, 6, 37, 11, 10);
+    for k in [2, 6] {
+        let d = data(&s, 900 + k as u64, 1.0);
+        let one = Buffers::new(gpu, s, &d);
+        let f = kernels.forward(&one.forward(k)).unwrap();
+        run(gpu, |e| f.encode(e));
+        let two = Buffers::new(gpu, s, &d);
+        let gate = kernels
+            .forward(&GateTopkForward {
+                stages: ForwardStages::GateOnly,
+                ..two.forward(k)
+            })
+            .unwrap();
+        run(gpu, |e| gate.encode(e));
+        let g = read(gpu, &two.g, s.g_len());
+        let m_before = read(gpu, &two.m, s.m_len());
+        assert!(m_before.iter().all(|&v| v == 0.0), "gate only wrote M");
+        assert_eq!(bits(&[g]), bits(&[read(gpu, &one.g, s.g_len())]));
+        let mix = kernels
+            .forward(&GateTopkForward {
+                stages: ForwardStages::MixOnly,
+                ..two.forward(k)
+            })
+            .unwrap();
+        run(gpu, |e| mix.encode(e));
+        assert_eq!(
+            bits(&[read(gpu, &two.m, s.m_len())]),
+            bits(&[read(gpu, &one.m, s.m_len())]),
+            "k = {k}"
+        );
+    }
     gpu.check().unwrap();
 }

@@ -56,18 +56,23 @@ impl Model {
 
     /// The paper's models, matched in size: 8 experts of one ReLU layer of 16 (or a
     /// bottom of one ReLU layer of 113), towers of one ReLU layer of 8, Adam, MSE.
-    pub fn config(self, inputs: usize, learning_rate: f32, seed: u64) -> ModelConfig {
+    pub fn config(self, inputs: usize, learning_rate: f32, seed: u64, gate: Gate) -> ModelConfig {
         let tasks = vec![
             TaskConfig::new("task1", TaskKind::Regression),
             TaskConfig::new("task2", TaskKind::Regression),
         ];
         let mut config = ModelConfig::mmoe(inputs, 8, 16, 8, tasks);
         config.architecture = match self {
-            Model::Mmoe => config.architecture,
+            Model::Mmoe => Architecture::Mmoe {
+                experts: 8,
+                expert_layers: vec![16],
+                gate,
+                task_experts: 0,
+            },
             Model::Omoe => Architecture::Omoe {
                 experts: 8,
                 expert_layers: vec![16],
-                gate: Gate::SOFTMAX,
+                gate,
             },
             Model::SharedBottom => Architecture::SharedBottom {
                 bottom_layers: vec![113],
@@ -118,6 +123,8 @@ pub struct RunSpec {
     pub data: SyntheticConfig,
     /// Training loss is read back (a device sync) every this many steps.
     pub log_every: usize,
+    /// The gate of the gated models.
+    pub gate: Gate,
 }
 
 /// What one run produced.
@@ -184,7 +191,7 @@ pub fn run(
     let start = Instant::now();
     let config = spec
         .model
-        .config(train.inputs, spec.learning_rate, spec.seed);
+        .config(train.inputs, spec.learning_rate, spec.seed, spec.gate);
     let batch = spec.batch_size.min(train.rows);
     let mut trainer = Trainer::new(gpu, config, batch)?;
     let graph = &trainer.model().graph;

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use super::plan::{ScratchKind, moment_buffers};
 use super::{BackwardStep, Graph, MemoryReport, Op, Plan, Role, TensorId, at_rows};
 use crate::gpu::Gpu;
-use crate::kernels::gate_mix::{GateMix, GateMixBackward};
+use crate::kernels::gate_mix::{ForwardStages, GateMix, GateMixBackward};
 use crate::kernels::gate_topk::{GateTopk, GateTopkForward};
 use crate::kernels::grouped_gemm::{
     GemmBackwardInput, GemmBackwardWeights, GemmForward, GroupedGemm,
@@ -302,6 +302,7 @@ impl GpuExecutor {
                         shape,
                         k,
                         access,
+                        stages: ForwardStages::Both,
                         x: self.view(x),
                         wg: self.gate_weights(node, wg),
                         bg: self.view(bg),

@@ -356,7 +356,37 @@ struct GateMixParams {
     /// (`own_experts` = 0: every gate sees every expert).
     shared_experts: u32,
     own_experts: u32,
-    _pad: [u32; 3],
+    /// Forward phases: [`STAGE_GATE`] and/or [`STAGE_MIX`].
+    stages: u32,
+    _pad: [u32; 2],
+}
+
+/// Forward phase: logits and softmax into `G`.
+const STAGE_GATE: u32 = 1;
+/// Forward phase: `M` from `G` and `H`.
+const STAGE_MIX: u32 = 2;
+
+/// Which phases of the gate + mix forward pass a dispatch runs. Sparse experts run
+/// between the two, on the rows the gate values route to them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ForwardStages {
+    /// Gate values and mixtures in one dispatch.
+    #[default]
+    Both,
+    /// The gate values `G` alone (`H` and `M` are not touched).
+    GateOnly,
+    /// The mixtures `M` from the `G` a [`GateOnly`](Self::GateOnly) dispatch wrote.
+    MixOnly,
+}
+
+impl ForwardStages {
+    fn bits(self) -> u32 {
+        match self {
+            ForwardStages::Both => STAGE_GATE | STAGE_MIX,
+            ForwardStages::GateOnly => STAGE_GATE,
+            ForwardStages::MixOnly => STAGE_MIX,
+        }
+    }
 }
 
 impl GateMixParams {
@@ -368,6 +398,7 @@ impl GateMixParams {
             inputs: s.inputs as u32,
             width: s.width as u32,
             k: s.experts as u32,
+            stages: ForwardStages::Both.bits(),
             ..Default::default()
         }
     }
@@ -501,7 +532,7 @@ impl GateMix {
         self.forward_top_k(
             ("gate_mix", "gate_mix forward"),
             args,
-            (args.shape.experts, ExpertAccess::All),
+            (args.shape.experts, ExpertAccess::All, ForwardStages::Both),
             tiling,
         )
     }
@@ -513,7 +544,7 @@ impl GateMix {
         &self,
         (kernel, ctx): (&str, &'static str),
         args: &GateMixForward<'_>,
-        (k, access): (usize, ExpertAccess),
+        (k, access, stages): (usize, ExpertAccess, ForwardStages),
         tiling: GateMixTiling,
     ) -> Result<Dispatch> {
         let s = &args.shape;
@@ -534,6 +565,7 @@ impl GateMix {
         let bound = bind_operands(&self.gpu, ctx, &operands)?;
         let mut p = GateMixParams::new(s);
         p.k = k as u32;
+        p.stages = stages.bits();
         if let ExpertAccess::SharedAndOwn { shared, own } = access {
             p.shared_experts = shared as u32;
             p.own_experts = own as u32;

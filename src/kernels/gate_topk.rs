@@ -46,6 +46,7 @@
 //!     shape,
 //!     k: 2,
 //!     access: Default::default(),
+//!     stages: Default::default(),
 //!     precision: Precision::F32,
 //!     x: BufferView::new(&x),
 //!     wg: BufferView::new(&wg),
@@ -84,7 +85,8 @@
 //! ```
 
 use super::gate_mix::{
-    ExpertAccess, GateMix, GateMixBackward, GateMixForward, GateMixShape, GateMixTiling,
+    ExpertAccess, ForwardStages, GateMix, GateMixBackward, GateMixForward, GateMixShape,
+    GateMixTiling,
 };
 use super::{BufferView, Dispatch, Precision, Recorder};
 use crate::gpu::Gpu;
@@ -117,6 +119,9 @@ pub struct GateTopkForward<'a> {
     pub k: usize,
     /// Which experts each gate sees (all, or shared plus its own).
     pub access: ExpertAccess,
+    /// Both phases, or the gate values alone, or the mixtures alone (to run sparse
+    /// experts in between on the rows the gate values route to them).
+    pub stages: ForwardStages,
     /// Storage type of every operand; logits, selection, softmax and mixing run in f32
     /// either way (with f16, the logits are rounded to f16 once, in `G`, before the
     /// selection, so near-equal logits may tie there).
@@ -189,8 +194,12 @@ impl GateTopk {
             g: args.g,
             m: args.m,
         };
-        self.dense
-            .forward_top_k(("gate_topk", CTX), &dense, (args.k, args.access), tiling)
+        self.dense.forward_top_k(
+            ("gate_topk", CTX),
+            &dense,
+            (args.k, args.access, args.stages),
+            tiling,
+        )
     }
 
     /// Checks and binds the backward pass: the dense gate's ([`GateMix::backward`])
