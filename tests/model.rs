@@ -90,6 +90,17 @@ fn configs() -> Vec<(&'static str, ModelConfig)> {
         ("mmoe, top-k gates with k = E", gated(Gate::top_k(3), 3, 0)),
         ("mmoe, static gates", gated(Gate::STATIC, 3, 0)),
         (
+            "mmoe, top-2 gates with the balancing loss",
+            gated(Gate::top_k(2).balanced(0.5), 5, 0),
+        ),
+        (
+            "mmoe, softmax gates with the balancing loss, on a shared layer",
+            ModelConfig {
+                shared_layers: vec![6],
+                ..gated(Gate::SOFTMAX.balanced(2.0), 3, 0)
+            },
+        ),
+        (
             "mmoe, 2 shared and 1 task-specific expert per task, top-2",
             gated(Gate::top_k(2), 2, 1),
         ),
@@ -234,7 +245,7 @@ fn cpu_reference_gradients_match_finite_differences() {
         let loss_id = trainer.model().graph.find("loss").unwrap();
         let total = |cpu: &mut CpuExecutor| -> f64 {
             cpu.forward(5, &[&x], &[&y]).unwrap();
-            cpu.tensor(loss_id).iter().sum()
+            cpu.tensor(loss_id).iter().sum::<f64>() + cpu.balance_loss()
         };
         total(&mut cpu);
         cpu.backward().unwrap();
@@ -520,7 +531,14 @@ fn gate_kinds_weigh_the_experts_they_should() {
         assert!(report.routed.iter().all(|&r| (0.0..=1.0).contains(&r)));
     }
 
+    let (trainer, _) = gate_rows(&mmoe(Gate::top_k(2).balanced(0.5), 5, 0));
+    let aux = trainer.balance_loss().unwrap().expect("a balancing loss");
+    assert_eq!(aux.len(), 2);
+    assert!(aux.iter().all(|&l| l.is_finite() && l >= 0.0), "{aux:?}");
+    assert!(aux.iter().any(|&l| l > 0.0), "{aux:?}");
+
     let (trainer, gates) = gate_rows(&mmoe(Gate::top_k(2), 2, 2));
+    assert_eq!(trainer.balance_loss().unwrap(), None);
     assert!(trainer.model().graph.find("gate.weight").is_some());
     for (t, gate) in gates.iter().enumerate() {
         for row in gate {

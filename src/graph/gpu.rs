@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use super::plan::{ScratchKind, moment_buffers};
 use super::{BackwardStep, Graph, MemoryReport, Op, Plan, Role, TensorId, at_rows};
 use crate::gpu::Gpu;
+use crate::kernels::balance::{Balance, BalanceBackward, BalanceForward};
 use crate::kernels::gate_mix::{ForwardStages, GateMix, GateMixBackward};
 use crate::kernels::gate_topk::{GateTopk, GateTopkForward};
 use crate::kernels::grouped_gemm::{
@@ -33,6 +34,7 @@ pub struct GpuExecutor {
     gemm: GroupedGemm,
     gate_mix: GateMix,
     gate_topk: GateTopk,
+    balance: Balance,
     loss_kernel: Loss,
     params: wgpu::Buffer,
     grads: wgpu::Buffer,
@@ -138,6 +140,7 @@ impl GpuExecutor {
             gemm: GroupedGemm::new(gpu),
             gate_mix: GateMix::new(gpu),
             gate_topk: GateTopk::new(gpu),
+            balance: Balance::new(gpu),
             loss_kernel: Loss::new(gpu),
             gpu: gpu.clone(),
             graph,
@@ -289,27 +292,39 @@ impl GpuExecutor {
                     shape,
                     k,
                     access,
+                    balance_weight,
                     x,
                     wg,
                     bg,
                     h,
                     g,
                     m,
-                } => recorded
-                    .forward
-                    .push(self.gate_topk.forward(&GateTopkForward {
-                        precision: Precision::F32,
-                        shape,
-                        k,
-                        access,
-                        stages: ForwardStages::Both,
-                        x: self.view(x),
-                        wg: self.gate_weights(node, wg),
-                        bg: self.view(bg),
-                        h: self.view(h),
-                        g: self.view(g),
-                        m: self.view(m),
-                    })?),
+                } => {
+                    recorded
+                        .forward
+                        .push(self.gate_topk.forward(&GateTopkForward {
+                            precision: Precision::F32,
+                            shape,
+                            k,
+                            access,
+                            stages: ForwardStages::Both,
+                            x: self.view(x),
+                            wg: self.gate_weights(node, wg),
+                            bg: self.view(bg),
+                            h: self.view(h),
+                            g: self.view(g),
+                            m: self.view(m),
+                        })?);
+                    if balance_weight > 0.0 {
+                        recorded.forward.push(self.balance.forward(&BalanceForward {
+                            shape: shape.into(),
+                            weight: balance_weight,
+                            precision: Precision::F32,
+                            g: self.view(g),
+                            stats: self.scratch_view(node, ScratchKind::BalanceStats),
+                        })?);
+                    }
+                }
                 Op::Loss {
                     tasks,
                     predictions,
@@ -390,26 +405,42 @@ impl GpuExecutor {
                     h,
                     g,
                     m,
+                    balance_weight,
                     ..
                 },
-            ) => out.extend(self.gate_mix.backward(&GateMixBackward {
-                precision: Precision::F32,
-                shape,
-                x: self.view(x),
-                wg: self.gate_weights(node, wg),
-                h: self.view(h),
-                g: self.view(g),
-                dm: self.grad_view(m),
-                dh: self.grad_view(h),
-                dz: self.scratch_view(node, ScratchKind::LogitGrad),
-                dwg: match wg {
-                    Some(wg) => self.grad_view(wg),
-                    None => self.scratch_view(node, ScratchKind::WeightGradSink),
-                },
-                dbg: self.grad_view(bg),
-                dx: dx.map(|_| self.grad_view(x)),
-                accumulate_dx: dx == Some(true),
-            })?),
+            ) => {
+                let mut dispatches = self.gate_mix.backward(&GateMixBackward {
+                    precision: Precision::F32,
+                    shape,
+                    x: self.view(x),
+                    wg: self.gate_weights(node, wg),
+                    h: self.view(h),
+                    g: self.view(g),
+                    dm: self.grad_view(m),
+                    dh: self.grad_view(h),
+                    dz: self.scratch_view(node, ScratchKind::LogitGrad),
+                    dwg: match wg {
+                        Some(wg) => self.grad_view(wg),
+                        None => self.scratch_view(node, ScratchKind::WeightGradSink),
+                    },
+                    dbg: self.grad_view(bg),
+                    dx: dx.map(|_| self.grad_view(x)),
+                    accumulate_dx: dx == Some(true),
+                })?;
+                // The balancing loss adds to dz after the gate writes it, before the
+                // GEMMs read it.
+                if balance_weight > 0.0 {
+                    let balance = self.balance.backward(&BalanceBackward {
+                        shape: shape.into(),
+                        precision: Precision::F32,
+                        g: self.view(g),
+                        stats: self.scratch_view(node, ScratchKind::BalanceStats),
+                        dz: self.scratch_view(node, ScratchKind::LogitGrad),
+                    })?;
+                    dispatches.insert(1, balance);
+                }
+                out.extend(dispatches);
+            }
             (step, op) => unreachable!("backward step {step:?} does not match node {op:?}"),
         }
         Ok(())
@@ -602,6 +633,21 @@ impl GpuExecutor {
     pub fn clear_non_finite(&self) -> Result<()> {
         let words = (self.status.size() / 4) as usize;
         self.gpu.write(&self.status, 0, &vec![0u32; words])
+    }
+
+    /// The load-balancing statistics of gate node `node` at its last forward pass
+    /// (laid out as [`crate::kernels::balance::BalanceShape::stats_len`] says), or
+    /// `None` when the node has no balancing loss.
+    pub fn balance_stats(&self, node: usize) -> Result<Option<Vec<f32>>> {
+        let Some((_, buffer)) = self
+            .scratch
+            .get(node)
+            .and_then(|own| own.iter().find(|(k, _)| *k == ScratchKind::BalanceStats))
+        else {
+            return Ok(None);
+        };
+        let len = (buffer.size() / 4) as usize;
+        Ok(Some(self.gpu.read(buffer, 0, len)?))
     }
 
     /// The per-task loss of the last run with a loss.

@@ -130,6 +130,8 @@ pub enum Op {
         k: usize,
         /// Which experts each gate sees.
         access: ExpertAccess,
+        /// Weight of the load-balancing loss on the gate values (0: none).
+        balance_weight: f32,
         /// Gate input `[rows, inputs]`.
         x: TensorId,
         /// Gate weights `[gates, inputs, experts]`; `None` for a static gate, whose
@@ -185,7 +187,7 @@ impl Op {
 }
 
 /// How a gate node weighs the experts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GateSpec {
     /// Keep the top `k` logits of the experts a gate sees; `None`: all of them (the
     /// dense softmax).
@@ -194,6 +196,9 @@ pub struct GateSpec {
     pub access: ExpertAccess,
     /// Whether the logits depend on the input; a static gate's are its bias alone.
     pub input_dependent: bool,
+    /// Weight of the load-balancing loss, `weight · CV²` of each gate's importance
+    /// (see [`crate::kernels::balance`]); 0 for none.
+    pub balance_weight: f32,
 }
 
 impl GateSpec {
@@ -202,6 +207,7 @@ impl GateSpec {
         k: None,
         access: ExpertAccess::All,
         input_dependent: true,
+        balance_weight: 0.0,
     };
 }
 
@@ -410,6 +416,12 @@ impl Graph {
         spec.access.validate(name, &shape)?;
         let visible = spec.access.visible(&shape);
         let k = spec.k.unwrap_or(visible);
+        if !spec.balance_weight.is_finite() || spec.balance_weight < 0.0 {
+            return Err(Error::invalid(
+                name,
+                format!("balance weight {}", spec.balance_weight),
+            ));
+        }
         crate::kernels::gate_topk::check_k(name, &shape, k, spec.access)?;
         let wg = spec
             .input_dependent
@@ -443,6 +455,7 @@ impl Graph {
             shape,
             k,
             access: spec.access,
+            balance_weight: spec.balance_weight,
             x,
             wg,
             bg,

@@ -4,6 +4,7 @@
 
 use super::backward::{BackwardStep, backward_steps, needs_grad};
 use super::{Graph, Op, Role};
+use crate::kernels::balance::BalanceShape;
 use crate::kernels::optimizer::Optimizer;
 use crate::{Error, Result};
 
@@ -52,7 +53,13 @@ impl Plan {
         for (node, op) in graph.nodes().iter().enumerate() {
             match op {
                 // Gate values and losses are outputs without a gradient of their own.
-                Op::GateMix { g, shape, wg, .. } => {
+                Op::GateMix {
+                    g,
+                    shape,
+                    wg,
+                    balance_weight,
+                    ..
+                } => {
                     has_grad[g.0] = false;
                     let mut own = vec![Scratch {
                         kind: ScratchKind::LogitGrad,
@@ -65,6 +72,12 @@ impl Plan {
                                 len: shape.wg_len(),
                             },
                         ));
+                    }
+                    if *balance_weight > 0.0 {
+                        own.push(Scratch {
+                            kind: ScratchKind::BalanceStats,
+                            len: BalanceShape::from(*shape).stats_len(),
+                        });
                     }
                     scratch[node] = own;
                 }
@@ -183,6 +196,8 @@ pub enum ScratchKind {
     ZeroWeights,
     /// Where the gradient of a static gate's (absent) weights is written and left.
     WeightGradSink,
+    /// The load-balancing loss's importance, load, coefficients and loss per gate.
+    BalanceStats,
 }
 
 impl ScratchKind {

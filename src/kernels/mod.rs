@@ -14,6 +14,7 @@
 //! Each family's module docs hold a runnable example: [`grouped_gemm`], [`gate_mix`],
 //! [`loss`], [`optimizer`].
 
+pub mod balance;
 mod binding;
 mod dispatch;
 pub mod gate_mix;
@@ -35,6 +36,7 @@ pub use optimizer::{Optimizer, OptimizerArgs, OptimizerKernel, OptimizerStep};
 /// Every WGSL program the crate builds, for validation and translation checks.
 pub fn programs() -> Vec<crate::gpu::ShaderProgram> {
     let mut out = grouped_gemm::PROGRAMS.to_vec();
+    out.extend_from_slice(balance::PROGRAMS);
     out.extend_from_slice(gate_mix::PROGRAMS);
     out.extend_from_slice(loss::PROGRAMS);
     out.extend_from_slice(optimizer::PROGRAMS);

@@ -90,6 +90,7 @@ pub fn build(config: &ModelConfig, capacity: usize) -> Result<ModelGraph> {
                 },
                 access,
                 input_dependent: gate.kind != GateKind::Static,
+                balance_weight: gate.balance_weight,
             };
             (graph.gate_mix("gate", below, h, gates, spec)?, gates)
         }

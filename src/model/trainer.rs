@@ -4,7 +4,8 @@
 use super::build::{ModelGraph, build, initial_parameters};
 use super::checkpoint::{Checkpoint, check_dimensions, config_mismatch};
 use super::config::{ModelConfig, TaskKind};
-use crate::graph::{CpuExecutor, GpuExecutor, MemoryReport, Plan, Role};
+use crate::graph::{CpuExecutor, GpuExecutor, MemoryReport, Op, Plan, Role};
+use crate::kernels::balance::BalanceShape;
 use crate::{Error, Gpu, Result};
 
 /// How often [`Trainer::step`] looks for a non-finite loss on its own (a device
@@ -287,6 +288,26 @@ impl Trainer {
             .profile_step(rows, self.steps + 1, self.learning_rate)?;
         self.steps += 1;
         Ok(times)
+    }
+
+    /// The load-balancing loss of each gate (`weight · CV²` of its importance) at
+    /// the last step or forward pass, or `None` when the gates have no balancing
+    /// loss. Not part of [`loss`](Self::loss), which is the tasks'.
+    pub fn balance_loss(&self) -> Result<Option<Vec<f32>>> {
+        let graph = &self.model.graph;
+        let Some((node, shape)) = graph
+            .nodes()
+            .iter()
+            .enumerate()
+            .find_map(|(i, op)| match op {
+                Op::GateMix { shape, .. } => Some((i, BalanceShape::from(*shape))),
+                _ => None,
+            })
+        else {
+            return Ok(None);
+        };
+        let stats = self.executor.balance_stats(node)?;
+        Ok(stats.map(|s| s[shape.aux_range()].to_vec()))
     }
 
     /// The weighted loss of each task at the last step (waits for the device).
