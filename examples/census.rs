@@ -35,7 +35,7 @@ use mmoe_wgpu::data::census::{TaskGroup, load_census};
 use mmoe_wgpu::data::{Dataset, Splits};
 use mmoe_wgpu::kernels::optimizer::Optimizer;
 use mmoe_wgpu::metrics::auc;
-use mmoe_wgpu::model::{Architecture, ModelConfig, TaskConfig, TaskKind, Trainer};
+use mmoe_wgpu::model::{Architecture, Gate, ModelConfig, TaskConfig, TaskKind, Trainer};
 use mmoe_wgpu::rng::Rng;
 
 use args::{Command, ModelKind, Options, Schedule, USAGE, help, parse_args};
@@ -103,10 +103,13 @@ fn model_config(o: &Options, inputs: usize) -> ModelConfig {
         ModelKind::Mmoe => Architecture::Mmoe {
             experts: o.experts,
             expert_layers: vec![o.units],
+            gate: Gate::SOFTMAX,
+            task_experts: 0,
         },
         ModelKind::Omoe => Architecture::Omoe {
             experts: o.experts,
             expert_layers: vec![o.units],
+            gate: Gate::SOFTMAX,
         },
         ModelKind::SharedBottom => Architecture::SharedBottom {
             bottom_layers: vec![o.experts * o.units],

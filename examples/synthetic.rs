@@ -5,12 +5,16 @@
 //! ```text
 //! cargo run --release --example synthetic
 //! cargo run --release --example synthetic -- --correlations 0.5,1 --seeds 5 --json
+//! cargo run --release --example synthetic -- --models mmoe --gate topk --k 2
 //! cargo run --release --example synthetic -- --help
 //! ```
 //!
 //! Models (as in the paper, matched in size): MMoE and OMoE with 8 experts of one
 //! ReLU layer of 16 units, shared-bottom with one ReLU bottom layer of 113 units;
 //! towers of one ReLU layer of 8 units; Adam on the sum of the two tasks' MSE.
+//! `--gate topk --k N` gives MMoE and OMoE sparse gates keeping N experts per
+//! example, `--gate static` input-independent ones; `--balance W` adds the
+//! load-balancing loss.
 //! Seed `s` draws the data (the same directions and sinusoids at every correlation)
 //! and the initial weights; the three models of one seed see the same data.
 //!
@@ -40,6 +44,7 @@ use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser};
 use mmoe_wgpu::Gpu;
 use mmoe_wgpu::data::synthetic::SyntheticConfig;
+use mmoe_wgpu::model::Gate;
 
 use experiment::{Model, RunSpec, Schedule, show};
 
@@ -99,6 +104,18 @@ struct Args {
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true,
           value_parser = finite)]
     scale: f64,
+    /// Gate of the MMoE and OMoE models: the paper's dense softmax, a sparse top-k
+    /// gate (see --k) or a static (input-independent) one.
+    #[arg(long, value_enum, default_value_t = GateChoice::Softmax)]
+    gate: GateChoice,
+    /// Experts each top-k gate keeps per example (with --gate topk), 1 to 8.
+    #[arg(long, default_value_t = 2, allow_negative_numbers = true,
+          value_parser = clap::value_parser!(u32).range(1..=8))]
+    k: u32,
+    /// Weight of the load-balancing loss on the gates (0: none).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true,
+          value_parser = non_negative)]
+    balance: f32,
     /// Print one JSON object per run on stdout (the table goes to stderr).
     #[arg(long)]
     json: bool,
@@ -108,6 +125,38 @@ struct Args {
     /// Where to write the gate heat maps (PNG).
     #[arg(long, default_value = "target/synthetic/gates.png")]
     gate_plot: PathBuf,
+}
+
+/// The `--gate` choices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum GateChoice {
+    /// Softmax over all experts (the paper's gate).
+    Softmax,
+    /// Softmax over the k largest logits.
+    Topk,
+    /// Learned per-task weights, the same for every example.
+    Static,
+}
+
+impl Args {
+    /// The gate the flags ask for.
+    fn gate(&self) -> Gate {
+        let gate = match self.gate {
+            GateChoice::Softmax => Gate::SOFTMAX,
+            GateChoice::Topk => Gate::top_k(self.k as usize),
+            GateChoice::Static => Gate::STATIC,
+        };
+        gate.balanced(self.balance)
+    }
+}
+
+fn non_negative(s: &str) -> Result<f32, String> {
+    let v: f32 = s.parse().map_err(|e| format!("`{s}`: {e}"))?;
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not a finite number ≥ 0"))
+    }
 }
 
 fn correlation(s: &str) -> Result<f64, String> {
@@ -204,6 +253,7 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
                 schedule: args.schedule,
                 data: data.clone(),
                 log_every: (steps / 200).max(1),
+                gate: args.gate(),
             };
             // The three models see the same data set.
             let (train, test) = experiment::data_for(&spec)?;

@@ -31,8 +31,19 @@ struct GateMixParams {
     // Experts each gate keeps per row: the dense softmax when k = experts, otherwise
     // the top k (the gate_topk kernel).
     k: u32,
-    _pad: u32,
+    // Task-specific experts: every gate sees experts below shared_experts, and gate t
+    // also its own own_experts after them (own_experts = 0: every gate sees all).
+    shared_experts: u32,
+    own_experts: u32,
+    // Forward phases to run: STAGE_GATE (logits and softmax into G), STAGE_MIX (M
+    // from G). Sparse experts run between the two, on the rows G routes to them.
+    stages: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
+
+const STAGE_GATE: u32 = 1u;
+const STAGE_MIX: u32 = 2u;
 
 @group(0) @binding(0) var<uniform> P: GateMixParams;
 @group(0) @binding(1) var<storage, read> x: array<Elem>;
@@ -227,7 +238,12 @@ fn logits_tile(row0: u32, c0: u32) {
     }
 }
 
-// Top-k softmax of one row of logits in place. The logits are ranked larger first,
+fn sees(t: u32, e: u32) -> bool {
+    return P.own_experts == 0u || e < P.shared_experts
+        || (e - P.shared_experts) / P.own_experts == t;
+}
+
+// Top-k softmax of one row of logits in place, over the experts gate t sees. The logits are ranked larger first,
 // then lower expert first, a strict total order (for finite logits), so exactly k are
 // selected whatever the ties. Picking them one at a time, each the first logit ranked
 // after the previous pick, costs k·E comparisons and no scratch: the first pick is the
@@ -245,7 +261,7 @@ fn topk_softmax_row(t: u32, row: u32) {
         for (var e = 0u; e < P.experts; e++) {
             let z = f32(g[base + e]);
             let after = j == 0u || z < cut || (z == cut && e > cut_e);
-            if (after && (!found || z > best)) {
+            if (sees(t, e) && after && (!found || z > best)) {
                 found = true;
                 best = z;
                 best_e = e;
@@ -263,7 +279,7 @@ fn topk_softmax_row(t: u32, row: u32) {
     for (var e = 0u; e < P.experts; e++) {
         let z = f32(g[base + e]);
         var p = 0.0;
-        if (z > cut || (z == cut && e <= cut_e)) {
+        if (sees(t, e) && (z > cut || (z == cut && e <= cut_e))) {
             p = exp(z - top);
         }
         g[base + e] = Elem(p);
@@ -275,9 +291,10 @@ fn topk_softmax_row(t: u32, row: u32) {
 }
 
 // Softmax of one row of logits in place, the row maximum subtracted so that large
-// logits cannot overflow exp; with k < experts, over the top k alone.
+// logits cannot overflow exp; with k < experts or task-specific experts, over the
+// top k of those the gate sees.
 fn softmax_row(t: u32, row: u32) {
-    if (P.k < P.experts) {
+    if (P.k < P.experts || P.own_experts != 0u) {
         topk_softmax_row(t, row);
         return;
     }
@@ -327,24 +344,29 @@ fn forward(
     let block0 = group.x * RB * 8u;
     let block_rows = min(RB * 8u, P.rows - block0);
 
-    let col_tiles = (P.gates * P.experts + 4u * CN - 1u) / (4u * CN);
-    let tiles = ((block_rows + 7u) / 8u) * col_tiles;
-    for (var first = 0u; first < tiles; first += WG) {
-        let item = first + lid;
-        if (item < tiles) {
-            logits_tile(block0 + item / col_tiles * 8u, item % col_tiles * 4u * CN);
+    if ((P.stages & STAGE_GATE) != 0u) {
+        let col_tiles = (P.gates * P.experts + 4u * CN - 1u) / (4u * CN);
+        let tiles = ((block_rows + 7u) / 8u) * col_tiles;
+        for (var first = 0u; first < tiles; first += WG) {
+            let item = first + lid;
+            if (item < tiles) {
+                logits_tile(block0 + item / col_tiles * 8u, item % col_tiles * 4u * CN);
+            }
         }
-    }
-    storageBarrier();
+        storageBarrier();
 
-    let rows = P.gates * block_rows;
-    for (var first = 0u; first < rows; first += WG) {
-        let item = first + lid;
-        if (item < rows) {
-            softmax_row(item / block_rows, block0 + item % block_rows);
+        let rows = P.gates * block_rows;
+        for (var first = 0u; first < rows; first += WG) {
+            let item = first + lid;
+            if (item < rows) {
+                softmax_row(item / block_rows, block0 + item % block_rows);
+            }
         }
+        storageBarrier();
     }
-    storageBarrier();
+    if ((P.stages & STAGE_MIX) == 0u) {
+        return;
+    }
 
     let quads = (P.width + 3u) / 4u;
     let per_row = (P.gates + 3u) / 4u * quads;

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 
 use common::{gpu, random};
 use mmoe_wgpu::kernels::optimizer::Optimizer;
-use mmoe_wgpu::model::{Architecture, Checkpoint, ModelConfig, TaskConfig, TaskKind, Trainer};
+use mmoe_wgpu::model::{
+    Architecture, Checkpoint, Gate, ModelConfig, TaskConfig, TaskKind, Trainer,
+};
 use mmoe_wgpu::rng::Rng;
 use mmoe_wgpu::{Error, Gpu};
 
@@ -52,7 +54,7 @@ fn optimizers() -> [(&'static str, Optimizer); 3] {
     ]
 }
 
-/// Every architecture, with a two-layer variant on a shared layer.
+/// Every architecture, with a two-layer variant on a shared layer, and the gate kinds.
 fn architectures() -> Vec<ModelConfig> {
     let base = mmoe(ModelConfig::ADAM);
     vec![
@@ -61,6 +63,7 @@ fn architectures() -> Vec<ModelConfig> {
             architecture: Architecture::Omoe {
                 experts: 2,
                 expert_layers: vec![5],
+                gate: Gate::SOFTMAX,
             },
             ..base.clone()
         },
@@ -76,8 +79,27 @@ fn architectures() -> Vec<ModelConfig> {
             architecture: Architecture::Mmoe {
                 experts: 4,
                 expert_layers: vec![5, 4],
+                gate: Gate::SOFTMAX,
+                task_experts: 0,
             },
             tower_layers: vec![3, 2],
+            ..base.clone()
+        },
+        ModelConfig {
+            architecture: Architecture::Mmoe {
+                experts: 2,
+                expert_layers: vec![5],
+                gate: Gate::top_k(2).balanced(0.25),
+                task_experts: 1,
+            },
+            ..base.clone()
+        },
+        ModelConfig {
+            architecture: Architecture::Omoe {
+                experts: 3,
+                expert_layers: vec![4],
+                gate: Gate::STATIC,
+            },
             ..base
         },
     ]

@@ -10,7 +10,9 @@ use std::cell::Cell;
 use common::{gpu, random};
 use fuzz_support::{apply_byte_edits, apply_json_edits, byte_edits, json_edits, run_cases};
 use mmoe_wgpu::kernels::optimizer::Optimizer;
-use mmoe_wgpu::model::{Architecture, Checkpoint, ModelConfig, TaskConfig, TaskKind, Trainer};
+use mmoe_wgpu::model::{
+    Architecture, Checkpoint, Gate, ModelConfig, TaskConfig, TaskKind, Trainer,
+};
 use mmoe_wgpu::rng::Rng;
 use proptest::prelude::*;
 use serde_json::Value;
@@ -36,6 +38,7 @@ fn valid_files() -> Vec<Vec<u8>> {
             architecture: Architecture::Omoe {
                 experts: 2,
                 expert_layers: vec![2, 2],
+                gate: Gate::SOFTMAX,
             },
             optimizer: Optimizer::AdamW {
                 beta1: 0.9,

@@ -8,7 +8,8 @@ mod common;
 use common::*;
 use half::f16;
 use mmoe_wgpu::kernels::gate_mix::{
-    GateMix, GateMixBackward, GateMixForward, GateMixShape, GateMixTiling,
+    ExpertAccess, ForwardStages, GateMix, GateMixBackward, GateMixForward, GateMixShape,
+    GateMixTiling,
 };
 use mmoe_wgpu::kernels::gate_topk::{GateTopk, GateTopkForward};
 use mmoe_wgpu::kernels::{BufferView, Precision};
@@ -182,6 +183,8 @@ impl Buffers {
         GateTopkForward {
             shape: self.shape,
             k,
+            access: ExpertAccess::All,
+            stages: ForwardStages::Both,
             precision: Precision::F32,
             x: (&self.x).into(),
             wg: (&self.wg).into(),
@@ -474,6 +477,8 @@ fn operands_at_unaligned_offsets_inside_shared_buffers() {
     let args = GateTopkForward {
         shape: s,
         k,
+        access: ExpertAccess::All,
+        stages: ForwardStages::Both,
         precision: Precision::F32,
         x: view(&inb, &i, 0),
         wg: view(&inb, &i, 1),
@@ -536,6 +541,8 @@ fn f16_storage_selects_the_same_experts() {
     let args = GateTopkForward {
         shape: s,
         k,
+        access: ExpertAccess::All,
+        stages: ForwardStages::Both,
         precision: Precision::F16,
         x: (&xb).into(),
         wg: (&wgb).into(),
@@ -732,5 +739,112 @@ fn bad_input_is_an_error_not_a_panic() {
         &["`experts`"],
     );
     expect_err(reference::backward(&shape, &r, &r, &r, &r, &r), &["`x`"]);
+    gpu.check().unwrap();
+}
+
+#[test]
+fn task_specific_experts_are_seen_by_their_gate_alone() {
+    let gpu = gpu();
+    let kernels = GateTopk::new(gpu);
+    // (gates, shared, own): experts = shared + gates · own.
+    for (n, (gates, shared, own, rows)) in
+        [(2, 1, 1, 3), (3, 2, 2, 37), (2, 0, 3, 17), (4, 3, 1, 5)]
+            .into_iter()
+            .enumerate()
+    {
+        let experts = shared + gates * own;
+        let s = shape(gates, experts, rows, 9, 6);
+        let access = ExpertAccess::SharedAndOwn { shared, own };
+        for k in [1, 2, shared + own] {
+            let d = data(&s, 300 + n as u64, 1.0);
+            let bufs = Buffers::new(gpu, s, &d);
+            let f = kernels
+                .forward(&GateTopkForward {
+                    access,
+                    ..bufs.forward(k)
+                })
+                .unwrap();
+            let b = kernels.backward(&bufs.backward(false)).unwrap();
+            run(gpu, |e| {
+                f.encode(e);
+                b.iter().for_each(|d| d.encode(e));
+            });
+            let got = bufs.read(gpu);
+            let (x, wg, h) = (to_f64(&d.x), to_f64(&d.wg), to_f64(&d.h));
+            let (g, m) =
+                reference::forward_with_access(&s, k, access, &x, &wg, &to_f64(&d.bg), &h).unwrap();
+            let grads = reference::backward(&s, &x, &wg, &h, &g, &to_f64(&d.dm)).unwrap();
+            let want = [g, m, grads.dh, grads.dz, grads.dwg, grads.dbg, grads.dx];
+            let what = format!("{s:?} shared={shared} own={own} k={k}");
+            assert_matches(&what, &got, &want);
+            for t in 0..gates {
+                for row in 0..rows {
+                    for e in 0..experts {
+                        let at = (t * rows + row) * experts + e;
+                        if !access.sees(t, e) {
+                            assert_eq!(got[0][at], 0.0, "{what}: gate {t} weighs unseen {e}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let s = shape(2, 5, 3, 4, 4);
+    let d = data(&s, 1, 1.0);
+    let bufs = Buffers::new(gpu, s, &d);
+    let bad = ExpertAccess::SharedAndOwn { shared: 2, own: 2 };
+    expect_err(
+        kernels.forward(&GateTopkForward {
+            access: bad,
+            ..bufs.forward(1)
+        }),
+        &["gate_topk forward access", "5 experts"],
+    );
+    let access = ExpertAccess::SharedAndOwn { shared: 1, own: 2 };
+    expect_err(
+        kernels.forward(&GateTopkForward {
+            access,
+            ..bufs.forward(4)
+        }),
+        &["gate_topk forward k", "1 ≤ k ≤ 3"],
+    );
+    gpu.check().unwrap();
+}
+
+#[test]
+fn gate_then_mix_in_two_dispatches_equals_one() {
+    let gpu = gpu();
+    let kernels = GateTopk::new(gpu);
+    let s = shape(3, 6, 37, 11, 10);
+    for k in [2, 6] {
+        let d = data(&s, 900 + k as u64, 1.0);
+        let one = Buffers::new(gpu, s, &d);
+        let f = kernels.forward(&one.forward(k)).unwrap();
+        run(gpu, |e| f.encode(e));
+        let two = Buffers::new(gpu, s, &d);
+        let gate = kernels
+            .forward(&GateTopkForward {
+                stages: ForwardStages::GateOnly,
+                ..two.forward(k)
+            })
+            .unwrap();
+        run(gpu, |e| gate.encode(e));
+        let g = read(gpu, &two.g, s.g_len());
+        let m_before = read(gpu, &two.m, s.m_len());
+        assert!(m_before.iter().all(|&v| v == 0.0), "gate only wrote M");
+        assert_eq!(bits(&[g]), bits(&[read(gpu, &one.g, s.g_len())]));
+        let mix = kernels
+            .forward(&GateTopkForward {
+                stages: ForwardStages::MixOnly,
+                ..two.forward(k)
+            })
+            .unwrap();
+        run(gpu, |e| mix.encode(e));
+        assert_eq!(
+            bits(&[read(gpu, &two.m, s.m_len())]),
+            bits(&[read(gpu, &one.m, s.m_len())]),
+            "k = {k}"
+        );
+    }
     gpu.check().unwrap();
 }

@@ -7,7 +7,7 @@ mod common;
 use common::{gpu, random, relative_error, to_f64};
 use mmoe_wgpu::Error;
 use mmoe_wgpu::graph::{CpuExecutor, Role};
-use mmoe_wgpu::model::{Architecture, ModelConfig, TaskConfig, TaskKind, Trainer};
+use mmoe_wgpu::model::{Architecture, Gate, ModelConfig, TaskConfig, TaskKind, Trainer};
 use mmoe_wgpu::rng::Rng;
 
 const ROWS: usize = 19;
@@ -29,7 +29,7 @@ fn tasks(n: usize) -> Vec<TaskConfig> {
         .collect()
 }
 
-/// The four architectures of the issue, small and with awkward widths.
+/// The architectures and gate kinds, small and with awkward widths.
 fn configs() -> Vec<(&'static str, ModelConfig)> {
     let mmoe = ModelConfig {
         tower_layers: vec![3],
@@ -37,7 +37,7 @@ fn configs() -> Vec<(&'static str, ModelConfig)> {
         learning_rate: 0.01,
         ..ModelConfig::mmoe(INPUTS, 3, 5, 3, tasks(2))
     };
-    vec![
+    let mut all = vec![
         ("mmoe", mmoe.clone()),
         (
             "omoe",
@@ -45,6 +45,7 @@ fn configs() -> Vec<(&'static str, ModelConfig)> {
                 architecture: Architecture::Omoe {
                     experts: 3,
                     expert_layers: vec![5],
+                    gate: Gate::SOFTMAX,
                 },
                 ..mmoe.clone()
             },
@@ -65,13 +66,71 @@ fn configs() -> Vec<(&'static str, ModelConfig)> {
                 architecture: Architecture::Mmoe {
                     experts: 4,
                     expert_layers: vec![5, 4],
+                    gate: Gate::SOFTMAX,
+                    task_experts: 0,
                 },
                 tower_layers: vec![3, 2],
                 tasks: tasks(3),
-                ..mmoe
+                ..mmoe.clone()
             },
         ),
-    ]
+    ];
+    let gated = |gate: Gate, experts: usize, task_experts: usize| ModelConfig {
+        architecture: Architecture::Mmoe {
+            experts,
+            expert_layers: vec![5],
+            gate,
+            task_experts,
+        },
+        ..mmoe.clone()
+    };
+    all.extend([
+        ("mmoe, top-1 gates", gated(Gate::top_k(1), 4, 0)),
+        ("mmoe, top-2 gates", gated(Gate::top_k(2), 5, 0)),
+        ("mmoe, top-k gates with k = E", gated(Gate::top_k(3), 3, 0)),
+        ("mmoe, static gates", gated(Gate::STATIC, 3, 0)),
+        (
+            "mmoe, top-2 gates with the balancing loss",
+            gated(Gate::top_k(2).balanced(0.5), 5, 0),
+        ),
+        (
+            "mmoe, softmax gates with the balancing loss, on a shared layer",
+            ModelConfig {
+                shared_layers: vec![6],
+                ..gated(Gate::SOFTMAX.balanced(2.0), 3, 0)
+            },
+        ),
+        (
+            "mmoe, 2 shared and 1 task-specific expert per task, top-2",
+            gated(Gate::top_k(2), 2, 1),
+        ),
+        (
+            "mmoe, 1 shared and 2 task-specific experts per task, on a shared layer",
+            ModelConfig {
+                shared_layers: vec![6],
+                ..gated(Gate::SOFTMAX, 1, 2)
+            },
+        ),
+        (
+            "omoe, top-2 gate",
+            ModelConfig {
+                architecture: Architecture::Omoe {
+                    experts: 4,
+                    expert_layers: vec![5],
+                    gate: Gate::top_k(2),
+                },
+                ..mmoe.clone()
+            },
+        ),
+        (
+            "mmoe, static gates on a shared layer",
+            ModelConfig {
+                shared_layers: vec![6],
+                ..gated(Gate::STATIC, 3, 0)
+            },
+        ),
+    ]);
+    all
 }
 
 /// A batch whose targets suit each task's kind (0/1 labels for classification).
@@ -186,7 +245,7 @@ fn cpu_reference_gradients_match_finite_differences() {
         let loss_id = trainer.model().graph.find("loss").unwrap();
         let total = |cpu: &mut CpuExecutor| -> f64 {
             cpu.forward(5, &[&x], &[&y]).unwrap();
-            cpu.tensor(loss_id).iter().sum()
+            cpu.tensor(loss_id).iter().sum::<f64>() + cpu.balance_loss()
         };
         total(&mut cpu);
         cpu.backward().unwrap();
@@ -415,4 +474,125 @@ fn device_memory_stays_within_the_plan_over_100_steps() {
         "allocated {used:?} against {planned} bytes planned"
     );
     assert_eq!(used.parameters, trainer.planned_memory().parameters);
+}
+
+/// What each gate kind weighs, read from the gate values of a trained model: top-k
+/// gates exactly k experts per row, task-specific experts only by their task's gate,
+/// static gates the same weights on every row; and the load report says so.
+#[test]
+fn gate_kinds_weigh_the_experts_they_should() {
+    let base = &configs()[0].1;
+    let mmoe = |gate: Gate, experts: usize, task_experts: usize| ModelConfig {
+        architecture: Architecture::Mmoe {
+            experts,
+            expert_layers: vec![5],
+            gate,
+            task_experts,
+        },
+        ..base.clone()
+    };
+    let gate_rows = |config: &ModelConfig| -> (Trainer, Vec<Vec<Vec<f32>>>) {
+        let mut trainer = Trainer::new(gpu(), config.clone(), ROWS).unwrap();
+        for seed in 0..3 {
+            let (x, y) = batch(config, ROWS, 40 + seed);
+            trainer.step(&x, &y).unwrap();
+        }
+        let (x, _) = batch(config, ROWS, 50);
+        trainer.predict(&x).unwrap();
+        let values = trainer.model().gate_values.unwrap();
+        let g = trainer.executor().read(values, ROWS).unwrap();
+        let experts = trainer.model().graph.tensor(values).shape[2];
+        let gates: Vec<Vec<Vec<f32>>> = g
+            .chunks(ROWS * experts)
+            .map(|gate| gate.chunks(experts).map(<[f32]>::to_vec).collect())
+            .collect();
+        (trainer, gates)
+    };
+
+    for k in [1, 2, 5] {
+        let config = mmoe(Gate::top_k(k), 5, 0);
+        let (mut trainer, gates) = gate_rows(&config);
+        for row in gates.iter().flatten() {
+            assert_eq!(
+                row.iter().filter(|&&p| p != 0.0).count(),
+                k,
+                "top-{k}: {row:?}"
+            );
+        }
+        let (x, _) = batch(&config, ROWS, 50);
+        let report = trainer.gate_report(&x).unwrap();
+        for load in &report.load {
+            let mean: f64 = load.iter().sum();
+            assert!(
+                (mean - k as f64).abs() < 1e-9,
+                "top-{k}: loads {load:?} sum to {mean}"
+            );
+        }
+        assert!(report.routed.iter().all(|&r| (0.0..=1.0).contains(&r)));
+    }
+
+    let (trainer, _) = gate_rows(&mmoe(Gate::top_k(2).balanced(0.5), 5, 0));
+    let aux = trainer.balance_loss().unwrap().expect("a balancing loss");
+    assert_eq!(aux.len(), 2);
+    assert!(aux.iter().all(|&l| l.is_finite() && l >= 0.0), "{aux:?}");
+    assert!(aux.iter().any(|&l| l > 0.0), "{aux:?}");
+
+    let (trainer, gates) = gate_rows(&mmoe(Gate::top_k(2), 2, 2));
+    assert_eq!(trainer.balance_loss().unwrap(), None);
+    assert!(trainer.model().graph.find("gate.weight").is_some());
+    for (t, gate) in gates.iter().enumerate() {
+        for row in gate {
+            assert_eq!(row.len(), 2 + 2 * 2);
+            for (e, &p) in row.iter().enumerate() {
+                let own = e < 2 || (e - 2) / 2 == t;
+                assert!(
+                    own || p == 0.0,
+                    "gate {t} weighs expert {e} of another task"
+                );
+            }
+            assert_eq!(row.iter().filter(|&&p| p != 0.0).count(), 2);
+        }
+    }
+
+    let (trainer, gates) = gate_rows(&mmoe(Gate::STATIC, 3, 0));
+    assert!(trainer.model().graph.find("gate.weight").is_none());
+    for gate in &gates {
+        assert!(
+            gate.iter().all(|row| row == &gate[0]),
+            "a static gate varies"
+        );
+        let sum: f32 = gate[0].iter().sum();
+        assert!((sum - 1.0).abs() < 1e-6);
+    }
+    // Trained: the static weights moved away from the uniform start.
+    assert!(gates[0][0].iter().any(|&p| (p - 1.0 / 3.0).abs() > 1e-5));
+}
+
+#[test]
+fn bad_gate_settings_are_errors() {
+    let base = &configs()[0].1;
+    for (gate, experts, task_experts, want) in [
+        (Gate::top_k(0), 3, 0, "1 ≤ k ≤ 3"),
+        (Gate::top_k(4), 3, 0, "1 ≤ k ≤ 3"),
+        (Gate::top_k(4), 2, 1, "1 ≤ k ≤ 3"),
+        (Gate::SOFTMAX.balanced(-1.0), 3, 0, "balance weight"),
+        (Gate::SOFTMAX, 0, 0, "experts must be at least 1"),
+    ] {
+        let config = ModelConfig {
+            architecture: Architecture::Mmoe {
+                experts,
+                expert_layers: vec![5],
+                gate,
+                task_experts,
+            },
+            ..base.clone()
+        };
+        match Trainer::new(gpu(), config, 4) {
+            Err(e @ Error::Invalid { .. }) => {
+                assert!(e.to_string().contains(want), "{e} should say {want}")
+            }
+            Err(e) => panic!("{gate:?}: wrong error {e}"),
+            Ok(_) => panic!("{gate:?} with {experts} + {task_experts} experts accepted"),
+        }
+    }
 }

@@ -7,7 +7,7 @@ use mmoe_wgpu::Gpu;
 use mmoe_wgpu::data::Dataset;
 use mmoe_wgpu::data::synthetic::{SyntheticConfig, generate};
 use mmoe_wgpu::graph::Role;
-use mmoe_wgpu::model::{Architecture, ModelConfig, TaskConfig, TaskKind, Trainer};
+use mmoe_wgpu::model::{Architecture, Gate, ModelConfig, TaskConfig, TaskKind, Trainer};
 use mmoe_wgpu::rng::Rng;
 
 /// A correlation as shown to people: `1.0`, `0.5`, `-0.25`.
@@ -56,17 +56,23 @@ impl Model {
 
     /// The paper's models, matched in size: 8 experts of one ReLU layer of 16 (or a
     /// bottom of one ReLU layer of 113), towers of one ReLU layer of 8, Adam, MSE.
-    pub fn config(self, inputs: usize, learning_rate: f32, seed: u64) -> ModelConfig {
+    pub fn config(self, inputs: usize, learning_rate: f32, seed: u64, gate: Gate) -> ModelConfig {
         let tasks = vec![
             TaskConfig::new("task1", TaskKind::Regression),
             TaskConfig::new("task2", TaskKind::Regression),
         ];
         let mut config = ModelConfig::mmoe(inputs, 8, 16, 8, tasks);
         config.architecture = match self {
-            Model::Mmoe => config.architecture,
+            Model::Mmoe => Architecture::Mmoe {
+                experts: 8,
+                expert_layers: vec![16],
+                gate,
+                task_experts: 0,
+            },
             Model::Omoe => Architecture::Omoe {
                 experts: 8,
                 expert_layers: vec![16],
+                gate,
             },
             Model::SharedBottom => Architecture::SharedBottom {
                 bottom_layers: vec![113],
@@ -117,6 +123,8 @@ pub struct RunSpec {
     pub data: SyntheticConfig,
     /// Training loss is read back (a device sync) every this many steps.
     pub log_every: usize,
+    /// The gate of the gated models.
+    pub gate: Gate,
 }
 
 /// What one run produced.
@@ -183,7 +191,7 @@ pub fn run(
     let start = Instant::now();
     let config = spec
         .model
-        .config(train.inputs, spec.learning_rate, spec.seed);
+        .config(train.inputs, spec.learning_rate, spec.seed, spec.gate);
     let batch = spec.batch_size.min(train.rows);
     let mut trainer = Trainer::new(gpu, config, batch)?;
     let graph = &trainer.model().graph;

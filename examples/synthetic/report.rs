@@ -24,6 +24,9 @@ pub fn json_line(r: &RunResult, args: &Args) -> serde_json::Value {
         "train_rows": args.train_rows,
         "parameters": r.parameters,
         "gate_divergence": r.gates.as_deref().map(gate_divergence),
+        "gate": format!("{:?}", args.gate).to_lowercase(),
+        "k": (args.gate == super::GateChoice::Topk).then_some(args.k),
+        "balance": args.balance,
     })
 }
 
@@ -59,10 +62,11 @@ pub fn table(out: &mut dyn Write, results: &[RunResult], args: &Args) -> std::io
     let width = 19;
     writeln!(
         out,
-        "\ntest MSE, mean of the two tasks (mean ± std over {} seed{}, {} test rows)",
+        "\ntest MSE, mean of the two tasks (mean ± std over {} seed{}, {} test rows; gates: {:?})",
         args.seeds,
         if args.seeds == 1 { "" } else { "s" },
-        args.test_rows
+        args.test_rows,
+        args.gate()
     )?;
     write!(out, "{:<15}{:>7}", "model", "params")?;
     for c in &args.correlations {

@@ -86,7 +86,7 @@ pub fn backward_steps(graph: &Graph) -> Result<Vec<BackwardStep>> {
                     written[x.0] = true;
                 }
             }
-            Op::GateMix { x, h, m, .. } => {
+            Op::GateMix { x, wg, h, m, .. } => {
                 if !written[m.0] {
                     continue;
                 }
@@ -100,7 +100,8 @@ pub fn backward_steps(graph: &Graph) -> Result<Vec<BackwardStep>> {
                     ));
                 }
                 written[h.0] = true;
-                let dx = activation_needs(*x).then_some(written[x.0]);
+                // A static gate's logits do not depend on its input.
+                let dx = (wg.is_some() && activation_needs(*x)).then_some(written[x.0]);
                 if dx.is_some() {
                     written[x.0] = true;
                 }

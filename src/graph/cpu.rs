@@ -2,6 +2,8 @@
 //! truth the GPU executor is tested against.
 
 use super::{BackwardStep, Graph, Op, Plan, TensorId, at_rows};
+use crate::kernels::balance::BalanceShape;
+use crate::kernels::gate_mix::GateMixShape;
 use crate::kernels::optimizer::Optimizer;
 use crate::reference;
 use crate::shape::Activation;
@@ -20,6 +22,7 @@ pub struct CpuExecutor {
     values: Vec<Vec<f64>>,
     grad_values: Vec<Vec<f64>>,
     rows: usize,
+    balance_loss: f64,
 }
 
 impl CpuExecutor {
@@ -36,6 +39,7 @@ impl CpuExecutor {
             values: vec![Vec::new(); n],
             grad_values: vec![Vec::new(); n],
             rows: 0,
+            balance_loss: 0.0,
             graph,
             plan,
         })
@@ -49,6 +53,12 @@ impl CpuExecutor {
     /// The flat parameters, to perturb them (finite differences) or load them.
     pub fn parameters_mut(&mut self) -> &mut [f64] {
         &mut self.params
+    }
+
+    /// The load-balancing loss of every gate node at the last forward pass, summed
+    /// (0 without one); the gradients include it, the loss tensor does not.
+    pub fn balance_loss(&self) -> f64 {
+        self.balance_loss
     }
 
     /// The flat gradients of the last [`backward`](Self::backward).
@@ -74,6 +84,7 @@ impl CpuExecutor {
             self.values[id.0] = values.to_vec();
         }
         self.rows = rows;
+        self.balance_loss = 0.0;
         let nodes: Vec<Op> = self
             .graph
             .nodes()
@@ -110,6 +121,9 @@ impl CpuExecutor {
             }
             Op::GateMix {
                 shape,
+                k,
+                access,
+                balance_weight,
                 x,
                 wg,
                 bg,
@@ -117,13 +131,31 @@ impl CpuExecutor {
                 g,
                 m,
             } => {
-                let (gv, mv) = reference::gate_mix::forward(
-                    shape,
-                    self.tensor(*x),
-                    self.tensor(*wg),
-                    self.tensor(*bg),
-                    self.tensor(*h),
-                )?;
+                let wg = self.gate_weights(shape, *wg);
+                let (gv, mv) = if *k == shape.experts {
+                    reference::gate_mix::forward(
+                        shape,
+                        self.tensor(*x),
+                        &wg,
+                        self.tensor(*bg),
+                        self.tensor(*h),
+                    )?
+                } else {
+                    reference::gate_topk::forward_with_access(
+                        shape,
+                        *k,
+                        *access,
+                        self.tensor(*x),
+                        &wg,
+                        self.tensor(*bg),
+                        self.tensor(*h),
+                    )?
+                };
+                if *balance_weight > 0.0 {
+                    let balance = BalanceShape::from(*shape);
+                    let stats = reference::balance::forward(&balance, *balance_weight as f64, &gv)?;
+                    self.balance_loss += stats.aux.iter().sum::<f64>();
+                }
                 self.values[g.0] = gv;
                 self.values[m.0] = mv;
             }
@@ -207,16 +239,46 @@ impl CpuExecutor {
                 h,
                 g,
                 m,
+                balance_weight,
+                ..
             } => {
-                let grads = reference::gate_mix::backward(
+                let weights = self.gate_weights(&shape, wg);
+                // The dense backward is the top-k one too: it is zero wherever G is.
+                let mut grads = reference::gate_mix::backward(
                     &shape,
                     self.tensor(x),
-                    self.tensor(wg),
+                    &weights,
                     self.tensor(h),
                     &self.values[g.0],
                     &self.grad_values[m.0],
                 )?;
-                self.set_param_grad(wg, &grads.dwg);
+                if balance_weight > 0.0 {
+                    // The balancing loss's share of dz, carried through the logits GEMM
+                    // (linear, so adding it afterwards is adding it to dz).
+                    let g = &self.values[g.0];
+                    let balance = BalanceShape::from(shape);
+                    let stats = reference::balance::forward(&balance, balance_weight as f64, g)?;
+                    let mut dz = vec![0.0; shape.g_len()];
+                    reference::balance::backward(&balance, g, &stats.coefficients, &mut dz)?;
+                    let logits = reference::grouped_gemm::backward(
+                        &shape.logits_gemm(),
+                        Activation::Identity,
+                        self.tensor(x),
+                        &weights,
+                        &dz,
+                        &dz,
+                    )?;
+                    for (sum, add) in [
+                        (&mut grads.dwg, &logits.dw),
+                        (&mut grads.dbg, &logits.db),
+                        (&mut grads.dx, &logits.dx),
+                    ] {
+                        sum.iter_mut().zip(add).for_each(|(s, a)| *s += a);
+                    }
+                }
+                if let Some(wg) = wg {
+                    self.set_param_grad(wg, &grads.dwg);
+                }
                 self.set_param_grad(bg, &grads.dbg);
                 self.set_grad(h, grads.dh, false);
                 if let BackwardStep::GateMix {
@@ -230,6 +292,14 @@ impl CpuExecutor {
             Op::Loss { .. } => unreachable!("the loss has no backward step"),
         }
         Ok(())
+    }
+
+    /// A gate's weights: its parameter, or a static gate's zeros.
+    fn gate_weights(&self, shape: &GateMixShape, wg: Option<TensorId>) -> Vec<f64> {
+        match wg {
+            Some(wg) => self.tensor(wg).to_vec(),
+            None => vec![0.0; shape.wg_len()],
+        }
     }
 
     fn set_param_grad(&mut self, id: TensorId, grad: &[f64]) {

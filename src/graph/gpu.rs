@@ -4,10 +4,12 @@
 
 use std::collections::HashMap;
 
-use super::plan::moment_buffers;
+use super::plan::{ScratchKind, moment_buffers};
 use super::{BackwardStep, Graph, MemoryReport, Op, Plan, Role, TensorId, at_rows};
 use crate::gpu::Gpu;
-use crate::kernels::gate_mix::{GateMix, GateMixBackward, GateMixForward};
+use crate::kernels::balance::{Balance, BalanceBackward, BalanceForward};
+use crate::kernels::gate_mix::{ForwardStages, GateMix, GateMixBackward};
+use crate::kernels::gate_topk::{GateTopk, GateTopkForward};
 use crate::kernels::grouped_gemm::{
     GemmBackwardInput, GemmBackwardWeights, GemmForward, GroupedGemm,
 };
@@ -31,13 +33,15 @@ pub struct GpuExecutor {
     plan: Plan,
     gemm: GroupedGemm,
     gate_mix: GateMix,
+    gate_topk: GateTopk,
+    balance: Balance,
     loss_kernel: Loss,
     params: wgpu::Buffer,
     grads: wgpu::Buffer,
     moments: Vec<wgpu::Buffer>,
     buffers: Vec<Option<wgpu::Buffer>>,
     grad_buffers: Vec<Option<wgpu::Buffer>>,
-    scratch: Vec<Option<wgpu::Buffer>>,
+    scratch: Vec<Vec<(ScratchKind, wgpu::Buffer)>>,
     status: wgpu::Buffer,
     loss_tensor: Option<TensorId>,
     optimizer: OptimizerStep,
@@ -49,9 +53,10 @@ impl Drop for GpuExecutor {
     fn drop(&mut self) {
         let mut owned: Vec<&wgpu::Buffer> = vec![&self.params, &self.grads, &self.status];
         owned.extend(&self.moments);
-        for list in [&self.buffers, &self.grad_buffers, &self.scratch] {
+        for list in [&self.buffers, &self.grad_buffers] {
             owned.extend(list.iter().flatten());
         }
+        owned.extend(self.scratch.iter().flatten().map(|(_, b)| b));
         self.gpu.forget_bind_groups_of(&owned);
     }
 }
@@ -101,10 +106,13 @@ impl GpuExecutor {
         let scratch = plan
             .scratch
             .iter()
-            .map(|&n| {
-                (n > 0)
-                    .then(|| gpu.storage_buffer("gate-mix dz", bytes(n)))
-                    .transpose()
+            .map(|own| {
+                own.iter()
+                    .map(|s| {
+                        let name = format!("scratch {:?}", s.kind);
+                        Ok((s.kind, gpu.storage_buffer(&name, bytes(s.len))?))
+                    })
+                    .collect::<Result<Vec<_>>>()
             })
             .collect::<Result<Vec<_>>>()?;
         let loss_tensor = graph.nodes().iter().find_map(|op| match op {
@@ -131,6 +139,8 @@ impl GpuExecutor {
         Ok(GpuExecutor {
             gemm: GroupedGemm::new(gpu),
             gate_mix: GateMix::new(gpu),
+            gate_topk: GateTopk::new(gpu),
+            balance: Balance::new(gpu),
             loss_kernel: Loss::new(gpu),
             gpu: gpu.clone(),
             graph,
@@ -180,7 +190,13 @@ impl GpuExecutor {
             activations: sum(&self.buffers, &|r| r == Role::Activation),
             activation_gradients: sum(&self.grad_buffers, &|_| true),
             inputs: sum(&self.buffers, &|r| matches!(r, Role::Input | Role::Target)),
-            scratch: self.scratch.iter().flatten().map(size).sum::<u64>() + size(&self.status),
+            scratch: self
+                .scratch
+                .iter()
+                .flatten()
+                .map(|(_, b)| size(b))
+                .sum::<u64>()
+                + size(&self.status),
         }
     }
 
@@ -193,6 +209,23 @@ impl GpuExecutor {
                     .expect("every non-parameter tensor has a buffer"),
             ),
         }
+    }
+
+    /// A gate's weights: its parameter, or a static gate's zeros.
+    fn gate_weights(&self, node: usize, wg: Option<TensorId>) -> BufferView<'_> {
+        match wg {
+            Some(wg) => self.view(wg),
+            None => self.scratch_view(node, ScratchKind::ZeroWeights),
+        }
+    }
+
+    /// Node `node`'s scratch buffer of kind `kind` (the plan made it).
+    fn scratch_view(&self, node: usize, kind: ScratchKind) -> BufferView<'_> {
+        let (_, buffer) = self.scratch[node]
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .expect("the plan gives this node that scratch buffer");
+        BufferView::new(buffer)
     }
 
     fn grad_view(&self, id: TensorId) -> BufferView<'_> {
@@ -237,7 +270,7 @@ impl GpuExecutor {
             loss: Vec::new(),
             backward: Vec::new(),
         };
-        for op in self.graph.nodes() {
+        for (node, op) in self.graph.nodes().iter().enumerate() {
             match at_rows(op, rows) {
                 Op::Dense {
                     shape,
@@ -257,24 +290,41 @@ impl GpuExecutor {
                 })?),
                 Op::GateMix {
                     shape,
+                    k,
+                    access,
+                    balance_weight,
                     x,
                     wg,
                     bg,
                     h,
                     g,
                     m,
-                } => recorded
-                    .forward
-                    .push(self.gate_mix.forward(&GateMixForward {
-                        precision: Precision::F32,
-                        shape,
-                        x: self.view(x),
-                        wg: self.view(wg),
-                        bg: self.view(bg),
-                        h: self.view(h),
-                        g: self.view(g),
-                        m: self.view(m),
-                    })?),
+                } => {
+                    recorded
+                        .forward
+                        .push(self.gate_topk.forward(&GateTopkForward {
+                            precision: Precision::F32,
+                            shape,
+                            k,
+                            access,
+                            stages: ForwardStages::Both,
+                            x: self.view(x),
+                            wg: self.gate_weights(node, wg),
+                            bg: self.view(bg),
+                            h: self.view(h),
+                            g: self.view(g),
+                            m: self.view(m),
+                        })?);
+                    if balance_weight > 0.0 {
+                        recorded.forward.push(self.balance.forward(&BalanceForward {
+                            shape: shape.into(),
+                            weight: balance_weight,
+                            precision: Precision::F32,
+                            g: self.view(g),
+                            stats: self.scratch_view(node, ScratchKind::BalanceStats),
+                        })?);
+                    }
+                }
                 Op::Loss {
                     tasks,
                     predictions,
@@ -355,22 +405,42 @@ impl GpuExecutor {
                     h,
                     g,
                     m,
+                    balance_weight,
+                    ..
                 },
-            ) => out.extend(self.gate_mix.backward(&GateMixBackward {
-                precision: Precision::F32,
-                shape,
-                x: self.view(x),
-                wg: self.view(wg),
-                h: self.view(h),
-                g: self.view(g),
-                dm: self.grad_view(m),
-                dh: self.grad_view(h),
-                dz: BufferView::new(self.scratch[node].as_ref().expect("gate-mix scratch")),
-                dwg: self.grad_view(wg),
-                dbg: self.grad_view(bg),
-                dx: dx.map(|_| self.grad_view(x)),
-                accumulate_dx: dx == Some(true),
-            })?),
+            ) => {
+                let mut dispatches = self.gate_mix.backward(&GateMixBackward {
+                    precision: Precision::F32,
+                    shape,
+                    x: self.view(x),
+                    wg: self.gate_weights(node, wg),
+                    h: self.view(h),
+                    g: self.view(g),
+                    dm: self.grad_view(m),
+                    dh: self.grad_view(h),
+                    dz: self.scratch_view(node, ScratchKind::LogitGrad),
+                    dwg: match wg {
+                        Some(wg) => self.grad_view(wg),
+                        None => self.scratch_view(node, ScratchKind::WeightGradSink),
+                    },
+                    dbg: self.grad_view(bg),
+                    dx: dx.map(|_| self.grad_view(x)),
+                    accumulate_dx: dx == Some(true),
+                })?;
+                // The balancing loss adds to dz after the gate writes it, before the
+                // GEMMs read it.
+                if balance_weight > 0.0 {
+                    let balance = self.balance.backward(&BalanceBackward {
+                        shape: shape.into(),
+                        precision: Precision::F32,
+                        g: self.view(g),
+                        stats: self.scratch_view(node, ScratchKind::BalanceStats),
+                        dz: self.scratch_view(node, ScratchKind::LogitGrad),
+                    })?;
+                    dispatches.insert(1, balance);
+                }
+                out.extend(dispatches);
+            }
             (step, op) => unreachable!("backward step {step:?} does not match node {op:?}"),
         }
         Ok(())
@@ -563,6 +633,21 @@ impl GpuExecutor {
     pub fn clear_non_finite(&self) -> Result<()> {
         let words = (self.status.size() / 4) as usize;
         self.gpu.write(&self.status, 0, &vec![0u32; words])
+    }
+
+    /// The load-balancing statistics of gate node `node` at its last forward pass
+    /// (laid out as [`crate::kernels::balance::BalanceShape::stats_len`] says), or
+    /// `None` when the node has no balancing loss.
+    pub fn balance_stats(&self, node: usize) -> Result<Option<Vec<f32>>> {
+        let Some((_, buffer)) = self
+            .scratch
+            .get(node)
+            .and_then(|own| own.iter().find(|(k, _)| *k == ScratchKind::BalanceStats))
+        else {
+            return Ok(None);
+        };
+        let len = (buffer.size() / 4) as usize;
+        Ok(Some(self.gpu.read(buffer, 0, len)?))
     }
 
     /// The per-task loss of the last run with a loss.

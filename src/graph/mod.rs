@@ -16,9 +16,9 @@ mod plan;
 pub use backward::{BackwardStep, backward_steps};
 pub use cpu::CpuExecutor;
 pub use gpu::GpuExecutor;
-pub use plan::{MemoryReport, Plan};
+pub use plan::{MemoryReport, Plan, Scratch, ScratchKind};
 
-use crate::kernels::gate_mix::GateMixShape;
+use crate::kernels::gate_mix::{ExpertAccess, GateMixShape};
 use crate::kernels::loss::TaskLoss;
 use crate::shape::{Activation, GemmShape, InputLayout};
 use crate::{Error, Result};
@@ -120,14 +120,23 @@ pub enum Op {
         /// Output `[groups, rows, outputs]`.
         y: TensorId,
     },
-    /// Gate softmax and expert mixing (see [`crate::kernels::gate_mix`]).
+    /// Gate softmax and expert mixing (see [`crate::kernels::gate_mix`] and
+    /// [`crate::kernels::gate_topk`]).
     GateMix {
         /// Shape at full capacity.
         shape: GateMixShape,
+        /// Experts each gate keeps per row: the number it sees for a dense softmax,
+        /// fewer for a top-k gate.
+        k: usize,
+        /// Which experts each gate sees.
+        access: ExpertAccess,
+        /// Weight of the load-balancing loss on the gate values (0: none).
+        balance_weight: f32,
         /// Gate input `[rows, inputs]`.
         x: TensorId,
-        /// Gate weights `[gates, inputs, experts]`.
-        wg: TensorId,
+        /// Gate weights `[gates, inputs, experts]`; `None` for a static gate, whose
+        /// logits are its bias alone.
+        wg: Option<TensorId>,
         /// Gate bias `[gates, experts]`.
         bg: TensorId,
         /// Expert outputs `[experts, rows, width]`.
@@ -155,7 +164,10 @@ impl Op {
     pub fn inputs(&self) -> Vec<TensorId> {
         match self {
             Op::Dense { x, w, b, .. } => [Some(*x), Some(*w), *b].into_iter().flatten().collect(),
-            Op::GateMix { x, wg, bg, h, .. } => vec![*x, *wg, *bg, *h],
+            Op::GateMix { x, wg, bg, h, .. } => [Some(*x), *wg, Some(*bg), Some(*h)]
+                .into_iter()
+                .flatten()
+                .collect(),
             Op::Loss {
                 predictions,
                 targets,
@@ -172,6 +184,31 @@ impl Op {
             Op::Loss { loss, .. } => vec![*loss],
         }
     }
+}
+
+/// How a gate node weighs the experts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GateSpec {
+    /// Keep the top `k` logits of the experts a gate sees; `None`: all of them (the
+    /// dense softmax).
+    pub k: Option<usize>,
+    /// Which experts each gate sees.
+    pub access: ExpertAccess,
+    /// Whether the logits depend on the input; a static gate's are its bias alone.
+    pub input_dependent: bool,
+    /// Weight of the load-balancing loss, `weight · CV²` of each gate's importance
+    /// (see [`crate::kernels::balance`]); 0 for none.
+    pub balance_weight: f32,
+}
+
+impl GateSpec {
+    /// The paper's gate: a softmax over every expert, fed by the input.
+    pub const SOFTMAX: GateSpec = GateSpec {
+        k: None,
+        access: ExpertAccess::All,
+        input_dependent: true,
+        balance_weight: 0.0,
+    };
 }
 
 /// Tensors and nodes in topological order (a node only reads tensors made before it).
@@ -349,15 +386,16 @@ impl Graph {
         Ok(y)
     }
 
-    /// `gates` softmax gates over the experts of `h` (`[experts, rows, width]`), fed
-    /// by `x`; returns the mixtures `[gates, rows, width]`. Creates `name.weight`,
-    /// `name.bias` and the gate values `name.values`.
+    /// `gates` gates over the experts of `h` (`[experts, rows, width]`), fed by `x`;
+    /// returns the mixtures `[gates, rows, width]`. Creates `name.weight` (unless the
+    /// gate is static), `name.bias` and the gate values `name.values`.
     pub fn gate_mix(
         &mut self,
         name: &str,
         x: TensorId,
         h: TensorId,
         gates: usize,
+        spec: GateSpec,
     ) -> Result<TensorId> {
         let (x_groups, inputs) = self.row_features(x)?;
         let (experts, width) = self.row_features(h)?;
@@ -374,14 +412,30 @@ impl Graph {
             inputs,
             width,
         };
-        let wg = self.parameter(
-            &format!("{name}.weight"),
-            vec![gates, inputs, experts],
-            Init::GlorotUniform {
-                fan_in: inputs,
-                fan_out: experts,
-            },
-        )?;
+        shape.validate(name)?;
+        spec.access.validate(name, &shape)?;
+        let visible = spec.access.visible(&shape);
+        let k = spec.k.unwrap_or(visible);
+        if !spec.balance_weight.is_finite() || spec.balance_weight < 0.0 {
+            return Err(Error::invalid(
+                name,
+                format!("balance weight {}", spec.balance_weight),
+            ));
+        }
+        crate::kernels::gate_topk::check_k(name, &shape, k, spec.access)?;
+        let wg = spec
+            .input_dependent
+            .then(|| {
+                self.parameter(
+                    &format!("{name}.weight"),
+                    vec![gates, inputs, experts],
+                    Init::GlorotUniform {
+                        fan_in: inputs,
+                        fan_out: visible,
+                    },
+                )
+            })
+            .transpose()?;
         let bg = self.parameter(&format!("{name}.bias"), vec![gates, experts], Init::Zeros)?;
         let g = self.add(
             &format!("{name}.values"),
@@ -399,6 +453,9 @@ impl Graph {
         )?;
         self.nodes.push(Op::GateMix {
             shape,
+            k,
+            access: spec.access,
+            balance_weight: spec.balance_weight,
             x,
             wg,
             bg,

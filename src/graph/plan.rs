@@ -4,6 +4,7 @@
 
 use super::backward::{BackwardStep, backward_steps, needs_grad};
 use super::{Graph, Op, Role};
+use crate::kernels::balance::BalanceShape;
 use crate::kernels::optimizer::Optimizer;
 use crate::{Error, Result};
 
@@ -18,8 +19,8 @@ pub struct Plan {
     pub param_len: usize,
     /// Which activations have a gradient buffer.
     pub has_grad: Vec<bool>,
-    /// Per node: the length of the gate-mix `dz` scratch at capacity (0 for others).
-    pub scratch: Vec<usize>,
+    /// Per node: the scratch buffers its kernels use, at capacity.
+    pub scratch: Vec<Vec<Scratch>>,
     /// The backward pass.
     pub backward: Vec<BackwardStep>,
 }
@@ -48,13 +49,37 @@ impl Plan {
             .zip(&needs)
             .map(|(t, &n)| n && t.role == Role::Activation)
             .collect();
-        let mut scratch = vec![0; graph.nodes().len()];
+        let mut scratch = vec![Vec::new(); graph.nodes().len()];
         for (node, op) in graph.nodes().iter().enumerate() {
             match op {
                 // Gate values and losses are outputs without a gradient of their own.
-                Op::GateMix { g, shape, .. } => {
+                Op::GateMix {
+                    g,
+                    shape,
+                    wg,
+                    balance_weight,
+                    ..
+                } => {
                     has_grad[g.0] = false;
-                    scratch[node] = shape.gates * shape.rows * shape.experts;
+                    let mut own = vec![Scratch {
+                        kind: ScratchKind::LogitGrad,
+                        len: shape.g_len(),
+                    }];
+                    if wg.is_none() {
+                        own.extend([ScratchKind::ZeroWeights, ScratchKind::WeightGradSink].map(
+                            |kind| Scratch {
+                                kind,
+                                len: shape.wg_len(),
+                            },
+                        ));
+                    }
+                    if *balance_weight > 0.0 {
+                        own.push(Scratch {
+                            kind: ScratchKind::BalanceStats,
+                            len: BalanceShape::from(*shape).stats_len(),
+                        });
+                    }
+                    scratch[node] = own;
                 }
                 Op::Loss { loss, .. } => has_grad[loss.0] = false,
                 Op::Dense { .. } => {}
@@ -100,7 +125,7 @@ impl Plan {
                     .sum(),
             ),
             inputs: sum_role(Role::Input) + sum_role(Role::Target),
-            scratch: bytes(self.scratch.iter().sum()),
+            scratch: bytes(self.scratch.iter().flatten().map(|s| s.len).sum()),
         }
     }
 }
@@ -144,7 +169,8 @@ impl Plan {
         buffers.extend(
             self.scratch
                 .iter()
-                .map(|&n| ("gate-mix scratch".to_string(), bytes(n))),
+                .flatten()
+                .map(|s| (format!("scratch {:?}", s.kind), bytes(s.len))),
         );
         match buffers.into_iter().find(|(_, size)| *size > limit) {
             Some((name, size)) => Err(Error::Limit {
@@ -159,6 +185,35 @@ impl Plan {
             None => Ok(()),
         }
     }
+}
+
+/// What a scratch buffer holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ScratchKind {
+    /// The gate logits' gradient `dz: [gates, rows, experts]`.
+    LogitGrad,
+    /// A static gate's weights: zeros, so that its logits are its bias alone.
+    ZeroWeights,
+    /// Where the gradient of a static gate's (absent) weights is written and left.
+    WeightGradSink,
+    /// The load-balancing loss's importance, load, coefficients and loss per gate.
+    BalanceStats,
+}
+
+impl ScratchKind {
+    /// Whether the buffer grows with the batch.
+    pub fn per_row(self) -> bool {
+        self == ScratchKind::LogitGrad
+    }
+}
+
+/// One scratch buffer of a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Scratch {
+    /// What it holds.
+    pub kind: ScratchKind,
+    /// Elements (f32) at the graph's capacity.
+    pub len: usize,
 }
 
 /// Optimizer state buffers `optimizer` keeps, each as long as the parameters.
@@ -185,7 +240,7 @@ pub struct MemoryReport {
     pub activation_gradients: u64,
     /// Per-step inputs and targets.
     pub inputs: u64,
-    /// Kernel scratch (gate-mix `dz`).
+    /// Kernel scratch (gate-mix `dz`, static gates' constant weights).
     pub scratch: u64,
 }
 

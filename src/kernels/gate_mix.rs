@@ -227,6 +227,68 @@ impl GateMixShape {
     }
 }
 
+/// Which experts each gate may weigh.
+///
+/// With task-specific experts beside shared ones, each task's gate sees the shared
+/// experts and its own: experts are numbered shared first, then each gate's own in
+/// gate order. The experts a gate does not see get a weight of exactly 0, so they
+/// neither feed its mixture nor receive a gradient from it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ExpertAccess {
+    /// Every gate sees every expert.
+    #[default]
+    All,
+    /// Experts `0..shared` are seen by every gate; gate `t` also sees its own
+    /// `shared + t·own .. shared + (t+1)·own`.
+    SharedAndOwn {
+        /// Experts every gate sees.
+        shared: usize,
+        /// Experts of each gate's own (at least 1).
+        own: usize,
+    },
+}
+
+impl ExpertAccess {
+    /// Whether gate `gate` sees expert `expert`.
+    pub fn sees(&self, gate: usize, expert: usize) -> bool {
+        match *self {
+            ExpertAccess::All => true,
+            ExpertAccess::SharedAndOwn { shared, own } => {
+                expert < shared || (expert - shared) / own == gate
+            }
+        }
+    }
+
+    /// Experts each gate of `shape` sees.
+    pub fn visible(&self, shape: &GateMixShape) -> usize {
+        match *self {
+            ExpertAccess::All => shape.experts,
+            ExpertAccess::SharedAndOwn { shared, own } => shared + own,
+        }
+    }
+
+    /// Checks the experts of `shape` are exactly the shared ones plus `own` per gate.
+    pub fn validate(&self, context: &str, shape: &GateMixShape) -> Result<()> {
+        let ExpertAccess::SharedAndOwn { shared, own } = *self else {
+            return Ok(());
+        };
+        let total = own
+            .checked_mul(shape.gates)
+            .and_then(|n| n.checked_add(shared));
+        if own == 0 || total != Some(shape.experts) {
+            return Err(Error::invalid(
+                format!("{context} access"),
+                format!(
+                    "{shared} shared experts plus {own} of its own for each of {} gates, \
+                     but the shape has {} experts (own must be at least 1)",
+                    shape.gates, shape.experts
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// How the gate + mix kernels map work to invocations. Every tiling gives bitwise
 /// equal results.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -290,7 +352,41 @@ struct GateMixParams {
     dz_base: u32,
     /// Experts kept per row: `experts` (dense) unless the top-k gate asks for fewer.
     k: u32,
-    _pad: u32,
+    /// [`ExpertAccess::SharedAndOwn`]: the shared experts and each gate's own count
+    /// (`own_experts` = 0: every gate sees every expert).
+    shared_experts: u32,
+    own_experts: u32,
+    /// Forward phases: [`STAGE_GATE`] and/or [`STAGE_MIX`].
+    stages: u32,
+    _pad: [u32; 2],
+}
+
+/// Forward phase: logits and softmax into `G`.
+const STAGE_GATE: u32 = 1;
+/// Forward phase: `M` from `G` and `H`.
+const STAGE_MIX: u32 = 2;
+
+/// Which phases of the gate + mix forward pass a dispatch runs. Sparse experts run
+/// between the two, on the rows the gate values route to them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ForwardStages {
+    /// Gate values and mixtures in one dispatch.
+    #[default]
+    Both,
+    /// The gate values `G` alone (`H` and `M` are not touched).
+    GateOnly,
+    /// The mixtures `M` from the `G` a [`GateOnly`](Self::GateOnly) dispatch wrote.
+    MixOnly,
+}
+
+impl ForwardStages {
+    fn bits(self) -> u32 {
+        match self {
+            ForwardStages::Both => STAGE_GATE | STAGE_MIX,
+            ForwardStages::GateOnly => STAGE_GATE,
+            ForwardStages::MixOnly => STAGE_MIX,
+        }
+    }
 }
 
 impl GateMixParams {
@@ -302,6 +398,7 @@ impl GateMixParams {
             inputs: s.inputs as u32,
             width: s.width as u32,
             k: s.experts as u32,
+            stages: ForwardStages::Both.bits(),
             ..Default::default()
         }
     }
@@ -413,6 +510,19 @@ impl GateMix {
         self.forward_with(args, t)
     }
 
+    /// The forward tiling for `shape`, tuned on first use of its shape class; the
+    /// top-k gate runs the same tiles.
+    pub(crate) fn forward_tiling(
+        &self,
+        ctx: &str,
+        shape: &GateMixShape,
+        precision: Precision,
+    ) -> Result<GateMixTiling> {
+        shape.validate(ctx)?;
+        precision.check(&self.gpu, ctx)?;
+        self.tuned(tune::GatePass::Forward, shape, precision)
+    }
+
     /// [`forward`](Self::forward) with a given tiling.
     pub fn forward_with(
         &self,
@@ -422,23 +532,25 @@ impl GateMix {
         self.forward_top_k(
             ("gate_mix", "gate_mix forward"),
             args,
-            args.shape.experts,
+            (args.shape.experts, ExpertAccess::All, ForwardStages::Both),
             tiling,
         )
     }
 
-    /// The forward pass keeping the `k` largest logits of each gate and row
-    /// (1 ≤ k ≤ experts); the calling kernel's name and pass name the errors.
+    /// The forward pass keeping the `k` largest logits of each gate and row among the
+    /// experts it sees (1 ≤ k ≤ visible); the calling kernel's name and pass name the
+    /// errors.
     pub(crate) fn forward_top_k(
         &self,
         (kernel, ctx): (&str, &'static str),
         args: &GateMixForward<'_>,
-        k: usize,
+        (k, access, stages): (usize, ExpertAccess, ForwardStages),
         tiling: GateMixTiling,
     ) -> Result<Dispatch> {
         let s = &args.shape;
         s.validate(ctx)?;
-        super::gate_topk::check_k(ctx, s, k)?;
+        access.validate(ctx, s)?;
+        super::gate_topk::check_k(ctx, s, k, access)?;
         args.precision.check(&self.gpu, ctx)?;
         tiling.validate(&self.gpu, kernel)?;
         let operands = [
@@ -453,6 +565,11 @@ impl GateMix {
         let bound = bind_operands(&self.gpu, ctx, &operands)?;
         let mut p = GateMixParams::new(s);
         p.k = k as u32;
+        p.stages = stages.bits();
+        if let ExpertAccess::SharedAndOwn { shared, own } = access {
+            p.shared_experts = shared as u32;
+            p.own_experts = own as u32;
+        }
         p.x_base = bound[0].base;
         p.wg_base = bound[1].base;
         p.bg_base = bound[2].base;

@@ -45,6 +45,8 @@
 //! kernels.encode_forward(&mut encoder, &GateTopkForward {
 //!     shape,
 //!     k: 2,
+//!     access: Default::default(),
+//!     stages: Default::default(),
 //!     precision: Precision::F32,
 //!     x: BufferView::new(&x),
 //!     wg: BufferView::new(&wg),
@@ -82,22 +84,28 @@
 //! # }
 //! ```
 
-use super::gate_mix::{GateMix, GateMixBackward, GateMixForward, GateMixShape, GateMixTiling};
+use super::gate_mix::{
+    ExpertAccess, ForwardStages, GateMix, GateMixBackward, GateMixForward, GateMixShape,
+    GateMixTiling,
+};
 use super::{BufferView, Dispatch, Precision, Recorder};
 use crate::gpu::Gpu;
 use crate::{Error, Result};
 
-/// Checks `1 ≤ k ≤ experts`, the selections a top-k gate can make.
-pub(crate) fn check_k(context: &str, shape: &GateMixShape, k: usize) -> Result<()> {
-    if (1..=shape.experts).contains(&k) {
+/// Checks `1 ≤ k ≤` the experts each gate sees, the selections a top-k gate can make.
+pub(crate) fn check_k(
+    context: &str,
+    shape: &GateMixShape,
+    k: usize,
+    access: ExpertAccess,
+) -> Result<()> {
+    let visible = access.visible(shape);
+    if (1..=visible).contains(&k) {
         return Ok(());
     }
     Err(Error::invalid(
         format!("{context} k"),
-        format!(
-            "k = {k}, but a top-k gate over {} experts needs 1 ≤ k ≤ {}",
-            shape.experts, shape.experts
-        ),
+        format!("k = {k}, but a top-k gate over {visible} experts needs 1 ≤ k ≤ {visible}"),
     ))
 }
 
@@ -107,8 +115,13 @@ pub(crate) fn check_k(context: &str, shape: &GateMixShape, k: usize) -> Result<(
 pub struct GateTopkForward<'a> {
     /// Shape.
     pub shape: GateMixShape,
-    /// Experts each gate selects per row, 1 to `shape.experts`.
+    /// Experts each gate selects per row, 1 to the number it sees.
     pub k: usize,
+    /// Which experts each gate sees (all, or shared plus its own).
+    pub access: ExpertAccess,
+    /// Both phases, or the gate values alone, or the mixtures alone (to run sparse
+    /// experts in between on the rows the gate values route to them).
+    pub stages: ForwardStages,
     /// Storage type of every operand; logits, selection, softmax and mixing run in f32
     /// either way (with f16, the logits are rounded to f16 once, in `G`, before the
     /// selection, so near-equal logits may tie there).
@@ -154,9 +167,13 @@ impl GateTopk {
         self.dense.tilings()
     }
 
-    /// Checks and binds the forward pass: one dispatch.
+    /// Checks and binds the forward pass: one dispatch, with the tiling the tuner
+    /// picks for the dense gate of this shape.
     pub fn forward(&self, args: &GateTopkForward<'_>) -> Result<Dispatch> {
-        self.forward_with(args, self.default_tiling(&args.shape))
+        let tiling = self
+            .dense
+            .forward_tiling("gate_topk forward", &args.shape, args.precision)?;
+        self.forward_with(args, tiling)
     }
 
     /// [`forward`](Self::forward) with a given tiling; every tiling gives bitwise
@@ -177,8 +194,12 @@ impl GateTopk {
             g: args.g,
             m: args.m,
         };
-        self.dense
-            .forward_top_k(("gate_topk", CTX), &dense, args.k, tiling)
+        self.dense.forward_top_k(
+            ("gate_topk", CTX),
+            &dense,
+            (args.k, args.access, args.stages),
+            tiling,
+        )
     }
 
     /// Checks and binds the backward pass: the dense gate's ([`GateMix::backward`])

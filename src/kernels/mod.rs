@@ -14,6 +14,7 @@
 //! Each family's module docs hold a runnable example: [`grouped_gemm`], [`gate_mix`],
 //! [`loss`], [`optimizer`], [`routing`].
 
+pub mod balance;
 mod binding;
 mod dispatch;
 pub mod gate_mix;
@@ -37,6 +38,7 @@ pub use routing::{Routing, RoutingArgs, RoutingShape};
 /// Every WGSL program the crate builds, for validation and translation checks.
 pub fn programs() -> Vec<crate::gpu::ShaderProgram> {
     let mut out = grouped_gemm::PROGRAMS.to_vec();
+    out.extend_from_slice(balance::PROGRAMS);
     out.extend_from_slice(gate_mix::PROGRAMS);
     out.extend_from_slice(loss::PROGRAMS);
     out.extend_from_slice(optimizer::PROGRAMS);

@@ -1,8 +1,9 @@
 //! From a [`ModelConfig`] to a [`Graph`], and the seeded initial parameters.
 
-use super::config::{Architecture, ModelConfig};
+use super::config::{Architecture, GateKind, ModelConfig};
 use crate::Result;
-use crate::graph::{Graph, Init, Plan, Role, TensorId};
+use crate::graph::{GateSpec, Graph, Init, Plan, Role, TensorId};
+use crate::kernels::gate_mix::ExpertAccess;
 use crate::kernels::loss::TaskLoss;
 use crate::rng::Rng;
 use crate::shape::{Activation, InputLayout};
@@ -48,13 +49,16 @@ pub fn build(config: &ModelConfig, capacity: usize) -> Result<ModelGraph> {
     }
     let (mixture, gates) = match &config.architecture {
         Architecture::Mmoe {
-            experts,
             expert_layers,
+            gate,
+            ..
         }
         | Architecture::Omoe {
-            experts,
             expert_layers,
+            gate,
+            ..
         } => {
+            let experts = config.architecture.total_experts(tasks);
             let mut h = below;
             for (i, &width) in expert_layers.iter().enumerate() {
                 let layout = if i == 0 {
@@ -62,13 +66,33 @@ pub fn build(config: &ModelConfig, capacity: usize) -> Result<ModelGraph> {
                 } else {
                     InputLayout::PerGroup
                 };
-                h = graph.dense(&format!("experts.{i}"), h, *experts, width, relu, layout)?;
+                h = graph.dense(&format!("experts.{i}"), h, experts, width, relu, layout)?;
             }
-            let gates = match config.architecture {
-                Architecture::Mmoe { .. } => tasks,
-                _ => 1,
+            let (gates, access) = match config.architecture {
+                Architecture::Mmoe {
+                    experts: shared,
+                    task_experts,
+                    ..
+                } if task_experts > 0 => (
+                    tasks,
+                    ExpertAccess::SharedAndOwn {
+                        shared,
+                        own: task_experts,
+                    },
+                ),
+                Architecture::Mmoe { .. } => (tasks, ExpertAccess::All),
+                _ => (1, ExpertAccess::All),
             };
-            (graph.gate_mix("gate", below, h, gates)?, gates)
+            let spec = GateSpec {
+                k: match gate.kind {
+                    GateKind::TopK { k } => Some(k),
+                    GateKind::Softmax | GateKind::Static => None,
+                },
+                access,
+                input_dependent: gate.kind != GateKind::Static,
+                balance_weight: gate.balance_weight,
+            };
+            (graph.gate_mix("gate", below, h, gates, spec)?, gates)
         }
         Architecture::SharedBottom { bottom_layers } => {
             let mut b = below;

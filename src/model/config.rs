@@ -4,15 +4,77 @@ use crate::kernels::loss::LossKind;
 use crate::kernels::optimizer::Optimizer;
 use crate::{Error, Result};
 
+/// How a gate turns its logits into expert weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GateKind {
+    /// Softmax over every expert the gate sees (the paper's gate).
+    Softmax,
+    /// Softmax over the `k` largest logits only (1 ≤ k ≤ the experts a gate sees);
+    /// the other experts get a weight of exactly 0 and no gradient.
+    TopK {
+        /// Experts kept per example.
+        k: usize,
+    },
+    /// Input-independent: a learned softmax over per-gate logits (the gate's bias),
+    /// the same weights for every example.
+    Static,
+}
+
+/// The gates of a mixture of experts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Gate {
+    /// Dense softmax, sparse top-k or static.
+    pub kind: GateKind,
+    /// Weight of the load-balancing loss, `weight · CV²` of each gate's importance
+    /// (its weights summed over the batch); 0 turns it off.
+    pub balance_weight: f32,
+}
+
+impl Gate {
+    /// The paper's dense softmax gate, no balancing loss.
+    pub const SOFTMAX: Gate = Gate {
+        kind: GateKind::Softmax,
+        balance_weight: 0.0,
+    };
+
+    /// A static (input-independent) gate.
+    pub const STATIC: Gate = Gate {
+        kind: GateKind::Static,
+        balance_weight: 0.0,
+    };
+
+    /// A sparse gate keeping the `k` largest logits, no balancing loss.
+    pub const fn top_k(k: usize) -> Gate {
+        Gate {
+            kind: GateKind::TopK { k },
+            balance_weight: 0.0,
+        }
+    }
+
+    /// This gate with a load-balancing loss of weight `weight`.
+    pub const fn balanced(self, weight: f32) -> Gate {
+        Gate {
+            balance_weight: weight,
+            ..self
+        }
+    }
+}
+
 /// How the tasks share the layers below their towers.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Architecture {
-    /// Multi-gate mixture of experts: one softmax gate per task.
+    /// Multi-gate mixture of experts: one gate per task.
     Mmoe {
-        /// Number of experts.
+        /// Number of experts shared by all tasks.
         experts: usize,
         /// Widths of each expert's ReLU layers, input side first (at least one).
         expert_layers: Vec<usize>,
+        /// The gates.
+        gate: Gate,
+        /// Experts of each task's own beside the shared ones (0: none). Each task's
+        /// gate sees the shared experts and its own; the experts are numbered shared
+        /// first, then each task's in task order.
+        task_experts: usize,
     },
     /// One-gate mixture of experts: one gate shared by all tasks.
     Omoe {
@@ -20,12 +82,50 @@ pub enum Architecture {
         experts: usize,
         /// Widths of each expert's ReLU layers (at least one).
         expert_layers: Vec<usize>,
+        /// The gate.
+        gate: Gate,
     },
     /// One bottom network shared by all towers.
     SharedBottom {
         /// Widths of the bottom's ReLU layers (at least one).
         bottom_layers: Vec<usize>,
     },
+}
+
+impl Architecture {
+    /// The gate of a mixture of experts (`None` for shared-bottom).
+    pub fn gate(&self) -> Option<Gate> {
+        match self {
+            Architecture::Mmoe { gate, .. } | Architecture::Omoe { gate, .. } => Some(*gate),
+            Architecture::SharedBottom { .. } => None,
+        }
+    }
+
+    /// All experts, task-specific ones included, of a model with `tasks` tasks (1
+    /// for shared-bottom: its bottom).
+    pub fn total_experts(&self, tasks: usize) -> usize {
+        match self {
+            Architecture::Mmoe {
+                experts,
+                task_experts,
+                ..
+            } => experts.saturating_add(tasks.saturating_mul(*task_experts)),
+            Architecture::Omoe { experts, .. } => *experts,
+            Architecture::SharedBottom { .. } => 1,
+        }
+    }
+
+    /// Experts each gate sees.
+    pub fn experts_per_gate(&self, tasks: usize) -> usize {
+        match self {
+            Architecture::Mmoe {
+                experts,
+                task_experts,
+                ..
+            } => experts.saturating_add(*task_experts),
+            _ => self.total_experts(tasks),
+        }
+    }
 }
 
 /// What a task predicts.
@@ -116,6 +216,8 @@ impl ModelConfig {
             architecture: Architecture::Mmoe {
                 experts,
                 expert_layers: vec![expert_width],
+                gate: Gate::SOFTMAX,
+                task_experts: 0,
             },
             tower_layers: vec![tower_width],
             tasks,
@@ -135,18 +237,30 @@ impl ModelConfig {
             return bad("at least one task is needed".into());
         }
         let (experts, layers, what) = match &self.architecture {
-            Architecture::Mmoe {
-                experts,
-                expert_layers,
+            Architecture::Mmoe { expert_layers, .. } | Architecture::Omoe { expert_layers, .. } => {
+                (
+                    self.architecture.total_experts(self.tasks.len()),
+                    expert_layers,
+                    "expert_layers",
+                )
             }
-            | Architecture::Omoe {
-                experts,
-                expert_layers,
-            } => (*experts, expert_layers, "expert_layers"),
             Architecture::SharedBottom { bottom_layers } => (1, bottom_layers, "bottom_layers"),
         };
         if experts == 0 {
             return bad("experts must be at least 1".into());
+        }
+        if let Some(gate) = self.architecture.gate() {
+            let seen = self.architecture.experts_per_gate(self.tasks.len());
+            if let GateKind::TopK { k } = gate.kind
+                && !(1..=seen).contains(&k)
+            {
+                return bad(format!(
+                    "top-k gate with k = {k}; each gate sees {seen} experts, so 1 ≤ k ≤ {seen}"
+                ));
+            }
+            if !gate.balance_weight.is_finite() || gate.balance_weight < 0.0 {
+                return bad(format!("balance weight {}", gate.balance_weight));
+            }
         }
         if layers.is_empty() {
             return bad(format!("{what} needs at least one layer"));

@@ -16,5 +16,5 @@ mod trainer;
 
 pub use build::{ModelGraph, build, initial_parameters};
 pub use checkpoint::Checkpoint;
-pub use config::{Architecture, ModelConfig, TaskConfig, TaskKind};
+pub use config::{Architecture, Gate, GateKind, ModelConfig, TaskConfig, TaskKind};
 pub use trainer::{Evaluation, GateReport, Trainer};

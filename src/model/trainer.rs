@@ -4,7 +4,8 @@
 use super::build::{ModelGraph, build, initial_parameters};
 use super::checkpoint::{Checkpoint, check_dimensions, config_mismatch};
 use super::config::{ModelConfig, TaskKind};
-use crate::graph::{CpuExecutor, GpuExecutor, MemoryReport, Plan, Role};
+use crate::graph::{CpuExecutor, GpuExecutor, MemoryReport, Op, Plan, Role};
+use crate::kernels::balance::BalanceShape;
 use crate::{Error, Gpu, Result};
 
 /// How often [`Trainer::step`] looks for a non-finite loss on its own (a device
@@ -14,8 +15,16 @@ const FINITE_CHECK_EVERY: u32 = 64;
 /// The mean gate weight of each task on each expert over a batch.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GateReport {
-    /// `weights[task][expert]`; each row sums to 1.
+    /// `weights[task][expert]`, the mean gate weight (importance per row); each row
+    /// sums to 1.
     pub weights: Vec<Vec<f64>>,
+    /// `load[task][expert]`: the fraction of rows whose gate gives the expert a
+    /// nonzero weight (1 everywhere for a dense softmax gate; `k / E` on average for
+    /// a top-k gate). Loads far from even show a gate collapsing onto few experts.
+    pub load: Vec<Vec<f64>>,
+    /// `routed[expert]`: the fraction of rows some task weighs the expert on, the
+    /// rows a sparse expert computation runs it on.
+    pub routed: Vec<f64>,
 }
 
 /// Mean loss per task over a data set, unweighted, and the weighted total.
@@ -84,7 +93,13 @@ impl Trainer {
             .iter()
             .filter(|t| t.role != Role::Parameter && t.batch_axis.is_some())
             .map(|t| t.len())
-            .chain(plan.scratch.iter().copied())
+            .chain(
+                plan.scratch
+                    .iter()
+                    .flatten()
+                    .filter(|s| s.kind.per_row())
+                    .map(|s| s.len),
+            )
             .max()
             .unwrap_or(1) as u64;
         let bytes = limits
@@ -275,6 +290,26 @@ impl Trainer {
         Ok(times)
     }
 
+    /// The load-balancing loss of each gate (`weight · CV²` of its importance) at
+    /// the last step or forward pass, or `None` when the gates have no balancing
+    /// loss. Not part of [`loss`](Self::loss), which is the tasks'.
+    pub fn balance_loss(&self) -> Result<Option<Vec<f32>>> {
+        let graph = &self.model.graph;
+        let Some((node, shape)) = graph
+            .nodes()
+            .iter()
+            .enumerate()
+            .find_map(|(i, op)| match op {
+                Op::GateMix { shape, .. } => Some((i, BalanceShape::from(*shape))),
+                _ => None,
+            })
+        else {
+            return Ok(None);
+        };
+        let stats = self.executor.balance_stats(node)?;
+        Ok(stats.map(|s| s[shape.aux_range()].to_vec()))
+    }
+
     /// The weighted loss of each task at the last step (waits for the device).
     pub fn loss(&self) -> Result<Vec<f32>> {
         self.executor.check_finite()?;
@@ -384,22 +419,36 @@ impl Trainer {
         let gates = self.model.gates;
         let experts = self.model.graph.tensor(values).shape[2];
         let mut sums = vec![vec![0.0f64; experts]; gates];
+        let mut counts = vec![vec![0usize; experts]; gates];
+        let mut routed = vec![0usize; experts];
         self.for_each_chunk("Trainer::gate_report", x, |executor, range| {
             let g = executor.read(values, range.len())?;
-            for (gate, sum) in sums.iter_mut().enumerate() {
-                for row in 0..range.len() {
-                    let at = (gate * range.len() + row) * experts;
-                    for (s, &v) in sum.iter_mut().zip(&g[at..at + experts]) {
-                        *s += v as f64;
+            let at = |gate: usize, row: usize| (gate * range.len() + row) * experts;
+            for row in 0..range.len() {
+                for gate in 0..gates {
+                    let weights = &g[at(gate, row)..at(gate, row) + experts];
+                    for (e, &v) in weights.iter().enumerate() {
+                        sums[gate][e] += v as f64;
+                        counts[gate][e] += (v != 0.0) as usize;
                     }
+                }
+                for (e, r) in routed.iter_mut().enumerate() {
+                    *r += (0..gates).any(|gate| g[at(gate, row) + e] != 0.0) as usize;
                 }
             }
             Ok(())
         })?;
-        let weights = (0..self.tasks())
-            .map(|t| sums[t % gates].iter().map(|s| s / rows as f64).collect())
-            .collect();
-        Ok(GateReport { weights })
+        let per_row = |v: &[f64]| v.iter().map(|s| s / rows as f64).collect::<Vec<_>>();
+        let per_row_count = |v: &[usize]| v.iter().map(|&c| c as f64 / rows as f64).collect();
+        Ok(GateReport {
+            weights: (0..self.tasks())
+                .map(|t| per_row(&sums[t % gates]))
+                .collect(),
+            load: (0..self.tasks())
+                .map(|t| per_row_count(&counts[t % gates]))
+                .collect(),
+            routed: per_row_count(&routed),
+        })
     }
 
     /// Compute dispatches one full training step records.

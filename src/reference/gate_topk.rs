@@ -5,7 +5,7 @@
 
 use super::check_len;
 use crate::Result;
-use crate::kernels::gate_mix::GateMixShape;
+use crate::kernels::gate_mix::{ExpertAccess, GateMixShape};
 use crate::kernels::gate_topk::check_k;
 
 /// The indices of the `k` largest `values` (all of them if there are fewer), largest
@@ -30,9 +30,23 @@ pub fn forward(
     bg: &[f64],
     h: &[f64],
 ) -> Result<(Vec<f64>, Vec<f64>)> {
+    forward_with_access(shape, k, ExpertAccess::All, x, wg, bg, h)
+}
+
+/// [`forward`] where each gate weighs only the experts `access` lets it see.
+pub fn forward_with_access(
+    shape: &GateMixShape,
+    k: usize,
+    access: ExpertAccess,
+    x: &[f64],
+    wg: &[f64],
+    bg: &[f64],
+    h: &[f64],
+) -> Result<(Vec<f64>, Vec<f64>)> {
     const CTX: &str = "reference gate_topk forward";
     shape.validate(CTX)?;
-    check_k(CTX, shape, k)?;
+    access.validate(CTX, shape)?;
+    check_k(CTX, shape, k, access)?;
     check_len(CTX, "x", x, shape.x_len())?;
     check_len(CTX, "wg", wg, shape.wg_len())?;
     check_len(CTX, "bg", bg, shape.bg_len())?;
@@ -55,7 +69,9 @@ pub fn forward(
                     *z += x[b * d + i] * wg[(t * d + i) * n + e];
                 }
             }
-            let selected = top_k(&z, k);
+            let seen: Vec<usize> = (0..n).filter(|&e| access.sees(t, e)).collect();
+            let seen_z: Vec<f64> = seen.iter().map(|&e| z[e]).collect();
+            let selected: Vec<usize> = top_k(&seen_z, k).into_iter().map(|i| seen[i]).collect();
             let top = z[selected[0]];
             let sum: f64 = selected.iter().map(|&e| (z[e] - top).exp()).sum();
             let row = (t * rows + b) * n;

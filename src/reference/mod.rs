@@ -1,6 +1,7 @@
 //! CPU reference of every kernel: plain loops over `f64`, the ground truth the GPU
 //! kernels and the finite-difference checks are measured against.
 
+pub mod balance;
 pub mod gate_mix;
 pub mod gate_topk;
 pub mod grouped_gemm;

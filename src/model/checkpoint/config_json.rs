@@ -4,7 +4,7 @@
 
 use super::json::{self, Fields, Value};
 use crate::kernels::optimizer::Optimizer;
-use crate::model::{Architecture, ModelConfig, TaskConfig, TaskKind};
+use crate::model::{Architecture, Gate, GateKind, ModelConfig, TaskConfig, TaskKind};
 
 /// One line of JSON, keys in a fixed order.
 pub(crate) fn encode(config: &ModelConfig) -> Result<String, String> {
@@ -13,20 +13,36 @@ pub(crate) fn encode(config: &ModelConfig) -> Result<String, String> {
         let items: Vec<String> = widths.iter().map(usize::to_string).collect();
         format!("[{}]", items.join(","))
     };
+    let gate = |gate: &Gate| -> Result<String, String> {
+        let kind = match gate.kind {
+            GateKind::Softmax => r#""kind":"softmax""#.to_string(),
+            GateKind::TopK { k } => format!(r#""kind":"top_k","k":{k}"#),
+            GateKind::Static => r#""kind":"static""#.to_string(),
+        };
+        Ok(format!(
+            r#"{{{kind},"balance_weight":{}}}"#,
+            f(gate.balance_weight)?
+        ))
+    };
     let architecture = match &config.architecture {
         Architecture::Mmoe {
             experts,
             expert_layers,
+            gate: g,
+            task_experts,
         } => format!(
-            r#"{{"kind":"mmoe","experts":{experts},"expert_layers":{}}}"#,
-            list(expert_layers)
+            r#"{{"kind":"mmoe","experts":{experts},"expert_layers":{},"gate":{},"task_experts":{task_experts}}}"#,
+            list(expert_layers),
+            gate(g)?
         ),
         Architecture::Omoe {
             experts,
             expert_layers,
+            gate: g,
         } => format!(
-            r#"{{"kind":"omoe","experts":{experts},"expert_layers":{}}}"#,
-            list(expert_layers)
+            r#"{{"kind":"omoe","experts":{experts},"expert_layers":{},"gate":{}}}"#,
+            list(expert_layers),
+            gate(g)?
         ),
         Architecture::SharedBottom { bottom_layers } => format!(
             r#"{{"kind":"shared_bottom","bottom_layers":{}}}"#,
@@ -143,15 +159,27 @@ fn architecture(value: &Value, what: &str) -> Result<Architecture, String> {
         "mmoe" | "omoe" => {
             let experts = fields.get("experts")?.size(&fields.path("experts"))?;
             let expert_layers = layers(&mut fields, "expert_layers")?;
+            // Both absent from checkpoints written before gates had kinds.
+            let gate = match fields.optional("gate") {
+                Some(value) => gate(value, &fields.path("gate"))?,
+                None => Gate::SOFTMAX,
+            };
             if kind == "mmoe" {
+                let task_experts = match fields.optional("task_experts") {
+                    Some(value) => value.size(&fields.path("task_experts"))?,
+                    None => 0,
+                };
                 Architecture::Mmoe {
                     experts,
                     expert_layers,
+                    gate,
+                    task_experts,
                 }
             } else {
                 Architecture::Omoe {
                     experts,
                     expert_layers,
+                    gate,
                 }
             }
         }
@@ -166,6 +194,31 @@ fn architecture(value: &Value, what: &str) -> Result<Architecture, String> {
     };
     fields.finish()?;
     Ok(architecture)
+}
+
+fn gate(value: &Value, what: &str) -> Result<Gate, String> {
+    let mut fields = Fields::new(value, what)?;
+    let kind_path = fields.path("kind");
+    let kind = match fields.get("kind")?.text(&kind_path)? {
+        "softmax" => GateKind::Softmax,
+        "top_k" => GateKind::TopK {
+            k: fields.get("k")?.size(&fields.path("k"))?,
+        },
+        "static" => GateKind::Static,
+        other => {
+            return Err(format!(
+                "`{kind_path}` is `{other}`; expected softmax, top_k or static"
+            ));
+        }
+    };
+    let balance_weight = fields
+        .get("balance_weight")?
+        .float(&fields.path("balance_weight"))?;
+    fields.finish()?;
+    Ok(Gate {
+        kind,
+        balance_weight,
+    })
 }
 
 fn task(value: &Value, what: &str) -> Result<TaskConfig, String> {

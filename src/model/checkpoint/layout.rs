@@ -58,10 +58,18 @@ pub(crate) fn check_dimensions(config: &ModelConfig, capacity: usize) -> Result<
         Architecture::Mmoe {
             experts,
             expert_layers,
+            task_experts,
+            ..
+        } => {
+            dims.extend([*experts, *task_experts]);
+            // The experts of every task together.
+            dims.push(experts.saturating_add(task_experts.saturating_mul(config.tasks.len())));
+            dims.extend(expert_layers);
         }
-        | Architecture::Omoe {
+        Architecture::Omoe {
             experts,
             expert_layers,
+            ..
         } => {
             dims.push(*experts);
             dims.extend(expert_layers);

@@ -1,0 +1,564 @@
+//! Load-balancing auxiliary loss of the gates, so that (sparse) gates do not collapse
+//! onto a few experts: per gate `t`, the importance `I[t, e] = Σ_b G[t, b, e]`, the
+//! load `L[t, e] = #{b : G[t, b, e] ≠ 0}` and the loss `aux[t] = w · CV²(I[t, :])`, the
+//! squared coefficient of variation of the importances over the experts (population
+//! variance over mean²), in one dispatch; and its backward pass, one dispatch that adds
+//! the loss's gradient to the gate + mix backward's logit gradient `dz` in place.
+//!
+//! `G: [gates, rows, experts]` is the gate + mix forward's output, dense
+//! ([`gate_mix`](super::gate_mix)) or top-k ([`gate_topk`](super::gate_topk), zero
+//! outside each row's selection). The forward stores, next to the loss, the coefficient
+//! `a[t, e] = w · ∂CV²/∂I[t, e]`; the aux loss adds `a[t, e]` to the gate gradient
+//! `dg[t, b, e]` of every row, and since `dz = G ⊙ (dg − ⟨G, dg⟩)` is linear in `dg`
+//! the backward does `dz[t, b, e] += G[t, b, e] · (a[t, e] − Σ_e' G[t, b, e'] · a[t, e'])`.
+//! Where `G` is zero nothing changes, so a top-k gate's gradient still flows only
+//! through the selected logits. Record it after the first dispatch of
+//! [`GateMix::backward`](super::gate_mix::GateMix::backward) (which writes `dz`) and
+//! before the GEMMs that read `dz`.
+//!
+//! A top-1 gate's weight is 1 on its one expert whatever the logits, so there the loss
+//! has no gradient (its importance and load are still reported); top-k with k ≥ 2 and
+//! the dense gate get one.
+//!
+//! When the mean importance is zero (`G` all zero) CV² is undefined: the loss and its
+//! coefficients are 0 there, as they are with `w = 0` or a single expert. A zero step
+//! never touches `dz`, so with `w = 0` the backward leaves `dz` bitwise as it was.
+//!
+//! Both passes sum in a fixed order (one workgroup per gate in the forward: strided
+//! sequential sums, then a fixed tree), without atomics: results are bitwise
+//! reproducible for a given workgroup size and shape.
+//!
+//! One workgroup sums a whole gate, so each of its invocations loops over about
+//! `rows × experts / (4 × workgroup size)` values. Mesa's llvmpipe (lavapipe) silently
+//! ends the loops of an invocation after [`LOOP_BUDGET`] iterations in all, so a shape
+//! past that is an [`Error::Limit`] on every device; with the default 64 invocations
+//! that is about 16 million gate values per gate, and
+//! [`Balance::with_workgroup_size`] raises it.
+//!
+//! Shader: `shaders/balance.wgsl`, with the storage part (`shaders/storage_*.wgsl`) of
+//! the call's [`Precision`], which sets the type of `G` and `dz`; the small output
+//! buffer ([`BalanceShape::stats_len`]) is always f32.
+//!
+//! # Example
+//!
+//! A gate over 4 experts, its balance loss, and the backward pass with the loss's
+//! gradient added to `dz` between the gate's two backward steps:
+//!
+//! ```
+//! use mmoe_wgpu::kernels::balance::{
+//!     Balance, BalanceBackward, BalanceForward, BalanceShape, BalanceStats,
+//! };
+//! use mmoe_wgpu::kernels::gate_mix::{GateMix, GateMixBackward, GateMixForward, GateMixShape};
+//! use mmoe_wgpu::kernels::{BufferView, Precision};
+//!
+//! # fn main() -> mmoe_wgpu::Result<()> {
+//! let gpu = mmoe_wgpu::Gpu::new()?;
+//! let shape = GateMixShape { gates: 1, experts: 4, rows: 8, inputs: 3, width: 2 };
+//! let filled = |name: &str, n: usize| -> mmoe_wgpu::Result<wgpu::Buffer> {
+//!     gpu.upload(name, &(0..n).map(|i| (i % 7) as f32 / 7.0 - 0.4).collect::<Vec<_>>())
+//! };
+//! let (x, wg) = (filled("x", shape.x_len())?, filled("wg", shape.wg_len())?);
+//! let (bg, h) = (filled("bg", shape.bg_len())?, filled("h", shape.h_len())?);
+//! let dm = filled("dm", shape.m_len())?;
+//! let out = |name: &str, n: usize| gpu.storage_buffer(name, 4 * n as u64);
+//! let (g, m) = (out("g", shape.g_len())?, out("m", shape.m_len())?);
+//! let (dh, dz) = (out("dh", shape.h_len())?, out("dz", shape.g_len())?);
+//! let (dwg, dbg) = (out("dwg", shape.wg_len())?, out("dbg", shape.bg_len())?);
+//! let balance_shape = BalanceShape::from(shape);
+//! let stats = gpu.storage_buffer("stats", balance_shape.stats_bytes())?;
+//!
+//! let (gate, balance) = (GateMix::new(&gpu), Balance::new(&gpu));
+//! let view = |b| BufferView::new(b);
+//! let mut encoder = gpu.device().create_command_encoder(&Default::default());
+//! gate.encode_forward(&mut encoder, &GateMixForward {
+//!     shape, precision: Precision::F32,
+//!     x: view(&x), wg: view(&wg), bg: view(&bg), h: view(&h), g: view(&g), m: view(&m),
+//! })?;
+//! balance.encode_forward(&mut encoder, &BalanceForward {
+//!     shape: balance_shape, weight: 0.01, precision: Precision::F32,
+//!     g: view(&g), stats: view(&stats),
+//! })?;
+//! let gate_backward = gate.backward(&GateMixBackward {
+//!     shape, precision: Precision::F32,
+//!     x: view(&x), wg: view(&wg), h: view(&h), g: view(&g), dm: view(&dm),
+//!     dh: view(&dh), dz: view(&dz), dwg: view(&dwg), dbg: view(&dbg),
+//!     dx: None, accumulate_dx: false,
+//! })?;
+//! gate_backward[0].encode(&mut encoder); // writes dz
+//! balance.encode_backward(&mut encoder, &BalanceBackward {
+//!     shape: balance_shape, precision: Precision::F32,
+//!     g: view(&g), stats: view(&stats), dz: view(&dz),
+//! })?;
+//! for dispatch in &gate_backward[1..] {
+//!     dispatch.encode(&mut encoder); // dWg, dbg (and dX) from the updated dz
+//! }
+//! gpu.queue().submit([encoder.finish()]);
+//!
+//! let stats: Vec<f32> = gpu.read(&stats, 0, balance_shape.stats_len())?;
+//! let stats = BalanceStats::split(&balance_shape, &stats)?;
+//! // A softmax gives every expert a weight on every row, and a row's weights sum to 1.
+//! assert_eq!(stats.load, [8.0; 4]);
+//! assert!((stats.importance.iter().sum::<f32>() - 8.0).abs() < 1e-5);
+//! assert!(stats.aux[0] >= 0.0);
+//! # Ok(())
+//! # }
+//! ```
+
+use std::ops::Range;
+
+use bytemuck::{Pod, Zeroable};
+
+use super::binding::{STORAGE_F16, STORAGE_F32, program_for};
+use super::gate_mix::GateMixShape;
+use super::{BufferView, Dispatch, Operand, Precision, Recorder, bind_operands, div_ceil};
+use crate::gpu::{BindingKind, Gpu, ShaderProgram};
+use crate::{Error, Result};
+
+const SOURCE: (&str, &str) = ("balance.wgsl", include_str!("../../shaders/balance.wgsl"));
+
+/// The kernels in f32 and f16 storage.
+const PROGRAM: [ShaderProgram; 2] = [
+    ShaderProgram {
+        name: "balance",
+        parts: &[SOURCE, STORAGE_F32],
+        needs_subgroups: false,
+        needs_f16: false,
+    },
+    ShaderProgram {
+        name: "balance_f16",
+        parts: &[STORAGE_F16, SOURCE],
+        needs_subgroups: false,
+        needs_f16: true,
+    },
+];
+
+/// The WGSL programs of this family.
+pub const PROGRAMS: &[ShaderProgram] = &PROGRAM;
+
+use BindingKind::{Read, ReadWrite, Uniform};
+const FORWARD_BINDINGS: &[(u32, BindingKind)] = &[(0, Uniform), (1, Read), (2, ReadWrite)];
+const BACKWARD_BINDINGS: &[(u32, BindingKind)] =
+    &[(0, Uniform), (1, Read), (3, Read), (4, ReadWrite)];
+
+/// The workgroup size [`Balance::new`] uses.
+pub const DEFAULT_WORKGROUP_SIZE: u32 = 64;
+
+/// Loop iterations one invocation may run, all its loops together: llvmpipe (Mesa's
+/// lavapipe) counts them down from this in one counter per invocation and, once it
+/// is spent, ends every loop after its current pass, silently. Checked on every
+/// device, so that a call that runs anywhere runs on lavapipe too.
+pub const LOOP_BUDGET: u64 = 65_535;
+
+/// Loop passes of the forward's busiest invocation (0), counted as llvmpipe counts
+/// them, from above: each time a loop is entered, its iterations plus two (measured:
+/// an entry costs its iterations plus one or two). The loops: the row lanes' doubling
+/// loop, the passes over `lanes` experts, in each the rows four at a time and the
+/// tree, then the loss's three loops over the experts.
+fn forward_iterations(s: &BalanceShape, workgroup_size: u32) -> u64 {
+    let (experts, rows, wg) = (s.experts as u64, s.rows as u64, workgroup_size as u64);
+    let lanes = experts.min(wg);
+    let row_lanes = wg / lanes;
+    let tree = row_lanes.next_power_of_two().trailing_zeros() as u64;
+    let passes = experts.div_ceil(lanes);
+    let pass = (rows.div_ceil(4 * row_lanes) + 2) + (tree + 2);
+    (tree + 2) + (passes + 2) + passes * pass + 3 * (experts + 2)
+}
+
+/// Loop passes of each backward invocation, counted as for
+/// [`forward_iterations`]: its rows, each with two loops over the experts.
+fn backward_iterations(s: &BalanceShape, invocations: u64) -> u64 {
+    let rows = ((s.gates * s.rows) as u64).div_ceil(invocations);
+    rows * (1 + 2 * (s.experts as u64 + 2)) + 2
+}
+
+fn check_loop_budget(context: &str, iterations: u64, workgroup_size: u32) -> Result<()> {
+    if iterations <= LOOP_BUDGET {
+        return Ok(());
+    }
+    Err(Error::Limit {
+        context: context.into(),
+        what: format!(
+            "the loop iterations of one invocation (with {workgroup_size} invocations per \
+             workgroup; a larger workgroup size or fewer rows per call needs fewer)"
+        ),
+        value: iterations,
+        limit: LOOP_BUDGET,
+    })
+}
+
+/// Shape of the balance loss: `G` and `dz` are `[gates, rows, experts]`, row-major.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BalanceShape {
+    /// Number of gates `T`.
+    pub gates: usize,
+    /// Batch rows `B`.
+    pub rows: usize,
+    /// Number of experts `E`.
+    pub experts: usize,
+}
+
+impl From<GateMixShape> for BalanceShape {
+    fn from(s: GateMixShape) -> Self {
+        BalanceShape {
+            gates: s.gates,
+            rows: s.rows,
+            experts: s.experts,
+        }
+    }
+}
+
+impl BalanceShape {
+    /// Checks every dimension is non-zero and every tensor fits the 32-bit indexing
+    /// the shader uses.
+    pub fn validate(&self, context: &str) -> Result<()> {
+        for (name, v) in [
+            ("gates", self.gates),
+            ("rows", self.rows),
+            ("experts", self.experts),
+        ] {
+            if v == 0 {
+                return Err(Error::shape(context, name, "at least 1", "0"));
+            }
+        }
+        // In u128 so that absurd shapes are reported, not overflowed.
+        let (t, b, e) = (self.gates as u128, self.rows as u128, self.experts as u128);
+        for (name, len) in [("G", t * b * e), ("the stats", 3 * t * e + t)] {
+            if len >= u32::MAX as u128 / 2 {
+                return Err(Error::Limit {
+                    context: context.into(),
+                    what: format!("element count of {name}"),
+                    value: len.min(u64::MAX as u128) as u64,
+                    limit: u32::MAX as u64 / 2,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Elements of `G` (and of `dz`).
+    pub fn g_len(&self) -> usize {
+        self.gates * self.rows * self.experts
+    }
+
+    /// f32 values of the stats buffer: importance, load and coefficients
+    /// (`gates × experts` each), then the loss (`gates`).
+    pub fn stats_len(&self) -> usize {
+        3 * self.gates * self.experts + self.gates
+    }
+
+    /// Bytes of the stats buffer: [`stats_len`](Self::stats_len) f32.
+    pub fn stats_bytes(&self) -> u64 {
+        4 * self.stats_len() as u64
+    }
+
+    /// Where the importances `I: [gates, experts]` sit in the stats.
+    pub fn importance_range(&self) -> Range<usize> {
+        self.section(0)
+    }
+
+    /// Where the loads `L: [gates, experts]` sit in the stats: counts of rows with a
+    /// nonzero gate value, as f32 (exact up to 2^24 rows).
+    pub fn load_range(&self) -> Range<usize> {
+        self.section(1)
+    }
+
+    /// Where the coefficients `a: [gates, experts]`, `w · ∂CV²/∂I`, sit in the stats.
+    pub fn coefficient_range(&self) -> Range<usize> {
+        self.section(2)
+    }
+
+    /// Where the losses `aux: [gates]` sit in the stats.
+    pub fn aux_range(&self) -> Range<usize> {
+        let start = 3 * self.gates * self.experts;
+        start..start + self.gates
+    }
+
+    fn section(&self, i: usize) -> Range<usize> {
+        let n = self.gates * self.experts;
+        i * n..(i + 1) * n
+    }
+}
+
+/// The stats buffer split into its sections (`f32` read back from the GPU, `f64`
+/// from the reference).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BalanceStats<T> {
+    /// `I: [gates, experts]`, `Σ_b G[t, b, e]`.
+    pub importance: Vec<T>,
+    /// `L: [gates, experts]`, `#{b : G[t, b, e] ≠ 0}`: the per-expert load report.
+    pub load: Vec<T>,
+    /// `a: [gates, experts]`, `w · ∂CV²(I[t, :])/∂I[t, e]`.
+    pub coefficients: Vec<T>,
+    /// `aux: [gates]`, `w · CV²(I[t, :])`.
+    pub aux: Vec<T>,
+}
+
+impl<T: Copy> BalanceStats<T> {
+    /// Splits `stats` ([`BalanceShape::stats_len`] values) into its sections.
+    pub fn split(shape: &BalanceShape, stats: &[T]) -> Result<Self> {
+        if stats.len() != shape.stats_len() {
+            return Err(Error::shape(
+                "BalanceStats::split",
+                "stats",
+                format!("{} values", shape.stats_len()),
+                format!("{} values", stats.len()),
+            ));
+        }
+        Ok(BalanceStats {
+            importance: stats[shape.importance_range()].to_vec(),
+            load: stats[shape.load_range()].to_vec(),
+            coefficients: stats[shape.coefficient_range()].to_vec(),
+            aux: stats[shape.aux_range()].to_vec(),
+        })
+    }
+
+    /// The sections one after the other, as the stats buffer holds them.
+    pub fn concat(&self) -> Vec<T> {
+        [
+            &self.importance[..],
+            &self.load,
+            &self.coefficients,
+            &self.aux,
+        ]
+        .concat()
+    }
+}
+
+/// Operands of the forward pass.
+#[derive(Clone, Copy, Debug)]
+pub struct BalanceForward<'a> {
+    /// Shape.
+    pub shape: BalanceShape,
+    /// The loss weight `w`: finite and ≥ 0; 0 turns the loss and its gradient off. A
+    /// run-time value: one pipeline serves every weight.
+    pub weight: f32,
+    /// Storage type of `G`; the stats and the arithmetic are f32 either way.
+    pub precision: Precision,
+    /// The gate values `G: [gates, rows, experts]`.
+    pub g: BufferView<'a>,
+    /// Output: the stats, [`BalanceShape::stats_len`] f32
+    /// ([`BalanceShape::stats_bytes`] bytes), laid out as [`BalanceStats`] describes;
+    /// in a buffer other than `g`'s.
+    pub stats: BufferView<'a>,
+}
+
+/// Operands of the backward pass.
+#[derive(Clone, Copy, Debug)]
+pub struct BalanceBackward<'a> {
+    /// Shape.
+    pub shape: BalanceShape,
+    /// Storage type of `G` and `dz`; the arithmetic is f32 either way.
+    pub precision: Precision,
+    /// The gate values `G`, as given to the forward.
+    pub g: BufferView<'a>,
+    /// The forward's stats (only the coefficients are read).
+    pub stats: BufferView<'a>,
+    /// `dz: [gates, rows, experts]`, the gate + mix backward's logit gradient, updated
+    /// in place; in a buffer other than `g`'s and `stats`'s.
+    pub dz: BufferView<'a>,
+}
+
+/// Mirrors `BalanceParams` in the shader.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Pod, Zeroable)]
+struct BalanceParams {
+    gates: u32,
+    rows: u32,
+    experts: u32,
+    weight: f32,
+    g_base: u32,
+    stats_base: u32,
+    dz_base: u32,
+    _pad: u32,
+}
+
+impl BalanceParams {
+    fn new(s: &BalanceShape) -> Self {
+        BalanceParams {
+            gates: s.gates as u32,
+            rows: s.rows as u32,
+            experts: s.experts as u32,
+            ..Default::default()
+        }
+    }
+}
+
+/// The balance loss kernels on one device. Cheap to clone; pipelines are compiled on
+/// first use and cached per device.
+#[derive(Clone, Debug)]
+pub struct Balance {
+    gpu: Gpu,
+    workgroup_size: u32,
+}
+
+impl Balance {
+    /// The kernels on `gpu`, with [`DEFAULT_WORKGROUP_SIZE`] invocations per
+    /// workgroup.
+    pub fn new(gpu: &Gpu) -> Self {
+        Balance {
+            gpu: gpu.clone(),
+            workgroup_size: DEFAULT_WORKGROUP_SIZE,
+        }
+    }
+
+    /// The kernels with `workgroup_size` invocations per workgroup: a power of two
+    /// within the device's limits. The forward's summation order, and so the last bits
+    /// of its results, depend on it.
+    pub fn with_workgroup_size(gpu: &Gpu, workgroup_size: u32) -> Result<Self> {
+        let limits = gpu.limits();
+        let max = limits
+            .max_compute_invocations_per_workgroup
+            .min(limits.max_compute_workgroup_size_x);
+        // The forward's tree keeps an f32 and a u32 per invocation in workgroup memory.
+        let max = max.min(limits.max_compute_workgroup_storage_size / 8);
+        if !workgroup_size.is_power_of_two() || workgroup_size > max {
+            return Err(Error::invalid(
+                "balance workgroup size",
+                format!("{workgroup_size} is not a power of two between 1 and {max}"),
+            ));
+        }
+        Ok(Balance {
+            gpu: gpu.clone(),
+            workgroup_size,
+        })
+    }
+
+    /// Invocations per workgroup.
+    pub fn workgroup_size(&self) -> u32 {
+        self.workgroup_size
+    }
+
+    /// Checks and binds the forward pass: one dispatch, one workgroup per gate.
+    pub fn forward(&self, args: &BalanceForward<'_>) -> Result<Dispatch> {
+        const CTX: &str = "balance forward";
+        let s = &args.shape;
+        s.validate(CTX)?;
+        if !args.weight.is_finite() {
+            return Err(Error::NonFinite {
+                what: format!("{CTX}: the loss weight"),
+                index: 0,
+                value: args.weight,
+            });
+        }
+        if args.weight < 0.0 {
+            return Err(Error::invalid(
+                format!("{CTX} weight"),
+                format!("{} is negative; the loss weight must be ≥ 0", args.weight),
+            ));
+        }
+        args.precision.check(&self.gpu, CTX)?;
+        check_loop_budget(
+            CTX,
+            forward_iterations(s, self.workgroup_size),
+            self.workgroup_size,
+        )?;
+        let operands = [
+            Operand::new("g", 1, args.g, s.g_len(), Read).of(args.precision),
+            Operand::new("stats", 2, args.stats, s.stats_len(), ReadWrite),
+        ];
+        let bound = bind_operands(&self.gpu, CTX, &operands)?;
+        let mut p = BalanceParams::new(s);
+        // −0 and 0 are one weight: one value keeps one cached bind group.
+        p.weight = args.weight.abs();
+        p.g_base = bound[0].base;
+        p.stats_base = bound[1].base;
+        self.build(
+            CTX,
+            "balance_forward",
+            args.precision,
+            FORWARD_BINDINGS,
+            &p,
+            &bound,
+            s.gates as u32,
+        )
+    }
+
+    /// Checks and binds the backward pass: one dispatch, one invocation per gate and
+    /// row. Record it after the forward and after whatever wrote `dz`.
+    pub fn backward(&self, args: &BalanceBackward<'_>) -> Result<Dispatch> {
+        const CTX: &str = "balance backward";
+        let s = &args.shape;
+        s.validate(CTX)?;
+        args.precision.check(&self.gpu, CTX)?;
+        // Beyond the device's workgroup count the shader strides over the rest.
+        let max = self.gpu.limits().max_compute_workgroups_per_dimension;
+        let groups = div_ceil(s.gates * s.rows, self.workgroup_size as usize).min(max);
+        let invocations = groups as u64 * self.workgroup_size as u64;
+        check_loop_budget(
+            CTX,
+            backward_iterations(s, invocations),
+            self.workgroup_size,
+        )?;
+        let operands = [
+            Operand::new("g", 1, args.g, s.g_len(), Read).of(args.precision),
+            Operand::new("stats", 3, args.stats, s.stats_len(), Read),
+            Operand::new("dz", 4, args.dz, s.g_len(), ReadWrite).of(args.precision),
+        ];
+        let bound = bind_operands(&self.gpu, CTX, &operands)?;
+        let mut p = BalanceParams::new(s);
+        p.g_base = bound[0].base;
+        p.stats_base = bound[1].base;
+        p.dz_base = bound[2].base;
+        self.build(
+            CTX,
+            "balance_backward",
+            args.precision,
+            BACKWARD_BINDINGS,
+            &p,
+            &bound,
+            groups,
+        )
+    }
+
+    /// Checks, binds and records the forward pass into `target`: a
+    /// [`wgpu::CommandEncoder`] or an open [`wgpu::ComputePass`]. Nothing is recorded
+    /// when a check fails.
+    pub fn encode_forward(
+        &self,
+        target: &mut impl Recorder,
+        args: &BalanceForward<'_>,
+    ) -> Result<()> {
+        target.record_dispatch(&self.forward(args)?);
+        Ok(())
+    }
+
+    /// Checks, binds and records the backward pass into `target`. Nothing is recorded
+    /// when a check fails.
+    pub fn encode_backward(
+        &self,
+        target: &mut impl Recorder,
+        args: &BalanceBackward<'_>,
+    ) -> Result<()> {
+        target.record_dispatch(&self.backward(args)?);
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        &self,
+        ctx: &'static str,
+        entry: &'static str,
+        precision: Precision,
+        bindings: &[(u32, BindingKind)],
+        params: &BalanceParams,
+        bound: &[super::binding::BoundOperand<'_>],
+        workgroups: u32,
+    ) -> Result<Dispatch> {
+        let pipeline = self.gpu.pipeline(
+            program_for(&PROGRAM, precision),
+            entry,
+            bindings,
+            &[("WG", self.workgroup_size)],
+        )?;
+        let (layout, _) = self.gpu.layout(bindings)?;
+        Dispatch::build(
+            &self.gpu,
+            ctx,
+            pipeline,
+            &layout,
+            bytemuck::bytes_of(params),
+            bound,
+            [workgroups, 1, 1],
+        )
+    }
+}

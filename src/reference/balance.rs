@@ -1,0 +1,99 @@
+//! Reference load-balancing loss: per gate `t`, importance `I[t, e] = Σ_b G[t, b, e]`,
+//! load `L[t, e] = #{b : G[t, b, e] ≠ 0}`, `aux[t] = w · CV²(I[t, :])` with the
+//! population variance, the coefficients `a = w · ∂CV²/∂I`, and the loss's share of the
+//! logit gradient `dz`.
+
+use super::check_len;
+use crate::kernels::balance::{BalanceShape, BalanceStats};
+use crate::{Error, Result};
+
+/// Importance, load, coefficients and loss of every gate for the gate values
+/// `g: [gates, rows, experts]` and the weight `w` (finite, ≥ 0). A zero mean
+/// importance, or `w = 0`, gives a zero loss and zero coefficients.
+pub fn forward(shape: &BalanceShape, weight: f64, g: &[f64]) -> Result<BalanceStats<f64>> {
+    const CTX: &str = "reference balance forward";
+    shape.validate(CTX)?;
+    check_len(CTX, "g", g, shape.g_len())?;
+    if !weight.is_finite() {
+        return Err(Error::NonFinite {
+            what: format!("{CTX}: the loss weight"),
+            index: 0,
+            value: weight as f32,
+        });
+    }
+    if weight < 0.0 {
+        return Err(Error::invalid(
+            format!("{CTX} weight"),
+            format!("{weight} is negative; the loss weight must be ≥ 0"),
+        ));
+    }
+    let &BalanceShape {
+        gates,
+        rows,
+        experts: n,
+    } = shape;
+    let mut stats = BalanceStats {
+        importance: vec![0.0; gates * n],
+        load: vec![0.0; gates * n],
+        coefficients: vec![0.0; gates * n],
+        aux: vec![0.0; gates],
+    };
+    for t in 0..gates {
+        for b in 0..rows {
+            for e in 0..n {
+                let v = g[(t * rows + b) * n + e];
+                stats.importance[t * n + e] += v;
+                if v != 0.0 {
+                    stats.load[t * n + e] += 1.0;
+                }
+            }
+        }
+        let importance = &stats.importance[t * n..(t + 1) * n];
+        let mean = importance.iter().sum::<f64>() / n as f64;
+        if weight == 0.0 || mean * mean == 0.0 {
+            continue;
+        }
+        let var = importance.iter().map(|i| (i - mean).powi(2)).sum::<f64>() / n as f64;
+        let cv2 = var / (mean * mean);
+        stats.aux[t] = weight * cv2;
+        // Σ_e (I_e − μ) = 0, so ∂var/∂I_e = (2/E)(I_e − μ); with ∂μ/∂I_e = 1/E,
+        // ∂(var/μ²)/∂I_e = 2/(E·μ) · ((I_e − μ)/μ − var/μ²).
+        let scale = 2.0 * weight / (n as f64 * mean);
+        let coefficients = &mut stats.coefficients[t * n..(t + 1) * n];
+        for (a, i) in coefficients.iter_mut().zip(importance) {
+            *a = scale * ((i - mean) / mean - cv2);
+        }
+    }
+    Ok(stats)
+}
+
+/// Adds the loss's gradient to the logit gradient `dz: [gates, rows, experts]` in
+/// place: `dz[t, b, e] += G[t, b, e] · (a[t, e] − Σ_e' G[t, b, e'] · a[t, e'])`, given
+/// the forward's `coefficients` `a: [gates, experts]`.
+pub fn backward(
+    shape: &BalanceShape,
+    g: &[f64],
+    coefficients: &[f64],
+    dz: &mut [f64],
+) -> Result<()> {
+    const CTX: &str = "reference balance backward";
+    shape.validate(CTX)?;
+    check_len(CTX, "g", g, shape.g_len())?;
+    check_len(
+        CTX,
+        "coefficients",
+        coefficients,
+        shape.gates * shape.experts,
+    )?;
+    check_len(CTX, "dz", dz, shape.g_len())?;
+    let n = shape.experts;
+    for (r, (g, dz)) in g.chunks(n).zip(dz.chunks_mut(n)).enumerate() {
+        let t = r / shape.rows;
+        let a = &coefficients[t * n..(t + 1) * n];
+        let s: f64 = g.iter().zip(a).map(|(g, a)| g * a).sum();
+        for ((dz, g), a) in dz.iter_mut().zip(g).zip(a) {
+            *dz += g * (a - s);
+        }
+    }
+    Ok(())
+}
