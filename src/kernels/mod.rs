@@ -12,7 +12,7 @@
 //! parameters), so building the same dispatch again is cheap.
 //!
 //! Each family's module docs hold a runnable example: [`grouped_gemm`], [`gate_mix`],
-//! [`loss`], [`optimizer`], [`routing`].
+//! [`loss`], [`optimizer`], [`routing`], [`balance`].
 
 pub mod balance;
 mod binding;
