@@ -519,6 +519,25 @@ fn gate_kinds_weigh_the_experts_they_should() {
                 "top-{k}: {row:?}"
             );
         }
+        // Sparse experts ran on the routed rows alone: the others are exact zeros.
+        let h_id = trainer.model().graph.find("experts.0").unwrap();
+        let h = trainer.executor().read(h_id, ROWS).unwrap();
+        let width = h.len() / (5 * ROWS);
+        let mut skipped = 0;
+        for e in 0..5 {
+            for row in 0..ROWS {
+                if gates.iter().all(|gate| gate[row][e] == 0.0) {
+                    let at = (e * ROWS + row) * width;
+                    assert!(h[at..at + width].iter().all(|&v| v.to_bits() == 0));
+                    skipped += 1;
+                }
+            }
+        }
+        assert_eq!(
+            skipped > 0,
+            k < 5,
+            "top-{k}: {skipped} (row, expert) pairs skipped"
+        );
         let (x, _) = batch(&config, ROWS, 50);
         let report = trainer.gate_report(&x).unwrap();
         for load in &report.load {

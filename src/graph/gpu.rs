@@ -11,10 +11,11 @@ use crate::kernels::balance::{Balance, BalanceBackward, BalanceForward};
 use crate::kernels::gate_mix::{ForwardStages, GateMix, GateMixBackward};
 use crate::kernels::gate_topk::{GateTopk, GateTopkForward};
 use crate::kernels::grouped_gemm::{
-    GemmBackwardInput, GemmBackwardWeights, GemmForward, GroupedGemm,
+    GemmBackwardInput, GemmBackwardWeights, GemmForward, GroupedGemm, RowMap,
 };
 use crate::kernels::loss::{Loss, LossArgs};
 use crate::kernels::optimizer::{Optimizer, OptimizerArgs, OptimizerKernel, OptimizerStep};
+use crate::kernels::routing::{Routing, RoutingArgs, RoutingShape};
 use crate::kernels::{BufferView, Dispatch, Precision};
 use crate::shape::Activation;
 use crate::{Error, Result};
@@ -35,6 +36,7 @@ pub struct GpuExecutor {
     gate_mix: GateMix,
     gate_topk: GateTopk,
     balance: Balance,
+    routing: Routing,
     loss_kernel: Loss,
     params: wgpu::Buffer,
     grads: wgpu::Buffer,
@@ -141,6 +143,7 @@ impl GpuExecutor {
             gate_mix: GateMix::new(gpu),
             gate_topk: GateTopk::new(gpu),
             balance: Balance::new(gpu),
+            routing: Routing::new(gpu),
             loss_kernel: Loss::new(gpu),
             gpu: gpu.clone(),
             graph,
@@ -211,6 +214,41 @@ impl GpuExecutor {
         }
     }
 
+    /// The forward of expert layer `node` on the rows its sparse gate routes to it.
+    fn expert_forward(&self, node: usize, rows: usize) -> Result<Dispatch> {
+        let Op::Dense {
+            shape,
+            activation,
+            x,
+            w,
+            b,
+            y,
+        } = at_rows(&self.graph.nodes()[node], rows)
+        else {
+            unreachable!("routed nodes are dense");
+        };
+        let gate = self.plan.routed_by[node].expect("a routed node");
+        self.gemm.forward_ragged(
+            &GemmForward {
+                precision: Precision::F32,
+                shape,
+                activation,
+                x: self.view(x),
+                w: self.view(w),
+                bias: b.map(|b| self.view(b)),
+                y: self.view(y),
+            },
+            self.row_map(gate),
+        )
+    }
+
+    /// The row map sparse gate `gate` writes.
+    fn row_map(&self, gate: usize) -> RowMap<'_> {
+        RowMap {
+            routes: self.scratch_view(gate, ScratchKind::RowMap),
+        }
+    }
+
     /// A gate's weights: its parameter, or a static gate's zeros.
     fn gate_weights(&self, node: usize, wg: Option<TensorId>) -> BufferView<'_> {
         match wg {
@@ -272,6 +310,8 @@ impl GpuExecutor {
         };
         for (node, op) in self.graph.nodes().iter().enumerate() {
             match at_rows(op, rows) {
+                // Sparse experts run inside their gate's forward, below.
+                Op::Dense { .. } if self.plan.routed_by[node].is_some() => {}
                 Op::Dense {
                     shape,
                     activation,
@@ -300,21 +340,46 @@ impl GpuExecutor {
                     g,
                     m,
                 } => {
-                    recorded
-                        .forward
-                        .push(self.gate_topk.forward(&GateTopkForward {
+                    let experts: Vec<usize> = (0..node)
+                        .filter(|&e| self.plan.routed_by[e] == Some(node))
+                        .collect();
+                    let gate = |stages| {
+                        self.gate_topk.forward(&GateTopkForward {
                             precision: Precision::F32,
                             shape,
                             k,
                             access,
-                            stages: ForwardStages::Both,
+                            stages,
                             x: self.view(x),
                             wg: self.gate_weights(node, wg),
                             bg: self.view(bg),
                             h: self.view(h),
                             g: self.view(g),
                             m: self.view(m),
+                        })
+                    };
+                    if experts.is_empty() {
+                        recorded.forward.push(gate(ForwardStages::Both)?);
+                    } else {
+                        // Gate values first, so each expert runs on its routed rows
+                        // only; then the mixtures.
+                        recorded.forward.push(gate(ForwardStages::GateOnly)?);
+                        let routes = self.scratch_view(node, ScratchKind::RowMap);
+                        recorded.forward.push(self.routing.dispatch(&RoutingArgs {
+                            shape: RoutingShape {
+                                gates: shape.gates,
+                                rows,
+                                experts: shape.experts,
+                            },
+                            precision: Precision::F32,
+                            g: self.view(g),
+                            routes,
                         })?);
+                        for expert in experts {
+                            recorded.forward.push(self.expert_forward(expert, rows)?);
+                        }
+                        recorded.forward.push(gate(ForwardStages::MixOnly)?);
+                    }
                     if balance_weight > 0.0 {
                         recorded.forward.push(self.balance.forward(&BalanceForward {
                             shape: shape.into(),
@@ -365,16 +430,24 @@ impl GpuExecutor {
                     b,
                     y,
                 },
-            ) => out.push(self.gemm.backward_weights(&GemmBackwardWeights {
-                precision: Precision::F32,
-                shape,
-                activation,
-                x: self.view(x),
-                dy: self.grad_view(y),
-                y: (activation == Activation::Relu).then(|| self.view(y)),
-                dw: self.grad_view(w),
-                db: b.map(|b| self.grad_view(b)),
-            })?),
+            ) => {
+                let args = GemmBackwardWeights {
+                    precision: Precision::F32,
+                    shape,
+                    activation,
+                    x: self.view(x),
+                    dy: self.grad_view(y),
+                    y: (activation == Activation::Relu).then(|| self.view(y)),
+                    dw: self.grad_view(w),
+                    db: b.map(|b| self.grad_view(b)),
+                };
+                out.push(match self.plan.routed_by[node] {
+                    Some(gate) => self
+                        .gemm
+                        .backward_weights_ragged(&args, self.row_map(gate))?,
+                    None => self.gemm.backward_weights(&args)?,
+                });
+            }
             (
                 BackwardStep::DenseInput { accumulate, .. },
                 Op::Dense {

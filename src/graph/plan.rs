@@ -3,9 +3,11 @@
 //! activations, their gradients and scratch one buffer each.
 
 use super::backward::{BackwardStep, backward_steps, needs_grad};
-use super::{Graph, Op, Role};
+use super::{Graph, Op, Role, TensorId};
 use crate::kernels::balance::BalanceShape;
+use crate::kernels::grouped_gemm::RowMap;
 use crate::kernels::optimizer::Optimizer;
+use crate::shape::InputLayout;
 use crate::{Error, Result};
 
 /// Where every tensor lives.
@@ -21,6 +23,9 @@ pub struct Plan {
     pub has_grad: Vec<bool>,
     /// Per node: the scratch buffers its kernels use, at capacity.
     pub scratch: Vec<Vec<Scratch>>,
+    /// Per node: for the expert layers of a sparse (top-k) gate, that gate's node.
+    /// They run after the gate values, on the rows the gates route to each expert.
+    pub routed_by: Vec<Option<usize>>,
     /// The backward pass.
     pub backward: Vec<BackwardStep>,
 }
@@ -85,12 +90,24 @@ impl Plan {
                 Op::Dense { .. } => {}
             }
         }
+        let routed_by = routed_layers(graph);
+        for (node, op) in graph.nodes().iter().enumerate() {
+            if let Op::GateMix { shape, .. } = op
+                && routed_by.contains(&Some(node))
+            {
+                scratch[node].push(Scratch {
+                    kind: ScratchKind::RowMap,
+                    len: RowMap::elements(shape.experts, shape.rows),
+                });
+            }
+        }
         Ok(Plan {
             align,
             param_offsets,
             param_len,
             has_grad,
             scratch,
+            routed_by,
             backward: backward_steps(graph)?,
         })
     }
@@ -187,6 +204,49 @@ impl Plan {
     }
 }
 
+/// Per node, the sparse gate whose routing it runs on: the expert layers (a chain
+/// of dense nodes, the first on the shared input) feeding a gate that keeps fewer
+/// experts than it sees.
+fn routed_layers(graph: &Graph) -> Vec<Option<usize>> {
+    let nodes = graph.nodes();
+    let mut routed = vec![None; nodes.len()];
+    let producer = |t: TensorId| {
+        nodes
+            .iter()
+            .position(|op| matches!(op, Op::Dense { y, .. } if *y == t))
+    };
+    for (gate, op) in nodes.iter().enumerate() {
+        let Op::GateMix {
+            shape,
+            k,
+            access,
+            h,
+            ..
+        } = op
+        else {
+            continue;
+        };
+        if *k >= access.visible(shape) {
+            continue;
+        }
+        let mut next = producer(*h);
+        while let Some(node) = next {
+            let Op::Dense { x, shape: gemm, .. } = &nodes[node] else {
+                break;
+            };
+            if gemm.groups != shape.experts {
+                break;
+            }
+            routed[node] = Some(gate);
+            next = match gemm.input {
+                InputLayout::PerGroup => producer(*x),
+                InputLayout::Shared => None,
+            };
+        }
+    }
+    routed
+}
+
 /// What a scratch buffer holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ScratchKind {
@@ -198,12 +258,14 @@ pub enum ScratchKind {
     WeightGradSink,
     /// The load-balancing loss's importance, load, coefficients and loss per gate.
     BalanceStats,
+    /// A sparse gate's row map: per expert, the rows routed to it (u32).
+    RowMap,
 }
 
 impl ScratchKind {
     /// Whether the buffer grows with the batch.
     pub fn per_row(self) -> bool {
-        self == ScratchKind::LogitGrad
+        matches!(self, ScratchKind::LogitGrad | ScratchKind::RowMap)
     }
 }
 
