@@ -23,6 +23,9 @@ pub struct CpuExecutor {
     grad_values: Vec<Vec<f64>>,
     rows: usize,
     balance_loss: f64,
+    /// Per tensor of gate values: the balancing loss's coefficients at the last
+    /// forward pass, for the backward.
+    balance_coefficients: Vec<Option<Vec<f64>>>,
 }
 
 impl CpuExecutor {
@@ -40,6 +43,7 @@ impl CpuExecutor {
             grad_values: vec![Vec::new(); n],
             rows: 0,
             balance_loss: 0.0,
+            balance_coefficients: vec![None; n],
             graph,
             plan,
         })
@@ -85,6 +89,7 @@ impl CpuExecutor {
         }
         self.rows = rows;
         self.balance_loss = 0.0;
+        self.balance_coefficients.iter_mut().for_each(|c| *c = None);
         let nodes: Vec<Op> = self
             .graph
             .nodes()
@@ -155,6 +160,7 @@ impl CpuExecutor {
                     let balance = BalanceShape::from(*shape);
                     let stats = reference::balance::forward(&balance, *balance_weight as f64, &gv)?;
                     self.balance_loss += stats.aux.iter().sum::<f64>();
+                    self.balance_coefficients[g.0] = Some(stats.coefficients);
                 }
                 self.values[g.0] = gv;
                 self.values[m.0] = mv;
@@ -239,7 +245,6 @@ impl CpuExecutor {
                 h,
                 g,
                 m,
-                balance_weight,
                 ..
             } => {
                 let weights = self.gate_weights(&shape, wg);
@@ -252,14 +257,12 @@ impl CpuExecutor {
                     &self.values[g.0],
                     &self.grad_values[m.0],
                 )?;
-                if balance_weight > 0.0 {
+                if let Some(coefficients) = &self.balance_coefficients[g.0] {
                     // The balancing loss's share of dz, carried through the logits GEMM
                     // (linear, so adding it afterwards is adding it to dz).
                     let g = &self.values[g.0];
-                    let balance = BalanceShape::from(shape);
-                    let stats = reference::balance::forward(&balance, balance_weight as f64, g)?;
                     let mut dz = vec![0.0; shape.g_len()];
-                    reference::balance::backward(&balance, g, &stats.coefficients, &mut dz)?;
+                    reference::balance::backward(&shape.into(), g, coefficients, &mut dz)?;
                     let logits = reference::grouped_gemm::backward(
                         &shape.logits_gemm(),
                         Activation::Identity,

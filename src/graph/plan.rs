@@ -54,6 +54,7 @@ impl Plan {
             .zip(&needs)
             .map(|(t, &n)| n && t.role == Role::Activation)
             .collect();
+        let routed_by = routed_layers(graph);
         let mut scratch = vec![Vec::new(); graph.nodes().len()];
         for (node, op) in graph.nodes().iter().enumerate() {
             match op {
@@ -84,21 +85,16 @@ impl Plan {
                             len: BalanceShape::from(*shape).stats_len(),
                         });
                     }
+                    if routed_by.contains(&Some(node)) {
+                        own.push(Scratch {
+                            kind: ScratchKind::RowMap,
+                            len: RowMap::elements(shape.experts, shape.rows),
+                        });
+                    }
                     scratch[node] = own;
                 }
                 Op::Loss { loss, .. } => has_grad[loss.0] = false,
                 Op::Dense { .. } => {}
-            }
-        }
-        let routed_by = routed_layers(graph);
-        for (node, op) in graph.nodes().iter().enumerate() {
-            if let Op::GateMix { shape, .. } = op
-                && routed_by.contains(&Some(node))
-            {
-                scratch[node].push(Scratch {
-                    kind: ScratchKind::RowMap,
-                    len: RowMap::elements(shape.experts, shape.rows),
-                });
             }
         }
         Ok(Plan {

@@ -110,7 +110,7 @@ pub(crate) fn check_k(
 }
 
 /// Operands of the forward pass: those of
-/// [`GateMixForward`](super::gate_mix::GateMixForward), plus `k`.
+/// [`GateMixForward`], plus `k`, which experts each gate sees, and the phases to run.
 #[derive(Clone, Copy, Debug)]
 pub struct GateTopkForward<'a> {
     /// Shape.
