@@ -405,18 +405,8 @@ impl Balance {
     /// within the device's limits. The forward's summation order, and so the last bits
     /// of its results, depend on it.
     pub fn with_workgroup_size(gpu: &Gpu, workgroup_size: u32) -> Result<Self> {
-        let limits = gpu.limits();
-        let max = limits
-            .max_compute_invocations_per_workgroup
-            .min(limits.max_compute_workgroup_size_x);
         // The forward's tree keeps an f32 and a u32 per invocation in workgroup memory.
-        let max = max.min(limits.max_compute_workgroup_storage_size / 8);
-        if !workgroup_size.is_power_of_two() || workgroup_size > max {
-            return Err(Error::invalid(
-                "balance workgroup size",
-                format!("{workgroup_size} is not a power of two between 1 and {max}"),
-            ));
-        }
+        super::dispatch::check_workgroup_size(gpu, "balance", workgroup_size, 8)?;
         Ok(Balance {
             gpu: gpu.clone(),
             workgroup_size,

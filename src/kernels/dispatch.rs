@@ -222,3 +222,26 @@ impl Recorder for wgpu::ComputePass<'_> {
         dispatch.record(self);
     }
 }
+
+/// Checks a tree-reduction kernel's `workgroup_size`: a power of two within the
+/// device's invocation limits and with `bytes_per_invocation` of workgroup memory each;
+/// `kernel` names it in the error.
+pub(crate) fn check_workgroup_size(
+    gpu: &Gpu,
+    kernel: &str,
+    workgroup_size: u32,
+    bytes_per_invocation: u32,
+) -> Result<()> {
+    let limits = gpu.limits();
+    let max = limits
+        .max_compute_invocations_per_workgroup
+        .min(limits.max_compute_workgroup_size_x)
+        .min(limits.max_compute_workgroup_storage_size / bytes_per_invocation);
+    if !workgroup_size.is_power_of_two() || workgroup_size > max {
+        return Err(Error::invalid(
+            format!("{kernel} workgroup size"),
+            format!("{workgroup_size} is not a power of two between 1 and {max}"),
+        ));
+    }
+    Ok(())
+}

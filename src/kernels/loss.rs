@@ -186,18 +186,8 @@ impl Loss {
     /// the device's limits. The summation order, and so the last bits of the loss,
     /// depend on it.
     pub fn with_workgroup_size(gpu: &Gpu, workgroup_size: u32) -> Result<Self> {
-        let limits = gpu.limits();
-        let max = limits
-            .max_compute_invocations_per_workgroup
-            .min(limits.max_compute_workgroup_size_x);
         // The tree reduction keeps one f32 per invocation in workgroup memory.
-        let max = max.min(limits.max_compute_workgroup_storage_size / 4);
-        if !workgroup_size.is_power_of_two() || workgroup_size > max {
-            return Err(Error::invalid(
-                "loss workgroup size",
-                format!("{workgroup_size} is not a power of two between 1 and {max}"),
-            ));
-        }
+        super::dispatch::check_workgroup_size(gpu, "loss", workgroup_size, 4)?;
         Ok(Loss {
             gpu: gpu.clone(),
             workgroup_size,

@@ -212,18 +212,8 @@ impl Routing {
     /// The kernel with `workgroup_size` invocations per expert: a power of two within
     /// the device's limits. The map does not depend on it.
     pub fn with_workgroup_size(gpu: &Gpu, workgroup_size: u32) -> Result<Self> {
-        let limits = gpu.limits();
-        let max = limits
-            .max_compute_invocations_per_workgroup
-            .min(limits.max_compute_workgroup_size_x);
         // The prefix sum keeps one u32 per invocation in workgroup memory.
-        let max = max.min(limits.max_compute_workgroup_storage_size / 4);
-        if !workgroup_size.is_power_of_two() || workgroup_size > max {
-            return Err(Error::invalid(
-                "routing workgroup size",
-                format!("{workgroup_size} is not a power of two between 1 and {max}"),
-            ));
-        }
+        super::dispatch::check_workgroup_size(gpu, "routing", workgroup_size, 4)?;
         Ok(Routing {
             gpu: gpu.clone(),
             workgroup_size,
