@@ -145,6 +145,9 @@ pub struct RunResult {
     pub gates: Option<Vec<Vec<f64>>>,
     /// Trainable parameters.
     pub parameters: usize,
+    /// Experts some task's gate weighs, per test row on average: what a sparse
+    /// (top-k) expert layer computes, out of all experts.
+    pub experts_per_row: Option<f64>,
 }
 
 impl RunResult {
@@ -229,11 +232,13 @@ pub fn run(
         bar.inc(1);
     }
     let evaluation = trainer.evaluate(&test.x, &test.y)?;
-    let gates = if spec.model.has_gates() {
-        Some(trainer.gate_report(&test.x)?.weights)
+    let report = if spec.model.has_gates() {
+        Some(trainer.gate_report(&test.x)?)
     } else {
         None
     };
+    let experts_per_row = report.as_ref().map(|r| r.routed.iter().sum());
+    let gates = report.map(|r| r.weights);
     let result = RunResult {
         model: spec.model,
         correlation: spec.correlation,
@@ -244,6 +249,7 @@ pub fn run(
         curve,
         gates,
         parameters,
+        experts_per_row,
     };
     bar.finish_with_message(format!("test MSE {:.4}", result.test_mse()));
     Ok(result)

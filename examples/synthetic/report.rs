@@ -24,6 +24,7 @@ pub fn json_line(r: &RunResult, args: &Args) -> serde_json::Value {
         "train_rows": args.train_rows,
         "parameters": r.parameters,
         "gate_divergence": r.gates.as_deref().map(gate_divergence),
+        "experts_per_row": r.experts_per_row,
         "gate": format!("{:?}", args.gate).to_lowercase(),
         "k": (args.gate == super::GateChoice::Topk).then_some(args.k),
         "balance": args.balance,
@@ -103,6 +104,18 @@ pub fn table(out: &mut dyn Write, results: &[RunResult], args: &Args) -> std::io
                 let (mean, std) = cell(results, model, c, |r| {
                     r.gates.as_deref().map_or(0.0, gate_divergence)
                 });
+                write!(out, "{:>width$}", format!("{mean:.2} ± {std:.2}"))?;
+            }
+            writeln!(out)?;
+        }
+        writeln!(
+            out,
+            "\nexperts computed per row (weighed by some task's gate, mean over the test set)"
+        )?;
+        for &model in &gated {
+            write!(out, "{:<22}", model.label())?;
+            for &c in &args.correlations {
+                let (mean, std) = cell(results, model, c, |r| r.experts_per_row.unwrap_or(0.0));
                 write!(out, "{:>width$}", format!("{mean:.2} ± {std:.2}"))?;
             }
             writeln!(out)?;
