@@ -8,7 +8,9 @@ use super::plan::{ScratchKind, moment_buffers};
 use super::{BackwardStep, Graph, MemoryReport, Op, Plan, Role, TensorId, at_rows};
 use crate::gpu::Gpu;
 use crate::kernels::balance::{Balance, BalanceBackward, BalanceForward};
-use crate::kernels::gate_mix::{ForwardStages, GateMix, GateMixBackward};
+use crate::kernels::gate_mix::{
+    ExpertAccess, ForwardStages, GateMix, GateMixBackward, GateMixForward,
+};
 use crate::kernels::gate_topk::{GateTopk, GateTopkForward};
 use crate::kernels::grouped_gemm::{
     GemmBackwardInput, GemmBackwardWeights, GemmForward, GroupedGemm, RowMap,
@@ -358,7 +360,21 @@ impl GpuExecutor {
                             m: self.view(m),
                         })
                     };
-                    if experts.is_empty() {
+                    if k == shape.experts && access == ExpertAccess::All {
+                        // The paper's gate, under its own name in profiles.
+                        recorded
+                            .forward
+                            .push(self.gate_mix.forward(&GateMixForward {
+                                precision: Precision::F32,
+                                shape,
+                                x: self.view(x),
+                                wg: self.gate_weights(node, wg),
+                                bg: self.view(bg),
+                                h: self.view(h),
+                                g: self.view(g),
+                                m: self.view(m),
+                            })?);
+                    } else if experts.is_empty() {
                         recorded.forward.push(gate(ForwardStages::Both)?);
                     } else {
                         // Gate values first, so each expert runs on its routed rows
