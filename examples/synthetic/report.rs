@@ -2,9 +2,9 @@
 
 use std::io::Write;
 
-use super::Args;
 use super::experiment::{Model, RunResult, show};
 use super::plots::gate_divergence;
+use super::{Args, GateChoice};
 
 /// One run as a JSON object: `model`, `correlation`, `seed`, `test_mse` (mean of the
 /// two tasks), `steps`, `seconds`, and the settings that produced it.
@@ -29,6 +29,21 @@ pub fn json_line(r: &RunResult, args: &Args) -> serde_json::Value {
         "k": (args.gate == super::GateChoice::Topk).then_some(args.k),
         "balance": args.balance,
     })
+}
+
+/// The gates of the run when they are not the paper's: `; top-2 gates`, `; static
+/// gates, balance 0.01`.
+fn gate_note(args: &Args) -> String {
+    let kind = match args.gate {
+        GateChoice::Softmax => "softmax".to_string(),
+        GateChoice::Topk => format!("top-{}", args.k),
+        GateChoice::Static => "static".to_string(),
+    };
+    match (args.gate, args.balance) {
+        (GateChoice::Softmax, b) if b == 0.0 => String::new(),
+        (_, b) if b == 0.0 => format!("; {kind} gates"),
+        (_, b) => format!("; {kind} gates, balance {b}"),
+    }
 }
 
 /// Mean and sample standard deviation (0 for one value).
@@ -63,11 +78,11 @@ pub fn table(out: &mut dyn Write, results: &[RunResult], args: &Args) -> std::io
     let width = 19;
     writeln!(
         out,
-        "\ntest MSE, mean of the two tasks (mean ± std over {} seed{}, {} test rows; gates: {:?})",
+        "\ntest MSE, mean of the two tasks (mean ± std over {} seed{}, {} test rows{})",
         args.seeds,
         if args.seeds == 1 { "" } else { "s" },
         args.test_rows,
-        args.gate()
+        gate_note(args)
     )?;
     write!(out, "{:<15}{:>7}", "model", "params")?;
     for c in &args.correlations {
