@@ -39,10 +39,12 @@ fn gate_note(args: &Args) -> String {
         GateChoice::Topk => format!("top-{}", args.k),
         GateChoice::Static => "static".to_string(),
     };
-    match (args.gate, args.balance) {
-        (GateChoice::Softmax, b) if b == 0.0 => String::new(),
-        (_, b) if b == 0.0 => format!("; {kind} gates"),
-        (_, b) => format!("; {kind} gates, balance {b}"),
+    if args.balance != 0.0 {
+        format!("; {kind} gates, balance {}", args.balance)
+    } else if args.gate != GateChoice::Softmax {
+        format!("; {kind} gates")
+    } else {
+        String::new()
     }
 }
 
