@@ -108,7 +108,7 @@ use std::ops::Range;
 
 use bytemuck::{Pod, Zeroable};
 
-use super::binding::{STORAGE_F16, STORAGE_F32, program_for};
+use super::binding::{program_for, storage_programs};
 use super::gate_mix::GateMixShape;
 use super::{BufferView, Dispatch, Operand, Precision, Recorder, bind_operands, div_ceil};
 use crate::gpu::{BindingKind, Gpu, ShaderProgram};
@@ -117,20 +117,7 @@ use crate::{Error, Result};
 const SOURCE: (&str, &str) = ("balance.wgsl", include_str!("../../shaders/balance.wgsl"));
 
 /// The kernels in f32 and f16 storage.
-const PROGRAM: [ShaderProgram; 2] = [
-    ShaderProgram {
-        name: "balance",
-        parts: &[SOURCE, STORAGE_F32],
-        needs_subgroups: false,
-        needs_f16: false,
-    },
-    ShaderProgram {
-        name: "balance_f16",
-        parts: &[STORAGE_F16, SOURCE],
-        needs_subgroups: false,
-        needs_f16: true,
-    },
-];
+const PROGRAM: [ShaderProgram; 2] = storage_programs!("balance", SOURCE);
 
 /// The WGSL programs of this family.
 pub const PROGRAMS: &[ShaderProgram] = &PROGRAM;

@@ -92,6 +92,29 @@ pub(crate) const STORAGE_F16: (&str, &str) = (
     include_str!("../../shaders/storage_f16.wgsl"),
 );
 
+/// The `[f32, f16]` programs of a family compiled from one source `$source` (a
+/// `(file name, text)` pair), named `$name` and `$name` + `_f16`, with the storage
+/// parts placed as they must be.
+macro_rules! storage_programs {
+    ($name:literal, $source:expr) => {
+        [
+            crate::gpu::ShaderProgram {
+                name: $name,
+                parts: &[$source, crate::kernels::binding::STORAGE_F32],
+                needs_subgroups: false,
+                needs_f16: false,
+            },
+            crate::gpu::ShaderProgram {
+                name: concat!($name, "_f16"),
+                parts: &[crate::kernels::binding::STORAGE_F16, $source],
+                needs_subgroups: false,
+                needs_f16: true,
+            },
+        ]
+    };
+}
+pub(crate) use storage_programs;
+
 /// A family's program at each precision: `[f32, f16]`.
 pub(crate) fn program_for(
     programs: &'static [ShaderProgram; 2],

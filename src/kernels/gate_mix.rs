@@ -77,7 +77,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::binding::{STORAGE_F16, STORAGE_F32, program_for};
+use super::binding::{program_for, storage_programs};
 use super::grouped_gemm::{GemmBackwardInput, GemmBackwardWeights};
 use super::{
     BufferView, Dispatch, GroupedGemm, Operand, Precision, Recorder, bind_operands, div_ceil,
@@ -91,20 +91,7 @@ mod tune;
 const SOURCE: (&str, &str) = ("gate_mix.wgsl", include_str!("../../shaders/gate_mix.wgsl"));
 
 /// The kernels in f32 and f16 storage.
-const PROGRAM: [ShaderProgram; 2] = [
-    ShaderProgram {
-        name: "gate_mix",
-        parts: &[SOURCE, STORAGE_F32],
-        needs_subgroups: false,
-        needs_f16: false,
-    },
-    ShaderProgram {
-        name: "gate_mix_f16",
-        parts: &[STORAGE_F16, SOURCE],
-        needs_subgroups: false,
-        needs_f16: true,
-    },
-];
+const PROGRAM: [ShaderProgram; 2] = storage_programs!("gate_mix", SOURCE);
 
 /// The WGSL programs of this family.
 pub const PROGRAMS: &[ShaderProgram] = &PROGRAM;

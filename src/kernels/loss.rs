@@ -50,7 +50,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::binding::{STORAGE_F16, STORAGE_F32, program_for};
+use super::binding::{program_for, storage_programs};
 use super::dispatch::Extra;
 use super::{BufferView, Dispatch, Operand, Precision, Recorder, bind_operands};
 use crate::gpu::{BindingKind, Gpu, ShaderProgram};
@@ -62,20 +62,7 @@ pub const PROGRAMS: &[ShaderProgram] = &PROGRAM;
 const SOURCE: (&str, &str) = ("loss.wgsl", include_str!("../../shaders/loss.wgsl"));
 
 /// The kernel in f32 and f16 storage.
-const PROGRAM: [ShaderProgram; 2] = [
-    ShaderProgram {
-        name: "loss",
-        parts: &[SOURCE, STORAGE_F32],
-        needs_subgroups: false,
-        needs_f16: false,
-    },
-    ShaderProgram {
-        name: "loss_f16",
-        parts: &[STORAGE_F16, SOURCE],
-        needs_subgroups: false,
-        needs_f16: true,
-    },
-];
+const PROGRAM: [ShaderProgram; 2] = storage_programs!("loss", SOURCE);
 
 const ENTRY: &str = "loss_forward_backward";
 

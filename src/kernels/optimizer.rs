@@ -72,7 +72,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::binding::{STORAGE_F16, STORAGE_F32, program_for};
+use super::binding::{program_for, storage_programs};
 use super::dispatch::Extra;
 use super::{BufferView, Dispatch, Operand, Precision, Recorder, bind_operands, div_ceil};
 use crate::gpu::{BindingKind, Gpu, ShaderProgram};
@@ -87,20 +87,7 @@ const SOURCE: (&str, &str) = (
 );
 
 /// The kernels with f32 and f16 gradients.
-const PROGRAM: [ShaderProgram; 2] = [
-    ShaderProgram {
-        name: "optimizer",
-        parts: &[SOURCE, STORAGE_F32],
-        needs_subgroups: false,
-        needs_f16: false,
-    },
-    ShaderProgram {
-        name: "optimizer_f16",
-        parts: &[STORAGE_F16, SOURCE],
-        needs_subgroups: false,
-        needs_f16: true,
-    },
-];
+const PROGRAM: [ShaderProgram; 2] = storage_programs!("optimizer", SOURCE);
 
 use BindingKind::{Read, ReadWrite, Uniform};
 const SGD_BINDINGS: &[(u32, BindingKind)] = &[

@@ -78,7 +78,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::binding::{STORAGE_F16, STORAGE_F32, program_for};
+use super::binding::{program_for, storage_programs};
 use super::{BufferView, Dispatch, Operand, Precision, Recorder, bind_operands};
 use crate::gpu::{BindingKind, Gpu, ShaderProgram};
 use crate::{Error, Result};
@@ -88,20 +88,7 @@ pub use super::grouped_gemm::RowMap;
 const SOURCE: (&str, &str) = ("routing.wgsl", include_str!("../../shaders/routing.wgsl"));
 
 /// The kernel in f32 and f16 storage of `G`.
-const PROGRAM: [ShaderProgram; 2] = [
-    ShaderProgram {
-        name: "routing",
-        parts: &[SOURCE, STORAGE_F32],
-        needs_subgroups: false,
-        needs_f16: false,
-    },
-    ShaderProgram {
-        name: "routing_f16",
-        parts: &[STORAGE_F16, SOURCE],
-        needs_subgroups: false,
-        needs_f16: true,
-    },
-];
+const PROGRAM: [ShaderProgram; 2] = storage_programs!("routing", SOURCE);
 
 /// The WGSL programs of this family.
 pub const PROGRAMS: &[ShaderProgram] = &PROGRAM;
