@@ -491,9 +491,7 @@ impl GateMix {
 
     /// Checks and binds the forward pass: one dispatch.
     pub fn forward(&self, args: &GateMixForward<'_>) -> Result<Dispatch> {
-        args.shape.validate("gate_mix forward")?;
-        args.precision.check(&self.gpu, "gate_mix forward")?;
-        let t = self.tuned(tune::GatePass::Forward, &args.shape, args.precision)?;
+        let t = self.forward_tiling("gate_mix forward", &args.shape, args.precision)?;
         self.forward_with(args, t)
     }
 
