@@ -124,14 +124,6 @@ fn row_of(g: u32, s: u32) -> u32 {
     return mapped_row(g, s);
 }
 
-// The rows in slots s..s+4, behind one branch: this runs once per reduction step.
-fn rows_of4(g: u32, s: u32) -> vec4<u32> {
-    if ((P.flags & FLAG_RAGGED) == 0u) {
-        return vec4(s, s + 1u, s + 2u, s + 3u);
-    }
-    return vec4(mapped_row(g, s), mapped_row(g, s + 1u), mapped_row(g, s + 2u), mapped_row(g, s + 3u));
-}
-
 // dZ = dY ⊙ act'(Y): the activation's derivative applied as dY is loaded.
 fn dz_at(g: u32, row: u32, col: u32) -> f32 {
     let i = (g * P.rows + row) * P.outputs + col;
@@ -144,9 +136,8 @@ fn dz_at(g: u32, row: u32, col: u32) -> f32 {
 
 // ---------------------------------------------------------------- register tiles
 //
-// A Tile is 8 rows × 4 columns of accumulators, or 8 rows × 4 reduction steps of the
-// left operand. Kept as named struct members (not arrays) so drivers keep it in
-// registers.
+// A Tile is 8 rows × 4 columns of accumulators. Kept as named struct members (not
+// arrays) so drivers keep it in registers.
 
 struct Tile {
     r0: vec4<f32>,
@@ -157,25 +148,6 @@ struct Tile {
     r5: vec4<f32>,
     r6: vec4<f32>,
     r7: vec4<f32>,
-}
-
-// Four steps of the chain acc += a[s] * b[s], in order s = 0..3.
-fn chain4(acc: vec4<f32>, a: vec4<f32>, b: mat4x4<f32>) -> vec4<f32> {
-    var c = fma(vec4(a.x), b[0], acc);
-    c = fma(vec4(a.y), b[1], c);
-    c = fma(vec4(a.z), b[2], c);
-    return fma(vec4(a.w), b[3], c);
-}
-
-fn tile_step(t: ptr<function, Tile>, a: Tile, b: mat4x4<f32>) {
-    (*t).r0 = chain4((*t).r0, a.r0, b);
-    (*t).r1 = chain4((*t).r1, a.r1, b);
-    (*t).r2 = chain4((*t).r2, a.r2, b);
-    (*t).r3 = chain4((*t).r3, a.r3, b);
-    (*t).r4 = chain4((*t).r4, a.r4, b);
-    (*t).r5 = chain4((*t).r5, a.r5, b);
-    (*t).r6 = chain4((*t).r6, a.r6, b);
-    (*t).r7 = chain4((*t).r7, a.r7, b);
 }
 
 fn tile_row(t: Tile, i: u32) -> vec4<f32> {
@@ -192,25 +164,12 @@ fn tile_row(t: Tile, i: u32) -> vec4<f32> {
 }
 
 // ------------------------------------------------- operand fetches for the tiled kernels
-// Each returns 4 consecutive steps of a reduction, zero past its end.
-
-// Forward, left operand: X_g[row, k..k+4].
-fn fetch_x_k4(g: u32, row: u32, k: u32) -> vec4<f32> {
-    let r = min(row, P.rows - 1u);
-    let last = P.inputs - 1u;
-    return vec4(
-        select(0.0, x_at(g, r, min(k, last)), k < P.inputs),
-        select(0.0, x_at(g, r, min(k + 1u, last)), k + 1u < P.inputs),
-        select(0.0, x_at(g, r, min(k + 2u, last)), k + 2u < P.inputs),
-        select(0.0, x_at(g, r, min(k + 3u, last)), k + 3u < P.inputs),
-    );
-}
+// One step of a reduction each: the tiled kernels' loops advance one step at a time.
+// A loop body of four steps ran no faster on lavapipe and took twice as long to
+// compile (1-5 s per pipeline there, the largest part of a cold start).
 
 // Forward, right operand: W_g[k, col..col+4].
-fn fetch_w_cols(g: u32, k: u32, col: u32) -> vec4<f32> {
-    if (k >= P.inputs) {
-        return vec4(0.0);
-    }
+fn w_cols(g: u32, k: u32, col: u32) -> vec4<f32> {
     let last = P.outputs - 1u;
     return vec4(
         w_at(g, k, min(col, last)),
@@ -220,32 +179,8 @@ fn fetch_w_cols(g: u32, k: u32, col: u32) -> vec4<f32> {
     );
 }
 
-fn fetch_w_block(g: u32, k: u32, col: u32) -> mat4x4<f32> {
-    return mat4x4(
-        fetch_w_cols(g, k, col),
-        fetch_w_cols(g, k + 1u, col),
-        fetch_w_cols(g, k + 2u, col),
-        fetch_w_cols(g, k + 3u, col),
-    );
-}
-
-// Backward input, left operand: dZ_g[row, j..j+4].
-fn fetch_dz_j4(g: u32, row: u32, j: u32) -> vec4<f32> {
-    let r = min(row, P.rows - 1u);
-    let last = P.outputs - 1u;
-    return vec4(
-        select(0.0, dz_at(g, r, min(j, last)), j < P.outputs),
-        select(0.0, dz_at(g, r, min(j + 1u, last)), j + 1u < P.outputs),
-        select(0.0, dz_at(g, r, min(j + 2u, last)), j + 2u < P.outputs),
-        select(0.0, dz_at(g, r, min(j + 3u, last)), j + 3u < P.outputs),
-    );
-}
-
 // Backward input, right operand: W_g[i..i+4, j], i.e. a row of W_gᵀ.
-fn fetch_wt_cols(g: u32, j: u32, i: u32) -> vec4<f32> {
-    if (j >= P.outputs) {
-        return vec4(0.0);
-    }
+fn wt_cols(g: u32, j: u32, i: u32) -> vec4<f32> {
     let last = P.inputs - 1u;
     return vec4(
         w_at(g, min(i, last), j),
@@ -255,58 +190,23 @@ fn fetch_wt_cols(g: u32, j: u32, i: u32) -> vec4<f32> {
     );
 }
 
-fn fetch_wt_block(g: u32, j: u32, i: u32) -> mat4x4<f32> {
-    return mat4x4(
-        fetch_wt_cols(g, j, i),
-        fetch_wt_cols(g, j + 1u, i),
-        fetch_wt_cols(g, j + 2u, i),
-        fetch_wt_cols(g, j + 3u, i),
-    );
-}
-
-// Backward weights, left operand: X_g[row, i] for the rows in slots b..b+4 (`rows`)
-// of the n live ones, where row i == inputs is the all-ones column whose product
-// gives db.
-fn xt_or_one(g: u32, b: u32, row: u32, i: u32, n: u32) -> f32 {
-    if (b >= n) {
-        return 0.0;
-    }
+// Backward weights, left operand: X_g[row, i], where i == inputs is the all-ones
+// column whose product gives db.
+fn x_or_one(g: u32, row: u32, i: u32) -> f32 {
     if (i >= P.inputs) {
         return 1.0;
     }
     return x_at(g, row, i);
 }
 
-fn fetch_xt_b4(g: u32, i: u32, b: u32, rows: vec4<u32>, n: u32) -> vec4<f32> {
-    let ii = min(i, P.inputs);
-    return vec4(
-        xt_or_one(g, b, rows.x, ii, n),
-        xt_or_one(g, b + 1u, rows.y, ii, n),
-        xt_or_one(g, b + 2u, rows.z, ii, n),
-        xt_or_one(g, b + 3u, rows.w, ii, n),
-    );
-}
-
-// Backward weights, right operand: dZ_g[row, col..col+4] for the row in slot b.
-fn fetch_dz_cols(g: u32, b: u32, row: u32, col: u32, n: u32) -> vec4<f32> {
-    if (b >= n) {
-        return vec4(0.0);
-    }
+// Backward weights, right operand: dZ_g[row, col..col+4].
+fn dz_cols(g: u32, row: u32, col: u32) -> vec4<f32> {
     let last = P.outputs - 1u;
     return vec4(
         dz_at(g, row, min(col, last)),
         dz_at(g, row, min(col + 1u, last)),
         dz_at(g, row, min(col + 2u, last)),
         dz_at(g, row, min(col + 3u, last)),
-    );
-}
-
-fn fetch_dz_block(g: u32, b: u32, rows: vec4<u32>, col: u32, n: u32) -> mat4x4<f32> {
-    return mat4x4(
-        fetch_dz_cols(g, b, rows.x, col, n),
-        fetch_dz_cols(g, b + 1u, rows.y, col, n),
-        fetch_dz_cols(g, b + 2u, rows.z, col, n),
-        fetch_dz_cols(g, b + 3u, rows.w, col, n),
     );
 }
 
@@ -359,20 +259,41 @@ fn store_dw(g: u32, i: u32, col: u32, acc: f32) {
     }
 }
 
+// Rows of an 8-row tile starting at row0 that lie below limit. A loop bound read from
+// the parameters also keeps the store loop rolled: unrolled, the stores of a large
+// register tile are most of what lavapipe spends compiling a kernel.
+fn rows_in_tile(row0: u32, limit: u32) -> u32 {
+    return min(8u, limit - min(row0, limit));
+}
+
 // Tile stores, one per output kind: a kernel's bindings are the ones its functions
 // mention, so each kernel must only reach its own store.
 fn store_tile_forward(g: u32, row0: u32, col: u32, t: Tile) {
-    for (var i = 0u; i < 8u; i++) {
-        let v = tile_row(t, i);
+    var bias4 = vec4(0.0);
+    if ((P.flags & FLAG_BIAS) != 0u) {
+        let last = P.outputs - 1u;
+        let at = P.b_base + g * P.outputs;
+        bias4 = vec4(
+            f32(bias[at + min(col, last)]),
+            f32(bias[at + min(col + 1u, last)]),
+            f32(bias[at + min(col + 2u, last)]),
+            f32(bias[at + min(col + 3u, last)]),
+        );
+    }
+    for (var i = 0u; i < rows_in_tile(row0, P.rows); i++) {
+        let v = tile_row(t, i) + bias4;
         let to = out_row(g, row0 + i);
+        let at = P.y_base + (g * P.rows + to.row) * P.outputs;
         for (var c = 0u; c < 4u; c++) {
-            store_forward(g, row0 + i, to, col + c, v[c]);
+            if (col + c < P.outputs) {
+                y[at + col + c] = Elem(select(0.0, act(v[c]), to.live));
+            }
         }
     }
 }
 
 fn store_tile_dx(g: u32, row0: u32, col: u32, t: Tile) {
-    for (var i = 0u; i < 8u; i++) {
+    for (var i = 0u; i < rows_in_tile(row0, P.rows); i++) {
         let v = tile_row(t, i);
         for (var c = 0u; c < 4u; c++) {
             store_dx(g, row0 + i, col + c, v[c]);
@@ -381,7 +302,7 @@ fn store_tile_dx(g: u32, row0: u32, col: u32, t: Tile) {
 }
 
 fn store_tile_dw(g: u32, row0: u32, col: u32, t: Tile) {
-    for (var i = 0u; i < 8u; i++) {
+    for (var i = 0u; i < rows_in_tile(row0, P.inputs + 1u); i++) {
         let v = tile_row(t, i);
         for (var c = 0u; c < 4u; c++) {
             store_dw(g, row0 + i, col + c, v[c]);
@@ -445,7 +366,7 @@ fn backward_weights_naive(@builtin(global_invocation_id) id: vec3<u32>) {
     var acc = 0.0;
     for (var b = 0u; b < n; b++) {
         let row = row_of(g, b);
-        acc = fma(xt_or_one(g, b, row, i, n), dz_at(g, row, col), acc);
+        acc = fma(x_or_one(g, row, i), dz_at(g, row, col), acc);
     }
     store_dw(g, i, col, acc);
 }

@@ -26,24 +26,37 @@ fn column_of(wg: vec3<u32>, lid: u32) -> vec2<u32> {
     return vec2(g, first % P.outputs);
 }
 
-fn broadcast_rows(a: vec4<f32>) -> Tile {
-    return Tile(
-        subgroupBroadcast(a, 0u),
-        subgroupBroadcast(a, 1u),
-        subgroupBroadcast(a, 2u),
-        subgroupBroadcast(a, 3u),
-        subgroupBroadcast(a, 4u),
-        subgroupBroadcast(a, 5u),
-        subgroupBroadcast(a, 6u),
-        subgroupBroadcast(a, 7u),
+// The left operand of one reduction step for the 8 rows of a block: lane s of the
+// subgroup loaded row s's value; every invocation gets all 8.
+struct Rows8 {
+    lo: vec4<f32>,
+    hi: vec4<f32>,
+}
+
+fn broadcast_rows(a: f32) -> Rows8 {
+    return Rows8(
+        vec4(subgroupBroadcast(a, 0u), subgroupBroadcast(a, 1u), subgroupBroadcast(a, 2u), subgroupBroadcast(a, 3u)),
+        vec4(subgroupBroadcast(a, 4u), subgroupBroadcast(a, 5u), subgroupBroadcast(a, 6u), subgroupBroadcast(a, 7u)),
     );
 }
 
-// One reduction step of 4 for a row block, on both column groups.
-fn block_step(t: ptr<function, Tile>, u: ptr<function, Tile>, a: Tile, b0: mat4x4<f32>, b1: mat4x4<f32>) {
-    tile_step(t, a, b0);
+fn tile_step(t: ptr<function, Tile>, a: Rows8, b: vec4<f32>) {
+    (*t).r0 = fma(vec4(a.lo.x), b, (*t).r0);
+    (*t).r1 = fma(vec4(a.lo.y), b, (*t).r1);
+    (*t).r2 = fma(vec4(a.lo.z), b, (*t).r2);
+    (*t).r3 = fma(vec4(a.lo.w), b, (*t).r3);
+    (*t).r4 = fma(vec4(a.hi.x), b, (*t).r4);
+    (*t).r5 = fma(vec4(a.hi.y), b, (*t).r5);
+    (*t).r6 = fma(vec4(a.hi.z), b, (*t).r6);
+    (*t).r7 = fma(vec4(a.hi.w), b, (*t).r7);
+}
+
+// One reduction step for a row block, on both column groups.
+fn block_step(t: ptr<function, Tile>, u: ptr<function, Tile>, a: f32, b0: vec4<f32>, b1: vec4<f32>) {
+    let rows = broadcast_rows(a);
+    tile_step(t, rows, b0);
     if (CN > 1u) {
-        tile_step(u, a, b1);
+        tile_step(u, rows, b1);
     }
 }
 
@@ -96,32 +109,32 @@ fn forward_subgroup(
     }
     let src = row0 + lane % 8u;
     // The rows each lane loads, looked up in the ragged map once, not per step.
-    let x0 = row_of(g, src);
-    let x1 = row_of(g, src + 8u);
-    let x2 = row_of(g, src + 16u);
-    let x3 = row_of(g, src + 24u);
-    let x4 = row_of(g, src + 32u);
-    let x5 = row_of(g, src + 40u);
-    let x6 = row_of(g, src + 48u);
-    let x7 = row_of(g, src + 56u);
+    let x0 = min(row_of(g, src), P.rows - 1u);
+    let x1 = min(row_of(g, src + 8u), P.rows - 1u);
+    let x2 = min(row_of(g, src + 16u), P.rows - 1u);
+    let x3 = min(row_of(g, src + 24u), P.rows - 1u);
+    let x4 = min(row_of(g, src + 32u), P.rows - 1u);
+    let x5 = min(row_of(g, src + 40u), P.rows - 1u);
+    let x6 = min(row_of(g, src + 48u), P.rows - 1u);
+    let x7 = min(row_of(g, src + 56u), P.rows - 1u);
     var t0: Tile; var t1: Tile; var t2: Tile; var t3: Tile;
     var t4: Tile; var t5: Tile; var t6: Tile; var t7: Tile;
     var u0: Tile; var u1: Tile; var u2: Tile; var u3: Tile;
     var u4: Tile; var u5: Tile; var u6: Tile; var u7: Tile;
-    for (var k = 0u; k < P.inputs; k += 4u) {
-        let b0 = fetch_w_block(g, k, col);
+    for (var k = 0u; k < P.inputs; k++) {
+        let b0 = w_cols(g, k, col);
         var b1 = b0;
         if (CN > 1u) {
-            b1 = fetch_w_block(g, k, col + 4u);
+            b1 = w_cols(g, k, col + 4u);
         }
-        block_step(&t0, &u0, broadcast_rows(fetch_x_k4(g, x0, k)), b0, b1);
-        if (RB > 1u) { block_step(&t1, &u1, broadcast_rows(fetch_x_k4(g, x1, k)), b0, b1); }
-        if (RB > 2u) { block_step(&t2, &u2, broadcast_rows(fetch_x_k4(g, x2, k)), b0, b1); }
-        if (RB > 3u) { block_step(&t3, &u3, broadcast_rows(fetch_x_k4(g, x3, k)), b0, b1); }
-        if (RB > 4u) { block_step(&t4, &u4, broadcast_rows(fetch_x_k4(g, x4, k)), b0, b1); }
-        if (RB > 5u) { block_step(&t5, &u5, broadcast_rows(fetch_x_k4(g, x5, k)), b0, b1); }
-        if (RB > 6u) { block_step(&t6, &u6, broadcast_rows(fetch_x_k4(g, x6, k)), b0, b1); }
-        if (RB > 7u) { block_step(&t7, &u7, broadcast_rows(fetch_x_k4(g, x7, k)), b0, b1); }
+        block_step(&t0, &u0, x_at(g, x0, k), b0, b1);
+        if (RB > 1u) { block_step(&t1, &u1, x_at(g, x1, k), b0, b1); }
+        if (RB > 2u) { block_step(&t2, &u2, x_at(g, x2, k), b0, b1); }
+        if (RB > 3u) { block_step(&t3, &u3, x_at(g, x3, k), b0, b1); }
+        if (RB > 4u) { block_step(&t4, &u4, x_at(g, x4, k), b0, b1); }
+        if (RB > 5u) { block_step(&t5, &u5, x_at(g, x5, k), b0, b1); }
+        if (RB > 6u) { block_step(&t6, &u6, x_at(g, x6, k), b0, b1); }
+        if (RB > 7u) { block_step(&t7, &u7, x_at(g, x7, k), b0, b1); }
     }
     block_store_forward(g, row0, col, t0, u0);
     if (RB > 1u) { block_store_forward(g, row0 + 8u, col, t1, u1); }
@@ -143,6 +156,14 @@ fn backward_input_subgroup(
     let row0 = wg.y * RB * 8u;
     let col = (wg.x * WG + lid) * CN * 4u;
     let src = row0 + lane % 8u;
+    let d0 = min(src, P.rows - 1u);
+    let d1 = min(src + 8u, P.rows - 1u);
+    let d2 = min(src + 16u, P.rows - 1u);
+    let d3 = min(src + 24u, P.rows - 1u);
+    let d4 = min(src + 32u, P.rows - 1u);
+    let d5 = min(src + 40u, P.rows - 1u);
+    let d6 = min(src + 48u, P.rows - 1u);
+    let d7 = min(src + 56u, P.rows - 1u);
     var g_first = wg.z;
     var g_end = wg.z + 1u;
     if (P.x_group_stride == 0u) {
@@ -154,20 +175,20 @@ fn backward_input_subgroup(
     var u0: Tile; var u1: Tile; var u2: Tile; var u3: Tile;
     var u4: Tile; var u5: Tile; var u6: Tile; var u7: Tile;
     for (var g = g_first; g < g_end; g++) {
-        for (var j = 0u; j < P.outputs; j += 4u) {
-            let b0 = fetch_wt_block(g, j, col);
+        for (var j = 0u; j < P.outputs; j++) {
+            let b0 = wt_cols(g, j, col);
             var b1 = b0;
             if (CN > 1u) {
-                b1 = fetch_wt_block(g, j, col + 4u);
+                b1 = wt_cols(g, j, col + 4u);
             }
-            block_step(&t0, &u0, broadcast_rows(fetch_dz_j4(g, src, j)), b0, b1);
-            if (RB > 1u) { block_step(&t1, &u1, broadcast_rows(fetch_dz_j4(g, src + 8u, j)), b0, b1); }
-            if (RB > 2u) { block_step(&t2, &u2, broadcast_rows(fetch_dz_j4(g, src + 16u, j)), b0, b1); }
-            if (RB > 3u) { block_step(&t3, &u3, broadcast_rows(fetch_dz_j4(g, src + 24u, j)), b0, b1); }
-            if (RB > 4u) { block_step(&t4, &u4, broadcast_rows(fetch_dz_j4(g, src + 32u, j)), b0, b1); }
-            if (RB > 5u) { block_step(&t5, &u5, broadcast_rows(fetch_dz_j4(g, src + 40u, j)), b0, b1); }
-            if (RB > 6u) { block_step(&t6, &u6, broadcast_rows(fetch_dz_j4(g, src + 48u, j)), b0, b1); }
-            if (RB > 7u) { block_step(&t7, &u7, broadcast_rows(fetch_dz_j4(g, src + 56u, j)), b0, b1); }
+            block_step(&t0, &u0, dz_at(g, d0, j), b0, b1);
+            if (RB > 1u) { block_step(&t1, &u1, dz_at(g, d1, j), b0, b1); }
+            if (RB > 2u) { block_step(&t2, &u2, dz_at(g, d2, j), b0, b1); }
+            if (RB > 3u) { block_step(&t3, &u3, dz_at(g, d3, j), b0, b1); }
+            if (RB > 4u) { block_step(&t4, &u4, dz_at(g, d4, j), b0, b1); }
+            if (RB > 5u) { block_step(&t5, &u5, dz_at(g, d5, j), b0, b1); }
+            if (RB > 6u) { block_step(&t6, &u6, dz_at(g, d6, j), b0, b1); }
+            if (RB > 7u) { block_step(&t7, &u7, dz_at(g, d7, j), b0, b1); }
         }
     }
     let g = wg.z;
@@ -183,7 +204,7 @@ fn backward_input_subgroup(
 
 // dW_g[i, col] = Σ_b X_g[b, i] · dZ_g[b, col], and db_g as the row i == inputs:
 // output rows are inputs i (plus one), the reduction runs over the batch rows b (in
-// ragged mode, over the slots of the routed rows, looked up once per step of 4).
+// ragged mode, over the slots of the routed rows).
 @compute @workgroup_size(WG)
 fn backward_weights_subgroup(
     @builtin(local_invocation_index) lid: u32,
@@ -200,21 +221,29 @@ fn backward_weights_subgroup(
     var u0: Tile; var u1: Tile; var u2: Tile; var u3: Tile;
     var u4: Tile; var u5: Tile; var u6: Tile; var u7: Tile;
     let n = live_slots(wg.z);
-    for (var b = 0u; b < n; b += 4u) {
-        let rows = rows_of4(g, b);
-        let b0 = fetch_dz_block(g, b, rows, col, n);
+    let i0 = min(src, P.inputs);
+    let i1 = min(src + 8u, P.inputs);
+    let i2 = min(src + 16u, P.inputs);
+    let i3 = min(src + 24u, P.inputs);
+    let i4 = min(src + 32u, P.inputs);
+    let i5 = min(src + 40u, P.inputs);
+    let i6 = min(src + 48u, P.inputs);
+    let i7 = min(src + 56u, P.inputs);
+    for (var b = 0u; b < n; b++) {
+        let row = row_of(g, b);
+        let b0 = dz_cols(g, row, col);
         var b1 = b0;
         if (CN > 1u) {
-            b1 = fetch_dz_block(g, b, rows, col + 4u, n);
+            b1 = dz_cols(g, row, col + 4u);
         }
-        block_step(&t0, &u0, broadcast_rows(fetch_xt_b4(g, src, b, rows, n)), b0, b1);
-        if (RB > 1u) { block_step(&t1, &u1, broadcast_rows(fetch_xt_b4(g, src + 8u, b, rows, n)), b0, b1); }
-        if (RB > 2u) { block_step(&t2, &u2, broadcast_rows(fetch_xt_b4(g, src + 16u, b, rows, n)), b0, b1); }
-        if (RB > 3u) { block_step(&t3, &u3, broadcast_rows(fetch_xt_b4(g, src + 24u, b, rows, n)), b0, b1); }
-        if (RB > 4u) { block_step(&t4, &u4, broadcast_rows(fetch_xt_b4(g, src + 32u, b, rows, n)), b0, b1); }
-        if (RB > 5u) { block_step(&t5, &u5, broadcast_rows(fetch_xt_b4(g, src + 40u, b, rows, n)), b0, b1); }
-        if (RB > 6u) { block_step(&t6, &u6, broadcast_rows(fetch_xt_b4(g, src + 48u, b, rows, n)), b0, b1); }
-        if (RB > 7u) { block_step(&t7, &u7, broadcast_rows(fetch_xt_b4(g, src + 56u, b, rows, n)), b0, b1); }
+        block_step(&t0, &u0, x_or_one(g, row, i0), b0, b1);
+        if (RB > 1u) { block_step(&t1, &u1, x_or_one(g, row, i1), b0, b1); }
+        if (RB > 2u) { block_step(&t2, &u2, x_or_one(g, row, i2), b0, b1); }
+        if (RB > 3u) { block_step(&t3, &u3, x_or_one(g, row, i3), b0, b1); }
+        if (RB > 4u) { block_step(&t4, &u4, x_or_one(g, row, i4), b0, b1); }
+        if (RB > 5u) { block_step(&t5, &u5, x_or_one(g, row, i5), b0, b1); }
+        if (RB > 6u) { block_step(&t6, &u6, x_or_one(g, row, i6), b0, b1); }
+        if (RB > 7u) { block_step(&t7, &u7, x_or_one(g, row, i7), b0, b1); }
     }
     block_store_dw(g, row0, col, t0, u0);
     if (RB > 1u) { block_store_dw(g, row0 + 8u, col, t1, u1); }
