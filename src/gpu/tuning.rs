@@ -26,8 +26,9 @@ pub const TUNE_CACHE_ENV: &str = "MMOE_WGPU_TUNE_CACHE";
 pub enum TuneMode {
     /// Fixed defaults, no measuring (`MMOE_WGPU_TUNE=off`).
     Off,
-    /// Measure the candidates whose compile time the kernel's work can repay: at most
-    /// a few seconds of compiling at the census shape, everything at large shapes.
+    /// On a CPU adapter (lavapipe), measure only the candidates whose compile time the
+    /// kernel's work can repay, which keeps a cold start within seconds; on a GPU,
+    /// where pipelines compile in milliseconds, the same as [`TuneMode::Full`].
     #[default]
     Fast,
     /// Measure every tiling the device supports, whatever it costs to compile.

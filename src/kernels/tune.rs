@@ -5,9 +5,10 @@
 //! Every tiling of a kernel gives bitwise identical results (fixed reduction order),
 //! so tuning changes speed only, never numbers.
 //!
-//! On lavapipe, compiling a pipeline costs far more than timing it (a register-tiled
-//! GEMM takes 1–5 s), so in [`TuneMode::Fast`] a kernel only considers tilings whose
-//! compile time its work can repay: [`compile_allowance`].
+//! On drivers that compile to CPU code (lavapipe), compiling a pipeline costs far more
+//! than timing it (a register-tiled GEMM takes 0.2–2 s), so there, in
+//! [`TuneMode::Fast`], a kernel only considers tilings whose compile time its work can
+//! repay: [`compile_allowance`]. Elsewhere fast and full tuning try the same tilings.
 
 use std::fmt::Display;
 use std::str::FromStr;
@@ -25,8 +26,8 @@ const MIN_TIMED: Duration = Duration::from_millis(10);
 
 /// Floating-point work per dispatch for which one unit of a tiling's compile weight
 /// (its register tile's size, see the kernels' `compile_weight`) is worth compiling.
-/// Measured on lavapipe: a weight-4 GEMM tiling compiles in about 1 s and a weight-16
-/// one in about 5 s; a census-shape expert GEMM (0.54 GFLOP) runs in about 75 ms.
+/// Measured on lavapipe: a weight-4 GEMM tiling compiles in about 0.4 s and a weight-16
+/// one in about 1.5 s; a census-shape expert GEMM (0.54 GFLOP) runs in about 50 ms.
 const FLOPS_PER_WEIGHT: f64 = 1e8;
 
 /// The largest compile weight a candidate may have in [`TuneMode::Fast`] for a kernel
@@ -34,6 +35,12 @@ const FLOPS_PER_WEIGHT: f64 = 1e8;
 /// compiles in about a second, which keeps its cold start within seconds.
 pub fn compile_allowance(flops: f64) -> u32 {
     (flops / FLOPS_PER_WEIGHT).min(u32::MAX as f64) as u32
+}
+
+/// Whether compile time limits what [`TuneMode::Fast`] tries on this device: on a CPU
+/// adapter a pipeline compiles to machine code in seconds, on a GPU in milliseconds.
+pub fn compile_bound(gpu: &Gpu) -> bool {
+    gpu.adapter().device_type == wgpu::DeviceType::Cpu
 }
 
 /// Rows of the problem candidates are timed on: the real row count up to a budget of

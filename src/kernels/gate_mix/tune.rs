@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::{GateMix, GateMixBackward, GateMixForward, GateMixShape, GateMixTiling};
 use crate::gpu::TuneMode;
 use crate::kernels::Precision;
-use crate::kernels::tune::{choose, compile_allowance, proxy_rows};
+use crate::kernels::tune::{choose, compile_allowance, compile_bound, proxy_rows};
 use crate::{Error, Result};
 
 impl fmt::Display for GateMixTiling {
@@ -82,14 +82,15 @@ impl GateMix {
         if mode == TuneMode::Off {
             return Ok(default);
         }
-        // As for the GEMM: in fast mode, only tiles at least as large as the
-        // default's that the work repays in compile time.
+        // As for the GEMM: in fast mode on a CPU adapter, only tiles at least as
+        // large as the default's that the work repays in compile time.
+        let every = mode == TuneMode::Full || !compile_bound(&self.gpu);
         let allowance = compile_allowance(flops(pass, shape));
         let tallest = shape.rows.next_power_of_two().max(8) as u32;
         let mut candidates = vec![default];
         candidates.extend(self.tilings().into_iter().filter(|t| {
             *t != default
-                && (mode == TuneMode::Full
+                && (every
                     || (t.compile_weight() >= default.compile_weight()
                         && t.compile_weight() <= allowance
                         && 8 * t.row_blocks <= tallest))

@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::{GemmBackwardInput, GemmBackwardWeights, GemmForward, GroupedGemm, Pass, Tiling};
 use crate::gpu::TuneMode;
 use crate::kernels::Precision;
-use crate::kernels::tune::{choose, compile_allowance, proxy_rows};
+use crate::kernels::tune::{choose, compile_allowance, compile_bound, proxy_rows};
 use crate::shape::{Activation, GemmShape};
 use crate::{Error, Result};
 
@@ -90,10 +90,10 @@ fn output_extent(pass: Pass, shape: &GemmShape, bias: bool) -> (usize, usize) {
 
 impl GroupedGemm {
     /// The tilings tuning tries for `pass` on `shape`, the default first. In
-    /// [`TuneMode::Fast`]: register tiles at least as large as the default's (smaller
+    /// [`TuneMode::Fast`] on a CPU adapter: register tiles at least as large as the default's (smaller
     /// ones load more per multiply-add) and no larger than the work can repay in
-    /// compile time, nor taller than the output. In [`TuneMode::Full`]: every tiling
-    /// of the default's kind.
+    /// compile time, nor taller than the output. In [`TuneMode::Full`], and in fast
+    /// mode elsewhere: every tiling of the default's kind.
     fn candidates(
         &self,
         pass: Pass,
@@ -110,9 +110,11 @@ impl GroupedGemm {
         };
         let allowance = compile_allowance(shape.forward_flops());
         let tallest = out_rows.next_power_of_two().max(8);
+        let compile_bound = compile_bound(&self.gpu);
         let keep = |t: &Tiling| match self.gpu.tune_mode() {
             TuneMode::Off => false,
             TuneMode::Full => same_kind(t),
+            TuneMode::Fast if !compile_bound => same_kind(t),
             TuneMode::Fast => {
                 same_kind(t)
                     && t.compile_weight() >= default.compile_weight()
@@ -138,8 +140,8 @@ impl GroupedGemm {
         bias: bool,
         precision: Precision,
     ) -> Result<Tiling> {
-        let (out_rows, _) = output_extent(pass, shape, bias);
-        let default = self.default_for(out_rows, shape.forward_flops());
+        let (out_rows, out_cols) = output_extent(pass, shape, bias);
+        let default = self.default_for(out_rows, out_cols, shape.forward_flops());
         if self.gpu.tune_mode() == TuneMode::Off {
             return Ok(default);
         }
