@@ -388,6 +388,69 @@ fn expect_err(result: Result<mmoe_wgpu::kernels::Dispatch, Error>, needle: &str)
     }
 }
 
+/// Lavapipe ends an invocation's loops silently after 65,535 iterations, and the
+/// weight gradient loops over the rows: just under that it must be whole, past it an
+/// error on a CPU adapter (a real GPU computes it).
+#[test]
+fn weight_gradients_over_many_rows_are_whole_or_an_error() {
+    let gpu = gpu();
+    let gemm = GroupedGemm::new(gpu);
+    let on_cpu = gpu.adapter().device_type == wgpu::DeviceType::Cpu;
+    for rows in [60_000, 66_000] {
+        let shape = GemmShape {
+            groups: 2,
+            rows,
+            inputs: 3,
+            outputs: 5,
+            input: InputLayout::Shared,
+        };
+        let d = data(&shape, 5);
+        let (x, dy) = (gpu.upload("x", &d.x).unwrap(), gpu.upload("dy", &d.dy).unwrap());
+        let dw = gpu.storage_buffer("dw", 4 * shape.w_len() as u64).unwrap();
+        let db = gpu.storage_buffer("db", 4 * shape.b_len() as u64).unwrap();
+        let args = GemmBackwardWeights {
+            precision: Precision::F32,
+            shape,
+            activation: Activation::Identity,
+            x: (&x).into(),
+            dy: (&dy).into(),
+            y: None,
+            dw: (&dw).into(),
+            db: Some(BufferView::new(&db)),
+        };
+        if rows > 65_535 && on_cpu {
+            expect_err(gemm.backward_weights(&args), "loop iterations");
+            continue;
+        }
+        let y = vec![0.0; shape.y_len()];
+        let want = reference::backward(
+            &shape,
+            Activation::Identity,
+            &to_f64(&d.x),
+            &to_f64(&d.w),
+            &y,
+            &to_f64(&d.dy),
+        )
+        .unwrap();
+        for tiling in [gemm.default_tiling(&shape), Tiling::Naive { wg: 8, wg_rows: 8 }] {
+            let dispatch = gemm.backward_weights_with(&args, tiling).unwrap();
+            run(gpu, |e| dispatch.encode(e));
+            assert_close(
+                &format!("dW over {rows} rows, {tiling}"),
+                &read(gpu, &dw, shape.w_len()),
+                &want.dw,
+                TOLERANCE,
+            );
+            assert_close(
+                &format!("db over {rows} rows, {tiling}"),
+                &read(gpu, &db, shape.b_len()),
+                &want.db,
+                TOLERANCE,
+            );
+        }
+    }
+}
+
 #[test]
 fn bad_input_is_an_error_not_a_panic() {
     let gpu = gpu();

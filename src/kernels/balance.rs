@@ -130,11 +130,7 @@ const BACKWARD_BINDINGS: &[(u32, BindingKind)] =
 /// The workgroup size [`Balance::new`] uses.
 pub const DEFAULT_WORKGROUP_SIZE: u32 = 64;
 
-/// Loop iterations one invocation may run, all its loops together: llvmpipe (Mesa's
-/// lavapipe) counts them down from this in one counter per invocation and, once it
-/// is spent, ends every loop after its current pass, silently. Checked on every
-/// device, so that a call that runs anywhere runs on lavapipe too.
-pub const LOOP_BUDGET: u64 = 65_535;
+pub use super::LOOP_BUDGET;
 
 /// Loop passes of the forward's busiest invocation (0), counted as llvmpipe counts
 /// them, from above: each time a loop is entered, its iterations plus two (measured:
@@ -159,18 +155,14 @@ fn backward_iterations(s: &BalanceShape, invocations: u64) -> u64 {
 }
 
 fn check_loop_budget(context: &str, iterations: u64, workgroup_size: u32) -> Result<()> {
-    if iterations <= LOOP_BUDGET {
-        return Ok(());
-    }
-    Err(Error::Limit {
-        context: context.into(),
-        what: format!(
-            "the loop iterations of one invocation (with {workgroup_size} invocations per \
-             workgroup; a larger workgroup size or fewer rows per call needs fewer)"
+    super::check_loop_budget(
+        context,
+        iterations,
+        &format!(
+            "with {workgroup_size} invocations per workgroup; a larger workgroup size or \
+             fewer rows per call needs fewer"
         ),
-        value: iterations,
-        limit: LOOP_BUDGET,
-    })
+    )
 }
 
 /// Shape of the balance loss: `G` and `dz` are `[gates, rows, experts]`, row-major.

@@ -245,3 +245,23 @@ pub(crate) fn check_workgroup_size(
     }
     Ok(())
 }
+
+/// Loop iterations one invocation may run, all its loops together: llvmpipe (Mesa's
+/// lavapipe) counts them down from this in one counter per invocation and, once it
+/// is spent, ends every loop after its current pass, silently. Each entry into a loop
+/// costs its iterations plus up to two.
+pub const LOOP_BUDGET: u64 = 65_535;
+
+/// An [`Error::Limit`] when the busiest invocation of `kernel` would run more than
+/// [`LOOP_BUDGET`] loop iterations; `remedy` says what needs fewer.
+pub(crate) fn check_loop_budget(kernel: &str, iterations: u64, remedy: &str) -> Result<()> {
+    if iterations <= LOOP_BUDGET {
+        return Ok(());
+    }
+    Err(Error::Limit {
+        context: kernel.into(),
+        what: format!("the loop iterations of one invocation ({remedy})"),
+        value: iterations,
+        limit: LOOP_BUDGET,
+    })
+}

@@ -361,6 +361,41 @@ enum Pass {
     BackwardWeights,
 }
 
+impl Pass {
+    /// Loop iterations of a pass's busiest invocation, from above, as llvmpipe counts
+    /// them: the reduction loop (one step per iteration; dX sums over every group
+    /// when X is shared) and the tile stores, which run at most 16 tiles of 8 rows.
+    fn loop_iterations(self, s: &GemmShape) -> u64 {
+        const STORES: u64 = 16 * (8 * (4 + 2) + 10) + 64 * 10;
+        let reduction = match self {
+            Pass::Forward => s.inputs as u64,
+            Pass::BackwardInput => {
+                let summed = match s.input {
+                    InputLayout::Shared => s.groups as u64,
+                    InputLayout::PerGroup => 1,
+                };
+                summed * (s.outputs as u64 + 2)
+            }
+            Pass::BackwardWeights => s.rows as u64,
+        };
+        reduction + 2 + STORES
+    }
+
+    /// On a CPU adapter (lavapipe) a reduction past the loop budget would end early
+    /// without a word, so it is an error there; GPUs have no such budget.
+    fn check_loop_budget(self, gpu: &Gpu, ctx: &str, s: &GemmShape) -> Result<()> {
+        if gpu.adapter().device_type != wgpu::DeviceType::Cpu {
+            return Ok(());
+        }
+        let remedy = match self {
+            Pass::BackwardWeights => "fewer rows per call needs fewer",
+            Pass::BackwardInput => "fewer groups or outputs per call needs fewer",
+            Pass::Forward => "fewer inputs per call needs fewer",
+        };
+        super::check_loop_budget(ctx, self.loop_iterations(s), remedy)
+    }
+}
+
 /// Operands of the forward pass.
 #[derive(Clone, Copy, Debug)]
 pub struct GemmForward<'a> {
@@ -517,6 +552,7 @@ impl GroupedGemm {
         s.validate(ctx)?;
         args.precision.check(&self.gpu, ctx)?;
         tiling.validate(&self.gpu)?;
+        Pass::Forward.check_loop_budget(&self.gpu, ctx, s)?;
         let mut flags = if args.bias.is_some() { FLAG_BIAS } else { 0 };
         let w = op("w", 2, args.w, s.w_len(), Read).of(args.precision);
         let operands = [
@@ -579,6 +615,7 @@ impl GroupedGemm {
         s.validate(CTX)?;
         args.precision.check(&self.gpu, CTX)?;
         tiling.validate(&self.gpu)?;
+        Pass::BackwardInput.check_loop_budget(&self.gpu, CTX, s)?;
         let dy = op("dy", 5, args.dy, s.y_len(), Read);
         let operands = [
             op("w", 2, args.w, s.w_len(), Read),
@@ -644,6 +681,7 @@ impl GroupedGemm {
         s.validate(ctx)?;
         args.precision.check(&self.gpu, ctx)?;
         tiling.validate(&self.gpu)?;
+        Pass::BackwardWeights.check_loop_budget(&self.gpu, ctx, s)?;
         let mut flags = if args.db.is_some() { FLAG_BIAS } else { 0 };
         let x = op("x", 1, args.x, s.x_len(), Read).of(args.precision);
         let dy = op("dy", 5, args.dy, s.y_len(), Read).of(args.precision);
