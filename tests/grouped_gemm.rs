@@ -405,7 +405,10 @@ fn weight_gradients_over_many_rows_are_whole_or_an_error() {
             input: InputLayout::Shared,
         };
         let d = data(&shape, 5);
-        let (x, dy) = (gpu.upload("x", &d.x).unwrap(), gpu.upload("dy", &d.dy).unwrap());
+        let (x, dy) = (
+            gpu.upload("x", &d.x).unwrap(),
+            gpu.upload("dy", &d.dy).unwrap(),
+        );
         let dw = gpu.storage_buffer("dw", 4 * shape.w_len() as u64).unwrap();
         let db = gpu.storage_buffer("db", 4 * shape.b_len() as u64).unwrap();
         let args = GemmBackwardWeights {
@@ -432,7 +435,10 @@ fn weight_gradients_over_many_rows_are_whole_or_an_error() {
             &to_f64(&d.dy),
         )
         .unwrap();
-        for tiling in [gemm.default_tiling(&shape), Tiling::Naive { wg: 8, wg_rows: 8 }] {
+        for tiling in [
+            gemm.default_tiling(&shape),
+            Tiling::Naive { wg: 8, wg_rows: 8 },
+        ] {
             let dispatch = gemm.backward_weights_with(&args, tiling).unwrap();
             run(gpu, |e| dispatch.encode(e));
             assert_close(

@@ -27,8 +27,8 @@ pub mod tune;
 
 pub use binding::{BufferView, Precision};
 pub(crate) use binding::{Operand, bind_operands};
-pub use dispatch::{Dispatch, LOOP_BUDGET, Recorder};
 pub(crate) use dispatch::check_loop_budget;
+pub use dispatch::{Dispatch, LOOP_BUDGET, Recorder};
 pub use gate_mix::{GateMix, GateMixShape};
 pub use gate_topk::{GateTopk, GateTopkForward};
 pub use grouped_gemm::GroupedGemm;
