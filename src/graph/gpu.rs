@@ -358,6 +358,7 @@ impl GpuExecutor {
                             h: self.view(h),
                             g: self.view(g),
                             m: self.view(m),
+                            logit_offset: None,
                         })
                     };
                     if k == shape.experts && access == ExpertAccess::All {

@@ -54,6 +54,7 @@
 //!     h: BufferView::new(&h),
 //!     g: BufferView::new(&g),
 //!     m: BufferView::new(&m),
+//!     logit_offset: None,
 //! })?;
 //! kernels.encode_backward(&mut encoder, &GateMixBackward {
 //!     shape,
@@ -139,6 +140,11 @@ pub struct GateTopkForward<'a> {
     pub g: BufferView<'a>,
     /// Output `M: [gates, rows, width]`, the mixtures.
     pub m: BufferView<'a>,
+    /// Added to the logits before the selection and softmax when given,
+    /// `[gates, rows, experts]`: a noisy gate's `ε ⊙ softplus(n)` (see
+    /// [`noise`](super::noise)). Read by the gate phase only. `None` leaves every
+    /// result bitwise as without the field.
+    pub logit_offset: Option<BufferView<'a>>,
 }
 
 /// The top-k gate + mix kernels on one device. Cheap to clone; pipelines are compiled
@@ -198,6 +204,7 @@ impl GateTopk {
             ("gate_topk", CTX),
             &dense,
             (args.k, args.access, args.stages),
+            args.logit_offset,
             tiling,
         )
     }
