@@ -6,7 +6,8 @@
 //!
 //! The operands and shape are the dense [`gate_mix`](super::gate_mix)'s, plus `k`
 //! (1 ≤ k ≤ experts, a run-time value: one pipeline serves every `k`); `k = experts`
-//! is the dense softmax. The backward pass *is* the dense one, run on this kernel's
+//! is the dense softmax. An optional logit offset is added before the selection: a
+//! noisy gate's noise (see [`noise`](super::noise)); the backward pass is the same. The backward pass *is* the dense one, run on this kernel's
 //! `G`: where `G` is zero, `dz = G ⊙ (dg − ⟨G, dg⟩)` is zero, and over the selection it
 //! is the softmax gradient of the selected logits, so [`GateTopk::backward`] records
 //! [`GateMix::backward`] (its errors name `gate_mix backward`).
