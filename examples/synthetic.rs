@@ -6,6 +6,7 @@
 //! cargo run --release --example synthetic
 //! cargo run --release --example synthetic -- --correlations 0.5,1 --seeds 5 --json
 //! cargo run --release --example synthetic -- --models mmoe --gate topk --k 2
+//! cargo run --release --example synthetic -- --models mmoe --gate topk --k 2 --noise
 //! cargo run --release --example synthetic -- --help
 //! ```
 //!
@@ -14,7 +15,8 @@
 //! towers of one ReLU layer of 8 units; Adam on the sum of the two tasks' MSE.
 //! `--gate topk --k N` gives MMoE and OMoE sparse gates keeping N experts per
 //! example, `--gate static` input-independent ones; `--balance W` adds the
-//! load-balancing loss.
+//! load-balancing loss; `--noise` (with `--gate topk`) makes the top-k gates noisy:
+//! trainable Gaussian noise on their logits in training (Shazeer et al. 2017).
 //! Seed `s` draws the data (the same directions and sinusoids at every correlation)
 //! and the initial weights; the three models of one seed see the same data.
 //!
@@ -112,6 +114,10 @@ struct Args {
     #[arg(long, default_value_t = 2, allow_negative_numbers = true,
           value_parser = clap::value_parser!(u32).range(1..=8))]
     k: u32,
+    /// Noisy top-k gating (Shazeer et al. 2017): trainable Gaussian noise on the
+    /// gate logits in training, none in evaluation. Only with --gate topk.
+    #[arg(long)]
+    noise: bool,
     /// Weight of the load-balancing loss on the gates (0: none).
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true,
           value_parser = non_negative)]
@@ -143,6 +149,7 @@ impl Args {
     fn gate(&self) -> Gate {
         let gate = match self.gate {
             GateChoice::Softmax => Gate::SOFTMAX,
+            GateChoice::Topk if self.noise => Gate::top_k(self.k as usize).noisy(),
             GateChoice::Topk => Gate::top_k(self.k as usize),
             GateChoice::Static => Gate::STATIC,
         };
@@ -194,6 +201,14 @@ fn main() -> ExitCode {
             .error(
                 ErrorKind::ValueValidation,
                 "--first-seed + --seeds overflows a 64-bit seed",
+            )
+            .exit();
+    }
+    if args.noise && args.gate != GateChoice::Topk {
+        Args::command()
+            .error(
+                ErrorKind::ArgumentConflict,
+                "--noise makes top-k gates noisy: it needs --gate topk",
             )
             .exit();
     }

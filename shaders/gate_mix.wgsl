@@ -5,7 +5,7 @@
 // Layouts, row-major, stored as `Elem` (f32 or f16, set by the storage_*.wgsl file
 // compiled with this one; all arithmetic is f32) (T gates, E experts):
 //   X [rows, inputs]    Wg [T, inputs, E]    bg [T, E]    H, dH [E, rows, width]
-//   G, dz [T, rows, E]  M, dM [T, rows, width]
+//   G, dz [T, rows, E]  M, dM [T, rows, width]   logit_offset [T, rows, E]
 //
 // Every output is one sequential chain over its reduction index, the same whatever
 // WG, RB and CN are, so every tiling gives bitwise identical results. No atomics.
@@ -38,8 +38,10 @@ struct GateMixParams {
     // Forward phases to run: STAGE_GATE (logits and softmax into G), STAGE_MIX (M
     // from G). Sparse experts run between the two, on the rows G routes to them.
     stages: u32,
-    _pad1: u32,
-    _pad2: u32,
+    // With use_offset ≠ 0, logit_offset (a noisy gate's ε · softplus(n)) is added to
+    // every logit before the selection and softmax; with 0 it is not read at all.
+    offset_base: u32,
+    use_offset: u32,
 }
 
 const STAGE_GATE: u32 = 1u;
@@ -58,6 +60,7 @@ const STAGE_MIX: u32 = 2u;
 @group(0) @binding(8) var<storage, read> dm: array<Elem>;
 @group(0) @binding(9) var<storage, read_write> dh: array<Elem>;
 @group(0) @binding(10) var<storage, read_write> dz: array<Elem>;
+@group(0) @binding(11) var<storage, read> logit_offset: array<Elem>;
 
 // Invocations per workgroup.
 override WG: u32 = 8u;
@@ -195,7 +198,8 @@ fn dm_gates(t0: u32, row: u32, j: u32) -> vec4<f32> {
 
 // ---------------------------------------------------------------- forward
 
-// Logits of rows row0..row0+4 and columns c0..c0+4 (see wg_columns) into G.
+// Logits of rows row0..row0+4 and columns c0..c0+4 (see wg_columns) into G, plus
+// the logit offset when there is one.
 fn store_logits(row0: u32, c0: u32, q: Quad) {
     for (var i = 0u; i < 4u; i++) {
         let v = quad_row(q, i);
@@ -203,7 +207,11 @@ fn store_logits(row0: u32, c0: u32, q: Quad) {
             let col = c0 + c;
             if (row0 + i < P.rows && col < P.gates * P.experts) {
                 let at = gate_index(col / P.experts, row0 + i, col % P.experts);
-                g[P.g_base + at] = Elem(v[c] + f32(bg[P.bg_base + col]));
+                var z = v[c] + f32(bg[P.bg_base + col]);
+                if (P.use_offset != 0u) {
+                    z += f32(logit_offset[P.offset_base + at]);
+                }
+                g[P.g_base + at] = Elem(z);
             }
         }
     }

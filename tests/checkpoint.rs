@@ -100,9 +100,23 @@ fn architectures() -> Vec<ModelConfig> {
                 expert_layers: vec![4],
                 gate: Gate::STATIC,
             },
-            ..base
+            ..base.clone()
         },
+        noisy(),
     ]
+}
+
+/// MMoE with noisy top-2 gates.
+fn noisy() -> ModelConfig {
+    ModelConfig {
+        architecture: Architecture::Mmoe {
+            experts: 3,
+            expert_layers: vec![5],
+            gate: Gate::top_k(2).noisy(),
+            task_experts: 0,
+        },
+        ..mmoe(ModelConfig::ADAM)
+    }
 }
 
 /// Batch number `index` of a fixed stream, with 0/1 labels for the second task.
@@ -550,6 +564,84 @@ fn a_file_of_another_model_is_refused_naming_the_tensor() {
         other => panic!("expected a config mismatch, got {other:?}"),
     }
     assert_eq!(other.steps(), 0);
+}
+
+/// The gate noise comes from the seed and the step count, both in the checkpoint: a
+/// noisy model resumes bitwise. Files written before gates could be noisy (no
+/// `noisy` field) load as plain gates.
+#[test]
+fn noisy_gates_resume_bitwise_and_old_files_load_as_plain_gates() {
+    let dir = scratch_dir("noisy");
+    let mut straight = Trainer::new(gpu(), noisy(), ROWS).unwrap();
+    train(&mut straight, 0, 8);
+    let path = dir.join("noisy.safetensors");
+    {
+        let mut first = Trainer::new(gpu(), noisy(), ROWS).unwrap();
+        train(&mut first, 0, 4);
+        first.checkpoint().unwrap().save(&path).unwrap();
+    }
+    let loaded = Checkpoint::load(&path).unwrap();
+    assert!(
+        loaded
+            .tensors()
+            .iter()
+            .any(|t| t.name == "gate.noise.weight")
+    );
+    let mut resumed = Trainer::from_checkpoint(gpu(), &loaded, ROWS).unwrap();
+    train(&mut resumed, 4, 8);
+    assert_bitwise_equal(
+        "noisy: resumed against uninterrupted",
+        &straight.checkpoint().unwrap(),
+        &resumed.checkpoint().unwrap(),
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+
+    let plain = ModelConfig {
+        architecture: Architecture::Mmoe {
+            experts: 3,
+            expert_layers: vec![5],
+            gate: Gate::top_k(2),
+            task_experts: 0,
+        },
+        ..noisy()
+    };
+    let mut trainer = Trainer::new(gpu(), plain.clone(), ROWS).unwrap();
+    train(&mut trainer, 0, 2);
+    let saved = trainer.checkpoint().unwrap();
+    let good = saved.to_bytes().unwrap();
+    let edit = |from: &'static str, to: &'static str| {
+        rewrite(&good, move |_, d| {
+            assert!(d.contains(from), "{d}");
+            *d = d.replace(from, to);
+        })
+    };
+    let old = Checkpoint::from_bytes(&edit(r#","noisy":false"#, "")).unwrap();
+    assert_eq!(old.config(), &plain);
+    assert_bitwise_equal("without the field", &saved, &old);
+
+    let (what, message) = checkpoint_error(Checkpoint::from_bytes(&edit(
+        r#""noisy":false"#,
+        r#""noisy":true"#,
+    )));
+    assert!(what.contains("gate.noise"), "{what}: {message}");
+    assert!(message.contains("missing"), "{what}: {message}");
+    let (_, message) = checkpoint_error(Checkpoint::from_bytes(&edit(
+        r#""noisy":false"#,
+        r#""noisy":1"#,
+    )));
+    assert!(
+        message.contains("`config.architecture.gate.noisy` must be true or false"),
+        "{message}"
+    );
+    let (what, message) = checkpoint_error(Checkpoint::from_bytes(&edit(
+        r#""kind":"top_k","k":2,"balance_weight":0.0,"noisy":false"#,
+        r#""kind":"softmax","balance_weight":0.0,"noisy":true"#,
+    )));
+    assert_eq!(what, "config", "{message}");
+    assert!(
+        message.contains("gate noise (`Gate::noisy`) needs a top-k gate"),
+        "{message}"
+    );
 }
 
 #[test]

@@ -192,6 +192,7 @@ impl Buffers {
             h: (&self.h).into(),
             g: (&self.g).into(),
             m: (&self.m).into(),
+            logit_offset: None,
         }
     }
 
@@ -486,6 +487,7 @@ fn operands_at_unaligned_offsets_inside_shared_buffers() {
         h: view(&inb, &i, 3),
         g: view(&outb, &o, 0),
         m: view(&outb, &o, 1),
+        logit_offset: None,
     };
     let dispatch = GateTopk::new(gpu).forward(&args).unwrap();
     run(gpu, |e| dispatch.encode(e));
@@ -550,6 +552,7 @@ fn f16_storage_selects_the_same_experts() {
         h: (&hb).into(),
         g: (&g).into(),
         m: (&m).into(),
+        logit_offset: None,
     };
     let dispatch = kernels.forward(&args).unwrap();
     run(gpu, |e| dispatch.encode(e));
@@ -846,5 +849,122 @@ fn gate_then_mix_in_two_dispatches_equals_one() {
             "k = {k}"
         );
     }
+    gpu.check().unwrap();
+}
+
+/// A logit offset (a noisy gate's `ε ⊙ softplus(n)`) is added before the selection:
+/// the GPU with an offset matches the reference on the offset logits, forward and
+/// backward, in one dispatch or two; an all-zero offset gives the bits of none.
+#[test]
+fn a_logit_offset_moves_the_logits_before_the_selection() {
+    let gpu = gpu();
+    let kernels = GateTopk::new(gpu);
+    for (n, (s, k)) in [
+        (shape(1, 5, 3, 7, 5), 2),
+        (shape(3, 16, 37, 33, 6), 2),
+        (shape(3, 2, 37, 1, 16), 1),
+        (shape(2, 5, 17, 9, 4), 5),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (d, offset, z) = (0..200)
+            .map(|i| {
+                let d = data(&s, 500 + 1000 * n as u64 + i, 1.0);
+                let offset = random(&mut Rng::new(7000 + i), s.g_len(), 1.5);
+                let x = to_f64(&d.x);
+                let mut z = reference::logits(&s, &x, &to_f64(&d.wg), &to_f64(&d.bg)).unwrap();
+                z.iter_mut().zip(&offset).for_each(|(z, &o)| *z += o as f64);
+                (d, offset, z)
+            })
+            .find(|(_, _, z)| selection_margin(&s, k, z) >= MARGIN)
+            .expect("data away from ties");
+        let what = format!("{s:?} k={k} with an offset");
+        let bufs = Buffers::new(gpu, s, &d);
+        let offset_buffer = gpu.upload("offset", &offset).unwrap();
+        let noisy = GateTopkForward {
+            logit_offset: Some((&offset_buffer).into()),
+            ..bufs.forward(k)
+        };
+        let f = kernels.forward(&noisy).unwrap();
+        let b = kernels.backward(&bufs.backward(false)).unwrap();
+        run(gpu, |e| {
+            f.encode(e);
+            b.iter().for_each(|d| d.encode(e));
+        });
+        let got = bufs.read(gpu);
+        let (x, wg, h) = (to_f64(&d.x), to_f64(&d.wg), to_f64(&d.h));
+        let (g, m) = reference::forward_logits(&s, k, ExpertAccess::All, &z, &h).unwrap();
+        let grads = reference::backward(&s, &x, &wg, &h, &g, &to_f64(&d.dm)).unwrap();
+        let want = [g, m, grads.dh, grads.dz, grads.dwg, grads.dbg, grads.dx];
+        assert_matches(&what, &got, &want);
+
+        // The control: without the offset the gate chooses otherwise somewhere.
+        if k < s.experts {
+            let (plain, _) = reference::forward(&s, k, &x, &wg, &to_f64(&d.bg), &h).unwrap();
+            let chosen = |g: &[f64]| g.iter().map(|&p| p != 0.0).collect::<Vec<_>>();
+            assert_ne!(chosen(&plain), chosen(&want[0]), "{what}: same selection");
+        }
+
+        // Gate, then mix, in two dispatches: the same bits.
+        let two = Buffers::new(gpu, s, &d);
+        for stages in [ForwardStages::GateOnly, ForwardStages::MixOnly] {
+            let f = kernels
+                .forward(&GateTopkForward {
+                    stages,
+                    logit_offset: Some((&offset_buffer).into()),
+                    ..two.forward(k)
+                })
+                .unwrap();
+            run(gpu, |e| f.encode(e));
+        }
+        let split = [read(gpu, &two.g, s.g_len()), read(gpu, &two.m, s.m_len())];
+        assert!(bits(&split) == bits(&got[..2]), "{what}: two phases differ");
+
+        // A zero offset is no offset, to the bit.
+        let zeros = gpu.upload("zero offset", &vec![0.0f32; s.g_len()]).unwrap();
+        let with_zeros = Buffers::new(gpu, s, &d);
+        let without = Buffers::new(gpu, s, &d);
+        let f = kernels
+            .forward(&GateTopkForward {
+                logit_offset: Some((&zeros).into()),
+                ..with_zeros.forward(k)
+            })
+            .unwrap();
+        let plain = kernels.forward(&without.forward(k)).unwrap();
+        run(gpu, |e| {
+            f.encode(e);
+            plain.encode(e);
+        });
+        assert!(
+            bits(&with_zeros.read(gpu)[..2]) == bits(&without.read(gpu)[..2]),
+            "{what}: a zero offset changed the bits"
+        );
+    }
+    // The offset is checked like every operand.
+    let s = shape(2, 3, 4, 5, 6);
+    let bufs = Buffers::new(gpu, s, &data(&s, 1, 1.0));
+    let short = gpu
+        .storage_buffer("short offset", 4 * (s.g_len() - 1) as u64)
+        .unwrap();
+    expect_err(
+        kernels.forward(&GateTopkForward {
+            logit_offset: Some((&short).into()),
+            ..bufs.forward(2)
+        }),
+        &["gate_topk forward", "`logit_offset`"],
+    );
+    expect_err(
+        kernels.forward(&GateTopkForward {
+            logit_offset: Some((&bufs.g).into()),
+            ..bufs.forward(2)
+        }),
+        &["gate_topk forward", "`logit_offset`", "distinct buffers"],
+    );
+    let e = expect_err(
+        reference::forward_logits(&s, 2, ExpertAccess::All, &[0.0; 3], &[0.0; 72]),
+        &["reference gate_topk forward", "`z`"],
+    );
+    assert!(matches!(e, Error::Shape { .. }), "{e}");
     gpu.check().unwrap();
 }

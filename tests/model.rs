@@ -129,8 +129,26 @@ fn configs() -> Vec<(&'static str, ModelConfig)> {
                 ..gated(Gate::STATIC, 3, 0)
             },
         ),
+        ("mmoe, noisy top-2 gates", gated(Gate::top_k(2).noisy(), 5, 0)),
+        (
+            "mmoe, noisy top-2 gates with the balancing loss, 2 shared and 1 task-specific expert per task, on a shared layer",
+            ModelConfig {
+                shared_layers: vec![6],
+                ..gated(Gate::top_k(2).noisy().balanced(0.5), 2, 1)
+            },
+        ),
     ]);
     all
+}
+
+/// The largest gradient of the noise layer's weights against the largest of all,
+/// for a noisy config (`None` otherwise): the control that the noise is trained.
+fn noise_gradient_share(trainer: &Trainer, grads: &[f64]) -> Option<f64> {
+    let graph = &trainer.model().graph;
+    let id = graph.find("gate.noise.weight")?;
+    let offset = trainer.executor().plan().param_offsets[id.0].unwrap();
+    let largest = |g: &[f64]| g.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    Some(largest(&grads[offset..offset + graph.tensor(id).len()]) / largest(grads))
 }
 
 /// A batch whose targets suit each task's kind (0/1 labels for classification).
@@ -168,8 +186,17 @@ fn worst_parameter_error(trainer: &Trainer, got: &[f32], want: &[f64]) -> (Strin
         .fold((String::new(), 0.0), |a, b| if b.1 > a.1 { b } else { a })
 }
 
-fn cpu_forward_backward(cpu: &mut CpuExecutor, x: &[f32], y: &[f32], rows: usize) {
-    cpu.forward(rows, &[&to_f64(x)], &[&to_f64(y)]).unwrap();
+/// Forward with the gate noise `noise` (if any) and backward on the CPU.
+fn cpu_forward_backward(
+    cpu: &mut CpuExecutor,
+    (x, y): (&[f32], &[f32]),
+    rows: usize,
+    noise: Option<Vec<f32>>,
+) {
+    let noise: Vec<Vec<f64>> = noise.iter().map(|n| to_f64(n)).collect();
+    let noise: Vec<&[f64]> = noise.iter().map(Vec::as_slice).collect();
+    cpu.forward_with_noise(rows, &[&to_f64(x)], &noise, &[&to_f64(y)])
+        .unwrap();
     cpu.backward().unwrap();
 }
 
@@ -187,7 +214,9 @@ fn gpu_and_cpu_executors_agree_on_outputs_gradients_and_adam_steps() {
                 &subset_targets(&y, config.tasks.len(), ROWS, rows),
             );
             let got_grads = trainer.gradients(x, y).unwrap();
-            cpu_forward_backward(&mut cpu, x, y, rows);
+            // The noise the GPU's pass drew: that of the next step.
+            let noise = trainer.gate_noise(trainer.steps() + 1, rows);
+            cpu_forward_backward(&mut cpu, (x, y), rows, noise);
             let preds = trainer
                 .executor()
                 .read(trainer.model().predictions, rows)
@@ -202,13 +231,19 @@ fn gpu_and_cpu_executors_agree_on_outputs_gradients_and_adam_steps() {
                 err <= 1e-4,
                 "{name}, {rows} rows: gradient of `{worst}` differs by {err:.2e}"
             );
+            if let Some(share) = noise_gradient_share(&trainer, cpu.gradients()) {
+                assert!(
+                    share > 1e-2,
+                    "{name}, {rows} rows: the noise layer's gradient is {share:.1e} of the largest"
+                );
+            }
         }
 
         // Three Adam steps on different batches.
         for step in 1..=3 {
             let (x, y) = batch(&config, ROWS, 100 + step as u64);
             trainer.step(&x, &y).unwrap();
-            cpu_forward_backward(&mut cpu, &x, &y, ROWS);
+            cpu_forward_backward(&mut cpu, (&x, &y), ROWS, trainer.gate_noise(step, ROWS));
             cpu.optimizer_step(step, config.learning_rate as f64)
                 .unwrap();
         }
@@ -243,8 +278,10 @@ fn cpu_reference_gradients_match_finite_differences() {
             *p += rng.uniform(-0.1, 0.1);
         }
         let loss_id = trainer.model().graph.find("loss").unwrap();
+        let noise: Vec<Vec<f64>> = trainer.gate_noise(1, 5).iter().map(|n| to_f64(n)).collect();
+        let noise: Vec<&[f64]> = noise.iter().map(Vec::as_slice).collect();
         let total = |cpu: &mut CpuExecutor| -> f64 {
-            cpu.forward(5, &[&x], &[&y]).unwrap();
+            cpu.forward_with_noise(5, &[&x], &noise, &[&y]).unwrap();
             cpu.tensor(loss_id).iter().sum::<f64>() + cpu.balance_loss()
         };
         total(&mut cpu);
@@ -267,6 +304,12 @@ fn cpu_reference_gradients_match_finite_differences() {
             worst < 1e-6,
             "{name}: finite differences differ by {worst:.2e} of the largest gradient"
         );
+        if let Some(share) = noise_gradient_share(&trainer, &analytic) {
+            assert!(
+                share > 1e-2,
+                "{name}: the noise layer's gradient is {share:.1e} of the largest"
+            );
+        }
     }
 }
 
@@ -596,6 +639,18 @@ fn bad_gate_settings_are_errors() {
         (Gate::top_k(4), 2, 1, "1 ≤ k ≤ 3"),
         (Gate::SOFTMAX.balanced(-1.0), 3, 0, "balance weight"),
         (Gate::SOFTMAX, 0, 0, "experts must be at least 1"),
+        (
+            Gate::SOFTMAX.noisy(),
+            3,
+            0,
+            "gate noise (`Gate::noisy`) needs a top-k",
+        ),
+        (
+            Gate::STATIC.noisy(),
+            3,
+            0,
+            "gate noise (`Gate::noisy`) needs a top-k",
+        ),
     ] {
         let config = ModelConfig {
             architecture: Architecture::Mmoe {
@@ -614,4 +669,138 @@ fn bad_gate_settings_are_errors() {
             Ok(_) => panic!("{gate:?} with {experts} + {task_experts} experts accepted"),
         }
     }
+}
+
+/// `config` with a noisy top-2 gate over 5 experts, or the plain one.
+fn top_2(noisy: bool) -> ModelConfig {
+    let gate = if noisy {
+        Gate::top_k(2).noisy()
+    } else {
+        Gate::top_k(2)
+    };
+    ModelConfig {
+        architecture: Architecture::Mmoe {
+            experts: 5,
+            expert_layers: vec![5],
+            gate,
+            task_experts: 0,
+        },
+        ..configs()[0].1.clone()
+    }
+}
+
+/// Predictions, evaluations and gate reports of a noisy gate add no noise: they are
+/// bitwise those of the plain top-k gate with the same other parameters, whatever the
+/// noise layer holds. Training passes do add it.
+#[test]
+fn noisy_gates_add_noise_in_training_only() {
+    let mut plain = Trainer::new(gpu(), top_2(false), ROWS).unwrap();
+    let mut noisy = Trainer::new(gpu(), top_2(true), ROWS).unwrap();
+    let graph = noisy.model().graph.clone();
+    let plan = noisy.executor().plan().clone();
+    for (name, shape) in [
+        ("gate.noise.weight", [2, INPUTS, 5]),
+        ("gate.noise.bias", [2, 5, 1]),
+    ] {
+        let id = graph.find(name).unwrap();
+        assert_eq!(
+            graph.tensor(id).len(),
+            shape.iter().product::<usize>(),
+            "{name}"
+        );
+        assert!(
+            noisy.parameter(name).unwrap().iter().all(|&v| v == 0.0),
+            "{name} starts at 0"
+        );
+    }
+    let mut rng = Rng::new(4);
+    let mut flat = vec![0.0f32; plan.param_len];
+    for id in graph.with_role(Role::Parameter) {
+        let name = &graph.tensor(id).name;
+        let offset = plan.param_offsets[id.0].unwrap();
+        let values = if name.starts_with("gate.noise.") {
+            random(&mut rng, graph.tensor(id).len(), 2.0)
+        } else {
+            plain.parameter(name).unwrap()
+        };
+        flat[offset..offset + values.len()].copy_from_slice(&values);
+    }
+    noisy.set_parameters(&flat).unwrap();
+
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    // A training pass sees the noise, in the gate's gradient (and leaves the draws
+    // on the device, where the passes below must not read them).
+    let (x, y) = batch(&top_2(true), ROWS, 61);
+    let gate_gradient = |t: &mut Trainer| {
+        let g = t.gradients(&x, &y).unwrap();
+        let id = t.model().graph.find("gate.weight").unwrap();
+        let at = t.executor().plan().param_offsets[id.0].unwrap();
+        bits(&g[at..at + t.model().graph.tensor(id).len()])
+    };
+    assert_ne!(gate_gradient(&mut plain), gate_gradient(&mut noisy));
+
+    // More rows than the capacity: several chunks, the last one partial.
+    let (x, y) = batch(&top_2(true), 2 * ROWS + 3, 60);
+    assert_eq!(
+        bits(&plain.predict(&x).unwrap()),
+        bits(&noisy.predict(&x).unwrap())
+    );
+    assert_eq!(
+        plain.evaluate(&x, &y).unwrap(),
+        noisy.evaluate(&x, &y).unwrap()
+    );
+    assert_eq!(
+        plain.gate_report(&x).unwrap(),
+        noisy.gate_report(&x).unwrap()
+    );
+}
+
+#[test]
+fn noisy_training_is_bitwise_reproducible_and_its_noise_fresh_each_step() {
+    let config = top_2(true);
+    let train = |config: &ModelConfig| {
+        let mut trainer = Trainer::new(gpu(), config.clone(), ROWS).unwrap();
+        for step in 0..5 {
+            let (x, y) = batch(config, ROWS, 40 + step);
+            trainer.step(&x, &y).unwrap();
+        }
+        trainer
+    };
+    let (a, b) = (train(&config), train(&config));
+    let bits = |t: &Trainer| -> Vec<u32> {
+        t.parameters()
+            .unwrap()
+            .iter()
+            .map(|p| p.to_bits())
+            .collect()
+    };
+    assert_eq!(bits(&a), bits(&b));
+    // The noise layer trained away from its zero start.
+    assert!(
+        a.parameter("gate.noise.weight")
+            .unwrap()
+            .iter()
+            .any(|&v| v != 0.0)
+    );
+
+    // Fresh draws each step and seed, standard normal.
+    let eps = |t: &Trainer, step| t.gate_noise(step, ROWS).unwrap();
+    assert_eq!(eps(&a, 1).len(), 2 * ROWS * 5);
+    assert_eq!(eps(&a, 3), eps(&b, 3));
+    assert_ne!(eps(&a, 1), eps(&a, 2));
+    let other = Trainer::new(gpu(), ModelConfig { seed: 12, ..config }, ROWS).unwrap();
+    assert_ne!(eps(&a, 1), eps(&other, 1));
+    let many = a.gate_noise(7, 10_000).unwrap();
+    let mean = many.iter().map(|&v| v as f64).sum::<f64>() / many.len() as f64;
+    let var = many.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / many.len() as f64;
+    assert!(
+        mean.abs() < 0.02 && (var - 1.0).abs() < 0.02,
+        "mean {mean}, variance {var}"
+    );
+    assert_eq!(
+        Trainer::new(gpu(), top_2(false), ROWS)
+            .unwrap()
+            .gate_noise(1, ROWS),
+        None
+    );
 }

@@ -98,6 +98,8 @@ fn bad_flags_are_usage_errors_with_exit_code_2() {
         &["--train-rows", "0"],
         &["--models", "mmoe,moe"],
         &["--learning-rate", "-1"],
+        &["--noise"],
+        &["--gate", "static", "--noise"],
         &["--no-such-flag"],
     ] {
         let output = run(args);
@@ -113,4 +115,51 @@ fn bad_flags_are_usage_errors_with_exit_code_2() {
         );
         assert!(output.stdout.is_empty(), "{args:?} printed to stdout");
     }
+}
+
+#[test]
+fn noisy_top_k_gates_run_and_are_recorded_in_the_json() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("synthetic_example_noise");
+    std::fs::create_dir_all(&dir).unwrap();
+    let output = run(&[
+        "--json",
+        "--models",
+        "mmoe",
+        "--gate",
+        "topk",
+        "--k",
+        "2",
+        "--noise",
+        "--steps",
+        "20",
+        "--batch-size",
+        "32",
+        "--train-rows",
+        "256",
+        "--test-rows",
+        "64",
+        "--seeds",
+        "1",
+        "--correlations",
+        "0.5",
+        "--loss-plot",
+        dir.join("loss.png").to_str().unwrap(),
+        "--gate-plot",
+        dir.join("gates.png").to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the example failed:\n{stderr}");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{stdout}");
+    let v = &lines[0];
+    assert_eq!(v["noise"].as_bool(), Some(true), "{v}");
+    assert_eq!(v["gate"].as_str(), Some("topk"), "{v}");
+    assert_eq!(v["k"].as_u64(), Some(2), "{v}");
+    assert!(v["test_mse"].as_f64().is_some_and(f64::is_finite), "{v}");
+    assert!(stderr.contains("noisy top-2 gates"), "{stderr}");
 }

@@ -27,15 +27,17 @@ pub fn json_line(r: &RunResult, args: &Args) -> serde_json::Value {
         "experts_per_row": r.experts_per_row,
         "gate": format!("{:?}", args.gate).to_lowercase(),
         "k": (args.gate == super::GateChoice::Topk).then_some(args.k),
+        "noise": args.noise,
         "balance": args.balance,
     })
 }
 
-/// The gates of the run when they are not the paper's: `; top-2 gates`, `; static
-/// gates, balance 0.01`.
+/// The gates of the run when they are not the paper's: `; top-2 gates`, `; noisy
+/// top-2 gates`, `; static gates, balance 0.01`.
 fn gate_note(args: &Args) -> String {
     let kind = match args.gate {
         GateChoice::Softmax => "softmax".to_string(),
+        GateChoice::Topk if args.noise => format!("noisy top-{}", args.k),
         GateChoice::Topk => format!("top-{}", args.k),
         GateChoice::Static => "static".to_string(),
     };

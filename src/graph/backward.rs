@@ -21,7 +21,9 @@ pub enum BackwardStep {
         /// Add into `dX` instead of overwriting it.
         accumulate: bool,
     },
-    /// `dH`, `dWg`, `dbg` of a gate-mix node, and `dX` when `dx` is `Some(accumulate)`.
+    /// `dH`, `dWg`, `dbg` of a gate-mix node, and `dX` when `dx` is `Some(accumulate)`;
+    /// for a noisy gate also the gradient of its noise logits, which the noise layer's
+    /// own steps (after this one) carry on.
     GateMix {
         /// Forward node.
         node: usize,
@@ -86,7 +88,9 @@ pub fn backward_steps(graph: &Graph) -> Result<Vec<BackwardStep>> {
                     written[x.0] = true;
                 }
             }
-            Op::GateMix { x, wg, h, m, .. } => {
+            Op::GateMix {
+                x, wg, h, m, noise, ..
+            } => {
                 if !written[m.0] {
                     continue;
                 }
@@ -100,6 +104,9 @@ pub fn backward_steps(graph: &Graph) -> Result<Vec<BackwardStep>> {
                     ));
                 }
                 written[h.0] = true;
+                if let Some(noise) = noise {
+                    written[noise.n.0] = true;
+                }
                 // A static gate's logits do not depend on its input.
                 let dx = (wg.is_some() && activation_needs(*x)).then_some(written[x.0]);
                 if dx.is_some() {

@@ -1,7 +1,9 @@
 //! The CPU executor: runs a graph through [`crate::reference`] in `f64`, the ground
-//! truth the GPU executor is tested against.
+//! truth the GPU executor is tested against. Noisy gates add their noise in passes
+//! given draws ([`CpuExecutor::forward_with_noise`]), as the GPU's training passes
+//! do, and none in [`CpuExecutor::forward`], as its inference pass.
 
-use super::{BackwardStep, Graph, Op, Plan, TensorId, at_rows};
+use super::{BackwardStep, GateNoise, Graph, Op, Plan, TensorId, at_rows};
 use crate::kernels::balance::BalanceShape;
 use crate::kernels::gate_mix::GateMixShape;
 use crate::kernels::optimizer::Optimizer;
@@ -22,6 +24,8 @@ pub struct CpuExecutor {
     values: Vec<Vec<f64>>,
     grad_values: Vec<Vec<f64>>,
     rows: usize,
+    /// Whether the last forward pass added the gates' noise.
+    noisy: bool,
     balance_loss: f64,
     /// Per tensor of gate values: the balancing loss's coefficients at the last
     /// forward pass, for the backward.
@@ -42,6 +46,7 @@ impl CpuExecutor {
             values: vec![Vec::new(); n],
             grad_values: vec![Vec::new(); n],
             rows: 0,
+            noisy: false,
             balance_loss: 0.0,
             balance_coefficients: vec![None; n],
             graph,
@@ -79,15 +84,32 @@ impl CpuExecutor {
     }
 
     /// Runs the forward pass on `rows` rows of `inputs` (one slice per input tensor,
-    /// in creation order) and, if given, `targets` (one per target tensor).
+    /// in creation order) and, if given, `targets` (one per target tensor), without
+    /// gate noise.
     pub fn forward(&mut self, rows: usize, inputs: &[&[f64]], targets: &[&[f64]]) -> Result<()> {
-        for (id, values) in self
-            .graph
-            .fed_tensors("CpuExecutor::forward", rows, inputs, targets)?
-        {
+        self.forward_with_noise(rows, inputs, &[], targets)
+    }
+
+    /// [`forward`](Self::forward) with the noisy gates' draws `noise` (one slice per
+    /// noise tensor, in creation order, as the GPU executor's `write_noise` takes
+    /// them) added as noise, as in training; no draws at all: no noise.
+    pub fn forward_with_noise(
+        &mut self,
+        rows: usize,
+        inputs: &[&[f64]],
+        noise: &[&[f64]],
+        targets: &[&[f64]],
+    ) -> Result<()> {
+        const CTX: &str = "CpuExecutor::forward";
+        let mut fed = self.graph.fed_tensors(CTX, rows, inputs, targets)?;
+        if !noise.is_empty() {
+            fed.extend(self.graph.fed_noise(CTX, rows, noise)?);
+        }
+        for (id, values) in fed {
             self.values[id.0] = values.to_vec();
         }
         self.rows = rows;
+        self.noisy = !noise.is_empty();
         self.balance_loss = 0.0;
         self.balance_coefficients.iter_mut().for_each(|c| *c = None);
         let nodes: Vec<Op> = self
@@ -135,9 +157,25 @@ impl CpuExecutor {
                 h,
                 g,
                 m,
+                noise,
             } => {
                 let wg = self.gate_weights(shape, *wg);
-                let (gv, mv) = if *k == shape.experts {
+                let noise = noise.filter(|_| self.noisy);
+                let (gv, mv) = if let Some(GateNoise { n, eps }) = noise {
+                    let offset = reference::noise::forward(
+                        &(*shape).into(),
+                        self.tensor(n),
+                        self.tensor(eps),
+                    )?;
+                    let mut z = reference::gate_topk::logits(
+                        shape,
+                        self.tensor(*x),
+                        &wg,
+                        self.tensor(*bg),
+                    )?;
+                    z.iter_mut().zip(&offset).for_each(|(z, o)| *z += o);
+                    reference::gate_topk::forward_logits(shape, *k, *access, &z, self.tensor(*h))?
+                } else if *k == shape.experts {
                     reference::gate_mix::forward(
                         shape,
                         self.tensor(*x),
@@ -245,11 +283,13 @@ impl CpuExecutor {
                 h,
                 g,
                 m,
+                noise,
                 ..
             } => {
                 let weights = self.gate_weights(&shape, wg);
-                // The dense backward is the top-k one too: it is zero wherever G is.
-                let mut grads = reference::gate_mix::backward(
+                // The top-k backward is the dense one too, and it gives dz, which a
+                // noisy gate's noise needs.
+                let mut grads = reference::gate_topk::backward(
                     &shape,
                     self.tensor(x),
                     &weights,
@@ -263,6 +303,7 @@ impl CpuExecutor {
                     let g = &self.values[g.0];
                     let mut dz = vec![0.0; shape.g_len()];
                     reference::balance::backward(&shape.into(), g, coefficients, &mut dz)?;
+                    grads.dz.iter_mut().zip(&dz).for_each(|(s, a)| *s += a);
                     let logits = reference::grouped_gemm::backward(
                         &shape.logits_gemm(),
                         Activation::Identity,
@@ -278,6 +319,21 @@ impl CpuExecutor {
                     ] {
                         sum.iter_mut().zip(add).for_each(|(s, a)| *s += a);
                     }
+                }
+                if let Some(GateNoise { n, eps }) = noise {
+                    // The offset adds to the logits, so its gradient is dz; without
+                    // noise in the forward pass, the noise layer had no effect.
+                    let dn = if self.noisy {
+                        reference::noise::backward(
+                            &shape.into(),
+                            self.tensor(n),
+                            self.tensor(eps),
+                            &grads.dz,
+                        )?
+                    } else {
+                        vec![0.0; shape.g_len()]
+                    };
+                    self.set_grad(n, dn, false);
                 }
                 if let Some(wg) = wg {
                     self.set_param_grad(wg, &grads.dwg);

@@ -1,11 +1,15 @@
 //! The GPU executor: allocates the plan's buffers once, builds every dispatch (and
 //! its bind group) once per batch size, and records a whole training step into one
 //! command encoder with no host round trip inside it.
+//!
+//! Training passes ([`GpuExecutor::gradients`], [`GpuExecutor::train_step`]) add
+//! noisy gates' noise from the draws last written with [`GpuExecutor::write_noise`];
+//! [`GpuExecutor::forward`] is the inference pass, which skips the noise altogether.
 
 use std::collections::HashMap;
 
 use super::plan::{ScratchKind, moment_buffers};
-use super::{BackwardStep, Graph, MemoryReport, Op, Plan, Role, TensorId, at_rows};
+use super::{BackwardStep, GateNoise, Graph, MemoryReport, Op, Plan, Role, TensorId, at_rows};
 use crate::gpu::Gpu;
 use crate::kernels::balance::{Balance, BalanceBackward, BalanceForward};
 use crate::kernels::gate_mix::{
@@ -16,6 +20,7 @@ use crate::kernels::grouped_gemm::{
     GemmBackwardInput, GemmBackwardWeights, GemmForward, GroupedGemm, RowMap,
 };
 use crate::kernels::loss::{Loss, LossArgs};
+use crate::kernels::noise::{Noise, NoiseBackward, NoiseForward};
 use crate::kernels::optimizer::{Optimizer, OptimizerArgs, OptimizerKernel, OptimizerStep};
 use crate::kernels::routing::{Routing, RoutingArgs, RoutingShape};
 use crate::kernels::{BufferView, Dispatch, Precision};
@@ -24,7 +29,11 @@ use crate::{Error, Result};
 
 /// The dispatches of one batch size, built once.
 struct Recorded {
+    /// The training forward pass, gate noise included.
     forward: Vec<Dispatch>,
+    /// The forward pass without gate noise, for graphs that have some (the
+    /// training one serves otherwise).
+    inference: Option<Vec<Dispatch>>,
     loss: Vec<Dispatch>,
     backward: Vec<Dispatch>,
 }
@@ -38,6 +47,7 @@ pub struct GpuExecutor {
     gate_mix: GateMix,
     gate_topk: GateTopk,
     balance: Balance,
+    noise: Noise,
     routing: Routing,
     loss_kernel: Loss,
     params: wgpu::Buffer,
@@ -145,6 +155,7 @@ impl GpuExecutor {
             gate_mix: GateMix::new(gpu),
             gate_topk: GateTopk::new(gpu),
             balance: Balance::new(gpu),
+            noise: Noise::new(gpu),
             routing: Routing::new(gpu),
             loss_kernel: Loss::new(gpu),
             gpu: gpu.clone(),
@@ -194,7 +205,9 @@ impl GpuExecutor {
             optimizer_state: self.moments.iter().map(size).sum(),
             activations: sum(&self.buffers, &|r| r == Role::Activation),
             activation_gradients: sum(&self.grad_buffers, &|_| true),
-            inputs: sum(&self.buffers, &|r| matches!(r, Role::Input | Role::Target)),
+            inputs: sum(&self.buffers, &|r| {
+                matches!(r, Role::Input | Role::Target | Role::Noise)
+            }),
             scratch: self
                 .scratch
                 .iter()
@@ -295,6 +308,23 @@ impl GpuExecutor {
         Ok(())
     }
 
+    /// Writes the draws `ε` of a training pass on `rows` rows: one slice per noise
+    /// tensor (one per noisy gate node), in creation order. Training passes read the
+    /// draws last written (zeros before the first write).
+    pub fn write_noise(&self, rows: usize, noise: &[&[f32]]) -> Result<()> {
+        for (id, values) in self
+            .graph
+            .fed_noise("GpuExecutor::write_noise", rows, noise)?
+        {
+            self.gpu.write(
+                self.buffers[id.0].as_ref().expect("noise buffer"),
+                0,
+                values,
+            )?;
+        }
+        Ok(())
+    }
+
     fn recorded(&mut self, rows: usize) -> Result<&Recorded> {
         self.graph.check_rows(rows)?;
         if !self.recorded.contains_key(&rows) {
@@ -305,15 +335,49 @@ impl GpuExecutor {
     }
 
     fn build(&self, rows: usize) -> Result<Recorded> {
+        let noisy_graph = self.plan.noise_of.iter().any(Option::is_some);
         let mut recorded = Recorded {
-            forward: Vec::new(),
+            forward: self.build_forward(rows, true)?,
+            inference: noisy_graph
+                .then(|| self.build_forward(rows, false))
+                .transpose()?,
             loss: Vec::new(),
             backward: Vec::new(),
         };
+        for op in self.graph.nodes() {
+            if let Op::Loss {
+                tasks,
+                predictions,
+                targets,
+                loss,
+            } = at_rows(op, rows)
+            {
+                recorded.loss.push(self.loss_kernel.dispatch(&LossArgs {
+                    precision: Precision::F32,
+                    rows,
+                    tasks: &tasks,
+                    predictions: self.view(predictions),
+                    targets: self.view(targets),
+                    loss: self.view(loss),
+                    grad: self.grad_view(predictions),
+                })?);
+            }
+        }
+        for &step in &self.plan.backward {
+            self.build_backward(step, rows, &mut recorded.backward)?;
+        }
+        Ok(recorded)
+    }
+
+    /// The forward pass up to the loss, with gate noise (`noisy`, the training pass)
+    /// or without.
+    fn build_forward(&self, rows: usize, noisy: bool) -> Result<Vec<Dispatch>> {
+        let mut forward = Vec::new();
         for (node, op) in self.graph.nodes().iter().enumerate() {
             match at_rows(op, rows) {
                 // Sparse experts run inside their gate's forward, below.
                 Op::Dense { .. } if self.plan.routed_by[node].is_some() => {}
+                Op::Dense { .. } if !noisy && self.plan.noise_of[node].is_some() => {}
                 Op::Dense {
                     shape,
                     activation,
@@ -321,7 +385,7 @@ impl GpuExecutor {
                     w,
                     b,
                     y,
-                } => recorded.forward.push(self.gemm.forward(&GemmForward {
+                } => forward.push(self.gemm.forward(&GemmForward {
                     precision: Precision::F32,
                     shape,
                     activation,
@@ -341,10 +405,21 @@ impl GpuExecutor {
                     h,
                     g,
                     m,
+                    noise,
                 } => {
                     let experts: Vec<usize> = (0..node)
                         .filter(|&e| self.plan.routed_by[e] == Some(node))
                         .collect();
+                    let noise = noise.filter(|_| noisy);
+                    if let Some(GateNoise { n, eps }) = noise {
+                        forward.push(self.noise.forward(&NoiseForward {
+                            shape: shape.into(),
+                            precision: Precision::F32,
+                            n: self.view(n),
+                            eps: self.view(eps),
+                            offset: self.scratch_view(node, ScratchKind::LogitOffset),
+                        })?);
+                    }
                     let gate = |stages| {
                         self.gate_topk.forward(&GateTopkForward {
                             precision: Precision::F32,
@@ -358,30 +433,30 @@ impl GpuExecutor {
                             h: self.view(h),
                             g: self.view(g),
                             m: self.view(m),
+                            logit_offset: noise
+                                .map(|_| self.scratch_view(node, ScratchKind::LogitOffset)),
                         })
                     };
-                    if k == shape.experts && access == ExpertAccess::All {
+                    if k == shape.experts && access == ExpertAccess::All && noise.is_none() {
                         // The paper's gate, under its own name in profiles.
-                        recorded
-                            .forward
-                            .push(self.gate_mix.forward(&GateMixForward {
-                                precision: Precision::F32,
-                                shape,
-                                x: self.view(x),
-                                wg: self.gate_weights(node, wg),
-                                bg: self.view(bg),
-                                h: self.view(h),
-                                g: self.view(g),
-                                m: self.view(m),
-                            })?);
+                        forward.push(self.gate_mix.forward(&GateMixForward {
+                            precision: Precision::F32,
+                            shape,
+                            x: self.view(x),
+                            wg: self.gate_weights(node, wg),
+                            bg: self.view(bg),
+                            h: self.view(h),
+                            g: self.view(g),
+                            m: self.view(m),
+                        })?);
                     } else if experts.is_empty() {
-                        recorded.forward.push(gate(ForwardStages::Both)?);
+                        forward.push(gate(ForwardStages::Both)?);
                     } else {
                         // Gate values first, so each expert runs on its routed rows
                         // only; then the mixtures.
-                        recorded.forward.push(gate(ForwardStages::GateOnly)?);
+                        forward.push(gate(ForwardStages::GateOnly)?);
                         let routes = self.scratch_view(node, ScratchKind::RowMap);
-                        recorded.forward.push(self.routing.dispatch(&RoutingArgs {
+                        forward.push(self.routing.dispatch(&RoutingArgs {
                             shape: RoutingShape {
                                 gates: shape.gates,
                                 rows,
@@ -392,12 +467,12 @@ impl GpuExecutor {
                             routes,
                         })?);
                         for expert in experts {
-                            recorded.forward.push(self.expert_forward(expert, rows)?);
+                            forward.push(self.expert_forward(expert, rows)?);
                         }
-                        recorded.forward.push(gate(ForwardStages::MixOnly)?);
+                        forward.push(gate(ForwardStages::MixOnly)?);
                     }
                     if balance_weight > 0.0 {
-                        recorded.forward.push(self.balance.forward(&BalanceForward {
+                        forward.push(self.balance.forward(&BalanceForward {
                             shape: shape.into(),
                             weight: balance_weight,
                             precision: Precision::F32,
@@ -406,26 +481,10 @@ impl GpuExecutor {
                         })?);
                     }
                 }
-                Op::Loss {
-                    tasks,
-                    predictions,
-                    targets,
-                    loss,
-                } => recorded.loss.push(self.loss_kernel.dispatch(&LossArgs {
-                    precision: Precision::F32,
-                    rows,
-                    tasks: &tasks,
-                    predictions: self.view(predictions),
-                    targets: self.view(targets),
-                    loss: self.view(loss),
-                    grad: self.grad_view(predictions),
-                })?),
+                Op::Loss { .. } => {}
             }
         }
-        for &step in &self.plan.backward {
-            self.build_backward(step, rows, &mut recorded.backward)?;
-        }
-        Ok(recorded)
+        Ok(forward)
     }
 
     fn build_backward(
@@ -495,6 +554,7 @@ impl GpuExecutor {
                     g,
                     m,
                     balance_weight,
+                    noise,
                     ..
                 },
             ) => {
@@ -528,6 +588,17 @@ impl GpuExecutor {
                     })?;
                     dispatches.insert(1, balance);
                 }
+                // dn reads the final dz: after the balancing loss added its share.
+                if let Some(GateNoise { n, eps }) = noise {
+                    dispatches.push(self.noise.backward(&NoiseBackward {
+                        shape: shape.into(),
+                        precision: Precision::F32,
+                        n: self.view(n),
+                        eps: self.view(eps),
+                        dz: self.scratch_view(node, ScratchKind::LogitGrad),
+                        dn: self.grad_view(n),
+                    })?);
+                }
                 out.extend(dispatches);
             }
             (step, op) => unreachable!("backward step {step:?} does not match node {op:?}"),
@@ -555,19 +626,17 @@ impl GpuExecutor {
                     label: Some(what),
                     timestamp_writes: None,
                 });
+                let forward = match (&recorded.inference, parts.noise) {
+                    (Some(quiet), false) => quiet,
+                    _ => &recorded.forward,
+                };
                 let loss: &[Dispatch] = if parts.loss { &recorded.loss } else { &[] };
                 let backward: &[Dispatch] = if parts.backward {
                     &recorded.backward
                 } else {
                     &[]
                 };
-                for d in recorded
-                    .forward
-                    .iter()
-                    .chain(loss)
-                    .chain(backward)
-                    .chain(optimizer)
-                {
+                for d in forward.iter().chain(loss).chain(backward).chain(optimizer) {
                     d.record(&mut pass);
                 }
             }
@@ -603,13 +672,14 @@ impl GpuExecutor {
         .collect()
     }
 
-    /// Forward pass on the batch last written; with `loss`, also the loss (targets
-    /// must have been written).
+    /// Forward pass on the batch last written, without gate noise (inference); with
+    /// `loss`, also the loss (targets must have been written).
     pub fn forward(&mut self, rows: usize, loss: bool) -> Result<()> {
         self.submit(
             rows,
             "forward pass",
             Parts {
+                noise: false,
                 loss,
                 backward: false,
                 optimizer: false,
@@ -617,12 +687,14 @@ impl GpuExecutor {
         )
     }
 
-    /// Forward, loss and backward: fills the gradient buffer, does not update.
+    /// Forward (with gate noise), loss and backward: fills the gradient buffer, does
+    /// not update.
     pub fn gradients(&mut self, rows: usize) -> Result<()> {
         self.submit(
             rows,
             "forward and backward pass",
             Parts {
+                noise: true,
                 loss: true,
                 backward: true,
                 optimizer: false,
@@ -630,8 +702,9 @@ impl GpuExecutor {
         )
     }
 
-    /// One whole training step in one submission: forward, loss, backward and the
-    /// optimizer update number `step` (1-based) with `learning_rate`.
+    /// One whole training step in one submission: forward (with gate noise), loss,
+    /// backward and the optimizer update number `step` (1-based) with
+    /// `learning_rate`.
     pub fn train_step(&mut self, rows: usize, step: u32, learning_rate: f32) -> Result<()> {
         self.optimizer
             .set_step(self.gpu.queue(), step, learning_rate);
@@ -639,6 +712,7 @@ impl GpuExecutor {
             rows,
             "training step",
             Parts {
+                noise: true,
                 loss: true,
                 backward: true,
                 optimizer: true,
@@ -773,6 +847,8 @@ impl GpuExecutor {
 }
 
 struct Parts {
+    /// The training forward, with gate noise, rather than the inference one.
+    noise: bool,
     loss: bool,
     backward: bool,
     optimizer: bool,

@@ -36,6 +36,10 @@ pub enum Role {
     Target,
     /// Trained: a view into the flat parameter buffer.
     Parameter,
+    /// Fed by the caller for training passes only: a noisy gate's standard normal
+    /// draws `ε: [gates, rows, experts]`. Passes without gate noise (inference) do not
+    /// read it.
+    Noise,
     /// Computed by a node.
     Activation,
 }
@@ -145,6 +149,9 @@ pub enum Op {
         g: TensorId,
         /// Mixtures `[gates, rows, width]`.
         m: TensorId,
+        /// For a noisy gate, its noise logits and draws: training passes add
+        /// `ε ⊙ softplus(n)` to the logits.
+        noise: Option<GateNoise>,
     },
     /// Weighted per-task loss; its gradient is written in the same dispatch.
     Loss {
@@ -164,8 +171,16 @@ impl Op {
     pub fn inputs(&self) -> Vec<TensorId> {
         match self {
             Op::Dense { x, w, b, .. } => [Some(*x), Some(*w), *b].into_iter().flatten().collect(),
-            Op::GateMix { x, wg, bg, h, .. } => [Some(*x), *wg, Some(*bg), Some(*h)]
+            Op::GateMix {
+                x,
+                wg,
+                bg,
+                h,
+                noise,
+                ..
+            } => [Some(*x), *wg, Some(*bg), Some(*h)]
                 .into_iter()
+                .chain(noise.iter().flat_map(|n| [Some(n.n), Some(n.eps)]))
                 .flatten()
                 .collect(),
             Op::Loss {
@@ -186,6 +201,18 @@ impl Op {
     }
 }
 
+/// The noise of a noisy top-k gate (Shazeer et al. 2017): training passes add
+/// `ε ⊙ softplus(n)` to the gate's logits, passes without noise add nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GateNoise {
+    /// The noise logits `n = X · Wn + bn`, `[gates, rows, experts]`: the output of
+    /// the gate's noise layer, a dense node of its own.
+    pub n: TensorId,
+    /// The standard normal draws `ε: [gates, rows, experts]`, a [`Role::Noise`]
+    /// tensor.
+    pub eps: TensorId,
+}
+
 /// How a gate node weighs the experts.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GateSpec {
@@ -199,6 +226,9 @@ pub struct GateSpec {
     /// Weight of the load-balancing loss, `weight · CV²` of each gate's importance
     /// (see [`crate::kernels::balance`]); 0 for none.
     pub balance_weight: f32,
+    /// Trainable Gaussian noise on the logits of training passes (a top-k,
+    /// input-dependent gate only): see [`GateNoise`].
+    pub noisy: bool,
 }
 
 impl GateSpec {
@@ -208,6 +238,7 @@ impl GateSpec {
         access: ExpertAccess::All,
         input_dependent: true,
         balance_weight: 0.0,
+        noisy: false,
     };
 }
 
@@ -337,6 +368,19 @@ impl Graph {
         activation: Activation,
         layout: InputLayout,
     ) -> Result<TensorId> {
+        self.dense_with(name, x, (groups, outputs), activation, layout, None)
+    }
+
+    /// [`dense`](Self::dense), its weights starting as `weight_init` when given.
+    fn dense_with(
+        &mut self,
+        name: &str,
+        x: TensorId,
+        (groups, outputs): (usize, usize),
+        activation: Activation,
+        layout: InputLayout,
+        weight_init: Option<Init>,
+    ) -> Result<TensorId> {
         let (x_groups, inputs) = self.row_features(x)?;
         if layout == InputLayout::PerGroup && x_groups != groups {
             return Err(Error::invalid(
@@ -347,13 +391,13 @@ impl Graph {
                 ),
             ));
         }
-        let init = match activation {
+        let init = weight_init.unwrap_or(match activation {
             Activation::Relu => Init::HeUniform { fan_in: inputs },
             Activation::Identity => Init::GlorotUniform {
                 fan_in: inputs,
                 fan_out: outputs,
             },
-        };
+        });
         let w = self.parameter(
             &format!("{name}.weight"),
             vec![groups, inputs, outputs],
@@ -388,7 +432,10 @@ impl Graph {
 
     /// `gates` gates over the experts of `h` (`[experts, rows, width]`), fed by `x`;
     /// returns the mixtures `[gates, rows, width]`. Creates `name.weight` (unless the
-    /// gate is static), `name.bias` and the gate values `name.values`.
+    /// gate is static), `name.bias` and the gate values `name.values`; a noisy gate
+    /// also its noise layer `name.noise` (a dense node on `x` with zero-initialised
+    /// `name.noise.weight` and `name.noise.bias`, so the noise starts at
+    /// `ε · softplus(0) = ε · ln 2`) and its draws `name.noise.eps`.
     pub fn gate_mix(
         &mut self,
         name: &str,
@@ -423,6 +470,12 @@ impl Graph {
             ));
         }
         crate::kernels::gate_topk::check_k(name, &shape, k, spec.access)?;
+        if spec.noisy && (spec.k.is_none() || !spec.input_dependent) {
+            return Err(Error::invalid(
+                name,
+                "gate noise needs a top-k gate whose logits depend on the input",
+            ));
+        }
         let wg = spec
             .input_dependent
             .then(|| {
@@ -437,6 +490,29 @@ impl Graph {
             })
             .transpose()?;
         let bg = self.parameter(&format!("{name}.bias"), vec![gates, experts], Init::Zeros)?;
+        // After the gate's own parameters, so that they draw the same initial values
+        // with and without noise.
+        let noise = spec
+            .noisy
+            .then(|| -> Result<GateNoise> {
+                let n = self.dense_with(
+                    &format!("{name}.noise"),
+                    x,
+                    (gates, experts),
+                    Activation::Identity,
+                    InputLayout::Shared,
+                    Some(Init::Zeros),
+                )?;
+                let eps = self.add(
+                    &format!("{name}.noise.eps"),
+                    vec![gates, self.capacity, experts],
+                    Role::Noise,
+                    None,
+                    Some(1),
+                )?;
+                Ok(GateNoise { n, eps })
+            })
+            .transpose()?;
         let g = self.add(
             &format!("{name}.values"),
             vec![gates, self.capacity, experts],
@@ -462,6 +538,7 @@ impl Graph {
             h,
             g,
             m,
+            noise,
         });
         Ok(m)
     }
@@ -562,6 +639,44 @@ impl Graph {
             }
         }
         Ok(fed)
+    }
+
+    /// The noise tensors a training execution of `rows` rows is fed, paired with
+    /// their values: one slice per [`Role::Noise`] tensor, in creation order. Counts
+    /// and lengths are checked.
+    pub(crate) fn fed_noise<'a, T>(
+        &self,
+        context: &str,
+        rows: usize,
+        noise: &[&'a [T]],
+    ) -> Result<Vec<(TensorId, &'a [T])>> {
+        self.check_rows(rows)?;
+        let ids = self.with_role(Role::Noise);
+        if noise.len() != ids.len() {
+            return Err(Error::invalid(
+                context,
+                format!(
+                    "{} noise tensors expected, {} given",
+                    ids.len(),
+                    noise.len()
+                ),
+            ));
+        }
+        ids.into_iter()
+            .zip(noise)
+            .map(|(id, &values)| {
+                let tensor = self.tensor(id);
+                if values.len() != tensor.len_at(rows) {
+                    return Err(Error::shape(
+                        context,
+                        &tensor.name,
+                        format!("{} values ({rows} rows)", tensor.len_at(rows)),
+                        format!("{} values", values.len()),
+                    ));
+                }
+                Ok((id, values))
+            })
+            .collect()
     }
 
     /// The number of rows an execution uses, checked against the capacity.

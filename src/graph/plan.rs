@@ -26,6 +26,9 @@ pub struct Plan {
     /// Per node: for the expert layers of a sparse (top-k) gate, that gate's node.
     /// They run after the gate values, on the rows the gates route to each expert.
     pub routed_by: Vec<Option<usize>>,
+    /// Per node: for the noise layer of a noisy gate, that gate's node. Passes
+    /// without gate noise skip it.
+    pub noise_of: Vec<Option<usize>>,
     /// The backward pass.
     pub backward: Vec<BackwardStep>,
 }
@@ -55,6 +58,7 @@ impl Plan {
             .map(|(t, &n)| n && t.role == Role::Activation)
             .collect();
         let routed_by = routed_layers(graph);
+        let mut noise_of = vec![None; graph.nodes().len()];
         let mut scratch = vec![Vec::new(); graph.nodes().len()];
         for (node, op) in graph.nodes().iter().enumerate() {
             match op {
@@ -64,6 +68,7 @@ impl Plan {
                     shape,
                     wg,
                     balance_weight,
+                    noise,
                     ..
                 } => {
                     has_grad[g.0] = false;
@@ -85,6 +90,13 @@ impl Plan {
                             len: BalanceShape::from(*shape).stats_len(),
                         });
                     }
+                    if let Some(noise) = noise {
+                        own.push(Scratch {
+                            kind: ScratchKind::LogitOffset,
+                            len: shape.g_len(),
+                        });
+                        noise_of[producer(graph, noise.n).expect("the noise layer")] = Some(node);
+                    }
                     if routed_by.contains(&Some(node)) {
                         own.push(Scratch {
                             kind: ScratchKind::RowMap,
@@ -104,6 +116,7 @@ impl Plan {
             has_grad,
             scratch,
             routed_by,
+            noise_of,
             backward: backward_steps(graph)?,
         })
     }
@@ -137,7 +150,7 @@ impl Plan {
                     .map(|(t, _)| t.len())
                     .sum(),
             ),
-            inputs: sum_role(Role::Input) + sum_role(Role::Target),
+            inputs: sum_role(Role::Input) + sum_role(Role::Target) + sum_role(Role::Noise),
             scratch: bytes(self.scratch.iter().flatten().map(|s| s.len).sum()),
         }
     }
@@ -206,11 +219,7 @@ impl Plan {
 fn routed_layers(graph: &Graph) -> Vec<Option<usize>> {
     let nodes = graph.nodes();
     let mut routed = vec![None; nodes.len()];
-    let producer = |t: TensorId| {
-        nodes
-            .iter()
-            .position(|op| matches!(op, Op::Dense { y, .. } if *y == t))
-    };
+    let producer = |t: TensorId| producer(graph, t);
     for (gate, op) in nodes.iter().enumerate() {
         let Op::GateMix {
             shape,
@@ -243,6 +252,14 @@ fn routed_layers(graph: &Graph) -> Vec<Option<usize>> {
     routed
 }
 
+/// The dense node that computes `t`, if one does.
+fn producer(graph: &Graph, t: TensorId) -> Option<usize> {
+    graph
+        .nodes()
+        .iter()
+        .position(|op| matches!(op, Op::Dense { y, .. } if *y == t))
+}
+
 /// What a scratch buffer holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ScratchKind {
@@ -256,12 +273,17 @@ pub enum ScratchKind {
     BalanceStats,
     /// A sparse gate's row map: per expert, the rows routed to it (u32).
     RowMap,
+    /// A noisy gate's logit offset `ε ⊙ softplus(n): [gates, rows, experts]`.
+    LogitOffset,
 }
 
 impl ScratchKind {
     /// Whether the buffer grows with the batch.
     pub fn per_row(self) -> bool {
-        matches!(self, ScratchKind::LogitGrad | ScratchKind::RowMap)
+        matches!(
+            self,
+            ScratchKind::LogitGrad | ScratchKind::RowMap | ScratchKind::LogitOffset
+        )
     }
 }
 
@@ -296,9 +318,10 @@ pub struct MemoryReport {
     pub activations: u64,
     /// Gradients of activations.
     pub activation_gradients: u64,
-    /// Per-step inputs and targets.
+    /// Per-step inputs, targets and gate noise draws.
     pub inputs: u64,
-    /// Kernel scratch (gate-mix `dz`, static gates' constant weights).
+    /// Kernel scratch (gate-mix `dz`, static gates' constant weights, noisy gates'
+    /// logit offsets).
     pub scratch: u64,
 }
 

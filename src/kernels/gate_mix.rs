@@ -105,6 +105,7 @@ const FORWARD_BINDINGS: &[(u32, BindingKind)] = &[
     (4, Read),
     (5, ReadWrite),
     (6, ReadWrite),
+    (11, Read),
 ];
 const BACKWARD_BINDINGS: &[(u32, BindingKind)] = &[
     (0, Uniform),
@@ -345,7 +346,10 @@ struct GateMixParams {
     own_experts: u32,
     /// Forward phases: [`STAGE_GATE`] and/or [`STAGE_MIX`].
     stages: u32,
-    _pad: [u32; 2],
+    /// Where the logit offset starts in its binding, and whether there is one (1) or
+    /// not (0: the offset binding is a stand-in, never read).
+    offset_base: u32,
+    use_offset: u32,
 }
 
 /// Forward phase: logits and softmax into `G`.
@@ -518,18 +522,21 @@ impl GateMix {
             ("gate_mix", "gate_mix forward"),
             args,
             (args.shape.experts, ExpertAccess::All, ForwardStages::Both),
+            None,
             tiling,
         )
     }
 
     /// The forward pass keeping the `k` largest logits of each gate and row among the
-    /// experts it sees (1 ≤ k ≤ visible); the calling kernel's name and pass name the
-    /// errors.
+    /// experts it sees (1 ≤ k ≤ visible), `logit_offset` (`[gates, rows, experts]`)
+    /// added to the logits first when given; the calling kernel's name and pass name
+    /// the errors.
     pub(crate) fn forward_top_k(
         &self,
         (kernel, ctx): (&str, &'static str),
         args: &GateMixForward<'_>,
         (k, access, stages): (usize, ExpertAccess, ForwardStages),
+        logit_offset: Option<BufferView<'_>>,
         tiling: GateMixTiling,
     ) -> Result<Dispatch> {
         let s = &args.shape;
@@ -547,8 +554,19 @@ impl GateMix {
             Operand::new("m", 6, args.m, s.m_len(), ReadWrite),
         ]
         .map(|o| o.of(args.precision));
-        let bound = bind_operands(&self.gpu, ctx, &operands)?;
+        // Without an offset, bg stands in at its slot: the layout wants a buffer there.
+        let offset = match logit_offset {
+            Some(view) => {
+                Operand::new("logit_offset", 11, view, s.g_len(), Read).of(args.precision)
+            }
+            None => operands[2].stand_in(11),
+        };
+        let mut all = operands.to_vec();
+        all.push(offset);
+        let bound = bind_operands(&self.gpu, ctx, &all)?;
         let mut p = GateMixParams::new(s);
+        p.offset_base = bound[6].base;
+        p.use_offset = logit_offset.is_some() as u32;
         p.k = k as u32;
         p.stages = stages.bits();
         if let ExpertAccess::SharedAndOwn { shared, own } = access {

@@ -6,7 +6,8 @@
 //!
 //! The operands and shape are the dense [`gate_mix`](super::gate_mix)'s, plus `k`
 //! (1 ≤ k ≤ experts, a run-time value: one pipeline serves every `k`); `k = experts`
-//! is the dense softmax. The backward pass *is* the dense one, run on this kernel's
+//! is the dense softmax. An optional logit offset is added before the selection: a
+//! noisy gate's noise (see [`noise`](super::noise)); the backward pass is the same. The backward pass *is* the dense one, run on this kernel's
 //! `G`: where `G` is zero, `dz = G ⊙ (dg − ⟨G, dg⟩)` is zero, and over the selection it
 //! is the softmax gradient of the selected logits, so [`GateTopk::backward`] records
 //! [`GateMix::backward`] (its errors name `gate_mix backward`).
@@ -54,6 +55,7 @@
 //!     h: BufferView::new(&h),
 //!     g: BufferView::new(&g),
 //!     m: BufferView::new(&m),
+//!     logit_offset: None,
 //! })?;
 //! kernels.encode_backward(&mut encoder, &GateMixBackward {
 //!     shape,
@@ -139,6 +141,11 @@ pub struct GateTopkForward<'a> {
     pub g: BufferView<'a>,
     /// Output `M: [gates, rows, width]`, the mixtures.
     pub m: BufferView<'a>,
+    /// Added to the logits before the selection and softmax when given,
+    /// `[gates, rows, experts]`: a noisy gate's `ε ⊙ softplus(n)` (see
+    /// [`noise`](super::noise)). Read by the gate phase only. `None` leaves every
+    /// result bitwise as without the field.
+    pub logit_offset: Option<BufferView<'a>>,
 }
 
 /// The top-k gate + mix kernels on one device. Cheap to clone; pipelines are compiled
@@ -198,6 +205,7 @@ impl GateTopk {
             ("gate_topk", CTX),
             &dense,
             (args.k, args.access, args.stages),
+            args.logit_offset,
             tiling,
         )
     }

@@ -12,7 +12,7 @@
 //! parameters), so building the same dispatch again is cheap.
 //!
 //! Each family's module docs hold a runnable example: [`grouped_gemm`], [`gate_mix`],
-//! [`loss`], [`optimizer`], [`routing`], [`balance`].
+//! [`loss`], [`optimizer`], [`routing`], [`balance`], [`noise`].
 
 pub mod balance;
 mod binding;
@@ -21,6 +21,7 @@ pub mod gate_mix;
 pub mod gate_topk;
 pub mod grouped_gemm;
 pub mod loss;
+pub mod noise;
 pub mod optimizer;
 pub mod routing;
 pub mod tune;
@@ -33,6 +34,7 @@ pub use gate_mix::{GateMix, GateMixShape};
 pub use gate_topk::{GateTopk, GateTopkForward};
 pub use grouped_gemm::GroupedGemm;
 pub use loss::{Loss, LossArgs, LossKind, TaskLoss};
+pub use noise::{Noise, NoiseBackward, NoiseForward, NoiseShape};
 pub use optimizer::{Optimizer, OptimizerArgs, OptimizerKernel, OptimizerStep};
 pub use routing::{Routing, RoutingArgs, RoutingShape};
 
@@ -42,6 +44,7 @@ pub fn programs() -> Vec<crate::gpu::ShaderProgram> {
     out.extend_from_slice(balance::PROGRAMS);
     out.extend_from_slice(gate_mix::PROGRAMS);
     out.extend_from_slice(loss::PROGRAMS);
+    out.extend_from_slice(noise::PROGRAMS);
     out.extend_from_slice(optimizer::PROGRAMS);
     out.extend_from_slice(routing::PROGRAMS);
     out

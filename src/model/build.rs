@@ -21,6 +21,8 @@ pub struct ModelGraph {
     pub predictions: TensorId,
     /// Gate values `[gates, rows, experts]`, for models with gates.
     pub gate_values: Option<TensorId>,
+    /// The draws `ε: [gates, rows, experts]` of a noisy gate's training steps.
+    pub gate_noise: Option<TensorId>,
     /// Number of gates: tasks for MMoE, 1 for OMoE, 0 for shared-bottom.
     pub gates: usize,
 }
@@ -28,8 +30,8 @@ pub struct ModelGraph {
 /// Builds the graph of `config` for batches of up to `capacity` rows.
 ///
 /// Parameter names: `shared.{i}`, `experts.{i}` (all experts of layer `i` as one
-/// `[experts, in, out]` tensor), `bottom.{i}`, `gate`, `towers.{i}` and `heads`, each
-/// with `.weight` and `.bias`.
+/// `[experts, in, out]` tensor), `bottom.{i}`, `gate`, `gate.noise` (noisy gates),
+/// `towers.{i}` and `heads`, each with `.weight` and `.bias`.
 pub fn build(config: &ModelConfig, capacity: usize) -> Result<ModelGraph> {
     config.validate()?;
     let tasks = config.tasks.len();
@@ -91,6 +93,7 @@ pub fn build(config: &ModelConfig, capacity: usize) -> Result<ModelGraph> {
                 access,
                 input_dependent: gate.kind != GateKind::Static,
                 balance_weight: gate.balance_weight,
+                noisy: gate.noisy,
             };
             (graph.gate_mix("gate", below, h, gates, spec)?, gates)
         }
@@ -132,12 +135,14 @@ pub fn build(config: &ModelConfig, capacity: usize) -> Result<ModelGraph> {
         .collect();
     graph.loss("loss", predictions, targets, losses)?;
     let gate_values = graph.find("gate.values");
+    let gate_noise = graph.find("gate.noise.eps");
     Ok(ModelGraph {
         graph,
         x,
         targets,
         predictions,
         gate_values,
+        gate_noise,
         gates,
     })
 }

@@ -28,6 +28,12 @@ pub struct Gate {
     /// Weight of the load-balancing loss, `weight · CV²` of each gate's importance
     /// (its weights summed over the batch); 0 turns it off.
     pub balance_weight: f32,
+    /// Noisy top-k gating (Shazeer et al. 2017; top-k gates only): training steps
+    /// add `ε ⊙ softplus(X · Wn + bn)` to the logits before the selection, with
+    /// fresh `ε ~ N(0, 1)` each step and a trained noise layer `gate.noise` that
+    /// starts at zero (noise of standard deviation ln 2); predictions and
+    /// evaluations use the logits alone.
+    pub noisy: bool,
 }
 
 impl Gate {
@@ -35,12 +41,14 @@ impl Gate {
     pub const SOFTMAX: Gate = Gate {
         kind: GateKind::Softmax,
         balance_weight: 0.0,
+        noisy: false,
     };
 
     /// A static (input-independent) gate.
     pub const STATIC: Gate = Gate {
         kind: GateKind::Static,
         balance_weight: 0.0,
+        noisy: false,
     };
 
     /// A sparse gate keeping the `k` largest logits, no balancing loss.
@@ -48,6 +56,7 @@ impl Gate {
         Gate {
             kind: GateKind::TopK { k },
             balance_weight: 0.0,
+            noisy: false,
         }
     }
 
@@ -55,6 +64,15 @@ impl Gate {
     pub const fn balanced(self, weight: f32) -> Gate {
         Gate {
             balance_weight: weight,
+            ..self
+        }
+    }
+
+    /// This gate with trainable noise on its logits in training (see
+    /// [`noisy`](Self::noisy); valid for top-k gates only).
+    pub const fn noisy(self) -> Gate {
+        Gate {
+            noisy: true,
             ..self
         }
     }
@@ -256,6 +274,12 @@ impl ModelConfig {
             {
                 return bad(format!(
                     "top-k gate with k = {k}; each gate sees {seen} experts, so 1 ≤ k ≤ {seen}"
+                ));
+            }
+            if gate.noisy && !matches!(gate.kind, GateKind::TopK { .. }) {
+                return bad(format!(
+                    "gate noise (`Gate::noisy`) needs a top-k gate; this gate is {:?}",
+                    gate.kind
                 ));
             }
             if !gate.balance_weight.is_finite() || gate.balance_weight < 0.0 {

@@ -4,7 +4,8 @@
 //!   optionally on shared hidden layers; experts, bottom and towers of one or more
 //!   ReLU layers; per-task head kind and loss weight.
 //! - [`build`]: the config as a [`crate::graph::Graph`], and seeded initial weights
-//!   (He uniform for ReLU layers, Glorot uniform for gates and heads, zero biases).
+//!   (He uniform for ReLU layers, Glorot uniform for gates and heads, zero biases and
+//!   zero noise layers of noisy gates).
 //! - [`Trainer`]: `step`, `predict`, `evaluate`, `gate_report`, `checkpoint` and
 //!   `restore`.
 //! - [`checkpoint`]: [`Checkpoint`], saved and loaded as safetensors files.
@@ -12,6 +13,7 @@
 mod build;
 pub mod checkpoint;
 mod config;
+mod noise;
 mod trainer;
 
 pub use build::{ModelGraph, build, initial_parameters};

@@ -256,14 +256,34 @@ impl Trainer {
         check_finite("targets", targets)
     }
 
+    /// The draws `ε: [gates, rows, experts]` a noisy gate adds (scaled by
+    /// `softplus(X · Wn + bn)`) to its logits in training step `step` (1-based) on a
+    /// batch of `rows` rows: standard normal, from the config's seed and the step
+    /// alone. `None` for a model without gate noise.
+    pub fn gate_noise(&self, step: u32, rows: usize) -> Option<Vec<f32>> {
+        let id = self.model.gate_noise?;
+        let len = self.model.graph.tensor(id).len_at(rows);
+        Some(super::noise::draws(self.config.seed, step, len))
+    }
+
+    /// Writes a training batch, with the gate noise of the next step.
+    fn write_training_batch(&self, rows: usize, x: &[f32], targets: &[f32]) -> Result<()> {
+        self.executor.write_batch(rows, &[x], &[targets])?;
+        if let Some(eps) = self.gate_noise(self.steps + 1, rows) {
+            self.executor.write_noise(rows, &[&eps])?;
+        }
+        Ok(())
+    }
+
     /// One training step on a batch: `x` is `[rows, inputs]`, `targets` is
     /// `[tasks, rows]` (task-major). Nothing is read back. A non-finite loss stops
     /// the updates on the device and is reported as an error naming its step by
-    /// this call (at most 64 steps later) or by the next read.
+    /// this call (at most 64 steps later) or by the next read. Noisy gates add the
+    /// step's [`gate_noise`](Self::gate_noise).
     pub fn step(&mut self, x: &[f32], targets: &[f32]) -> Result<()> {
         let rows = self.rows_of("Trainer::step", x, true)?;
         self.check_targets("Trainer::step", rows, targets)?;
-        self.executor.write_batch(rows, &[x], &[targets])?;
+        self.write_training_batch(rows, x, targets)?;
         self.executor
             .train_step(rows, self.steps + 1, self.learning_rate)?;
         self.steps += 1;
@@ -282,7 +302,7 @@ impl Trainer {
     ) -> Result<Vec<(&'static str, std::time::Duration)>> {
         let rows = self.rows_of("Trainer::profile_step", x, true)?;
         self.check_targets("Trainer::profile_step", rows, targets)?;
-        self.executor.write_batch(rows, &[x], &[targets])?;
+        self.write_training_batch(rows, x, targets)?;
         let times = self
             .executor
             .profile_step(rows, self.steps + 1, self.learning_rate)?;
@@ -316,11 +336,13 @@ impl Trainer {
         self.executor.loss()
     }
 
-    /// The flat gradient of the loss on a batch, without updating the parameters.
+    /// The flat gradient of the loss on a batch, without updating the parameters:
+    /// the gradient the next [`step`](Self::step) would take, its gate noise
+    /// included.
     pub fn gradients(&mut self, x: &[f32], targets: &[f32]) -> Result<Vec<f32>> {
         let rows = self.rows_of("Trainer::gradients", x, true)?;
         self.check_targets("Trainer::gradients", rows, targets)?;
-        self.executor.write_batch(rows, &[x], &[targets])?;
+        self.write_training_batch(rows, x, targets)?;
         self.executor.gradients(rows)?;
         self.executor.gradients_flat()
     }
@@ -348,6 +370,8 @@ impl Trainer {
 
     /// Predictions for `x` (`[rows, inputs]`, any number of rows) as `[tasks, rows]`,
     /// task-major: the value for regression tasks, the probability for classification.
+    /// Noisy gates add no noise here (nor in [`evaluate`](Self::evaluate) and
+    /// [`gate_report`](Self::gate_report)).
     pub fn predict(&mut self, x: &[f32]) -> Result<Vec<f32>> {
         let rows = self.rows_of("Trainer::predict", x, false)?;
         let tasks = self.tasks();

@@ -1,7 +1,8 @@
 //! Reference top-k gate + mix: per gate `t` and row, the softmax of the `k` largest
 //! logits of `X · Wg_t + bg_t` (zero weight for the other experts),
 //! `M_t = Σ_e G_t[:, e] ⊙ H_e`, and the backward pass, in which only the selected
-//! logits get a gradient.
+//! logits get a gradient. [`logits`] and [`forward_logits`] split the forward so a
+//! noisy gate can add its noise to the logits in between.
 
 use super::check_len;
 use crate::Result;
@@ -51,30 +52,72 @@ pub fn forward_with_access(
     check_len(CTX, "wg", wg, shape.wg_len())?;
     check_len(CTX, "bg", bg, shape.bg_len())?;
     check_len(CTX, "h", h, shape.h_len())?;
+    let z = logits(shape, x, wg, bg)?;
+    forward_logits(shape, k, access, &z, h)
+}
+
+/// The logits `X · Wg_t + bg_t` of every gate, `[gates, rows, experts]`.
+pub fn logits(shape: &GateMixShape, x: &[f64], wg: &[f64], bg: &[f64]) -> Result<Vec<f64>> {
+    const CTX: &str = "reference gate_topk logits";
+    shape.validate(CTX)?;
+    check_len(CTX, "x", x, shape.x_len())?;
+    check_len(CTX, "wg", wg, shape.wg_len())?;
+    check_len(CTX, "bg", bg, shape.bg_len())?;
     let &GateMixShape {
         gates,
         experts: n,
         rows,
         inputs: d,
+        ..
+    } = shape;
+    let mut z = vec![0.0; shape.g_len()];
+    for t in 0..gates {
+        for b in 0..rows {
+            for e in 0..n {
+                let mut acc = bg[t * n + e];
+                for i in 0..d {
+                    acc += x[b * d + i] * wg[(t * d + i) * n + e];
+                }
+                z[(t * rows + b) * n + e] = acc;
+            }
+        }
+    }
+    Ok(z)
+}
+
+/// `(G, M)` of the top-`k` gate given its logits `z: [gates, rows, experts]` (a
+/// noisy gate's logits with their noise added).
+pub fn forward_logits(
+    shape: &GateMixShape,
+    k: usize,
+    access: ExpertAccess,
+    z: &[f64],
+    h: &[f64],
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    const CTX: &str = "reference gate_topk forward";
+    shape.validate(CTX)?;
+    access.validate(CTX, shape)?;
+    check_k(CTX, shape, k, access)?;
+    check_len(CTX, "z", z, shape.g_len())?;
+    check_len(CTX, "h", h, shape.h_len())?;
+    let &GateMixShape {
+        gates,
+        experts: n,
+        rows,
         width: w,
+        ..
     } = shape;
     let mut g = vec![0.0; shape.g_len()];
     let mut m = vec![0.0; shape.m_len()];
-    let mut z = vec![0.0; n];
     for t in 0..gates {
         for b in 0..rows {
-            for (e, z) in z.iter_mut().enumerate() {
-                *z = bg[t * n + e];
-                for i in 0..d {
-                    *z += x[b * d + i] * wg[(t * d + i) * n + e];
-                }
-            }
+            let row = (t * rows + b) * n;
+            let z = &z[row..row + n];
             let seen: Vec<usize> = (0..n).filter(|&e| access.sees(t, e)).collect();
             let seen_z: Vec<f64> = seen.iter().map(|&e| z[e]).collect();
             let selected: Vec<usize> = top_k(&seen_z, k).into_iter().map(|i| seen[i]).collect();
             let top = z[selected[0]];
             let sum: f64 = selected.iter().map(|&e| (z[e] - top).exp()).sum();
-            let row = (t * rows + b) * n;
             for &e in &selected {
                 let p = (z[e] - top).exp() / sum;
                 g[row + e] = p;

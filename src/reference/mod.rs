@@ -6,6 +6,7 @@ pub mod gate_mix;
 pub mod gate_topk;
 pub mod grouped_gemm;
 pub mod loss;
+pub mod noise;
 pub mod optimizer;
 pub mod routing;
 

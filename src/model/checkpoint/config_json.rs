@@ -20,8 +20,9 @@ pub(crate) fn encode(config: &ModelConfig) -> Result<String, String> {
             GateKind::Static => r#""kind":"static""#.to_string(),
         };
         Ok(format!(
-            r#"{{{kind},"balance_weight":{}}}"#,
-            f(gate.balance_weight)?
+            r#"{{{kind},"balance_weight":{},"noisy":{}}}"#,
+            f(gate.balance_weight)?,
+            gate.noisy
         ))
     };
     let architecture = match &config.architecture {
@@ -214,10 +215,16 @@ fn gate(value: &Value, what: &str) -> Result<Gate, String> {
     let balance_weight = fields
         .get("balance_weight")?
         .float(&fields.path("balance_weight"))?;
+    // Absent from checkpoints written before gates could be noisy.
+    let noisy = match fields.optional("noisy") {
+        Some(value) => value.boolean(&fields.path("noisy"))?,
+        None => false,
+    };
     fields.finish()?;
     Ok(Gate {
         kind,
         balance_weight,
+        noisy,
     })
 }
 

@@ -308,6 +308,13 @@ impl Value {
         }
     }
 
+    pub(crate) fn boolean(&self, what: &str) -> Result<bool, String> {
+        match self {
+            Value::Bool(b) => Ok(*b),
+            _ => Err(format!("`{what}` must be true or false")),
+        }
+    }
+
     /// A non-negative integer without fraction or exponent.
     pub(crate) fn integer(&self, what: &str) -> Result<u64, String> {
         match self {

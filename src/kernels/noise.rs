@@ -1,0 +1,327 @@
+//! Gate noise of a noisy top-k gate (Shazeer et al. 2017): the logit offset
+//! `offset = ε ⊙ softplus(n)` that a noisy gate adds to its logits before the top-k
+//! selection, and its backward pass `dn = dz ⊙ ε ⊙ sigmoid(n)`, each one elementwise
+//! dispatch over `[gates, rows, experts]`.
+//!
+//! `n = X · Wn + bn` are the noise logits (a grouped GEMM of the gate's shape, see
+//! [`GateMixShape::logits_gemm`](super::gate_mix::GateMixShape::logits_gemm)), `ε` the
+//! standard normal draws of one training step, `dz` the gradient of the noisy logits
+//! that the gate + mix backward writes. The offset goes to
+//! [`GateTopkForward::logit_offset`](super::gate_topk::GateTopkForward::logit_offset);
+//! `dn` feeds the noise GEMM's backward. softplus is computed as
+//! `max(n, 0) + log1p(exp(−|n|))`, which neither overflows nor loses the small values.
+//!
+//! Shader: `shaders/noise.wgsl`, with the storage part (`shaders/storage_*.wgsl`) of
+//! the call's [`Precision`], which sets the type of every operand.
+//!
+//! # Example
+//!
+//! The offset of two gates over three experts on two rows, then its gradient:
+//!
+//! ```
+//! use mmoe_wgpu::kernels::noise::{Noise, NoiseBackward, NoiseForward, NoiseShape};
+//! use mmoe_wgpu::kernels::{BufferView, Precision};
+//!
+//! # fn main() -> mmoe_wgpu::Result<()> {
+//! let gpu = mmoe_wgpu::Gpu::new()?;
+//! let shape = NoiseShape { gates: 2, rows: 2, experts: 3 };
+//! let n = gpu.upload("n", &[0.0f32; 12])?; // softplus(0) = ln 2
+//! let mut draws = [1.0f32; 12];
+//! draws[1] = -1.0;
+//! draws[4] = 2.0;
+//! let eps = gpu.upload("eps", &draws)?;
+//! let dz = gpu.upload("dz", &[1.0f32; 12])?;
+//! let offset = gpu.storage_buffer("offset", 4 * shape.len() as u64)?;
+//! let dn = gpu.storage_buffer("dn", 4 * shape.len() as u64)?;
+//!
+//! let noise = Noise::new(&gpu);
+//! let view = |b| BufferView::new(b);
+//! let mut encoder = gpu.device().create_command_encoder(&Default::default());
+//! noise.encode_forward(&mut encoder, &NoiseForward {
+//!     shape, precision: Precision::F32, n: view(&n), eps: view(&eps), offset: view(&offset),
+//! })?;
+//! noise.encode_backward(&mut encoder, &NoiseBackward {
+//!     shape, precision: Precision::F32,
+//!     n: view(&n), eps: view(&eps), dz: view(&dz), dn: view(&dn),
+//! })?;
+//! gpu.queue().submit([encoder.finish()]);
+//!
+//! let offset: Vec<f32> = gpu.read(&offset, 0, shape.len())?;
+//! assert!((offset[0] - std::f32::consts::LN_2).abs() < 1e-6);
+//! assert!((offset[1] + std::f32::consts::LN_2).abs() < 1e-6);
+//! let dn: Vec<f32> = gpu.read(&dn, 0, shape.len())?;
+//! assert!((dn[4] - 1.0).abs() < 1e-6); // 1 · 2 · sigmoid(0)
+//! # Ok(())
+//! # }
+//! ```
+
+use bytemuck::{Pod, Zeroable};
+
+use super::binding::{program_for, storage_programs};
+use super::gate_mix::GateMixShape;
+use super::{BufferView, Dispatch, Operand, Precision, Recorder, bind_operands, div_ceil};
+use crate::gpu::{BindingKind, Gpu, ShaderProgram};
+use crate::{Error, Result};
+
+const SOURCE: (&str, &str) = ("noise.wgsl", include_str!("../../shaders/noise.wgsl"));
+
+/// The kernels in f32 and f16 storage.
+const PROGRAM: [ShaderProgram; 2] = storage_programs!("noise", SOURCE);
+
+/// The WGSL programs of this family.
+pub const PROGRAMS: &[ShaderProgram] = &PROGRAM;
+
+use BindingKind::{Read, ReadWrite, Uniform};
+const FORWARD_BINDINGS: &[(u32, BindingKind)] =
+    &[(0, Uniform), (1, Read), (2, Read), (3, ReadWrite)];
+const BACKWARD_BINDINGS: &[(u32, BindingKind)] = &[
+    (0, Uniform),
+    (1, Read),
+    (2, Read),
+    (4, Read),
+    (5, ReadWrite),
+];
+
+/// Invocations per workgroup, one per element.
+const WORKGROUP_SIZE: u32 = 64;
+
+/// Shape of the gate noise: every operand is `[gates, rows, experts]`, row-major.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NoiseShape {
+    /// Number of gates `T`.
+    pub gates: usize,
+    /// Batch rows `B`.
+    pub rows: usize,
+    /// Number of experts `E`.
+    pub experts: usize,
+}
+
+impl From<GateMixShape> for NoiseShape {
+    fn from(s: GateMixShape) -> Self {
+        NoiseShape {
+            gates: s.gates,
+            rows: s.rows,
+            experts: s.experts,
+        }
+    }
+}
+
+impl NoiseShape {
+    /// Checks every dimension is non-zero and the operands fit the 32-bit indexing
+    /// the shader uses.
+    pub fn validate(&self, context: &str) -> Result<()> {
+        for (name, v) in [
+            ("gates", self.gates),
+            ("rows", self.rows),
+            ("experts", self.experts),
+        ] {
+            if v == 0 {
+                return Err(Error::shape(context, name, "at least 1", "0"));
+            }
+        }
+        // In u128 so that absurd shapes are reported, not overflowed.
+        let len = self.gates as u128 * self.rows as u128 * self.experts as u128;
+        if len >= u32::MAX as u128 / 2 {
+            return Err(Error::Limit {
+                context: context.into(),
+                what: "element count of the noise operands".into(),
+                value: len.min(u64::MAX as u128) as u64,
+                limit: u32::MAX as u64 / 2,
+            });
+        }
+        Ok(())
+    }
+
+    /// Elements of every operand: `gates · rows · experts`.
+    pub fn len(&self) -> usize {
+        self.gates * self.rows * self.experts
+    }
+
+    /// Whether the operands have no elements (never, for a valid shape).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Operands of the forward pass.
+#[derive(Clone, Copy, Debug)]
+pub struct NoiseForward<'a> {
+    /// Shape.
+    pub shape: NoiseShape,
+    /// Storage type of every operand; the arithmetic is f32 either way.
+    pub precision: Precision,
+    /// The noise logits `n: [gates, rows, experts]`.
+    pub n: BufferView<'a>,
+    /// The standard normal draws `ε: [gates, rows, experts]`.
+    pub eps: BufferView<'a>,
+    /// Output `ε ⊙ softplus(n)`, in a buffer other than `n`'s and `eps`'s.
+    pub offset: BufferView<'a>,
+}
+
+/// Operands of the backward pass.
+#[derive(Clone, Copy, Debug)]
+pub struct NoiseBackward<'a> {
+    /// Shape.
+    pub shape: NoiseShape,
+    /// Storage type of every operand; the arithmetic is f32 either way.
+    pub precision: Precision,
+    /// The forward's noise logits `n`.
+    pub n: BufferView<'a>,
+    /// The forward's `ε`.
+    pub eps: BufferView<'a>,
+    /// The gradient of the noisy logits, `dz: [gates, rows, experts]`.
+    pub dz: BufferView<'a>,
+    /// Output `dn = dz ⊙ ε ⊙ sigmoid(n)`, overwritten; in a buffer other than the
+    /// inputs'.
+    pub dn: BufferView<'a>,
+}
+
+/// Mirrors `NoiseParams` in the shader.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Pod, Zeroable)]
+struct NoiseParams {
+    len: u32,
+    groups_x: u32,
+    n_base: u32,
+    eps_base: u32,
+    offset_base: u32,
+    dz_base: u32,
+    dn_base: u32,
+    _pad: u32,
+}
+
+/// The gate noise kernels on one device. Cheap to clone; pipelines are compiled on
+/// first use and cached per device.
+#[derive(Clone, Debug)]
+pub struct Noise {
+    gpu: Gpu,
+}
+
+impl Noise {
+    /// The kernels on `gpu`.
+    pub fn new(gpu: &Gpu) -> Self {
+        Noise { gpu: gpu.clone() }
+    }
+
+    /// Checks and binds the forward pass: one dispatch, one invocation per element.
+    pub fn forward(&self, args: &NoiseForward<'_>) -> Result<Dispatch> {
+        const CTX: &str = "noise forward";
+        let s = &args.shape;
+        s.validate(CTX)?;
+        args.precision.check(&self.gpu, CTX)?;
+        let operands = [
+            Operand::new("n", 1, args.n, s.len(), Read),
+            Operand::new("eps", 2, args.eps, s.len(), Read),
+            Operand::new("offset", 3, args.offset, s.len(), ReadWrite),
+        ]
+        .map(|o| o.of(args.precision));
+        let bound = bind_operands(&self.gpu, CTX, &operands)?;
+        let params = NoiseParams {
+            n_base: bound[0].base,
+            eps_base: bound[1].base,
+            offset_base: bound[2].base,
+            ..Default::default()
+        };
+        self.build(
+            CTX,
+            "noise_forward",
+            args.precision,
+            FORWARD_BINDINGS,
+            params,
+            s,
+            &bound,
+        )
+    }
+
+    /// Checks and binds the backward pass: one dispatch, one invocation per element.
+    /// Record it after whatever writes `dz` last.
+    pub fn backward(&self, args: &NoiseBackward<'_>) -> Result<Dispatch> {
+        const CTX: &str = "noise backward";
+        let s = &args.shape;
+        s.validate(CTX)?;
+        args.precision.check(&self.gpu, CTX)?;
+        let operands = [
+            Operand::new("n", 1, args.n, s.len(), Read),
+            Operand::new("eps", 2, args.eps, s.len(), Read),
+            Operand::new("dz", 4, args.dz, s.len(), Read),
+            Operand::new("dn", 5, args.dn, s.len(), ReadWrite),
+        ]
+        .map(|o| o.of(args.precision));
+        let bound = bind_operands(&self.gpu, CTX, &operands)?;
+        let params = NoiseParams {
+            n_base: bound[0].base,
+            eps_base: bound[1].base,
+            dz_base: bound[2].base,
+            dn_base: bound[3].base,
+            ..Default::default()
+        };
+        self.build(
+            CTX,
+            "noise_backward",
+            args.precision,
+            BACKWARD_BINDINGS,
+            params,
+            s,
+            &bound,
+        )
+    }
+
+    /// Checks, binds and records the forward pass into `target`: a
+    /// [`wgpu::CommandEncoder`] or an open [`wgpu::ComputePass`]. Nothing is recorded
+    /// when a check fails.
+    pub fn encode_forward(
+        &self,
+        target: &mut impl Recorder,
+        args: &NoiseForward<'_>,
+    ) -> Result<()> {
+        target.record_dispatch(&self.forward(args)?);
+        Ok(())
+    }
+
+    /// Checks, binds and records the backward pass into `target`. Nothing is recorded
+    /// when a check fails.
+    pub fn encode_backward(
+        &self,
+        target: &mut impl Recorder,
+        args: &NoiseBackward<'_>,
+    ) -> Result<()> {
+        target.record_dispatch(&self.backward(args)?);
+        Ok(())
+    }
+
+    /// One invocation per element: the workgroups fill x up to the device's limit,
+    /// then rows of them along y.
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        &self,
+        ctx: &'static str,
+        entry: &'static str,
+        precision: Precision,
+        bindings: &[(u32, BindingKind)],
+        mut params: NoiseParams,
+        shape: &NoiseShape,
+        bound: &[super::binding::BoundOperand<'_>],
+    ) -> Result<Dispatch> {
+        let groups = div_ceil(shape.len(), WORKGROUP_SIZE as usize);
+        let max = self.gpu.limits().max_compute_workgroups_per_dimension;
+        let groups_x = groups.min(max);
+        params.len = shape.len() as u32;
+        params.groups_x = groups_x;
+        let pipeline = self.gpu.pipeline(
+            program_for(&PROGRAM, precision),
+            entry,
+            bindings,
+            &[("WG", WORKGROUP_SIZE)],
+        )?;
+        let (layout, _) = self.gpu.layout(bindings)?;
+        Dispatch::build(
+            &self.gpu,
+            ctx,
+            pipeline,
+            &layout,
+            bytemuck::bytes_of(&params),
+            bound,
+            [groups_x, groups.div_ceil(groups_x), 1],
+        )
+    }
+}
