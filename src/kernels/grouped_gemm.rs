@@ -476,29 +476,43 @@ impl GroupedGemm {
     /// candidate): register tiles where the adapter has subgroups, one invocation per
     /// output otherwise.
     pub fn default_tiling(&self, shape: &GemmShape) -> Tiling {
-        self.default_for(shape.rows, shape.outputs, shape.forward_flops())
+        self.default_for(Pass::Forward, shape, shape.rows, shape.outputs)
     }
 
-    /// The untuned tiling for an output of `out_rows` × `out_cols` (per group) and
-    /// `flops` of work. Larger register tiles load less per multiply-add but compile
-    /// longer (on lavapipe about 0.2 s for 1-2 row blocks, 0.7 s for 8, 1.5 s for 8
-    /// with 2 column groups), so only work of a census-size expert layer or more
-    /// (0.25 GFLOP) gets the largest, and only where its 64 columns are filled.
-    fn default_for(&self, out_rows: usize, out_cols: usize, flops: f64) -> Tiling {
+    /// The untuned tiling for `pass` with an output of `out_rows` × `out_cols` (per
+    /// group): the largest register tile (8 row blocks × 2 column groups) wherever
+    /// the output fills it, 64 rows by 64 columns (counting the columns of all groups
+    /// where they are packed). On lavapipe it loads least per multiply-add and was the
+    /// fastest tiling in every pass at every standard shape; it compiles in about
+    /// 1.5 s there, so smaller outputs (towers, gates, tests) keep 1-2 row blocks,
+    /// which compile in about 0.2 s.
+    fn default_for(
+        &self,
+        pass: Pass,
+        shape: &GemmShape,
+        out_rows: usize,
+        out_cols: usize,
+    ) -> Tiling {
         if !self.gpu.capabilities().subgroups {
             return Tiling::Naive { wg: 8, wg_rows: 8 };
         }
-        let large = flops >= 2.5e8 && out_rows >= 64;
-        let row_blocks = if large {
-            8
-        } else {
-            out_rows.div_ceil(8).clamp(1, 2) as u32
+        let largest = Tiling::Subgroup {
+            wg: 8,
+            row_blocks: 8,
+            col_groups: 2,
         };
-        let col_groups = if large && out_cols >= 64 { 2 } else { 1 };
+        let columns = if pass != Pass::BackwardInput && largest.packs_groups(shape) {
+            shape.groups * shape.outputs
+        } else {
+            out_cols
+        };
+        if out_rows >= 64 && columns >= 64 {
+            return largest;
+        }
         Tiling::Subgroup {
             wg: 8,
-            row_blocks,
-            col_groups,
+            row_blocks: out_rows.div_ceil(8).clamp(1, 2) as u32,
+            col_groups: 1,
         }
     }
 

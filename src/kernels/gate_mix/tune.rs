@@ -45,7 +45,9 @@ impl FromStr for GateMixTiling {
 }
 
 impl GateMixTiling {
-    /// Relative compile cost: accumulators per invocation in blocks of 8 × 4.
+    /// Relative compile cost, ranked as for the GEMM's tilings: row blocks × column
+    /// groups. Conservative: only the column groups size the register tile; row blocks
+    /// repeat it.
     pub fn compile_weight(&self) -> u32 {
         self.row_blocks * self.column_groups
     }

@@ -141,7 +141,7 @@ impl GroupedGemm {
         precision: Precision,
     ) -> Result<Tiling> {
         let (out_rows, out_cols) = output_extent(pass, shape, bias);
-        let default = self.default_for(out_rows, out_cols, shape.forward_flops());
+        let default = self.default_for(pass, shape, out_rows, out_cols);
         if self.gpu.tune_mode() == TuneMode::Off {
             return Ok(default);
         }
