@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{gpu, random};
+use common::{expect_err, gpu, random};
 use mmoe_wgpu::kernels::gate_mix::{GateMix, GateMixBackward, GateMixForward, GateMixShape};
 use mmoe_wgpu::kernels::grouped_gemm::{
     GemmBackwardInput, GemmBackwardWeights, GemmForward, GroupedGemm, Tiling,
@@ -37,20 +37,6 @@ fn device_without_f16() -> Gpu {
 }
 
 #[track_caller]
-fn expect_err<T>(result: mmoe_wgpu::Result<T>, needles: &[&str]) -> Error {
-    let Err(e) = result else {
-        panic!("expected an error mentioning {needles:?}")
-    };
-    let text = e.to_string();
-    for needle in needles {
-        assert!(
-            text.contains(needle),
-            "`{text}` does not mention `{needle}`"
-        );
-    }
-    e
-}
-
 #[test]
 fn f16_without_shader_f16_is_an_error_that_says_so() {
     let gpu = device_without_f16();

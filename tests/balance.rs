@@ -622,22 +622,6 @@ fn reference_dz_update_is_the_gradient_of_the_loss_through_the_gate() {
     }
 }
 
-fn expect_err<T>(result: Result<T, Error>, needles: &[&str]) -> Error {
-    match result {
-        Ok(_) => panic!("expected an error mentioning {needles:?}, got Ok"),
-        Err(e) => {
-            let msg = e.to_string();
-            for needle in needles {
-                assert!(
-                    msg.contains(needle),
-                    "error `{msg}` does not mention `{needle}`"
-                );
-            }
-            e
-        }
-    }
-}
-
 #[test]
 fn bad_input_is_an_error_not_a_panic() {
     let gpu = gpu();

@@ -419,22 +419,6 @@ fn reference_gradients_match_finite_differences() {
     }
 }
 
-fn expect_err<T>(result: Result<T, Error>, needles: &[&str]) -> Error {
-    match result {
-        Ok(_) => panic!("expected an error mentioning {needles:?}, got Ok"),
-        Err(e) => {
-            let msg = e.to_string();
-            for needle in needles {
-                assert!(
-                    msg.contains(needle),
-                    "error `{msg}` does not mention `{needle}`"
-                );
-            }
-            e
-        }
-    }
-}
-
 #[test]
 fn bad_input_is_an_error_not_a_panic() {
     let gpu = gpu();

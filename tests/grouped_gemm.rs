@@ -375,19 +375,6 @@ fn reference_gradients_match_finite_differences() {
     }
 }
 
-fn expect_err(result: Result<mmoe_wgpu::kernels::Dispatch, Error>, needle: &str) {
-    match result {
-        Ok(_) => panic!("expected an error mentioning `{needle}`, got Ok"),
-        Err(e) => {
-            let msg = e.to_string();
-            assert!(
-                msg.contains(needle),
-                "error `{msg}` does not mention `{needle}`"
-            );
-        }
-    }
-}
-
 /// Lavapipe ends an invocation's loops silently after 65,535 iterations, and the
 /// weight gradient loops over the rows: just under that it must be whole, past it an
 /// error on a CPU adapter (a real GPU computes it).
@@ -422,7 +409,7 @@ fn weight_gradients_over_many_rows_are_whole_or_an_error() {
             db: Some(BufferView::new(&db)),
         };
         if rows > 65_535 && on_cpu {
-            expect_err(gemm.backward_weights(&args), "loop iterations");
+            expect_err(gemm.backward_weights(&args), &["loop iterations"]);
             continue;
         }
         let y = vec![0.0; shape.y_len()];
@@ -489,14 +476,14 @@ fn bad_input_is_an_error_not_a_panic() {
             shape: GemmShape { groups: 0, ..shape },
             ..fwd
         }),
-        "groups",
+        &["groups"],
     );
     expect_err(
         gemm.forward(&GemmForward {
             shape: GemmShape { rows: 0, ..shape },
             ..fwd
         }),
-        "rows",
+        &["rows"],
     );
     // Too small: the message names the operand and both sizes.
     let e = gemm
@@ -518,14 +505,14 @@ fn bad_input_is_an_error_not_a_panic() {
             x: BufferView::at(&x, 8),
             ..fwd
         }),
-        "`x`",
+        &["`x`"],
     );
     expect_err(
         gemm.forward(&GemmForward {
             x: BufferView::at(&x, 2),
             ..fwd
         }),
-        "multiple of 4",
+        &["multiple of 4"],
     );
     expect_err(
         gemm.forward(&GemmForward {
@@ -539,7 +526,7 @@ fn bad_input_is_an_error_not_a_panic() {
             },
             ..fwd
         }),
-        "distinct buffers",
+        &["distinct buffers"],
     );
     let mappable = gpu.device().create_buffer(&wgpu::BufferDescriptor {
         label: None,
@@ -552,11 +539,11 @@ fn bad_input_is_an_error_not_a_panic() {
             x: (&mappable).into(),
             ..fwd
         }),
-        "STORAGE",
+        &["STORAGE"],
     );
     expect_err(
         gemm.forward_with(&fwd, Tiling::Naive { wg: 0, wg_rows: 8 }),
-        "tiling",
+        &["tiling"],
     );
     expect_err(
         gemm.forward_with(
@@ -566,7 +553,7 @@ fn bad_input_is_an_error_not_a_panic() {
                 wg_rows: 4096,
             },
         ),
-        "tiling",
+        &["tiling"],
     );
     if gpu.capabilities().subgroups {
         expect_err(
@@ -578,7 +565,7 @@ fn bad_input_is_an_error_not_a_panic() {
                     col_groups: 1,
                 },
             ),
-            "multiple of 8",
+            &["multiple of 8"],
         );
         expect_err(
             gemm.forward_with(
@@ -589,7 +576,7 @@ fn bad_input_is_an_error_not_a_panic() {
                     col_groups: 1,
                 },
             ),
-            "row_blocks",
+            &["row_blocks"],
         );
     }
     let bi = GemmBackwardInput {
@@ -602,7 +589,7 @@ fn bad_input_is_an_error_not_a_panic() {
         dx: (&x).into(),
         accumulate: false,
     };
-    expect_err(gemm.backward_input(&bi), "forward output");
+    expect_err(gemm.backward_input(&bi), &["forward output"]);
     let dw = gpu.storage_buffer("dw", 4 * shape.w_len() as u64).unwrap();
     let bw = GemmBackwardWeights {
         precision: Precision::F32,
@@ -614,13 +601,13 @@ fn bad_input_is_an_error_not_a_panic() {
         dw: BufferView::at(&dw, 4),
         db: None,
     };
-    expect_err(gemm.backward_weights(&bw), "`dw`");
+    expect_err(gemm.backward_weights(&bw), &["`dw`"]);
     let db_overlap = GemmBackwardWeights {
         db: Some(BufferView::at(&dw, 8)),
         dw: (&dw).into(),
         ..bw
     };
-    expect_err(gemm.backward_weights(&db_overlap), "overlaps");
+    expect_err(gemm.backward_weights(&db_overlap), &["overlaps"]);
     // None of the above reached the device as a validation error.
     gpu.check().unwrap();
 }

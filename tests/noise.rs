@@ -316,22 +316,6 @@ fn reference_gradient_matches_finite_differences() {
     assert_eq!(reference::sigmoid(-1000.0), 0.0);
 }
 
-fn expect_err<T>(result: Result<T, Error>, needles: &[&str]) -> Error {
-    match result {
-        Ok(_) => panic!("expected an error mentioning {needles:?}, got Ok"),
-        Err(e) => {
-            let msg = e.to_string();
-            for needle in needles {
-                assert!(
-                    msg.contains(needle),
-                    "error `{msg}` does not mention `{needle}`"
-                );
-            }
-            e
-        }
-    }
-}
-
 #[test]
 fn bad_input_is_an_error_not_a_panic() {
     let gpu = gpu();

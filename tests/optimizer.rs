@@ -482,19 +482,6 @@ fn reference_rules_on_hand_computed_values() {
     );
 }
 
-fn expect_err(result: mmoe_wgpu::Result<OptimizerStep>, needle: &str) {
-    match result {
-        Ok(_) => panic!("expected an error mentioning `{needle}`, got Ok"),
-        Err(e) => {
-            let msg = e.to_string();
-            assert!(
-                msg.contains(needle),
-                "error `{msg}` does not mention `{needle}`"
-            );
-        }
-    }
-}
-
 #[test]
 fn bad_input_is_an_error_not_a_panic() {
     let gpu = gpu();
@@ -509,12 +496,12 @@ fn bad_input_is_an_error_not_a_panic() {
     let loss = gpu.storage_buffer("loss", 8).unwrap();
     let status = gpu.storage_buffer("status", 12).unwrap();
 
-    expect_err(kernel.prepare(&OptimizerArgs { len: 0, ..args }), "len");
+    expect_err(kernel.prepare(&OptimizerArgs { len: 0, ..args }), &["len"]);
     expect_err(
         kernel.prepare(&OptimizerArgs { len: 11, ..args }),
-        "`params`",
+        &["`params`"],
     );
-    expect_err(kernel.prepare(&OptimizerArgs { v: None, ..args }), "`v`");
+    expect_err(kernel.prepare(&OptimizerArgs { v: None, ..args }), &["`v`"]);
     // SGD needs no v.
     kernel
         .prepare(&OptimizerArgs {
@@ -565,7 +552,7 @@ fn bad_input_is_an_error_not_a_panic() {
             grads: (&b.params).into(),
             ..args
         }),
-        "distinct buffers",
+        &["distinct buffers"],
     );
     // m overlapping params.
     expect_err(
@@ -573,7 +560,7 @@ fn bad_input_is_an_error_not_a_panic() {
             m: (&b.params).into(),
             ..args
         }),
-        "overlaps",
+        &["overlaps"],
     );
     // The guard: both buffers or neither, T ≥ 1, sizes 4·T and 4·(1 + T).
     expect_err(
@@ -582,7 +569,7 @@ fn bad_input_is_an_error_not_a_panic() {
             tasks: 2,
             ..args
         }),
-        "`status`",
+        &["`status`"],
     );
     expect_err(
         kernel.prepare(&OptimizerArgs {
@@ -590,7 +577,7 @@ fn bad_input_is_an_error_not_a_panic() {
             tasks: 2,
             ..args
         }),
-        "`loss`",
+        &["`loss`"],
     );
     let guarded = OptimizerArgs {
         loss: Some((&loss).into()),
@@ -604,21 +591,21 @@ fn bad_input_is_an_error_not_a_panic() {
             tasks: 0,
             ..guarded
         }),
-        "tasks",
+        &["tasks"],
     );
     expect_err(
         kernel.prepare(&OptimizerArgs {
             tasks: 3,
             ..guarded
         }),
-        "`loss`",
+        &["`loss`"],
     );
     expect_err(
         kernel.prepare(&OptimizerArgs {
             status: Some(BufferView::at(&status, 4)),
             ..guarded
         }),
-        "`status`",
+        &["`status`"],
     );
     expect_err(
         kernel.prepare(&OptimizerArgs {
@@ -626,7 +613,7 @@ fn bad_input_is_an_error_not_a_panic() {
             loss: Some(BufferView::at(&status, 0)),
             ..guarded
         }),
-        "`status`",
+        &["`status`"],
     );
     // Hyperparameters out of range.
     for (opt, needle) in [
@@ -674,7 +661,7 @@ fn bad_input_is_an_error_not_a_panic() {
                 optimizer: opt,
                 ..args
             }),
-            needle,
+            &[needle],
         );
     }
     expect_err(
@@ -682,7 +669,7 @@ fn bad_input_is_an_error_not_a_panic() {
             params: BufferView::at(&b.params, 2),
             ..args
         }),
-        "multiple of 4",
+        &["multiple of 4"],
     );
     for wg in [0, 1 << 20] {
         let e = OptimizerKernel::with_workgroup_size(gpu, wg).unwrap_err();

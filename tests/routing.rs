@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use half::f16;
 use mmoe_wgpu::kernels::routing::{Routing, RoutingArgs, RoutingShape};
-use mmoe_wgpu::kernels::{BufferView, Dispatch, Precision};
+use mmoe_wgpu::kernels::{BufferView, Precision};
 use mmoe_wgpu::reference::routing as reference;
 use mmoe_wgpu::rng::Rng;
 use mmoe_wgpu::{Error, Gpu};
@@ -203,19 +203,6 @@ fn the_reference_rejects_malformed_maps() {
     assert!(reference::routed_rows(&outside, 2, 3).is_err());
 }
 
-fn expect_err(result: Result<Dispatch, Error>, needle: &str) {
-    match result {
-        Ok(_) => panic!("expected an error mentioning `{needle}`, got Ok"),
-        Err(e) => {
-            let msg = e.to_string();
-            assert!(
-                msg.contains(needle),
-                "error `{msg}` does not mention `{needle}`"
-            );
-        }
-    }
-}
-
 #[test]
 fn bad_input_is_an_error_not_a_panic() {
     let gpu = gpu();
@@ -246,7 +233,10 @@ fn bad_input_is_an_error_not_a_panic() {
             },
         ),
     ] {
-        expect_err(routing.dispatch(&RoutingArgs { shape: bad, ..args }), name);
+        expect_err(
+            routing.dispatch(&RoutingArgs { shape: bad, ..args }),
+            &[name],
+        );
     }
     expect_err(
         routing.dispatch(&RoutingArgs {
@@ -257,28 +247,28 @@ fn bad_input_is_an_error_not_a_panic() {
             },
             ..args
         }),
-        "element count",
+        &["element count"],
     );
     expect_err(
         routing.dispatch(&RoutingArgs {
             routes: BufferView::at(&routes, 4),
             ..args
         }),
-        "`routes`",
+        &["`routes`"],
     );
     expect_err(
         routing.dispatch(&RoutingArgs {
             g: BufferView::at(&g, 2),
             ..args
         }),
-        "multiple of 4",
+        &["multiple of 4"],
     );
     expect_err(
         routing.dispatch(&RoutingArgs {
             routes: (&g).into(),
             ..args
         }),
-        "distinct buffers",
+        &["distinct buffers"],
     );
     for wg in [0, 3, 1 << 20] {
         let e = Routing::with_workgroup_size(gpu, wg).unwrap_err();

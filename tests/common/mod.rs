@@ -84,3 +84,20 @@ pub fn example_binary(name: &str) -> std::path::PathBuf {
     );
     binary
 }
+
+/// The error `result` must be, whose message mentions every one of `needles`.
+pub fn expect_err<T>(result: Result<T, mmoe_wgpu::Error>, needles: &[&str]) -> mmoe_wgpu::Error {
+    match result {
+        Ok(_) => panic!("expected an error mentioning {needles:?}, got Ok"),
+        Err(e) => {
+            let msg = e.to_string();
+            for needle in needles {
+                assert!(
+                    msg.contains(needle),
+                    "error `{msg}` does not mention `{needle}`"
+                );
+            }
+            e
+        }
+    }
+}
