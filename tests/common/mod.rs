@@ -101,3 +101,23 @@ pub fn expect_err<T>(result: Result<T, mmoe_wgpu::Error>, needles: &[&str]) -> m
         }
     }
 }
+
+/// Where the adapter has no `SHADER_F16`: says so, checks that `attempt` (an f16 call)
+/// is a `MissingFeature` error naming `context` and the feature, and returns true, so
+/// the caller's f16 comparison stops there. False where f16 runs.
+pub fn f16_is_missing<T>(
+    gpu: &Gpu,
+    context: &str,
+    attempt: impl FnOnce() -> Result<T, mmoe_wgpu::Error>,
+) -> bool {
+    if mmoe_wgpu::kernels::Precision::F16.is_supported(gpu) {
+        return false;
+    }
+    eprintln!(
+        "note: {} has no SHADER_F16; f16 is checked to fail",
+        gpu.adapter().name
+    );
+    let e = expect_err(attempt(), &[context, "SHADER_F16"]);
+    assert!(matches!(e, mmoe_wgpu::Error::MissingFeature { .. }), "{e}");
+    true
+}
