@@ -482,10 +482,13 @@ impl GroupedGemm {
     /// The untuned tiling for `pass` with an output of `out_rows` × `out_cols` (per
     /// group): the largest register tile (8 row blocks × 2 column groups) wherever
     /// the output fills it, 64 rows by 64 columns (counting the columns of all groups
-    /// where they are packed). On lavapipe it loads least per multiply-add and was the
-    /// fastest tiling in every pass at every standard shape; it compiles in about
-    /// 1.5 s there, so smaller outputs (towers, gates, tests) keep 1-2 row blocks,
-    /// which compile in about 0.2 s.
+    /// where they are packed) and each output sums at least 64 products. On lavapipe
+    /// it loads least per multiply-add and was the fastest tiling in every pass at
+    /// every standard shape; it compiles in about 1.5 s there, so smaller outputs and
+    /// short reductions (towers, gates, tests) keep 1-2 row blocks, which compile in
+    /// about 0.2 s. A short reduction is the census tower's input gradient (32 products
+    /// per output): its tile stores cost as much as its multiply-adds, so the large tile
+    /// saves a fraction of a millisecond per step for 1.5 s of compiling.
     fn default_for(
         &self,
         pass: Pass,
@@ -506,7 +509,15 @@ impl GroupedGemm {
         } else {
             out_cols
         };
-        if out_rows >= 64 && columns >= 64 {
+        let reduction = match pass {
+            Pass::Forward => shape.inputs,
+            Pass::BackwardInput if shape.input == InputLayout::Shared => {
+                shape.groups * shape.outputs
+            }
+            Pass::BackwardInput => shape.outputs,
+            Pass::BackwardWeights => shape.rows,
+        };
+        if out_rows >= 64 && columns >= 64 && reduction >= 64 {
             return largest;
         }
         Tiling::Subgroup {

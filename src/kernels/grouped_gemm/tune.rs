@@ -300,3 +300,63 @@ impl ProxyOperands {
         Ok(gemm.gpu.time_pass(reps, |p| dispatch.record(p))?.total)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shape::InputLayout;
+    use crate::{Gpu, StandardShape};
+
+    const LARGEST: Tiling = Tiling::Subgroup {
+        wg: 8,
+        row_blocks: 8,
+        col_groups: 2,
+    };
+
+    fn default(gemm: &GroupedGemm, pass: Pass, shape: &GemmShape) -> Tiling {
+        let (rows, cols) = output_extent(pass, shape, true);
+        gemm.default_for(pass, shape, rows, cols)
+    }
+
+    /// The largest tile where the output and the reduction fill it (every expert
+    /// pass at every standard shape), small ones where either is short: the census
+    /// towers' input gradient sums 32 products per output.
+    #[test]
+    fn the_largest_tile_is_the_default_only_where_it_pays() {
+        let gpu = Gpu::new().unwrap_or_else(|e| panic!("{e}"));
+        let gemm = GroupedGemm::new(&gpu);
+        if !gpu.capabilities().subgroups {
+            let census = StandardShape::CENSUS.expert_gemm();
+            assert!(matches!(
+                default(&gemm, Pass::Forward, &census),
+                Tiling::Naive { .. }
+            ));
+            return;
+        }
+        for standard in StandardShape::ALL {
+            let experts = standard.expert_gemm();
+            for pass in [Pass::Forward, Pass::BackwardInput, Pass::BackwardWeights] {
+                assert_eq!(
+                    default(&gemm, pass, &experts),
+                    LARGEST,
+                    "{} {pass:?}",
+                    standard.name
+                );
+            }
+        }
+        let census_towers = GemmShape {
+            groups: 2,
+            rows: 1024,
+            inputs: 64,
+            outputs: 32,
+            input: InputLayout::PerGroup,
+        };
+        for pass in [Pass::Forward, Pass::BackwardInput, Pass::BackwardWeights] {
+            let chosen = default(&gemm, pass, &census_towers);
+            assert!(
+                chosen.compile_weight() <= 2,
+                "census towers {pass:?}: {chosen}"
+            );
+        }
+    }
+}
