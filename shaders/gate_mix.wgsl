@@ -198,15 +198,35 @@ fn dm_gates(t0: u32, row: u32, j: u32) -> vec4<f32> {
 
 // ---------------------------------------------------------------- forward
 
-// Logits of rows row0..row0+4 and columns c0..c0+4 (see wg_columns) into G.
-fn store_logits(row0: u32, c0: u32, q: Quad) {
-    for (var i = 0u; i < 4u; i++) {
-        let v = quad_row(q, i);
+// Where columns c0..c0+4 of the logits (see wg_columns) go in G at row 0, their
+// biases, and how many of them exist. Worked out once per tile, not per store: CPU
+// drivers divide integers lane by lane, and with a division by E in each of the
+// unrolled stores lavapipe took twice as long to compile the forward kernel.
+struct LogitColumns {
+    at: vec4<u32>,
+    bias: vec4<f32>,
+    count: u32,
+}
+
+fn logit_columns(c0: u32) -> LogitColumns {
+    let n = P.gates * P.experts;
+    let c = quad(c0, n);
+    let t = c / vec4(P.experts);
+    let at = P.g_base + t * (P.rows * P.experts) + (c - t * P.experts);
+    let b = P.bg_base + c;
+    let bias = vec4(f32(bg[b.x]), f32(bg[b.y]), f32(bg[b.z]), f32(bg[b.w]));
+    return LogitColumns(at, bias, min(4u, n - min(c0, n)));
+}
+
+// Logits of rows row0..row0+4 into G, with their biases.
+fn store_logits(row0: u32, cols: LogitColumns, q: Quad) {
+    let rows = select(0u, min(4u, P.rows - row0), row0 < P.rows);
+    for (var i = 0u; i < rows; i++) {
+        let v = quad_row(q, i) + cols.bias;
+        let at = cols.at + (row0 + i) * P.experts;
         for (var c = 0u; c < 4u; c++) {
-            let col = c0 + c;
-            if (row0 + i < P.rows && col < P.gates * P.experts) {
-                let at = gate_index(col / P.experts, row0 + i, col % P.experts);
-                g[P.g_base + at] = Elem(v[c] + f32(bg[P.bg_base + col]));
+            if (c < cols.count) {
+                g[at[c]] = Elem(v[c]);
             }
         }
     }
@@ -233,11 +253,13 @@ fn logits_tile(row0: u32, c0: u32) {
             quad_step(&b1, xb, v);
         }
     }
-    store_logits(row0, c0, a0);
-    store_logits(row0 + 4u, c0, a1);
+    let ca = logit_columns(c0);
+    store_logits(row0, ca, a0);
+    store_logits(row0 + 4u, ca, a1);
     if (CN > 1u) {
-        store_logits(row0, c0 + 4u, b0);
-        store_logits(row0 + 4u, c0 + 4u, b1);
+        let cb = logit_columns(c0 + 4u);
+        store_logits(row0, cb, b0);
+        store_logits(row0 + 4u, cb, b1);
     }
 }
 
