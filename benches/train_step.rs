@@ -7,9 +7,11 @@
 //! cargo bench --bench train_step [-- census]
 //! ```
 //!
-//! The cold start runs in child processes of this bench with Mesa's shader cache
-//! disabled (`MESA_SHADER_CACHE_DISABLE`), first without a tuning cache file, then
-//! with the one the first child wrote.
+//! The cold start runs in child processes of this bench: the first as on a fresh
+//! machine, with an empty driver shader cache (Mesa's, in a new directory named by
+//! `MESA_SHADER_CACHE_DIR`) and no tuning cache file, so every pipeline is compiled
+//! and every tuned kernel tuned; the second with the caches the first wrote, as any
+//! later run of a program finds them.
 
 use std::path::Path;
 use std::process::Command;
@@ -65,13 +67,14 @@ fn cold_first_step(shape: &StandardShape) -> (Duration, Duration) {
     (first, steady.elapsed() / 3)
 }
 
-/// Runs [`cold_first_step`] in a child process with a cold driver cache and the
-/// given tuning cache file; returns its report line.
-fn cold_start_in_child(shape: &StandardShape, tune_cache: &Path) -> String {
+/// Runs [`cold_first_step`] in a child process with the given driver (Mesa) shader
+/// cache directory and tuning cache file; returns its report line.
+fn cold_start_in_child(shape: &StandardShape, driver_cache: &Path, tune_cache: &Path) -> String {
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("{e}"));
     let out = Command::new(exe)
         .env(COLD_CHILD, shape.name)
-        .env("MESA_SHADER_CACHE_DISABLE", "true")
+        .env_remove("MESA_SHADER_CACHE_DISABLE")
+        .env("MESA_SHADER_CACHE_DIR", driver_cache)
         .env(mmoe_wgpu::gpu::TUNE_CACHE_ENV, tune_cache)
         .output()
         .unwrap_or_else(|e| panic!("{e}"));
@@ -84,22 +87,27 @@ fn cold_start_in_child(shape: &StandardShape, tune_cache: &Path) -> String {
     stdout.lines().last().unwrap_or_default().to_owned()
 }
 
+/// A first process as on a fresh machine (empty driver shader cache, no tuning
+/// cache), then a second one that finds both caches the first wrote.
 fn cold_starts(shape: &StandardShape) {
-    let cache = std::env::temp_dir().join(format!(
-        "mmoe-wgpu-bench-tuning-{}-{}.tsv",
+    let scratch = std::env::temp_dir().join(format!(
+        "mmoe-wgpu-bench-cold-{}-{}",
         shape.name,
         std::process::id()
     ));
-    let _ = std::fs::remove_file(&cache);
-    let first = cold_start_in_child(shape, &cache);
-    let second = cold_start_in_child(shape, &cache);
-    let _ = std::fs::remove_file(&cache);
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch).unwrap_or_else(|e| panic!("{e}"));
+    let driver_cache = scratch.join("driver-shader-cache");
+    let tune_cache = scratch.join("tuning.tsv");
+    let first = cold_start_in_child(shape, &driver_cache, &tune_cache);
+    let second = cold_start_in_child(shape, &driver_cache, &tune_cache);
+    let _ = std::fs::remove_dir_all(&scratch);
     println!(
-        "train_step/{}: cold start, no tuning cache:   {first}",
+        "train_step/{}: cold start, empty caches:         {first}",
         shape.name
     );
     println!(
-        "train_step/{}: cold start, tuning cache read: {second}",
+        "train_step/{}: second process, caches written:   {second}",
         shape.name
     );
 }
