@@ -20,7 +20,7 @@ use mmoe_wgpu::rng::Rng;
 use mmoe_wgpu::{Activation, Gpu, StandardShape};
 
 mod common;
-use common::{best_seconds, decision, fresh_gpu, full_tuning_gpu, print_candidates};
+use common::{best_seconds_interleaved, decision, fresh_gpu, full_tuning_gpu, print_candidates};
 
 /// The three passes of one shape, recorded once and replayed by every iteration.
 struct Passes {
@@ -122,16 +122,15 @@ fn compare_tilings(gpu: &Gpu, full: &Gpu, standard: StandardShape) -> Passes {
         .into_iter()
         .filter(|t| standard.name != "large" || matches!(t, Tiling::Subgroup { .. }))
         .collect();
-    let mut measured: [Vec<(String, f64)>; 3] = Default::default();
-    for &tiling in &tilings {
-        let p = passes(gpu, &gemm, standard, Some(tiling)).unwrap_or_else(|e| panic!("{e}"));
-        for (i, d) in p.all().into_iter().enumerate() {
-            measured[i].push((
-                tiling.to_string(),
-                best_seconds(gpu, 2, |pass| d.record(pass)),
-            ));
-        }
-    }
+    let candidates: Vec<Passes> = tilings
+        .iter()
+        .map(|&t| passes(gpu, &gemm, standard, Some(t)).unwrap_or_else(|e| panic!("{e}")))
+        .collect();
+    let measured: [Vec<(String, f64)>; 3] = [0, 1, 2].map(|i| {
+        let seconds =
+            best_seconds_interleaved(gpu, 3, &candidates, |p, pass| p.all()[i].record(pass));
+        tilings.iter().map(|t| t.to_string()).zip(seconds).collect()
+    });
     for (i, pass) in ["Forward", "BackwardInput", "BackwardWeights"]
         .iter()
         .enumerate()

@@ -37,6 +37,40 @@ pub fn best_seconds(gpu: &Gpu, runs: usize, record: impl Fn(&mut wgpu::ComputePa
     (0..runs).map(|_| time(reps)).fold(single, f64::min)
 }
 
+/// Seconds of one run of each of `items` (recorded by `record`), measured in `rounds`
+/// rounds over all of them (each round times every item once, as in
+/// [`best_seconds`]), keeping each one's best: a burst of other work on the machine
+/// then slows every candidate alike instead of the few timed during it, so
+/// candidates a few percent apart compare fairly.
+pub fn best_seconds_interleaved<T>(
+    gpu: &Gpu,
+    rounds: usize,
+    items: &[T],
+    record: impl Fn(&T, &mut wgpu::ComputePass<'_>),
+) -> Vec<f64> {
+    let time = |item: &T, reps: u32| {
+        gpu.time_pass(reps, |pass| record(item, pass))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .total
+            .as_secs_f64()
+            / f64::from(reps)
+    };
+    let mut best = Vec::with_capacity(items.len());
+    let mut reps = Vec::with_capacity(items.len());
+    for item in items {
+        time(item, 1);
+        let single = time(item, 1);
+        best.push(single);
+        reps.push((0.02 / single.max(1e-6)).ceil().clamp(1.0, 256.0) as u32);
+    }
+    for _ in 0..rounds {
+        for (i, item) in items.iter().enumerate() {
+            best[i] = best[i].min(time(item, reps[i]));
+        }
+    }
+    best
+}
+
 /// The tuning decision made for `key_part` since `before` records.
 pub fn decision(gpu: &Gpu, before: usize, key_part: &str) -> TuneRecord {
     gpu.tune_records()
