@@ -30,8 +30,12 @@ pub struct CpuExecutor {
     /// Per tensor of gate values: the balancing loss's coefficients at the last
     /// forward pass, and for the load loss the full softmax p (which its backward
     /// uses in place of G).
-    balance_coefficients: Vec<Option<(Vec<f64>, Option<Vec<f64>>)>>,
+    balance_coefficients: Vec<Option<BalanceSaved>>,
 }
+
+/// What a gate's balancing loss keeps for the backward: its coefficients, and the
+/// full softmax for the load loss.
+type BalanceSaved = (Vec<f64>, Option<Vec<f64>>);
 
 impl CpuExecutor {
     /// An executor for `graph` starting from the flat `params` (laid out by `plan`).
