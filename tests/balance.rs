@@ -1278,3 +1278,65 @@ fn load_loss_bad_input_is_an_error_not_a_panic() {
     );
     gpu.check().unwrap();
 }
+
+#[test]
+fn load_loss_f16_storage_matches_the_reference() {
+    let gpu = gpu();
+    let kernel = Balance::new(gpu);
+    let s = shape(2, 100, 5);
+    let mut rng = Rng::new(26);
+    // Rounded to f16 on the host, so the reference sees exactly the stored values.
+    let half = |v: &[f64]| -> Vec<f16> { v.iter().map(|&x| f16::from_f64(x)).collect() };
+    let back = |v: &[f16]| -> Vec<f32> { v.iter().map(|x| x.to_f32()).collect() };
+    let (_, g, p) = load_inputs(&s, 2, ExpertAccess::All, &mut rng);
+    let (g, p) = (half(&g), half(&p));
+    let (g32, p32) = (back(&g), back(&p));
+    let l = Load {
+        weight: 1.0,
+        k: 2,
+        seen: 5,
+        g: &g32,
+        p: &p32,
+    };
+    let dz = half(&to_f64(&load_prior_dz(&s, l, &mut rng)));
+    let dz32 = back(&dz);
+    let up = |name: &str, v: &[f16]| gpu.upload(name, v).unwrap();
+    let (g_buffer, p_buffer, dz_buffer) = (up("g", &g), up("p", &p), up("dz", &dz));
+    let stats = gpu.storage_buffer("stats", s.stats_bytes()).unwrap();
+    let forward = BalanceLoadForward {
+        shape: s,
+        weight: 1.0,
+        k: 2,
+        seen: 5,
+        precision: Precision::F16,
+        g: (&g_buffer).into(),
+        p: (&p_buffer).into(),
+        stats: (&stats).into(),
+    };
+    if f16_is_missing(gpu, "balance load forward", || {
+        kernel.forward_load(&forward)
+    }) {
+        return;
+    }
+    run(gpu, |e| {
+        kernel.encode_forward_load(e, &forward).unwrap();
+        kernel
+            .encode_backward(
+                e,
+                &BalanceBackward {
+                    shape: s,
+                    precision: Precision::F16,
+                    g: (&p_buffer).into(),
+                    stats: (&stats).into(),
+                    dz: (&dz_buffer).into(),
+                },
+            )
+            .unwrap();
+    });
+    let got_stats = read(gpu, &stats, s.stats_len());
+    let got_dz = back(&gpu.read::<f16>(&dz_buffer, 0, s.g_len()).unwrap());
+    let (want, want_dz) = expected_load(&s, l, &dz32);
+    // The stats are f32 sums of exact f16 values; dz is rounded to f16 once.
+    assert_close("f16 stats", &got_stats, &want.concat(), 1e-5);
+    assert_close("f16 dz", &got_dz, &want_dz, 2e-3);
+}
