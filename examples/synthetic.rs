@@ -15,7 +15,9 @@
 //! towers of one ReLU layer of 8 units; Adam on the sum of the two tasks' MSE.
 //! `--gate topk --k N` gives MMoE and OMoE sparse gates keeping N experts per
 //! example, `--gate static` input-independent ones; `--balance W` adds the
-//! load-balancing loss; `--noise` (with `--gate topk`) makes the top-k gates noisy:
+//! load-balancing loss (`--balance-loss importance`, the default: W · CV² of the
+//! importance; `--balance-loss load`: the Switch Transformer load loss, whose gradient
+//! also reaches the experts a top-k gate did not pick); `--noise` (with `--gate topk`) makes the top-k gates noisy:
 //! trainable Gaussian noise on their logits in training (Shazeer et al. 2017).
 //! Seed `s` draws the data (the same directions and sinusoids at every correlation)
 //! and the initial weights; the three models of one seed see the same data.
@@ -122,6 +124,11 @@ struct Args {
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true,
           value_parser = non_negative)]
     balance: f32,
+    /// Which load-balancing loss --balance weighs: the importance loss (CV² of each
+    /// gate's summed weights) or the Switch Transformer load loss (routed fraction ×
+    /// mean full softmax, summed over the experts).
+    #[arg(long, value_enum, default_value_t = BalanceChoice::Importance)]
+    balance_loss: BalanceChoice,
     /// Print one JSON object per run on stdout (the table goes to stderr).
     #[arg(long)]
     json: bool,
@@ -144,6 +151,15 @@ enum GateChoice {
     Static,
 }
 
+/// The `--balance-loss` choices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum BalanceChoice {
+    /// w · CV² of each gate's importance.
+    Importance,
+    /// w · E · Σ_e f_e · P_e (Switch Transformer).
+    Load,
+}
+
 impl Args {
     /// The gate the flags ask for.
     fn gate(&self) -> Gate {
@@ -153,7 +169,10 @@ impl Args {
             GateChoice::Topk => Gate::top_k(self.k as usize),
             GateChoice::Static => Gate::STATIC,
         };
-        gate.balanced(self.balance)
+        match self.balance_loss {
+            BalanceChoice::Importance => gate.balanced(self.balance),
+            BalanceChoice::Load => gate.balanced_load(self.balance),
+        }
     }
 }
 

@@ -1,16 +1,28 @@
 // Load-balancing auxiliary loss of the gates, forward and backward.
 //
+// Two losses (P.kind): the importance loss w · CV²(I) (KIND_IMPORTANCE), and the
+// Switch / GShard load loss (KIND_LOAD) w · E · Σ_e f[t, e] · P[t, e], where
+// f = L / (k · B) is the fraction of routed slots (a constant) and P = (1/B) Σ_b p the
+// mean of the FULL softmax p of the gate's logits over the E experts it sees.
+//
 // Layouts, row-major (T gates, B rows, E experts):
 //   G, dz   [T, B, E]  stored as `Elem` (f32 or f16, set by storage_*.wgsl)
+//   p       [T, B, E]  (load loss only) the full softmax, as `Elem`
 //   stats   always f32, four sections one after the other:
-//             importance I [T, E]   I[t, e] = Σ_b G[t, b, e]
+//             importance I [T, E]   I[t, e] = Σ_b G[t, b, e]   (load loss: Σ_b p[t, b, e])
 //             load L       [T, E]   L[t, e] = #{b : G[t, b, e] != 0}
 //             coefficient  [T, E]   a[t, e] = w · ∂CV²(I[t, :]) / ∂I[t, e]
+//                                   (load loss: a[t, e] = w · E · f[t, e] / B)
 //             aux          [T]      aux[t]  = w · CV²(I[t, :])
+//                                   (load loss: w · E · Σ_e f[t, e] · P[t, e] = Σ_e a · I)
 //
 // With μ = mean_e I and var = mean_e (I − μ)², CV² = var / μ² and
 //   ∂CV² / ∂I_e = 2 / (E·μ) · ((I_e − μ) / μ − CV²).
 // A zero μ (no importance anywhere) or w = 0 (the loss is off) gives aux = 0 and a = 0.
+//
+// The load loss's gradient, f held constant, is
+//   ∂aux / ∂z[t, b, e'] = p[b, e'] · (a[t, e'] − Σ_e a[t, e] · p[b, e]),
+// the importance loss's backward with p in place of G: the host binds p as `g` there.
 //
 // Forward: one workgroup per gate; each expert's rows are summed in strided sequential
 // runs, then by a fixed-shape tree in workgroup memory. Backward: one invocation per
@@ -28,8 +40,18 @@ struct BalanceParams {
     g_base: u32,
     stats_base: u32,
     dz_base: u32,
+    // KIND_IMPORTANCE or KIND_LOAD (forward only).
+    kind: u32,
+    // Load loss: where p starts in its binding, the experts each gate keeps per row
+    // (k) and the experts each gate sees (E of the loss).
+    p_base: u32,
+    k: u32,
+    seen: u32,
     _pad: u32,
 }
+
+const KIND_IMPORTANCE: u32 = 0u;
+const KIND_LOAD: u32 = 1u;
 
 @group(0) @binding(0) var<uniform> P: BalanceParams;
 @group(0) @binding(1) var<storage, read> g: array<Elem>;
@@ -37,6 +59,9 @@ struct BalanceParams {
 // The forward's stats, read by the backward pass.
 @group(0) @binding(3) var<storage, read> stats_saved: array<f32>;
 @group(0) @binding(4) var<storage, read_write> dz: array<Elem>;
+// The load loss's full softmax p, summed by the forward pass (the importance loss
+// binds a stand-in here and never reads it).
+@group(0) @binding(5) var<storage, read> probs: array<Elem>;
 
 // Invocations per workgroup; a power of two (the host checks).
 override WG: u32 = 64u;
@@ -60,8 +85,34 @@ fn aux_at(t: u32) -> u32 {
     return P.stats_base + 3u * P.gates * P.experts + t;
 }
 
+// The load loss of gate t and its coefficients, from the sums of p and the loads
+// already stored.
+fn finish_load(t: u32) {
+    if (P.weight == 0.0) {
+        for (var e = 0u; e < P.experts; e++) {
+            stats[coefficient_at(t, e)] = 0.0;
+        }
+        stats[aux_at(t)] = 0.0;
+        return;
+    }
+    let rows = f32(P.rows);
+    // w · E / (k · B): a[t, e] = scale · L[t, e] / B.
+    let scale = P.weight * f32(P.seen) / (f32(P.k) * rows);
+    var aux = 0.0;
+    for (var e = 0u; e < P.experts; e++) {
+        let a = scale * stats[load_at(t, e)] / rows;
+        stats[coefficient_at(t, e)] = a;
+        aux = fma(a, stats[importance_at(t, e)], aux);
+    }
+    stats[aux_at(t)] = aux;
+}
+
 // The loss of gate t and its coefficients, from the importances already stored.
 fn finish_gate(t: u32) {
+    if (P.kind == KIND_LOAD) {
+        finish_load(t);
+        return;
+    }
     let n = f32(P.experts);
     var total = 0.0;
     for (var e = 0u; e < P.experts; e++) {
@@ -93,7 +144,8 @@ fn finish_gate(t: u32) {
     }
 }
 
-// Adds G[t, b, e] of row b, if it is a row, to the running sums.
+// Adds G[t, b, e] (load loss: p[t, b, e]) of row b, if it is a row, to the running
+// sum, and counts a nonzero G[t, b, e]. `first` is gate t's first element.
 fn accumulate(
     first: u32,
     b: u32,
@@ -102,8 +154,13 @@ fn accumulate(
     count: ptr<function, u32>,
 ) {
     if (b < P.rows) {
-        let v = f32(g[first + b * P.experts + e]);
-        *sum += v;
+        let at = first + b * P.experts + e;
+        let v = f32(g[P.g_base + at]);
+        var s = v;
+        if (P.kind == KIND_LOAD) {
+            s = f32(probs[P.p_base + at]);
+        }
+        *sum += s;
         *count += select(0u, 1u, v != 0.0);
     }
 }
@@ -120,7 +177,7 @@ fn balance_forward(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let t = wid.x;
-    let first = P.g_base + t * P.rows * P.experts;
+    let first = t * P.rows * P.experts;
     let lanes = min(P.experts, WG);
     let row_lanes = WG / lanes;
     let c = lid % lanes;

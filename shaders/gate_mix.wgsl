@@ -5,7 +5,7 @@
 // Layouts, row-major, stored as `Elem` (f32 or f16, set by the storage_*.wgsl file
 // compiled with this one; all arithmetic is f32) (T gates, E experts):
 //   X [rows, inputs]    Wg [T, inputs, E]    bg [T, E]    H, dH [E, rows, width]
-//   G, dz [T, rows, E]  M, dM [T, rows, width]   logit_offset [T, rows, E]
+//   G, dz [T, rows, E]  M, dM [T, rows, width]   logit_offset, p [T, rows, E]
 //
 // Every output is one sequential chain over its reduction index, the same whatever
 // WG, RB and CN are, so every tiling gives bitwise identical results. No atomics.
@@ -42,6 +42,11 @@ struct GateMixParams {
     // every logit before the selection and softmax; with 0 it is not read at all.
     offset_base: u32,
     use_offset: u32,
+    // With use_p ≠ 0 the softmax phase also writes p, the full softmax of each row's
+    // logits over the experts the gate sees (0 for the others), before the top-k cut
+    // (a load-balancing loss averages it); with 0, p is not touched at all.
+    p_base: u32,
+    use_p: u32,
 }
 
 const STAGE_GATE: u32 = 1u;
@@ -61,6 +66,7 @@ const STAGE_MIX: u32 = 2u;
 @group(0) @binding(9) var<storage, read_write> dh: array<Elem>;
 @group(0) @binding(10) var<storage, read_write> dz: array<Elem>;
 @group(0) @binding(11) var<storage, read> logit_offset: array<Elem>;
+@group(0) @binding(12) var<storage, read_write> p_out: array<Elem>;
 
 // Invocations per workgroup.
 override WG: u32 = 8u;
@@ -311,18 +317,34 @@ fn topk_softmax_row(t: u32, row: u32) {
     }
     // Unselected experts add an exact 0 to the sum, which keeps k = E identical to the
     // dense softmax.
+    let p_at = P.p_base + gate_index(t, row, 0u);
     var sum = 0.0;
+    var full = 0.0;
     for (var e = 0u; e < P.experts; e++) {
         let z = f32(g[base + e]);
         var p = 0.0;
         if (sees(t, e) && (z > cut || (z == cut && e <= cut_e))) {
             p = exp(z - top);
         }
+        if (P.use_p != 0u) {
+            // The same exponentials over every expert seen: top is their maximum too.
+            var q = 0.0;
+            if (sees(t, e)) {
+                q = exp(z - top);
+            }
+            p_out[p_at + e] = Elem(q);
+            full += q;
+        }
         g[base + e] = Elem(p);
         sum += p;
     }
     for (var e = 0u; e < P.experts; e++) {
         g[base + e] = Elem(f32(g[base + e]) / sum);
+    }
+    if (P.use_p != 0u) {
+        for (var e = 0u; e < P.experts; e++) {
+            p_out[p_at + e] = Elem(f32(p_out[p_at + e]) / full);
+        }
     }
 }
 
@@ -350,6 +372,13 @@ fn softmax_row(t: u32, row: u32) {
     }
     for (var e = 0u; e < P.experts; e++) {
         g[base + e] = Elem(f32(g[base + e]) / sum);
+    }
+    // The dense softmax is the full one.
+    if (P.use_p != 0u) {
+        let p_at = P.p_base + gate_index(t, row, 0u);
+        for (var e = 0u; e < P.experts; e++) {
+            p_out[p_at + e] = g[base + e];
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 //! a zero loss; operands at unaligned offsets; more rows than the workgroup limit;
 //! bitwise reproducibility; f16 storage; the reference's dz update against finite
 //! differences of the loss through the dense and the top-k gate; bad input rejected
-//! with errors.
+//! with errors. The same for the load (Switch) loss, on task-specific experts too.
 
 mod common;
 
@@ -11,9 +11,10 @@ use common::*;
 use half::f16;
 use mmoe_wgpu::Error;
 use mmoe_wgpu::kernels::balance::{
-    Balance, BalanceBackward, BalanceForward, BalanceShape, BalanceStats, LOOP_BUDGET,
+    Balance, BalanceBackward, BalanceForward, BalanceLoadForward, BalanceShape, BalanceStats,
+    LOOP_BUDGET,
 };
-use mmoe_wgpu::kernels::gate_mix::GateMixShape;
+use mmoe_wgpu::kernels::gate_mix::{ExpertAccess, GateMixShape};
 use mmoe_wgpu::kernels::{BufferView, Precision};
 use mmoe_wgpu::reference::balance as reference;
 use mmoe_wgpu::reference::gate_topk::top_k;
@@ -781,4 +782,561 @@ fn bad_input_is_an_error_not_a_panic() {
         &["`stats`", "20 values"],
     );
     gpu.check().unwrap();
+}
+
+// ---------------------------------------------------------------- the load loss
+
+/// Logits with a bias per (gate, expert) (so that the gates are unbalanced), and
+/// from them the top-`k` gate values and the full softmax over the experts each gate
+/// sees, through the reference gate: `(z, G, p)`.
+fn load_inputs(
+    s: &BalanceShape,
+    k: usize,
+    access: ExpertAccess,
+    rng: &mut Rng,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let n = s.experts;
+    let bias: Vec<f64> = (0..s.gates * n).map(|_| rng.uniform(-1.5, 1.5)).collect();
+    let z: Vec<f64> = (0..s.g_len())
+        .map(|i| bias[i / (s.rows * n) * n + i % n] + rng.uniform(-2.0, 2.0))
+        .collect();
+    let (g, p) = load_gate(s, k, access, &z);
+    (z, g, p)
+}
+
+/// `(G, p)` of logits `z` through the reference top-k gate and full softmax.
+fn load_gate(s: &BalanceShape, k: usize, access: ExpertAccess, z: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let gs = GateMixShape {
+        gates: s.gates,
+        experts: s.experts,
+        rows: s.rows,
+        inputs: 1,
+        width: 1,
+    };
+    let h = vec![0.0; gs.h_len()];
+    let (g, _) = gate_topk::forward_logits(&gs, k, access, z, &h).unwrap();
+    let p = gate_topk::full_softmax(&gs, access, z).unwrap();
+    (g, p)
+}
+
+fn f32s(v: &[f64]) -> Vec<f32> {
+    v.iter().map(|&x| x as f32).collect()
+}
+
+/// The load loss's operands besides the shape.
+#[derive(Clone, Copy)]
+struct Load<'a> {
+    weight: f32,
+    k: usize,
+    seen: usize,
+    g: &'a [f32],
+    p: &'a [f32],
+}
+
+/// The reference's stats and dz after the backward, on exactly the f32 inputs.
+fn expected_load(s: &BalanceShape, l: Load<'_>, dz: &[f32]) -> (BalanceStats<f64>, Vec<f64>) {
+    let (g, p) = (to_f64(l.g), to_f64(l.p));
+    let stats = reference::forward_load(s, l.weight as f64, l.k, l.seen, &g, &p).unwrap();
+    let mut dz = to_f64(dz);
+    reference::backward(s, &p, &stats.coefficients, &mut dz).unwrap();
+    (stats, dz)
+}
+
+/// The load forward, then the backward with p in G's place, in one submit on fresh
+/// buffers: `(stats, dz)`.
+fn run_load(kernel: &Balance, s: &BalanceShape, l: Load<'_>, dz: &[f32]) -> [Vec<f32>; 2] {
+    let gpu = gpu();
+    let g_buffer = gpu.upload("g", l.g).unwrap();
+    let p_buffer = gpu.upload("p", l.p).unwrap();
+    let dz_buffer = gpu.upload("dz", dz).unwrap();
+    let stats = gpu.upload("stats", &vec![f32::NAN; s.stats_len()]).unwrap();
+    let forward = kernel
+        .forward_load(&BalanceLoadForward {
+            shape: *s,
+            weight: l.weight,
+            k: l.k,
+            seen: l.seen,
+            precision: Precision::F32,
+            g: (&g_buffer).into(),
+            p: (&p_buffer).into(),
+            stats: (&stats).into(),
+        })
+        .unwrap();
+    let backward = kernel
+        .backward(&BalanceBackward {
+            shape: *s,
+            precision: Precision::F32,
+            g: (&p_buffer).into(),
+            stats: (&stats).into(),
+            dz: (&dz_buffer).into(),
+        })
+        .unwrap();
+    run(gpu, |e| {
+        forward.encode(e);
+        backward.encode(e);
+    });
+    [
+        read(gpu, &stats, s.stats_len()),
+        read(gpu, &dz_buffer, s.g_len()),
+    ]
+}
+
+/// Checks the GPU's load-loss stats and dz against the reference's, gate by gate.
+#[track_caller]
+fn assert_load_matches(what: &str, s: &BalanceShape, l: Load<'_>, dz: &[f32], got: &[Vec<f32>; 2]) {
+    let (want, want_dz) = expected_load(s, l, dz);
+    let [stats, got_dz] = got;
+    assert!(
+        stats.iter().chain(got_dz).all(|v| v.is_finite()),
+        "{what}: non-finite output"
+    );
+    let got = BalanceStats::split(s, stats).unwrap();
+    let n = s.experts;
+    let sum_tolerance = 1e-6 * (1.0 + s.rows as f64 / 64.0);
+    for t in 0..s.gates {
+        let e = t * n..(t + 1) * n;
+        let what = format!("{what}, gate {t}");
+        assert_close(
+            &format!("Σ p {what}"),
+            &got.importance[e.clone()],
+            &want.importance[e.clone()],
+            sum_tolerance,
+        );
+        assert_eq!(
+            got.load[e.clone()],
+            f32s(&want.load[e.clone()]),
+            "load {what}"
+        );
+        // a = w · E · L / (k · B²): a few roundings, no sum.
+        assert_close(
+            &format!("coefficients {what}"),
+            &got.coefficients[e.clone()],
+            &want.coefficients[e],
+            1e-6,
+        );
+        let (a, b) = (got.aux[t] as f64, want.aux[t]);
+        assert!(
+            (a - b).abs() <= 4.0 * sum_tolerance * b.abs(),
+            "aux {what}: {a} vs {b}"
+        );
+    }
+    assert_close(
+        &format!("dz {what}"),
+        got_dz,
+        &want_dz,
+        20.0 * sum_tolerance,
+    );
+}
+
+/// A dz before the update on the scale of the coefficients `a`: the update
+/// `p · (a − ⟨a, p⟩)` cancels to far below them (to 0 for a dense gate), but its
+/// rounding error is on their scale.
+fn load_prior_dz(s: &BalanceShape, l: Load<'_>, rng: &mut Rng) -> Vec<f32> {
+    let (stats, _) = expected_load(s, l, &vec![0.0; s.g_len()]);
+    let scale = stats
+        .coefficients
+        .iter()
+        .fold(0.0f64, |m, v| m.max(v.abs()));
+    random(rng, s.g_len(), if scale > 0.0 { scale } else { 1.0 })
+}
+
+#[test]
+fn load_loss_matches_the_reference_on_awkward_shapes() {
+    let kernel = Balance::new(gpu());
+    let mut rng = Rng::new(21);
+    let weights = [0.01f32, 1.0, 0.3, 7.0];
+    let mut case = 0;
+    let mut unselected_moved = false;
+    for rows in [1, 3, 17, 100, 257] {
+        for experts in [1, 2, 5, 16] {
+            for gates in 1..=3 {
+                let s = shape(gates, rows, experts);
+                for k in [experts, 1, 2.min(experts)] {
+                    case += 1;
+                    let weight = weights[case % weights.len()];
+                    let (_, g, p) = load_inputs(&s, k, ExpertAccess::All, &mut rng);
+                    let (g, p) = (f32s(&g), f32s(&p));
+                    let l = Load {
+                        weight,
+                        k,
+                        seen: experts,
+                        g: &g,
+                        p: &p,
+                    };
+                    let dz = load_prior_dz(&s, l, &mut rng);
+                    let got = run_load(&kernel, &s, l, &dz);
+                    assert_load_matches(&format!("{s:?} k={k} w={weight}"), &s, l, &dz, &got);
+                    // The point of the loss: unselected logits get a gradient too.
+                    unselected_moved |= g
+                        .iter()
+                        .zip(got[1].iter().zip(&dz))
+                        .any(|(&g, (&after, &before))| g == 0.0 && after != before);
+                }
+            }
+        }
+    }
+    assert!(unselected_moved, "no unselected logit got a gradient");
+    gpu().check().unwrap();
+}
+
+#[test]
+fn load_loss_with_task_specific_experts_and_every_workgroup_size() {
+    let gpu = gpu();
+    let mut rng = Rng::new(22);
+    // (gates, shared, own): experts = shared + gates · own.
+    for (gates, shared, own) in [(2, 1, 2), (3, 0, 1), (2, 3, 1)] {
+        let access = ExpertAccess::SharedAndOwn { shared, own };
+        let seen = shared + own;
+        for rows in [1, 17, 100] {
+            let s = shape(gates, rows, shared + gates * own);
+            for k in 1..=seen {
+                let (_, g, p) = load_inputs(&s, k, access, &mut rng);
+                let (g, p) = (f32s(&g), f32s(&p));
+                let l = Load {
+                    weight: 0.5,
+                    k,
+                    seen,
+                    g: &g,
+                    p: &p,
+                };
+                let dz = load_prior_dz(&s, l, &mut rng);
+                for wg in [1, 8, 64, 256] {
+                    let kernel = Balance::with_workgroup_size(gpu, wg).unwrap();
+                    let got = run_load(&kernel, &s, l, &dz);
+                    let what = format!("{s:?} shared {shared} own {own} k={k} wg {wg}");
+                    assert_load_matches(&what, &s, l, &dz, &got);
+                    // Experts a gate does not see: no load, no softmax, dz untouched.
+                    for (i, (&after, &before)) in got[1].iter().zip(&dz).enumerate() {
+                        let (t, e) = (i / (rows * s.experts), i % s.experts);
+                        if !access.sees(t, e) {
+                            assert_eq!(after.to_bits(), before.to_bits(), "{what}: dz[{i}]");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn load_loss_hand_computed_example() {
+    // Two rows, both with p = [1/4, 3/4] and top-1 G = [0, 1]: f = [0, 1],
+    // P = [1/4, 3/4], aux = w · 2 · 3/4 = 3 at w = 2; a = w · E · f / B = [0, 2];
+    // dz = p · (a − ⟨a, p⟩) = [1/4 · −3/2, 3/4 · 1/2] on each row.
+    let s = shape(1, 2, 2);
+    let g = [0.0f32, 1.0, 0.0, 1.0];
+    let p = [0.25f32, 0.75, 0.25, 0.75];
+    let l = Load {
+        weight: 2.0,
+        k: 1,
+        seen: 2,
+        g: &g,
+        p: &p,
+    };
+    let want = BalanceStats {
+        importance: vec![0.5, 1.5],
+        load: vec![0.0, 2.0],
+        coefficients: vec![0.0, 2.0],
+        aux: vec![3.0],
+    };
+    assert_eq!(
+        reference::forward_load(&s, 2.0, 1, 2, &to_f64(&g), &to_f64(&p)).unwrap(),
+        want
+    );
+    let [stats, dz] = run_load(&Balance::new(gpu()), &s, l, &[0.0; 4]);
+    assert_eq!(stats, f32s(&want.concat()));
+    assert_eq!(dz, [-0.375, 0.375, -0.375, 0.375]);
+}
+
+#[test]
+fn load_loss_with_zero_weight_or_a_dense_gate_leaves_dz_alone() {
+    let kernel = Balance::new(gpu());
+    let mut rng = Rng::new(23);
+    for (s, k, weight) in [
+        (shape(3, 100, 5), 2, 0.0f32),
+        (shape(2, 17, 16), 1, -0.0),
+        (shape(2, 33, 4), 4, 0.0),
+    ] {
+        let (_, g, p) = load_inputs(&s, k, ExpertAccess::All, &mut rng);
+        let (g, p) = (f32s(&g), f32s(&p));
+        let mut dz = random(&mut rng, s.g_len(), 1.0);
+        for d in dz.iter_mut().step_by(3) {
+            *d = -0.0;
+        }
+        let l = Load {
+            weight,
+            k,
+            seen: s.experts,
+            g: &g,
+            p: &p,
+        };
+        let [stats, after] = run_load(&kernel, &s, l, &dz);
+        assert_eq!(bits(&after), bits(&dz), "{s:?} k={k}");
+        let got = BalanceStats::split(&s, &stats).unwrap();
+        assert!(got.aux.iter().chain(&got.coefficients).all(|&v| v == 0.0));
+        // The sums of p and the loads are still reported.
+        assert!(got.load.iter().sum::<f32>() == (s.gates * s.rows * k) as f32);
+    }
+    // A dense gate (k = E): f = 1/E, the loss is w and its gradient ~0.
+    let s = shape(2, 40, 4);
+    let (_, g, p) = load_inputs(&s, 4, ExpertAccess::All, &mut rng);
+    let (g, p) = (f32s(&g), f32s(&p));
+    let l = Load {
+        weight: 0.3,
+        k: 4,
+        seen: 4,
+        g: &g,
+        p: &p,
+    };
+    let [stats, dz] = run_load(&kernel, &s, l, &vec![0.0; s.g_len()]);
+    let got = BalanceStats::split(&s, &stats).unwrap();
+    for aux in got.aux {
+        assert!((aux - 0.3).abs() < 1e-6, "dense aux {aux}");
+    }
+    assert!(dz.iter().all(|d| d.abs() < 1e-7), "dense dz {dz:?}");
+}
+
+#[test]
+fn load_loss_is_bitwise_reproducible() {
+    let kernel = Balance::new(gpu());
+    let s = shape(3, 1000, 16);
+    let mut rng = Rng::new(24);
+    let (_, g, p) = load_inputs(&s, 2, ExpertAccess::All, &mut rng);
+    let (g, p) = (f32s(&g), f32s(&p));
+    let l = Load {
+        weight: 0.1,
+        k: 2,
+        seen: 16,
+        g: &g,
+        p: &p,
+    };
+    let dz = random(&mut rng, s.g_len(), 1e-3);
+    let first = run_load(&kernel, &s, l, &dz);
+    for _ in 0..2 {
+        let again = run_load(&kernel, &s, l, &dz);
+        assert_eq!(bits(&first[0]), bits(&again[0]), "stats bits differ");
+        assert_eq!(bits(&first[1]), bits(&again[1]), "dz bits differ");
+    }
+}
+
+#[test]
+fn reference_load_gradient_matches_finite_differences() {
+    let mut rng = Rng::new(25);
+    let all = ExpertAccess::All;
+    let cases = [
+        (shape(2, 7, 5), 1, all, 0.7),
+        (shape(2, 9, 5), 2, all, 1.5),
+        (shape(1, 6, 4), 4, all, 1.0),
+        (shape(3, 5, 8), 3, all, 0.2),
+        (
+            shape(2, 6, 5),
+            2,
+            ExpertAccess::SharedAndOwn { shared: 1, own: 2 },
+            0.9,
+        ),
+    ];
+    for (s, k, access, weight) in cases {
+        let seen = match access {
+            ExpertAccess::All => s.experts,
+            ExpertAccess::SharedAndOwn { shared, own } => shared + own,
+        };
+        let (z, g, p) = load_inputs(&s, k, access, &mut rng);
+        let total = |g: &[f64], p: &[f64]| -> f64 {
+            let stats = reference::forward_load(&s, weight, k, seen, g, p).unwrap();
+            stats.aux.iter().sum()
+        };
+        let stats = reference::forward_load(&s, weight, k, seen, &g, &p).unwrap();
+        let mut dz = vec![0.0; s.g_len()];
+        reference::backward(&s, &p, &stats.coefficients, &mut dz).unwrap();
+        let eps = 1e-6;
+        let mut unselected = 0;
+        for i in 0..z.len() {
+            let (mut zp, mut zm) = (z.clone(), z.clone());
+            zp[i] += eps;
+            zm[i] -= eps;
+            let ((gp, pp), (gm, pm)) =
+                (load_gate(&s, k, access, &zp), load_gate(&s, k, access, &zm));
+            // f is a constant: the selection must not move within ±eps.
+            assert!(
+                gp.iter()
+                    .zip(&gm)
+                    .zip(&g)
+                    .all(|((a, b), c)| (*a == 0.0) == (*c == 0.0) && (*b == 0.0) == (*c == 0.0)),
+                "{s:?} k={k}: the selection moved at logit {i}"
+            );
+            let fd = (total(&gp, &pp) - total(&gm, &pm)) / (2.0 * eps);
+            assert!(
+                (fd - dz[i]).abs() <= 1e-9 + 1e-6 * fd.abs(),
+                "{s:?} k={k} w={weight}: dz[{i}] = {} but finite difference {fd}",
+                dz[i]
+            );
+            if g[i] == 0.0 && dz[i].abs() > 1e-6 {
+                unselected += 1;
+            }
+        }
+        // The load loss reaches the logits the top-k cut dropped (unless k = E, where
+        // the gradient is zero).
+        if k < seen {
+            assert!(
+                unselected > 0,
+                "{s:?} k={k}: no unselected logit got a gradient"
+            );
+        } else {
+            assert!(
+                dz.iter().all(|d| d.abs() < 1e-12),
+                "{s:?} k={k}: dense dz {dz:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn load_loss_bad_input_is_an_error_not_a_panic() {
+    let gpu = gpu();
+    let kernel = Balance::new(gpu);
+    let s = shape(2, 10, 3);
+    let buffer = |name: &str, n: usize| gpu.storage_buffer(name, 4 * n as u64).unwrap();
+    let (g, p, stats) = (
+        buffer("g", 60),
+        buffer("p", 60),
+        buffer("stats", s.stats_len()),
+    );
+    let small = buffer("small", 59);
+    let forward = BalanceLoadForward {
+        shape: s,
+        weight: 1.0,
+        k: 2,
+        seen: 3,
+        precision: Precision::F32,
+        g: (&g).into(),
+        p: (&p).into(),
+        stats: (&stats).into(),
+    };
+    kernel.forward_load(&forward).unwrap();
+    // p may share G's buffer (both are read).
+    kernel
+        .forward_load(&BalanceLoadForward {
+            p: (&g).into(),
+            ..forward
+        })
+        .unwrap();
+    for (k, seen, needles) in [
+        (0, 3, ["balance load forward k", "k = 0"]),
+        (3, 2, ["balance load forward k", "k = 3"]),
+        (1, 0, ["balance load forward seen", "0 experts seen"]),
+        (1, 4, ["balance load forward seen", "4 experts seen"]),
+    ] {
+        let e = expect_err(
+            kernel.forward_load(&BalanceLoadForward { k, seen, ..forward }),
+            &needles,
+        );
+        assert!(matches!(e, Error::Invalid { .. }), "{e}");
+    }
+    let e = expect_err(
+        kernel.forward_load(&BalanceLoadForward {
+            weight: f32::NAN,
+            ..forward
+        }),
+        &["balance load forward", "loss weight"],
+    );
+    assert!(matches!(e, Error::NonFinite { .. }), "{e}");
+    expect_err(
+        kernel.forward_load(&BalanceLoadForward {
+            weight: -1.0,
+            ..forward
+        }),
+        &["balance load forward weight", "≥ 0"],
+    );
+    expect_err(
+        kernel.forward_load(&BalanceLoadForward {
+            p: (&small).into(),
+            ..forward
+        }),
+        &["balance load forward", "`p`"],
+    );
+    expect_err(
+        kernel.forward_load(&BalanceLoadForward {
+            stats: (&p).into(),
+            ..forward
+        }),
+        &["balance load forward", "`p`", "same buffer"],
+    );
+    expect_err(
+        kernel.forward_load(&BalanceLoadForward {
+            shape: shape(2, 0, 3),
+            ..forward
+        }),
+        &["`rows`"],
+    );
+    // The reference checks the same.
+    let (gv, pv) = (vec![0.0; 60], vec![0.0; 60]);
+    expect_err(reference::forward_load(&s, 1.0, 4, 3, &gv, &pv), &["k = 4"]);
+    expect_err(reference::forward_load(&s, -1.0, 1, 3, &gv, &pv), &["≥ 0"]);
+    expect_err(
+        reference::forward_load(&s, 1.0, 1, 3, &gv, &pv[1..]),
+        &["`p`"],
+    );
+    gpu.check().unwrap();
+}
+
+#[test]
+fn load_loss_f16_storage_matches_the_reference() {
+    let gpu = gpu();
+    let kernel = Balance::new(gpu);
+    let s = shape(2, 100, 5);
+    let mut rng = Rng::new(26);
+    // Rounded to f16 on the host, so the reference sees exactly the stored values.
+    let half = |v: &[f64]| -> Vec<f16> { v.iter().map(|&x| f16::from_f64(x)).collect() };
+    let back = |v: &[f16]| -> Vec<f32> { v.iter().map(|x| x.to_f32()).collect() };
+    let (_, g, p) = load_inputs(&s, 2, ExpertAccess::All, &mut rng);
+    let (g, p) = (half(&g), half(&p));
+    let (g32, p32) = (back(&g), back(&p));
+    let l = Load {
+        weight: 1.0,
+        k: 2,
+        seen: 5,
+        g: &g32,
+        p: &p32,
+    };
+    let dz = half(&to_f64(&load_prior_dz(&s, l, &mut rng)));
+    let dz32 = back(&dz);
+    let up = |name: &str, v: &[f16]| gpu.upload(name, v).unwrap();
+    let (g_buffer, p_buffer, dz_buffer) = (up("g", &g), up("p", &p), up("dz", &dz));
+    let stats = gpu.storage_buffer("stats", s.stats_bytes()).unwrap();
+    let forward = BalanceLoadForward {
+        shape: s,
+        weight: 1.0,
+        k: 2,
+        seen: 5,
+        precision: Precision::F16,
+        g: (&g_buffer).into(),
+        p: (&p_buffer).into(),
+        stats: (&stats).into(),
+    };
+    if f16_is_missing(gpu, "balance load forward", || {
+        kernel.forward_load(&forward)
+    }) {
+        return;
+    }
+    run(gpu, |e| {
+        kernel.encode_forward_load(e, &forward).unwrap();
+        kernel
+            .encode_backward(
+                e,
+                &BalanceBackward {
+                    shape: s,
+                    precision: Precision::F16,
+                    g: (&p_buffer).into(),
+                    stats: (&stats).into(),
+                    dz: (&dz_buffer).into(),
+                },
+            )
+            .unwrap();
+    });
+    let got_stats = read(gpu, &stats, s.stats_len());
+    let got_dz = back(&gpu.read::<f16>(&dz_buffer, 0, s.g_len()).unwrap());
+    let (want, want_dz) = expected_load(&s, l, &dz32);
+    // The stats are f32 sums of exact f16 values; dz is rounded to f16 once.
+    assert_close("f16 stats", &got_stats, &want.concat(), 1e-5);
+    assert_close("f16 dz", &got_dz, &want_dz, 2e-3);
 }

@@ -848,3 +848,71 @@ fn prediction_over_more_rows_than_a_buffer_holds_matches_small_batches() {
         evaluation.per_task
     );
 }
+
+/// A model with the load balancing loss resumes bitwise and keeps its loss kind;
+/// files written before the load loss (no `balance_loss` field) load with the
+/// importance loss; an unknown kind is an error naming the field.
+#[test]
+fn load_balanced_gates_resume_bitwise_and_old_files_load_with_the_importance_loss() {
+    let with_gate = |gate: Gate| ModelConfig {
+        architecture: Architecture::Mmoe {
+            experts: 4,
+            expert_layers: vec![5],
+            gate,
+            task_experts: 0,
+        },
+        ..noisy()
+    };
+    let load = with_gate(Gate::top_k(2).balanced_load(0.2));
+    let dir = scratch_dir("load_balance");
+    let mut straight = Trainer::new(gpu(), load.clone(), ROWS).unwrap();
+    train(&mut straight, 0, 6);
+    let path = dir.join("load.safetensors");
+    {
+        let mut first = Trainer::new(gpu(), load.clone(), ROWS).unwrap();
+        train(&mut first, 0, 3);
+        first.checkpoint().unwrap().save(&path).unwrap();
+    }
+    let loaded = Checkpoint::load(&path).unwrap();
+    assert_eq!(loaded.config(), &load);
+    let mut resumed = Trainer::from_checkpoint(gpu(), &loaded, ROWS).unwrap();
+    train(&mut resumed, 3, 6);
+    assert_bitwise_equal(
+        "load balance: resumed against uninterrupted",
+        &straight.checkpoint().unwrap(),
+        &resumed.checkpoint().unwrap(),
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+
+    let importance = with_gate(Gate::top_k(2).balanced(0.2));
+    assert_ne!(importance, load);
+    let mut trainer = Trainer::new(gpu(), importance.clone(), ROWS).unwrap();
+    train(&mut trainer, 0, 2);
+    let saved = trainer.checkpoint().unwrap();
+    let good = saved.to_bytes().unwrap();
+    let edit = |from: &'static str, to: &'static str| {
+        rewrite(&good, move |_, d| {
+            assert!(d.contains(from), "{d}");
+            *d = d.replace(from, to);
+        })
+    };
+    let old = Checkpoint::from_bytes(&edit(r#","balance_loss":"importance""#, "")).unwrap();
+    assert_eq!(old.config(), &importance);
+    assert_bitwise_equal("without the field", &saved, &old);
+    let switched = Checkpoint::from_bytes(&edit(
+        r#""balance_loss":"importance""#,
+        r#""balance_loss":"load""#,
+    ))
+    .unwrap();
+    assert_eq!(switched.config(), &load);
+    let (_, message) = checkpoint_error(Checkpoint::from_bytes(&edit(
+        r#""balance_loss":"importance""#,
+        r#""balance_loss":"switch""#,
+    )));
+    assert!(
+        message.contains(
+            "`config.architecture.gate.balance_loss` is `switch`; expected importance or load"
+        ),
+        "{message}"
+    );
+}

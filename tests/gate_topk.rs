@@ -949,3 +949,104 @@ fn a_logit_offset_moves_the_logits_before_the_selection() {
     assert!(matches!(e, Error::Shape { .. }), "{e}");
     gpu.check().unwrap();
 }
+
+/// The full softmax output (for the load-balancing loss): on every case and tiling it
+/// matches the reference softmax over all the experts a gate sees, every other output
+/// keeps the bits it has without it, and every tiling gives the same p bits; with an
+/// offset and task-specific experts too. p overlapping another output is an error.
+#[test]
+fn the_full_softmax_output_matches_the_reference_and_changes_nothing_else() {
+    let gpu = gpu();
+    let kernels = GateTopk::new(gpu);
+    let mut rng = Rng::new(77);
+    let mut extra = vec![
+        (
+            shape(2, 5, 17, 9, 4),
+            2,
+            ExpertAccess::SharedAndOwn { shared: 1, own: 2 },
+            true,
+        ),
+        (
+            shape(3, 3, 37, 7, 5),
+            1,
+            ExpertAccess::SharedAndOwn { shared: 0, own: 1 },
+            false,
+        ),
+        (shape(3, 16, 37, 33, 6), 2, ExpertAccess::All, true),
+    ];
+    let mut all: Vec<_> = cases()
+        .into_iter()
+        .map(|(s, k)| (s, k, ExpertAccess::All, false))
+        .collect();
+    all.append(&mut extra);
+    for (n, (s, k, access, with_offset)) in all.into_iter().enumerate() {
+        let d = data(&s, 900 + n as u64, 2.0);
+        let offset = random(&mut rng, s.g_len(), 1.5);
+        let offset_buffer = gpu.upload("offset", &offset).unwrap();
+        let mut z = reference::logits(&s, &to_f64(&d.x), &to_f64(&d.wg), &to_f64(&d.bg)).unwrap();
+        if with_offset {
+            z.iter_mut().zip(&offset).for_each(|(z, &o)| *z += o as f64);
+        }
+        let want = reference::full_softmax(&s, access, &z).unwrap();
+        let what = format!("{s:?} k={k} {access:?} offset {with_offset}");
+        let mut first_p: Option<Vec<f32>> = None;
+        for tiling in kernels.tilings() {
+            let (plain, keeping) = (Buffers::new(gpu, s, &d), Buffers::new(gpu, s, &d));
+            let p = gpu.upload("p", &vec![f32::NAN; s.g_len()]).unwrap();
+            let offset_view = with_offset.then(|| (&offset_buffer).into());
+            let (args0, args1) = (
+                GateTopkForward {
+                    access,
+                    logit_offset: offset_view,
+                    ..plain.forward(k)
+                },
+                GateTopkForward {
+                    access,
+                    logit_offset: offset_view,
+                    ..keeping.forward(k)
+                },
+            );
+            let f0 = kernels.forward_with(&args0, tiling).unwrap();
+            let f1 = kernels
+                .forward_keeping_softmax_with(&args1, (&p).into(), tiling)
+                .unwrap();
+            let b0 = kernels.backward(&plain.backward(false)).unwrap();
+            let b1 = kernels.backward(&keeping.backward(false)).unwrap();
+            run(gpu, |e| {
+                f0.encode(e);
+                f1.encode(e);
+                b0.iter().chain(&b1).for_each(|d| d.encode(e));
+            });
+            assert_eq!(
+                bits(&plain.read(gpu)),
+                bits(&keeping.read(gpu)),
+                "{what} {tiling:?}: writing p changed another output"
+            );
+            let got = read(gpu, &p, s.g_len());
+            assert_close(&format!("p {what} {tiling:?}"), &got, &want, 1e-5);
+            for (i, &v) in got.iter().enumerate() {
+                let (t, e) = (i / (s.rows * s.experts), i % s.experts);
+                if !access.sees(t, e) {
+                    assert_eq!(v.to_bits(), 0, "{what}: p[{i}] of an unseen expert");
+                }
+            }
+            match &first_p {
+                None => first_p = Some(got),
+                Some(first) => assert_eq!(
+                    first.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "{what}: p differs between tilings"
+                ),
+            }
+        }
+    }
+    // p must not overlap another output.
+    let s = shape(1, 4, 3, 2, 2);
+    let d = data(&s, 1, 1.0);
+    let bufs = Buffers::new(gpu, s, &d);
+    expect_err(
+        kernels.forward_keeping_softmax(&bufs.forward(2), (&bufs.g).into()),
+        &["gate_topk forward", "`p`"],
+    );
+    gpu.check().unwrap();
+}

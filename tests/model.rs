@@ -137,6 +137,21 @@ fn configs() -> Vec<(&'static str, ModelConfig)> {
                 ..gated(Gate::top_k(2).noisy().balanced(0.5), 2, 1)
             },
         ),
+        (
+            "mmoe, top-2 gates with the load balancing loss",
+            gated(Gate::top_k(2).balanced_load(0.5), 5, 0),
+        ),
+        (
+            "mmoe, softmax gates with the load balancing loss",
+            gated(Gate::SOFTMAX.balanced_load(1.5), 3, 0),
+        ),
+        (
+            "mmoe, noisy top-2 gates with the load balancing loss, 2 shared and 1 task-specific expert per task, on a shared layer",
+            ModelConfig {
+                shared_layers: vec![6],
+                ..gated(Gate::top_k(2).noisy().balanced_load(0.7), 2, 1)
+            },
+        ),
     ]);
     all
 }
@@ -803,4 +818,57 @@ fn noisy_training_is_bitwise_reproducible_and_its_noise_fresh_each_step() {
             .gate_noise(1, ROWS),
         None
     );
+}
+
+/// A top-1 gate's weight is 1 whatever its logits, so neither the tasks nor the
+/// importance loss give its parameters a gradient; the load loss does (it reaches
+/// the logits through the full softmax). The loss is reported per gate: `w` exactly
+/// for a dense gate.
+#[test]
+fn the_load_loss_trains_top_1_gates_and_is_reported() {
+    let base = &configs()[0].1;
+    let with_gate = |gate: Gate| ModelConfig {
+        architecture: Architecture::Mmoe {
+            experts: 4,
+            expert_layers: vec![5],
+            gate,
+            task_experts: 0,
+        },
+        ..base.clone()
+    };
+    let gate_grads = |config: &ModelConfig| -> (Vec<f32>, Option<Vec<f32>>) {
+        let mut trainer = Trainer::new(gpu(), config.clone(), ROWS).unwrap();
+        let (x, y) = batch(config, ROWS, 3);
+        let grads = trainer.gradients(&x, &y).unwrap();
+        let graph = &trainer.model().graph;
+        let mut out = Vec::new();
+        for name in ["gate.weight", "gate.bias"] {
+            let id = graph.find(name).unwrap();
+            let offset = trainer.executor().plan().param_offsets[id.0].unwrap();
+            out.extend_from_slice(&grads[offset..offset + graph.tensor(id).len()]);
+        }
+        (out, trainer.balance_loss().unwrap())
+    };
+    for gate in [Gate::top_k(1), Gate::top_k(1).balanced(1.0)] {
+        let (grads, _) = gate_grads(&with_gate(gate));
+        assert!(grads.iter().all(|&g| g == 0.0), "{gate:?}: {grads:?}");
+    }
+    let (grads, loss) = gate_grads(&with_gate(Gate::top_k(1).balanced_load(1.0)));
+    assert!(
+        grads.iter().any(|&g| g.abs() > 1e-4),
+        "load loss: {grads:?}"
+    );
+    let loss = loss.expect("the load loss is reported");
+    assert_eq!(loss.len(), 2);
+    // w · E · Σ_e f·P: positive (P > 0 wherever f > 0), at most w·E (Σ f = 1, P ≤ 1).
+    assert!(loss.iter().all(|&l| l > 0.0 && l <= 4.0), "{loss:?}");
+
+    let (grads, loss) = gate_grads(&with_gate(Gate::SOFTMAX.balanced_load(0.3)));
+    assert!(
+        grads.iter().any(|&g| g != 0.0),
+        "the tasks still train a dense gate"
+    );
+    for l in loss.unwrap() {
+        assert!((l - 0.3).abs() < 1e-6, "dense gate load loss {l}");
+    }
 }

@@ -163,3 +163,49 @@ fn noisy_top_k_gates_run_and_are_recorded_in_the_json() {
     assert!(v["test_mse"].as_f64().is_some_and(f64::is_finite), "{v}");
     assert!(stderr.contains("noisy top-2 gates"), "{stderr}");
 }
+
+#[test]
+fn the_load_balancing_loss_runs_and_is_recorded_in_the_json() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("synthetic_example_load");
+    std::fs::create_dir_all(&dir).unwrap();
+    let output = run(&[
+        "--json",
+        "--models",
+        "mmoe",
+        "--gate",
+        "topk",
+        "--k",
+        "2",
+        "--balance",
+        "0.1",
+        "--balance-loss",
+        "load",
+        "--steps",
+        "20",
+        "--batch-size",
+        "32",
+        "--train-rows",
+        "256",
+        "--test-rows",
+        "64",
+        "--seeds",
+        "1",
+        "--correlations",
+        "0.5",
+        "--loss-plot",
+        dir.join("loss.png").to_str().unwrap(),
+        "--gate-plot",
+        dir.join("gates.png").to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the example failed:\n{stderr}");
+    let v: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(v["balance_loss"].as_str(), Some("load"), "{v}");
+    assert!((v["balance"].as_f64().unwrap() - 0.1).abs() < 1e-6, "{v}");
+    assert!(v["test_mse"].as_f64().is_some_and(f64::is_finite), "{v}");
+    assert!(stderr.contains("top-2 gates, load balance 0.1"), "{stderr}");
+    // An unknown loss kind is a usage error.
+    let output = run(&["--balance-loss", "switch"]);
+    assert_eq!(output.status.code(), Some(2));
+}

@@ -29,6 +29,7 @@ pub fn json_line(r: &RunResult, args: &Args) -> serde_json::Value {
         "k": (args.gate == super::GateChoice::Topk).then_some(args.k),
         "noise": args.noise,
         "balance": args.balance,
+        "balance_loss": format!("{:?}", args.balance_loss).to_lowercase(),
     })
 }
 
@@ -41,7 +42,9 @@ fn gate_note(args: &Args) -> String {
         GateChoice::Topk => format!("top-{}", args.k),
         GateChoice::Static => "static".to_string(),
     };
-    if args.balance != 0.0 {
+    if args.balance != 0.0 && args.balance_loss == super::BalanceChoice::Load {
+        format!("; {kind} gates, load balance {}", args.balance)
+    } else if args.balance != 0.0 {
         format!("; {kind} gates, balance {}", args.balance)
     } else if args.gate != GateChoice::Softmax {
         format!("; {kind} gates")

@@ -4,7 +4,7 @@
 //! do, and none in [`CpuExecutor::forward`], as its inference pass.
 
 use super::{BackwardStep, GateNoise, Graph, Op, Plan, TensorId, at_rows};
-use crate::kernels::balance::BalanceShape;
+use crate::kernels::balance::{BalanceLoss, BalanceShape};
 use crate::kernels::gate_mix::GateMixShape;
 use crate::kernels::optimizer::Optimizer;
 use crate::reference;
@@ -28,9 +28,14 @@ pub struct CpuExecutor {
     noisy: bool,
     balance_loss: f64,
     /// Per tensor of gate values: the balancing loss's coefficients at the last
-    /// forward pass, for the backward.
-    balance_coefficients: Vec<Option<Vec<f64>>>,
+    /// forward pass, and for the load loss the full softmax p (which its backward
+    /// uses in place of G).
+    balance_coefficients: Vec<Option<BalanceSaved>>,
 }
+
+/// What a gate's balancing loss keeps for the backward: its coefficients, and the
+/// full softmax for the load loss.
+type BalanceSaved = (Vec<f64>, Option<Vec<f64>>);
 
 impl CpuExecutor {
     /// An executor for `graph` starting from the flat `params` (laid out by `plan`).
@@ -151,6 +156,7 @@ impl CpuExecutor {
                 k,
                 access,
                 balance_weight,
+                balance_loss,
                 x,
                 wg,
                 bg,
@@ -161,6 +167,9 @@ impl CpuExecutor {
             } => {
                 let wg = self.gate_weights(shape, *wg);
                 let noise = noise.filter(|_| self.noisy);
+                let load = *balance_weight > 0.0 && *balance_loss == BalanceLoss::Load;
+                // The logits the selection used (noise included), for the load loss.
+                let mut used_logits = None;
                 let (gv, mv) = if let Some(GateNoise { n, eps }) = noise {
                     let offset = reference::noise::forward(
                         &(*shape).into(),
@@ -174,7 +183,15 @@ impl CpuExecutor {
                         self.tensor(*bg),
                     )?;
                     z.iter_mut().zip(&offset).for_each(|(z, o)| *z += o);
-                    reference::gate_topk::forward_logits(shape, *k, *access, &z, self.tensor(*h))?
+                    let out = reference::gate_topk::forward_logits(
+                        shape,
+                        *k,
+                        *access,
+                        &z,
+                        self.tensor(*h),
+                    )?;
+                    used_logits = Some(z);
+                    out
                 } else if *k == shape.experts {
                     reference::gate_mix::forward(
                         shape,
@@ -194,11 +211,32 @@ impl CpuExecutor {
                         self.tensor(*h),
                     )?
                 };
-                if *balance_weight > 0.0 {
+                if load {
+                    let z = match used_logits {
+                        Some(z) => z,
+                        None => reference::gate_topk::logits(
+                            shape,
+                            self.tensor(*x),
+                            &wg,
+                            self.tensor(*bg),
+                        )?,
+                    };
+                    let p = reference::gate_topk::full_softmax(shape, *access, &z)?;
+                    let stats = reference::balance::forward_load(
+                        &BalanceShape::from(*shape),
+                        *balance_weight as f64,
+                        *k,
+                        access.visible(shape),
+                        &gv,
+                        &p,
+                    )?;
+                    self.balance_loss += stats.aux.iter().sum::<f64>();
+                    self.balance_coefficients[g.0] = Some((stats.coefficients, Some(p)));
+                } else if *balance_weight > 0.0 {
                     let balance = BalanceShape::from(*shape);
                     let stats = reference::balance::forward(&balance, *balance_weight as f64, &gv)?;
                     self.balance_loss += stats.aux.iter().sum::<f64>();
-                    self.balance_coefficients[g.0] = Some(stats.coefficients);
+                    self.balance_coefficients[g.0] = Some((stats.coefficients, None));
                 }
                 self.values[g.0] = gv;
                 self.values[m.0] = mv;
@@ -297,10 +335,11 @@ impl CpuExecutor {
                     &self.values[g.0],
                     &self.grad_values[m.0],
                 )?;
-                if let Some(coefficients) = &self.balance_coefficients[g.0] {
+                if let Some((coefficients, p)) = &self.balance_coefficients[g.0] {
                     // The balancing loss's share of dz, carried through the logits GEMM
-                    // (linear, so adding it afterwards is adding it to dz).
-                    let g = &self.values[g.0];
+                    // (linear, so adding it afterwards is adding it to dz). The load
+                    // loss's is the importance loss's with p in place of G.
+                    let g = p.as_ref().unwrap_or(&self.values[g.0]);
                     let mut dz = vec![0.0; shape.g_len()];
                     reference::balance::backward(&shape.into(), g, coefficients, &mut dz)?;
                     grads.dz.iter_mut().zip(&dz).for_each(|(s, a)| *s += a);

@@ -11,7 +11,9 @@ use std::collections::HashMap;
 use super::plan::{ScratchKind, moment_buffers};
 use super::{BackwardStep, GateNoise, Graph, MemoryReport, Op, Plan, Role, TensorId, at_rows};
 use crate::gpu::Gpu;
-use crate::kernels::balance::{Balance, BalanceBackward, BalanceForward};
+use crate::kernels::balance::{
+    Balance, BalanceBackward, BalanceForward, BalanceLoadForward, BalanceLoss,
+};
 use crate::kernels::gate_mix::{
     ExpertAccess, ForwardStages, GateMix, GateMixBackward, GateMixForward,
 };
@@ -399,6 +401,7 @@ impl GpuExecutor {
                     k,
                     access,
                     balance_weight,
+                    balance_loss,
                     x,
                     wg,
                     bg,
@@ -407,6 +410,10 @@ impl GpuExecutor {
                     m,
                     noise,
                 } => {
+                    // The load loss averages the full softmax, which the gate phase
+                    // writes next to G.
+                    let full_softmax = (balance_weight > 0.0 && balance_loss == BalanceLoss::Load)
+                        .then(|| self.scratch_view(node, ScratchKind::FullSoftmax));
                     let experts: Vec<usize> = (0..node)
                         .filter(|&e| self.plan.routed_by[e] == Some(node))
                         .collect();
@@ -421,7 +428,7 @@ impl GpuExecutor {
                         })?);
                     }
                     let gate = |stages| {
-                        self.gate_topk.forward(&GateTopkForward {
+                        let args = GateTopkForward {
                             precision: Precision::F32,
                             shape,
                             k,
@@ -435,9 +442,17 @@ impl GpuExecutor {
                             m: self.view(m),
                             logit_offset: noise
                                 .map(|_| self.scratch_view(node, ScratchKind::LogitOffset)),
-                        })
+                        };
+                        match full_softmax {
+                            Some(p) => self.gate_topk.forward_keeping_softmax(&args, p),
+                            None => self.gate_topk.forward(&args),
+                        }
                     };
-                    if k == shape.experts && access == ExpertAccess::All && noise.is_none() {
+                    if k == shape.experts
+                        && access == ExpertAccess::All
+                        && noise.is_none()
+                        && full_softmax.is_none()
+                    {
                         // The paper's gate, under its own name in profiles.
                         forward.push(self.gate_mix.forward(&GateMixForward {
                             precision: Precision::F32,
@@ -471,7 +486,18 @@ impl GpuExecutor {
                         }
                         forward.push(gate(ForwardStages::MixOnly)?);
                     }
-                    if balance_weight > 0.0 {
+                    if let Some(p) = full_softmax {
+                        forward.push(self.balance.forward_load(&BalanceLoadForward {
+                            shape: shape.into(),
+                            weight: balance_weight,
+                            k,
+                            seen: access.visible(&shape),
+                            precision: Precision::F32,
+                            g: self.view(g),
+                            p,
+                            stats: self.scratch_view(node, ScratchKind::BalanceStats),
+                        })?);
+                    } else if balance_weight > 0.0 {
                         forward.push(self.balance.forward(&BalanceForward {
                             shape: shape.into(),
                             weight: balance_weight,
@@ -554,6 +580,7 @@ impl GpuExecutor {
                     g,
                     m,
                     balance_weight,
+                    balance_loss,
                     noise,
                     ..
                 },
@@ -579,10 +606,15 @@ impl GpuExecutor {
                 // The balancing loss adds to dz after the gate writes it, before the
                 // GEMMs read it.
                 if balance_weight > 0.0 {
+                    // The load loss's gradient is the importance loss's with the full
+                    // softmax in place of G.
                     let balance = self.balance.backward(&BalanceBackward {
                         shape: shape.into(),
                         precision: Precision::F32,
-                        g: self.view(g),
+                        g: match balance_loss {
+                            BalanceLoss::Importance => self.view(g),
+                            BalanceLoss::Load => self.scratch_view(node, ScratchKind::FullSoftmax),
+                        },
                         stats: self.scratch_view(node, ScratchKind::BalanceStats),
                         dz: self.scratch_view(node, ScratchKind::LogitGrad),
                     })?;

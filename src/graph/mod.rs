@@ -18,6 +18,7 @@ pub use cpu::CpuExecutor;
 pub use gpu::GpuExecutor;
 pub use plan::{MemoryReport, Plan, Scratch, ScratchKind};
 
+use crate::kernels::balance::BalanceLoss;
 use crate::kernels::gate_mix::{ExpertAccess, GateMixShape};
 use crate::kernels::loss::TaskLoss;
 use crate::shape::{Activation, GemmShape, InputLayout};
@@ -136,6 +137,8 @@ pub enum Op {
         access: ExpertAccess,
         /// Weight of the load-balancing loss on the gate values (0: none).
         balance_weight: f32,
+        /// Which load-balancing loss (with a nonzero weight).
+        balance_loss: BalanceLoss,
         /// Gate input `[rows, inputs]`.
         x: TensorId,
         /// Gate weights `[gates, inputs, experts]`; `None` for a static gate, whose
@@ -226,6 +229,9 @@ pub struct GateSpec {
     /// Weight of the load-balancing loss, `weight · CV²` of each gate's importance
     /// (see [`crate::kernels::balance`]); 0 for none.
     pub balance_weight: f32,
+    /// Which load-balancing loss: `weight · CV²` of the importance, or the Switch
+    /// load loss on the full softmax (see [`BalanceLoss`]).
+    pub balance_loss: BalanceLoss,
     /// Trainable Gaussian noise on the logits of training passes (a top-k,
     /// input-dependent gate only): see [`GateNoise`].
     pub noisy: bool,
@@ -238,6 +244,7 @@ impl GateSpec {
         access: ExpertAccess::All,
         input_dependent: true,
         balance_weight: 0.0,
+        balance_loss: BalanceLoss::Importance,
         noisy: false,
     };
 }
@@ -532,6 +539,7 @@ impl Graph {
             k,
             access: spec.access,
             balance_weight: spec.balance_weight,
+            balance_loss: spec.balance_loss,
             x,
             wg,
             bg,

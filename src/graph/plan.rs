@@ -4,7 +4,7 @@
 
 use super::backward::{BackwardStep, backward_steps, needs_grad};
 use super::{Graph, Op, Role, TensorId};
-use crate::kernels::balance::BalanceShape;
+use crate::kernels::balance::{BalanceLoss, BalanceShape};
 use crate::kernels::grouped_gemm::RowMap;
 use crate::kernels::optimizer::Optimizer;
 use crate::shape::InputLayout;
@@ -68,6 +68,7 @@ impl Plan {
                     shape,
                     wg,
                     balance_weight,
+                    balance_loss,
                     noise,
                     ..
                 } => {
@@ -89,6 +90,12 @@ impl Plan {
                             kind: ScratchKind::BalanceStats,
                             len: BalanceShape::from(*shape).stats_len(),
                         });
+                        if *balance_loss == BalanceLoss::Load {
+                            own.push(Scratch {
+                                kind: ScratchKind::FullSoftmax,
+                                len: shape.g_len(),
+                            });
+                        }
                     }
                     if let Some(noise) = noise {
                         own.push(Scratch {
@@ -275,6 +282,9 @@ pub enum ScratchKind {
     RowMap,
     /// A noisy gate's logit offset `ε ⊙ softplus(n): [gates, rows, experts]`.
     LogitOffset,
+    /// The full softmax `p: [gates, rows, experts]` of a gate's logits before the
+    /// top-k cut, for the load-balancing loss's load kind.
+    FullSoftmax,
 }
 
 impl ScratchKind {
@@ -282,7 +292,10 @@ impl ScratchKind {
     pub fn per_row(self) -> bool {
         matches!(
             self,
-            ScratchKind::LogitGrad | ScratchKind::RowMap | ScratchKind::LogitOffset
+            ScratchKind::LogitGrad
+                | ScratchKind::RowMap
+                | ScratchKind::LogitOffset
+                | ScratchKind::FullSoftmax
         )
     }
 }

@@ -35,6 +35,23 @@
 //! that is about 16 million gate values per gate, and
 //! [`Balance::with_workgroup_size`] raises it.
 //!
+//! # The load loss
+//!
+//! [`Balance::forward_load`] computes instead the Switch Transformer / GShard load
+//! loss, for top-k gates whose importance loss cannot reach the unselected logits:
+//! `aux[t] = w · E · Σ_e f[t, e] · P[t, e]` with `f[t, e] = L[t, e] / (k · B)` the
+//! fraction of routed slots (held constant) and `P[t, e] = (1/B) Σ_b p[t, b, e]`, the
+//! mean of the *full* softmax `p` of the gate's logits over the `E` experts it sees
+//! (written by the top-k gate forward,
+//! [`GateTopk::forward_keeping_softmax`](super::gate_topk::GateTopk::forward_keeping_softmax)).
+//! Its stats: the importance section holds `Σ_b p`, the load section `L`, the
+//! coefficients `a[t, e] = w · E · f[t, e] / B`, and `aux[t] = Σ_e a · Σ_b p`. The
+//! gradient `∂aux/∂z[t, b, e'] = p[b, e'] · (a[t, e'] − Σ_e a[t, e] · p[b, e])` is the
+//! importance loss's backward with `p` in place of `G`: pass `p` as
+//! [`BalanceBackward::g`]. It reaches every logit the gate sees, selected or not. With
+//! `k = E` (a dense gate) `f = 1/E` wherever `G` is nonzero, the loss is `w` and its
+//! gradient 0.
+//!
 //! Shader: `shaders/balance.wgsl`, with the storage part (`shaders/storage_*.wgsl`) of
 //! the call's [`Precision`], which sets the type of `G` and `dz`; the small output
 //! buffer ([`BalanceShape::stats_len`]) is always f32.
@@ -123,7 +140,8 @@ const PROGRAM: [ShaderProgram; 2] = storage_programs!("balance", SOURCE);
 pub const PROGRAMS: &[ShaderProgram] = &PROGRAM;
 
 use BindingKind::{Read, ReadWrite, Uniform};
-const FORWARD_BINDINGS: &[(u32, BindingKind)] = &[(0, Uniform), (1, Read), (2, ReadWrite)];
+const FORWARD_BINDINGS: &[(u32, BindingKind)] =
+    &[(0, Uniform), (1, Read), (2, ReadWrite), (5, Read)];
 const BACKWARD_BINDINGS: &[(u32, BindingKind)] =
     &[(0, Uniform), (1, Read), (3, Read), (4, ReadWrite)];
 
@@ -303,6 +321,18 @@ impl<T: Copy> BalanceStats<T> {
     }
 }
 
+/// Which load-balancing loss a gate carries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum BalanceLoss {
+    /// `w · CV²` of each gate's importance `Σ_b G` ([`Balance::forward`]): reaches
+    /// only the logits a top-k gate selected.
+    #[default]
+    Importance,
+    /// The Switch Transformer / GShard load loss `w · E · Σ_e f · P`
+    /// ([`Balance::forward_load`]): reaches every logit the gate sees.
+    Load,
+}
+
 /// Operands of the forward pass.
 #[derive(Clone, Copy, Debug)]
 pub struct BalanceForward<'a> {
@@ -321,6 +351,29 @@ pub struct BalanceForward<'a> {
     pub stats: BufferView<'a>,
 }
 
+/// Operands of the load loss's forward pass ([`Balance::forward_load`]).
+#[derive(Clone, Copy, Debug)]
+pub struct BalanceLoadForward<'a> {
+    /// Shape.
+    pub shape: BalanceShape,
+    /// The loss weight `w`: finite and ≥ 0; 0 turns the loss and its gradient off.
+    pub weight: f32,
+    /// Experts each gate keeps per row (its top k), 1 ≤ k ≤ `seen`.
+    pub k: usize,
+    /// Experts each gate sees, the `E` of the loss, 1 ≤ seen ≤ experts (all of them
+    /// unless the gates have experts of their own).
+    pub seen: usize,
+    /// Storage type of `G` and `p`; the stats and the arithmetic are f32 either way.
+    pub precision: Precision,
+    /// The gate values `G: [gates, rows, experts]`, whose nonzeros are counted.
+    pub g: BufferView<'a>,
+    /// The full softmax `p: [gates, rows, experts]` of each gate's logits over the
+    /// experts it sees (0 for the others), summed.
+    pub p: BufferView<'a>,
+    /// Output: the stats, as for [`BalanceForward::stats`].
+    pub stats: BufferView<'a>,
+}
+
 /// Operands of the backward pass.
 #[derive(Clone, Copy, Debug)]
 pub struct BalanceBackward<'a> {
@@ -328,7 +381,8 @@ pub struct BalanceBackward<'a> {
     pub shape: BalanceShape,
     /// Storage type of `G` and `dz`; the arithmetic is f32 either way.
     pub precision: Precision,
-    /// The gate values `G`, as given to the forward.
+    /// The gate values `G`, as given to the forward; for the load loss, the full
+    /// softmax `p` given to [`Balance::forward_load`].
     pub g: BufferView<'a>,
     /// The forward's stats (only the coefficients are read).
     pub stats: BufferView<'a>,
@@ -348,8 +402,16 @@ struct BalanceParams {
     g_base: u32,
     stats_base: u32,
     dz_base: u32,
+    kind: u32,
+    p_base: u32,
+    k: u32,
+    seen: u32,
     _pad: u32,
 }
+
+/// `KIND_IMPORTANCE` and `KIND_LOAD` in the shader.
+const KIND_IMPORTANCE: u32 = 0;
+const KIND_LOAD: u32 = 1;
 
 impl BalanceParams {
     fn new(s: &BalanceShape) -> Self {
@@ -401,29 +463,13 @@ impl Balance {
     pub fn forward(&self, args: &BalanceForward<'_>) -> Result<Dispatch> {
         const CTX: &str = "balance forward";
         let s = &args.shape;
-        s.validate(CTX)?;
-        if !args.weight.is_finite() {
-            return Err(Error::NonFinite {
-                what: format!("{CTX}: the loss weight"),
-                index: 0,
-                value: args.weight,
-            });
-        }
-        if args.weight < 0.0 {
-            return Err(Error::invalid(
-                format!("{CTX} weight"),
-                format!("{} is negative; the loss weight must be ≥ 0", args.weight),
-            ));
-        }
-        args.precision.check(&self.gpu, CTX)?;
-        check_loop_budget(
-            CTX,
-            forward_iterations(s, self.workgroup_size),
-            self.workgroup_size,
-        )?;
+        self.check_forward(CTX, s, args.weight, args.precision)?;
+        let g = Operand::new("g", 1, args.g, s.g_len(), Read).of(args.precision);
         let operands = [
-            Operand::new("g", 1, args.g, s.g_len(), Read).of(args.precision),
+            g,
             Operand::new("stats", 2, args.stats, s.stats_len(), ReadWrite),
+            // p is not read: G stands in for it.
+            g.stand_in(5),
         ];
         let bound = bind_operands(&self.gpu, CTX, &operands)?;
         let mut p = BalanceParams::new(s);
@@ -431,6 +477,7 @@ impl Balance {
         p.weight = args.weight.abs();
         p.g_base = bound[0].base;
         p.stats_base = bound[1].base;
+        p.kind = KIND_IMPORTANCE;
         self.build(
             CTX,
             "balance_forward",
@@ -439,6 +486,55 @@ impl Balance {
             &p,
             &bound,
             s.gates as u32,
+        )
+    }
+
+    /// Checks and binds the load loss's forward pass (see the [module
+    /// docs](self#the-load-loss)): one dispatch, one workgroup per gate.
+    pub fn forward_load(&self, args: &BalanceLoadForward<'_>) -> Result<Dispatch> {
+        const CTX: &str = "balance load forward";
+        let s = &args.shape;
+        self.check_forward(CTX, s, args.weight, args.precision)?;
+        check_load_k(CTX, s, args.k, args.seen)?;
+        let operands = [
+            Operand::new("g", 1, args.g, s.g_len(), Read).of(args.precision),
+            Operand::new("stats", 2, args.stats, s.stats_len(), ReadWrite),
+            Operand::new("p", 5, args.p, s.g_len(), Read).of(args.precision),
+        ];
+        let bound = bind_operands(&self.gpu, CTX, &operands)?;
+        let mut p = BalanceParams::new(s);
+        p.weight = args.weight.abs();
+        p.g_base = bound[0].base;
+        p.stats_base = bound[1].base;
+        p.p_base = bound[2].base;
+        p.kind = KIND_LOAD;
+        p.k = args.k as u32;
+        p.seen = args.seen as u32;
+        self.build(
+            CTX,
+            "balance_forward",
+            args.precision,
+            FORWARD_BINDINGS,
+            &p,
+            &bound,
+            s.gates as u32,
+        )
+    }
+
+    fn check_forward(
+        &self,
+        ctx: &str,
+        s: &BalanceShape,
+        weight: f32,
+        precision: Precision,
+    ) -> Result<()> {
+        s.validate(ctx)?;
+        check_weight(ctx, weight)?;
+        precision.check(&self.gpu, ctx)?;
+        check_loop_budget(
+            ctx,
+            forward_iterations(s, self.workgroup_size),
+            self.workgroup_size,
         )
     }
 
@@ -491,6 +587,17 @@ impl Balance {
         Ok(())
     }
 
+    /// Checks, binds and records the load loss's forward pass into `target`. Nothing
+    /// is recorded when a check fails.
+    pub fn encode_forward_load(
+        &self,
+        target: &mut impl Recorder,
+        args: &BalanceLoadForward<'_>,
+    ) -> Result<()> {
+        target.record_dispatch(&self.forward_load(args)?);
+        Ok(())
+    }
+
     /// Checks, binds and records the backward pass into `target`. Nothing is recorded
     /// when a check fails.
     pub fn encode_backward(
@@ -530,4 +637,42 @@ impl Balance {
             [workgroups, 1, 1],
         )
     }
+}
+
+/// Checks the loss weight is finite and ≥ 0.
+pub(crate) fn check_weight(ctx: &str, weight: f32) -> Result<()> {
+    if !weight.is_finite() {
+        return Err(Error::NonFinite {
+            what: format!("{ctx}: the loss weight"),
+            index: 0,
+            value: weight,
+        });
+    }
+    if weight < 0.0 {
+        return Err(Error::invalid(
+            format!("{ctx} weight"),
+            format!("{weight} is negative; the loss weight must be ≥ 0"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the load loss's `1 ≤ k ≤ seen ≤ experts`.
+pub(crate) fn check_load_k(ctx: &str, s: &BalanceShape, k: usize, seen: usize) -> Result<()> {
+    if !(1..=s.experts).contains(&seen) {
+        return Err(Error::invalid(
+            format!("{ctx} seen"),
+            format!(
+                "{seen} experts seen per gate, but the shape has {} experts (1 ≤ seen ≤ experts)",
+                s.experts
+            ),
+        ));
+    }
+    if !(1..=seen).contains(&k) {
+        return Err(Error::invalid(
+            format!("{ctx} k"),
+            format!("k = {k}, but a gate that sees {seen} experts needs 1 ≤ k ≤ {seen}"),
+        ));
+    }
+    Ok(())
 }

@@ -106,6 +106,7 @@ const FORWARD_BINDINGS: &[(u32, BindingKind)] = &[
     (5, ReadWrite),
     (6, ReadWrite),
     (11, Read),
+    (12, ReadWrite),
 ];
 const BACKWARD_BINDINGS: &[(u32, BindingKind)] = &[
     (0, Uniform),
@@ -350,6 +351,10 @@ struct GateMixParams {
     /// not (0: the offset binding is a stand-in, never read).
     offset_base: u32,
     use_offset: u32,
+    /// Where the full softmax output starts in its binding, and whether there is one
+    /// (1) or not (0: the binding is a stand-in, never touched).
+    p_base: u32,
+    use_p: u32,
 }
 
 /// Forward phase: logits and softmax into `G`.
@@ -524,21 +529,22 @@ impl GateMix {
             ("gate_mix", "gate_mix forward"),
             args,
             (args.shape.experts, ExpertAccess::All, ForwardStages::Both),
-            None,
+            (None, None),
             tiling,
         )
     }
 
     /// The forward pass keeping the `k` largest logits of each gate and row among the
     /// experts it sees (1 ≤ k ≤ visible), `logit_offset` (`[gates, rows, experts]`)
-    /// added to the logits first when given; the calling kernel's name and pass name
-    /// the errors.
+    /// added to the logits first when given, and the full softmax (`[gates, rows,
+    /// experts]`, before the top-k cut) written to `p` when given; the calling
+    /// kernel's name and pass name the errors.
     pub(crate) fn forward_top_k(
         &self,
         (kernel, ctx): (&str, &'static str),
         args: &GateMixForward<'_>,
         (k, access, stages): (usize, ExpertAccess, ForwardStages),
-        logit_offset: Option<BufferView<'_>>,
+        (logit_offset, p_out): (Option<BufferView<'_>>, Option<BufferView<'_>>),
         tiling: GateMixTiling,
     ) -> Result<Dispatch> {
         let s = &args.shape;
@@ -563,12 +569,19 @@ impl GateMix {
             }
             None => operands[2].stand_in(11),
         };
+        // Without a softmax output, m stands in at its slot, never touched.
+        let full = match p_out {
+            Some(view) => Operand::new("p", 12, view, s.g_len(), ReadWrite).of(args.precision),
+            None => operands[5].stand_in(12),
+        };
         let mut all = operands.to_vec();
-        all.push(offset);
+        all.extend([offset, full]);
         let bound = bind_operands(&self.gpu, ctx, &all)?;
         let mut p = GateMixParams::new(s);
         p.offset_base = bound[6].base;
         p.use_offset = logit_offset.is_some() as u32;
+        p.p_base = bound[7].base;
+        p.use_p = p_out.is_some() as u32;
         p.k = k as u32;
         p.stages = stages.bits();
         if let ExpertAccess::SharedAndOwn { shared, own } = access {

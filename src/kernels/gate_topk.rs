@@ -190,6 +190,15 @@ impl GateTopk {
         args: &GateTopkForward<'_>,
         tiling: GateMixTiling,
     ) -> Result<Dispatch> {
+        self.forward_inner(args, None, tiling)
+    }
+
+    fn forward_inner(
+        &self,
+        args: &GateTopkForward<'_>,
+        p: Option<BufferView<'_>>,
+        tiling: GateMixTiling,
+    ) -> Result<Dispatch> {
         const CTX: &str = "gate_topk forward";
         let dense = GateMixForward {
             shape: args.shape,
@@ -205,9 +214,38 @@ impl GateTopk {
             ("gate_topk", CTX),
             &dense,
             (args.k, args.access, args.stages),
-            args.logit_offset,
+            (args.logit_offset, p),
             tiling,
         )
+    }
+
+    /// [`forward`](Self::forward) that also writes `p: [gates, rows, experts]`, the
+    /// full softmax of each row's logits (with the logit offset, if any) over the
+    /// experts its gate sees, before the top-k cut, 0 for the experts it does not see:
+    /// what the load-balancing loss's load kind averages (see
+    /// [`Balance::forward_load`](super::balance::Balance::forward_load)). Written by
+    /// the gate phase (a [`ForwardStages::MixOnly`] dispatch leaves it alone); `p` must
+    /// not overlap any other operand. Every other result is bitwise as without it.
+    pub fn forward_keeping_softmax(
+        &self,
+        args: &GateTopkForward<'_>,
+        p: BufferView<'_>,
+    ) -> Result<Dispatch> {
+        let tiling = self
+            .dense
+            .forward_tiling("gate_topk forward", &args.shape, args.precision)?;
+        self.forward_keeping_softmax_with(args, p, tiling)
+    }
+
+    /// [`forward_keeping_softmax`](Self::forward_keeping_softmax) with a given
+    /// tiling; every tiling gives bitwise equal results.
+    pub fn forward_keeping_softmax_with(
+        &self,
+        args: &GateTopkForward<'_>,
+        p: BufferView<'_>,
+        tiling: GateMixTiling,
+    ) -> Result<Dispatch> {
+        self.forward_inner(args, Some(p), tiling)
     }
 
     /// Checks and binds the backward pass: the dense gate's ([`GateMix::backward`])

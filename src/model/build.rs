@@ -93,6 +93,7 @@ pub fn build(config: &ModelConfig, capacity: usize) -> Result<ModelGraph> {
                 access,
                 input_dependent: gate.kind != GateKind::Static,
                 balance_weight: gate.balance_weight,
+                balance_loss: gate.balance_loss,
                 noisy: gate.noisy,
             };
             (graph.gate_mix("gate", below, h, gates, spec)?, gates)

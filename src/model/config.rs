@@ -1,5 +1,6 @@
 //! What a model is: architecture, layer widths, tasks, optimizer, seed.
 
+use crate::kernels::balance::BalanceLoss;
 use crate::kernels::loss::LossKind;
 use crate::kernels::optimizer::Optimizer;
 use crate::{Error, Result};
@@ -28,6 +29,11 @@ pub struct Gate {
     /// Weight of the load-balancing loss, `weight · CV²` of each gate's importance
     /// (its weights summed over the batch); 0 turns it off.
     pub balance_weight: f32,
+    /// Which load-balancing loss `balance_weight` weighs: the importance loss
+    /// (`weight · CV²`, the default) or the Switch Transformer load loss
+    /// `weight · E · Σ_e f_e · P_e` on the full softmax, whose gradient also reaches
+    /// the experts a top-k gate did not select (see [`BalanceLoss`]).
+    pub balance_loss: BalanceLoss,
     /// Noisy top-k gating (Shazeer et al. 2017; top-k gates only): training steps
     /// add `ε ⊙ softplus(X · Wn + bn)` to the logits before the selection, with
     /// fresh `ε ~ N(0, 1)` each step and a trained noise layer `gate.noise` that
@@ -41,6 +47,7 @@ impl Gate {
     pub const SOFTMAX: Gate = Gate {
         kind: GateKind::Softmax,
         balance_weight: 0.0,
+        balance_loss: BalanceLoss::Importance,
         noisy: false,
     };
 
@@ -48,6 +55,7 @@ impl Gate {
     pub const STATIC: Gate = Gate {
         kind: GateKind::Static,
         balance_weight: 0.0,
+        balance_loss: BalanceLoss::Importance,
         noisy: false,
     };
 
@@ -56,14 +64,31 @@ impl Gate {
         Gate {
             kind: GateKind::TopK { k },
             balance_weight: 0.0,
+            balance_loss: BalanceLoss::Importance,
             noisy: false,
         }
     }
 
-    /// This gate with a load-balancing loss of weight `weight`.
+    /// This gate with a load-balancing loss of weight `weight`: the importance loss,
+    /// `weight · CV²` of each gate's importance.
     pub const fn balanced(self, weight: f32) -> Gate {
         Gate {
             balance_weight: weight,
+            balance_loss: BalanceLoss::Importance,
+            ..self
+        }
+    }
+
+    /// This gate with the Switch Transformer / GShard load loss of weight `weight`:
+    /// per gate, `weight · E · Σ_e f_e · P_e`, where `f_e` is the fraction of the
+    /// batch's routed slots that went to expert `e` and `P_e` the mean over the batch
+    /// of the full softmax (before the top-k cut) over the `E` experts the gate sees.
+    /// Its gradient reaches every logit, so a top-k gate stuck on a few experts is
+    /// pushed towards the others; on a dense gate it is constant (`weight`).
+    pub const fn balanced_load(self, weight: f32) -> Gate {
+        Gate {
+            balance_weight: weight,
+            balance_loss: BalanceLoss::Load,
             ..self
         }
     }

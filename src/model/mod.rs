@@ -16,6 +16,7 @@ mod config;
 mod noise;
 mod trainer;
 
+pub use crate::kernels::balance::BalanceLoss;
 pub use build::{ModelGraph, build, initial_parameters};
 pub use checkpoint::Checkpoint;
 pub use config::{Architecture, Gate, GateKind, ModelConfig, TaskConfig, TaskKind};

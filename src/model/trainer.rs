@@ -310,8 +310,8 @@ impl Trainer {
         Ok(times)
     }
 
-    /// The load-balancing loss of each gate (`weight · CV²` of its importance) at
-    /// the last step or forward pass, or `None` when the gates have no balancing
+    /// The load-balancing loss of each gate (`weight · CV²` of its importance, or
+    /// the load loss `weight · E · Σ_e f_e · P_e`) at the last step or forward pass, or `None` when the gates have no balancing
     /// loss. Not part of [`loss`](Self::loss), which is the tasks'.
     pub fn balance_loss(&self) -> Result<Option<Vec<f32>>> {
         let graph = &self.model.graph;

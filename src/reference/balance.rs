@@ -1,7 +1,8 @@
 //! Reference load-balancing loss: per gate `t`, importance `I[t, e] = Σ_b G[t, b, e]`,
 //! load `L[t, e] = #{b : G[t, b, e] ≠ 0}`, `aux[t] = w · CV²(I[t, :])` with the
 //! population variance, the coefficients `a = w · ∂CV²/∂I`, and the loss's share of the
-//! logit gradient `dz`.
+//! logit gradient `dz`; and the Switch / GShard load loss ([`forward_load`]), whose
+//! backward is [`backward`] with the full softmax `p` in place of `G`.
 
 use super::check_len;
 use crate::kernels::balance::{BalanceShape, BalanceStats};
@@ -14,19 +15,7 @@ pub fn forward(shape: &BalanceShape, weight: f64, g: &[f64]) -> Result<BalanceSt
     const CTX: &str = "reference balance forward";
     shape.validate(CTX)?;
     check_len(CTX, "g", g, shape.g_len())?;
-    if !weight.is_finite() {
-        return Err(Error::NonFinite {
-            what: format!("{CTX}: the loss weight"),
-            index: 0,
-            value: weight as f32,
-        });
-    }
-    if weight < 0.0 {
-        return Err(Error::invalid(
-            format!("{CTX} weight"),
-            format!("{weight} is negative; the loss weight must be ≥ 0"),
-        ));
-    }
+    check_weight(CTX, weight)?;
     let &BalanceShape {
         gates,
         rows,
@@ -67,6 +56,60 @@ pub fn forward(shape: &BalanceShape, weight: f64, g: &[f64]) -> Result<BalanceSt
     Ok(stats)
 }
 
+/// The load loss of every gate (see [`crate::kernels::balance`]'s module docs):
+/// the importance section holds `Σ_b p[t, b, e]`, the load `L[t, e] = #{b : G ≠ 0}`,
+/// the coefficients `a[t, e] = w · seen · L[t, e] / (k · rows²)` and the loss
+/// `aux[t] = Σ_e a[t, e] · Σ_b p[t, b, e] = w · seen · Σ_e f · P`. `g` are the top-k gate
+/// values, `p` the full softmax over the `seen` experts each gate sees.
+pub fn forward_load(
+    shape: &BalanceShape,
+    weight: f64,
+    k: usize,
+    seen: usize,
+    g: &[f64],
+    p: &[f64],
+) -> Result<BalanceStats<f64>> {
+    const CTX: &str = "reference balance load forward";
+    shape.validate(CTX)?;
+    check_len(CTX, "g", g, shape.g_len())?;
+    check_len(CTX, "p", p, shape.g_len())?;
+    check_weight(CTX, weight)?;
+    crate::kernels::balance::check_load_k(CTX, shape, k, seen)?;
+    let &BalanceShape {
+        gates,
+        rows,
+        experts: n,
+    } = shape;
+    let mut stats = BalanceStats {
+        importance: vec![0.0; gates * n],
+        load: vec![0.0; gates * n],
+        coefficients: vec![0.0; gates * n],
+        aux: vec![0.0; gates],
+    };
+    for t in 0..gates {
+        for b in 0..rows {
+            for e in 0..n {
+                let i = (t * rows + b) * n + e;
+                stats.importance[t * n + e] += p[i];
+                if g[i] != 0.0 {
+                    stats.load[t * n + e] += 1.0;
+                }
+            }
+        }
+        if weight == 0.0 {
+            continue;
+        }
+        let b = rows as f64;
+        for e in 0..n {
+            let f = stats.load[t * n + e] / (k as f64 * b);
+            let a = weight * seen as f64 * f / b;
+            stats.coefficients[t * n + e] = a;
+            stats.aux[t] += a * stats.importance[t * n + e];
+        }
+    }
+    Ok(stats)
+}
+
 /// Adds the loss's gradient to the logit gradient `dz: [gates, rows, experts]` in
 /// place: `dz[t, b, e] += G[t, b, e] · (a[t, e] − Σ_e' G[t, b, e'] · a[t, e'])`, given
 /// the forward's `coefficients` `a: [gates, experts]`.
@@ -94,6 +137,23 @@ pub fn backward(
         for ((dz, g), a) in dz.iter_mut().zip(g).zip(a) {
             *dz += g * (a - s);
         }
+    }
+    Ok(())
+}
+
+fn check_weight(ctx: &str, weight: f64) -> Result<()> {
+    if !weight.is_finite() {
+        return Err(Error::NonFinite {
+            what: format!("{ctx}: the loss weight"),
+            index: 0,
+            value: weight as f32,
+        });
+    }
+    if weight < 0.0 {
+        return Err(Error::invalid(
+            format!("{ctx} weight"),
+            format!("{weight} is negative; the loss weight must be ≥ 0"),
+        ));
     }
     Ok(())
 }

@@ -130,6 +130,31 @@ pub fn forward_logits(
     Ok((g, m))
 }
 
+/// The full softmax `p: [gates, rows, experts]` of the logits `z` over the experts
+/// each gate sees (0 for the others), before any top-k cut: what the load-balancing
+/// loss's load kind averages (see [`crate::kernels::balance`]).
+pub fn full_softmax(shape: &GateMixShape, access: ExpertAccess, z: &[f64]) -> Result<Vec<f64>> {
+    const CTX: &str = "reference gate_topk full softmax";
+    shape.validate(CTX)?;
+    access.validate(CTX, shape)?;
+    check_len(CTX, "z", z, shape.g_len())?;
+    let n = shape.experts;
+    let mut p = vec![0.0; shape.g_len()];
+    for (r, (z, p)) in z.chunks(n).zip(p.chunks_mut(n)).enumerate() {
+        let t = r / shape.rows;
+        let seen = |e: &usize| access.sees(t, *e);
+        let top = (0..n)
+            .filter(seen)
+            .map(|e| z[e])
+            .fold(f64::NEG_INFINITY, f64::max);
+        let sum: f64 = (0..n).filter(seen).map(|e| (z[e] - top).exp()).sum();
+        for e in (0..n).filter(seen) {
+            p[e] = (z[e] - top).exp() / sum;
+        }
+    }
+    Ok(p)
+}
+
 /// Gradients of a top-k gate + mix.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GateTopkGrads {

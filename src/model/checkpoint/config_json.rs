@@ -4,7 +4,7 @@
 
 use super::json::{self, Fields, Value};
 use crate::kernels::optimizer::Optimizer;
-use crate::model::{Architecture, Gate, GateKind, ModelConfig, TaskConfig, TaskKind};
+use crate::model::{Architecture, BalanceLoss, Gate, GateKind, ModelConfig, TaskConfig, TaskKind};
 
 /// One line of JSON, keys in a fixed order.
 pub(crate) fn encode(config: &ModelConfig) -> Result<String, String> {
@@ -19,8 +19,12 @@ pub(crate) fn encode(config: &ModelConfig) -> Result<String, String> {
             GateKind::TopK { k } => format!(r#""kind":"top_k","k":{k}"#),
             GateKind::Static => r#""kind":"static""#.to_string(),
         };
+        let loss = match gate.balance_loss {
+            BalanceLoss::Importance => "importance",
+            BalanceLoss::Load => "load",
+        };
         Ok(format!(
-            r#"{{{kind},"balance_weight":{},"noisy":{}}}"#,
+            r#"{{{kind},"balance_weight":{},"noisy":{},"balance_loss":"{loss}"}}"#,
             f(gate.balance_weight)?,
             gate.noisy
         ))
@@ -220,10 +224,27 @@ fn gate(value: &Value, what: &str) -> Result<Gate, String> {
         Some(value) => value.boolean(&fields.path("noisy"))?,
         None => false,
     };
+    // Absent from checkpoints written before the load loss: the importance loss.
+    let balance_loss = match fields.optional("balance_loss") {
+        Some(value) => {
+            let path = fields.path("balance_loss");
+            match value.text(&path)? {
+                "importance" => BalanceLoss::Importance,
+                "load" => BalanceLoss::Load,
+                other => {
+                    return Err(format!(
+                        "`{path}` is `{other}`; expected importance or load"
+                    ));
+                }
+            }
+        }
+        None => BalanceLoss::Importance,
+    };
     fields.finish()?;
     Ok(Gate {
         kind,
         balance_weight,
+        balance_loss,
         noisy,
     })
 }
