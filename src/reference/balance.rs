@@ -16,27 +16,9 @@ pub fn forward(shape: &BalanceShape, weight: f64, g: &[f64]) -> Result<BalanceSt
     shape.validate(CTX)?;
     check_len(CTX, "g", g, shape.g_len())?;
     check_weight(CTX, weight)?;
-    let &BalanceShape {
-        gates,
-        rows,
-        experts: n,
-    } = shape;
-    let mut stats = BalanceStats {
-        importance: vec![0.0; gates * n],
-        load: vec![0.0; gates * n],
-        coefficients: vec![0.0; gates * n],
-        aux: vec![0.0; gates],
-    };
+    let (gates, n) = (shape.gates, shape.experts);
+    let mut stats = sums(shape, g, g);
     for t in 0..gates {
-        for b in 0..rows {
-            for e in 0..n {
-                let v = g[(t * rows + b) * n + e];
-                stats.importance[t * n + e] += v;
-                if v != 0.0 {
-                    stats.load[t * n + e] += 1.0;
-                }
-            }
-        }
         let importance = &stats.importance[t * n..(t + 1) * n];
         let mean = importance.iter().sum::<f64>() / n as f64;
         if weight == 0.0 || mean * mean == 0.0 {
@@ -80,22 +62,8 @@ pub fn forward_load(
         rows,
         experts: n,
     } = shape;
-    let mut stats = BalanceStats {
-        importance: vec![0.0; gates * n],
-        load: vec![0.0; gates * n],
-        coefficients: vec![0.0; gates * n],
-        aux: vec![0.0; gates],
-    };
+    let mut stats = sums(shape, g, p);
     for t in 0..gates {
-        for b in 0..rows {
-            for e in 0..n {
-                let i = (t * rows + b) * n + e;
-                stats.importance[t * n + e] += p[i];
-                if g[i] != 0.0 {
-                    stats.load[t * n + e] += 1.0;
-                }
-            }
-        }
         if weight == 0.0 {
             continue;
         }
@@ -108,6 +76,34 @@ pub fn forward_load(
         }
     }
     Ok(stats)
+}
+
+/// Stats with the importance section `Σ_b summed[t, b, e]` and the load section
+/// `#{b : g[t, b, e] ≠ 0}` filled in, rows in order; coefficients and losses zero.
+fn sums(shape: &BalanceShape, g: &[f64], summed: &[f64]) -> BalanceStats<f64> {
+    let &BalanceShape {
+        gates,
+        rows,
+        experts: n,
+    } = shape;
+    let mut stats = BalanceStats {
+        importance: vec![0.0; gates * n],
+        load: vec![0.0; gates * n],
+        coefficients: vec![0.0; gates * n],
+        aux: vec![0.0; gates],
+    };
+    for t in 0..gates {
+        for b in 0..rows {
+            for e in 0..n {
+                let i = (t * rows + b) * n + e;
+                stats.importance[t * n + e] += summed[i];
+                if g[i] != 0.0 {
+                    stats.load[t * n + e] += 1.0;
+                }
+            }
+        }
+    }
+    stats
 }
 
 /// Adds the loss's gradient to the logit gradient `dz: [gates, rows, experts]` in
