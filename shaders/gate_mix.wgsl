@@ -47,6 +47,13 @@ struct GateMixParams {
     // (a load-balancing loss averages it); with 0, p is not touched at all.
     p_base: u32,
     use_p: u32,
+    // With shared_selection ≠ 0 every gate keeps the same k experts per row, those
+    // with the largest sum of the gates' logits (the host allows it only where every
+    // gate sees every expert, and for at most 32 · SHARED_MASK_WORDS experts).
+    shared_selection: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 const STAGE_GATE: u32 = 1u;
@@ -348,6 +355,93 @@ fn topk_softmax_row(t: u32, row: u32) {
     }
 }
 
+// Shared selection keeps the row's selected experts as a bit mask, 32 to a word.
+const SHARED_MASK_WORDS: u32 = 8u;
+
+// The sum over the gates, in gate order, of their logits for expert e on `row`.
+fn summed_logit(row: u32, e: u32) -> f32 {
+    var s = 0.0;
+    for (var t = 0u; t < P.gates; t++) {
+        s += f32(g[P.g_base + gate_index(t, row, e)]);
+    }
+    return s;
+}
+
+fn is_selected(mask: array<u32, SHARED_MASK_WORDS>, e: u32) -> bool {
+    return (mask[e / 32u] & (1u << (e % 32u))) != 0u;
+}
+
+// Shared top-k of one row, every gate's logits in place: the k experts with the
+// largest summed logits (equal sums: the lower expert first; picked one at a time as
+// in topk_softmax_row), then each gate's softmax over those k. The selection must be
+// complete before any gate's row is overwritten, since every gate's logits enter every
+// sum; the mask carries it (the cut of topk_softmax_row would need the sums again).
+fn shared_topk_row(row: u32) {
+    if (P.use_offset != 0u) {
+        for (var t = 0u; t < P.gates; t++) {
+            add_offset_row(t, row);
+        }
+    }
+    var mask: array<u32, SHARED_MASK_WORDS>;
+    var cut = 0.0;
+    var cut_e = 0u;
+    for (var j = 0u; j < P.k; j++) {
+        var found = false;
+        var best = 0.0;
+        var best_e = 0u;
+        for (var e = 0u; e < P.experts; e++) {
+            let z = summed_logit(row, e);
+            let after = j == 0u || z < cut || (z == cut && e > cut_e);
+            if (after && (!found || z > best)) {
+                found = true;
+                best = z;
+                best_e = e;
+            }
+        }
+        mask[best_e / 32u] |= 1u << (best_e % 32u);
+        cut = best;
+        cut_e = best_e;
+    }
+    for (var t = 0u; t < P.gates; t++) {
+        let base = P.g_base + gate_index(t, row, 0u);
+        // This gate's largest selected logit, subtracted so exp cannot overflow; and
+        // its largest logit of all, for the full softmax.
+        var top = 0.0;
+        var found = false;
+        var top_all = f32(g[base]);
+        for (var e = 0u; e < P.experts; e++) {
+            let z = f32(g[base + e]);
+            top_all = max(top_all, z);
+            if (is_selected(mask, e) && (!found || z > top)) {
+                found = true;
+                top = z;
+            }
+        }
+        let p_at = P.p_base + gate_index(t, row, 0u);
+        var sum = 0.0;
+        var full = 0.0;
+        for (var e = 0u; e < P.experts; e++) {
+            let z = f32(g[base + e]);
+            if (P.use_p != 0u) {
+                let q = exp(z - top_all);
+                p_out[p_at + e] = Elem(q);
+                full += q;
+            }
+            let p = select(0.0, exp(z - top), is_selected(mask, e));
+            g[base + e] = Elem(p);
+            sum += p;
+        }
+        for (var e = 0u; e < P.experts; e++) {
+            g[base + e] = Elem(f32(g[base + e]) / sum);
+        }
+        if (P.use_p != 0u) {
+            for (var e = 0u; e < P.experts; e++) {
+                p_out[p_at + e] = Elem(f32(p_out[p_at + e]) / full);
+            }
+        }
+    }
+}
+
 // Softmax of one row of logits in place, the row maximum subtracted so that large
 // logits cannot overflow exp; with k < experts or task-specific experts, over the
 // top k of those the gate sees.
@@ -423,11 +517,21 @@ fn forward(
         }
         storageBarrier();
 
-        let rows = P.gates * block_rows;
-        for (var first = 0u; first < rows; first += WG) {
-            let item = first + lid;
-            if (item < rows) {
-                softmax_row(item / block_rows, block0 + item % block_rows);
+        if (P.shared_selection != 0u) {
+            // One item per row: its selection involves every gate.
+            for (var first = 0u; first < block_rows; first += WG) {
+                let item = first + lid;
+                if (item < block_rows) {
+                    shared_topk_row(block0 + item);
+                }
+            }
+        } else {
+            let rows = P.gates * block_rows;
+            for (var first = 0u; first < rows; first += WG) {
+                let item = first + lid;
+                if (item < rows) {
+                    softmax_row(item / block_rows, block0 + item % block_rows);
+                }
             }
         }
         storageBarrier();

@@ -103,6 +103,15 @@ fn architectures() -> Vec<ModelConfig> {
             ..base.clone()
         },
         noisy(),
+        ModelConfig {
+            architecture: Architecture::Mmoe {
+                experts: 4,
+                expert_layers: vec![5],
+                gate: Gate::top_k(2).shared_selection(),
+                task_experts: 0,
+            },
+            ..base.clone()
+        },
     ]
 }
 
@@ -912,6 +921,53 @@ fn load_balanced_gates_resume_bitwise_and_old_files_load_with_the_importance_los
     assert!(
         message.contains(
             "`config.architecture.gate.balance_loss` is `switch`; expected importance or load"
+        ),
+        "{message}"
+    );
+}
+
+/// A shared selection is kept in the file; files written before it (no `selection`
+/// field) load with each gate selecting its own; an unknown value is an error naming
+/// the field.
+#[test]
+fn the_selection_is_kept_and_old_files_load_with_per_gate_selections() {
+    let with_gate = |gate: Gate| ModelConfig {
+        architecture: Architecture::Mmoe {
+            experts: 4,
+            expert_layers: vec![5],
+            gate,
+            task_experts: 0,
+        },
+        ..noisy()
+    };
+    let own = with_gate(Gate::top_k(2));
+    let shared = with_gate(Gate::top_k(2).shared_selection());
+    let mut trainer = Trainer::new(gpu(), own.clone(), ROWS).unwrap();
+    train(&mut trainer, 0, 2);
+    let saved = trainer.checkpoint().unwrap();
+    let good = saved.to_bytes().unwrap();
+    let edit = |from: &'static str, to: &'static str| {
+        rewrite(&good, move |_, d| {
+            assert!(d.contains(from), "{d}");
+            *d = d.replace(from, to);
+        })
+    };
+    let old = Checkpoint::from_bytes(&edit(r#","selection":"per_gate""#, "")).unwrap();
+    assert_eq!(old.config(), &own);
+    assert_bitwise_equal("without the field", &saved, &old);
+    let switched = Checkpoint::from_bytes(&edit(
+        r#""selection":"per_gate""#,
+        r#""selection":"shared""#,
+    ))
+    .unwrap();
+    assert_eq!(switched.config(), &shared);
+    let (_, message) = checkpoint_error(Checkpoint::from_bytes(&edit(
+        r#""selection":"per_gate""#,
+        r#""selection":"joint""#,
+    )));
+    assert!(
+        message.contains(
+            "`config.architecture.gate.selection` is `joint`; expected per_gate or shared"
         ),
         "{message}"
     );

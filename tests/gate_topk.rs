@@ -11,7 +11,7 @@ use mmoe_wgpu::kernels::gate_mix::{
     ExpertAccess, ForwardStages, GateMix, GateMixBackward, GateMixForward, GateMixShape,
     GateMixTiling,
 };
-use mmoe_wgpu::kernels::gate_topk::{GateTopk, GateTopkForward};
+use mmoe_wgpu::kernels::gate_topk::{GateTopk, GateTopkForward, Selection};
 use mmoe_wgpu::kernels::{BufferView, Precision};
 use mmoe_wgpu::reference::gate_mix as dense_reference;
 use mmoe_wgpu::reference::gate_topk as reference;
@@ -109,12 +109,27 @@ fn selection_margin(s: &GateMixShape, k: usize, z: &[f64]) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
-fn data_margin(s: &GateMixShape, k: usize, d: &Data) -> f64 {
-    selection_margin(
-        s,
-        k,
-        &logits(s, &to_f64(&d.x), &to_f64(&d.wg), &to_f64(&d.bg)),
-    )
+/// The logits summed over the gates, `[rows, experts]`: what a shared selection
+/// ranks.
+fn summed_logits(s: &GateMixShape, z: &[f64]) -> Vec<f64> {
+    let per_gate = s.rows * s.experts;
+    (0..per_gate)
+        .map(|i| (0..s.gates).map(|t| z[t * per_gate + i]).sum())
+        .collect()
+}
+
+/// [`selection_margin`] of the experts `selection` ranks: each gate's logits, or
+/// their sums.
+fn margin_of(s: &GateMixShape, k: usize, selection: Selection, z: &[f64]) -> f64 {
+    match selection {
+        Selection::PerGate => selection_margin(s, k, z),
+        Selection::Shared => selection_margin(s, k, &summed_logits(s, z)),
+    }
+}
+
+fn data_margin_selecting(s: &GateMixShape, k: usize, selection: Selection, d: &Data) -> f64 {
+    let z = logits(s, &to_f64(&d.x), &to_f64(&d.wg), &to_f64(&d.bg));
+    margin_of(s, k, selection, &z)
 }
 
 /// The first data from `seed` on (deterministic) whose every row keeps `margin`
@@ -126,10 +141,23 @@ fn data_away_from_ties(
     gate_scale: f64,
     margin: f64,
 ) -> Data {
+    data_away_from_ties_selecting(s, (k, Selection::PerGate), seed, gate_scale, margin)
+}
+
+/// [`data_away_from_ties`] for the experts `selection` ranks.
+fn data_away_from_ties_selecting(
+    s: &GateMixShape,
+    (k, selection): (usize, Selection),
+    seed: u64,
+    gate_scale: f64,
+    margin: f64,
+) -> Data {
     (0..200)
         .map(|i| data(s, 1000 * seed + i, gate_scale))
-        .find(|d| data_margin(s, k, d) >= margin)
-        .unwrap_or_else(|| panic!("no data for {s:?} k={k} keeps a margin of {margin}"))
+        .find(|d| data_margin_selecting(s, k, selection, d) >= margin)
+        .unwrap_or_else(|| {
+            panic!("no data for {s:?} k={k} {selection:?} keeps a margin of {margin}")
+        })
 }
 
 const NAMES: [&str; 7] = ["G", "M", "dH", "dz", "dWg", "dbg", "dX"];
@@ -144,6 +172,7 @@ fn bits(out: &[Vec<f32>]) -> Vec<u32> {
 /// One buffer per operand, inputs uploaded from `Data`, `dX` holding `dx_prior`.
 struct Buffers {
     shape: GateMixShape,
+    selection: Selection,
     x: wgpu::Buffer,
     wg: wgpu::Buffer,
     bg: wgpu::Buffer,
@@ -164,6 +193,7 @@ impl Buffers {
         let out = |len: usize| gpu.storage_buffer("out", 4 * len as u64).unwrap();
         Buffers {
             shape,
+            selection: Selection::PerGate,
             x: up(&d.x),
             wg: up(&d.wg),
             bg: up(&d.bg),
@@ -184,6 +214,7 @@ impl Buffers {
             shape: self.shape,
             k,
             access: ExpertAccess::All,
+            selection: self.selection,
             stages: ForwardStages::Both,
             precision: Precision::F32,
             x: (&self.x).into(),
@@ -237,8 +268,22 @@ fn run_gpu(
     tiling: Option<GateMixTiling>,
     accumulate: bool,
 ) -> Outputs<f32> {
+    run_gpu_selecting(gpu, (shape, k, Selection::PerGate), d, tiling, accumulate)
+}
+
+/// [`run_gpu`] with the gates selecting as `selection` says.
+fn run_gpu_selecting(
+    gpu: &Gpu,
+    (shape, k, selection): (GateMixShape, usize, Selection),
+    d: &Data,
+    tiling: Option<GateMixTiling>,
+    accumulate: bool,
+) -> Outputs<f32> {
     let kernels = GateTopk::new(gpu);
-    let bufs = Buffers::new(gpu, shape, d);
+    let bufs = Buffers {
+        selection,
+        ..Buffers::new(gpu, shape, d)
+    };
     let fwd = bufs.forward(k);
     let f = match tiling {
         Some(t) => kernels.forward_with(&fwd, t),
@@ -255,8 +300,21 @@ fn run_gpu(
 }
 
 fn reference_outputs(shape: &GateMixShape, k: usize, d: &Data, accumulate: bool) -> Outputs<f64> {
+    reference_outputs_selecting(shape, (k, Selection::PerGate), d, accumulate)
+}
+
+/// [`reference_outputs`] with the gates selecting as `selection` says.
+fn reference_outputs_selecting(
+    shape: &GateMixShape,
+    (k, selection): (usize, Selection),
+    d: &Data,
+    accumulate: bool,
+) -> Outputs<f64> {
     let (x, wg, h) = (to_f64(&d.x), to_f64(&d.wg), to_f64(&d.h));
-    let (g, m) = reference::forward(shape, k, &x, &wg, &to_f64(&d.bg), &h).unwrap();
+    let z = reference::logits(shape, &x, &wg, &to_f64(&d.bg)).unwrap();
+    let (g, m) =
+        reference::forward_logits_selecting(shape, k, ExpertAccess::All, selection, &z, &h)
+            .unwrap();
     let grads = reference::backward(shape, &x, &wg, &h, &g, &to_f64(&d.dm)).unwrap();
     let mut dx = grads.dx;
     if accumulate {
@@ -479,6 +537,7 @@ fn operands_at_unaligned_offsets_inside_shared_buffers() {
         shape: s,
         k,
         access: ExpertAccess::All,
+        selection: Selection::PerGate,
         stages: ForwardStages::Both,
         precision: Precision::F32,
         x: view(&inb, &i, 0),
@@ -541,6 +600,7 @@ fn f16_storage_selects_the_same_experts() {
         shape: s,
         k,
         access: ExpertAccess::All,
+        selection: Selection::PerGate,
         stages: ForwardStages::Both,
         precision: Precision::F16,
         x: (&xb).into(),
@@ -573,7 +633,22 @@ fn f16_storage_selects_the_same_experts() {
 
 #[test]
 fn reference_gradients_match_finite_differences() {
-    let (shape, k) = (shape(2, 5, 4, 3, 2), 2);
+    check_reference_gradients(shape(2, 5, 4, 3, 2), 2, Selection::PerGate);
+}
+
+#[test]
+fn reference_gradients_of_a_shared_selection_match_finite_differences() {
+    check_reference_gradients(shape(3, 5, 4, 3, 2), 2, Selection::Shared);
+}
+
+/// The reference's gradients of `Σ R ⊙ M` against central differences, on data away
+/// from the selection's boundaries.
+fn check_reference_gradients(shape: GateMixShape, k: usize, selection: Selection) {
+    let forward = |p: &[Vec<f64>; 4]| {
+        let z = reference::logits(&shape, &p[0], &p[1], &p[2]).unwrap();
+        reference::forward_logits_selecting(&shape, k, ExpertAccess::All, selection, &z, &p[3])
+            .unwrap()
+    };
     // Data whose selection no step of ±eps can change: gaps far above eps.
     let (p, r) = (0..200u64)
         .map(|seed| {
@@ -588,14 +663,16 @@ fn reference_gradients_match_finite_differences() {
             ];
             (p, draw(shape.m_len()))
         })
-        .find(|(p, _)| selection_margin(&shape, k, &logits(&shape, &p[0], &p[1], &p[2])) >= 1e-2)
+        .find(|(p, _)| {
+            margin_of(&shape, k, selection, &logits(&shape, &p[0], &p[1], &p[2])) >= 1e-2
+        })
         .expect("a seed away from selection boundaries");
     // Loss = Σ R ⊙ M, so dL/dM = R.
     let loss = |p: &[Vec<f64>; 4]| -> f64 {
-        let (_, m) = reference::forward(&shape, k, &p[0], &p[1], &p[2], &p[3]).unwrap();
+        let (_, m) = forward(p);
         m.iter().zip(&r).map(|(a, b)| a * b).sum()
     };
-    let (g, _) = reference::forward(&shape, k, &p[0], &p[1], &p[2], &p[3]).unwrap();
+    let (g, _) = forward(&p);
     for row in g.chunks(shape.experts) {
         assert_eq!(row.iter().filter(|&&v| v > 0.0).count(), k);
         assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-12);
@@ -1047,6 +1124,152 @@ fn the_full_softmax_output_matches_the_reference_and_changes_nothing_else() {
     expect_err(
         kernels.forward_keeping_softmax(&bufs.forward(2), (&bufs.g).into()),
         &["gate_topk forward", "`p`"],
+    );
+    gpu.check().unwrap();
+}
+
+/// Every gate of every row keeps the same `k` experts in `g` (`[gates, rows,
+/// experts]`).
+fn assert_one_selection_per_row(what: &str, s: &GateMixShape, k: usize, g: &[f32]) {
+    let chosen = |t: usize, b: usize| -> Vec<bool> {
+        let row = (t * s.rows + b) * s.experts;
+        g[row..row + s.experts].iter().map(|&v| v != 0.0).collect()
+    };
+    for b in 0..s.rows {
+        let first = chosen(0, b);
+        assert_eq!(
+            first.iter().filter(|&&c| c).count(),
+            k,
+            "{what}: row {b} keeps {first:?}"
+        );
+        for t in 1..s.gates {
+            assert_eq!(chosen(t, b), first, "{what}: gate {t} of row {b}");
+        }
+    }
+}
+
+#[test]
+fn a_shared_selection_matches_the_reference_and_every_tiling_bitwise() {
+    let gpu = gpu();
+    let tilings = GateTopk::new(gpu).tilings();
+    let several_gates = cases().into_iter().filter(|(s, _)| s.gates > 1);
+    for (n, (shape, k)) in several_gates.enumerate() {
+        let accumulate = n % 2 == 0;
+        let pick = (k, Selection::Shared);
+        let d = data_away_from_ties_selecting(&shape, pick, 500 + n as u64, 1.0, MARGIN);
+        let want = reference_outputs_selecting(&shape, pick, &d, accumulate);
+        let what = format!("shared {shape:?} k={k} accumulate={accumulate}");
+        let default = run_gpu_selecting(gpu, (shape, k, Selection::Shared), &d, None, accumulate);
+        assert_matches(&what, &default, &want);
+        assert_one_selection_per_row(&what, &shape, k, &default[0]);
+        for &tiling in &tilings {
+            let got = run_gpu_selecting(
+                gpu,
+                (shape, k, Selection::Shared),
+                &d,
+                Some(tiling),
+                accumulate,
+            );
+            assert!(
+                bits(&got) == bits(&default),
+                "{tiling:?} differs bitwise from the default tiling: {what}"
+            );
+        }
+    }
+    gpu.check().unwrap();
+}
+
+#[test]
+fn with_one_gate_a_shared_selection_is_the_gates_own() {
+    let gpu = gpu();
+    for (n, (shape, k)) in cases()
+        .into_iter()
+        .filter(|(s, _)| s.gates == 1)
+        .enumerate()
+    {
+        let d = data(&shape, 600 + n as u64, 1.0);
+        let own = run_gpu(gpu, shape, k, &d, None, false);
+        let shared = run_gpu_selecting(gpu, (shape, k, Selection::Shared), &d, None, false);
+        assert!(bits(&own) == bits(&shared), "{shape:?} k={k}");
+    }
+}
+
+#[test]
+fn a_shared_selection_softmaxes_each_gate_over_its_selected_logits() {
+    let gpu = gpu();
+    let s = shape(2, 3, 2, 4, 5);
+    let mut d = data(&s, 9, 1.0);
+    // Wg = 0: every row's logits are bg. Summed: [-120, 2, 1], so expert 0, gate 0's
+    // largest logit by far, is never selected; softmaxes relative to that logit would
+    // underflow to 0 / 0.
+    d.wg = vec![0.0; s.wg_len()];
+    d.bg = vec![120.0, 0.0, 1.0, -240.0, 2.0, 0.0];
+    for k in [1, 2] {
+        let pick = (k, Selection::Shared);
+        let want = reference_outputs_selecting(&s, pick, &d, false);
+        let got = run_gpu_selecting(gpu, (s, k, Selection::Shared), &d, None, false);
+        assert_matches(&format!("far logits k={k}"), &got, &want);
+        assert_one_selection_per_row(&format!("far logits k={k}"), &s, k, &got[0]);
+        let gate0_row0 = &want[0][..3];
+        let expect = if k == 1 {
+            [0.0, 1.0, 0.0]
+        } else {
+            let e = (-1.0f64).exp();
+            [0.0, e / (1.0 + e), 1.0 / (1.0 + e)]
+        };
+        for (w, x) in gate0_row0.iter().zip(expect) {
+            assert!((w - x).abs() < 1e-12, "gate 0 k={k}: {gate0_row0:?}");
+        }
+    }
+}
+
+#[test]
+fn a_shared_selection_it_cannot_make_is_an_error() {
+    let gpu = gpu();
+    let kernels = GateTopk::new(gpu);
+    let s = shape(2, 5, 3, 4, 2);
+    let bufs = Buffers::new(gpu, s, &data(&s, 2, 1.0));
+    let shared = GateTopkForward {
+        selection: Selection::Shared,
+        ..bufs.forward(2)
+    };
+    let e = expect_err(
+        kernels.forward(&GateTopkForward {
+            access: ExpertAccess::SharedAndOwn { shared: 1, own: 2 },
+            ..shared
+        }),
+        &[
+            "gate_topk forward selection",
+            "every gate to see every expert",
+        ],
+    );
+    assert!(matches!(e, Error::Invalid { .. }));
+    let wide = shape(2, 257, 3, 4, 2);
+    let wide_bufs = Buffers::new(gpu, wide, &data(&wide, 3, 1.0));
+    let e = expect_err(
+        kernels.forward(&GateTopkForward {
+            selection: Selection::Shared,
+            ..wide_bufs.forward(2)
+        }),
+        &[
+            "gate_topk forward",
+            "experts of a shared selection",
+            "257",
+            "256",
+        ],
+    );
+    assert!(matches!(e, Error::Limit { .. }));
+    let r = vec![0.0; wide.g_len()];
+    expect_err(
+        reference::forward_logits_selecting(
+            &wide,
+            2,
+            ExpertAccess::All,
+            Selection::Shared,
+            &r,
+            &vec![0.0; wide.h_len()],
+        ),
+        &["experts of a shared selection"],
     );
     gpu.check().unwrap();
 }

@@ -152,6 +152,31 @@ fn configs() -> Vec<(&'static str, ModelConfig)> {
                 ..gated(Gate::top_k(2).noisy().balanced_load(0.7), 2, 1)
             },
         ),
+        (
+            "mmoe, three tasks, top-2 gates sharing one selection, two-layer experts on a shared layer",
+            ModelConfig {
+                shared_layers: vec![6],
+                architecture: Architecture::Mmoe {
+                    experts: 5,
+                    expert_layers: vec![5, 4],
+                    gate: Gate::top_k(2).shared_selection(),
+                    task_experts: 0,
+                },
+                tasks: tasks(3),
+                ..mmoe.clone()
+            },
+        ),
+        (
+            "mmoe, noisy top-2 gates sharing one selection, with the load balancing loss",
+            gated(
+                Gate::top_k(2)
+                    .noisy()
+                    .shared_selection()
+                    .balanced_load(0.5),
+                5,
+                0,
+            ),
+        ),
     ]);
     all
 }
@@ -608,6 +633,30 @@ fn gate_kinds_weigh_the_experts_they_should() {
         assert!(report.routed.iter().all(|&r| (0.0..=1.0).contains(&r)));
     }
 
+    // A shared selection: every gate of a row weighs the same k experts, so the
+    // experts compute k rows each on average, not up to gates · k.
+    let config = ModelConfig {
+        tasks: tasks(3),
+        ..mmoe(Gate::top_k(2).shared_selection(), 6, 0)
+    };
+    let (mut trainer, gates) = gate_rows(&config);
+    for row in 0..ROWS {
+        let chosen = |t: usize| -> Vec<bool> { gates[t][row].iter().map(|&p| p != 0.0).collect() };
+        assert_eq!(chosen(0).iter().filter(|&&c| c).count(), 2, "row {row}");
+        assert!(
+            (1..3).all(|t| chosen(t) == chosen(0)),
+            "row {row}: {gates:?}"
+        );
+        assert_ne!(
+            gates[0][row], gates[1][row],
+            "row {row}: the gates' weights differ"
+        );
+    }
+    let (x, _) = batch(&config, ROWS, 50);
+    let report = trainer.gate_report(&x).unwrap();
+    let routed: f64 = report.routed.iter().sum();
+    assert!((routed - 2.0).abs() < 1e-9, "{:?}", report.routed);
+
     let (trainer, _) = gate_rows(&mmoe(Gate::top_k(2).balanced(0.5), 5, 0));
     let aux = trainer.balance_loss().unwrap().expect("a balancing loss");
     assert_eq!(aux.len(), 2);
@@ -665,6 +714,24 @@ fn bad_gate_settings_are_errors() {
             3,
             0,
             "gate noise (`Gate::noisy`) needs a top-k",
+        ),
+        (
+            Gate::SOFTMAX.shared_selection(),
+            3,
+            0,
+            "a shared selection (`Gate::shared_selection`) needs a top-k gate",
+        ),
+        (
+            Gate::top_k(2).shared_selection(),
+            2,
+            1,
+            "every gate to see every expert, but the tasks have experts of their own (1 each)",
+        ),
+        (
+            Gate::top_k(2).shared_selection(),
+            257,
+            0,
+            "limited to 256 experts; this model has 257",
         ),
     ] {
         let config = ModelConfig {

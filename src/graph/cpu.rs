@@ -155,6 +155,7 @@ impl CpuExecutor {
                 shape,
                 k,
                 access,
+                selection,
                 balance_weight,
                 balance_loss,
                 x,
@@ -183,10 +184,11 @@ impl CpuExecutor {
                         self.tensor(*bg),
                     )?;
                     z.iter_mut().zip(&offset).for_each(|(z, o)| *z += o);
-                    let out = reference::gate_topk::forward_logits(
+                    let out = reference::gate_topk::forward_logits_selecting(
                         shape,
                         *k,
                         *access,
+                        *selection,
                         &z,
                         self.tensor(*h),
                     )?;
@@ -201,13 +203,18 @@ impl CpuExecutor {
                         self.tensor(*h),
                     )?
                 } else {
-                    reference::gate_topk::forward_with_access(
+                    let z = reference::gate_topk::logits(
                         shape,
-                        *k,
-                        *access,
                         self.tensor(*x),
                         &wg,
                         self.tensor(*bg),
+                    )?;
+                    reference::gate_topk::forward_logits_selecting(
+                        shape,
+                        *k,
+                        *access,
+                        *selection,
+                        &z,
                         self.tensor(*h),
                     )?
                 };

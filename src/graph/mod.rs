@@ -20,6 +20,7 @@ pub use plan::{MemoryReport, Plan, Scratch, ScratchKind};
 
 use crate::kernels::balance::BalanceLoss;
 use crate::kernels::gate_mix::{ExpertAccess, GateMixShape};
+use crate::kernels::gate_topk::Selection;
 use crate::kernels::loss::TaskLoss;
 use crate::shape::{Activation, GemmShape, InputLayout};
 use crate::{Error, Result};
@@ -135,6 +136,8 @@ pub enum Op {
         k: usize,
         /// Which experts each gate sees.
         access: ExpertAccess,
+        /// Whether each gate keeps its own `k` experts or all keep the same.
+        selection: Selection,
         /// Weight of the load-balancing loss on the gate values (0: none).
         balance_weight: f32,
         /// Which load-balancing loss (with a nonzero weight).
@@ -224,6 +227,9 @@ pub struct GateSpec {
     pub k: Option<usize>,
     /// Which experts each gate sees.
     pub access: ExpertAccess,
+    /// Whether each gate keeps its own top `k` or all gates of a row the same `k`
+    /// (a top-k gate over every expert only).
+    pub selection: Selection,
     /// Whether the logits depend on the input; a static gate's are its bias alone.
     pub input_dependent: bool,
     /// Weight of the load-balancing loss, `weight · CV²` of each gate's importance
@@ -242,6 +248,7 @@ impl GateSpec {
     pub const SOFTMAX: GateSpec = GateSpec {
         k: None,
         access: ExpertAccess::All,
+        selection: Selection::PerGate,
         input_dependent: true,
         balance_weight: 0.0,
         balance_loss: BalanceLoss::Importance,
@@ -477,6 +484,7 @@ impl Graph {
             ));
         }
         crate::kernels::gate_topk::check_k(name, &shape, k, spec.access)?;
+        crate::kernels::gate_topk::check_selection(name, &shape, spec.access, spec.selection)?;
         if spec.noisy && (spec.k.is_none() || !spec.input_dependent) {
             return Err(Error::invalid(
                 name,
@@ -538,6 +546,7 @@ impl Graph {
             shape,
             k,
             access: spec.access,
+            selection: spec.selection,
             balance_weight: spec.balance_weight,
             balance_loss: spec.balance_loss,
             x,

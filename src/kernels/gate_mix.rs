@@ -78,6 +78,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::binding::{program_for, storage_programs};
+use super::gate_topk::Selection;
 use super::grouped_gemm::{GemmBackwardInput, GemmBackwardWeights};
 use super::{
     BufferView, Dispatch, GroupedGemm, Operand, Precision, Recorder, bind_operands, div_ceil,
@@ -355,6 +356,9 @@ struct GateMixParams {
     /// (1) or not (0: the binding is a stand-in, never touched).
     p_base: u32,
     use_p: u32,
+    /// 1: every gate keeps the same `k` experts per row ([`Selection::Shared`]).
+    shared_selection: u32,
+    _pad: [u32; 3],
 }
 
 /// Forward phase: logits and softmax into `G`.
@@ -528,7 +532,12 @@ impl GateMix {
         self.forward_top_k(
             ("gate_mix", "gate_mix forward"),
             args,
-            (args.shape.experts, ExpertAccess::All, ForwardStages::Both),
+            (
+                args.shape.experts,
+                ExpertAccess::All,
+                Selection::PerGate,
+                ForwardStages::Both,
+            ),
             (None, None),
             tiling,
         )
@@ -543,7 +552,7 @@ impl GateMix {
         &self,
         (kernel, ctx): (&str, &'static str),
         args: &GateMixForward<'_>,
-        (k, access, stages): (usize, ExpertAccess, ForwardStages),
+        (k, access, selection, stages): (usize, ExpertAccess, Selection, ForwardStages),
         (logit_offset, p_out): (Option<BufferView<'_>>, Option<BufferView<'_>>),
         tiling: GateMixTiling,
     ) -> Result<Dispatch> {
@@ -551,6 +560,7 @@ impl GateMix {
         s.validate(ctx)?;
         access.validate(ctx, s)?;
         super::gate_topk::check_k(ctx, s, k, access)?;
+        super::gate_topk::check_selection(ctx, s, access, selection)?;
         args.precision.check(&self.gpu, ctx)?;
         tiling.validate(&self.gpu, kernel)?;
         let operands = [
@@ -583,6 +593,7 @@ impl GateMix {
         p.p_base = bound[7].base;
         p.use_p = p_out.is_some() as u32;
         p.k = k as u32;
+        p.shared_selection = (selection == Selection::Shared) as u32;
         p.stages = stages.bits();
         if let ExpertAccess::SharedAndOwn { shared, own } = access {
             p.shared_experts = shared as u32;

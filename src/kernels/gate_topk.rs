@@ -6,7 +6,10 @@
 //!
 //! The operands and shape are the dense [`gate_mix`](super::gate_mix)'s, plus `k`
 //! (1 ≤ k ≤ experts, a run-time value: one pipeline serves every `k`); `k = experts`
-//! is the dense softmax. An optional logit offset is added before the selection: a
+//! is the dense softmax. With [`Selection::Shared`] the gates of a row keep the same `k`
+//! experts, those with the largest summed logits, so that sparse experts compute `k`
+//! per row however many gates (tasks) there are, at the price of the gates'
+//! independence in choosing. An optional logit offset is added before the selection: a
 //! noisy gate's noise (see [`noise`](super::noise)); the backward pass is the same. The backward pass *is* the dense one, run on this kernel's
 //! `G`: where `G` is zero, `dz = G ⊙ (dg − ⟨G, dg⟩)` is zero, and over the selection it
 //! is the softmax gradient of the selected logits, so [`GateTopk::backward`] records
@@ -47,6 +50,7 @@
 //!     shape,
 //!     k: 2,
 //!     access: Default::default(),
+//!     selection: Default::default(),
 //!     stages: Default::default(),
 //!     precision: Precision::F32,
 //!     x: BufferView::new(&x),
@@ -111,6 +115,55 @@ pub(crate) fn check_k(
     ))
 }
 
+/// Which experts the gates of one row keep.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Selection {
+    /// Each gate its own `k` largest logits: a row needs the union of the gates'
+    /// choices, up to `gates · k` experts.
+    #[default]
+    PerGate,
+    /// Every gate the same `k` experts: those with the largest sum of the gates'
+    /// logits (equivalently the largest product of the gates' full softmax weights;
+    /// equal sums: the lower expert first), each gate's softmax over them. A row then
+    /// needs `k` experts whatever the number of gates. Every gate must see every
+    /// expert ([`ExpertAccess::All`]), and at most [`MAX_SHARED_SELECTION_EXPERTS`].
+    Shared,
+}
+
+/// Experts a [`Selection::Shared`] gate may have: the kernel keeps each row's
+/// selection in a bit mask of this many bits.
+pub const MAX_SHARED_SELECTION_EXPERTS: usize = 256;
+
+/// Checks that `selection` is one the kernel can make for `shape` and `access`.
+pub(crate) fn check_selection(
+    context: &str,
+    shape: &GateMixShape,
+    access: ExpertAccess,
+    selection: Selection,
+) -> Result<()> {
+    if selection == Selection::PerGate {
+        return Ok(());
+    }
+    if access != ExpertAccess::All {
+        return Err(Error::invalid(
+            format!("{context} selection"),
+            format!(
+                "a shared selection needs every gate to see every expert, \
+                 but the access is {access:?}"
+            ),
+        ));
+    }
+    if shape.experts > MAX_SHARED_SELECTION_EXPERTS {
+        return Err(Error::Limit {
+            context: context.into(),
+            what: "experts of a shared selection".into(),
+            value: shape.experts as u64,
+            limit: MAX_SHARED_SELECTION_EXPERTS as u64,
+        });
+    }
+    Ok(())
+}
+
 /// Operands of the forward pass: those of
 /// [`GateMixForward`], plus `k`, which experts each gate sees, and the phases to run.
 #[derive(Clone, Copy, Debug)]
@@ -121,6 +174,8 @@ pub struct GateTopkForward<'a> {
     pub k: usize,
     /// Which experts each gate sees (all, or shared plus its own).
     pub access: ExpertAccess,
+    /// Whether each gate selects its own `k` experts or all share one selection.
+    pub selection: Selection,
     /// Both phases, or the gate values alone, or the mixtures alone (to run sparse
     /// experts in between on the rows the gate values route to them).
     pub stages: ForwardStages,
@@ -213,7 +268,7 @@ impl GateTopk {
         self.dense.forward_top_k(
             ("gate_topk", CTX),
             &dense,
-            (args.k, args.access, args.stages),
+            (args.k, args.access, args.selection, args.stages),
             (args.logit_offset, p),
             tiling,
         )

@@ -91,6 +91,7 @@ pub fn build(config: &ModelConfig, capacity: usize) -> Result<ModelGraph> {
                     GateKind::Softmax | GateKind::Static => None,
                 },
                 access,
+                selection: gate.selection,
                 input_dependent: gate.kind != GateKind::Static,
                 balance_weight: gate.balance_weight,
                 balance_loss: gate.balance_loss,

@@ -1,6 +1,7 @@
 //! What a model is: architecture, layer widths, tasks, optimizer, seed.
 
 use crate::kernels::balance::BalanceLoss;
+use crate::kernels::gate_topk::{MAX_SHARED_SELECTION_EXPERTS, Selection};
 use crate::kernels::loss::LossKind;
 use crate::kernels::optimizer::Optimizer;
 use crate::{Error, Result};
@@ -40,6 +41,11 @@ pub struct Gate {
     /// starts at zero (noise of standard deviation ln 2); predictions and
     /// evaluations use the logits alone.
     pub noisy: bool,
+    /// Top-k gates only: whether each task's gate keeps its own `k` experts per
+    /// example ([`Selection::PerGate`], the default) or all gates the same `k`, those
+    /// with the largest sum of the gates' logits ([`Selection::Shared`]), so that the
+    /// sparse experts compute `k` per example whatever the number of tasks.
+    pub selection: Selection,
 }
 
 impl Gate {
@@ -49,6 +55,7 @@ impl Gate {
         balance_weight: 0.0,
         balance_loss: BalanceLoss::Importance,
         noisy: false,
+        selection: Selection::PerGate,
     };
 
     /// A static (input-independent) gate.
@@ -57,6 +64,7 @@ impl Gate {
         balance_weight: 0.0,
         balance_loss: BalanceLoss::Importance,
         noisy: false,
+        selection: Selection::PerGate,
     };
 
     /// A sparse gate keeping the `k` largest logits, no balancing loss.
@@ -66,6 +74,7 @@ impl Gate {
             balance_weight: 0.0,
             balance_loss: BalanceLoss::Importance,
             noisy: false,
+            selection: Selection::PerGate,
         }
     }
 
@@ -98,6 +107,16 @@ impl Gate {
     pub const fn noisy(self) -> Gate {
         Gate {
             noisy: true,
+            ..self
+        }
+    }
+
+    /// This gate with one selection of `k` experts per example shared by every
+    /// task's gate (see [`selection`](Self::selection); valid for top-k gates over
+    /// shared experts only).
+    pub const fn shared_selection(self) -> Gate {
+        Gate {
+            selection: Selection::Shared,
             ..self
         }
     }
@@ -306,6 +325,29 @@ impl ModelConfig {
                     "gate noise (`Gate::noisy`) needs a top-k gate; this gate is {:?}",
                     gate.kind
                 ));
+            }
+            if gate.selection == Selection::Shared {
+                if !matches!(gate.kind, GateKind::TopK { .. }) {
+                    return bad(format!(
+                        "a shared selection (`Gate::shared_selection`) needs a top-k gate; \
+                         this gate is {:?}",
+                        gate.kind
+                    ));
+                }
+                if let Architecture::Mmoe { task_experts, .. } = self.architecture
+                    && task_experts > 0
+                {
+                    return bad(format!(
+                        "a shared selection needs every gate to see every expert, but the \
+                         tasks have experts of their own ({task_experts} each)"
+                    ));
+                }
+                if experts > MAX_SHARED_SELECTION_EXPERTS {
+                    return bad(format!(
+                        "a shared selection is limited to {MAX_SHARED_SELECTION_EXPERTS} \
+                         experts; this model has {experts}"
+                    ));
+                }
             }
             if !gate.balance_weight.is_finite() || gate.balance_weight < 0.0 {
                 return bad(format!("balance weight {}", gate.balance_weight));

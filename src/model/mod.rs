@@ -17,6 +17,7 @@ mod noise;
 mod trainer;
 
 pub use crate::kernels::balance::BalanceLoss;
+pub use crate::kernels::gate_topk::Selection;
 pub use build::{ModelGraph, build, initial_parameters};
 pub use checkpoint::Checkpoint;
 pub use config::{Architecture, Gate, GateKind, ModelConfig, TaskConfig, TaskKind};

@@ -7,7 +7,7 @@
 use super::check_len;
 use crate::Result;
 use crate::kernels::gate_mix::{ExpertAccess, GateMixShape};
-use crate::kernels::gate_topk::check_k;
+use crate::kernels::gate_topk::{Selection, check_k, check_selection};
 
 /// The indices of the `k` largest `values` (all of them if there are fewer), largest
 /// first; equal values (0 and −0 among them) in order of index, so the selection is
@@ -94,10 +94,54 @@ pub fn forward_logits(
     z: &[f64],
     h: &[f64],
 ) -> Result<(Vec<f64>, Vec<f64>)> {
+    forward_logits_selecting(shape, k, access, Selection::PerGate, z, h)
+}
+
+/// The experts of `selection` on row `b`: each gate's own top `k` of the experts it
+/// sees, or for every gate the top `k` of the logits summed over the gates.
+fn selected_experts(
+    shape: &GateMixShape,
+    (k, access, selection): (usize, ExpertAccess, Selection),
+    z: &[f64],
+    t: usize,
+    b: usize,
+) -> Vec<usize> {
+    let &GateMixShape {
+        gates,
+        experts: n,
+        rows,
+        ..
+    } = shape;
+    let logit = |t: usize, e: usize| z[(t * rows + b) * n + e];
+    match selection {
+        Selection::PerGate => {
+            let seen: Vec<usize> = (0..n).filter(|&e| access.sees(t, e)).collect();
+            let seen_z: Vec<f64> = seen.iter().map(|&e| logit(t, e)).collect();
+            top_k(&seen_z, k).into_iter().map(|i| seen[i]).collect()
+        }
+        Selection::Shared => {
+            let sums: Vec<f64> = (0..n)
+                .map(|e| (0..gates).map(|t| logit(t, e)).sum())
+                .collect();
+            top_k(&sums, k)
+        }
+    }
+}
+
+/// [`forward_logits`] with the gates selecting their experts as `selection` says.
+pub fn forward_logits_selecting(
+    shape: &GateMixShape,
+    k: usize,
+    access: ExpertAccess,
+    selection: Selection,
+    z: &[f64],
+    h: &[f64],
+) -> Result<(Vec<f64>, Vec<f64>)> {
     const CTX: &str = "reference gate_topk forward";
     shape.validate(CTX)?;
     access.validate(CTX, shape)?;
     check_k(CTX, shape, k, access)?;
+    check_selection(CTX, shape, access, selection)?;
     check_len(CTX, "z", z, shape.g_len())?;
     check_len(CTX, "h", h, shape.h_len())?;
     let &GateMixShape {
@@ -112,11 +156,14 @@ pub fn forward_logits(
     for t in 0..gates {
         for b in 0..rows {
             let row = (t * rows + b) * n;
+            let selected = selected_experts(shape, (k, access, selection), z, t, b);
             let z = &z[row..row + n];
-            let seen: Vec<usize> = (0..n).filter(|&e| access.sees(t, e)).collect();
-            let seen_z: Vec<f64> = seen.iter().map(|&e| z[e]).collect();
-            let selected: Vec<usize> = top_k(&seen_z, k).into_iter().map(|i| seen[i]).collect();
-            let top = z[selected[0]];
+            // The largest selected logit: the first pick of a gate's own selection,
+            // not necessarily of a shared one.
+            let top = selected
+                .iter()
+                .map(|&e| z[e])
+                .fold(f64::NEG_INFINITY, f64::max);
             let sum: f64 = selected.iter().map(|&e| (z[e] - top).exp()).sum();
             for &e in &selected {
                 let p = (z[e] - top).exp() / sum;

@@ -4,7 +4,9 @@
 
 use super::json::{self, Fields, Value};
 use crate::kernels::optimizer::Optimizer;
-use crate::model::{Architecture, BalanceLoss, Gate, GateKind, ModelConfig, TaskConfig, TaskKind};
+use crate::model::{
+    Architecture, BalanceLoss, Gate, GateKind, ModelConfig, Selection, TaskConfig, TaskKind,
+};
 
 /// One line of JSON, keys in a fixed order.
 pub(crate) fn encode(config: &ModelConfig) -> Result<String, String> {
@@ -23,8 +25,12 @@ pub(crate) fn encode(config: &ModelConfig) -> Result<String, String> {
             BalanceLoss::Importance => "importance",
             BalanceLoss::Load => "load",
         };
+        let selection = match gate.selection {
+            Selection::PerGate => "per_gate",
+            Selection::Shared => "shared",
+        };
         Ok(format!(
-            r#"{{{kind},"balance_weight":{},"noisy":{},"balance_loss":"{loss}"}}"#,
+            r#"{{{kind},"balance_weight":{},"noisy":{},"balance_loss":"{loss}","selection":"{selection}"}}"#,
             f(gate.balance_weight)?,
             gate.noisy
         ))
@@ -240,12 +246,29 @@ fn gate(value: &Value, what: &str) -> Result<Gate, String> {
         }
         None => BalanceLoss::Importance,
     };
+    // Absent from checkpoints written before gates could share a selection.
+    let selection = match fields.optional("selection") {
+        Some(value) => {
+            let path = fields.path("selection");
+            match value.text(&path)? {
+                "per_gate" => Selection::PerGate,
+                "shared" => Selection::Shared,
+                other => {
+                    return Err(format!(
+                        "`{path}` is `{other}`; expected per_gate or shared"
+                    ));
+                }
+            }
+        }
+        None => Selection::PerGate,
+    };
     fields.finish()?;
     Ok(Gate {
         kind,
         balance_weight,
         balance_loss,
         noisy,
+        selection,
     })
 }
 
