@@ -7,6 +7,7 @@
 //! cargo run --release --example synthetic -- --correlations 0.5,1 --seeds 5 --json
 //! cargo run --release --example synthetic -- --models mmoe --gate topk --k 2
 //! cargo run --release --example synthetic -- --models mmoe --gate topk --k 2 --noise
+//! cargo run --release --example synthetic -- --models mmoe --gate topk --k 2 --selection shared
 //! cargo run --release --example synthetic -- --help
 //! ```
 //!
@@ -18,7 +19,9 @@
 //! load-balancing loss (`--balance-loss importance`, the default: W · CV² of the
 //! importance; `--balance-loss load`: the Switch Transformer load loss, whose gradient
 //! also reaches the experts a top-k gate did not pick); `--noise` (with `--gate topk`) makes the top-k gates noisy:
-//! trainable Gaussian noise on their logits in training (Shazeer et al. 2017).
+//! trainable Gaussian noise on their logits in training (Shazeer et al. 2017);
+//! `--selection shared` (with `--gate topk`) gives both tasks' gates one selection of
+//! N experts per example.
 //! Seed `s` draws the data (the same directions and sinusoids at every correlation)
 //! and the initial weights; the three models of one seed see the same data.
 //!
@@ -120,6 +123,11 @@ struct Args {
     /// gate logits in training, none in evaluation. Only with --gate topk.
     #[arg(long)]
     noise: bool,
+    /// Which experts the tasks' top-k gates keep per example (with --gate topk): each
+    /// its own k, or one selection of k shared by both (the experts with the largest
+    /// summed logits), so that the experts compute k per example, not up to 2k.
+    #[arg(long, value_enum, default_value_t = SelectionChoice::Own)]
+    selection: SelectionChoice,
     /// Weight of the load-balancing loss on the gates (0: none).
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true,
           value_parser = non_negative)]
@@ -151,6 +159,15 @@ enum GateChoice {
     Static,
 }
 
+/// The `--selection` choices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum SelectionChoice {
+    /// Each task's gate keeps its own k experts.
+    Own,
+    /// One selection of k experts per example for every task's gate.
+    Shared,
+}
+
 /// The `--balance-loss` choices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum BalanceChoice {
@@ -163,12 +180,15 @@ enum BalanceChoice {
 impl Args {
     /// The gate the flags ask for.
     fn gate(&self) -> Gate {
-        let gate = match self.gate {
+        let mut gate = match self.gate {
             GateChoice::Softmax => Gate::SOFTMAX,
             GateChoice::Topk if self.noise => Gate::top_k(self.k as usize).noisy(),
             GateChoice::Topk => Gate::top_k(self.k as usize),
             GateChoice::Static => Gate::STATIC,
         };
+        if self.selection == SelectionChoice::Shared {
+            gate = gate.shared_selection();
+        }
         match self.balance_loss {
             BalanceChoice::Importance => gate.balanced(self.balance),
             BalanceChoice::Load => gate.balanced_load(self.balance),
@@ -228,6 +248,14 @@ fn main() -> ExitCode {
             .error(
                 ErrorKind::ArgumentConflict,
                 "--noise makes top-k gates noisy: it needs --gate topk",
+            )
+            .exit();
+    }
+    if args.selection == SelectionChoice::Shared && args.gate != GateChoice::Topk {
+        Args::command()
+            .error(
+                ErrorKind::ArgumentConflict,
+                "--selection shared shares the top-k gates' selection: it needs --gate topk",
             )
             .exit();
     }

@@ -100,6 +100,8 @@ fn bad_flags_are_usage_errors_with_exit_code_2() {
         &["--learning-rate", "-1"],
         &["--noise"],
         &["--gate", "static", "--noise"],
+        &["--selection", "shared"],
+        &["--gate", "topk", "--selection", "both"],
         &["--no-such-flag"],
     ] {
         let output = run(args);
@@ -117,11 +119,13 @@ fn bad_flags_are_usage_errors_with_exit_code_2() {
     }
 }
 
-#[test]
-fn noisy_top_k_gates_run_and_are_recorded_in_the_json() {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("synthetic_example_noise");
+/// A 20-step run of top-2 MMoE with the flags `extra` besides: its one JSON line and
+/// its stderr (the example must succeed).
+fn small_top_2_run(name: &str, extra: &[&str]) -> (serde_json::Value, String) {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
     std::fs::create_dir_all(&dir).unwrap();
-    let output = run(&[
+    let (loss, gates) = (dir.join("loss.png"), dir.join("gates.png"));
+    let mut args = vec![
         "--json",
         "--models",
         "mmoe",
@@ -129,7 +133,6 @@ fn noisy_top_k_gates_run_and_are_recorded_in_the_json() {
         "topk",
         "--k",
         "2",
-        "--noise",
         "--steps",
         "20",
         "--batch-size",
@@ -143,12 +146,14 @@ fn noisy_top_k_gates_run_and_are_recorded_in_the_json() {
         "--correlations",
         "0.5",
         "--loss-plot",
-        dir.join("loss.png").to_str().unwrap(),
+        loss.to_str().unwrap(),
         "--gate-plot",
-        dir.join("gates.png").to_str().unwrap(),
-    ]);
+        gates.to_str().unwrap(),
+    ];
+    args.extend(extra);
+    let output = run(&args);
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(output.status.success(), "the example failed:\n{stderr}");
     let lines: Vec<serde_json::Value> = stdout
         .lines()
@@ -156,56 +161,40 @@ fn noisy_top_k_gates_run_and_are_recorded_in_the_json() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(lines.len(), 1, "{stdout}");
-    let v = &lines[0];
-    assert_eq!(v["noise"].as_bool(), Some(true), "{v}");
+    let v = lines[0].clone();
     assert_eq!(v["gate"].as_str(), Some("topk"), "{v}");
     assert_eq!(v["k"].as_u64(), Some(2), "{v}");
     assert!(v["test_mse"].as_f64().is_some_and(f64::is_finite), "{v}");
+    (v, stderr)
+}
+
+#[test]
+fn noisy_top_k_gates_run_and_are_recorded_in_the_json() {
+    let (v, stderr) = small_top_2_run("synthetic_example_noise", &["--noise"]);
+    assert_eq!(v["noise"].as_bool(), Some(true), "{v}");
+    assert_eq!(v["selection"].as_str(), Some("own"), "{v}");
     assert!(stderr.contains("noisy top-2 gates"), "{stderr}");
 }
 
 #[test]
 fn the_load_balancing_loss_runs_and_is_recorded_in_the_json() {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("synthetic_example_load");
-    std::fs::create_dir_all(&dir).unwrap();
-    let output = run(&[
-        "--json",
-        "--models",
-        "mmoe",
-        "--gate",
-        "topk",
-        "--k",
-        "2",
-        "--balance",
-        "0.1",
-        "--balance-loss",
-        "load",
-        "--steps",
-        "20",
-        "--batch-size",
-        "32",
-        "--train-rows",
-        "256",
-        "--test-rows",
-        "64",
-        "--seeds",
-        "1",
-        "--correlations",
-        "0.5",
-        "--loss-plot",
-        dir.join("loss.png").to_str().unwrap(),
-        "--gate-plot",
-        dir.join("gates.png").to_str().unwrap(),
-    ]);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "the example failed:\n{stderr}");
-    let v: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    let (v, stderr) = small_top_2_run(
+        "synthetic_example_load",
+        &["--balance", "0.1", "--balance-loss", "load"],
+    );
     assert_eq!(v["balance_loss"].as_str(), Some("load"), "{v}");
     assert!((v["balance"].as_f64().unwrap() - 0.1).abs() < 1e-6, "{v}");
-    assert!(v["test_mse"].as_f64().is_some_and(f64::is_finite), "{v}");
     assert!(stderr.contains("top-2 gates, load balance 0.1"), "{stderr}");
     // An unknown loss kind is a usage error.
     let output = run(&["--balance-loss", "switch"]);
     assert_eq!(output.status.code(), Some(2));
+}
+
+#[test]
+fn a_shared_selection_computes_two_experts_per_row_and_is_recorded_in_the_json() {
+    let (v, stderr) = small_top_2_run("synthetic_example_shared", &["--selection", "shared"]);
+    assert_eq!(v["selection"].as_str(), Some("shared"), "{v}");
+    let per_row = v["experts_per_row"].as_f64().unwrap();
+    assert!((per_row - 2.0).abs() < 1e-9, "{v}");
+    assert!(stderr.contains("top-2 shared-selection gates"), "{stderr}");
 }

@@ -28,19 +28,24 @@ pub fn json_line(r: &RunResult, args: &Args) -> serde_json::Value {
         "gate": format!("{:?}", args.gate).to_lowercase(),
         "k": (args.gate == super::GateChoice::Topk).then_some(args.k),
         "noise": args.noise,
+        "selection": format!("{:?}", args.selection).to_lowercase(),
         "balance": args.balance,
         "balance_loss": format!("{:?}", args.balance_loss).to_lowercase(),
     })
 }
 
 /// The gates of the run when they are not the paper's: `; top-2 gates`, `; noisy
-/// top-2 gates`, `; static gates, balance 0.01`.
+/// top-2 shared-selection gates`, `; static gates, balance 0.01`.
 fn gate_note(args: &Args) -> String {
     let kind = match args.gate {
         GateChoice::Softmax => "softmax".to_string(),
         GateChoice::Topk if args.noise => format!("noisy top-{}", args.k),
         GateChoice::Topk => format!("top-{}", args.k),
         GateChoice::Static => "static".to_string(),
+    };
+    let kind = match args.selection {
+        super::SelectionChoice::Own => kind,
+        super::SelectionChoice::Shared => format!("{kind} shared-selection"),
     };
     if args.balance != 0.0 && args.balance_loss == super::BalanceChoice::Load {
         format!("; {kind} gates, load balance {}", args.balance)
