@@ -248,6 +248,53 @@ impl GroupedGemm {
     /// the scratch, then `dX[r] = Σ_g` of them over the groups `r` is routed to, in
     /// ascending `g` (a row routed nowhere gets 0, or stays as it was with
     /// `accumulate`). Every check of both runs before either is returned.
+    ///
+    /// ```
+    /// use mmoe_wgpu::kernels::grouped_gemm::{GemmBackwardInput, GroupedGemm, RowMap, SlotScratch};
+    /// use mmoe_wgpu::kernels::{BufferView, Precision};
+    /// use mmoe_wgpu::{Activation, GemmShape, Gpu, InputLayout};
+    ///
+    /// # fn main() -> mmoe_wgpu::Result<()> {
+    /// let gpu = Gpu::new()?;
+    /// // 2 experts of width 1 on a shared input of 3 rows × 2.
+    /// let shape = GemmShape { groups: 2, rows: 3, inputs: 2, outputs: 1, input: InputLayout::Shared };
+    /// // Row 0 goes to expert 0, row 2 to both, row 1 to neither (as routing writes it).
+    /// #[rustfmt::skip]
+    /// let routes = gpu.upload("routes", &[
+    ///     2u32, 1,   // counts
+    ///     0, 2, 1,   // expert 0: rows 0, 2, then the unrouted row 1
+    ///     2, 0, 1,   // expert 1: row 2, then rows 0, 1
+    /// ])?;
+    /// let w = gpu.upload("w", &[1.0f32, 2.0, 10.0, 20.0])?; // [experts, inputs, 1]
+    /// let dy = gpu.upload("dy", &[1.0f32, 1.0, 1.0, 3.0, 3.0, 3.0])?; // [experts, rows, 1]
+    /// let dx = gpu.storage_buffer("dx", 4 * shape.x_len() as u64)?;
+    /// // Room for 2 routes per row.
+    /// let scratch = gpu.storage_buffer("scratch", 4 * SlotScratch::elements(&shape, 2) as u64)?;
+    ///
+    /// let mut encoder = gpu.device().create_command_encoder(&Default::default());
+    /// GroupedGemm::new(&gpu).encode_backward_input_ragged(
+    ///     &mut encoder,
+    ///     &GemmBackwardInput {
+    ///         shape,
+    ///         activation: Activation::Identity,
+    ///         precision: Precision::F32,
+    ///         dy: BufferView::new(&dy),
+    ///         y: None,
+    ///         w: BufferView::new(&w),
+    ///         dx: BufferView::new(&dx),
+    ///         accumulate: false,
+    ///     },
+    ///     RowMap::new(&routes),
+    ///     Some(SlotScratch::new(BufferView::new(&scratch), 2)),
+    /// )?;
+    /// gpu.queue().submit([encoder.finish()]);
+    ///
+    /// let dx: Vec<f32> = gpu.read(&dx, 0, shape.x_len())?;
+    /// // Row 2: 1 · [1, 2] + 3 · [10, 20]; row 1 routed nowhere.
+    /// assert_eq!(dx, [1.0, 2.0, 0.0, 0.0, 31.0, 62.0]);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn backward_input_ragged(
         &self,
         args: &GemmBackwardInput<'_>,
@@ -320,7 +367,12 @@ impl GroupedGemm {
                 };
                 // Both checked and bound before either is handed out.
                 let products = self.backward_input_rows(CTX, args, Some(ragged), tiling)?;
-                let reduce = self.reduce_slots(CTX, args, rows, compact)?;
+                let reduce = self.reduce_slots(
+                    "grouped_gemm backward_input_ragged reduce",
+                    args,
+                    rows,
+                    compact,
+                )?;
                 Ok(vec![products, reduce])
             }
         }
@@ -438,8 +490,8 @@ impl GroupedGemm {
 
 /// Floating-point operations of a ragged forward pass on `shape` whose groups
 /// computed `counts[g]` rows: `2 · Σ_g count_g · inputs · outputs` (the weight
-/// gradients do as many, and so does the input gradient, whose reduce over the
-/// groups of a shared input adds `(Σ_g count_g − rows) · inputs` at most). The counts are the first `groups` values of the row map,
+/// gradients do as many, and so does the input gradient; on a shared input its
+/// reduce adds `Σ_g count_g · inputs` more, one addition per stored value). The counts are the first `groups` values of the row map,
 /// e.g. from [`read_counts`]; each must be at most `shape.rows`.
 pub fn ragged_flops(shape: &GemmShape, counts: &[u32]) -> Result<f64> {
     const CTX: &str = "ragged_flops";
