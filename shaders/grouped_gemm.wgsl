@@ -15,17 +15,24 @@
 // Bounds are handled here: row and column indices are clamped for loads (the values
 // of clamped lanes are never stored) and reduction indices past the end load zero.
 //
-// Ragged mode (FLAG_RAGGED; forward and weight gradients): group g only computes the
-// rows a row map routes to it. The map (`routes`, u32, written by routing.wgsl) is
+// Ragged mode (FLAG_RAGGED): group g only computes the rows a row map routes to it.
+// The map (`routes`, u32, written by routing.wgsl) is
 //   routes[g]                    count_g, the rows routed to group g
 //   routes[groups + g·rows + s]  slot s of g's list: the routed rows (s < count_g),
 //                                then the others
 // The kernels run over slots instead of rows: slot s stands for row map[g][s], in X,
-// Y and dY alike. The forward writes exact zeros to the rows past count_g; the weight
-// gradients sum over slots 0..count_g in slot order. With every row routed (count_g =
-// rows, map[g][s] = s) each output is the same fma chain as the dense pass's, bit for
-// bit. Packing groups (FLAG_PACK_GROUPS) is never combined with it: a workgroup then
-// holds one group, so its count, and every loop bound, is uniform.
+// Y, dY and dX alike. The forward writes exact zeros to the rows past count_g; the
+// weight gradients sum over slots 0..count_g in slot order. The input gradient runs
+// one group per workgroup whatever the layout, and stores by FLAG_COMPACT_DX:
+//   off (X per group): dX_g[map[g][s]] for s < count_g; exact zeros to the other rows
+//       (with FLAG_ACCUMULATE, which adds dZ·Wᵀ, it leaves them as they were: their
+//       dZ is zero);
+//   on (X shared): row slot_base(g) + s of the f32 scratch `dx_slots` for s < count_g,
+//       nothing else; grouped_gemm_reduce.wgsl then sums each row's groups into dX.
+// With every row routed (count_g = rows, map[g][s] = s) each output is the same fma
+// chain as the dense pass's, bit for bit (a compact row: as the per-group dense dX's).
+// Packing groups (FLAG_PACK_GROUPS) is never combined with it: a workgroup then holds
+// one group, so its count, and every loop bound, is uniform.
 
 struct GemmParams {
     groups: u32,
@@ -51,12 +58,19 @@ struct GemmParams {
     db_base: u32,
     // Element offset of the row map inside its binding (ragged mode).
     routes_base: u32,
+    // FLAG_COMPACT_DX: element offset of the scratch inside its binding, and the rows
+    // it holds (stores past them are dropped: the map is the caller's data).
+    slots_base: u32,
+    slots: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 const FLAG_BIAS: u32 = 1u;
 const FLAG_ACCUMULATE: u32 = 2u;
 const FLAG_PACK_GROUPS: u32 = 4u;
 const FLAG_RAGGED: u32 = 8u;
+const FLAG_COMPACT_DX: u32 = 16u;
 const ACT_RELU: u32 = 1u;
 
 @group(0) @binding(0) var<uniform> P: GemmParams;
@@ -72,6 +86,9 @@ const ACT_RELU: u32 = 1u;
 @group(0) @binding(9) var<storage, read_write> db: array<Elem>;
 // The row map of ragged mode; in a dense pass, a stand-in that is never read.
 @group(0) @binding(10) var<storage, read> routes: array<u32>;
+// Ragged input gradient on a shared X (FLAG_COMPACT_DX): each group's rows, compact,
+// in f32 whatever `Elem` is, so the reduce rounds once. Otherwise a stand-in.
+@group(0) @binding(11) var<storage, read_write> dx_slots: array<f32>;
 
 // Invocations per workgroup along the output columns (tiled kernels: a multiple of 8).
 override WG: u32 = 8u;
@@ -122,6 +139,27 @@ fn row_of(g: u32, s: u32) -> u32 {
         return s;
     }
     return mapped_row(g, s);
+}
+
+// FLAG_COMPACT_DX: the scratch row of group g's slot 0, Σ_{g' < g} count_g'.
+// 0 otherwise (the stores then never use it).
+fn slot_base(g: u32) -> u32 {
+    var base = 0u;
+    if ((P.flags & FLAG_COMPACT_DX) != 0u) {
+        for (var q = 0u; q < g; q++) {
+            base += min(routes[P.routes_base + q], P.rows);
+        }
+    }
+    return base;
+}
+
+// The input gradient's groups for a workgroup (or invocation) at group index z: all
+// of them, summed, when X is shared in a dense pass; group z alone otherwise.
+fn dx_groups(z: u32) -> vec2<u32> {
+    if (P.x_group_stride == 0u && (P.flags & FLAG_RAGGED) == 0u) {
+        return vec2(0u, P.groups);
+    }
+    return vec2(z, z + 1u);
 }
 
 // dZ = dY ⊙ act'(Y): the activation's derivative applied as dY is loaded.
@@ -234,15 +272,28 @@ fn store_forward(g: u32, s: u32, to: OutRow, col: u32, acc: f32) {
     }
 }
 
-// dX has one group when X is shared (x_group_stride == 0).
-fn store_dx(g: u32, row: u32, i: u32, acc: f32) {
-    if (row < P.rows && i < P.inputs) {
-        let at = P.dx_base + g * P.x_group_stride + row * P.inputs + i;
+// Output slot s (a row when dense) of group g's input gradient, column i; `base` is
+// slot_base(g). dX has one group when X is shared (x_group_stride == 0).
+fn store_dx(g: u32, s: u32, to: OutRow, base: u32, i: u32, acc: f32) {
+    if (s >= P.rows || i >= P.inputs) {
+        return;
+    }
+    if ((P.flags & FLAG_COMPACT_DX) != 0u) {
+        if (to.live && base + s < P.slots) {
+            dx_slots[P.slots_base + (base + s) * P.inputs + i] = acc;
+        }
+        return;
+    }
+    let at = P.dx_base + g * P.x_group_stride + to.row * P.inputs + i;
+    let accumulate = (P.flags & FLAG_ACCUMULATE) != 0u;
+    if (to.live) {
         var v = acc;
-        if ((P.flags & FLAG_ACCUMULATE) != 0u) {
+        if (accumulate) {
             v = f32(dx[at]) + v;
         }
         dx[at] = Elem(v);
+    } else if (!accumulate) {
+        dx[at] = Elem(0.0);
     }
 }
 
@@ -292,11 +343,12 @@ fn store_tile_forward(g: u32, row0: u32, col: u32, t: Tile) {
     }
 }
 
-fn store_tile_dx(g: u32, row0: u32, col: u32, t: Tile) {
+fn store_tile_dx(g: u32, row0: u32, base: u32, col: u32, t: Tile) {
     for (var i = 0u; i < rows_in_tile(row0, P.rows); i++) {
         let v = tile_row(t, i);
+        let to = out_row(g, row0 + i);
         for (var c = 0u; c < 4u; c++) {
-            store_dx(g, row0 + i, col + c, v[c]);
+            store_dx(g, row0 + i, to, base, col + c, v[c]);
         }
     }
 }
@@ -334,24 +386,21 @@ fn forward_naive(@builtin(global_invocation_id) id: vec3<u32>) {
 @compute @workgroup_size(WG, WG_ROWS)
 fn backward_input_naive(@builtin(global_invocation_id) id: vec3<u32>) {
     let i = id.x;
-    let row = id.y;
-    if (i >= P.inputs || row >= P.rows) {
+    let s = id.y;
+    if (i >= P.inputs || s >= P.rows) {
         return;
     }
-    // Shared X: one dX summed over all groups. Per-group X: one dX per group.
-    var g_first = id.z;
-    var g_end = id.z + 1u;
-    if (P.x_group_stride == 0u) {
-        g_first = 0u;
-        g_end = P.groups;
-    }
+    // Dense shared X: one dX summed over all groups. Otherwise one group per z.
+    let groups = dx_groups(id.z);
+    let to = out_row(id.z, s);
+    let j_end = select(0u, P.outputs, to.live);
     var acc = 0.0;
-    for (var g = g_first; g < g_end; g++) {
-        for (var j = 0u; j < P.outputs; j++) {
-            acc = fma(dz_at(g, row, j), w_at(g, i, j), acc);
+    for (var g = groups.x; g < groups.y; g++) {
+        for (var j = 0u; j < j_end; j++) {
+            acc = fma(dz_at(g, to.row, j), w_at(g, i, j), acc);
         }
     }
-    store_dx(id.z, row, i, acc);
+    store_dx(id.z, s, to, slot_base(id.z), i, acc);
 }
 
 @compute @workgroup_size(WG, WG_ROWS)

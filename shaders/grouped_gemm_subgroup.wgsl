@@ -67,10 +67,10 @@ fn block_store_forward(g: u32, row0: u32, col: u32, t: Tile, u: Tile) {
     }
 }
 
-fn block_store_dx(g: u32, row0: u32, col: u32, t: Tile, u: Tile) {
-    store_tile_dx(g, row0, col, t);
+fn block_store_dx(g: u32, row0: u32, base: u32, col: u32, t: Tile, u: Tile) {
+    store_tile_dx(g, row0, base, col, t);
     if (CN > 1u) {
-        store_tile_dx(g, row0, col + 4u, u);
+        store_tile_dx(g, row0, base, col + 4u, u);
     }
 }
 
@@ -89,6 +89,21 @@ fn store_zero_rows(g: u32, row0: u32, col: u32) {
         let at = P.y_base + (g * P.rows + row_of(g, row0 + i)) * P.outputs;
         for (var c = col; c < min(col + CN * 4u, P.outputs); c++) {
             y[at + c] = Elem(0.0);
+        }
+    }
+}
+
+// Ragged input gradient, a workgroup whose slots all lie past its group's count: the
+// zeros of those rows of dX_g (X per group, overwriting); nothing to store with
+// FLAG_ACCUMULATE (the rows stay as they were) or FLAG_COMPACT_DX (no scratch rows).
+fn store_zero_dx_rows(g: u32, row0: u32, col: u32) {
+    if ((P.flags & (FLAG_ACCUMULATE | FLAG_COMPACT_DX)) != 0u) {
+        return;
+    }
+    for (var i = 0u; i < RB * 8u && row0 + i < P.rows; i++) {
+        let at = P.dx_base + g * P.x_group_stride + row_of(g, row0 + i) * P.inputs;
+        for (var c = col; c < min(col + CN * 4u, P.inputs); c++) {
+            dx[at + c] = Elem(0.0);
         }
     }
 }
@@ -146,7 +161,8 @@ fn forward_subgroup(
     if (RB > 7u) { block_store_forward(g, row0 + 56u, col, t7, u7); }
 }
 
-// dX[row, i] = Σ_g Σ_j dZ_g[row, j] · W_g[i, j]: output columns are inputs i.
+// dX[row, i] = Σ_g Σ_j dZ_g[row, j] · W_g[i, j]: output columns are inputs i (in
+// ragged mode, output rows are group wg.z's slots).
 @compute @workgroup_size(WG)
 fn backward_input_subgroup(
     @builtin(local_invocation_index) lid: u32,
@@ -155,21 +171,24 @@ fn backward_input_subgroup(
 ) {
     let row0 = wg.y * RB * 8u;
     let col = (wg.x * WG + lid) * CN * 4u;
-    let src = row0 + lane % 8u;
-    let d0 = min(src, P.rows - 1u);
-    let d1 = min(src + 8u, P.rows - 1u);
-    let d2 = min(src + 16u, P.rows - 1u);
-    let d3 = min(src + 24u, P.rows - 1u);
-    let d4 = min(src + 32u, P.rows - 1u);
-    let d5 = min(src + 40u, P.rows - 1u);
-    let d6 = min(src + 48u, P.rows - 1u);
-    let d7 = min(src + 56u, P.rows - 1u);
-    var g_first = wg.z;
-    var g_end = wg.z + 1u;
-    if (P.x_group_stride == 0u) {
-        g_first = 0u;
-        g_end = P.groups;
+    // Uniform: in ragged mode a workgroup holds one group.
+    if (row0 >= live_slots(wg.z)) {
+        store_zero_dx_rows(wg.z, row0, col);
+        return;
     }
+    let src = row0 + lane % 8u;
+    // The dZ rows each lane loads, looked up in the ragged map once, not per step.
+    let d0 = min(row_of(wg.z, src), P.rows - 1u);
+    let d1 = min(row_of(wg.z, src + 8u), P.rows - 1u);
+    let d2 = min(row_of(wg.z, src + 16u), P.rows - 1u);
+    let d3 = min(row_of(wg.z, src + 24u), P.rows - 1u);
+    let d4 = min(row_of(wg.z, src + 32u), P.rows - 1u);
+    let d5 = min(row_of(wg.z, src + 40u), P.rows - 1u);
+    let d6 = min(row_of(wg.z, src + 48u), P.rows - 1u);
+    let d7 = min(row_of(wg.z, src + 56u), P.rows - 1u);
+    let groups = dx_groups(wg.z);
+    let g_first = groups.x;
+    let g_end = groups.y;
     var t0: Tile; var t1: Tile; var t2: Tile; var t3: Tile;
     var t4: Tile; var t5: Tile; var t6: Tile; var t7: Tile;
     var u0: Tile; var u1: Tile; var u2: Tile; var u3: Tile;
@@ -192,14 +211,15 @@ fn backward_input_subgroup(
         }
     }
     let g = wg.z;
-    block_store_dx(g, row0, col, t0, u0);
-    if (RB > 1u) { block_store_dx(g, row0 + 8u, col, t1, u1); }
-    if (RB > 2u) { block_store_dx(g, row0 + 16u, col, t2, u2); }
-    if (RB > 3u) { block_store_dx(g, row0 + 24u, col, t3, u3); }
-    if (RB > 4u) { block_store_dx(g, row0 + 32u, col, t4, u4); }
-    if (RB > 5u) { block_store_dx(g, row0 + 40u, col, t5, u5); }
-    if (RB > 6u) { block_store_dx(g, row0 + 48u, col, t6, u6); }
-    if (RB > 7u) { block_store_dx(g, row0 + 56u, col, t7, u7); }
+    let base = slot_base(g);
+    block_store_dx(g, row0, base, col, t0, u0);
+    if (RB > 1u) { block_store_dx(g, row0 + 8u, base, col, t1, u1); }
+    if (RB > 2u) { block_store_dx(g, row0 + 16u, base, col, t2, u2); }
+    if (RB > 3u) { block_store_dx(g, row0 + 24u, base, col, t3, u3); }
+    if (RB > 4u) { block_store_dx(g, row0 + 32u, base, col, t4, u4); }
+    if (RB > 5u) { block_store_dx(g, row0 + 40u, base, col, t5, u5); }
+    if (RB > 6u) { block_store_dx(g, row0 + 48u, base, col, t6, u6); }
+    if (RB > 7u) { block_store_dx(g, row0 + 56u, base, col, t7, u7); }
 }
 
 // dW_g[i, col] = Σ_b X_g[b, i] · dZ_g[b, col], and db_g as the row i == inputs:

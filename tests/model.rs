@@ -152,6 +152,41 @@ fn configs() -> Vec<(&'static str, ModelConfig)> {
                 ..gated(Gate::top_k(2).noisy().balanced_load(0.7), 2, 1)
             },
         ),
+        // Sparse experts' input gradients: ragged on a per-group input (the second
+        // layer) and on a shared one (the shared layer below), one or more routes a row.
+        (
+            "mmoe, top-2 gates, two-layer experts",
+            ModelConfig {
+                architecture: Architecture::Mmoe {
+                    experts: 5,
+                    expert_layers: vec![5, 4],
+                    gate: Gate::top_k(2),
+                    task_experts: 0,
+                },
+                ..mmoe.clone()
+            },
+        ),
+        (
+            "mmoe, top-1 gates on a shared layer",
+            ModelConfig {
+                shared_layers: vec![6],
+                ..gated(Gate::top_k(1), 4, 0)
+            },
+        ),
+        (
+            "mmoe, top-2 gates, two-layer experts on a shared layer, three tasks",
+            ModelConfig {
+                shared_layers: vec![6],
+                architecture: Architecture::Mmoe {
+                    experts: 4,
+                    expert_layers: vec![5, 4],
+                    gate: Gate::top_k(2),
+                    task_experts: 0,
+                },
+                tasks: tasks(3),
+                ..mmoe.clone()
+            },
+        ),
         (
             "mmoe, three tasks, top-2 gates sharing one selection, two-layer experts on a shared layer",
             ModelConfig {
@@ -410,6 +445,42 @@ fn one_layer_mmoe_step_records_at_most_16_dispatches() {
             assert!(n <= 16, "E={experts}, T={task_count}: {n} dispatches");
         }
     }
+}
+
+/// Sparse experts' input gradients run ragged: the second layer's (per-group input)
+/// in one dispatch, the first layer's (on the shared layer) as the products and
+/// their reduce; the heads, the towers and the gate's logits keep the dense kernel.
+#[test]
+fn sparse_experts_input_gradients_run_ragged() {
+    let config = ModelConfig {
+        shared_layers: vec![6],
+        architecture: Architecture::Mmoe {
+            experts: 4,
+            expert_layers: vec![5, 4],
+            gate: Gate::top_k(2),
+            task_experts: 0,
+        },
+        tower_layers: vec![3],
+        ..ModelConfig::mmoe(INPUTS, 4, 5, 3, tasks(2))
+    };
+    let mut trainer = Trainer::new(gpu(), config.clone(), 8).unwrap();
+    let (x, y) = batch(&config, 8, 3);
+    let labels: Vec<&str> = trainer
+        .profile_step(&x, &y)
+        .unwrap()
+        .into_iter()
+        .map(|(label, _)| label)
+        .collect();
+    let count = |name: &str| labels.iter().filter(|l| **l == name).count();
+    assert_eq!(count("grouped_gemm backward_input_ragged"), 2, "{labels:?}");
+    assert_eq!(
+        count("grouped_gemm backward_input_ragged reduce"),
+        1,
+        "{labels:?}"
+    );
+    // The heads, the towers (into the mixtures) and the gate's logits (into the shared
+    // layer's output); the shared layer reads the model input, which needs none.
+    assert_eq!(count("grouped_gemm backward_input"), 3, "{labels:?}");
 }
 
 #[test]

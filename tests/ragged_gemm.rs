@@ -1,19 +1,20 @@
 //! Ragged grouped GEMM (each group on the rows a row map routes to it) against the CPU
 //! reference, on awkward shapes and row maps from the routing kernel, for every tiling:
 //! all tilings bitwise equal, unrouted rows exactly zero, routed rows bitwise equal to
-//! the dense kernels', the dense input gradient right on ragged outputs; the ragged
+//! the dense kernels', the dense input gradient right on ragged outputs, the ragged
+//! input gradient (per-group and shared X, with and without accumulating); the ragged
 //! reference against finite differences; bad input rejected with errors.
 
 mod common;
 
 use common::*;
 use half::f16;
-use mmoe_wgpu::kernels::Precision;
 use mmoe_wgpu::kernels::grouped_gemm::{
-    GemmBackwardInput, GemmBackwardWeights, GemmForward, GroupedGemm, RowMap, Tiling, ragged_flops,
-    read_counts,
+    GemmBackwardInput, GemmBackwardWeights, GemmForward, GroupedGemm, RowMap, SlotScratch, Tiling,
+    ragged_flops, read_counts,
 };
 use mmoe_wgpu::kernels::routing::{Routing, RoutingArgs, RoutingShape};
+use mmoe_wgpu::kernels::{BufferView, Precision};
 use mmoe_wgpu::reference::grouped_gemm as reference;
 use mmoe_wgpu::reference::routing::{route, routed_rows};
 use mmoe_wgpu::rng::Rng;
@@ -602,5 +603,710 @@ fn bad_input_is_an_error_not_a_panic() {
     assert_eq!(ragged_flops(&shape, &[1, 4]).unwrap(), 2.0 * 5.0 * 15.0);
     assert!(read_counts(gpu, RowMap::at(&routes, 2), 2).is_err());
     assert!(read_counts(gpu, RowMap::at(&routes, 4 * routes_len as u64), 2).is_err());
+    gpu.check().unwrap();
+}
+
+// ------------------------------------------------------------ ragged input gradient
+
+/// Whether row `r` of group `g` is routed, per `[groups, rows]`.
+fn routed_mask(shape: &GemmShape, map: &[u32]) -> Vec<bool> {
+    let mut live = vec![false; shape.groups * shape.rows];
+    for (g, rows) in routed_rows(map, shape.groups, shape.rows)
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
+        for &r in rows.iter() {
+            live[g * shape.rows + r as usize] = true;
+        }
+    }
+    live
+}
+
+/// The most groups `gates` top-`k` gates route a row to.
+fn max_routes(shape: &GemmShape, gates: usize, k: usize) -> usize {
+    (gates * k).min(shape.groups)
+}
+
+/// Buffers of one ragged input gradient problem.
+struct DxProblem {
+    shape: GemmShape,
+    activation: Activation,
+    routes: wgpu::Buffer,
+    map: Vec<u32>,
+    w: wgpu::Buffer,
+    y: wgpu::Buffer,
+    dy: wgpu::Buffer,
+    /// `dY` with the unrouted rows zeroed, for the dense kernel (identity: its dZ must
+    /// be zero there to be the ragged gradient; ReLU: Y is zero there anyway).
+    dy_masked: wgpu::Buffer,
+    /// `[ragged, dense]` outputs.
+    dx: [wgpu::Buffer; 2],
+    scratch: wgpu::Buffer,
+    max_routes: usize,
+    /// The reference: ragged dX from the ragged forward's Y (rounded to f32).
+    want: Vec<f64>,
+    /// What dX holds before each run: garbage to be overwritten, or the values
+    /// accumulated into.
+    before: Vec<f32>,
+}
+
+impl DxProblem {
+    fn new(
+        gpu: &Gpu,
+        shape: GemmShape,
+        activation: Activation,
+        gates: usize,
+        k: usize,
+        seed: u64,
+    ) -> DxProblem {
+        let mut rng = Rng::new(seed);
+        let routing = RoutingShape {
+            gates,
+            rows: shape.rows,
+            experts: shape.groups,
+        };
+        let (routes, map) = routes_on_gpu(gpu, &routing, &top_k_gates(&mut rng, &routing, k));
+        let (x, w, b) = (
+            random(&mut rng, shape.x_len(), 1.0),
+            random(&mut rng, shape.w_len(), 0.5),
+            random(&mut rng, shape.b_len(), 0.5),
+        );
+        let dy = random(&mut rng, shape.y_len(), 1.0);
+        let y = reference::forward_ragged(
+            &shape,
+            activation,
+            &to_f64(&x),
+            &to_f64(&w),
+            Some(&to_f64(&b)),
+            &map,
+        )
+        .unwrap();
+        let y32: Vec<f32> = y.iter().map(|&v| v as f32).collect();
+        let want = reference::backward_input_ragged(
+            &shape,
+            activation,
+            &to_f64(&w),
+            &to_f64(&y32),
+            &to_f64(&dy),
+            &map,
+        )
+        .unwrap();
+        let max_routes = max_routes(&shape, gates, k);
+        let up = |name: &str, v: &[f32]| gpu.upload(name, v).unwrap();
+        // Garbage where the kernel must write, so a missed store shows.
+        let scratch = up(
+            "scratch",
+            &vec![f32::NAN; SlotScratch::elements(&shape, max_routes)],
+        );
+        DxProblem {
+            shape,
+            activation,
+            routes,
+            w: up("w", &w),
+            y: up("y", &y32),
+            dy_masked: up("masked dy", &masked(&shape, &map, &dy)),
+            dy: up("dy", &dy),
+            dx: [
+                up("dx", &vec![0.0; shape.x_len()]),
+                up("dx dense", &vec![0.0; shape.x_len()]),
+            ],
+            scratch,
+            map,
+            max_routes,
+            want,
+            before: vec![0.0; shape.x_len()],
+        }
+    }
+
+    fn args(&self, i: usize, accumulate: bool) -> GemmBackwardInput<'_> {
+        GemmBackwardInput {
+            shape: self.shape,
+            activation: self.activation,
+            precision: Precision::F32,
+            dy: [&self.dy, &self.dy_masked][i].into(),
+            y: (self.activation == Activation::Relu).then(|| (&self.y).into()),
+            w: (&self.w).into(),
+            dx: (&self.dx[i]).into(),
+            accumulate,
+        }
+    }
+
+    fn scratch(&self) -> Option<SlotScratch<'_>> {
+        (self.shape.input == InputLayout::Shared)
+            .then(|| SlotScratch::new((&self.scratch).into(), self.max_routes))
+    }
+
+    /// What dX holds before each run: NaN to be overwritten, or random values to add to.
+    fn set_before(&mut self, accumulate: bool, rng: &mut Rng) {
+        self.before = if accumulate {
+            random(rng, self.shape.x_len(), 1.0)
+        } else {
+            vec![f32::NAN; self.shape.x_len()]
+        };
+    }
+
+    /// The ragged dX under `tiling`, and the dense kernel's on the masked dY, both
+    /// starting from `before`.
+    fn run(&self, gpu: &Gpu, tiling: Tiling, accumulate: bool) -> [Vec<f32>; 2] {
+        for dx in &self.dx {
+            gpu.write(dx, 0, &self.before).unwrap();
+        }
+        let gemm = GroupedGemm::new(gpu);
+        let ragged = gemm
+            .backward_input_ragged_with(
+                &self.args(0, accumulate),
+                RowMap::new(&self.routes),
+                self.scratch(),
+                tiling,
+            )
+            .unwrap();
+        let expected = match self.shape.input {
+            InputLayout::PerGroup => 1,
+            InputLayout::Shared => 2,
+        };
+        assert_eq!(ragged.len(), expected, "dispatches of {:?}", self.shape);
+        let dense = gemm
+            .backward_input_with(&self.args(1, accumulate), tiling)
+            .unwrap();
+        run(gpu, |e| {
+            ragged.iter().for_each(|d| d.encode(e));
+            dense.encode(e);
+        });
+        let len = self.shape.x_len();
+        [read(gpu, &self.dx[0], len), read(gpu, &self.dx[1], len)]
+    }
+
+    /// The reference, plus what dX held when accumulating.
+    fn want(&self, accumulate: bool) -> Vec<f64> {
+        self.want
+            .iter()
+            .zip(&self.before)
+            .map(|(&w, &b)| if accumulate { w + b as f64 } else { w })
+            .collect()
+    }
+
+    /// Per row of dX (per group and row when X is per group): whether some group
+    /// computes it.
+    fn written_rows(&self) -> Vec<bool> {
+        let live = routed_mask(&self.shape, &self.map);
+        match self.shape.input {
+            InputLayout::PerGroup => live,
+            InputLayout::Shared => (0..self.shape.rows)
+                .map(|r| (0..self.shape.groups).any(|g| live[g * self.shape.rows + r]))
+                .collect(),
+        }
+    }
+}
+
+/// The ragged input gradient on every case and tiling, overwriting and accumulating:
+/// against the reference; all tilings bitwise equal; rows no group computes exactly
+/// +0 (or, accumulating, untouched); per-group X: every other row the dense kernel's
+/// bits.
+#[test]
+fn ragged_input_gradient_matches_the_reference_and_the_dense_kernel() {
+    let gpu = gpu();
+    let gemm = GroupedGemm::new(gpu);
+    for (n, (shape, act, _, gates, k)) in cases().into_iter().enumerate() {
+        let mut problem = DxProblem::new(gpu, shape, act, gates, k, 500 + n as u64);
+        let written = problem.written_rows();
+        let mut rng = Rng::new(900 + n as u64);
+        for accumulate in [false, true] {
+            problem.set_before(accumulate, &mut rng);
+            let what = format!("{shape:?} {act:?} gates={gates} k={k} accumulate={accumulate}");
+            let mut first: Option<Vec<f32>> = None;
+            for tiling in gemm.tilings() {
+                let at = format!("{tiling:?} {what}");
+                let [got, dense] = problem.run(gpu, tiling, accumulate);
+                // assert_close passes over NaN, and NaN is what a missed store leaves.
+                assert!(got.iter().all(|v| v.is_finite()), "non-finite dX {at}");
+                assert_close(
+                    &format!("dX {at}"),
+                    &got,
+                    &problem.want(accumulate),
+                    TOLERANCE,
+                );
+                for (row, &live) in written.iter().enumerate() {
+                    let span = row * shape.inputs..(row + 1) * shape.inputs;
+                    if !live {
+                        let want: Vec<u32> = if accumulate {
+                            bits(&problem.before[span.clone()])
+                        } else {
+                            vec![0; shape.inputs]
+                        };
+                        assert_eq!(bits(&got[span]), want, "unrouted row {row} {at}");
+                    } else if shape.input == InputLayout::PerGroup {
+                        assert_eq!(
+                            bits(&got[span.clone()]),
+                            bits(&dense[span]),
+                            "routed row {row} {at}"
+                        );
+                    }
+                }
+                match &first {
+                    None => first = Some(got),
+                    Some(first) => assert_eq!(bits(first), bits(&got), "bits {at}"),
+                }
+            }
+        }
+    }
+    gpu.check().unwrap();
+}
+
+/// With every row routed to every group, the ragged input gradient is the dense one:
+/// per-group X bit for bit, shared X within rounding (the dense kernel sums all
+/// groups in one chain, the ragged one each group's chain, then the groups), and bit
+/// for bit with one group.
+#[test]
+fn with_every_row_routed_the_ragged_input_gradient_is_the_dense_one() {
+    let gpu = gpu();
+    let gemm = GroupedGemm::new(gpu);
+    for (n, (groups, input)) in [
+        (3, InputLayout::Shared),
+        (3, InputLayout::PerGroup),
+        (1, InputLayout::Shared),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let shape = GemmShape {
+            groups,
+            rows: 37,
+            inputs: 21,
+            outputs: 10,
+            input,
+        };
+        // k = groups: every row goes to every group.
+        let mut problem = DxProblem::new(gpu, shape, Activation::Relu, 2, groups, 60 + n as u64);
+        let routing = RoutingShape {
+            gates: 2,
+            rows: shape.rows,
+            experts: groups,
+        };
+        // top_k_gates leaves every fifth row out; route them too.
+        let (routes, map) = routes_on_gpu(gpu, &routing, &vec![0.5; routing.g_len()]);
+        assert!(map[..groups].iter().all(|&c| c == 37));
+        problem.routes = routes;
+        problem.map = map;
+        let mut rng = Rng::new(7);
+        for accumulate in [false, true] {
+            problem.set_before(accumulate, &mut rng);
+            for tiling in gemm.tilings() {
+                let at = format!("{shape:?} accumulate={accumulate} {tiling:?}");
+                // Both on the full dY: every row is routed.
+                let dense_args = GemmBackwardInput {
+                    dy: (&problem.dy).into(),
+                    ..problem.args(1, accumulate)
+                };
+                for dx in &problem.dx {
+                    gpu.write(dx, 0, &problem.before).unwrap();
+                }
+                let ragged = gemm
+                    .backward_input_ragged_with(
+                        &problem.args(0, accumulate),
+                        RowMap::new(&problem.routes),
+                        problem.scratch(),
+                        tiling,
+                    )
+                    .unwrap();
+                let dense = gemm.backward_input_with(&dense_args, tiling).unwrap();
+                run(gpu, |e| {
+                    ragged.iter().for_each(|d| d.encode(e));
+                    dense.encode(e);
+                });
+                let got = read(gpu, &problem.dx[0], shape.x_len());
+                let want = read(gpu, &problem.dx[1], shape.x_len());
+                if input == InputLayout::PerGroup || groups == 1 {
+                    assert_eq!(bits(&got), bits(&want), "{at}");
+                } else {
+                    assert_close(&at, &got, &to_f64(&want), 1e-6);
+                }
+            }
+        }
+    }
+}
+
+/// A shared X over more groups than a reduce workgroup has invocations (its lookups
+/// run in chunks), rows wider than one reduce workgroup covers, and more rows than a
+/// dispatch has workgroups along one dimension (they spill into z).
+#[test]
+fn the_shared_input_reduce_covers_many_groups_wide_rows_and_many_rows() {
+    let gpu = gpu();
+    let gemm = GroupedGemm::new(gpu);
+    for (n, (shape, gates, k)) in [
+        (
+            GemmShape {
+                groups: 70,
+                rows: 33,
+                inputs: 1030,
+                outputs: 5,
+                input: InputLayout::Shared,
+            },
+            3,
+            2,
+        ),
+        (
+            GemmShape {
+                groups: 2,
+                rows: 70_001,
+                inputs: 3,
+                outputs: 2,
+                input: InputLayout::Shared,
+            },
+            1,
+            1,
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut problem = DxProblem::new(gpu, shape, Activation::Relu, gates, k, 70 + n as u64);
+        let mut rng = Rng::new(8);
+        for accumulate in [false, true] {
+            problem.set_before(accumulate, &mut rng);
+            let at = format!("{shape:?} accumulate={accumulate}");
+            for dx in &problem.dx {
+                gpu.write(dx, 0, &problem.before).unwrap();
+            }
+            let args = problem.args(0, accumulate);
+            let map = RowMap::new(&problem.routes);
+            run(gpu, |e| {
+                gemm.encode_backward_input_ragged(e, &args, map, problem.scratch())
+                    .unwrap()
+            });
+            let got = read(gpu, &problem.dx[0], shape.x_len());
+            assert!(got.iter().all(|v| v.is_finite()), "non-finite dX {at}");
+            assert_close(&at, &got, &problem.want(accumulate), TOLERANCE);
+            let written = problem.written_rows();
+            for (row, _) in written.iter().enumerate().filter(|(_, live)| !**live) {
+                let span = row * shape.inputs..(row + 1) * shape.inputs;
+                let want = if accumulate {
+                    bits(&problem.before[span.clone()])
+                } else {
+                    vec![0; shape.inputs]
+                };
+                assert_eq!(bits(&got[span]), want, "unrouted row {row} {at}");
+            }
+        }
+    }
+    gpu.check().unwrap();
+}
+
+/// f16 storage: a routed row of a per-group dX has the f16 dense kernel's bits, and
+/// a shared dX is within an f16 rounding of the reference (its per-group rows are
+/// kept in f32, so it is rounded once).
+#[test]
+fn f16_ragged_input_gradient() {
+    let gpu = gpu();
+    let gemm = GroupedGemm::new(gpu);
+    for (n, input) in [InputLayout::PerGroup, InputLayout::Shared]
+        .into_iter()
+        .enumerate()
+    {
+        let shape = GemmShape {
+            groups: 5,
+            rows: 100,
+            inputs: 37,
+            outputs: 70,
+            input,
+        };
+        let routing = RoutingShape {
+            gates: 2,
+            rows: shape.rows,
+            experts: shape.groups,
+        };
+        let mut rng = Rng::new(80 + n as u64);
+        let (routes, map) = routes_on_gpu(gpu, &routing, &top_k_gates(&mut rng, &routing, 2));
+        let half = |v: &[f32]| -> Vec<f16> { v.iter().map(|&x| f16::from_f32(x)).collect() };
+        let w = half(&random(&mut rng, shape.w_len(), 0.5));
+        let dy = half(&random(&mut rng, shape.y_len(), 1.0));
+        // Identity: dY must be zero off the routes for the dense kernel to agree.
+        let dy_masked = half(&masked(
+            &shape,
+            &map,
+            &dy.iter().map(|v| v.to_f32()).collect::<Vec<_>>(),
+        ));
+        let up = |name: &str, v: &[f16]| gpu.upload(name, v).unwrap();
+        let (wb, dyb, dymb) = (up("w", &w), up("dy", &dy), up("dy masked", &dy_masked));
+        let dx = [
+            up("dx", &vec![f16::NAN; shape.x_len()]),
+            up("dx dense", &vec![f16::NAN; shape.x_len()]),
+        ];
+        let max_routes = max_routes(&shape, 2, 2);
+        let scratch = gpu
+            .storage_buffer(
+                "scratch",
+                4 * SlotScratch::elements(&shape, max_routes) as u64,
+            )
+            .unwrap();
+        let args = |i: usize| GemmBackwardInput {
+            shape,
+            activation: Activation::Identity,
+            precision: Precision::F16,
+            dy: [&dyb, &dymb][i].into(),
+            y: None,
+            w: (&wb).into(),
+            dx: (&dx[i]).into(),
+            accumulate: false,
+        };
+        let scratch_view =
+            (input == InputLayout::Shared).then(|| SlotScratch::new((&scratch).into(), max_routes));
+        if f16_is_missing(gpu, "backward_input_ragged", || {
+            gemm.backward_input_ragged(&args(0), RowMap::new(&routes), scratch_view)
+        }) {
+            return;
+        }
+        let ragged = gemm
+            .backward_input_ragged(&args(0), RowMap::new(&routes), scratch_view)
+            .unwrap();
+        let dense = gemm.backward_input(&args(1)).unwrap();
+        run(gpu, |e| {
+            ragged.iter().for_each(|d| d.encode(e));
+            dense.encode(e);
+        });
+        let got: Vec<f16> = gpu.read(&dx[0], 0, shape.x_len()).unwrap();
+        let to64 = |v: &[f16]| -> Vec<f64> { v.iter().map(|x| x.to_f64()).collect() };
+        let want = reference::backward_input_ragged(
+            &shape,
+            Activation::Identity,
+            &to64(&w),
+            &vec![0.0; shape.y_len()],
+            &to64(&dy),
+            &map,
+        )
+        .unwrap();
+        let got32: Vec<f32> = got.iter().map(|v| v.to_f32()).collect();
+        assert!(got32.iter().all(|v| v.is_finite()), "{input:?}");
+        assert_close(&format!("f16 dX {input:?}"), &got32, &want, 2e-3);
+        if input == InputLayout::PerGroup {
+            let dense: Vec<f16> = gpu.read(&dx[1], 0, shape.x_len()).unwrap();
+            let live = routed_mask(&shape, &map);
+            for (row, &live) in live.iter().enumerate() {
+                let span = row * shape.inputs..(row + 1) * shape.inputs;
+                if live {
+                    assert_eq!(got[span.clone()], dense[span], "row {row}");
+                } else {
+                    assert!(got[span].iter().all(|v| v.to_bits() == 0), "row {row}");
+                }
+            }
+        }
+    }
+}
+
+/// The reference's ragged input gradient against finite differences of the ragged
+/// forward pass, both layouts and activations, and against `backward_ragged`'s dX.
+#[test]
+fn ragged_reference_input_gradient_matches_finite_differences() {
+    let mut rng = Rng::new(31);
+    for (input, act, k) in [
+        (InputLayout::Shared, Activation::Relu, 2),
+        (InputLayout::Shared, Activation::Identity, 1),
+        (InputLayout::PerGroup, Activation::Relu, 1),
+        (InputLayout::PerGroup, Activation::Identity, 2),
+    ] {
+        let shape = GemmShape {
+            groups: 3,
+            rows: 7,
+            inputs: 4,
+            outputs: 5,
+            input,
+        };
+        let routing = RoutingShape {
+            gates: 2,
+            rows: shape.rows,
+            experts: shape.groups,
+        };
+        let map = route(&routing, &to_f64(&top_k_gates(&mut rng, &routing, k))).unwrap();
+        let x: Vec<f64> = (0..shape.x_len()).map(|_| rng.uniform(-1.0, 1.0)).collect();
+        let w: Vec<f64> = (0..shape.w_len()).map(|_| rng.uniform(-1.0, 1.0)).collect();
+        let b: Vec<f64> = (0..shape.b_len()).map(|_| rng.uniform(-0.5, 0.5)).collect();
+        // dL/dY = r, on the unrouted rows too: the gradient must not see them.
+        let r: Vec<f64> = (0..shape.y_len()).map(|_| rng.uniform(-1.0, 1.0)).collect();
+        let loss = |x: &[f64]| -> f64 {
+            let y = reference::forward_ragged(&shape, act, x, &w, Some(&b), &map).unwrap();
+            y.iter().zip(&r).map(|(a, b)| a * b).sum()
+        };
+        let y = reference::forward_ragged(&shape, act, &x, &w, Some(&b), &map).unwrap();
+        let dx = reference::backward_input_ragged(&shape, act, &w, &y, &r, &map).unwrap();
+        let eps = 1e-6;
+        for i in 0..dx.len() {
+            let (mut plus, mut minus) = (x.clone(), x.clone());
+            plus[i] += eps;
+            minus[i] -= eps;
+            let fd = (loss(&plus) - loss(&minus)) / (2.0 * eps);
+            assert!(
+                (fd - dx[i]).abs() <= 1e-6 * (1.0 + fd.abs()),
+                "dX[{i}] {input:?} {act:?}: finite difference {fd} vs analytic {}",
+                dx[i]
+            );
+        }
+        let all = reference::backward_ragged(&shape, act, &x, &w, &y, &r, &map).unwrap();
+        for (a, b) in dx.iter().zip(&all.dx) {
+            assert!((a - b).abs() <= 1e-12 * (1.0 + b.abs()), "{a} vs {b}");
+        }
+    }
+}
+
+#[test]
+fn bad_ragged_input_gradients_are_errors_not_panics() {
+    let gpu = gpu();
+    let gemm = GroupedGemm::new(gpu);
+    let shape = GemmShape {
+        groups: 3,
+        rows: 4,
+        inputs: 5,
+        outputs: 2,
+        input: InputLayout::Shared,
+    };
+    let per_group = GemmShape {
+        input: InputLayout::PerGroup,
+        ..shape
+    };
+    let buffer = |name: &str, n: usize| gpu.storage_buffer(name, 4 * n as u64).unwrap();
+    let (w, dy, y) = (
+        buffer("w", shape.w_len()),
+        buffer("dy", shape.y_len()),
+        buffer("y", shape.y_len()),
+    );
+    let dx = buffer("dx", per_group.x_len());
+    let routes = buffer("routes", RowMap::elements(shape.groups, shape.rows));
+    // Rows × 2 routes per row × inputs, and one value short of it.
+    let scratch = buffer("scratch", SlotScratch::elements(&shape, 2));
+    assert_eq!(SlotScratch::elements(&shape, 2), 4 * 2 * 5);
+    assert_eq!(SlotScratch::slots(&shape, 9), 4 * 3, "capped at the groups");
+    let short = buffer("short scratch", SlotScratch::elements(&shape, 2) - 1);
+    let args = GemmBackwardInput {
+        shape,
+        activation: Activation::Relu,
+        precision: Precision::F32,
+        dy: (&dy).into(),
+        y: Some((&y).into()),
+        w: (&w).into(),
+        dx: (&dx).into(),
+        accumulate: false,
+    };
+    let map = RowMap::new(&routes);
+    let fits = Some(SlotScratch::new((&scratch).into(), 2));
+    assert_eq!(
+        gemm.backward_input_ragged(&args, map, fits).unwrap().len(),
+        2
+    );
+
+    // Shared X needs a scratch large enough for its bound.
+    expect_err(
+        gemm.backward_input_ragged(&args, map, None),
+        &["backward_input_ragged", "`scratch`", "SlotScratch"],
+    );
+    expect_err(
+        gemm.backward_input_ragged(&args, map, Some(SlotScratch::new((&short).into(), 2))),
+        &[
+            "backward_input_ragged",
+            "`scratch`",
+            "160 bytes",
+            "156 bytes",
+        ],
+    );
+    expect_err(
+        gemm.backward_input_ragged(&args, map, Some(SlotScratch::new((&scratch).into(), 3))),
+        &["`scratch`", "4 rows × 3 routes per row"],
+    );
+    expect_err(
+        gemm.backward_input_ragged(
+            &args,
+            map,
+            Some(SlotScratch::new(BufferView::at(&scratch, 4), 2)),
+        ),
+        &["`scratch`"],
+    );
+    expect_err(
+        gemm.backward_input_ragged(&args, map, Some(SlotScratch::new((&scratch).into(), 0))),
+        &["max_routes_per_row"],
+    );
+    // The scratch must not be an input of the product, nor dX of the reduce.
+    expect_err(
+        gemm.backward_input_ragged(&args, map, Some(SlotScratch::new((&dy).into(), 1))),
+        &["distinct buffers"],
+    );
+    expect_err(
+        gemm.backward_input_ragged(&args, map, Some(SlotScratch::new((&dx).into(), 1))),
+        &["distinct buffers"],
+    );
+    // The map must fit the shape and not be an output.
+    expect_err(
+        gemm.backward_input_ragged(&args, RowMap::at(&routes, 4), fits),
+        &["backward_input_ragged", "`routes`"],
+    );
+    expect_err(
+        gemm.backward_input_ragged(&args, RowMap::new(&dx), fits),
+        &["distinct buffers"],
+    );
+    // dX too small for the reduce (X is shared: rows × inputs).
+    let small_dx = buffer("small dx", shape.x_len() - 1);
+    expect_err(
+        gemm.backward_input_ragged(
+            &GemmBackwardInput {
+                dx: (&small_dx).into(),
+                ..args
+            },
+            map,
+            fits,
+        ),
+        &["backward_input_ragged", "`dx`"],
+    );
+    // The forward output is needed for ReLU.
+    expect_err(
+        gemm.backward_input_ragged(&GemmBackwardInput { y: None, ..args }, map, fits),
+        &["forward output"],
+    );
+    // Per-group X writes dX directly: a scratch is a mistake, and dX holds every group.
+    let pg = GemmBackwardInput {
+        shape: per_group,
+        ..args
+    };
+    assert_eq!(gemm.backward_input_ragged(&pg, map, None).unwrap().len(), 1);
+    expect_err(
+        gemm.backward_input_ragged(&pg, map, fits),
+        &["backward_input_ragged", "`scratch`", "per group"],
+    );
+    let shared_dx = buffer("shared dx", shape.x_len());
+    expect_err(
+        gemm.backward_input_ragged(
+            &GemmBackwardInput {
+                dx: (&shared_dx).into(),
+                ..pg
+            },
+            map,
+            None,
+        ),
+        &["`dx`"],
+    );
+    expect_err(
+        gemm.backward_input_ragged(
+            &GemmBackwardInput {
+                shape: GemmShape { inputs: 0, ..shape },
+                ..args
+            },
+            map,
+            fits,
+        ),
+        &["inputs"],
+    );
+    expect_err(
+        gemm.backward_input_ragged_with(&args, map, fits, Tiling::Naive { wg: 0, wg_rows: 1 }),
+        &["tiling"],
+    );
+    // A failed check records nothing: the encoder still finishes and runs clean.
+    let mut encoder = gpu.device().create_command_encoder(&Default::default());
+    assert!(
+        gemm.encode_backward_input_ragged(
+            &mut encoder,
+            &args,
+            map,
+            Some(SlotScratch::new((&short).into(), 2))
+        )
+        .is_err()
+    );
+    gpu.queue().submit([encoder.finish()]);
+    gpu.wait().unwrap();
     gpu.check().unwrap();
 }

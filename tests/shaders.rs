@@ -28,7 +28,13 @@ fn override_sets(module: &naga::Module) -> Vec<naga::back::PipelineConstants> {
         .filter_map(|(_, o)| o.name.clone())
         .collect();
     let mut large = naga::back::PipelineConstants::default();
-    for (name, value) in [("RB", 8.0), ("CN", 2.0), ("WG", 64.0), ("WG_ROWS", 4.0)] {
+    for (name, value) in [
+        ("RB", 8.0),
+        ("CN", 2.0),
+        ("CB", 4.0),
+        ("WG", 64.0),
+        ("WG_ROWS", 4.0),
+    ] {
         if names.contains(name) {
             large.insert(name.to_string(), value);
         }

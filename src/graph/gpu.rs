@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use super::plan::{ScratchKind, moment_buffers};
+use super::plan::{ScratchKind, max_routes_per_row, moment_buffers};
 use super::{BackwardStep, GateNoise, Graph, MemoryReport, Op, Plan, Role, TensorId, at_rows};
 use crate::gpu::Gpu;
 use crate::kernels::balance::{
@@ -19,14 +19,14 @@ use crate::kernels::gate_mix::{
 };
 use crate::kernels::gate_topk::{GateTopk, GateTopkForward};
 use crate::kernels::grouped_gemm::{
-    GemmBackwardInput, GemmBackwardWeights, GemmForward, GroupedGemm, RowMap,
+    GemmBackwardInput, GemmBackwardWeights, GemmForward, GroupedGemm, RowMap, SlotScratch,
 };
 use crate::kernels::loss::{Loss, LossArgs};
 use crate::kernels::noise::{Noise, NoiseBackward, NoiseForward};
 use crate::kernels::optimizer::{Optimizer, OptimizerArgs, OptimizerKernel, OptimizerStep};
 use crate::kernels::routing::{Routing, RoutingArgs, RoutingShape};
 use crate::kernels::{BufferView, Dispatch, Precision};
-use crate::shape::Activation;
+use crate::shape::{Activation, InputLayout};
 use crate::{Error, Result};
 
 /// The dispatches of one batch size, built once.
@@ -561,16 +561,35 @@ impl GpuExecutor {
                     y,
                     ..
                 },
-            ) => out.push(self.gemm.backward_input(&GemmBackwardInput {
-                precision: Precision::F32,
-                shape,
-                activation,
-                dy: self.grad_view(y),
-                y: (activation == Activation::Relu).then(|| self.view(y)),
-                w: self.view(w),
-                dx: self.grad_view(x),
-                accumulate,
-            })?),
+            ) => {
+                let args = GemmBackwardInput {
+                    precision: Precision::F32,
+                    shape,
+                    activation,
+                    dy: self.grad_view(y),
+                    y: (activation == Activation::Relu).then(|| self.view(y)),
+                    w: self.view(w),
+                    dx: self.grad_view(x),
+                    accumulate,
+                };
+                match self.plan.routed_by[node] {
+                    // Only the rows the gate routed to each expert.
+                    Some(gate) => {
+                        let scratch = (shape.input == InputLayout::Shared).then(|| {
+                            SlotScratch::new(
+                                self.scratch_view(node, ScratchKind::InputGradSlots),
+                                max_routes_per_row(&self.graph, gate),
+                            )
+                        });
+                        out.extend(self.gemm.backward_input_ragged(
+                            &args,
+                            self.row_map(gate),
+                            scratch,
+                        )?);
+                    }
+                    None => out.push(self.gemm.backward_input(&args)?),
+                }
+            }
             (
                 BackwardStep::GateMix { dx, .. },
                 Op::GateMix {

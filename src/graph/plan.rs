@@ -5,7 +5,7 @@
 use super::backward::{BackwardStep, backward_steps, needs_grad};
 use super::{Graph, Op, Role, TensorId};
 use crate::kernels::balance::{BalanceLoss, BalanceShape};
-use crate::kernels::grouped_gemm::RowMap;
+use crate::kernels::grouped_gemm::{RowMap, SlotScratch};
 use crate::kernels::optimizer::Optimizer;
 use crate::shape::InputLayout;
 use crate::{Error, Result};
@@ -58,6 +58,7 @@ impl Plan {
             .map(|(t, &n)| n && t.role == Role::Activation)
             .collect();
         let routed_by = routed_layers(graph);
+        let backward = backward_steps(graph)?;
         let mut noise_of = vec![None; graph.nodes().len()];
         let mut scratch = vec![Vec::new(); graph.nodes().len()];
         for (node, op) in graph.nodes().iter().enumerate() {
@@ -113,6 +114,21 @@ impl Plan {
                     scratch[node] = own;
                 }
                 Op::Loss { loss, .. } => has_grad[loss.0] = false,
+                // A sparse expert layer on a shared input sums its input gradient over
+                // the experts each row went to, from their compact rows.
+                Op::Dense { shape: gemm, .. }
+                    if gemm.input == InputLayout::Shared
+                        && backward.iter().any(
+                            |s| matches!(s, BackwardStep::DenseInput { node: n, .. } if *n == node),
+                        ) =>
+                {
+                    if let Some(gate) = routed_by[node] {
+                        scratch[node].push(Scratch {
+                            kind: ScratchKind::InputGradSlots,
+                            len: SlotScratch::elements(gemm, max_routes_per_row(graph, gate)),
+                        });
+                    }
+                }
                 Op::Dense { .. } => {}
             }
         }
@@ -124,7 +140,7 @@ impl Plan {
             scratch,
             routed_by,
             noise_of,
-            backward: backward_steps(graph)?,
+            backward,
         })
     }
 
@@ -259,6 +275,15 @@ fn routed_layers(graph: &Graph) -> Vec<Option<usize>> {
     routed
 }
 
+/// The most experts sparse gate node `gate` routes one row to: each of its gates
+/// keeps `k`, at most all of them.
+pub(super) fn max_routes_per_row(graph: &Graph, gate: usize) -> usize {
+    match &graph.nodes()[gate] {
+        Op::GateMix { shape, k, .. } => (k * shape.gates).min(shape.experts),
+        _ => unreachable!("node {gate} is the gate of a routed layer"),
+    }
+}
+
 /// The dense node that computes `t`, if one does.
 fn producer(graph: &Graph, t: TensorId) -> Option<usize> {
     graph
@@ -285,6 +310,10 @@ pub enum ScratchKind {
     /// The full softmax `p: [gates, rows, experts]` of a gate's logits before the
     /// top-k cut, for the load-balancing loss's load kind.
     FullSoftmax,
+    /// A sparse expert layer on a shared input: its input gradient's rows per expert,
+    /// compact (`[rows · max routes per row, inputs]`, see
+    /// [`SlotScratch`]), before they are summed per row.
+    InputGradSlots,
 }
 
 impl ScratchKind {
@@ -296,6 +325,7 @@ impl ScratchKind {
                 | ScratchKind::RowMap
                 | ScratchKind::LogitOffset
                 | ScratchKind::FullSoftmax
+                | ScratchKind::InputGradSlots
         )
     }
 }
@@ -334,7 +364,7 @@ pub struct MemoryReport {
     /// Per-step inputs, targets and gate noise draws.
     pub inputs: u64,
     /// Kernel scratch (gate-mix `dz`, static gates' constant weights, noisy gates'
-    /// logit offsets).
+    /// logit offsets, sparse gates' row maps and their experts' input-gradient rows).
     pub scratch: u64,
 }
 

@@ -1,13 +1,14 @@
 //! Grouped GEMM: `Y_g = act(X_g · W_g + b_g)` for all groups in one dispatch, and its
 //! backward pass (`dX`, and `dW` with `db` in one dispatch).
 //!
-//! The forward pass and the weight gradients also run *ragged*: each group on only
-//! the rows a row map (from the [`routing`](super::routing) kernel) routes to it, with
-//! the same tilings and tuning (see [Ragged mode](#ragged-mode)).
+//! Every pass also runs *ragged*: each group on only the rows a row map (from the
+//! [`routing`](super::routing) kernel) routes to it, with the same tilings and tuning
+//! (see [Ragged mode](#ragged-mode)).
 //!
-//! Shaders: `shaders/grouped_gemm.wgsl` (layouts, naive kernels) and
-//! `shaders/grouped_gemm_subgroup.wgsl` (register-tiled kernels), with the storage
-//! part (`shaders/storage_*.wgsl`) of the call's [`Precision`].
+//! Shaders: `shaders/grouped_gemm.wgsl` (layouts, naive kernels),
+//! `shaders/grouped_gemm_subgroup.wgsl` (register-tiled kernels) and
+//! `shaders/grouped_gemm_reduce.wgsl` (the ragged input gradient's sum over groups),
+//! with the storage part (`shaders/storage_*.wgsl`) of the call's [`Precision`].
 //!
 //! # Example
 //!
@@ -51,9 +52,10 @@
 //! # Ragged mode
 //!
 //! With sparse (top-k) gates each expert only needs the rows some gate routed to it.
-//! [`GroupedGemm::forward_ragged`] and [`GroupedGemm::backward_weights_ragged`] take
-//! the dense passes' arguments plus a [`RowMap`] (the [`routing`](super::routing)
-//! kernel's output) and run the same kernels, tilings and tuning over it:
+//! [`GroupedGemm::forward_ragged`], [`GroupedGemm::backward_weights_ragged`] and
+//! [`GroupedGemm::backward_input_ragged`] take the dense passes' arguments plus a
+//! [`RowMap`] (the [`routing`](super::routing) kernel's output) and run the same
+//! kernels, tilings and tuning over it:
 //!
 //! - forward: `Y_g[r] = act(X_g[r] · W_g + b_g)` for the rows `r` routed to group
 //!   `g`, and `Y_g[r] = 0` exactly for the others (not `act(b_g)`: an expert no gate
@@ -61,21 +63,35 @@
 //! - weight gradients: `dW_g = Σ_{routed r} X_g[r]ᵀ · dZ_g[r]` and
 //!   `db_g = Σ_{routed r} dZ_g[r]`, `dZ = dY ⊙ act'(Y)`, summed in the map's order
 //!   (ascending rows);
-//! - input gradient: the dense [`GroupedGemm::backward_input`]. It is the ragged one
-//!   whenever `dZ` is zero on unrouted rows: with ReLU that holds by itself (`Y` is 0
-//!   there, so `act'` is 0); with the identity `dY` must be zero there, as the gate's
-//!   backward pass makes it (an unchosen expert's `dH = Σ_t G_t · dM_t` is 0).
+//! - input gradient, per-group `X` (one dispatch): `dX_g[r] = dZ_g[r] · W_gᵀ` for the
+//!   routed rows, exact zeros for the others (with `accumulate` they stay as they
+//!   were: the gradient adds nothing there);
+//! - input gradient, shared `X` (two dispatches, as in MegaBlocks): each group's routed
+//!   rows of `dZ_g · W_gᵀ` into a caller's [`SlotScratch`], compact (group `g`'s from
+//!   row `Σ_{g' < g} count_g'` on, in f32 whatever the precision), then a reduce
+//!   `dX[r] = Σ_g` of those rows over the groups `r` is routed to, in ascending `g`
+//!   (each found by binary search in `g`'s list). The scratch holds `rows ·
+//!   max_routes_per_row` rows ([`SlotScratch::elements`]; for `T` top-k gates the
+//!   bound is `k · T`, capped at the groups).
+//!
+//! The dense [`GroupedGemm::backward_input`] also gives the ragged input gradient
+//! whenever `dZ` is zero on unrouted rows (with ReLU that holds by itself; with the
+//! identity `dY` must be zero there, as the gate's backward pass makes it), but it
+//! multiplies every row of every group.
 //!
 //! A routed row's outputs are bitwise those of the dense pass, and with every row
-//! routed the weight gradients are too. The grid is the dense one (the counts live on
-//! the device and are never read back): a workgroup whose rows all lie past its
-//! group's count only writes zeros, so the work follows `Σ_g count_g`, rounded up to
-//! the tiling's row block per group. [`ragged_flops`] turns counts read back with
-//! [`read_counts`] into FLOPs for reports.
+//! routed the weight gradients and a per-group input gradient are too; a shared input
+//! gradient then agrees within rounding (the dense pass sums all groups in one chain,
+//! the ragged one each group's, then the groups). Every tiling gives the same bits.
+//! The grid is the dense one (the counts live on the device and are never read back):
+//! a workgroup whose rows all lie past its group's count only writes zeros (or
+//! nothing), so the work follows `Σ_g count_g`, rounded up to the tiling's row block
+//! per group. [`ragged_flops`] turns counts read back with [`read_counts`] into FLOPs
+//! for reports.
 
 use bytemuck::{Pod, Zeroable};
 
-use super::binding::{STORAGE_F16, STORAGE_F32, program_for};
+use super::binding::{STORAGE_F16, STORAGE_F32, program_for, storage_programs};
 use super::{BufferView, Dispatch, Operand, Precision, Recorder, bind_operands, div_ceil};
 use crate::gpu::{BindingKind, Gpu, ShaderProgram};
 use crate::shape::{Activation, GemmShape, InputLayout};
@@ -84,7 +100,8 @@ use crate::{Error, Result};
 mod ragged;
 mod tune;
 
-pub use ragged::{RowMap, ragged_flops, read_counts};
+use ragged::RaggedInput;
+pub use ragged::{RowMap, SlotScratch, ragged_flops, read_counts};
 
 const BASE_WGSL: (&str, &str) = (
     "grouped_gemm.wgsl",
@@ -94,6 +111,11 @@ const BASE_WGSL: (&str, &str) = (
 const SUBGROUP_WGSL: (&str, &str) = (
     "grouped_gemm_subgroup.wgsl",
     include_str!("../../shaders/grouped_gemm_subgroup.wgsl"),
+);
+
+const REDUCE_WGSL: (&str, &str) = (
+    "grouped_gemm_reduce.wgsl",
+    include_str!("../../shaders/grouped_gemm_reduce.wgsl"),
 );
 
 /// The naive kernels, in f32 and f16 storage.
@@ -128,8 +150,18 @@ const SUBGROUP: [ShaderProgram; 2] = [
     },
 ];
 
+/// The reduce of the ragged input gradient on a shared input, in f32 and f16 storage.
+const REDUCE: [ShaderProgram; 2] = storage_programs!("grouped_gemm_reduce", REDUCE_WGSL);
+
 /// The WGSL programs of this family.
-pub const PROGRAMS: &[ShaderProgram] = &[BASE[0], BASE[1], SUBGROUP[0], SUBGROUP[1]];
+pub const PROGRAMS: &[ShaderProgram] = &[
+    BASE[0],
+    BASE[1],
+    SUBGROUP[0],
+    SUBGROUP[1],
+    REDUCE[0],
+    REDUCE[1],
+];
 
 use BindingKind::{Read, ReadWrite, Uniform};
 const FORWARD_BINDINGS: &[(u32, BindingKind)] = &[
@@ -146,6 +178,8 @@ const BACKWARD_INPUT_BINDINGS: &[(u32, BindingKind)] = &[
     (5, Read),
     (6, Read),
     (7, ReadWrite),
+    (10, Read),
+    (11, ReadWrite),
 ];
 const BACKWARD_WEIGHTS_BINDINGS: &[(u32, BindingKind)] = &[
     (0, Uniform),
@@ -161,8 +195,12 @@ const FLAG_BIAS: u32 = 1;
 const FLAG_ACCUMULATE: u32 = 2;
 const FLAG_PACK_GROUPS: u32 = 4;
 const FLAG_RAGGED: u32 = 8;
+const FLAG_COMPACT_DX: u32 = 16;
 /// Binding slot of the row map (ragged mode), or of a stand-in that is never read.
 const ROUTES_SLOT: u32 = 10;
+/// Binding slot of the ragged input gradient's compact rows (shared X), or of a
+/// stand-in that is never touched.
+const SLOTS_SLOT: u32 = 11;
 
 /// Mirrors `GemmParams` in the shader.
 #[repr(C)]
@@ -184,6 +222,9 @@ struct GemmParams {
     dw_base: u32,
     db_base: u32,
     routes_base: u32,
+    slots_base: u32,
+    slots: u32,
+    _pad: [u32; 2],
 }
 
 impl GemmParams {
@@ -363,12 +404,14 @@ enum Pass {
 
 impl Pass {
     /// Loop iterations of a pass's busiest invocation, from above, as llvmpipe counts
-    /// them: the reduction loop (one step per iteration; dX sums over every group
-    /// when X is shared) and the tile stores, which run at most 16 tiles of 8 rows.
-    fn loop_iterations(self, s: &GemmShape) -> u64 {
+    /// them: the reduction loop (one step per iteration; a dense dX sums over every
+    /// group when X is shared, a ragged one over its own group, after summing the
+    /// counts before it) and the tile stores, which run at most 16 tiles of 8 rows.
+    fn loop_iterations(self, s: &GemmShape, ragged: bool) -> u64 {
         const STORES: u64 = 16 * (8 * (4 + 2) + 10) + 64 * 10;
         let reduction = match self {
             Pass::Forward => s.inputs as u64,
+            Pass::BackwardInput if ragged => s.outputs as u64 + 2 + s.groups as u64 + 2,
             Pass::BackwardInput => {
                 let summed = match s.input {
                     InputLayout::Shared => s.groups as u64,
@@ -383,7 +426,7 @@ impl Pass {
 
     /// On a CPU adapter (lavapipe) a reduction past the loop budget would end early
     /// without a word, so it is an error there; GPUs have no such budget.
-    fn check_loop_budget(self, gpu: &Gpu, ctx: &str, s: &GemmShape) -> Result<()> {
+    fn check_loop_budget(self, gpu: &Gpu, ctx: &str, s: &GemmShape, ragged: bool) -> Result<()> {
         if gpu.adapter().device_type != wgpu::DeviceType::Cpu {
             return Ok(());
         }
@@ -392,7 +435,7 @@ impl Pass {
             Pass::BackwardInput => "fewer groups or outputs per call needs fewer",
             Pass::Forward => "fewer inputs per call needs fewer",
         };
-        super::check_loop_budget(ctx, self.loop_iterations(s), remedy)
+        super::check_loop_budget(ctx, self.loop_iterations(s, ragged), remedy)
     }
 }
 
@@ -577,7 +620,7 @@ impl GroupedGemm {
         s.validate(ctx)?;
         args.precision.check(&self.gpu, ctx)?;
         tiling.validate(&self.gpu)?;
-        Pass::Forward.check_loop_budget(&self.gpu, ctx, s)?;
+        Pass::Forward.check_loop_budget(&self.gpu, ctx, s, rows.is_some())?;
         let mut flags = if args.bias.is_some() { FLAG_BIAS } else { 0 };
         let w = op("w", 2, args.w, s.w_len(), Read).of(args.precision);
         let operands = [
@@ -635,30 +678,70 @@ impl GroupedGemm {
         args: &GemmBackwardInput<'_>,
         tiling: Tiling,
     ) -> Result<Dispatch> {
-        const CTX: &str = "grouped_gemm backward_input";
+        self.backward_input_rows("grouped_gemm backward_input", args, None, tiling)
+    }
+
+    /// The input gradient over every row, or ragged over the slots of a row map
+    /// (each group's dX rows, or with a shared X its compact rows in a scratch).
+    fn backward_input_rows(
+        &self,
+        ctx: &'static str,
+        args: &GemmBackwardInput<'_>,
+        ragged: Option<RaggedInput<'_>>,
+        tiling: Tiling,
+    ) -> Result<Dispatch> {
         let s = &args.shape;
-        s.validate(CTX)?;
-        args.precision.check(&self.gpu, CTX)?;
+        s.validate(ctx)?;
+        args.precision.check(&self.gpu, ctx)?;
         tiling.validate(&self.gpu)?;
-        Pass::BackwardInput.check_loop_budget(&self.gpu, CTX, s)?;
-        let dy = op("dy", 5, args.dy, s.y_len(), Read);
+        Pass::BackwardInput.check_loop_budget(&self.gpu, ctx, s, ragged.is_some())?;
+        let w = op("w", 2, args.w, s.w_len(), Read).of(args.precision);
+        let dy = op("dy", 5, args.dy, s.y_len(), Read).of(args.precision);
+        let compact = ragged.and_then(|r| r.compact);
+        let (dx, slots) = match compact {
+            None => {
+                let dx = op("dx", 7, args.dx, s.x_len(), ReadWrite).of(args.precision);
+                (dx, dx.stand_in(SLOTS_SLOT))
+            }
+            // The scratch in f32 whatever the precision: the reduce rounds once.
+            Some(c) => {
+                let scratch = op("scratch", SLOTS_SLOT, c.view, c.slots * s.inputs, ReadWrite);
+                (scratch.stand_in(7), scratch)
+            }
+        };
         let operands = [
-            op("w", 2, args.w, s.w_len(), Read),
+            w,
             dy,
-            saved_output(CTX, args.activation, args.y, &dy, s.y_len())?,
-            op("dx", 7, args.dx, s.x_len(), ReadWrite),
-        ]
-        .map(|o| o.of(args.precision));
-        let bound = bind_operands(&self.gpu, CTX, &operands)?;
-        let flags = if args.accumulate { FLAG_ACCUMULATE } else { 0 };
+            saved_output(ctx, args.activation, args.y, &dy, s.y_len())?.of(args.precision),
+            dx,
+            ragged::routes_operand(ctx, s, ragged.map(|r| r.map), &w)?,
+            slots,
+        ];
+        let bound = bind_operands(&self.gpu, ctx, &operands)?;
+        let mut flags = if args.accumulate { FLAG_ACCUMULATE } else { 0 };
+        if ragged.is_some() {
+            flags |= FLAG_RAGGED;
+        }
+        if compact.is_some() {
+            flags |= FLAG_COMPACT_DX;
+        }
         let mut p = GemmParams::new(s, args.activation, flags);
         p.w_base = bound[0].base;
         p.dy_base = bound[1].base;
         p.y_base = bound[2].base;
         p.dx_base = bound[3].base;
-        let workgroups = tiling.workgroups(s.rows, s.inputs, s.x_groups());
+        p.routes_base = bound[4].base;
+        p.slots_base = bound[5].base;
+        p.slots = compact.map_or(0, |c| c.slots as u32);
+        // Ragged, a workgroup holds one group's slots whatever the layout.
+        let groups = if ragged.is_some() {
+            s.groups
+        } else {
+            s.x_groups()
+        };
+        let workgroups = tiling.workgroups(s.rows, s.inputs, groups);
         self.build(
-            CTX,
+            ctx,
             Pass::BackwardInput,
             tiling,
             args.precision,
@@ -706,7 +789,7 @@ impl GroupedGemm {
         s.validate(ctx)?;
         args.precision.check(&self.gpu, ctx)?;
         tiling.validate(&self.gpu)?;
-        Pass::BackwardWeights.check_loop_budget(&self.gpu, ctx, s)?;
+        Pass::BackwardWeights.check_loop_budget(&self.gpu, ctx, s, rows.is_some())?;
         let mut flags = if args.db.is_some() { FLAG_BIAS } else { 0 };
         let x = op("x", 1, args.x, s.x_len(), Read).of(args.precision);
         let dy = op("dy", 5, args.dy, s.y_len(), Read).of(args.precision);

@@ -168,6 +168,57 @@ pub fn backward_ragged(
     backward(shape, activation, x, w, y, &masked)
 }
 
+/// The input gradient of [`forward_ragged`] given its output `y` and the output
+/// gradient `dy`, as [`GroupedGemm::backward_input_ragged`] computes it, over the routed
+/// rows only, with `dZ = dY ⊙ act'(Y)`:
+///
+/// - per-group `X`: `dX_g[r] = dZ_g[r] · W_gᵀ` for the rows `r` routed to group `g`,
+///   0 for the others;
+/// - shared `X`: `dX[r] = Σ_g dZ_g[r] · W_gᵀ` over the groups `g` that `r` is routed
+///   to, 0 for a row routed nowhere.
+///
+/// `dY` on the unrouted rows is never read (`Y` does not depend on `X` there). It is
+/// [`backward_ragged`]'s `dX`, computed row by row instead of on a masked `dY`.
+///
+/// [`GroupedGemm::backward_input_ragged`]: crate::kernels::grouped_gemm::GroupedGemm::backward_input_ragged
+pub fn backward_input_ragged(
+    shape: &GemmShape,
+    activation: Activation,
+    w: &[f64],
+    y: &[f64],
+    dy: &[f64],
+    routes: &[u32],
+) -> Result<Vec<f64>> {
+    const CTX: &str = "reference grouped_gemm backward_input_ragged";
+    shape.validate(CTX)?;
+    check_len(CTX, "w", w, shape.w_len())?;
+    check_len(CTX, "y", y, shape.y_len())?;
+    check_len(CTX, "dy", dy, shape.y_len())?;
+    let routed = routed_rows(routes, shape.groups, shape.rows)?;
+    let &GemmShape {
+        rows,
+        inputs: d,
+        outputs: n,
+        ..
+    } = shape;
+    let mut dx = vec![0.0; shape.x_len()];
+    for (g, routed) in routed.iter().enumerate() {
+        let wg = &w[g * d * n..(g + 1) * d * n];
+        for &r in routed.iter() {
+            let r = r as usize;
+            let at = (g * rows + r) * n;
+            let out = &mut dx[x_offset(shape, g) + r * d..][..d];
+            for c in 0..n {
+                let dz = dy[at + c] * derivative(activation, y[at + c]);
+                for (k, o) in out.iter_mut().enumerate() {
+                    *o += dz * wg[k * n + c];
+                }
+            }
+        }
+    }
+    Ok(dx)
+}
+
 /// The activation function.
 pub fn apply(activation: Activation, z: f64) -> f64 {
     match activation {
