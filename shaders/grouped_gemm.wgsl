@@ -15,7 +15,7 @@
 // Bounds are handled here: row and column indices are clamped for loads (the values
 // of clamped lanes are never stored) and reduction indices past the end load zero.
 //
-// Ragged mode (FLAG_RAGGED): group g only computes the rows a row map routes to it.
+// Ragged mode (RAGGED = 1): group g only computes the rows a row map routes to it.
 // The map (`routes`, u32, written by routing.wgsl) is
 //   routes[g]                    count_g, the rows routed to group g
 //   routes[groups + g·rows + s]  slot s of g's list: the routed rows (s < count_g),
@@ -69,7 +69,6 @@ struct GemmParams {
 const FLAG_BIAS: u32 = 1u;
 const FLAG_ACCUMULATE: u32 = 2u;
 const FLAG_PACK_GROUPS: u32 = 4u;
-const FLAG_RAGGED: u32 = 8u;
 const FLAG_COMPACT_DX: u32 = 16u;
 const ACT_RELU: u32 = 1u;
 
@@ -98,6 +97,10 @@ override WG_ROWS: u32 = 8u;
 override RB: u32 = 4u;
 // Tiled kernels: groups of 4 output columns per invocation (1 or 2).
 override CN: u32 = 1u;
+// Ragged mode (1) or dense (0). A pipeline constant rather than a flag, so that a
+// dense pipeline holds none of the ragged map lookups and masked stores: in the input
+// gradient's epilogue they doubled lavapipe's compile time and slowed the kernel.
+override RAGGED: u32 = 0u;
 
 // ---------------------------------------------------------------- element access
 
@@ -122,7 +125,7 @@ fn act(v: f32) -> f32 {
 
 // Slots of group g that hold a product: every row when dense.
 fn live_slots(g: u32) -> u32 {
-    if ((P.flags & FLAG_RAGGED) == 0u) {
+    if (RAGGED == 0u) {
         return P.rows;
     }
     return min(routes[P.routes_base + g], P.rows);
@@ -135,7 +138,7 @@ fn mapped_row(g: u32, s: u32) -> u32 {
 
 // The row in slot s of group g's list. Dense: s itself (loads clamp it later).
 fn row_of(g: u32, s: u32) -> u32 {
-    if ((P.flags & FLAG_RAGGED) == 0u) {
+    if (RAGGED == 0u) {
         return s;
     }
     return mapped_row(g, s);
@@ -145,7 +148,7 @@ fn row_of(g: u32, s: u32) -> u32 {
 // 0 otherwise (the stores then never use it).
 fn slot_base(g: u32) -> u32 {
     var base = 0u;
-    if ((P.flags & FLAG_COMPACT_DX) != 0u) {
+    if (RAGGED != 0u && (P.flags & FLAG_COMPACT_DX) != 0u) {
         for (var q = 0u; q < g; q++) {
             base += min(routes[P.routes_base + q], P.rows);
         }
@@ -156,7 +159,7 @@ fn slot_base(g: u32) -> u32 {
 // The input gradient's groups for a workgroup (or invocation) at group index z: all
 // of them, summed, when X is shared in a dense pass; group z alone otherwise.
 fn dx_groups(z: u32) -> vec2<u32> {
-    if (P.x_group_stride == 0u && (P.flags & FLAG_RAGGED) == 0u) {
+    if (P.x_group_stride == 0u && RAGGED == 0u) {
         return vec2(0u, P.groups);
     }
     return vec2(z, z + 1u);
@@ -278,7 +281,7 @@ fn store_dx(g: u32, s: u32, to: OutRow, base: u32, i: u32, acc: f32) {
     if (s >= P.rows || i >= P.inputs) {
         return;
     }
-    if ((P.flags & FLAG_COMPACT_DX) != 0u) {
+    if (RAGGED != 0u && (P.flags & FLAG_COMPACT_DX) != 0u) {
         if (to.live && base + s < P.slots) {
             dx_slots[P.slots_base + (base + s) * P.inputs + i] = acc;
         }

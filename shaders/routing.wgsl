@@ -1,5 +1,5 @@
 // Routing: for every expert, the rows some gate sends to it, as the row map the
-// ragged grouped GEMM reads (grouped_gemm.wgsl, FLAG_RAGGED).
+// ragged grouped GEMM reads (grouped_gemm.wgsl, RAGGED = 1).
 //
 // Layouts, row-major:
 //   G       [gates, rows, experts], stored as `Elem` (f32 or f16, set by storage_*.wgsl)

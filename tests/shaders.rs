@@ -20,7 +20,7 @@ fn capabilities(program: &ShaderProgram) -> Capabilities {
 }
 
 /// Override settings each entry point is translated with: the defaults, and the
-/// largest tiles the host may ask for.
+/// largest tiles the host may ask for (in ragged mode, where a kernel has one).
 fn override_sets(module: &naga::Module) -> Vec<naga::back::PipelineConstants> {
     let names: BTreeSet<String> = module
         .overrides
@@ -34,6 +34,7 @@ fn override_sets(module: &naga::Module) -> Vec<naga::back::PipelineConstants> {
         ("CB", 4.0),
         ("WG", 64.0),
         ("WG_ROWS", 4.0),
+        ("RAGGED", 1.0),
     ] {
         if names.contains(name) {
             large.insert(name.to_string(), value);

@@ -194,7 +194,6 @@ const BACKWARD_WEIGHTS_BINDINGS: &[(u32, BindingKind)] = &[
 const FLAG_BIAS: u32 = 1;
 const FLAG_ACCUMULATE: u32 = 2;
 const FLAG_PACK_GROUPS: u32 = 4;
-const FLAG_RAGGED: u32 = 8;
 const FLAG_COMPACT_DX: u32 = 16;
 /// Binding slot of the row map (ragged mode), or of a stand-in that is never read.
 const ROUTES_SLOT: u32 = 10;
@@ -621,7 +620,7 @@ impl GroupedGemm {
         args.precision.check(&self.gpu, ctx)?;
         tiling.validate(&self.gpu)?;
         Pass::Forward.check_loop_budget(&self.gpu, ctx, s, rows.is_some())?;
-        let mut flags = if args.bias.is_some() { FLAG_BIAS } else { 0 };
+        let flags = if args.bias.is_some() { FLAG_BIAS } else { 0 };
         let w = op("w", 2, args.w, s.w_len(), Read).of(args.precision);
         let operands = [
             op("x", 1, args.x, s.x_len(), Read).of(args.precision),
@@ -634,9 +633,6 @@ impl GroupedGemm {
             ragged::routes_operand(ctx, s, rows, &w)?,
         ];
         let bound = bind_operands(&self.gpu, ctx, &operands)?;
-        if rows.is_some() {
-            flags |= FLAG_RAGGED;
-        }
         let mut p = GemmParams::new(s, args.activation, flags);
         p.x_base = bound[0].base;
         p.w_base = bound[1].base;
@@ -653,7 +649,7 @@ impl GroupedGemm {
             FORWARD_BINDINGS,
             &p,
             &bound,
-            workgroups,
+            (workgroups, rows.is_some()),
         )
     }
 
@@ -719,9 +715,6 @@ impl GroupedGemm {
         ];
         let bound = bind_operands(&self.gpu, ctx, &operands)?;
         let mut flags = if args.accumulate { FLAG_ACCUMULATE } else { 0 };
-        if ragged.is_some() {
-            flags |= FLAG_RAGGED;
-        }
         if compact.is_some() {
             flags |= FLAG_COMPACT_DX;
         }
@@ -748,7 +741,7 @@ impl GroupedGemm {
             BACKWARD_INPUT_BINDINGS,
             &p,
             &bound,
-            workgroups,
+            (workgroups, ragged.is_some()),
         )
     }
 
@@ -790,7 +783,7 @@ impl GroupedGemm {
         args.precision.check(&self.gpu, ctx)?;
         tiling.validate(&self.gpu)?;
         Pass::BackwardWeights.check_loop_budget(&self.gpu, ctx, s, rows.is_some())?;
-        let mut flags = if args.db.is_some() { FLAG_BIAS } else { 0 };
+        let flags = if args.db.is_some() { FLAG_BIAS } else { 0 };
         let x = op("x", 1, args.x, s.x_len(), Read).of(args.precision);
         let dy = op("dy", 5, args.dy, s.y_len(), Read).of(args.precision);
         let dw = op("dw", 8, args.dw, s.w_len(), ReadWrite).of(args.precision);
@@ -806,9 +799,6 @@ impl GroupedGemm {
             ragged::routes_operand(ctx, s, rows, &x)?,
         ];
         let bound = bind_operands(&self.gpu, ctx, &operands)?;
-        if rows.is_some() {
-            flags |= FLAG_RAGGED;
-        }
         let mut p = GemmParams::new(s, args.activation, flags);
         p.x_base = bound[0].base;
         p.dy_base = bound[1].base;
@@ -828,7 +818,7 @@ impl GroupedGemm {
             BACKWARD_WEIGHTS_BINDINGS,
             &p,
             &bound,
-            workgroups,
+            (workgroups, rows.is_some()),
         )
     }
 
@@ -874,13 +864,20 @@ impl GroupedGemm {
         bindings: &[(u32, BindingKind)],
         params: &GemmParams,
         bound: &[super::binding::BoundOperand<'_>],
-        workgroups: [u32; 3],
+        (workgroups, ragged): ([u32; 3], bool),
     ) -> Result<Dispatch> {
+        // Ragged mode is a pipeline constant: dense pipelines compile none of its map
+        // lookups and masked stores (lavapipe's compile time, and the register tiles'
+        // speed, follow the code a kernel holds).
+        let mut constants = tiling.constants();
+        if ragged {
+            constants.push(("RAGGED", 1));
+        }
         let pipeline = self.gpu.pipeline(
             tiling.source(precision),
             tiling.entry(pass),
             bindings,
-            &tiling.constants(),
+            &constants,
         )?;
         let (layout, _) = self.gpu.layout(bindings)?;
         Dispatch::build(
