@@ -16,14 +16,17 @@
 //! - one shared selection ([`Selection::Shared`], weights per task as in the first):
 //!   2 experts per row by construction, each task its own weights over them.
 //!
-//! The expert layer reads the model's input, so its backward pass is the weight
-//! gradients alone (no input gradient is needed below it). The gate values come from
-//! the GPU gate kernel; its time is the same on both paths and left out.
+//! On the model's input an expert layer's backward pass is the weight gradients
+//! alone; above a shared layer (or as an expert's second layer) it also needs the
+//! input gradient, so the bench times that too, dense against ragged (through the
+//! compact scratch and the per-row reduce), and gives both totals. The gate values
+//! come from the GPU gate kernel; its time is the same on both paths and left out.
 
 use mmoe_wgpu::kernels::gate_mix::{ForwardStages, GateMixShape};
 use mmoe_wgpu::kernels::gate_topk::{GateTopk, GateTopkForward, Selection};
 use mmoe_wgpu::kernels::grouped_gemm::{
-    GemmBackwardWeights, GemmForward, GroupedGemm, RowMap, ragged_flops, read_counts,
+    GemmBackwardInput, GemmBackwardWeights, GemmForward, GroupedGemm, RowMap, SlotScratch,
+    ragged_flops, read_counts,
 };
 use mmoe_wgpu::kernels::routing::{Routing, RoutingArgs, RoutingShape};
 use mmoe_wgpu::kernels::{Dispatch, Precision};
@@ -92,7 +95,35 @@ struct Buffers {
 /// Runs `d` once (its outputs feed later passes), then its best time in seconds of
 /// four: the other work on a shared machine only ever adds time.
 fn run_and_time(gpu: &Gpu, d: &Dispatch) -> f64 {
-    best_seconds(gpu, 3, |pass| d.record(pass))
+    run_all_and_time(gpu, std::slice::from_ref(d))
+}
+
+/// [`run_and_time`] of dispatches recorded one after another.
+fn run_all_and_time(gpu: &Gpu, ds: &[Dispatch]) -> f64 {
+    best_seconds(gpu, 3, |pass| ds.iter().for_each(|d| d.record(pass)))
+}
+
+/// The input gradient's dispatches: dense, or ragged on `rows` into `scratch`.
+fn input_gradient(
+    gemm: &GroupedGemm,
+    shape: GemmShape,
+    (bufs, y, dx): (&Buffers, &wgpu::Buffer, &wgpu::Buffer),
+    ragged: Option<(RowMap<'_>, SlotScratch<'_>)>,
+) -> Vec<Dispatch> {
+    let args = GemmBackwardInput {
+        shape,
+        activation: Activation::Relu,
+        precision: Precision::F32,
+        dy: (&bufs.dy).into(),
+        y: Some(y.into()),
+        w: (&bufs.w).into(),
+        dx: dx.into(),
+        accumulate: false,
+    };
+    expect(match ragged {
+        None => gemm.backward_input(&args).map(|d| vec![d]),
+        Some((map, scratch)) => gemm.backward_input_ragged(&args, map, Some(scratch)),
+    })
 }
 
 /// The top-2 gate values `G: [tasks, rows, experts]` of gate weights `wg` (no bias)
@@ -153,16 +184,22 @@ fn main() {
 
     let y_dense = empty("y dense", shape.y_len());
     let dense = passes(&gemm, shape, &bufs, &y_dense, None).map(|d| run_and_time(&gpu, &d));
+    let dx = empty("dx", shape.x_len());
+    let dense_dx = run_all_and_time(
+        &gpu,
+        &input_gradient(&gemm, shape, (&bufs, &y_dense, &dx), None),
+    );
     let dense_flops = shape.forward_flops();
     let time_dense = dense[0] + dense[1];
     println!(
-        "dense: forward {:.3} s, backward dW+db {:.3} s ({:.2} + {:.2} GFLOP/s), \
-         {:.2} GFLOP in all",
+        "dense: forward {:.3} s, backward dW+db {:.3} s, dX {dense_dx:.3} s \
+         ({:.2}, {:.2}, {:.2} GFLOP/s); {:.2} GFLOP each",
         dense[0],
         dense[1],
         dense_flops / dense[0] / 1e9,
         dense_flops / dense[1] / 1e9,
-        2.0 * dense_flops / 1e9
+        dense_flops / dense_dx / 1e9,
+        dense_flops / 1e9
     );
 
     let gate_shape = GateMixShape {
@@ -209,6 +246,13 @@ fn main() {
         let flops = expect(ragged_flops(&shape, &counts));
         let y = empty("y ragged", shape.y_len());
         let ragged = passes(&gemm, shape, &bufs, &y, Some(map)).map(|d| run_and_time(&gpu, &d));
+        // Each row reaches at most k experts per task.
+        let scratch_buffer = empty("dx slots", SlotScratch::elements(&shape, TOP_K * s.tasks));
+        let scratch = SlotScratch::new((&scratch_buffer).into(), TOP_K * s.tasks);
+        let ragged_dx = run_all_and_time(
+            &gpu,
+            &input_gradient(&gemm, shape, (&bufs, &y, &dx), Some((map, scratch))),
+        );
         let fraction = flops / dense_flops;
         let time_ragged = ragged[0] + ragged[1] + route_time;
         println!("{name}:");
@@ -238,6 +282,16 @@ fn main() {
              {time_dense:.3} s = {:.3}, {:.3} s saved",
             time_ragged / time_dense,
             time_dense - time_ragged
+        );
+        // The reduce adds one addition per compact value: 1/(2h) of the products.
+        let dx_flops = flops + flops / (2.0 * shape.outputs as f64);
+        println!(
+            "  with the input gradient: dX ragged {ragged_dx:.3} s vs dense {dense_dx:.3} s; \
+             FLOPs forward + backward {:.3} of dense, time {:.3} s vs {:.3} s = {:.3}",
+            (2.0 * flops + dx_flops) / (3.0 * dense_flops),
+            time_ragged + ragged_dx,
+            time_dense + dense_dx,
+            (time_ragged + ragged_dx) / (time_dense + dense_dx)
         );
     }
 }
