@@ -292,6 +292,24 @@ fn add_offset_row(t: u32, row: u32) {
     }
 }
 
+// The last step of a softmax: the row of G at `base` divided by its sum.
+fn normalize_g_row(base: u32, sum: f32) {
+    for (var e = 0u; e < P.experts; e++) {
+        g[base + e] = Elem(f32(g[base + e]) / sum);
+    }
+}
+
+// The top-k softmaxes' last step: the row of G at `base` divided by its sum, and with
+// use_p the row of p at `p_at` by its own.
+fn normalize_rows(base: u32, sum: f32, p_at: u32, full: f32) {
+    normalize_g_row(base, sum);
+    if (P.use_p != 0u) {
+        for (var e = 0u; e < P.experts; e++) {
+            p_out[p_at + e] = Elem(f32(p_out[p_at + e]) / full);
+        }
+    }
+}
+
 // Top-k softmax of one row of logits in place, over the experts gate t sees. The logits are ranked larger first,
 // then lower expert first, a strict total order (for finite logits), so exactly k are
 // selected whatever the ties. Picking them one at a time, each the first logit ranked
@@ -345,14 +363,7 @@ fn topk_softmax_row(t: u32, row: u32) {
         g[base + e] = Elem(p);
         sum += p;
     }
-    for (var e = 0u; e < P.experts; e++) {
-        g[base + e] = Elem(f32(g[base + e]) / sum);
-    }
-    if (P.use_p != 0u) {
-        for (var e = 0u; e < P.experts; e++) {
-            p_out[p_at + e] = Elem(f32(p_out[p_at + e]) / full);
-        }
-    }
+    normalize_rows(base, sum, p_at, full);
 }
 
 // Shared selection keeps the row's selected experts as a bit mask, 32 to a word.
@@ -431,14 +442,7 @@ fn shared_topk_row(row: u32) {
             g[base + e] = Elem(p);
             sum += p;
         }
-        for (var e = 0u; e < P.experts; e++) {
-            g[base + e] = Elem(f32(g[base + e]) / sum);
-        }
-        if (P.use_p != 0u) {
-            for (var e = 0u; e < P.experts; e++) {
-                p_out[p_at + e] = Elem(f32(p_out[p_at + e]) / full);
-            }
-        }
+        normalize_rows(base, sum, p_at, full);
     }
 }
 
@@ -464,9 +468,7 @@ fn softmax_row(t: u32, row: u32) {
         g[base + e] = Elem(p);
         sum += p;
     }
-    for (var e = 0u; e < P.experts; e++) {
-        g[base + e] = Elem(f32(g[base + e]) / sum);
-    }
+    normalize_g_row(base, sum);
     // The dense softmax is the full one.
     if (P.use_p != 0u) {
         let p_at = P.p_base + gate_index(t, row, 0u);

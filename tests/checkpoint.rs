@@ -895,34 +895,10 @@ fn load_balanced_gates_resume_bitwise_and_old_files_load_with_the_importance_los
 
     let importance = with_gate(Gate::top_k(2).balanced(0.2));
     assert_ne!(importance, load);
-    let mut trainer = Trainer::new(gpu(), importance.clone(), ROWS).unwrap();
-    train(&mut trainer, 0, 2);
-    let saved = trainer.checkpoint().unwrap();
-    let good = saved.to_bytes().unwrap();
-    let edit = |from: &'static str, to: &'static str| {
-        rewrite(&good, move |_, d| {
-            assert!(d.contains(from), "{d}");
-            *d = d.replace(from, to);
-        })
-    };
-    let old = Checkpoint::from_bytes(&edit(r#","balance_loss":"importance""#, "")).unwrap();
-    assert_eq!(old.config(), &importance);
-    assert_bitwise_equal("without the field", &saved, &old);
-    let switched = Checkpoint::from_bytes(&edit(
-        r#""balance_loss":"importance""#,
-        r#""balance_loss":"load""#,
-    ))
-    .unwrap();
-    assert_eq!(switched.config(), &load);
-    let (_, message) = checkpoint_error(Checkpoint::from_bytes(&edit(
-        r#""balance_loss":"importance""#,
-        r#""balance_loss":"switch""#,
-    )));
-    assert!(
-        message.contains(
-            "`config.architecture.gate.balance_loss` is `switch`; expected importance or load"
-        ),
-        "{message}"
+    check_optional_gate_field(
+        ("balance_loss", "importance", "load", "switch"),
+        (&importance, &load),
+        "expected importance or load",
     );
 }
 
@@ -942,33 +918,44 @@ fn the_selection_is_kept_and_old_files_load_with_per_gate_selections() {
     };
     let own = with_gate(Gate::top_k(2));
     let shared = with_gate(Gate::top_k(2).shared_selection());
-    let mut trainer = Trainer::new(gpu(), own.clone(), ROWS).unwrap();
+    check_optional_gate_field(
+        ("selection", "per_gate", "shared", "joint"),
+        (&own, &shared),
+        "expected per_gate or shared",
+    );
+}
+
+/// A gate field that later versions added: a checkpoint of `configs.0` (whose gate has
+/// the field at `default`) loads without the field as that config, with the field at
+/// `other` as `configs.1`, and with `unknown` as an error naming the field and saying
+/// `expected`.
+fn check_optional_gate_field(
+    (field, default, other, unknown): (&str, &str, &str, &str),
+    configs: (&ModelConfig, &ModelConfig),
+    expected: &str,
+) {
+    let mut trainer = Trainer::new(gpu(), configs.0.clone(), ROWS).unwrap();
     train(&mut trainer, 0, 2);
     let saved = trainer.checkpoint().unwrap();
     let good = saved.to_bytes().unwrap();
-    let edit = |from: &'static str, to: &'static str| {
-        rewrite(&good, move |_, d| {
+    let written = format!(r#""{field}":"{default}""#);
+    let edit = |from: &str, to: &str| {
+        rewrite(&good, |_, d| {
             assert!(d.contains(from), "{d}");
             *d = d.replace(from, to);
         })
     };
-    let old = Checkpoint::from_bytes(&edit(r#","selection":"per_gate""#, "")).unwrap();
-    assert_eq!(old.config(), &own);
+    // Never the gate's first field: it goes with the comma before it.
+    let old = Checkpoint::from_bytes(&edit(&format!(",{written}"), "")).unwrap();
+    assert_eq!(old.config(), configs.0);
     assert_bitwise_equal("without the field", &saved, &old);
-    let switched = Checkpoint::from_bytes(&edit(
-        r#""selection":"per_gate""#,
-        r#""selection":"shared""#,
-    ))
-    .unwrap();
-    assert_eq!(switched.config(), &shared);
+    let switched =
+        Checkpoint::from_bytes(&edit(&written, &format!(r#""{field}":"{other}""#))).unwrap();
+    assert_eq!(switched.config(), configs.1);
     let (_, message) = checkpoint_error(Checkpoint::from_bytes(&edit(
-        r#""selection":"per_gate""#,
-        r#""selection":"joint""#,
+        &written,
+        &format!(r#""{field}":"{unknown}""#),
     )));
-    assert!(
-        message.contains(
-            "`config.architecture.gate.selection` is `joint`; expected per_gate or shared"
-        ),
-        "{message}"
-    );
+    let want = format!("`config.architecture.gate.{field}` is `{unknown}`; {expected}");
+    assert!(message.contains(&want), "{message}");
 }
