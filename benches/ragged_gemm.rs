@@ -21,6 +21,10 @@
 //! input gradient, so the bench times that too, dense against ragged (through the
 //! compact scratch and the per-row reduce), and gives both totals. The gate values
 //! come from the GPU gate kernel; its time is the same on both paths and left out.
+//!
+//! Last, whole training steps of the one-layer MMoE at this shape (gate, routing,
+//! experts, mixing, towers, losses, backward, Adam), with dense softmax gates and
+//! with top-2 gates of both selections.
 
 use mmoe_wgpu::kernels::gate_mix::{ForwardStages, GateMixShape};
 use mmoe_wgpu::kernels::gate_topk::{GateTopk, GateTopkForward, Selection};
@@ -30,6 +34,7 @@ use mmoe_wgpu::kernels::grouped_gemm::{
 };
 use mmoe_wgpu::kernels::routing::{Routing, RoutingArgs, RoutingShape};
 use mmoe_wgpu::kernels::{Dispatch, Precision};
+use mmoe_wgpu::model::{Architecture, Gate, ModelConfig, TaskConfig, TaskKind, Trainer};
 use mmoe_wgpu::rng::Rng;
 use mmoe_wgpu::{Activation, GemmShape, Gpu, StandardShape};
 
@@ -157,6 +162,37 @@ fn gate_values(
     gate.encode(&mut encoder);
     gpu.queue().submit([encoder.finish()]);
     g
+}
+
+/// Wall time of one training step of the one-layer MMoE at `s` with `gate`, best of
+/// three after a first step (compilation, tuning), and the experts it computes per row.
+fn training_step(gpu: &Gpu, s: &StandardShape, gate: Gate) -> (f64, f64) {
+    let tasks = (0..s.tasks)
+        .map(|t| TaskConfig::new(format!("task{t}"), TaskKind::BinaryClassification))
+        .collect();
+    let mut config = ModelConfig::mmoe(s.inputs, s.experts, s.expert_width, s.tower_width, tasks);
+    config.architecture = Architecture::Mmoe {
+        experts: s.experts,
+        expert_layers: vec![s.expert_width],
+        gate,
+        task_experts: 0,
+    };
+    let mut rng = Rng::new(5);
+    let x = random(&mut rng, s.batch * s.inputs, 1.0);
+    let y: Vec<f32> = (0..s.batch * s.tasks)
+        .map(|_| (rng.unit() < 0.5) as u8 as f32)
+        .collect();
+    let mut trainer = expect(Trainer::new(gpu, config, s.batch));
+    let mut step = || {
+        let start = std::time::Instant::now();
+        expect(trainer.step(&x, &y));
+        expect(trainer.loss());
+        start.elapsed().as_secs_f64()
+    };
+    step();
+    let best = (0..3).map(|_| step()).fold(f64::INFINITY, f64::min);
+    let routed: f64 = expect(trainer.gate_report(&x)).routed.iter().sum();
+    (best, routed)
 }
 
 fn main() {
@@ -292,6 +328,23 @@ fn main() {
             time_ragged + ragged_dx,
             time_dense + dense_dx,
             (time_ragged + ragged_dx) / (time_dense + dense_dx)
+        );
+    }
+
+    println!("whole training steps, one-layer MMoE (wall time, best of 3):");
+    let (dense_step, _) = training_step(&gpu, &s, Gate::SOFTMAX);
+    println!("  dense softmax gates: {dense_step:.3} s");
+    for (name, gate) in [
+        ("top-2, each task its own", Gate::top_k(TOP_K)),
+        (
+            "top-2, one shared selection",
+            Gate::top_k(TOP_K).shared_selection(),
+        ),
+    ] {
+        let (time, routed) = training_step(&gpu, &s, gate);
+        println!(
+            "  {name}: {time:.3} s = {:.3} of dense ({routed:.2} experts per row)",
+            time / dense_step
         );
     }
 }
