@@ -858,12 +858,9 @@ fn prediction_over_more_rows_than_a_buffer_holds_matches_small_batches() {
     );
 }
 
-/// A model with the load balancing loss resumes bitwise and keeps its loss kind;
-/// files written before the load loss (no `balance_loss` field) load with the
-/// importance loss; an unknown kind is an error naming the field.
-#[test]
-fn load_balanced_gates_resume_bitwise_and_old_files_load_with_the_importance_loss() {
-    let with_gate = |gate: Gate| ModelConfig {
+/// MMoE with 4 experts and `gate`.
+fn gated_mmoe(gate: Gate) -> ModelConfig {
+    ModelConfig {
         architecture: Architecture::Mmoe {
             experts: 4,
             expert_layers: vec![5],
@@ -871,8 +868,15 @@ fn load_balanced_gates_resume_bitwise_and_old_files_load_with_the_importance_los
             task_experts: 0,
         },
         ..noisy()
-    };
-    let load = with_gate(Gate::top_k(2).balanced_load(0.2));
+    }
+}
+
+/// A model with the load balancing loss resumes bitwise and keeps its loss kind;
+/// files written before the load loss (no `balance_loss` field) load with the
+/// importance loss; an unknown kind is an error naming the field.
+#[test]
+fn load_balanced_gates_resume_bitwise_and_old_files_load_with_the_importance_loss() {
+    let load = gated_mmoe(Gate::top_k(2).balanced_load(0.2));
     let dir = scratch_dir("load_balance");
     let mut straight = Trainer::new(gpu(), load.clone(), ROWS).unwrap();
     train(&mut straight, 0, 6);
@@ -893,7 +897,7 @@ fn load_balanced_gates_resume_bitwise_and_old_files_load_with_the_importance_los
     );
     std::fs::remove_dir_all(dir).unwrap();
 
-    let importance = with_gate(Gate::top_k(2).balanced(0.2));
+    let importance = gated_mmoe(Gate::top_k(2).balanced(0.2));
     assert_ne!(importance, load);
     check_optional_gate_field(
         ("balance_loss", "importance", "load", "switch"),
@@ -907,17 +911,8 @@ fn load_balanced_gates_resume_bitwise_and_old_files_load_with_the_importance_los
 /// the field.
 #[test]
 fn the_selection_is_kept_and_old_files_load_with_per_gate_selections() {
-    let with_gate = |gate: Gate| ModelConfig {
-        architecture: Architecture::Mmoe {
-            experts: 4,
-            expert_layers: vec![5],
-            gate,
-            task_experts: 0,
-        },
-        ..noisy()
-    };
-    let own = with_gate(Gate::top_k(2));
-    let shared = with_gate(Gate::top_k(2).shared_selection());
+    let own = gated_mmoe(Gate::top_k(2));
+    let shared = gated_mmoe(Gate::top_k(2).shared_selection());
     check_optional_gate_field(
         ("selection", "per_gate", "shared", "joint"),
         (&own, &shared),
