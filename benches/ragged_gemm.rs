@@ -282,9 +282,13 @@ fn main() {
         let flops = expect(ragged_flops(&shape, &counts));
         let y = empty("y ragged", shape.y_len());
         let ragged = passes(&gemm, shape, &bufs, &y, Some(map)).map(|d| run_and_time(&gpu, &d));
-        // Each row reaches at most k experts per task.
-        let scratch_buffer = empty("dx slots", SlotScratch::elements(&shape, TOP_K * s.tasks));
-        let scratch = SlotScratch::new((&scratch_buffer).into(), TOP_K * s.tasks);
+        // Each row reaches at most k experts per task, or k in all when shared.
+        let routes_per_row = match selection {
+            Selection::PerGate => TOP_K * s.tasks,
+            Selection::Shared => TOP_K,
+        };
+        let scratch_buffer = empty("dx slots", SlotScratch::elements(&shape, routes_per_row));
+        let scratch = SlotScratch::new((&scratch_buffer).into(), routes_per_row);
         let ragged_dx = run_all_and_time(
             &gpu,
             &input_gradient(&gemm, shape, (&bufs, &y, &dx), Some((map, scratch))),

@@ -5,6 +5,7 @@
 use super::backward::{BackwardStep, backward_steps, needs_grad};
 use super::{Graph, Op, Role, TensorId};
 use crate::kernels::balance::{BalanceLoss, BalanceShape};
+use crate::kernels::gate_topk::Selection;
 use crate::kernels::grouped_gemm::{RowMap, SlotScratch};
 use crate::kernels::optimizer::Optimizer;
 use crate::shape::InputLayout;
@@ -276,9 +277,15 @@ fn routed_layers(graph: &Graph) -> Vec<Option<usize>> {
 }
 
 /// The most experts sparse gate node `gate` routes one row to: each of its gates
-/// keeps `k`, at most all of them.
+/// keeps `k` (all the same `k` under a shared selection), at most all of them.
 pub(super) fn max_routes_per_row(graph: &Graph, gate: usize) -> usize {
     match &graph.nodes()[gate] {
+        Op::GateMix {
+            shape,
+            k,
+            selection: Selection::Shared,
+            ..
+        } => (*k).min(shape.experts),
         Op::GateMix { shape, k, .. } => (k * shape.gates).min(shape.experts),
         _ => unreachable!("node {gate} is the gate of a routed layer"),
     }
