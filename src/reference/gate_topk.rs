@@ -97,37 +97,6 @@ pub fn forward_logits(
     forward_logits_selecting(shape, k, access, Selection::PerGate, z, h)
 }
 
-/// The experts of `selection` on row `b`: each gate's own top `k` of the experts it
-/// sees, or for every gate the top `k` of the logits summed over the gates.
-fn selected_experts(
-    shape: &GateMixShape,
-    (k, access, selection): (usize, ExpertAccess, Selection),
-    z: &[f64],
-    t: usize,
-    b: usize,
-) -> Vec<usize> {
-    let &GateMixShape {
-        gates,
-        experts: n,
-        rows,
-        ..
-    } = shape;
-    let logit = |t: usize, e: usize| z[(t * rows + b) * n + e];
-    match selection {
-        Selection::PerGate => {
-            let seen: Vec<usize> = (0..n).filter(|&e| access.sees(t, e)).collect();
-            let seen_z: Vec<f64> = seen.iter().map(|&e| logit(t, e)).collect();
-            top_k(&seen_z, k).into_iter().map(|i| seen[i]).collect()
-        }
-        Selection::Shared => {
-            let sums: Vec<f64> = (0..n)
-                .map(|e| (0..gates).map(|t| logit(t, e)).sum())
-                .collect();
-            top_k(&sums, k)
-        }
-    }
-}
-
 /// [`forward_logits`] with the gates selecting their experts as `selection` says.
 pub fn forward_logits_selecting(
     shape: &GateMixShape,
@@ -153,10 +122,27 @@ pub fn forward_logits_selecting(
     } = shape;
     let mut g = vec![0.0; shape.g_len()];
     let mut m = vec![0.0; shape.m_len()];
-    for t in 0..gates {
-        for b in 0..rows {
+    for b in 0..rows {
+        let logit = |t: usize, e: usize| z[(t * rows + b) * n + e];
+        // A shared selection ranks the logits summed over the gates, once per row.
+        let shared = (selection == Selection::Shared).then(|| {
+            let sums: Vec<f64> = (0..n)
+                .map(|e| (0..gates).map(|t| logit(t, e)).sum())
+                .collect();
+            top_k(&sums, k)
+        });
+        for t in 0..gates {
             let row = (t * rows + b) * n;
-            let selected = selected_experts(shape, (k, access, selection), z, t, b);
+            let own: Vec<usize>;
+            let selected = match &shared {
+                Some(shared) => shared,
+                None => {
+                    let seen: Vec<usize> = (0..n).filter(|&e| access.sees(t, e)).collect();
+                    let seen_z: Vec<f64> = seen.iter().map(|&e| logit(t, e)).collect();
+                    own = top_k(&seen_z, k).into_iter().map(|i| seen[i]).collect();
+                    &own
+                }
+            };
             let z = &z[row..row + n];
             // The largest selected logit: the first pick of a gate's own selection,
             // not necessarily of a shared one.
@@ -165,7 +151,7 @@ pub fn forward_logits_selecting(
                 .map(|&e| z[e])
                 .fold(f64::NEG_INFINITY, f64::max);
             let sum: f64 = selected.iter().map(|&e| (z[e] - top).exp()).sum();
-            for &e in &selected {
+            for &e in selected {
                 let p = (z[e] - top).exp() / sum;
                 g[row + e] = p;
                 for j in 0..w {
