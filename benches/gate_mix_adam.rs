@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use mmoe_wgpu::kernels::gate_mix::{GateMix, GateMixBackward, GateMixForward, GateMixShape};
-use mmoe_wgpu::kernels::optimizer::{OptimizerArgs, OptimizerKernel};
+use mmoe_wgpu::kernels::optimizer::{Optimizer, OptimizerUpdate};
 use mmoe_wgpu::kernels::{BufferView, Dispatch, Precision};
 use mmoe_wgpu::model::ModelConfig;
 use mmoe_wgpu::rng::Rng;
@@ -199,7 +199,7 @@ fn gate_mix_and_adam(c: &mut Criterion) {
     let gpu = fresh_gpu();
     let full = full_tuning_gpu();
     let kernel = GateMix::new(&gpu);
-    let optimizer = OptimizerKernel::new(&gpu);
+    let optimizer = Optimizer::new(&gpu);
     let mut rng = Rng::new(5);
     for standard in StandardShape::ALL {
         let shape = GateMixShape {
@@ -263,8 +263,8 @@ fn gate_mix_and_adam(c: &mut Criterion) {
         let grads = random(&gpu, "grads", &mut rng, n);
         let (m1, m2) = (zeros(&gpu, "m", n), zeros(&gpu, "v", n));
         let adam = optimizer
-            .prepare(&OptimizerArgs {
-                optimizer: ModelConfig::ADAM,
+            .update(&OptimizerUpdate {
+                config: ModelConfig::ADAM,
                 len: n,
                 precision: Precision::F32,
                 params: (&params).into(),

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use mmoe_wgpu::kernels::grouped_gemm::{
-    GemmBackwardInput, GemmBackwardWeights, GemmForward, GroupedGemm, Tiling,
+    GroupedGemm, GroupedGemmBackwardInput, GroupedGemmBackwardWeights, GroupedGemmForward, Tiling,
 };
 use mmoe_wgpu::kernels::{Dispatch, Precision};
 use mmoe_wgpu::rng::Rng;
@@ -59,7 +59,7 @@ fn passes(
     let dw = gpu.storage_buffer("dw", 4 * shape.w_len() as u64)?;
     let db = gpu.storage_buffer("db", 4 * shape.b_len() as u64)?;
     let activation = Activation::Relu;
-    let forward = GemmForward {
+    let forward = GroupedGemmForward {
         shape,
         precision: Precision::F32,
         activation,
@@ -68,7 +68,7 @@ fn passes(
         bias: Some((&b).into()),
         y: (&y).into(),
     };
-    let backward_input = GemmBackwardInput {
+    let backward_input = GroupedGemmBackwardInput {
         shape,
         precision: Precision::F32,
         activation,
@@ -78,7 +78,7 @@ fn passes(
         dx: (&dx).into(),
         accumulate: false,
     };
-    let backward_weights = GemmBackwardWeights {
+    let backward_weights = GroupedGemmBackwardWeights {
         shape,
         precision: Precision::F32,
         activation,

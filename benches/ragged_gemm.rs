@@ -29,10 +29,10 @@
 use mmoe_wgpu::kernels::gate_mix::{ForwardStages, GateMixShape};
 use mmoe_wgpu::kernels::gate_topk::{GateTopk, GateTopkForward, Selection};
 use mmoe_wgpu::kernels::grouped_gemm::{
-    GemmBackwardInput, GemmBackwardWeights, GemmForward, GroupedGemm, RowMap, SlotScratch,
-    ragged_flops, read_counts,
+    GroupedGemm, GroupedGemmBackwardInput, GroupedGemmBackwardWeights, GroupedGemmForward, RowMap,
+    SlotScratch, ragged_flops, read_counts,
 };
-use mmoe_wgpu::kernels::routing::{Routing, RoutingArgs, RoutingShape};
+use mmoe_wgpu::kernels::routing::{Routing, RoutingForward, RoutingShape};
 use mmoe_wgpu::kernels::{Dispatch, Precision};
 use mmoe_wgpu::model::{Architecture, Gate, ModelConfig, TaskConfig, TaskKind, Trainer};
 use mmoe_wgpu::rng::Rng;
@@ -59,7 +59,7 @@ fn passes(
     y: &wgpu::Buffer,
     rows: Option<RowMap<'_>>,
 ) -> [Dispatch; 2] {
-    let forward = GemmForward {
+    let forward = GroupedGemmForward {
         shape,
         activation: Activation::Relu,
         precision: Precision::F32,
@@ -68,7 +68,7 @@ fn passes(
         bias: Some((&bufs.b).into()),
         y: y.into(),
     };
-    let weights = GemmBackwardWeights {
+    let weights = GroupedGemmBackwardWeights {
         shape,
         activation: Activation::Relu,
         precision: Precision::F32,
@@ -115,7 +115,7 @@ fn input_gradient(
     (bufs, y, dx): (&Buffers, &wgpu::Buffer, &wgpu::Buffer),
     ragged: Option<(RowMap<'_>, SlotScratch<'_>)>,
 ) -> Vec<Dispatch> {
-    let args = GemmBackwardInput {
+    let args = GroupedGemmBackwardInput {
         shape,
         activation: Activation::Relu,
         precision: Precision::F32,
@@ -269,7 +269,7 @@ fn main() {
     ] {
         let g = gate_values(&gpu, gate_shape, selection, (&bufs.x, wg, &y_dense));
         let routes = empty("routes", routing_shape.routes_len());
-        let route = expect(Routing::new(&gpu).dispatch(&RoutingArgs {
+        let route = expect(Routing::new(&gpu).forward(&RoutingForward {
             shape: routing_shape,
             precision: Precision::F32,
             g: (&g).into(),

@@ -33,7 +33,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mmoe_wgpu::Gpu;
 use mmoe_wgpu::data::census::{TaskGroup, load_census};
 use mmoe_wgpu::data::{Dataset, Splits};
-use mmoe_wgpu::kernels::optimizer::Optimizer;
+use mmoe_wgpu::kernels::optimizer::OptimizerConfig;
 use mmoe_wgpu::metrics::auc;
 use mmoe_wgpu::model::{Architecture, Gate, ModelConfig, TaskConfig, TaskKind, Trainer};
 use mmoe_wgpu::rng::Rng;
@@ -126,7 +126,7 @@ fn model_config(o: &Options, inputs: usize) -> ModelConfig {
         tower_layers: vec![o.tower],
         tasks,
         optimizer: if o.weight_decay > 0.0 {
-            Optimizer::AdamW {
+            OptimizerConfig::AdamW {
                 beta1: 0.9,
                 beta2: 0.999,
                 eps: 1e-8,

@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 use half::f16;
 use mmoe_wgpu::kernels::gate_mix::{GateMix, GateMixForward, GateMixShape};
-use mmoe_wgpu::kernels::grouped_gemm::{GemmForward, GroupedGemm};
+use mmoe_wgpu::kernels::grouped_gemm::{GroupedGemm, GroupedGemmForward};
 use mmoe_wgpu::kernels::{BufferView, Precision};
 use mmoe_wgpu::reference;
 use mmoe_wgpu::rng::Rng;
@@ -205,7 +205,7 @@ fn run_at(
     });
     GroupedGemm::new(gpu).encode_forward(
         &mut encoder,
-        &GemmForward {
+        &GroupedGemmForward {
             shape: experts_gemm,
             activation: Activation::Relu,
             precision,

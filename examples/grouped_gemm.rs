@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use mmoe_wgpu::kernels::Precision;
 use mmoe_wgpu::kernels::grouped_gemm::{
-    GemmBackwardInput, GemmBackwardWeights, GemmForward, GroupedGemm, Tiling,
+    GroupedGemm, GroupedGemmBackwardInput, GroupedGemmBackwardWeights, GroupedGemmForward, Tiling,
 };
 use mmoe_wgpu::kernels::{BufferView, Dispatch};
 use mmoe_wgpu::reference::grouped_gemm as reference;
@@ -82,7 +82,7 @@ fn run(standard: StandardShape) -> mmoe_wgpu::Result<bool> {
     let dwb = gpu.storage_buffer("dw", 4 * shape.w_len() as u64)?;
     let dbb = gpu.storage_buffer("db", 4 * shape.b_len() as u64)?;
     let act = Activation::Relu;
-    let forward = GemmForward {
+    let forward = GroupedGemmForward {
         precision: Precision::F32,
         shape,
         activation: act,
@@ -91,7 +91,7 @@ fn run(standard: StandardShape) -> mmoe_wgpu::Result<bool> {
         bias: Some((&bb).into()),
         y: (&yb).into(),
     };
-    let backward_input = GemmBackwardInput {
+    let backward_input = GroupedGemmBackwardInput {
         precision: Precision::F32,
         shape,
         activation: act,
@@ -101,7 +101,7 @@ fn run(standard: StandardShape) -> mmoe_wgpu::Result<bool> {
         dx: (&dxb).into(),
         accumulate: false,
     };
-    let backward_weights = GemmBackwardWeights {
+    let backward_weights = GroupedGemmBackwardWeights {
         precision: Precision::F32,
         shape,
         activation: act,

@@ -24,7 +24,7 @@
 //! [`Error`] that names the kernel and operand.
 //!
 //! ```
-//! use mmoe_wgpu::kernels::grouped_gemm::{GemmForward, GroupedGemm};
+//! use mmoe_wgpu::kernels::grouped_gemm::{GroupedGemm, GroupedGemmForward};
 //! use mmoe_wgpu::kernels::{BufferView, Precision};
 //! use mmoe_wgpu::wgpu::{self, util::DeviceExt};
 //! use mmoe_wgpu::{Activation, GemmShape, Gpu, InputLayout};
@@ -55,7 +55,7 @@
 //! // ... the application's own passes ...
 //! GroupedGemm::new(&gpu).encode_forward(
 //!     &mut encoder,
-//!     &GemmForward {
+//!     &GroupedGemmForward {
 //!         shape,
 //!         activation: Activation::Relu,
 //!         precision: Precision::F32,

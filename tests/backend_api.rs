@@ -26,10 +26,10 @@ use common::{gpu, random};
 use half::f16;
 use mmoe_wgpu::kernels::gate_mix::{GateMix, GateMixBackward, GateMixForward, GateMixShape};
 use mmoe_wgpu::kernels::grouped_gemm::{
-    GemmBackwardInput, GemmBackwardWeights, GemmForward, GroupedGemm,
+    GroupedGemm, GroupedGemmBackwardInput, GroupedGemmBackwardWeights, GroupedGemmForward,
 };
-use mmoe_wgpu::kernels::loss::{Loss, LossArgs, LossKind, TaskLoss};
-use mmoe_wgpu::kernels::optimizer::{Optimizer, OptimizerArgs, OptimizerKernel};
+use mmoe_wgpu::kernels::loss::{Loss, LossForward, LossKind, TaskLoss};
+use mmoe_wgpu::kernels::optimizer::{Optimizer, OptimizerConfig, OptimizerUpdate};
 use mmoe_wgpu::kernels::{BufferView, Precision};
 use mmoe_wgpu::reference;
 use mmoe_wgpu::rng::Rng;
@@ -166,7 +166,7 @@ fn gemm_case(gpu: &Gpu, p: Precision, shape: GemmShape, act: Activation, bias: b
 
     // Forward through a CommandEncoder.
     common::run(gpu, |encoder| {
-        let args = GemmForward {
+        let args = GroupedGemmForward {
             shape,
             activation: act,
             precision: p,
@@ -203,7 +203,7 @@ fn gemm_case(gpu: &Gpu, p: Precision, shape: GemmShape, act: Activation, bias: b
     };
     common::run(gpu, |encoder| {
         let mut pass = encoder.begin_compute_pass(&Default::default());
-        let input = GemmBackwardInput {
+        let input = GroupedGemmBackwardInput {
             shape,
             activation: act,
             precision: p,
@@ -215,7 +215,7 @@ fn gemm_case(gpu: &Gpu, p: Precision, shape: GemmShape, act: Activation, bias: b
         };
         gemm.encode_backward_input(&mut pass, &input)
             .expect("backward input");
-        let weights = GemmBackwardWeights {
+        let weights = GroupedGemmBackwardWeights {
             shape,
             activation: act,
             precision: p,
@@ -345,7 +345,7 @@ fn f16_gemm_is_the_same_for_every_tiling() {
     let mut first: Option<Vec<u16>> = None;
     for tiling in gemm.tilings() {
         let y = output(gpu, Precision::F16, "y", shape.y_len());
-        let args = GemmForward {
+        let args = GroupedGemmForward {
             shape,
             activation: Activation::Relu,
             precision: Precision::F16,
@@ -639,7 +639,7 @@ fn loss_matches_the_reference_in_f32_and_f16() {
         let loss = output(gpu, Precision::F32, "loss", tasks.len());
         let grad = output(gpu, p, "grad", 2 * rows);
         common::run(gpu, |encoder| {
-            let args = LossArgs {
+            let args = LossForward {
                 rows,
                 tasks: &tasks,
                 precision: p,
@@ -648,7 +648,7 @@ fn loss_matches_the_reference_in_f32_and_f16() {
                 loss: BufferView::new(&loss),
                 grad: BufferView::new(&grad),
             };
-            Loss::new(gpu).encode(encoder, &args).expect("loss");
+            Loss::new(gpu).encode_forward(encoder, &args).expect("loss");
         });
         let kinds: Vec<(LossKind, f64)> = tasks.iter().map(|t| (t.kind, t.weight as f64)).collect();
         let (want_loss, want_grad) =
@@ -683,7 +683,7 @@ fn loss_matches_the_reference_in_f32_and_f16() {
 fn adam_takes_gradients_at_each_precision_and_writes_the_working_copy() {
     let gpu = gpu();
     let len = 301;
-    let optimizer = Optimizer::AdamW {
+    let optimizer = OptimizerConfig::AdamW {
         beta1: 0.9,
         beta2: 0.999,
         eps: 1e-8,
@@ -698,9 +698,9 @@ fn adam_takes_gradients_at_each_precision_and_writes_the_working_copy() {
         let m = output(gpu, Precision::F32, "m", len);
         let v = output(gpu, Precision::F32, "v", len);
         let copy = output(gpu, p, "params copy", len);
-        let step = OptimizerKernel::new(gpu)
-            .prepare(&OptimizerArgs {
-                optimizer,
+        let step = Optimizer::new(gpu)
+            .update(&OptimizerUpdate {
+                config: optimizer,
                 len,
                 precision: p,
                 params: BufferView::new(&master),
@@ -785,7 +785,7 @@ fn f16_operands_may_start_at_any_even_byte_offset() {
             (BufferView::new(&xb), BufferView::new(&y)),
             (BufferView::at(&xs, 6), BufferView::at(&ys, 2)),
         ] {
-            let args = GemmForward {
+            let args = GroupedGemmForward {
                 shape,
                 activation: Activation::Relu,
                 precision: Precision::F16,

@@ -9,10 +9,10 @@ mod common;
 use common::{expect_err, gpu, random};
 use mmoe_wgpu::kernels::gate_mix::{GateMix, GateMixBackward, GateMixForward, GateMixShape};
 use mmoe_wgpu::kernels::grouped_gemm::{
-    GemmBackwardInput, GemmBackwardWeights, GemmForward, GroupedGemm, Tiling,
+    GroupedGemm, GroupedGemmBackwardInput, GroupedGemmBackwardWeights, GroupedGemmForward, Tiling,
 };
-use mmoe_wgpu::kernels::loss::{Loss, LossArgs, LossKind, TaskLoss};
-use mmoe_wgpu::kernels::optimizer::{Optimizer, OptimizerArgs, OptimizerKernel};
+use mmoe_wgpu::kernels::loss::{Loss, LossForward, LossKind, TaskLoss};
+use mmoe_wgpu::kernels::optimizer::{Optimizer, OptimizerConfig, OptimizerUpdate};
 use mmoe_wgpu::kernels::{BufferView, Precision};
 use mmoe_wgpu::reference;
 use mmoe_wgpu::rng::Rng;
@@ -54,7 +54,7 @@ fn f16_without_shader_f16_is_an_error_that_says_so() {
     let (v, o) = (BufferView::new(&buffer), BufferView::new(&out));
     let f16 = Precision::F16;
     let gemm = GroupedGemm::new(&gpu);
-    let forward = GemmForward {
+    let forward = GroupedGemmForward {
         shape,
         activation: Activation::Relu,
         precision: f16,
@@ -69,13 +69,13 @@ fn f16_without_shader_f16_is_an_error_that_says_so() {
     );
     assert!(matches!(e, Error::MissingFeature { .. }), "{e:?}");
     // The f32 path is the fallback, on the same buffers.
-    let f32_args = GemmForward {
+    let f32_args = GroupedGemmForward {
         precision: Precision::F32,
         ..forward
     };
     gemm.forward(&f32_args)
         .expect("the f32 path runs everywhere");
-    let backward_input = GemmBackwardInput {
+    let backward_input = GroupedGemmBackwardInput {
         shape,
         activation: Activation::Identity,
         precision: f16,
@@ -89,7 +89,7 @@ fn f16_without_shader_f16_is_an_error_that_says_so() {
         gemm.backward_input(&backward_input),
         &["backward_input", "SHADER_F16"],
     );
-    let backward_weights = GemmBackwardWeights {
+    let backward_weights = GroupedGemmBackwardWeights {
         shape,
         activation: Activation::Identity,
         precision: f16,
@@ -143,7 +143,7 @@ fn f16_without_shader_f16_is_an_error_that_says_so() {
         kind: LossKind::MeanSquaredError,
         weight: 1.0,
     }];
-    let loss = LossArgs {
+    let loss = LossForward {
         rows: 3,
         tasks: &tasks,
         precision: f16,
@@ -152,9 +152,9 @@ fn f16_without_shader_f16_is_an_error_that_says_so() {
         loss: o,
         grad: BufferView::at(&out, 256),
     };
-    expect_err(Loss::new(&gpu).dispatch(&loss), &["loss", "SHADER_F16"]);
-    let opt = OptimizerArgs {
-        optimizer: Optimizer::Sgd { momentum: 0.0 },
+    expect_err(Loss::new(&gpu).forward(&loss), &["loss", "SHADER_F16"]);
+    let opt = OptimizerUpdate {
+        config: OptimizerConfig::Sgd { momentum: 0.0 },
         len: 3,
         precision: f16,
         params: o,
@@ -167,7 +167,7 @@ fn f16_without_shader_f16_is_an_error_that_says_so() {
         params_copy: None,
     };
     expect_err(
-        OptimizerKernel::new(&gpu).prepare(&opt),
+        Optimizer::new(&gpu).update(&opt),
         &["optimizer", "SHADER_F16"],
     );
     gpu.check().expect("no error reached the device");
@@ -185,7 +185,7 @@ fn operand_checks_fail_before_anything_is_recorded() {
     };
     let ones = gpu.upload("ones", &[1.0f32; 16]).unwrap();
     let y = gpu.storage_buffer("y", 64).unwrap();
-    let args = GemmForward {
+    let args = GroupedGemmForward {
         shape,
         activation: Activation::Identity,
         precision: Precision::F32,
@@ -203,44 +203,44 @@ fn operand_checks_fail_before_anything_is_recorded() {
     });
     let tiny = gpu.storage_buffer("tiny", 8).unwrap();
     let mut encoder = gpu.device().create_command_encoder(&Default::default());
-    let bad: Vec<(GemmForward<'_>, &[&str])> = vec![
+    let bad: Vec<(GroupedGemmForward<'_>, &[&str])> = vec![
         (
-            GemmForward {
+            GroupedGemmForward {
                 x: BufferView::new(&uniform),
                 ..args
             },
             &["`x`", "STORAGE"],
         ),
         (
-            GemmForward {
+            GroupedGemmForward {
                 w: BufferView::at(&ones, 2),
                 ..args
             },
             &["`w`", "multiple of 4"],
         ),
         (
-            GemmForward {
+            GroupedGemmForward {
                 w: BufferView::new(&tiny),
                 ..args
             },
             &["`w`", "12 bytes"],
         ),
         (
-            GemmForward {
+            GroupedGemmForward {
                 y: BufferView::at(&y, 62),
                 ..args
             },
             &["`y`", "multiple of 4"],
         ),
         (
-            GemmForward {
+            GroupedGemmForward {
                 y: BufferView::new(&ones),
                 ..args
             },
             &["`x`", "output `y`"],
         ),
         (
-            GemmForward {
+            GroupedGemmForward {
                 shape: GemmShape { rows: 0, ..shape },
                 ..args
             },
@@ -251,14 +251,14 @@ fn operand_checks_fail_before_anything_is_recorded() {
         expect_err(gemm.encode_forward(&mut encoder, &a), needles);
     }
     if Precision::F16.is_supported(gpu) {
-        let f16 = GemmForward {
+        let f16 = GroupedGemmForward {
             precision: Precision::F16,
             ..args
         };
         expect_err(
             gemm.encode_forward(
                 &mut encoder,
-                &GemmForward {
+                &GroupedGemmForward {
                     x: BufferView::at(&ones, 1),
                     ..f16
                 },
@@ -275,7 +275,7 @@ fn operand_checks_fail_before_anything_is_recorded() {
         expect_err(
             gemm.encode_forward(
                 &mut encoder,
-                &GemmForward {
+                &GroupedGemmForward {
                     x: BufferView::new(&six),
                     ..f16
                 },
@@ -305,7 +305,7 @@ fn rebuilding_a_dispatch_over_the_same_buffers_reuses_its_bind_group() {
     let x = gpu.upload("x", &[0.5f32; 12]).unwrap();
     let w = gpu.upload("w", &[0.25f32; 30]).unwrap();
     let y = gpu.storage_buffer("y", 4096).unwrap();
-    let args = GemmForward {
+    let args = GroupedGemmForward {
         shape,
         activation: Activation::Relu,
         precision: Precision::F32,
@@ -325,7 +325,7 @@ fn rebuilding_a_dispatch_over_the_same_buffers_reuses_its_bind_group() {
     // Another place in the same buffer, or another activation: another bind group.
     let moved = gemm
         .forward_with(
-            &GemmForward {
+            &GroupedGemmForward {
                 y: BufferView::at(&y, 1024),
                 ..args
             },
@@ -333,7 +333,7 @@ fn rebuilding_a_dispatch_over_the_same_buffers_reuses_its_bind_group() {
         )
         .unwrap();
     assert_ne!(first.bind_group(), moved.bind_group());
-    let identity = GemmForward {
+    let identity = GroupedGemmForward {
         activation: Activation::Identity,
         ..args
     };
@@ -401,7 +401,7 @@ fn kernels_join_an_open_compute_pass_next_to_the_callers_own() {
     });
     common::run(gpu, |encoder| {
         let mut pass = encoder.begin_compute_pass(&Default::default());
-        let args = GemmForward {
+        let args = GroupedGemmForward {
             shape,
             activation: Activation::Relu,
             precision: Precision::F32,

@@ -11,8 +11,7 @@ use common::*;
 use half::f16;
 use mmoe_wgpu::Error;
 use mmoe_wgpu::kernels::balance::{
-    Balance, BalanceBackward, BalanceForward, BalanceLoadForward, BalanceShape, BalanceStats,
-    LOOP_BUDGET,
+    Balance, BalanceBackward, BalanceForward, BalanceLoad, BalanceShape, BalanceStats, LOOP_BUDGET,
 };
 use mmoe_wgpu::kernels::gate_mix::{ExpertAccess, GateMixShape};
 use mmoe_wgpu::kernels::{BufferView, Precision};
@@ -851,16 +850,20 @@ fn run_load(kernel: &Balance, s: &BalanceShape, l: Load<'_>, dz: &[f32]) -> [Vec
     let dz_buffer = gpu.upload("dz", dz).unwrap();
     let stats = gpu.upload("stats", &vec![f32::NAN; s.stats_len()]).unwrap();
     let forward = kernel
-        .forward_load(&BalanceLoadForward {
-            shape: *s,
-            weight: l.weight,
-            k: l.k,
-            seen: l.seen,
-            precision: Precision::F32,
-            g: (&g_buffer).into(),
-            p: (&p_buffer).into(),
-            stats: (&stats).into(),
-        })
+        .forward_load(
+            &BalanceForward {
+                shape: *s,
+                weight: l.weight,
+                precision: Precision::F32,
+                g: (&g_buffer).into(),
+                stats: (&stats).into(),
+            },
+            &BalanceLoad {
+                k: l.k,
+                seen: l.seen,
+                p: (&p_buffer).into(),
+            },
+        )
         .unwrap();
     let backward = kernel
         .backward(&BalanceBackward {
@@ -1202,23 +1205,28 @@ fn load_loss_bad_input_is_an_error_not_a_panic() {
         buffer("stats", s.stats_len()),
     );
     let small = buffer("small", 59);
-    let forward = BalanceLoadForward {
+    let forward = BalanceForward {
         shape: s,
         weight: 1.0,
-        k: 2,
-        seen: 3,
         precision: Precision::F32,
         g: (&g).into(),
-        p: (&p).into(),
         stats: (&stats).into(),
     };
-    kernel.forward_load(&forward).unwrap();
+    let load = BalanceLoad {
+        k: 2,
+        seen: 3,
+        p: (&p).into(),
+    };
+    kernel.forward_load(&forward, &load).unwrap();
     // p may share G's buffer (both are read).
     kernel
-        .forward_load(&BalanceLoadForward {
-            p: (&g).into(),
-            ..forward
-        })
+        .forward_load(
+            &forward,
+            &BalanceLoad {
+                p: (&g).into(),
+                ..load
+            },
+        )
         .unwrap();
     for (k, seen, needles) in [
         (0, 3, ["balance load forward k", "k = 0"]),
@@ -1227,45 +1235,60 @@ fn load_loss_bad_input_is_an_error_not_a_panic() {
         (1, 4, ["balance load forward seen", "4 experts seen"]),
     ] {
         let e = expect_err(
-            kernel.forward_load(&BalanceLoadForward { k, seen, ..forward }),
+            kernel.forward_load(&forward, &BalanceLoad { k, seen, ..load }),
             &needles,
         );
         assert!(matches!(e, Error::Invalid { .. }), "{e}");
     }
     let e = expect_err(
-        kernel.forward_load(&BalanceLoadForward {
-            weight: f32::NAN,
-            ..forward
-        }),
+        kernel.forward_load(
+            &BalanceForward {
+                weight: f32::NAN,
+                ..forward
+            },
+            &load,
+        ),
         &["balance load forward", "loss weight"],
     );
     assert!(matches!(e, Error::NonFinite { .. }), "{e}");
     expect_err(
-        kernel.forward_load(&BalanceLoadForward {
-            weight: -1.0,
-            ..forward
-        }),
+        kernel.forward_load(
+            &BalanceForward {
+                weight: -1.0,
+                ..forward
+            },
+            &load,
+        ),
         &["balance load forward weight", "≥ 0"],
     );
     expect_err(
-        kernel.forward_load(&BalanceLoadForward {
-            p: (&small).into(),
-            ..forward
-        }),
+        kernel.forward_load(
+            &forward,
+            &BalanceLoad {
+                p: (&small).into(),
+                ..load
+            },
+        ),
         &["balance load forward", "`p`"],
     );
     expect_err(
-        kernel.forward_load(&BalanceLoadForward {
-            stats: (&p).into(),
-            ..forward
-        }),
+        kernel.forward_load(
+            &BalanceForward {
+                stats: (&p).into(),
+                ..forward
+            },
+            &load,
+        ),
         &["balance load forward", "`p`", "same buffer"],
     );
     expect_err(
-        kernel.forward_load(&BalanceLoadForward {
-            shape: shape(2, 0, 3),
-            ..forward
-        }),
+        kernel.forward_load(
+            &BalanceForward {
+                shape: shape(2, 0, 3),
+                ..forward
+            },
+            &load,
+        ),
         &["`rows`"],
     );
     // The reference checks the same.
@@ -1303,23 +1326,25 @@ fn load_loss_f16_storage_matches_the_reference() {
     let up = |name: &str, v: &[f16]| gpu.upload(name, v).unwrap();
     let (g_buffer, p_buffer, dz_buffer) = (up("g", &g), up("p", &p), up("dz", &dz));
     let stats = gpu.storage_buffer("stats", s.stats_bytes()).unwrap();
-    let forward = BalanceLoadForward {
+    let forward = BalanceForward {
         shape: s,
         weight: 1.0,
-        k: 2,
-        seen: 5,
         precision: Precision::F16,
         g: (&g_buffer).into(),
-        p: (&p_buffer).into(),
         stats: (&stats).into(),
     };
+    let load = BalanceLoad {
+        k: 2,
+        seen: 5,
+        p: (&p_buffer).into(),
+    };
     if f16_is_missing(gpu, "balance load forward", || {
-        kernel.forward_load(&forward)
+        kernel.forward_load(&forward, &load)
     }) {
         return;
     }
     run(gpu, |e| {
-        kernel.encode_forward_load(e, &forward).unwrap();
+        kernel.encode_forward_load(e, &forward, &load).unwrap();
         kernel
             .encode_backward(
                 e,

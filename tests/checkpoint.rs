@@ -9,7 +9,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use common::{gpu, random};
-use mmoe_wgpu::kernels::optimizer::Optimizer;
+use mmoe_wgpu::kernels::optimizer::OptimizerConfig;
 use mmoe_wgpu::model::{
     Architecture, Checkpoint, Gate, ModelConfig, TaskConfig, TaskKind, Trainer,
 };
@@ -29,7 +29,7 @@ fn tasks() -> Vec<TaskConfig> {
     ]
 }
 
-fn mmoe(optimizer: Optimizer) -> ModelConfig {
+fn mmoe(optimizer: OptimizerConfig) -> ModelConfig {
     ModelConfig {
         optimizer,
         learning_rate: 0.02,
@@ -38,19 +38,19 @@ fn mmoe(optimizer: Optimizer) -> ModelConfig {
     }
 }
 
-fn optimizers() -> [(&'static str, Optimizer); 3] {
+fn optimizers() -> [(&'static str, OptimizerConfig); 3] {
     [
         ("adam", ModelConfig::ADAM),
         (
             "adamw",
-            Optimizer::AdamW {
+            OptimizerConfig::AdamW {
                 beta1: 0.8,
                 beta2: 0.99,
                 eps: 1e-7,
                 weight_decay: 0.01,
             },
         ),
-        ("sgd", Optimizer::Sgd { momentum: 0.9 }),
+        ("sgd", OptimizerConfig::Sgd { momentum: 0.9 }),
     ]
 }
 
@@ -655,7 +655,7 @@ fn noisy_gates_resume_bitwise_and_old_files_load_as_plain_gates() {
 
 #[test]
 fn a_diverged_step_leaves_the_last_checkpoint_usable() {
-    let config = mmoe(Optimizer::Sgd { momentum: 0.5 });
+    let config = mmoe(OptimizerConfig::Sgd { momentum: 0.5 });
     let mut trainer = Trainer::new(gpu(), config.clone(), ROWS).unwrap();
     train(&mut trainer, 0, 3);
     let good = trainer.checkpoint().unwrap();

@@ -11,7 +11,7 @@ mod common;
 use std::path::PathBuf;
 
 use common::{gpu, random};
-use mmoe_wgpu::kernels::optimizer::Optimizer;
+use mmoe_wgpu::kernels::optimizer::OptimizerConfig;
 use mmoe_wgpu::model::{
     Architecture, Checkpoint, Gate, ModelConfig, TaskConfig, TaskKind, Trainer,
 };
@@ -57,7 +57,7 @@ fn fixtures() -> Vec<(&'static str, ModelConfig)> {
         (
             "mmoe-softmax-adamw",
             ModelConfig {
-                optimizer: Optimizer::AdamW {
+                optimizer: OptimizerConfig::AdamW {
                     beta1: 0.8,
                     beta2: 0.99,
                     eps: 1e-7,
@@ -69,7 +69,7 @@ fn fixtures() -> Vec<(&'static str, ModelConfig)> {
         (
             "mmoe-softmax-sgd",
             ModelConfig {
-                optimizer: Optimizer::Sgd { momentum: 0.9 },
+                optimizer: OptimizerConfig::Sgd { momentum: 0.9 },
                 ..base.clone()
             },
         ),

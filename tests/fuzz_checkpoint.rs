@@ -9,7 +9,7 @@ use std::cell::Cell;
 
 use common::{gpu, random};
 use fuzz_support::{apply_byte_edits, apply_json_edits, byte_edits, json_edits, run_cases};
-use mmoe_wgpu::kernels::optimizer::Optimizer;
+use mmoe_wgpu::kernels::optimizer::OptimizerConfig;
 use mmoe_wgpu::model::{
     Architecture, Checkpoint, Gate, ModelConfig, TaskConfig, TaskKind, Trainer,
 };
@@ -30,7 +30,7 @@ fn valid_files() -> Vec<Vec<u8>> {
             architecture: Architecture::SharedBottom {
                 bottom_layers: vec![4],
             },
-            optimizer: Optimizer::Sgd { momentum: 0.9 },
+            optimizer: OptimizerConfig::Sgd { momentum: 0.9 },
             ..base.clone()
         },
         ModelConfig {
@@ -40,7 +40,7 @@ fn valid_files() -> Vec<Vec<u8>> {
                 expert_layers: vec![2, 2],
                 gate: Gate::SOFTMAX,
             },
-            optimizer: Optimizer::AdamW {
+            optimizer: OptimizerConfig::AdamW {
                 beta1: 0.9,
                 beta2: 0.99,
                 eps: 1e-6,

@@ -8,7 +8,7 @@ use common::*;
 use mmoe_wgpu::kernels::BufferView;
 use mmoe_wgpu::kernels::Precision;
 use mmoe_wgpu::kernels::grouped_gemm::{
-    GemmBackwardInput, GemmBackwardWeights, GemmForward, GroupedGemm, Tiling,
+    GroupedGemm, GroupedGemmBackwardInput, GroupedGemmBackwardWeights, GroupedGemmForward, Tiling,
 };
 use mmoe_wgpu::reference::grouped_gemm as reference;
 use mmoe_wgpu::rng::Rng;
@@ -109,7 +109,7 @@ fn every_tiling_matches_the_reference_and_each_other_bitwise() {
 
         let mut first: Option<[Vec<f32>; 4]> = None;
         for &tiling in &tilings {
-            let fwd = GemmForward {
+            let fwd = GroupedGemmForward {
                 precision: Precision::F32,
                 shape,
                 activation: act,
@@ -118,7 +118,7 @@ fn every_tiling_matches_the_reference_and_each_other_bitwise() {
                 bias: with_bias.then_some(BufferView::new(&b)),
                 y: (&y).into(),
             };
-            let bi = GemmBackwardInput {
+            let bi = GroupedGemmBackwardInput {
                 precision: Precision::F32,
                 shape,
                 activation: act,
@@ -128,7 +128,7 @@ fn every_tiling_matches_the_reference_and_each_other_bitwise() {
                 dx: (&dx).into(),
                 accumulate: false,
             };
-            let bw = GemmBackwardWeights {
+            let bw = GroupedGemmBackwardWeights {
                 precision: Precision::F32,
                 shape,
                 activation: act,
@@ -231,7 +231,7 @@ fn backward_input_accumulates_into_dx() {
         let dx = gpu.upload("dx", &d.dx_prior).unwrap();
         for tiling in gemm.tilings() {
             gpu.write(&dx, 0, &d.dx_prior).unwrap();
-            let args = GemmBackwardInput {
+            let args = GroupedGemmBackwardInput {
                 precision: Precision::F32,
                 shape,
                 activation: Activation::Relu,
@@ -279,7 +279,7 @@ fn operands_at_unaligned_offsets_inside_shared_buffers() {
     let out = gpu
         .upload("outputs", &vec![-7.0f32; 9 + shape.y_len() + 4])
         .unwrap();
-    let args = GemmForward {
+    let args = GroupedGemmForward {
         precision: Precision::F32,
         shape,
         activation: Activation::Relu,
@@ -398,7 +398,7 @@ fn weight_gradients_over_many_rows_are_whole_or_an_error() {
         );
         let dw = gpu.storage_buffer("dw", 4 * shape.w_len() as u64).unwrap();
         let db = gpu.storage_buffer("db", 4 * shape.b_len() as u64).unwrap();
-        let args = GemmBackwardWeights {
+        let args = GroupedGemmBackwardWeights {
             precision: Precision::F32,
             shape,
             activation: Activation::Identity,
@@ -461,7 +461,7 @@ fn bad_input_is_an_error_not_a_panic() {
     let small = gpu
         .storage_buffer("small", 4 * (shape.y_len() - 1) as u64)
         .unwrap();
-    let fwd = GemmForward {
+    let fwd = GroupedGemmForward {
         precision: Precision::F32,
         shape,
         activation: Activation::Relu,
@@ -472,14 +472,14 @@ fn bad_input_is_an_error_not_a_panic() {
     };
 
     expect_err(
-        gemm.forward(&GemmForward {
+        gemm.forward(&GroupedGemmForward {
             shape: GemmShape { groups: 0, ..shape },
             ..fwd
         }),
         &["groups"],
     );
     expect_err(
-        gemm.forward(&GemmForward {
+        gemm.forward(&GroupedGemmForward {
             shape: GemmShape { rows: 0, ..shape },
             ..fwd
         }),
@@ -487,7 +487,7 @@ fn bad_input_is_an_error_not_a_panic() {
     );
     // Too small: the message names the operand and both sizes.
     let e = gemm
-        .forward(&GemmForward {
+        .forward(&GroupedGemmForward {
             y: (&small).into(),
             ..fwd
         })
@@ -501,21 +501,21 @@ fn bad_input_is_an_error_not_a_panic() {
         "{msg}"
     );
     expect_err(
-        gemm.forward(&GemmForward {
+        gemm.forward(&GroupedGemmForward {
             x: BufferView::at(&x, 8),
             ..fwd
         }),
         &["`x`"],
     );
     expect_err(
-        gemm.forward(&GemmForward {
+        gemm.forward(&GroupedGemmForward {
             x: BufferView::at(&x, 2),
             ..fwd
         }),
         &["multiple of 4"],
     );
     expect_err(
-        gemm.forward(&GemmForward {
+        gemm.forward(&GroupedGemmForward {
             y: (&y).into(),
             x: (&y).into(),
             shape: GemmShape {
@@ -535,7 +535,7 @@ fn bad_input_is_an_error_not_a_panic() {
         mapped_at_creation: false,
     });
     expect_err(
-        gemm.forward(&GemmForward {
+        gemm.forward(&GroupedGemmForward {
             x: (&mappable).into(),
             ..fwd
         }),
@@ -579,7 +579,7 @@ fn bad_input_is_an_error_not_a_panic() {
             &["row_blocks"],
         );
     }
-    let bi = GemmBackwardInput {
+    let bi = GroupedGemmBackwardInput {
         precision: Precision::F32,
         shape,
         activation: Activation::Relu,
@@ -591,7 +591,7 @@ fn bad_input_is_an_error_not_a_panic() {
     };
     expect_err(gemm.backward_input(&bi), &["forward output"]);
     let dw = gpu.storage_buffer("dw", 4 * shape.w_len() as u64).unwrap();
-    let bw = GemmBackwardWeights {
+    let bw = GroupedGemmBackwardWeights {
         precision: Precision::F32,
         shape,
         activation: Activation::Identity,
@@ -602,7 +602,7 @@ fn bad_input_is_an_error_not_a_panic() {
         db: None,
     };
     expect_err(gemm.backward_weights(&bw), &["`dw`"]);
-    let db_overlap = GemmBackwardWeights {
+    let db_overlap = GroupedGemmBackwardWeights {
         db: Some(BufferView::at(&dw, 8)),
         dw: (&dw).into(),
         ..bw

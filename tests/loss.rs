@@ -8,7 +8,7 @@ use common::*;
 use mmoe_wgpu::Error;
 use mmoe_wgpu::kernels::BufferView;
 use mmoe_wgpu::kernels::Precision;
-use mmoe_wgpu::kernels::loss::{Loss, LossArgs, LossKind, TaskLoss};
+use mmoe_wgpu::kernels::loss::{Loss, LossForward, LossKind, TaskLoss};
 use mmoe_wgpu::reference::loss as reference;
 use mmoe_wgpu::rng::Rng;
 
@@ -88,8 +88,8 @@ impl Buffers {
         }
     }
 
-    fn args<'a>(&'a self, rows: usize, tasks: &'a [TaskLoss]) -> LossArgs<'a> {
-        LossArgs {
+    fn args<'a>(&'a self, rows: usize, tasks: &'a [TaskLoss]) -> LossForward<'a> {
+        LossForward {
             precision: Precision::F32,
             rows,
             tasks,
@@ -102,7 +102,9 @@ impl Buffers {
 
     fn run(&self, kernel: &Loss, rows: usize, tasks: &[TaskLoss]) -> (Vec<f32>, Vec<f32>) {
         let gpu = gpu();
-        run(gpu, |e| kernel.encode(e, &self.args(rows, tasks)).unwrap());
+        run(gpu, |e| {
+            kernel.encode_forward(e, &self.args(rows, tasks)).unwrap()
+        });
         (
             read(gpu, &self.loss, tasks.len()),
             read(gpu, &self.grad, tasks.len() * rows),
@@ -222,7 +224,7 @@ fn operands_at_unaligned_offsets_inside_shared_buffers() {
     let (lo, go) = (3usize, 3 + count + 2);
     let total = go + len + 4;
     let out = gpu.upload("outputs", &vec![-7.0f32; total]).unwrap();
-    let args = LossArgs {
+    let args = LossForward {
         precision: Precision::F32,
         rows,
         tasks: &tasks,
@@ -231,7 +233,7 @@ fn operands_at_unaligned_offsets_inside_shared_buffers() {
         loss: BufferView::at(&out, 4 * lo as u64),
         grad: BufferView::at(&out, 4 * go as u64),
     };
-    let dispatch = kernel.dispatch(&args).unwrap();
+    let dispatch = kernel.forward(&args).unwrap();
     run(gpu, |e| dispatch.encode(e));
     let all = read(gpu, &out, total);
     let (want_loss, want_grad) =
@@ -259,7 +261,7 @@ fn results_are_bitwise_reproducible() {
     let (p, y) = data(&tasks, rows, &mut Rng::new(3));
     let buffers = Buffers::new(&p, &y, count);
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-    let dispatch = kernel.dispatch(&buffers.args(rows, &tasks)).unwrap();
+    let dispatch = kernel.forward(&buffers.args(rows, &tasks)).unwrap();
     let mut first = None;
     for _ in 0..3 {
         gpu.write(&buffers.loss, 0, &vec![0.0f32; count]).unwrap();
@@ -290,11 +292,11 @@ fn the_dispatch_keeps_its_task_table() {
     let dispatch = {
         // The task slice and the arguments go out of scope before the dispatch runs.
         let tasks = tasks(2, 0);
-        kernel.dispatch(&buffers.args(rows, &tasks)).unwrap()
+        kernel.forward(&buffers.args(rows, &tasks)).unwrap()
     };
     let other = {
         let tasks = tasks(2, 1);
-        kernel.dispatch(&buffers.args(rows, &tasks)).unwrap()
+        kernel.forward(&buffers.args(rows, &tasks)).unwrap()
     };
     drop(other);
     run(gpu, |e| dispatch.encode(e));
@@ -362,7 +364,7 @@ fn bad_input_is_an_error_not_a_panic() {
     let loss = gpu.storage_buffer("loss", 4 * 2).unwrap();
     let grad = gpu.storage_buffer("grad", 4 * 20).unwrap();
     let small = gpu.storage_buffer("small", 4 * 19).unwrap();
-    let args = LossArgs {
+    let args = LossForward {
         precision: Precision::F32,
         rows,
         tasks: &tasks,
@@ -371,11 +373,11 @@ fn bad_input_is_an_error_not_a_panic() {
         loss: (&loss).into(),
         grad: (&grad).into(),
     };
-    kernel.dispatch(&args).unwrap();
+    kernel.forward(&args).unwrap();
 
-    expect_err(kernel.dispatch(&LossArgs { rows: 0, ..args }), &["rows"]);
+    expect_err(kernel.forward(&LossForward { rows: 0, ..args }), &["rows"]);
     expect_err(
-        kernel.dispatch(&LossArgs { tasks: &[], ..args }),
+        kernel.forward(&LossForward { tasks: &[], ..args }),
         &["tasks"],
     );
     let nan_weight = [
@@ -386,7 +388,7 @@ fn bad_input_is_an_error_not_a_panic() {
         },
     ];
     expect_err(
-        kernel.dispatch(&LossArgs {
+        kernel.forward(&LossForward {
             tasks: &nan_weight,
             ..args
         }),
@@ -396,34 +398,34 @@ fn bad_input_is_an_error_not_a_panic() {
     for (name, a) in [
         (
             "`predictions`",
-            LossArgs {
+            LossForward {
                 predictions: (&small).into(),
                 ..args
             },
         ),
         (
             "`targets`",
-            LossArgs {
+            LossForward {
                 targets: BufferView::at(&y, 4),
                 ..args
             },
         ),
         (
             "`grad`",
-            LossArgs {
+            LossForward {
                 grad: (&small).into(),
                 ..args
             },
         ),
         (
             "`loss`",
-            LossArgs {
+            LossForward {
                 loss: BufferView::at(&loss, 4),
                 ..args
             },
         ),
     ] {
-        let e = kernel.dispatch(&a).unwrap_err();
+        let e = kernel.forward(&a).unwrap_err();
         assert!(
             matches!(e, Error::Shape { .. }) && e.to_string().contains(name),
             "{e}"
@@ -431,12 +433,12 @@ fn bad_input_is_an_error_not_a_panic() {
     }
     // More rows than the buffers hold.
     expect_err(
-        kernel.dispatch(&LossArgs { rows: 11, ..args }),
+        kernel.forward(&LossForward { rows: 11, ..args }),
         &["`predictions`"],
     );
     // An input that is also an output.
     expect_err(
-        kernel.dispatch(&LossArgs {
+        kernel.forward(&LossForward {
             grad: (&p).into(),
             ..args
         }),
@@ -445,7 +447,7 @@ fn bad_input_is_an_error_not_a_panic() {
     // Loss and grad overlapping in one buffer.
     let both = gpu.storage_buffer("both", 4 * 22).unwrap();
     expect_err(
-        kernel.dispatch(&LossArgs {
+        kernel.forward(&LossForward {
             loss: BufferView::at(&both, 4 * 19),
             grad: (&both).into(),
             ..args
@@ -454,14 +456,14 @@ fn bad_input_is_an_error_not_a_panic() {
     );
     // ...and not overlapping is fine.
     kernel
-        .dispatch(&LossArgs {
+        .forward(&LossForward {
             loss: BufferView::at(&both, 4 * 20),
             grad: (&both).into(),
             ..args
         })
         .unwrap();
     expect_err(
-        kernel.dispatch(&LossArgs {
+        kernel.forward(&LossForward {
             targets: BufferView::at(&y, 2),
             ..args
         }),

@@ -570,7 +570,7 @@ fn a_diverging_loss_is_reported_with_its_step() {
     // A learning rate this large overflows the regression head within a few steps.
     let config = ModelConfig {
         learning_rate: 1e30,
-        optimizer: mmoe_wgpu::kernels::optimizer::Optimizer::Sgd { momentum: 0.0 },
+        optimizer: mmoe_wgpu::kernels::optimizer::OptimizerConfig::Sgd { momentum: 0.0 },
         ..ModelConfig::mmoe(
             INPUTS,
             3,

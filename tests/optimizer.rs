@@ -9,7 +9,7 @@ use common::*;
 use mmoe_wgpu::Error;
 use mmoe_wgpu::kernels::BufferView;
 use mmoe_wgpu::kernels::Precision;
-use mmoe_wgpu::kernels::optimizer::{Optimizer, OptimizerArgs, OptimizerKernel, OptimizerStep};
+use mmoe_wgpu::kernels::optimizer::{Optimizer, OptimizerConfig, OptimizerStep, OptimizerUpdate};
 use mmoe_wgpu::reference::optimizer as reference;
 use mmoe_wgpu::rng::Rng;
 
@@ -17,23 +17,23 @@ const TOLERANCE: f64 = 1e-5;
 /// A different learning rate for each of the three steps.
 const LEARNING_RATES: [f32; 3] = [0.01, 0.003, 0.05];
 
-fn optimizers() -> Vec<Optimizer> {
+fn optimizers() -> Vec<OptimizerConfig> {
     vec![
-        Optimizer::Sgd { momentum: 0.0 },
-        Optimizer::Sgd { momentum: 0.9 },
-        Optimizer::Adam {
+        OptimizerConfig::Sgd { momentum: 0.0 },
+        OptimizerConfig::Sgd { momentum: 0.9 },
+        OptimizerConfig::Adam {
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
             weight_decay: 0.0,
         },
-        Optimizer::Adam {
+        OptimizerConfig::Adam {
             beta1: 0.8,
             beta2: 0.99,
             eps: 1e-6,
             weight_decay: 0.05,
         },
-        Optimizer::AdamW {
+        OptimizerConfig::AdamW {
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
@@ -65,7 +65,7 @@ fn state(len: usize, steps: usize, seed: u64) -> State {
 }
 
 /// The reference after `steps` steps: (params, m, v).
-fn reference_run(opt: Optimizer, s: &State, steps: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+fn reference_run(opt: OptimizerConfig, s: &State, steps: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let (mut p, mut m, mut v) = (to_f64(&s.params), to_f64(&s.m), to_f64(&s.v));
     for (t, g) in s.grads.iter().take(steps).enumerate() {
         let v = opt.needs_second_moment().then_some(&mut v[..]);
@@ -101,11 +101,11 @@ impl Buffers {
         }
     }
 
-    fn args(&self, optimizer: Optimizer, len: usize) -> OptimizerArgs<'_> {
-        OptimizerArgs {
+    fn args(&self, optimizer: OptimizerConfig, len: usize) -> OptimizerUpdate<'_> {
+        OptimizerUpdate {
             params_copy: None,
             precision: Precision::F32,
-            optimizer,
+            config: optimizer,
             len,
             params: (&self.params).into(),
             grads: (&self.grads).into(),
@@ -129,7 +129,7 @@ fn gpu_run(step: &OptimizerStep, b: &Buffers, s: &State, steps: usize) {
     }
 }
 
-fn check(opt: Optimizer, b: &Buffers, s: &State, steps: usize, what: &str) {
+fn check(opt: OptimizerConfig, b: &Buffers, s: &State, steps: usize, what: &str) {
     let gpu = gpu();
     let len = s.params.len();
     let (want_p, want_m, want_v) = reference_run(opt, s, steps);
@@ -156,12 +156,12 @@ fn check(opt: Optimizer, b: &Buffers, s: &State, steps: usize, what: &str) {
 #[test]
 fn every_rule_matches_the_reference_over_three_steps() {
     let gpu = gpu();
-    let kernel = OptimizerKernel::new(gpu);
+    let kernel = Optimizer::new(gpu);
     for (n, &len) in [1usize, 3, 1000, 70_000].iter().enumerate() {
         for (k, opt) in optimizers().into_iter().enumerate() {
             let s = state(len, 3, (10 * n + k) as u64);
             let b = Buffers::new(&s);
-            let step = kernel.prepare(&b.args(opt, len)).unwrap();
+            let step = kernel.update(&b.args(opt, len)).unwrap();
             gpu_run(&step, &b, &s, 3);
             check(opt, &b, &s, 3, &format!("len {len} {opt:?}"));
         }
@@ -175,10 +175,10 @@ fn lengths_beyond_one_workgroup_per_element_use_the_grid_stride_loop() {
     let max = gpu.limits().max_compute_workgroups_per_dimension as usize;
     // A small workgroup makes "more elements than max workgroups × workgroup size"
     // cheap to test; the default size gets one such run too.
-    for wg in [8u32, OptimizerKernel::new(gpu).workgroup_size()] {
-        let kernel = OptimizerKernel::with_workgroup_size(gpu, wg).unwrap();
+    for wg in [8u32, Optimizer::new(gpu).workgroup_size()] {
+        let kernel = Optimizer::with_workgroup_size(gpu, wg).unwrap();
         let len = max * wg as usize + 1001;
-        let opt = Optimizer::AdamW {
+        let opt = OptimizerConfig::AdamW {
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
@@ -186,7 +186,7 @@ fn lengths_beyond_one_workgroup_per_element_use_the_grid_stride_loop() {
         };
         let s = state(len, 2, 77);
         let b = Buffers::new(&s);
-        let step = kernel.prepare(&b.args(opt, len)).unwrap();
+        let step = kernel.update(&b.args(opt, len)).unwrap();
         assert_eq!(step.dispatch().workgroups(), [max as u32, 1, 1]);
         gpu_run(&step, &b, &s, 2);
         check(opt, &b, &s, 2, &format!("len {len} wg {wg}"));
@@ -196,12 +196,12 @@ fn lengths_beyond_one_workgroup_per_element_use_the_grid_stride_loop() {
 #[test]
 fn the_learning_rate_changes_without_rebuilding() {
     let gpu = gpu();
-    let kernel = OptimizerKernel::new(gpu);
+    let kernel = Optimizer::new(gpu);
     let len = 257;
-    let opt = Optimizer::Sgd { momentum: 0.0 };
+    let opt = OptimizerConfig::Sgd { momentum: 0.0 };
     let s = state(len, 1, 5);
     let b = Buffers::new(&s);
-    let step = kernel.prepare(&b.args(opt, len)).unwrap();
+    let step = kernel.update(&b.args(opt, len)).unwrap();
     // Plain SGD with the same gradient: p_k = p_0 − (Σ lr) · g, whatever the steps.
     let mut p = to_f64(&s.params);
     for (t, lr) in [0.5f32, 0.0, 0.125, 2.0].into_iter().enumerate() {
@@ -222,12 +222,12 @@ fn the_learning_rate_changes_without_rebuilding() {
 #[test]
 fn step_zero_is_a_no_op() {
     let gpu = gpu();
-    let kernel = OptimizerKernel::new(gpu);
+    let kernel = Optimizer::new(gpu);
     let len = 100;
     for opt in optimizers() {
         let s = state(len, 1, 6);
         let b = Buffers::new(&s);
-        let step = kernel.prepare(&b.args(opt, len)).unwrap();
+        let step = kernel.update(&b.args(opt, len)).unwrap();
         // Before any set_step, and after set_step(0, ..).
         run(gpu, |e| step.encode(e));
         step.set_step(gpu.queue(), 0, 1.0);
@@ -241,12 +241,12 @@ fn step_zero_is_a_no_op() {
 #[test]
 fn a_non_finite_loss_skips_the_step_and_is_recorded() {
     let gpu = gpu();
-    let kernel = OptimizerKernel::new(gpu);
+    let kernel = Optimizer::new(gpu);
     let len = 1000;
     let tasks = 3;
     for opt in [
-        Optimizer::Sgd { momentum: 0.9 },
-        Optimizer::Adam {
+        OptimizerConfig::Sgd { momentum: 0.9 },
+        OptimizerConfig::Adam {
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
@@ -258,13 +258,13 @@ fn a_non_finite_loss_skips_the_step_and_is_recorded() {
             let b = Buffers::new(&s);
             let loss = gpu.upload("loss", &[0.5f32, 0.25, 1.0]).unwrap();
             let status = gpu.upload("status", &[0u32; 4]).unwrap();
-            let args = OptimizerArgs {
+            let args = OptimizerUpdate {
                 loss: Some((&loss).into()),
                 status: Some((&status).into()),
                 tasks,
                 ..b.args(opt, len)
             };
-            let step = kernel.prepare(&args).unwrap();
+            let step = kernel.update(&args).unwrap();
             let what = format!("{opt:?} loss {bad}");
 
             // Step 1: finite loss, a normal update.
@@ -316,7 +316,7 @@ fn a_non_finite_loss_skips_the_step_and_is_recorded() {
 #[test]
 fn the_guard_stays_silent_while_losses_are_finite() {
     let gpu = gpu();
-    let kernel = OptimizerKernel::new(gpu);
+    let kernel = Optimizer::new(gpu);
     let len = 70_000;
     let opt = optimizers()[4];
     let s = state(len, 3, 12);
@@ -327,13 +327,13 @@ fn the_guard_stays_silent_while_losses_are_finite() {
         .upload("loss", &[f32::NAN, f32::MAX, -f32::MAX, f32::NAN])
         .unwrap();
     let status = gpu.upload("status", &[9u32, 0, 0, 0, 9]).unwrap();
-    let args = OptimizerArgs {
+    let args = OptimizerUpdate {
         loss: Some(BufferView::at(&loss, 4)),
         status: Some(BufferView::at(&status, 4)),
         tasks: 2,
         ..b.args(opt, len)
     };
-    let step = kernel.prepare(&args).unwrap();
+    let step = kernel.update(&args).unwrap();
     gpu_run(&step, &b, &s, 3);
     check(opt, &b, &s, 3, "guarded AdamW");
     assert_eq!(gpu.read::<u32>(&status, 0, 5).unwrap(), [9, 0, 0, 0, 9]);
@@ -342,7 +342,7 @@ fn the_guard_stays_silent_while_losses_are_finite() {
 #[test]
 fn operands_at_unaligned_offsets_inside_shared_buffers() {
     let gpu = gpu();
-    let kernel = OptimizerKernel::new(gpu);
+    let kernel = Optimizer::new(gpu);
     let len = 1001;
     let opt = optimizers()[3];
     let s = state(len, 3, 13);
@@ -356,10 +356,10 @@ fn operands_at_unaligned_offsets_inside_shared_buffers() {
     let state_buf = gpu.upload("state", &packed).unwrap();
     let go = 11usize;
     let grads = gpu.storage_buffer("grads", 4 * (go + len) as u64).unwrap();
-    let args = OptimizerArgs {
+    let args = OptimizerUpdate {
         params_copy: None,
         precision: Precision::F32,
-        optimizer: opt,
+        config: opt,
         len,
         params: BufferView::at(&state_buf, 4 * po as u64),
         grads: BufferView::at(&grads, 4 * go as u64),
@@ -369,7 +369,7 @@ fn operands_at_unaligned_offsets_inside_shared_buffers() {
         status: None,
         tasks: 0,
     };
-    let step = kernel.prepare(&args).unwrap();
+    let step = kernel.update(&args).unwrap();
     for (t, g) in s.grads.iter().enumerate() {
         gpu.write(&grads, 4 * go as u64, g).unwrap();
         step.set_step(gpu.queue(), t as u32 + 1, LEARNING_RATES[t]);
@@ -399,9 +399,9 @@ fn results_are_bitwise_reproducible() {
         // Two runs, the second with another workgroup size (element-wise, so the
         // mapping of elements to invocations must not matter).
         for wg in [64, 24] {
-            let kernel = OptimizerKernel::with_workgroup_size(gpu, wg).unwrap();
+            let kernel = Optimizer::with_workgroup_size(gpu, wg).unwrap();
             let b = Buffers::new(&s);
-            let step = kernel.prepare(&b.args(opt, len)).unwrap();
+            let step = kernel.update(&b.args(opt, len)).unwrap();
             gpu_run(&step, &b, &s, 3);
             let out = (
                 bits(read(gpu, &b.params, len)),
@@ -420,7 +420,7 @@ fn results_are_bitwise_reproducible() {
 fn reference_rules_on_hand_computed_values() {
     // One element, step 1: Adam's bias-corrected first step is lr · g / (|g| + eps').
     let (mut p, mut m, mut v) = ([1.0], [0.0], [0.0]);
-    let adam = Optimizer::Adam {
+    let adam = OptimizerConfig::Adam {
         beta1: 0.9,
         beta2: 0.999,
         eps: 1e-8,
@@ -433,7 +433,7 @@ fn reference_rules_on_hand_computed_values() {
     );
     // AdamW decays the parameter by lr · wd · p besides the Adam step.
     let (mut p, mut m, mut v) = ([2.0], [0.0], [0.0]);
-    let adamw = Optimizer::AdamW {
+    let adamw = OptimizerConfig::AdamW {
         beta1: 0.9,
         beta2: 0.999,
         eps: 1e-8,
@@ -444,7 +444,7 @@ fn reference_rules_on_hand_computed_values() {
     // SGD with momentum.
     let (mut p, mut m) = ([1.0], [1.0]);
     reference::step(
-        Optimizer::Sgd { momentum: 0.5 },
+        OptimizerConfig::Sgd { momentum: 0.5 },
         3,
         0.1,
         &mut p,
@@ -485,27 +485,30 @@ fn reference_rules_on_hand_computed_values() {
 #[test]
 fn bad_input_is_an_error_not_a_panic() {
     let gpu = gpu();
-    let kernel = OptimizerKernel::new(gpu);
+    let kernel = Optimizer::new(gpu);
     let len = 10;
     let s = state(len, 1, 2);
     let b = Buffers::new(&s);
     let adam = optimizers()[2];
     let args = b.args(adam, len);
-    kernel.prepare(&args).unwrap();
+    kernel.update(&args).unwrap();
     let small = gpu.storage_buffer("small", 4 * 9).unwrap();
     let loss = gpu.storage_buffer("loss", 8).unwrap();
     let status = gpu.storage_buffer("status", 12).unwrap();
 
-    expect_err(kernel.prepare(&OptimizerArgs { len: 0, ..args }), &["len"]);
+    expect_err(kernel.update(&OptimizerUpdate { len: 0, ..args }), &["len"]);
     expect_err(
-        kernel.prepare(&OptimizerArgs { len: 11, ..args }),
+        kernel.update(&OptimizerUpdate { len: 11, ..args }),
         &["`params`"],
     );
-    expect_err(kernel.prepare(&OptimizerArgs { v: None, ..args }), &["`v`"]);
+    expect_err(
+        kernel.update(&OptimizerUpdate { v: None, ..args }),
+        &["`v`"],
+    );
     // SGD needs no v.
     kernel
-        .prepare(&OptimizerArgs {
-            optimizer: Optimizer::Sgd { momentum: 0.5 },
+        .update(&OptimizerUpdate {
+            config: OptimizerConfig::Sgd { momentum: 0.5 },
             v: None,
             ..args
         })
@@ -513,34 +516,34 @@ fn bad_input_is_an_error_not_a_panic() {
     for (name, a) in [
         (
             "`params`",
-            OptimizerArgs {
+            OptimizerUpdate {
                 params: (&small).into(),
                 ..args
             },
         ),
         (
             "`grads`",
-            OptimizerArgs {
+            OptimizerUpdate {
                 grads: BufferView::at(&b.grads, 4),
                 ..args
             },
         ),
         (
             "`m`",
-            OptimizerArgs {
+            OptimizerUpdate {
                 m: (&small).into(),
                 ..args
             },
         ),
         (
             "`v`",
-            OptimizerArgs {
+            OptimizerUpdate {
                 v: Some((&small).into()),
                 ..args
             },
         ),
     ] {
-        let e = kernel.prepare(&a).unwrap_err();
+        let e = kernel.update(&a).unwrap_err();
         assert!(
             matches!(e, Error::Shape { .. }) && e.to_string().contains(name),
             "{e}"
@@ -548,7 +551,7 @@ fn bad_input_is_an_error_not_a_panic() {
     }
     // The gradient is also the parameters: an input that is an output.
     expect_err(
-        kernel.prepare(&OptimizerArgs {
+        kernel.update(&OptimizerUpdate {
             grads: (&b.params).into(),
             ..args
         }),
@@ -556,7 +559,7 @@ fn bad_input_is_an_error_not_a_panic() {
     );
     // m overlapping params.
     expect_err(
-        kernel.prepare(&OptimizerArgs {
+        kernel.update(&OptimizerUpdate {
             m: (&b.params).into(),
             ..args
         }),
@@ -564,7 +567,7 @@ fn bad_input_is_an_error_not_a_panic() {
     );
     // The guard: both buffers or neither, T ≥ 1, sizes 4·T and 4·(1 + T).
     expect_err(
-        kernel.prepare(&OptimizerArgs {
+        kernel.update(&OptimizerUpdate {
             loss: Some((&loss).into()),
             tasks: 2,
             ..args
@@ -572,43 +575,43 @@ fn bad_input_is_an_error_not_a_panic() {
         &["`status`"],
     );
     expect_err(
-        kernel.prepare(&OptimizerArgs {
+        kernel.update(&OptimizerUpdate {
             status: Some((&status).into()),
             tasks: 2,
             ..args
         }),
         &["`loss`"],
     );
-    let guarded = OptimizerArgs {
+    let guarded = OptimizerUpdate {
         loss: Some((&loss).into()),
         status: Some((&status).into()),
         tasks: 2,
         ..args
     };
-    kernel.prepare(&guarded).unwrap();
+    kernel.update(&guarded).unwrap();
     expect_err(
-        kernel.prepare(&OptimizerArgs {
+        kernel.update(&OptimizerUpdate {
             tasks: 0,
             ..guarded
         }),
         &["tasks"],
     );
     expect_err(
-        kernel.prepare(&OptimizerArgs {
+        kernel.update(&OptimizerUpdate {
             tasks: 3,
             ..guarded
         }),
         &["`loss`"],
     );
     expect_err(
-        kernel.prepare(&OptimizerArgs {
+        kernel.update(&OptimizerUpdate {
             status: Some(BufferView::at(&status, 4)),
             ..guarded
         }),
         &["`status`"],
     );
     expect_err(
-        kernel.prepare(&OptimizerArgs {
+        kernel.update(&OptimizerUpdate {
             status: Some(BufferView::at(&loss, 0)),
             loss: Some(BufferView::at(&status, 0)),
             ..guarded
@@ -617,10 +620,10 @@ fn bad_input_is_an_error_not_a_panic() {
     );
     // Hyperparameters out of range.
     for (opt, needle) in [
-        (Optimizer::Sgd { momentum: 1.0 }, "momentum"),
-        (Optimizer::Sgd { momentum: f32::NAN }, "momentum"),
+        (OptimizerConfig::Sgd { momentum: 1.0 }, "momentum"),
+        (OptimizerConfig::Sgd { momentum: f32::NAN }, "momentum"),
         (
-            Optimizer::Adam {
+            OptimizerConfig::Adam {
                 beta1: 1.0,
                 beta2: 0.999,
                 eps: 1e-8,
@@ -629,7 +632,7 @@ fn bad_input_is_an_error_not_a_panic() {
             "beta1",
         ),
         (
-            Optimizer::AdamW {
+            OptimizerConfig::AdamW {
                 beta1: 0.9,
                 beta2: -0.1,
                 eps: 1e-8,
@@ -638,7 +641,7 @@ fn bad_input_is_an_error_not_a_panic() {
             "beta2",
         ),
         (
-            Optimizer::Adam {
+            OptimizerConfig::Adam {
                 beta1: 0.9,
                 beta2: 0.999,
                 eps: 0.0,
@@ -647,7 +650,7 @@ fn bad_input_is_an_error_not_a_panic() {
             "eps",
         ),
         (
-            Optimizer::AdamW {
+            OptimizerConfig::AdamW {
                 beta1: 0.9,
                 beta2: 0.999,
                 eps: 1e-8,
@@ -657,22 +660,22 @@ fn bad_input_is_an_error_not_a_panic() {
         ),
     ] {
         expect_err(
-            kernel.prepare(&OptimizerArgs {
-                optimizer: opt,
+            kernel.update(&OptimizerUpdate {
+                config: opt,
                 ..args
             }),
             &[needle],
         );
     }
     expect_err(
-        kernel.prepare(&OptimizerArgs {
+        kernel.update(&OptimizerUpdate {
             params: BufferView::at(&b.params, 2),
             ..args
         }),
         &["multiple of 4"],
     );
     for wg in [0, 1 << 20] {
-        let e = OptimizerKernel::with_workgroup_size(gpu, wg).unwrap_err();
+        let e = Optimizer::with_workgroup_size(gpu, wg).unwrap_err();
         assert!(e.to_string().contains("workgroup size"), "{e}");
     }
     gpu.check().unwrap();

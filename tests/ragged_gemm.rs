@@ -10,10 +10,10 @@ mod common;
 use common::*;
 use half::f16;
 use mmoe_wgpu::kernels::grouped_gemm::{
-    GemmBackwardInput, GemmBackwardWeights, GemmForward, GroupedGemm, RowMap, SlotScratch, Tiling,
-    ragged_flops, read_counts,
+    GroupedGemm, GroupedGemmBackwardInput, GroupedGemmBackwardWeights, GroupedGemmForward, RowMap,
+    SlotScratch, Tiling, ragged_flops, read_counts,
 };
-use mmoe_wgpu::kernels::routing::{Routing, RoutingArgs, RoutingShape};
+use mmoe_wgpu::kernels::routing::{Routing, RoutingForward, RoutingShape};
 use mmoe_wgpu::kernels::{BufferView, Precision};
 use mmoe_wgpu::reference::grouped_gemm as reference;
 use mmoe_wgpu::reference::routing::{route, routed_rows};
@@ -49,13 +49,13 @@ fn routes_on_gpu(gpu: &Gpu, shape: &RoutingShape, g: &[f32]) -> (wgpu::Buffer, V
     let routes = gpu
         .storage_buffer("routes", 4 * shape.routes_len() as u64)
         .unwrap();
-    let args = RoutingArgs {
+    let args = RoutingForward {
         shape: *shape,
         precision: Precision::F32,
         g: (&input).into(),
         routes: (&routes).into(),
     };
-    run(gpu, |e| Routing::new(gpu).encode(e, &args).unwrap());
+    run(gpu, |e| Routing::new(gpu).encode_forward(e, &args).unwrap());
     let map: Vec<u32> = gpu.read(&routes, 0, shape.routes_len()).unwrap();
     assert_eq!(
         map,
@@ -199,7 +199,7 @@ fn every_tiling_matches_the_reference_and_the_dense_kernels_bitwise() {
 
         let mut first: Option<[Vec<f32>; 4]> = None;
         for tiling in gemm.tilings() {
-            let forward = |i: usize| GemmForward {
+            let forward = |i: usize| GroupedGemmForward {
                 shape,
                 activation: act,
                 precision: Precision::F32,
@@ -209,7 +209,7 @@ fn every_tiling_matches_the_reference_and_the_dense_kernels_bitwise() {
                 y: (&ys[i]).into(),
             };
             // Both on the ragged Y.
-            let weights = |i: usize| GemmBackwardWeights {
+            let weights = |i: usize| GroupedGemmBackwardWeights {
                 shape,
                 activation: act,
                 precision: Precision::F32,
@@ -219,7 +219,7 @@ fn every_tiling_matches_the_reference_and_the_dense_kernels_bitwise() {
                 dw: (&dws[i]).into(),
                 db: with_bias.then(|| (&dbs[i]).into()),
             };
-            let input = GemmBackwardInput {
+            let input = GroupedGemmBackwardInput {
                 shape,
                 activation: act,
                 precision: Precision::F32,
@@ -341,7 +341,7 @@ fn with_every_row_routed_ragged_equals_dense_bitwise() {
             out("db dense", shape.b_len()),
         ];
         for tiling in gemm.tilings() {
-            let forward = |i: usize| GemmForward {
+            let forward = |i: usize| GroupedGemmForward {
                 shape,
                 activation: Activation::Relu,
                 precision: Precision::F32,
@@ -350,7 +350,7 @@ fn with_every_row_routed_ragged_equals_dense_bitwise() {
                 bias: Some((&b).into()),
                 y: (&ys[i]).into(),
             };
-            let weights = |i: usize| GemmBackwardWeights {
+            let weights = |i: usize| GroupedGemmBackwardWeights {
                 shape,
                 activation: Activation::Relu,
                 precision: Precision::F32,
@@ -424,7 +424,7 @@ fn f16_ragged_rows_match_the_f16_dense_kernel() {
         gpu.storage_buffer("y dense", 2 * shape.y_len() as u64)
             .unwrap(),
     ];
-    let forward = |i: usize| GemmForward {
+    let forward = |i: usize| GroupedGemmForward {
         shape,
         activation: Activation::Relu,
         precision: Precision::F16,
@@ -532,7 +532,7 @@ fn bad_input_is_an_error_not_a_panic() {
     let y = gpu.storage_buffer("y", 4 * shape.y_len() as u64).unwrap();
     let routes_len = RowMap::elements(shape.groups, shape.rows);
     let routes = gpu.storage_buffer("routes", 4 * routes_len as u64).unwrap();
-    let fwd = GemmForward {
+    let fwd = GroupedGemmForward {
         precision: Precision::F32,
         shape,
         activation: Activation::Relu,
@@ -544,7 +544,7 @@ fn bad_input_is_an_error_not_a_panic() {
     let map = RowMap::new(&routes);
     expect_err(
         gemm.forward_ragged(
-            &GemmForward {
+            &GroupedGemmForward {
                 shape: GemmShape { groups: 0, ..shape },
                 ..fwd
             },
@@ -574,7 +574,7 @@ fn bad_input_is_an_error_not_a_panic() {
         &["tiling"],
     );
     let dw = gpu.storage_buffer("dw", 4 * shape.w_len() as u64).unwrap();
-    let bw = GemmBackwardWeights {
+    let bw = GroupedGemmBackwardWeights {
         precision: Precision::F32,
         shape,
         activation: Activation::Relu,
@@ -585,7 +585,7 @@ fn bad_input_is_an_error_not_a_panic() {
         db: None,
     };
     expect_err(gemm.backward_weights_ragged(&bw, map), &["forward output"]);
-    let with_y = GemmBackwardWeights {
+    let with_y = GroupedGemmBackwardWeights {
         y: Some((&y).into()),
         ..bw
     };
@@ -719,8 +719,8 @@ impl DxProblem {
         }
     }
 
-    fn args(&self, i: usize, accumulate: bool) -> GemmBackwardInput<'_> {
-        GemmBackwardInput {
+    fn args(&self, i: usize, accumulate: bool) -> GroupedGemmBackwardInput<'_> {
+        GroupedGemmBackwardInput {
             shape: self.shape,
             activation: self.activation,
             precision: Precision::F32,
@@ -894,7 +894,7 @@ fn with_every_row_routed_the_ragged_input_gradient_is_the_dense_one() {
             for tiling in gemm.tilings() {
                 let at = format!("{shape:?} accumulate={accumulate} {tiling:?}");
                 // Both on the full dY: every row is routed.
-                let dense_args = GemmBackwardInput {
+                let dense_args = GroupedGemmBackwardInput {
                     dy: (&problem.dy).into(),
                     ..problem.args(1, accumulate)
                 };
@@ -1039,7 +1039,7 @@ fn f16_ragged_input_gradient() {
                 4 * SlotScratch::elements(&shape, max_routes) as u64,
             )
             .unwrap();
-        let args = |i: usize| GemmBackwardInput {
+        let args = |i: usize| GroupedGemmBackwardInput {
             shape,
             activation: Activation::Identity,
             precision: Precision::F16,
@@ -1175,7 +1175,7 @@ fn bad_ragged_input_gradients_are_errors_not_panics() {
     assert_eq!(SlotScratch::elements(&shape, 2), 4 * 2 * 5);
     assert_eq!(SlotScratch::slots(&shape, 9), 4 * 3, "capped at the groups");
     let short = buffer("short scratch", SlotScratch::elements(&shape, 2) - 1);
-    let args = GemmBackwardInput {
+    let args = GroupedGemmBackwardInput {
         shape,
         activation: Activation::Relu,
         precision: Precision::F32,
@@ -1244,7 +1244,7 @@ fn bad_ragged_input_gradients_are_errors_not_panics() {
     let small_dx = buffer("small dx", shape.x_len() - 1);
     expect_err(
         gemm.backward_input_ragged(
-            &GemmBackwardInput {
+            &GroupedGemmBackwardInput {
                 dx: (&small_dx).into(),
                 ..args
             },
@@ -1255,11 +1255,11 @@ fn bad_ragged_input_gradients_are_errors_not_panics() {
     );
     // The forward output is needed for ReLU.
     expect_err(
-        gemm.backward_input_ragged(&GemmBackwardInput { y: None, ..args }, map, fits),
+        gemm.backward_input_ragged(&GroupedGemmBackwardInput { y: None, ..args }, map, fits),
         &["forward output"],
     );
     // Per-group X writes dX directly: a scratch is a mistake, and dX holds every group.
-    let pg = GemmBackwardInput {
+    let pg = GroupedGemmBackwardInput {
         shape: per_group,
         ..args
     };
@@ -1271,7 +1271,7 @@ fn bad_ragged_input_gradients_are_errors_not_panics() {
     let shared_dx = buffer("shared dx", shape.x_len());
     expect_err(
         gemm.backward_input_ragged(
-            &GemmBackwardInput {
+            &GroupedGemmBackwardInput {
                 dx: (&shared_dx).into(),
                 ..pg
             },
@@ -1282,7 +1282,7 @@ fn bad_ragged_input_gradients_are_errors_not_panics() {
     );
     expect_err(
         gemm.backward_input_ragged(
-            &GemmBackwardInput {
+            &GroupedGemmBackwardInput {
                 shape: GemmShape { inputs: 0, ..shape },
                 ..args
             },

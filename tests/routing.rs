@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use half::f16;
-use mmoe_wgpu::kernels::routing::{Routing, RoutingArgs, RoutingShape};
+use mmoe_wgpu::kernels::routing::{Routing, RoutingForward, RoutingShape};
 use mmoe_wgpu::kernels::{BufferView, Precision};
 use mmoe_wgpu::reference::routing as reference;
 use mmoe_wgpu::rng::Rng;
@@ -67,13 +67,13 @@ fn route_on_gpu(
     let routes = gpu
         .storage_buffer("routes", 4 * shape.routes_len() as u64)
         .unwrap();
-    let args = RoutingArgs {
+    let args = RoutingForward {
         shape: *shape,
         precision,
         g: BufferView::new(g),
         routes: BufferView::new(&routes),
     };
-    let dispatch = routing.dispatch(&args).unwrap();
+    let dispatch = routing.forward(&args).unwrap();
     run(gpu, |e| dispatch.encode(e));
     gpu.read(&routes, 0, shape.routes_len()).unwrap()
 }
@@ -123,7 +123,7 @@ fn f16_gate_values_route_like_f32() {
         let g = gpu.storage_buffer("g", 16).unwrap();
         let routes = gpu.storage_buffer("routes", 64).unwrap();
         let e = Routing::new(gpu)
-            .dispatch(&RoutingArgs {
+            .forward(&RoutingForward {
                 shape,
                 precision: Precision::F16,
                 g: (&g).into(),
@@ -161,7 +161,7 @@ fn operands_at_offsets_inside_shared_buffers() {
         .upload("routes", &vec![7u32; 5 + shape.routes_len() + 3])
         .unwrap();
     let dispatch = Routing::new(gpu)
-        .dispatch(&RoutingArgs {
+        .forward(&RoutingForward {
             shape,
             precision: Precision::F32,
             g: BufferView::at(&input, 12),
@@ -216,7 +216,7 @@ fn bad_input_is_an_error_not_a_panic() {
     let routes = gpu
         .storage_buffer("routes", 4 * shape.routes_len() as u64)
         .unwrap();
-    let args = RoutingArgs {
+    let args = RoutingForward {
         shape,
         precision: Precision::F32,
         g: (&g).into(),
@@ -234,12 +234,12 @@ fn bad_input_is_an_error_not_a_panic() {
         ),
     ] {
         expect_err(
-            routing.dispatch(&RoutingArgs { shape: bad, ..args }),
+            routing.forward(&RoutingForward { shape: bad, ..args }),
             &[name],
         );
     }
     expect_err(
-        routing.dispatch(&RoutingArgs {
+        routing.forward(&RoutingForward {
             shape: RoutingShape {
                 rows: 1 << 20,
                 experts: 1 << 12,
@@ -250,21 +250,21 @@ fn bad_input_is_an_error_not_a_panic() {
         &["element count"],
     );
     expect_err(
-        routing.dispatch(&RoutingArgs {
+        routing.forward(&RoutingForward {
             routes: BufferView::at(&routes, 4),
             ..args
         }),
         &["`routes`"],
     );
     expect_err(
-        routing.dispatch(&RoutingArgs {
+        routing.forward(&RoutingForward {
             g: BufferView::at(&g, 2),
             ..args
         }),
         &["multiple of 4"],
     );
     expect_err(
-        routing.dispatch(&RoutingArgs {
+        routing.forward(&RoutingForward {
             routes: (&g).into(),
             ..args
         }),

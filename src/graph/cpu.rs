@@ -4,11 +4,11 @@
 //! do, and none in [`CpuExecutor::forward`], as its inference pass.
 
 use super::{BackwardStep, GateNoise, Graph, Op, Plan, TensorId, at_rows};
-use crate::kernels::balance::{BalanceLoss, BalanceShape};
-use crate::kernels::gate_mix::GateMixShape;
-use crate::kernels::optimizer::Optimizer;
 use crate::reference;
 use crate::shape::Activation;
+use crate::shape::GateMixShape;
+use crate::shape::OptimizerConfig;
+use crate::shape::{BalanceLoss, BalanceShape};
 use crate::{Error, Result};
 
 /// A graph's parameters, optimizer state and tensors in `f64` on the host.
@@ -16,7 +16,7 @@ use crate::{Error, Result};
 pub struct CpuExecutor {
     graph: Graph,
     plan: Plan,
-    optimizer: Optimizer,
+    optimizer: OptimizerConfig,
     params: Vec<f64>,
     grads: Vec<f64>,
     m: Vec<f64>,
@@ -39,7 +39,12 @@ type BalanceSaved = (Vec<f64>, Option<Vec<f64>>);
 
 impl CpuExecutor {
     /// An executor for `graph` starting from the flat `params` (laid out by `plan`).
-    pub fn new(graph: Graph, plan: Plan, optimizer: Optimizer, params: &[f64]) -> Result<Self> {
+    pub fn new(
+        graph: Graph,
+        plan: Plan,
+        optimizer: OptimizerConfig,
+        params: &[f64],
+    ) -> Result<Self> {
         reference::check_len("CpuExecutor::new", "params", params, plan.param_len)?;
         let n = graph.tensors().len();
         Ok(CpuExecutor {

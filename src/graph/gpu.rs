@@ -11,21 +11,22 @@ use std::collections::HashMap;
 use super::plan::{ScratchKind, max_routes_per_row, moment_buffers};
 use super::{BackwardStep, GateNoise, Graph, MemoryReport, Op, Plan, Role, TensorId, at_rows};
 use crate::gpu::Gpu;
-use crate::kernels::balance::{
-    Balance, BalanceBackward, BalanceForward, BalanceLoadForward, BalanceLoss,
-};
-use crate::kernels::gate_mix::{
-    ExpertAccess, ForwardStages, GateMix, GateMixBackward, GateMixForward,
-};
+use crate::kernels::balance::{Balance, BalanceBackward, BalanceForward, BalanceLoad};
+use crate::kernels::gate_mix::{ForwardStages, GateMix, GateMixBackward, GateMixForward};
 use crate::kernels::gate_topk::{GateTopk, GateTopkForward};
 use crate::kernels::grouped_gemm::{
-    GemmBackwardInput, GemmBackwardWeights, GemmForward, GroupedGemm, RowMap, SlotScratch,
+    GroupedGemm, GroupedGemmBackwardInput, GroupedGemmBackwardWeights, GroupedGemmForward, RowMap,
+    SlotScratch,
 };
-use crate::kernels::loss::{Loss, LossArgs};
+use crate::kernels::loss::{Loss, LossForward};
 use crate::kernels::noise::{Noise, NoiseBackward, NoiseForward};
-use crate::kernels::optimizer::{Optimizer, OptimizerArgs, OptimizerKernel, OptimizerStep};
-use crate::kernels::routing::{Routing, RoutingArgs, RoutingShape};
+use crate::kernels::optimizer::{Optimizer, OptimizerStep, OptimizerUpdate};
+use crate::kernels::routing::{Routing, RoutingForward};
 use crate::kernels::{BufferView, Dispatch, Precision};
+use crate::shape::BalanceLoss;
+use crate::shape::ExpertAccess;
+use crate::shape::OptimizerConfig;
+use crate::shape::RoutingShape;
 use crate::shape::{Activation, InputLayout};
 use crate::{Error, Result};
 
@@ -83,7 +84,7 @@ impl GpuExecutor {
         gpu: &Gpu,
         graph: Graph,
         plan: Plan,
-        optimizer: Optimizer,
+        optimizer: OptimizerConfig,
         params: &[f32],
     ) -> Result<Self> {
         if params.len() != plan.param_len {
@@ -139,10 +140,10 @@ impl GpuExecutor {
         let status = gpu.storage_buffer("non-finite loss status", bytes(1 + tasks))?;
         let loss_view =
             loss_tensor.map(|l| BufferView::new(buffers[l.0].as_ref().expect("loss buffer")));
-        let optimizer = OptimizerKernel::new(gpu).prepare(&OptimizerArgs {
+        let optimizer = Optimizer::new(gpu).update(&OptimizerUpdate {
             params_copy: None,
             precision: Precision::F32,
-            optimizer,
+            config: optimizer,
             len: plan.param_len,
             params: BufferView::new(&params_buffer),
             grads: BufferView::new(&grads),
@@ -246,7 +247,7 @@ impl GpuExecutor {
         };
         let gate = self.plan.routed_by[node].expect("a routed node");
         self.gemm.forward_ragged(
-            &GemmForward {
+            &GroupedGemmForward {
                 precision: Precision::F32,
                 shape,
                 activation,
@@ -354,7 +355,7 @@ impl GpuExecutor {
                 loss,
             } = at_rows(op, rows)
             {
-                recorded.loss.push(self.loss_kernel.dispatch(&LossArgs {
+                recorded.loss.push(self.loss_kernel.forward(&LossForward {
                     precision: Precision::F32,
                     rows,
                     tasks: &tasks,
@@ -387,7 +388,7 @@ impl GpuExecutor {
                     w,
                     b,
                     y,
-                } => forward.push(self.gemm.forward(&GemmForward {
+                } => forward.push(self.gemm.forward(&GroupedGemmForward {
                     precision: Precision::F32,
                     shape,
                     activation,
@@ -473,7 +474,7 @@ impl GpuExecutor {
                         // only; then the mixtures.
                         forward.push(gate(ForwardStages::GateOnly)?);
                         let routes = self.scratch_view(node, ScratchKind::RowMap);
-                        forward.push(self.routing.dispatch(&RoutingArgs {
+                        forward.push(self.routing.forward(&RoutingForward {
                             shape: RoutingShape {
                                 gates: shape.gates,
                                 rows,
@@ -489,16 +490,20 @@ impl GpuExecutor {
                         forward.push(gate(ForwardStages::MixOnly)?);
                     }
                     if let Some(p) = full_softmax {
-                        forward.push(self.balance.forward_load(&BalanceLoadForward {
-                            shape: shape.into(),
-                            weight: balance_weight,
-                            k,
-                            seen: access.visible(&shape),
-                            precision: Precision::F32,
-                            g: self.view(g),
-                            p,
-                            stats: self.scratch_view(node, ScratchKind::BalanceStats),
-                        })?);
+                        forward.push(self.balance.forward_load(
+                            &BalanceForward {
+                                shape: shape.into(),
+                                weight: balance_weight,
+                                precision: Precision::F32,
+                                g: self.view(g),
+                                stats: self.scratch_view(node, ScratchKind::BalanceStats),
+                            },
+                            &BalanceLoad {
+                                k,
+                                seen: access.visible(&shape),
+                                p,
+                            },
+                        )?);
                     } else if balance_weight > 0.0 {
                         forward.push(self.balance.forward(&BalanceForward {
                             shape: shape.into(),
@@ -534,7 +539,7 @@ impl GpuExecutor {
                     y,
                 },
             ) => {
-                let args = GemmBackwardWeights {
+                let args = GroupedGemmBackwardWeights {
                     precision: Precision::F32,
                     shape,
                     activation,
@@ -562,7 +567,7 @@ impl GpuExecutor {
                     ..
                 },
             ) => {
-                let args = GemmBackwardInput {
+                let args = GroupedGemmBackwardInput {
                     precision: Precision::F32,
                     shape,
                     activation,

@@ -18,11 +18,11 @@ pub use cpu::CpuExecutor;
 pub use gpu::GpuExecutor;
 pub use plan::{MemoryReport, Plan, Scratch, ScratchKind};
 
-use crate::kernels::balance::BalanceLoss;
-use crate::kernels::gate_mix::{ExpertAccess, GateMixShape};
-use crate::kernels::gate_topk::Selection;
-use crate::kernels::loss::TaskLoss;
+use crate::shape::BalanceLoss;
+use crate::shape::Selection;
+use crate::shape::TaskLoss;
 use crate::shape::{Activation, GemmShape, InputLayout};
+use crate::shape::{ExpertAccess, GateMixShape};
 use crate::{Error, Result};
 
 /// Index of a tensor in its [`Graph`].
@@ -483,8 +483,8 @@ impl Graph {
                 format!("balance weight {}", spec.balance_weight),
             ));
         }
-        crate::kernels::gate_topk::check_k(name, &shape, k, spec.access)?;
-        crate::kernels::gate_topk::check_selection(name, &shape, spec.access, spec.selection)?;
+        crate::shape::check_k(name, &shape, k, spec.access)?;
+        crate::shape::check_selection(name, &shape, spec.access, spec.selection)?;
         if spec.noisy && (spec.k.is_none() || !spec.input_dependent) {
             return Err(Error::invalid(
                 name,

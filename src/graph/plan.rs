@@ -4,11 +4,11 @@
 
 use super::backward::{BackwardStep, backward_steps, needs_grad};
 use super::{Graph, Op, Role, TensorId};
-use crate::kernels::balance::{BalanceLoss, BalanceShape};
-use crate::kernels::gate_topk::Selection;
 use crate::kernels::grouped_gemm::{RowMap, SlotScratch};
-use crate::kernels::optimizer::Optimizer;
 use crate::shape::InputLayout;
+use crate::shape::OptimizerConfig;
+use crate::shape::Selection;
+use crate::shape::{BalanceLoss, BalanceShape};
 use crate::{Error, Result};
 
 /// Where every tensor lives.
@@ -147,7 +147,7 @@ impl Plan {
 
     /// Bytes the plan needs on the device, by kind (f32 everywhere), trained with
     /// `optimizer`.
-    pub fn memory(&self, graph: &Graph, optimizer: &Optimizer) -> MemoryReport {
+    pub fn memory(&self, graph: &Graph, optimizer: &OptimizerConfig) -> MemoryReport {
         let moments = moment_buffers(optimizer);
         let bytes = |n: usize| 4 * n as u64;
         let sum_role = |role: Role| {
@@ -187,7 +187,7 @@ impl Plan {
     pub fn check_limits(
         &self,
         graph: &Graph,
-        optimizer: &Optimizer,
+        optimizer: &OptimizerConfig,
         limits: &wgpu::Limits,
     ) -> Result<()> {
         let binding = limits.max_storage_buffer_binding_size;
@@ -347,7 +347,7 @@ pub struct Scratch {
 }
 
 /// Optimizer state buffers `optimizer` keeps, each as long as the parameters.
-pub fn moment_buffers(optimizer: &Optimizer) -> usize {
+pub fn moment_buffers(optimizer: &OptimizerConfig) -> usize {
     if optimizer.needs_second_moment() {
         2
     } else {

@@ -31,7 +31,7 @@
 //! One workgroup sums a whole gate, so each of its invocations loops over about
 //! `rows × experts / (4 × workgroup size)` values. Mesa's llvmpipe (lavapipe) silently
 //! ends the loops of an invocation after [`LOOP_BUDGET`] iterations in all, so a shape
-//! past that is an [`Error::Limit`] on every device; with the default 64 invocations
+//! past that is an [`Error::Limit`](crate::Error::Limit) on every device; with the default 64 invocations
 //! that is about 16 million gate values per gate, and
 //! [`Balance::with_workgroup_size`] raises it.
 //!
@@ -121,15 +121,14 @@
 //! # }
 //! ```
 
-use std::ops::Range;
-
 use bytemuck::{Pod, Zeroable};
 
 use super::binding::{program_for, storage_programs};
-use super::gate_mix::GateMixShape;
 use super::{BufferView, Dispatch, Operand, Precision, Recorder, bind_operands, div_ceil};
+use crate::Result;
 use crate::gpu::{BindingKind, Gpu, ShaderProgram};
-use crate::{Error, Result};
+pub use crate::shape::{BalanceLoss, BalanceShape, BalanceStats};
+use crate::shape::{check_load_k, check_weight};
 
 const SOURCE: (&str, &str) = ("balance.wgsl", include_str!("../../shaders/balance.wgsl"));
 
@@ -183,156 +182,6 @@ fn check_loop_budget(context: &str, iterations: u64, workgroup_size: u32) -> Res
     )
 }
 
-/// Shape of the balance loss: `G` and `dz` are `[gates, rows, experts]`, row-major.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct BalanceShape {
-    /// Number of gates `T`.
-    pub gates: usize,
-    /// Batch rows `B`.
-    pub rows: usize,
-    /// Number of experts `E`.
-    pub experts: usize,
-}
-
-impl From<GateMixShape> for BalanceShape {
-    fn from(s: GateMixShape) -> Self {
-        BalanceShape {
-            gates: s.gates,
-            rows: s.rows,
-            experts: s.experts,
-        }
-    }
-}
-
-impl BalanceShape {
-    /// Checks every dimension is non-zero and every tensor fits the 32-bit indexing
-    /// the shader uses.
-    pub fn validate(&self, context: &str) -> Result<()> {
-        for (name, v) in [
-            ("gates", self.gates),
-            ("rows", self.rows),
-            ("experts", self.experts),
-        ] {
-            if v == 0 {
-                return Err(Error::shape(context, name, "at least 1", "0"));
-            }
-        }
-        // In u128 so that absurd shapes are reported, not overflowed.
-        let (t, b, e) = (self.gates as u128, self.rows as u128, self.experts as u128);
-        for (name, len) in [("G", t * b * e), ("the stats", 3 * t * e + t)] {
-            if len >= u32::MAX as u128 / 2 {
-                return Err(Error::Limit {
-                    context: context.into(),
-                    what: format!("element count of {name}"),
-                    value: len.min(u64::MAX as u128) as u64,
-                    limit: u32::MAX as u64 / 2,
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// Elements of `G` (and of `dz`).
-    pub fn g_len(&self) -> usize {
-        self.gates * self.rows * self.experts
-    }
-
-    /// f32 values of the stats buffer: importance, load and coefficients
-    /// (`gates × experts` each), then the loss (`gates`).
-    pub fn stats_len(&self) -> usize {
-        3 * self.gates * self.experts + self.gates
-    }
-
-    /// Bytes of the stats buffer: [`stats_len`](Self::stats_len) f32.
-    pub fn stats_bytes(&self) -> u64 {
-        4 * self.stats_len() as u64
-    }
-
-    /// Where the importances `I: [gates, experts]` sit in the stats.
-    pub fn importance_range(&self) -> Range<usize> {
-        self.section(0)
-    }
-
-    /// Where the loads `L: [gates, experts]` sit in the stats: counts of rows with a
-    /// nonzero gate value, as f32 (exact up to 2^24 rows).
-    pub fn load_range(&self) -> Range<usize> {
-        self.section(1)
-    }
-
-    /// Where the coefficients `a: [gates, experts]`, `w · ∂CV²/∂I`, sit in the stats.
-    pub fn coefficient_range(&self) -> Range<usize> {
-        self.section(2)
-    }
-
-    /// Where the losses `aux: [gates]` sit in the stats.
-    pub fn aux_range(&self) -> Range<usize> {
-        let start = 3 * self.gates * self.experts;
-        start..start + self.gates
-    }
-
-    fn section(&self, i: usize) -> Range<usize> {
-        let n = self.gates * self.experts;
-        i * n..(i + 1) * n
-    }
-}
-
-/// The stats buffer split into its sections (`f32` read back from the GPU, `f64`
-/// from the reference).
-#[derive(Clone, Debug, PartialEq)]
-pub struct BalanceStats<T> {
-    /// `I: [gates, experts]`, `Σ_b G[t, b, e]`.
-    pub importance: Vec<T>,
-    /// `L: [gates, experts]`, `#{b : G[t, b, e] ≠ 0}`: the per-expert load report.
-    pub load: Vec<T>,
-    /// `a: [gates, experts]`, `w · ∂CV²(I[t, :])/∂I[t, e]`.
-    pub coefficients: Vec<T>,
-    /// `aux: [gates]`, `w · CV²(I[t, :])`.
-    pub aux: Vec<T>,
-}
-
-impl<T: Copy> BalanceStats<T> {
-    /// Splits `stats` ([`BalanceShape::stats_len`] values) into its sections.
-    pub fn split(shape: &BalanceShape, stats: &[T]) -> Result<Self> {
-        if stats.len() != shape.stats_len() {
-            return Err(Error::shape(
-                "BalanceStats::split",
-                "stats",
-                format!("{} values", shape.stats_len()),
-                format!("{} values", stats.len()),
-            ));
-        }
-        Ok(BalanceStats {
-            importance: stats[shape.importance_range()].to_vec(),
-            load: stats[shape.load_range()].to_vec(),
-            coefficients: stats[shape.coefficient_range()].to_vec(),
-            aux: stats[shape.aux_range()].to_vec(),
-        })
-    }
-
-    /// The sections one after the other, as the stats buffer holds them.
-    pub fn concat(&self) -> Vec<T> {
-        [
-            &self.importance[..],
-            &self.load,
-            &self.coefficients,
-            &self.aux,
-        ]
-        .concat()
-    }
-}
-
-/// Which load-balancing loss a gate carries.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum BalanceLoss {
-    /// `w · CV²` of each gate's importance `Σ_b G` ([`Balance::forward`]): reaches
-    /// only the logits a top-k gate selected.
-    #[default]
-    Importance,
-    /// The Switch Transformer / GShard load loss `w · E · Σ_e f · P`
-    /// ([`Balance::forward_load`]): reaches every logit the gate sees.
-    Load,
-}
-
 /// Operands of the forward pass.
 #[derive(Clone, Copy, Debug)]
 pub struct BalanceForward<'a> {
@@ -351,27 +200,19 @@ pub struct BalanceForward<'a> {
     pub stats: BufferView<'a>,
 }
 
-/// Operands of the load loss's forward pass ([`Balance::forward_load`]).
+/// What the load loss's forward pass ([`Balance::forward_load`]) takes beside the
+/// [`BalanceForward`] operands, whose `G` it only counts the nonzeros of.
 #[derive(Clone, Copy, Debug)]
-pub struct BalanceLoadForward<'a> {
-    /// Shape.
-    pub shape: BalanceShape,
-    /// The loss weight `w`: finite and ≥ 0; 0 turns the loss and its gradient off.
-    pub weight: f32,
+pub struct BalanceLoad<'a> {
     /// Experts each gate keeps per row (its top k), 1 ≤ k ≤ `seen`.
     pub k: usize,
     /// Experts each gate sees, the `E` of the loss, 1 ≤ seen ≤ experts (all of them
     /// unless the gates have experts of their own).
     pub seen: usize,
-    /// Storage type of `G` and `p`; the stats and the arithmetic are f32 either way.
-    pub precision: Precision,
-    /// The gate values `G: [gates, rows, experts]`, whose nonzeros are counted.
-    pub g: BufferView<'a>,
     /// The full softmax `p: [gates, rows, experts]` of each gate's logits over the
-    /// experts it sees (0 for the others), summed.
+    /// experts it sees (0 for the others), summed; stored as the forward's
+    /// `precision` says.
     pub p: BufferView<'a>,
-    /// Output: the stats, as for [`BalanceForward::stats`].
-    pub stats: BufferView<'a>,
 }
 
 /// Operands of the backward pass.
@@ -491,15 +332,19 @@ impl Balance {
 
     /// Checks and binds the load loss's forward pass (see the [module
     /// docs](self#the-load-loss)): one dispatch, one workgroup per gate.
-    pub fn forward_load(&self, args: &BalanceLoadForward<'_>) -> Result<Dispatch> {
+    pub fn forward_load(
+        &self,
+        args: &BalanceForward<'_>,
+        load: &BalanceLoad<'_>,
+    ) -> Result<Dispatch> {
         const CTX: &str = "balance load forward";
         let s = &args.shape;
         self.check_forward(CTX, s, args.weight, args.precision)?;
-        check_load_k(CTX, s, args.k, args.seen)?;
+        check_load_k(CTX, s, load.k, load.seen)?;
         let operands = [
             Operand::new("g", 1, args.g, s.g_len(), Read).of(args.precision),
             Operand::new("stats", 2, args.stats, s.stats_len(), ReadWrite),
-            Operand::new("p", 5, args.p, s.g_len(), Read).of(args.precision),
+            Operand::new("p", 5, load.p, s.g_len(), Read).of(args.precision),
         ];
         let bound = bind_operands(&self.gpu, CTX, &operands)?;
         let mut p = BalanceParams::new(s);
@@ -508,8 +353,8 @@ impl Balance {
         p.stats_base = bound[1].base;
         p.p_base = bound[2].base;
         p.kind = KIND_LOAD;
-        p.k = args.k as u32;
-        p.seen = args.seen as u32;
+        p.k = load.k as u32;
+        p.seen = load.seen as u32;
         self.build(
             CTX,
             "balance_forward",
@@ -592,9 +437,10 @@ impl Balance {
     pub fn encode_forward_load(
         &self,
         target: &mut impl Recorder,
-        args: &BalanceLoadForward<'_>,
+        args: &BalanceForward<'_>,
+        load: &BalanceLoad<'_>,
     ) -> Result<()> {
-        target.record_dispatch(&self.forward_load(args)?);
+        target.record_dispatch(&self.forward_load(args, load)?);
         Ok(())
     }
 
@@ -637,42 +483,4 @@ impl Balance {
             [workgroups, 1, 1],
         )
     }
-}
-
-/// Checks the loss weight is finite and ≥ 0.
-pub(crate) fn check_weight(ctx: &str, weight: f32) -> Result<()> {
-    if !weight.is_finite() {
-        return Err(Error::NonFinite {
-            what: format!("{ctx}: the loss weight"),
-            index: 0,
-            value: weight,
-        });
-    }
-    if weight < 0.0 {
-        return Err(Error::invalid(
-            format!("{ctx} weight"),
-            format!("{weight} is negative; the loss weight must be ≥ 0"),
-        ));
-    }
-    Ok(())
-}
-
-/// Checks the load loss's `1 ≤ k ≤ seen ≤ experts`.
-pub(crate) fn check_load_k(ctx: &str, s: &BalanceShape, k: usize, seen: usize) -> Result<()> {
-    if !(1..=s.experts).contains(&seen) {
-        return Err(Error::invalid(
-            format!("{ctx} seen"),
-            format!(
-                "{seen} experts seen per gate, but the shape has {} experts (1 ≤ seen ≤ experts)",
-                s.experts
-            ),
-        ));
-    }
-    if !(1..=seen).contains(&k) {
-        return Err(Error::invalid(
-            format!("{ctx} k"),
-            format!("k = {k}, but a gate that sees {seen} experts needs 1 ≤ k ≤ {seen}"),
-        ));
-    }
-    Ok(())
 }

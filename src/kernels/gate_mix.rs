@@ -78,13 +78,13 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::binding::{program_for, storage_programs};
-use super::gate_topk::Selection;
-use super::grouped_gemm::{GemmBackwardInput, GemmBackwardWeights};
+use super::grouped_gemm::{GroupedGemmBackwardInput, GroupedGemmBackwardWeights};
 use super::{
     BufferView, Dispatch, GroupedGemm, Operand, Precision, Recorder, bind_operands, div_ceil,
 };
 use crate::gpu::{BindingKind, Gpu, ShaderProgram};
-use crate::shape::{Activation, GemmShape, InputLayout};
+use crate::shape::{Activation, Selection};
+pub use crate::shape::{ExpertAccess, GateMixShape};
 use crate::{Error, Result};
 
 mod tune;
@@ -117,167 +117,6 @@ const BACKWARD_BINDINGS: &[(u32, BindingKind)] = &[
     (9, ReadWrite),
     (10, ReadWrite),
 ];
-
-/// Shape of a gate + mix over `gates` gates (`T` for MMoE, 1 for a one-gate model).
-///
-/// `X: [rows, inputs]`, `Wg: [gates, inputs, experts]`, `bg: [gates, experts]`,
-/// `H: [experts, rows, width]`, `G: [gates, rows, experts]`, `M: [gates, rows, width]`.
-/// All row-major.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct GateMixShape {
-    /// Number of gates.
-    pub gates: usize,
-    /// Number of experts `E`, the softmax length.
-    pub experts: usize,
-    /// Batch rows `B`.
-    pub rows: usize,
-    /// Input features `d` of the gates.
-    pub inputs: usize,
-    /// Expert width `h`.
-    pub width: usize,
-}
-
-impl GateMixShape {
-    /// Checks every dimension is non-zero and every tensor fits the 32-bit indexing
-    /// the shader uses.
-    pub fn validate(&self, context: &str) -> Result<()> {
-        for (name, v) in [
-            ("gates", self.gates),
-            ("experts", self.experts),
-            ("rows", self.rows),
-            ("inputs", self.inputs),
-            ("width", self.width),
-        ] {
-            if v == 0 {
-                return Err(Error::shape(context, name, "at least 1", "0"));
-            }
-        }
-        // In u128 so that absurd shapes are reported, not overflowed.
-        let (t, e, b, d, w) = (self.gates, self.experts, self.rows, self.inputs, self.width);
-        for (name, dims) in [
-            ("X", [b, d, 1]),
-            ("Wg", [t, d, e]),
-            ("H", [e, b, w]),
-            ("G", [t, b, e]),
-            ("M", [t, b, w]),
-        ] {
-            let len: u128 = dims.iter().map(|&n| n as u128).product();
-            if len >= u32::MAX as u128 / 2 {
-                return Err(Error::Limit {
-                    context: context.into(),
-                    what: format!("element count of {name}"),
-                    value: len.min(u64::MAX as u128) as u64,
-                    limit: u32::MAX as u64 / 2,
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// Elements of `X` (and of `dX`).
-    pub fn x_len(&self) -> usize {
-        self.rows * self.inputs
-    }
-
-    /// Elements of `Wg` (and of `dWg`).
-    pub fn wg_len(&self) -> usize {
-        self.gates * self.inputs * self.experts
-    }
-
-    /// Elements of `bg` (and of `dbg`).
-    pub fn bg_len(&self) -> usize {
-        self.gates * self.experts
-    }
-
-    /// Elements of `H` (and of `dH`).
-    pub fn h_len(&self) -> usize {
-        self.experts * self.rows * self.width
-    }
-
-    /// Elements of `G` (and of `dz`).
-    pub fn g_len(&self) -> usize {
-        self.gates * self.rows * self.experts
-    }
-
-    /// Elements of `M` (and of `dM`).
-    pub fn m_len(&self) -> usize {
-        self.gates * self.rows * self.width
-    }
-
-    /// The gate logits `X · Wg_t + bg_t` as a grouped GEMM: one group per gate on the
-    /// shared input.
-    pub fn logits_gemm(&self) -> GemmShape {
-        GemmShape {
-            groups: self.gates,
-            rows: self.rows,
-            inputs: self.inputs,
-            outputs: self.experts,
-            input: InputLayout::Shared,
-        }
-    }
-}
-
-/// Which experts each gate may weigh.
-///
-/// With task-specific experts beside shared ones, each task's gate sees the shared
-/// experts and its own: experts are numbered shared first, then each gate's own in
-/// gate order. The experts a gate does not see get a weight of exactly 0, so they
-/// neither feed its mixture nor receive a gradient from it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum ExpertAccess {
-    /// Every gate sees every expert.
-    #[default]
-    All,
-    /// Experts `0..shared` are seen by every gate; gate `t` also sees its own
-    /// `shared + t·own .. shared + (t+1)·own`.
-    SharedAndOwn {
-        /// Experts every gate sees.
-        shared: usize,
-        /// Experts of each gate's own (at least 1).
-        own: usize,
-    },
-}
-
-impl ExpertAccess {
-    /// Whether gate `gate` sees expert `expert`.
-    pub fn sees(&self, gate: usize, expert: usize) -> bool {
-        match *self {
-            ExpertAccess::All => true,
-            ExpertAccess::SharedAndOwn { shared, own } => {
-                expert < shared || (expert - shared) / own == gate
-            }
-        }
-    }
-
-    /// Experts each gate of `shape` sees.
-    pub fn visible(&self, shape: &GateMixShape) -> usize {
-        match *self {
-            ExpertAccess::All => shape.experts,
-            ExpertAccess::SharedAndOwn { shared, own } => shared + own,
-        }
-    }
-
-    /// Checks the experts of `shape` are exactly the shared ones plus `own` per gate.
-    pub fn validate(&self, context: &str, shape: &GateMixShape) -> Result<()> {
-        let ExpertAccess::SharedAndOwn { shared, own } = *self else {
-            return Ok(());
-        };
-        let total = own
-            .checked_mul(shape.gates)
-            .and_then(|n| n.checked_add(shared));
-        if own == 0 || total != Some(shape.experts) {
-            return Err(Error::invalid(
-                format!("{context} access"),
-                format!(
-                    "{shared} shared experts plus {own} of its own for each of {} gates, \
-                     but the shape has {} experts (own must be at least 1)",
-                    shape.gates, shape.experts
-                ),
-            ));
-        }
-        Ok(())
-    }
-}
 
 /// How the gate + mix kernels map work to invocations. Every tiling gives bitwise
 /// equal results.
@@ -559,8 +398,8 @@ impl GateMix {
         let s = &args.shape;
         s.validate(ctx)?;
         access.validate(ctx, s)?;
-        super::gate_topk::check_k(ctx, s, k, access)?;
-        super::gate_topk::check_selection(ctx, s, access, selection)?;
+        crate::shape::check_k(ctx, s, k, access)?;
+        crate::shape::check_selection(ctx, s, access, selection)?;
         args.precision.check(&self.gpu, ctx)?;
         tiling.validate(&self.gpu, kernel)?;
         let operands = [
@@ -689,7 +528,7 @@ impl GateMix {
         )?];
 
         let gemm = s.logits_gemm();
-        dispatches.push(self.gemm.backward_weights(&GemmBackwardWeights {
+        dispatches.push(self.gemm.backward_weights(&GroupedGemmBackwardWeights {
             shape: gemm,
             activation: Activation::Identity,
             precision,
@@ -700,7 +539,7 @@ impl GateMix {
             db: Some(args.dbg),
         })?);
         if let Some(dx) = args.dx {
-            dispatches.push(self.gemm.backward_input(&GemmBackwardInput {
+            dispatches.push(self.gemm.backward_input(&GroupedGemmBackwardInput {
                 shape: gemm,
                 activation: Activation::Identity,
                 precision,

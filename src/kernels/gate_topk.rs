@@ -95,74 +95,9 @@ use super::gate_mix::{
     GateMixTiling,
 };
 use super::{BufferView, Dispatch, Precision, Recorder};
+use crate::Result;
 use crate::gpu::Gpu;
-use crate::{Error, Result};
-
-/// Checks `1 ≤ k ≤` the experts each gate sees, the selections a top-k gate can make.
-pub(crate) fn check_k(
-    context: &str,
-    shape: &GateMixShape,
-    k: usize,
-    access: ExpertAccess,
-) -> Result<()> {
-    let visible = access.visible(shape);
-    if (1..=visible).contains(&k) {
-        return Ok(());
-    }
-    Err(Error::invalid(
-        format!("{context} k"),
-        format!("k = {k}, but a top-k gate over {visible} experts needs 1 ≤ k ≤ {visible}"),
-    ))
-}
-
-/// Which experts the gates of one row keep.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum Selection {
-    /// Each gate its own `k` largest logits: a row needs the union of the gates'
-    /// choices, up to `gates · k` experts.
-    #[default]
-    PerGate,
-    /// Every gate the same `k` experts: those with the largest sum of the gates'
-    /// logits (equivalently the largest product of the gates' full softmax weights;
-    /// equal sums: the lower expert first), each gate's softmax over them. A row then
-    /// needs `k` experts whatever the number of gates. Every gate must see every
-    /// expert ([`ExpertAccess::All`]), and at most [`MAX_SHARED_SELECTION_EXPERTS`].
-    Shared,
-}
-
-/// Experts a [`Selection::Shared`] gate may have: the kernel keeps each row's
-/// selection in a bit mask of this many bits.
-pub const MAX_SHARED_SELECTION_EXPERTS: usize = 256;
-
-/// Checks that `selection` is one the kernel can make for `shape` and `access`.
-pub(crate) fn check_selection(
-    context: &str,
-    shape: &GateMixShape,
-    access: ExpertAccess,
-    selection: Selection,
-) -> Result<()> {
-    if selection == Selection::PerGate {
-        return Ok(());
-    }
-    if access != ExpertAccess::All {
-        return Err(Error::invalid(
-            format!("{context} selection"),
-            format!(
-                "a shared selection needs every gate to see every expert, \
-                 but the access is {access:?}"
-            ),
-        ));
-    }
-    if shape.experts > MAX_SHARED_SELECTION_EXPERTS {
-        return Err(Error::Limit {
-            context: context.into(),
-            what: "experts of a shared selection".into(),
-            value: shape.experts as u64,
-            limit: MAX_SHARED_SELECTION_EXPERTS as u64,
-        });
-    }
-    Ok(())
-}
+pub use crate::shape::{MAX_SHARED_SELECTION_EXPERTS, Selection};
 
 /// Operands of the forward pass: those of
 /// [`GateMixForward`], plus `k`, which experts each gate sees, and the phases to run.

@@ -16,7 +16,7 @@
 //! into the caller's encoder:
 //!
 //! ```
-//! use mmoe_wgpu::kernels::grouped_gemm::{GemmForward, GroupedGemm};
+//! use mmoe_wgpu::kernels::grouped_gemm::{GroupedGemm, GroupedGemmForward};
 //! use mmoe_wgpu::kernels::{BufferView, Precision};
 //! use mmoe_wgpu::{Activation, GemmShape, Gpu, InputLayout};
 //!
@@ -31,7 +31,7 @@
 //! let mut encoder = gpu.device().create_command_encoder(&Default::default());
 //! GroupedGemm::new(&gpu).encode_forward(
 //!     &mut encoder,
-//!     &GemmForward {
+//!     &GroupedGemmForward {
 //!         shape,
 //!         activation: Activation::Relu,
 //!         precision: Precision::F32,
@@ -440,7 +440,7 @@ impl Pass {
 
 /// Operands of the forward pass.
 #[derive(Clone, Copy, Debug)]
-pub struct GemmForward<'a> {
+pub struct GroupedGemmForward<'a> {
     /// Shape of the product.
     pub shape: GemmShape,
     /// Activation applied in the epilogue.
@@ -460,7 +460,7 @@ pub struct GemmForward<'a> {
 /// Operands of the input gradient `dX = Σ_g dZ_g · W_gᵀ` (summed over groups when `X`
 /// is shared), with `dZ = dY ⊙ act'(Y)`.
 #[derive(Clone, Copy, Debug)]
-pub struct GemmBackwardInput<'a> {
+pub struct GroupedGemmBackwardInput<'a> {
     /// Shape of the forward product.
     pub shape: GemmShape,
     /// The forward pass's activation.
@@ -482,7 +482,7 @@ pub struct GemmBackwardInput<'a> {
 /// Operands of the weight gradients `dW_g = X_gᵀ · dZ_g` and `db_g = Σ_rows dZ_g`, in
 /// one dispatch.
 #[derive(Clone, Copy, Debug)]
-pub struct GemmBackwardWeights<'a> {
+pub struct GroupedGemmBackwardWeights<'a> {
     /// Shape of the forward product.
     pub shape: GemmShape,
     /// The forward pass's activation.
@@ -589,7 +589,7 @@ impl GroupedGemm {
     }
 
     /// Checks and binds the forward pass, with the tiling tuned for its shape.
-    pub fn forward(&self, args: &GemmForward<'_>) -> Result<Dispatch> {
+    pub fn forward(&self, args: &GroupedGemmForward<'_>) -> Result<Dispatch> {
         args.shape.validate("grouped_gemm forward")?;
         args.precision.check(&self.gpu, "grouped_gemm forward")?;
         let t = self.tuned(
@@ -603,7 +603,7 @@ impl GroupedGemm {
     }
 
     /// [`forward`](Self::forward) with a given tiling.
-    pub fn forward_with(&self, args: &GemmForward<'_>, tiling: Tiling) -> Result<Dispatch> {
+    pub fn forward_with(&self, args: &GroupedGemmForward<'_>, tiling: Tiling) -> Result<Dispatch> {
         self.forward_rows("grouped_gemm forward", args, None, tiling)
     }
 
@@ -611,7 +611,7 @@ impl GroupedGemm {
     fn forward_rows(
         &self,
         ctx: &'static str,
-        args: &GemmForward<'_>,
+        args: &GroupedGemmForward<'_>,
         rows: Option<RowMap<'_>>,
         tiling: Tiling,
     ) -> Result<Dispatch> {
@@ -654,7 +654,7 @@ impl GroupedGemm {
     }
 
     /// Checks and binds the input gradient, with the tiling tuned for its shape.
-    pub fn backward_input(&self, args: &GemmBackwardInput<'_>) -> Result<Dispatch> {
+    pub fn backward_input(&self, args: &GroupedGemmBackwardInput<'_>) -> Result<Dispatch> {
         args.shape.validate("grouped_gemm backward_input")?;
         args.precision
             .check(&self.gpu, "grouped_gemm backward_input")?;
@@ -671,7 +671,7 @@ impl GroupedGemm {
     /// [`backward_input`](Self::backward_input) with a given tiling.
     pub fn backward_input_with(
         &self,
-        args: &GemmBackwardInput<'_>,
+        args: &GroupedGemmBackwardInput<'_>,
         tiling: Tiling,
     ) -> Result<Dispatch> {
         self.backward_input_rows("grouped_gemm backward_input", args, None, tiling)
@@ -682,7 +682,7 @@ impl GroupedGemm {
     fn backward_input_rows(
         &self,
         ctx: &'static str,
-        args: &GemmBackwardInput<'_>,
+        args: &GroupedGemmBackwardInput<'_>,
         ragged: Option<RaggedInput<'_>>,
         tiling: Tiling,
     ) -> Result<Dispatch> {
@@ -747,7 +747,7 @@ impl GroupedGemm {
 
     /// Checks and binds the weight (and bias) gradients, with the tiling tuned for
     /// its shape.
-    pub fn backward_weights(&self, args: &GemmBackwardWeights<'_>) -> Result<Dispatch> {
+    pub fn backward_weights(&self, args: &GroupedGemmBackwardWeights<'_>) -> Result<Dispatch> {
         args.shape.validate("grouped_gemm backward_weights")?;
         args.precision
             .check(&self.gpu, "grouped_gemm backward_weights")?;
@@ -764,7 +764,7 @@ impl GroupedGemm {
     /// [`backward_weights`](Self::backward_weights) with a given tiling.
     pub fn backward_weights_with(
         &self,
-        args: &GemmBackwardWeights<'_>,
+        args: &GroupedGemmBackwardWeights<'_>,
         tiling: Tiling,
     ) -> Result<Dispatch> {
         self.backward_weights_rows("grouped_gemm backward_weights", args, None, tiling)
@@ -774,7 +774,7 @@ impl GroupedGemm {
     fn backward_weights_rows(
         &self,
         ctx: &'static str,
-        args: &GemmBackwardWeights<'_>,
+        args: &GroupedGemmBackwardWeights<'_>,
         rows: Option<RowMap<'_>>,
         tiling: Tiling,
     ) -> Result<Dispatch> {
@@ -825,7 +825,11 @@ impl GroupedGemm {
     /// Checks, binds and records the forward pass into `target`: a
     /// [`wgpu::CommandEncoder`] or an open [`wgpu::ComputePass`]. Nothing is recorded
     /// when a check fails.
-    pub fn encode_forward(&self, target: &mut impl Recorder, args: &GemmForward<'_>) -> Result<()> {
+    pub fn encode_forward(
+        &self,
+        target: &mut impl Recorder,
+        args: &GroupedGemmForward<'_>,
+    ) -> Result<()> {
         target.record_dispatch(&self.forward(args)?);
         Ok(())
     }
@@ -836,7 +840,7 @@ impl GroupedGemm {
     pub fn encode_backward_input(
         &self,
         target: &mut impl Recorder,
-        args: &GemmBackwardInput<'_>,
+        args: &GroupedGemmBackwardInput<'_>,
     ) -> Result<()> {
         target.record_dispatch(&self.backward_input(args)?);
         Ok(())
@@ -848,7 +852,7 @@ impl GroupedGemm {
     pub fn encode_backward_weights(
         &self,
         target: &mut impl Recorder,
-        args: &GemmBackwardWeights<'_>,
+        args: &GroupedGemmBackwardWeights<'_>,
     ) -> Result<()> {
         target.record_dispatch(&self.backward_weights(args)?);
         Ok(())

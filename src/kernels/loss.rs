@@ -14,7 +14,7 @@
 //! # Example
 //!
 //! ```
-//! use mmoe_wgpu::kernels::loss::{Loss, LossArgs, LossKind, TaskLoss};
+//! use mmoe_wgpu::kernels::loss::{Loss, LossForward, LossKind, TaskLoss};
 //! use mmoe_wgpu::kernels::{BufferView, Precision};
 //!
 //! # fn main() -> mmoe_wgpu::Result<()> {
@@ -30,7 +30,7 @@
 //! let grad = gpu.storage_buffer("grad", 4 * 4)?;
 //!
 //! let mut encoder = gpu.device().create_command_encoder(&Default::default());
-//! Loss::new(&gpu).encode(&mut encoder, &LossArgs {
+//! Loss::new(&gpu).encode_forward(&mut encoder, &LossForward {
 //!     rows: 2,
 //!     tasks: &tasks,
 //!     precision: Precision::F32,
@@ -54,6 +54,7 @@ use super::binding::{program_for, storage_programs};
 use super::dispatch::Extra;
 use super::{BufferView, Dispatch, Operand, Precision, Recorder, bind_operands};
 use crate::gpu::{BindingKind, Gpu, ShaderProgram};
+pub use crate::shape::{LossKind, TaskLoss};
 use crate::{Error, Result};
 
 /// The WGSL programs of this family.
@@ -81,38 +82,9 @@ const TABLE_SLOT: u32 = 1;
 /// The workgroup size [`Loss::new`] uses.
 pub const DEFAULT_WORKGROUP_SIZE: u32 = 64;
 
-/// The per-example loss of a task.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum LossKind {
-    /// `ℓ = (p − y)²`, `ℓ' = 2(p − y)` (regression).
-    MeanSquaredError,
-    /// Binary cross-entropy on the logit `p` against a target `y` in `[0, 1]`, in the
-    /// stable form `ℓ = max(p, 0) − p·y + log(1 + exp(−|p|))`, `ℓ' = sigmoid(p) − y`
-    /// (classification). Finite for any finite logit.
-    BinaryCrossEntropy,
-}
-
-impl LossKind {
-    fn code(self) -> u32 {
-        match self {
-            LossKind::MeanSquaredError => 0,
-            LossKind::BinaryCrossEntropy => 1,
-        }
-    }
-}
-
-/// The loss of one task and its weight `λ_t` in the total.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct TaskLoss {
-    /// Per-example loss.
-    pub kind: LossKind,
-    /// `λ_t`; finite.
-    pub weight: f32,
-}
-
 /// Operands of the loss kernel. `T = tasks.len()`, `B = rows`.
 #[derive(Clone, Copy, Debug)]
-pub struct LossArgs<'a> {
+pub struct LossForward<'a> {
     /// Rows per task, `B`.
     pub rows: usize,
     /// Kind and weight of each task.
@@ -188,7 +160,7 @@ impl Loss {
 
     /// Checks and binds the loss and gradient computation. The task table (kinds and
     /// weights) is uploaded into a small buffer the returned dispatch keeps alive.
-    pub fn dispatch(&self, args: &LossArgs<'_>) -> Result<Dispatch> {
+    pub fn forward(&self, args: &LossForward<'_>) -> Result<Dispatch> {
         const CTX: &str = "loss";
         args.precision.check(&self.gpu, CTX)?;
         let tasks = args.tasks.len();
@@ -265,8 +237,8 @@ impl Loss {
     /// Checks, binds and records the loss and gradient into `target`: a
     /// [`wgpu::CommandEncoder`] or an open [`wgpu::ComputePass`]. Nothing is recorded
     /// when a check fails.
-    pub fn encode(&self, target: &mut impl Recorder, args: &LossArgs<'_>) -> Result<()> {
-        target.record_dispatch(&self.dispatch(args)?);
+    pub fn encode_forward(&self, target: &mut impl Recorder, args: &LossForward<'_>) -> Result<()> {
+        target.record_dispatch(&self.forward(args)?);
         Ok(())
     }
 }

@@ -2,17 +2,39 @@
 //! caller's [`wgpu::CommandEncoder`] (or [`wgpu::ComputePass`]) over the caller's
 //! buffers. Nothing here knows about MMoE; `graph` composes these.
 //!
-//! Every call comes in two steps: a kernel's `forward`/`backward_*` method checks
-//! shapes, sizes, offset alignment, usage flags, aliasing and the [`Precision`] against
-//! the device, and returns a [`Dispatch`] (pipeline and bind group), which is recorded
-//! as often as needed with [`Dispatch::record`] or [`Dispatch::encode`]. The
-//! `encode_*` shortcuts do both, into any [`Recorder`]: a command encoder or an open
-//! compute pass. A failed check records nothing. Pipelines are compiled once per
-//! device; bind groups are cached per device by binding set (buffers, offsets, sizes,
-//! parameters), so building the same dispatch again is cheap.
+//! # The contract every family keeps
+//!
+//! A family is one module, one WGSL file (`shaders/<family>.wgsl`, plus helper parts)
+//! and one type named after it: [`GroupedGemm`], [`GateMix`] (with [`GateTopk`], its
+//! top-k mode), [`Noise`], [`Routing`], [`Balance`], [`Loss`] and [`Optimizer`]. The
+//! names that describe an operation rather than run it (shapes, enums, hyper-parameters
+//! such as [`OptimizerConfig`](crate::shape::OptimizerConfig)) live in [`crate::shape`] and are re-exported by the
+//! family that takes them.
+//!
+//! - `Family::new(gpu)` makes the kernels of a device (cheap to clone; pipelines compile
+//!   on first use and are cached on the [`Gpu`](crate::Gpu)); families with a tunable
+//!   size also have `with_workgroup_size` or take a tiling.
+//! - A family runs one or more **passes**: `forward`, `backward` (or its parts
+//!   `backward_input` and `backward_weights`), and the optimizer's `update`. Pass `p`
+//!   takes one argument struct named after the family and the pass, `&FamilyP` (e.g.
+//!   [`GroupedGemmBackwardInput`](grouped_gemm::GroupedGemmBackwardInput),
+//!   [`LossForward`](loss::LossForward)): shape, operands as [`BufferView`]s, [`Precision`]. A mode of a
+//!   pass, `p_mode` (`forward_ragged`, `forward_load`, `forward_keeping_softmax`), takes
+//!   the pass's struct followed by what the mode adds; `p_with` takes a tiling last.
+//! - `p(&args)` checks shapes, sizes, offset alignment, usage flags, aliasing and the
+//!   precision against the device, and returns what it will record: a [`Dispatch`]
+//!   (pipeline and bind group, recorded as often as needed with [`Dispatch::record`] or
+//!   [`Dispatch::encode`]), a `Vec<Dispatch>` to record in order where the pass takes
+//!   several, or, for the optimizer, an [`OptimizerStep`] that also owns the per-step
+//!   uniform.
+//! - `encode_p(target, &args)` does both into any [`Recorder`]: a command encoder or an
+//!   open compute pass.
+//! - A failed check is an [`Error`](crate::Error) naming the kernel, the pass and the
+//!   operand, and records nothing. Bind groups are cached per device by binding set
+//!   (buffers, offsets, sizes, parameters), so building the same dispatch again is cheap.
 //!
 //! Each family's module docs hold a runnable example: [`grouped_gemm`], [`gate_mix`],
-//! [`loss`], [`optimizer`], [`routing`], [`balance`], [`noise`].
+//! [`gate_topk`], [`loss`], [`optimizer`], [`routing`], [`balance`], [`noise`].
 
 pub mod balance;
 mod binding;
@@ -26,17 +48,18 @@ pub mod optimizer;
 pub mod routing;
 pub mod tune;
 
+pub use balance::Balance;
 pub use binding::{BufferView, Precision};
 pub(crate) use binding::{Operand, bind_operands};
 pub(crate) use dispatch::check_loop_budget;
 pub use dispatch::{Dispatch, LOOP_BUDGET, Recorder};
-pub use gate_mix::{GateMix, GateMixShape};
-pub use gate_topk::{GateTopk, GateTopkForward};
+pub use gate_mix::GateMix;
+pub use gate_topk::GateTopk;
 pub use grouped_gemm::GroupedGemm;
-pub use loss::{Loss, LossArgs, LossKind, TaskLoss};
-pub use noise::{Noise, NoiseBackward, NoiseForward, NoiseShape};
-pub use optimizer::{Optimizer, OptimizerArgs, OptimizerKernel, OptimizerStep};
-pub use routing::{Routing, RoutingArgs, RoutingShape};
+pub use loss::Loss;
+pub use noise::Noise;
+pub use optimizer::{Optimizer, OptimizerStep};
+pub use routing::Routing;
 
 /// Every WGSL program the crate builds, for validation and translation checks.
 pub fn programs() -> Vec<crate::gpu::ShaderProgram> {

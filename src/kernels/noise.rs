@@ -58,10 +58,10 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::binding::{program_for, storage_programs};
-use super::gate_mix::GateMixShape;
 use super::{BufferView, Dispatch, Operand, Precision, Recorder, bind_operands, div_ceil};
+use crate::Result;
 use crate::gpu::{BindingKind, Gpu, ShaderProgram};
-use crate::{Error, Result};
+pub use crate::shape::NoiseShape;
 
 const SOURCE: (&str, &str) = ("noise.wgsl", include_str!("../../shaders/noise.wgsl"));
 
@@ -84,64 +84,6 @@ const BACKWARD_BINDINGS: &[(u32, BindingKind)] = &[
 
 /// Invocations per workgroup, one per element.
 const WORKGROUP_SIZE: u32 = 64;
-
-/// Shape of the gate noise: every operand is `[gates, rows, experts]`, row-major.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct NoiseShape {
-    /// Number of gates `T`.
-    pub gates: usize,
-    /// Batch rows `B`.
-    pub rows: usize,
-    /// Number of experts `E`.
-    pub experts: usize,
-}
-
-impl From<GateMixShape> for NoiseShape {
-    fn from(s: GateMixShape) -> Self {
-        NoiseShape {
-            gates: s.gates,
-            rows: s.rows,
-            experts: s.experts,
-        }
-    }
-}
-
-impl NoiseShape {
-    /// Checks every dimension is non-zero and the operands fit the 32-bit indexing
-    /// the shader uses.
-    pub fn validate(&self, context: &str) -> Result<()> {
-        for (name, v) in [
-            ("gates", self.gates),
-            ("rows", self.rows),
-            ("experts", self.experts),
-        ] {
-            if v == 0 {
-                return Err(Error::shape(context, name, "at least 1", "0"));
-            }
-        }
-        // In u128 so that absurd shapes are reported, not overflowed.
-        let len = self.gates as u128 * self.rows as u128 * self.experts as u128;
-        if len >= u32::MAX as u128 / 2 {
-            return Err(Error::Limit {
-                context: context.into(),
-                what: "element count of the noise operands".into(),
-                value: len.min(u64::MAX as u128) as u64,
-                limit: u32::MAX as u64 / 2,
-            });
-        }
-        Ok(())
-    }
-
-    /// Elements of every operand: `gates · rows · experts`.
-    pub fn len(&self) -> usize {
-        self.gates * self.rows * self.experts
-    }
-
-    /// Whether the operands have no elements (never, for a valid shape).
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
 
 /// Operands of the forward pass.
 #[derive(Clone, Copy, Debug)]

@@ -1,14 +1,14 @@
 //! One optimizer step (SGD with momentum, Adam, AdamW) over one flat parameter
 //! buffer, in one dispatch.
 //!
-//! [`OptimizerKernel::prepare`] checks and binds the buffers once and returns an
-//! [`OptimizerStep`]; before each submit, [`OptimizerStep::set_step`] writes the step
+//! [`Optimizer::update`] checks and binds the buffers once and returns an
+//! [`OptimizerStep`] ([`Optimizer::encode_update`] also records it); before each submit, [`OptimizerStep::set_step`] writes the step
 //! number, the learning rate and the bias corrections into a small uniform the step
 //! owns. Changing the learning rate therefore never recompiles or rebinds anything.
 //!
 //! # Non-finite-loss guard
 //!
-//! When [`OptimizerArgs::loss`] and [`OptimizerArgs::status`] are given, the step
+//! When [`OptimizerUpdate::loss`] and [`OptimizerUpdate::status`] are given, the step
 //! first looks at the `T` loss values (every invocation reads them):
 //! - if any is NaN or infinite, the whole update is skipped (params and moments are
 //!   left untouched) and, if `status[0] == 0`, `status[0]` is set to the step number
@@ -24,9 +24,9 @@
 //!
 //! Parameters and moments are always f32: these are the master weights, and an f16
 //! parameter could not take the many updates smaller than 2^-11 of its size (the
-//! usual mixed-precision practice). [`OptimizerArgs::precision`] sets the type of the
+//! usual mixed-precision practice). [`OptimizerUpdate::precision`] sets the type of the
 //! gradients (f16 from f16 backward kernels) and of the optional
-//! [`params_copy`](OptimizerArgs::params_copy), the updated parameters rounded to
+//! [`params_copy`](OptimizerUpdate::params_copy), the updated parameters rounded to
 //! f16 in the same pass for f16 forward kernels to read.
 //!
 //! Shader: `shaders/optimizer.wgsl`, with the storage part (`shaders/storage_*.wgsl`)
@@ -35,7 +35,7 @@
 //! # Example
 //!
 //! ```
-//! use mmoe_wgpu::kernels::optimizer::{Optimizer, OptimizerArgs, OptimizerKernel};
+//! use mmoe_wgpu::kernels::optimizer::{OptimizerConfig, OptimizerUpdate, Optimizer};
 //! use mmoe_wgpu::kernels::{BufferView, Precision};
 //!
 //! # fn main() -> mmoe_wgpu::Result<()> {
@@ -44,8 +44,8 @@
 //! let grads = gpu.upload("grads", &[0.5f32, 0.5, -1.0])?;
 //! let m = gpu.storage_buffer("m", 4 * 3)?; // zero before the first step
 //!
-//! let step = OptimizerKernel::new(&gpu).prepare(&OptimizerArgs {
-//!     optimizer: Optimizer::Sgd { momentum: 0.0 },
+//! let step = Optimizer::new(&gpu).update(&OptimizerUpdate {
+//!     config: OptimizerConfig::Sgd { momentum: 0.0 },
 //!     len: 3,
 //!     precision: Precision::F32,
 //!     params: BufferView::new(&params),
@@ -76,6 +76,7 @@ use super::binding::{program_for, storage_programs};
 use super::dispatch::Extra;
 use super::{BufferView, Dispatch, Operand, Precision, Recorder, bind_operands, div_ceil};
 use crate::gpu::{BindingKind, Gpu, ShaderProgram};
+pub use crate::shape::OptimizerConfig;
 use crate::{Error, Result};
 
 /// The WGSL programs of this family.
@@ -119,106 +120,14 @@ const FLAG_L2: u32 = 2;
 const FLAG_DECOUPLED: u32 = 4;
 const FLAG_COPY: u32 = 8;
 
-/// The workgroup size [`OptimizerKernel::new`] uses.
+/// The workgroup size [`Optimizer::new`] uses.
 pub const DEFAULT_WORKGROUP_SIZE: u32 = 64;
-
-/// An update rule and its fixed hyperparameters (the learning rate is given per step).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Optimizer {
-    /// `m = μ·m + g; p −= lr·m`. `μ = 0` is plain SGD.
-    Sgd {
-        /// Momentum `μ`, in `[0, 1)`.
-        momentum: f32,
-    },
-    /// Adam with L2 regularisation: `g' = g + wd·p`,
-    /// `m = β1·m + (1−β1)·g'`, `v = β2·v + (1−β2)·g'²`,
-    /// `p −= lr · (m/(1−β1^t)) / (sqrt(v/(1−β2^t)) + eps)`.
-    Adam {
-        /// `β1`, in `[0, 1)`.
-        beta1: f32,
-        /// `β2`, in `[0, 1)`.
-        beta2: f32,
-        /// `eps`, positive.
-        eps: f32,
-        /// L2 coefficient added to the gradient, `≥ 0`.
-        weight_decay: f32,
-    },
-    /// Adam with decoupled weight decay: `p −= lr·wd·p`, then the Adam update on the
-    /// unmodified gradient.
-    AdamW {
-        /// `β1`, in `[0, 1)`.
-        beta1: f32,
-        /// `β2`, in `[0, 1)`.
-        beta2: f32,
-        /// `eps`, positive.
-        eps: f32,
-        /// Decoupled weight decay, `≥ 0`.
-        weight_decay: f32,
-    },
-}
-
-impl Optimizer {
-    /// Checks the hyperparameters are in range.
-    pub fn validate(&self) -> Result<()> {
-        let bad = |m: &str| Err(Error::invalid("optimizer", format!("{self:?}: {m}")));
-        let unit = |x: f32| (0.0..1.0).contains(&x);
-        match *self {
-            Optimizer::Sgd { momentum } => {
-                if !unit(momentum) {
-                    return bad("momentum must be in [0, 1)");
-                }
-            }
-            Optimizer::Adam {
-                beta1,
-                beta2,
-                eps,
-                weight_decay,
-            }
-            | Optimizer::AdamW {
-                beta1,
-                beta2,
-                eps,
-                weight_decay,
-            } => {
-                if !unit(beta1) {
-                    return bad("beta1 must be in [0, 1)");
-                }
-                if !unit(beta2) {
-                    return bad("beta2 must be in [0, 1)");
-                }
-                if !(eps > 0.0 && eps.is_finite()) {
-                    return bad("eps must be positive and finite");
-                }
-                if !(weight_decay >= 0.0 && weight_decay.is_finite()) {
-                    return bad("weight_decay must be finite and not negative");
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Whether the rule keeps a second moment `v`.
-    pub fn needs_second_moment(&self) -> bool {
-        !matches!(self, Optimizer::Sgd { .. })
-    }
-
-    /// `(1 − β1^t, 1 − β2^t)` in `f64`, or `(1, 1)` for SGD.
-    pub fn bias_corrections(&self, step: u32) -> (f64, f64) {
-        match *self {
-            Optimizer::Sgd { .. } => (1.0, 1.0),
-            Optimizer::Adam { beta1, beta2, .. } | Optimizer::AdamW { beta1, beta2, .. } => {
-                let t = step as f64;
-                (1.0 - (beta1 as f64).powf(t), 1.0 - (beta2 as f64).powf(t))
-            }
-        }
-    }
-}
 
 /// Operands of an optimizer step over `len` elements.
 #[derive(Clone, Copy, Debug)]
-pub struct OptimizerArgs<'a> {
+pub struct OptimizerUpdate<'a> {
     /// Update rule and hyperparameters.
-    pub optimizer: Optimizer,
+    pub config: OptimizerConfig,
     /// Number of parameters.
     pub len: usize,
     /// Storage type of `grads` and `params_copy`; parameters and moments are f32.
@@ -284,7 +193,7 @@ struct StepParams {
 pub struct OptimizerStep {
     dispatch: Dispatch,
     uniform: wgpu::Buffer,
-    optimizer: Optimizer,
+    config: OptimizerConfig,
 }
 
 impl OptimizerStep {
@@ -295,7 +204,7 @@ impl OptimizerStep {
     /// value written. `step == 0` (the value before the first call) makes the
     /// dispatch a no-op.
     pub fn set_step(&self, queue: &wgpu::Queue, step: u32, learning_rate: f32) {
-        let (bc1, bc2) = self.optimizer.bias_corrections(step.max(1));
+        let (bc1, bc2) = self.config.bias_corrections(step.max(1));
         let params = StepParams {
             step,
             lr: learning_rate,
@@ -310,9 +219,9 @@ impl OptimizerStep {
         &self.dispatch
     }
 
-    /// The update rule it was prepared with.
-    pub fn optimizer(&self) -> Optimizer {
-        self.optimizer
+    /// The update rule and hyper-parameters it was bound with.
+    pub fn config(&self) -> OptimizerConfig {
+        self.config
     }
 
     /// Records the step into `target`: a [`wgpu::CommandEncoder`] (in a compute pass
@@ -325,15 +234,15 @@ impl OptimizerStep {
 /// The optimizer kernels on one device. Cheap to clone; pipelines are compiled on
 /// first use and cached per device.
 #[derive(Clone, Debug)]
-pub struct OptimizerKernel {
+pub struct Optimizer {
     gpu: Gpu,
     workgroup_size: u32,
 }
 
-impl OptimizerKernel {
+impl Optimizer {
     /// The kernels on `gpu`, with [`DEFAULT_WORKGROUP_SIZE`] invocations per workgroup.
     pub fn new(gpu: &Gpu) -> Self {
-        OptimizerKernel {
+        Optimizer {
             gpu: gpu.clone(),
             workgroup_size: DEFAULT_WORKGROUP_SIZE,
         }
@@ -352,7 +261,7 @@ impl OptimizerKernel {
                 format!("{workgroup_size} is not between 1 and {max}"),
             ));
         }
-        Ok(OptimizerKernel {
+        Ok(Optimizer {
             gpu: gpu.clone(),
             workgroup_size,
         })
@@ -365,9 +274,9 @@ impl OptimizerKernel {
 
     /// Checks and binds one step. The returned step does nothing until
     /// [`OptimizerStep::set_step`] gives it a step number.
-    pub fn prepare(&self, args: &OptimizerArgs<'_>) -> Result<OptimizerStep> {
+    pub fn update(&self, args: &OptimizerUpdate<'_>) -> Result<OptimizerStep> {
         const CTX: &str = "optimizer";
-        let opt = args.optimizer;
+        let opt = args.config;
         opt.validate()?;
         args.precision.check(&self.gpu, CTX)?;
         let len = args.len;
@@ -473,14 +382,14 @@ impl OptimizerKernel {
             p.flags |= FLAG_COPY;
         }
         match opt {
-            Optimizer::Sgd { momentum } => p.decay_or_momentum = momentum,
-            Optimizer::Adam {
+            OptimizerConfig::Sgd { momentum } => p.decay_or_momentum = momentum,
+            OptimizerConfig::Adam {
                 beta1,
                 beta2,
                 eps,
                 weight_decay,
             }
-            | Optimizer::AdamW {
+            | OptimizerConfig::AdamW {
                 beta1,
                 beta2,
                 eps,
@@ -493,7 +402,7 @@ impl OptimizerKernel {
                 p.eps = eps;
                 p.decay_or_momentum = weight_decay;
                 if weight_decay > 0.0 {
-                    p.flags |= if matches!(opt, Optimizer::Adam { .. }) {
+                    p.flags |= if matches!(opt, OptimizerConfig::Adam { .. }) {
                         FLAG_L2
                     } else {
                         FLAG_DECOUPLED
@@ -542,7 +451,20 @@ impl OptimizerKernel {
         Ok(OptimizerStep {
             dispatch,
             uniform,
-            optimizer: opt,
+            config: opt,
         })
+    }
+
+    /// Checks, binds and records one step into `target`: a [`wgpu::CommandEncoder`]
+    /// or an open [`wgpu::ComputePass`]. Nothing is recorded when a check fails. The
+    /// returned step still needs [`OptimizerStep::set_step`] before the submit.
+    pub fn encode_update(
+        &self,
+        target: &mut impl Recorder,
+        args: &OptimizerUpdate<'_>,
+    ) -> Result<OptimizerStep> {
+        let step = self.update(args)?;
+        step.encode(target);
+        Ok(step)
     }
 }

@@ -20,8 +20,8 @@
 //! the experts' layer on those rows alone.
 //!
 //! ```
-//! use mmoe_wgpu::kernels::grouped_gemm::{GemmForward, GroupedGemm, RowMap};
-//! use mmoe_wgpu::kernels::routing::{Routing, RoutingArgs, RoutingShape};
+//! use mmoe_wgpu::kernels::grouped_gemm::{GroupedGemmForward, GroupedGemm, RowMap};
+//! use mmoe_wgpu::kernels::routing::{Routing, RoutingForward, RoutingShape};
 //! use mmoe_wgpu::kernels::{BufferView, Precision};
 //! use mmoe_wgpu::{Activation, GemmShape, Gpu, InputLayout};
 //!
@@ -38,7 +38,7 @@
 //! let routes = gpu.storage_buffer("routes", 4 * shape.routes_len() as u64)?;
 //!
 //! let mut encoder = gpu.device().create_command_encoder(&Default::default());
-//! Routing::new(&gpu).encode(&mut encoder, &RoutingArgs {
+//! Routing::new(&gpu).encode_forward(&mut encoder, &RoutingForward {
 //!     shape,
 //!     precision: Precision::F32,
 //!     g: BufferView::new(&g),
@@ -52,7 +52,7 @@
 //! let y = gpu.storage_buffer("y", 4 * gemm.y_len() as u64)?;
 //! GroupedGemm::new(&gpu).encode_forward_ragged(
 //!     &mut encoder,
-//!     &GemmForward {
+//!     &GroupedGemmForward {
 //!         shape: gemm,
 //!         activation: Activation::Identity,
 //!         precision: Precision::F32,
@@ -80,8 +80,9 @@ use bytemuck::{Pod, Zeroable};
 
 use super::binding::{program_for, storage_programs};
 use super::{BufferView, Dispatch, Operand, Precision, Recorder, bind_operands};
+use crate::Result;
 use crate::gpu::{BindingKind, Gpu, ShaderProgram};
-use crate::{Error, Result};
+pub use crate::shape::RoutingShape;
 
 pub use super::grouped_gemm::RowMap;
 
@@ -101,60 +102,9 @@ const BINDINGS: &[(u32, BindingKind)] = &[(0, Uniform), (1, Read), (2, ReadWrite
 /// The workgroup size [`Routing::new`] uses.
 pub const DEFAULT_WORKGROUP_SIZE: u32 = 64;
 
-/// Shape of a routing: `G: [gates, rows, experts]` in, a [`RowMap`] of `experts`
-/// groups of `rows` rows out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct RoutingShape {
-    /// Gates `T` whose choices are merged (one per task).
-    pub gates: usize,
-    /// Batch rows `B`.
-    pub rows: usize,
-    /// Experts `E`: the groups of the ragged GEMM.
-    pub experts: usize,
-}
-
-impl RoutingShape {
-    /// Checks every dimension is non-zero and every tensor fits the 32-bit indexing
-    /// the shader uses.
-    pub fn validate(&self, context: &str) -> Result<()> {
-        for (name, v) in [
-            ("gates", self.gates),
-            ("rows", self.rows),
-            ("experts", self.experts),
-        ] {
-            if v == 0 {
-                return Err(Error::shape(context, name, "at least 1", "0"));
-            }
-        }
-        // In u128 so that absurd shapes are reported, not overflowed.
-        let (t, b, e) = (self.gates as u128, self.rows as u128, self.experts as u128);
-        for (name, len) in [("G", t * b * e), ("the row map", e * (b + 1))] {
-            if len >= u32::MAX as u128 / 2 {
-                return Err(Error::Limit {
-                    context: context.into(),
-                    what: format!("element count of {name}"),
-                    value: len.min(u64::MAX as u128) as u64,
-                    limit: u32::MAX as u64 / 2,
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// Elements of `G`.
-    pub fn g_len(&self) -> usize {
-        self.gates * self.rows * self.experts
-    }
-
-    /// Elements (`u32`) of the row map: `experts · (rows + 1)`.
-    pub fn routes_len(&self) -> usize {
-        RowMap::elements(self.experts, self.rows)
-    }
-}
-
 /// Operands of the routing kernel.
 #[derive(Clone, Copy, Debug)]
-pub struct RoutingArgs<'a> {
+pub struct RoutingForward<'a> {
     /// Shape.
     pub shape: RoutingShape,
     /// Storage type of `G` (the map is always `u32`).
@@ -213,7 +163,7 @@ impl Routing {
     }
 
     /// Checks and binds the routing: one dispatch, one workgroup per expert.
-    pub fn dispatch(&self, args: &RoutingArgs<'_>) -> Result<Dispatch> {
+    pub fn forward(&self, args: &RoutingForward<'_>) -> Result<Dispatch> {
         const CTX: &str = "routing";
         let s = &args.shape;
         s.validate(CTX)?;
@@ -252,8 +202,12 @@ impl Routing {
     /// Checks, binds and records the routing into `target`: a
     /// [`wgpu::CommandEncoder`] or an open [`wgpu::ComputePass`]. Nothing is recorded
     /// when a check fails.
-    pub fn encode(&self, target: &mut impl Recorder, args: &RoutingArgs<'_>) -> Result<()> {
-        target.record_dispatch(&self.dispatch(args)?);
+    pub fn encode_forward(
+        &self,
+        target: &mut impl Recorder,
+        args: &RoutingForward<'_>,
+    ) -> Result<()> {
+        target.record_dispatch(&self.forward(args)?);
         Ok(())
     }
 }

@@ -3,9 +3,9 @@
 use super::config::{Architecture, GateKind, ModelConfig};
 use crate::Result;
 use crate::graph::{GateSpec, Graph, Init, Plan, Role, TensorId};
-use crate::kernels::gate_mix::ExpertAccess;
-use crate::kernels::loss::TaskLoss;
 use crate::rng::Rng;
+use crate::shape::ExpertAccess;
+use crate::shape::TaskLoss;
 use crate::shape::{Activation, InputLayout};
 
 /// A model's graph and the tensors the trainer feeds and reads.

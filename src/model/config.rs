@@ -1,9 +1,9 @@
 //! What a model is: architecture, layer widths, tasks, optimizer, seed.
 
-use crate::kernels::balance::BalanceLoss;
-use crate::kernels::gate_topk::{MAX_SHARED_SELECTION_EXPERTS, Selection};
-use crate::kernels::loss::LossKind;
-use crate::kernels::optimizer::Optimizer;
+use crate::shape::BalanceLoss;
+use crate::shape::LossKind;
+use crate::shape::OptimizerConfig;
+use crate::shape::{MAX_SHARED_SELECTION_EXPERTS, Selection};
 use crate::{Error, Result};
 
 /// How a gate turns its logits into expert weights.
@@ -247,7 +247,7 @@ pub struct ModelConfig {
     /// The tasks, one tower and head each.
     pub tasks: Vec<TaskConfig>,
     /// The optimizer.
-    pub optimizer: Optimizer,
+    pub optimizer: OptimizerConfig,
     /// Learning rate (can be changed between steps).
     pub learning_rate: f32,
     /// Seed of the initial weights.
@@ -256,7 +256,7 @@ pub struct ModelConfig {
 
 impl ModelConfig {
     /// Adam with the usual moments (0.9, 0.999, 1e-8), no weight decay.
-    pub const ADAM: Optimizer = Optimizer::Adam {
+    pub const ADAM: OptimizerConfig = OptimizerConfig::Adam {
         beta1: 0.9,
         beta2: 0.999,
         eps: 1e-8,

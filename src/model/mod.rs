@@ -16,8 +16,8 @@ mod config;
 mod noise;
 mod trainer;
 
-pub use crate::kernels::balance::BalanceLoss;
-pub use crate::kernels::gate_topk::Selection;
+pub use crate::shape::BalanceLoss;
+pub use crate::shape::Selection;
 pub use build::{ModelGraph, build, initial_parameters};
 pub use checkpoint::Checkpoint;
 pub use config::{Architecture, Gate, GateKind, ModelConfig, TaskConfig, TaskKind};

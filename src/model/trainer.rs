@@ -5,7 +5,7 @@ use super::build::{ModelGraph, build, initial_parameters};
 use super::checkpoint::{Checkpoint, check_dimensions, config_mismatch};
 use super::config::{ModelConfig, TaskKind};
 use crate::graph::{CpuExecutor, GpuExecutor, MemoryReport, Op, Plan, Role};
-use crate::kernels::balance::BalanceShape;
+use crate::shape::BalanceShape;
 use crate::{Error, Gpu, Result};
 
 /// How often [`Trainer::step`] looks for a non-finite loss on its own (a device

@@ -5,7 +5,7 @@
 //! backward is [`backward`] with the full softmax `p` in place of `G`.
 
 use super::check_len;
-use crate::kernels::balance::{BalanceShape, BalanceStats};
+use crate::shape::{BalanceShape, BalanceStats};
 use crate::{Error, Result};
 
 /// Importance, load, coefficients and loss of every gate for the gate values
@@ -56,7 +56,7 @@ pub fn forward_load(
     check_len(CTX, "g", g, shape.g_len())?;
     check_len(CTX, "p", p, shape.g_len())?;
     check_weight(CTX, weight)?;
-    crate::kernels::balance::check_load_k(CTX, shape, k, seen)?;
+    crate::shape::check_load_k(CTX, shape, k, seen)?;
     let &BalanceShape {
         gates,
         rows,

@@ -3,7 +3,7 @@
 
 use super::check_len;
 use crate::Result;
-use crate::kernels::gate_mix::GateMixShape;
+use crate::shape::GateMixShape;
 
 /// `(G: [gates, rows, experts], M: [gates, rows, width])`.
 pub fn forward(

@@ -2,7 +2,7 @@
 //! and its gradient with respect to the predictions.
 
 use super::check_len;
-use crate::kernels::loss::LossKind;
+use crate::shape::LossKind;
 use crate::{Error, Result};
 
 /// `(loss, grad)` for tasks `(kind, λ_t)` over predictions and targets `[T, rows]`

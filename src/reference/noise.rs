@@ -3,7 +3,7 @@
 
 use super::check_len;
 use crate::Result;
-use crate::kernels::noise::NoiseShape;
+use crate::shape::NoiseShape;
 
 /// `log(1 + exp(v))`, without overflow for large `v` and without rounding the small
 /// values of very negative `v` to zero.

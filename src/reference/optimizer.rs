@@ -1,13 +1,13 @@
 //! Reference optimizer step (SGD with momentum, Adam, AdamW) in `f64`.
 
-use crate::kernels::optimizer::Optimizer;
+use crate::shape::OptimizerConfig;
 use crate::{Error, Result};
 
 /// One step `step` (1-based) with learning rate `lr`, updating `params`, `m` and,
 /// for Adam and AdamW, `v` in place. Hyperparameters are taken from `optimizer`
 /// (converted to `f64`); the bias corrections are `1 − β^step`.
 pub fn step(
-    optimizer: Optimizer,
+    optimizer: OptimizerConfig,
     step: u32,
     lr: f64,
     params: &mut [f64],
@@ -36,20 +36,20 @@ pub fn step(
     check("grads", grads.len())?;
     check("m", m.len())?;
     match optimizer {
-        Optimizer::Sgd { momentum } => {
+        OptimizerConfig::Sgd { momentum } => {
             let mu = momentum as f64;
             for i in 0..n {
                 m[i] = mu * m[i] + grads[i];
                 params[i] -= lr * m[i];
             }
         }
-        Optimizer::Adam {
+        OptimizerConfig::Adam {
             beta1,
             beta2,
             eps,
             weight_decay,
         }
-        | Optimizer::AdamW {
+        | OptimizerConfig::AdamW {
             beta1,
             beta2,
             eps,
@@ -64,7 +64,7 @@ pub fn step(
                 )
             })?;
             check("v", v.len())?;
-            let decoupled = matches!(optimizer, Optimizer::AdamW { .. });
+            let decoupled = matches!(optimizer, OptimizerConfig::AdamW { .. });
             let (b1, b2, eps, wd) = (beta1 as f64, beta2 as f64, eps as f64, weight_decay as f64);
             let (bc1, bc2) = optimizer.bias_corrections(step);
             for i in 0..n {

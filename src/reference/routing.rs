@@ -3,7 +3,7 @@
 //! [`RowMap`](crate::kernels::grouped_gemm::RowMap)).
 
 use super::check_len;
-use crate::kernels::routing::RoutingShape;
+use crate::shape::RoutingShape;
 use crate::{Error, Result};
 
 /// The row map of `g: [gates, rows, experts]`: `experts` counts, then per expert its

@@ -5,8 +5,9 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::{
-    BufferView, Dispatch, Error, GemmBackwardInput, GemmBackwardWeights, GemmForward, GroupedGemm,
-    Operand, Pass, REDUCE, ROUTES_SLOT, Recorder, Result, Tiling, bind_operands, op, program_for,
+    BufferView, Dispatch, Error, GroupedGemm, GroupedGemmBackwardInput, GroupedGemmBackwardWeights,
+    GroupedGemmForward, Operand, Pass, REDUCE, ROUTES_SLOT, Recorder, Result, Tiling,
+    bind_operands, op, program_for,
 };
 use crate::gpu::{BindingKind, Gpu};
 use crate::shape::{GemmShape, InputLayout};
@@ -47,7 +48,7 @@ impl<'a> RowMap<'a> {
     /// Elements (`u32`) of a map for `groups` groups of `rows` rows:
     /// `groups · (rows + 1)`.
     pub const fn elements(groups: usize, rows: usize) -> usize {
-        groups * (rows + 1)
+        crate::shape::row_map_len(groups, rows)
     }
 }
 
@@ -177,7 +178,11 @@ impl GroupedGemm {
     /// Checks and binds the ragged forward pass (see [ragged mode](super#ragged-mode)): for
     /// every group, `act(X · W_g + b_g)` on the rows `rows` routes to it and zeros on
     /// the others, in one dispatch, with the tiling tuned for the dense shape.
-    pub fn forward_ragged(&self, args: &GemmForward<'_>, rows: RowMap<'_>) -> Result<Dispatch> {
+    pub fn forward_ragged(
+        &self,
+        args: &GroupedGemmForward<'_>,
+        rows: RowMap<'_>,
+    ) -> Result<Dispatch> {
         const CTX: &str = "grouped_gemm forward_ragged";
         args.shape.validate(CTX)?;
         args.precision.check(&self.gpu, CTX)?;
@@ -196,7 +201,7 @@ impl GroupedGemm {
     /// [`forward`](Self::forward)'s.
     pub fn forward_ragged_with(
         &self,
-        args: &GemmForward<'_>,
+        args: &GroupedGemmForward<'_>,
         rows: RowMap<'_>,
         tiling: Tiling,
     ) -> Result<Dispatch> {
@@ -208,7 +213,7 @@ impl GroupedGemm {
     /// the dense shape. `rows` must be the map of the forward pass that wrote `y`.
     pub fn backward_weights_ragged(
         &self,
-        args: &GemmBackwardWeights<'_>,
+        args: &GroupedGemmBackwardWeights<'_>,
         rows: RowMap<'_>,
     ) -> Result<Dispatch> {
         const CTX: &str = "grouped_gemm backward_weights_ragged";
@@ -227,7 +232,7 @@ impl GroupedGemm {
     /// [`backward_weights_ragged`](Self::backward_weights_ragged) with a given tiling.
     pub fn backward_weights_ragged_with(
         &self,
-        args: &GemmBackwardWeights<'_>,
+        args: &GroupedGemmBackwardWeights<'_>,
         rows: RowMap<'_>,
         tiling: Tiling,
     ) -> Result<Dispatch> {
@@ -250,7 +255,7 @@ impl GroupedGemm {
     /// `accumulate`). Every check of both runs before either is returned.
     ///
     /// ```
-    /// use mmoe_wgpu::kernels::grouped_gemm::{GemmBackwardInput, GroupedGemm, RowMap, SlotScratch};
+    /// use mmoe_wgpu::kernels::grouped_gemm::{GroupedGemmBackwardInput, GroupedGemm, RowMap, SlotScratch};
     /// use mmoe_wgpu::kernels::{BufferView, Precision};
     /// use mmoe_wgpu::{Activation, GemmShape, Gpu, InputLayout};
     ///
@@ -274,7 +279,7 @@ impl GroupedGemm {
     /// let mut encoder = gpu.device().create_command_encoder(&Default::default());
     /// GroupedGemm::new(&gpu).encode_backward_input_ragged(
     ///     &mut encoder,
-    ///     &GemmBackwardInput {
+    ///     &GroupedGemmBackwardInput {
     ///         shape,
     ///         activation: Activation::Identity,
     ///         precision: Precision::F32,
@@ -297,7 +302,7 @@ impl GroupedGemm {
     /// ```
     pub fn backward_input_ragged(
         &self,
-        args: &GemmBackwardInput<'_>,
+        args: &GroupedGemmBackwardInput<'_>,
         rows: RowMap<'_>,
         scratch: Option<SlotScratch<'_>>,
     ) -> Result<Vec<Dispatch>> {
@@ -325,7 +330,7 @@ impl GroupedGemm {
     /// [`backward_input`](Self::backward_input)'s bits.
     pub fn backward_input_ragged_with(
         &self,
-        args: &GemmBackwardInput<'_>,
+        args: &GroupedGemmBackwardInput<'_>,
         rows: RowMap<'_>,
         scratch: Option<SlotScratch<'_>>,
         tiling: Tiling,
@@ -382,7 +387,7 @@ impl GroupedGemm {
     fn reduce_slots(
         &self,
         ctx: &'static str,
-        args: &GemmBackwardInput<'_>,
+        args: &GroupedGemmBackwardInput<'_>,
         rows: RowMap<'_>,
         compact: CompactRows<'_>,
     ) -> Result<Dispatch> {
@@ -452,7 +457,7 @@ impl GroupedGemm {
     pub fn encode_backward_input_ragged(
         &self,
         target: &mut impl Recorder,
-        args: &GemmBackwardInput<'_>,
+        args: &GroupedGemmBackwardInput<'_>,
         rows: RowMap<'_>,
         scratch: Option<SlotScratch<'_>>,
     ) -> Result<()> {
@@ -468,7 +473,7 @@ impl GroupedGemm {
     pub fn encode_forward_ragged(
         &self,
         target: &mut impl Recorder,
-        args: &GemmForward<'_>,
+        args: &GroupedGemmForward<'_>,
         rows: RowMap<'_>,
     ) -> Result<()> {
         target.record_dispatch(&self.forward_ragged(args, rows)?);
@@ -480,7 +485,7 @@ impl GroupedGemm {
     pub fn encode_backward_weights_ragged(
         &self,
         target: &mut impl Recorder,
-        args: &GemmBackwardWeights<'_>,
+        args: &GroupedGemmBackwardWeights<'_>,
         rows: RowMap<'_>,
     ) -> Result<()> {
         target.record_dispatch(&self.backward_weights_ragged(args, rows)?);

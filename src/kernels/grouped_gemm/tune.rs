@@ -5,7 +5,10 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use super::{GemmBackwardInput, GemmBackwardWeights, GemmForward, GroupedGemm, Pass, Tiling};
+use super::{
+    GroupedGemm, GroupedGemmBackwardInput, GroupedGemmBackwardWeights, GroupedGemmForward, Pass,
+    Tiling,
+};
 use crate::gpu::TuneMode;
 use crate::kernels::Precision;
 use crate::kernels::tune::{choose, compile_allowance, compile_bound, proxy_rows};
@@ -259,7 +262,7 @@ impl ProxyOperands {
         } = *problem;
         let dispatch = match pass {
             Pass::Forward => gemm.forward_with(
-                &GemmForward {
+                &GroupedGemmForward {
                     precision,
                     shape,
                     activation,
@@ -271,7 +274,7 @@ impl ProxyOperands {
                 tiling,
             )?,
             Pass::BackwardInput => gemm.backward_input_with(
-                &GemmBackwardInput {
+                &GroupedGemmBackwardInput {
                     precision,
                     shape,
                     activation,
@@ -284,7 +287,7 @@ impl ProxyOperands {
                 tiling,
             )?,
             Pass::BackwardWeights => gemm.backward_weights_with(
-                &GemmBackwardWeights {
+                &GroupedGemmBackwardWeights {
                     precision,
                     shape,
                     activation,

@@ -3,10 +3,10 @@
 //! parses back to the same bits.
 
 use super::json::{self, Fields, Value};
-use crate::kernels::optimizer::Optimizer;
 use crate::model::{
     Architecture, BalanceLoss, Gate, GateKind, ModelConfig, Selection, TaskConfig, TaskKind,
 };
+use crate::shape::OptimizerConfig;
 
 /// One line of JSON, keys in a fixed order.
 pub(crate) fn encode(config: &ModelConfig) -> Result<String, String> {
@@ -73,20 +73,22 @@ pub(crate) fn encode(config: &ModelConfig) -> Result<String, String> {
         ));
     }
     let optimizer = match config.optimizer {
-        Optimizer::Sgd { momentum } => format!(r#"{{"kind":"sgd","momentum":{}}}"#, f(momentum)?),
-        Optimizer::Adam {
+        OptimizerConfig::Sgd { momentum } => {
+            format!(r#"{{"kind":"sgd","momentum":{}}}"#, f(momentum)?)
+        }
+        OptimizerConfig::Adam {
             beta1,
             beta2,
             eps,
             weight_decay,
         }
-        | Optimizer::AdamW {
+        | OptimizerConfig::AdamW {
             beta1,
             beta2,
             eps,
             weight_decay,
         } => {
-            let kind = if matches!(config.optimizer, Optimizer::Adam { .. }) {
+            let kind = if matches!(config.optimizer, OptimizerConfig::Adam { .. }) {
                 "adam"
             } else {
                 "adamw"
@@ -290,7 +292,7 @@ fn task(value: &Value, what: &str) -> Result<TaskConfig, String> {
     Ok(TaskConfig { name, kind, weight })
 }
 
-fn optimizer(value: &Value, what: &str) -> Result<Optimizer, String> {
+fn optimizer(value: &Value, what: &str) -> Result<OptimizerConfig, String> {
     let mut fields = Fields::new(value, what)?;
     let kind_path = fields.path("kind");
     let kind = fields.get("kind")?.text(&kind_path)?;
@@ -299,21 +301,21 @@ fn optimizer(value: &Value, what: &str) -> Result<Optimizer, String> {
         fields.get(key)?.float(&path)
     };
     let optimizer = match kind {
-        "sgd" => Optimizer::Sgd {
+        "sgd" => OptimizerConfig::Sgd {
             momentum: float("momentum")?,
         },
         "adam" | "adamw" => {
             let (beta1, beta2) = (float("beta1")?, float("beta2")?);
             let (eps, weight_decay) = (float("eps")?, float("weight_decay")?);
             if kind == "adam" {
-                Optimizer::Adam {
+                OptimizerConfig::Adam {
                     beta1,
                     beta2,
                     eps,
                     weight_decay,
                 }
             } else {
-                Optimizer::AdamW {
+                OptimizerConfig::AdamW {
                     beta1,
                     beta2,
                     eps,

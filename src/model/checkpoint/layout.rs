@@ -1,16 +1,16 @@
 //! Which tensors a checkpoint of a config holds, with their names and shapes.
 
 use crate::graph::Role;
-use crate::kernels::optimizer::Optimizer;
 use crate::model::{Architecture, ModelConfig, build};
+use crate::shape::OptimizerConfig;
 use crate::{Error, Result};
 
 /// The optimizer state tensors kept per parameter, by the names PyTorch's
 /// optimizers use in their `state` dicts.
-pub fn state_names(optimizer: &Optimizer) -> &'static [&'static str] {
+pub fn state_names(optimizer: &OptimizerConfig) -> &'static [&'static str] {
     match optimizer {
-        Optimizer::Sgd { .. } => &["momentum_buffer"],
-        Optimizer::Adam { .. } | Optimizer::AdamW { .. } => &["exp_avg", "exp_avg_sq"],
+        OptimizerConfig::Sgd { .. } => &["momentum_buffer"],
+        OptimizerConfig::Adam { .. } | OptimizerConfig::AdamW { .. } => &["exp_avg", "exp_avg_sq"],
     }
 }
 
