@@ -1,6 +1,6 @@
 //! Checkpoints in the safetensors format: a model's parameters, its optimizer
 //! state, step count, learning rate and config, in a file PyTorch can read and write
-//! (the names and layouts are in README.md, "Checkpoints").
+//! (the whole format, names, shapes and layouts included, is in `docs/checkpoint.md`).
 //!
 //! Every tensor is `F32`, little-endian, row-major, named as in [`Trainer::parameter`]
 //! (`experts.0.weight`, in this crate's `[groups, inputs, outputs]` layout); optimizer

@@ -1,0 +1,208 @@
+"""A reader of mmoe-wgpu checkpoints written from docs/checkpoint.md alone.
+
+    pip install numpy safetensors
+    python docs/checkpoint_reference.py MODEL.safetensors ROWS.csv
+
+prints each task's predictions (regression: the value; classification: the
+probability) for the rows of a CSV of numeric inputs, one column per task. As a
+module: `load`, `forward`, `losses`, and `save` (which writes the checksum).
+Computes in float64.
+"""
+
+import json
+import struct
+import sys
+import zlib
+
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import load_file, save_file
+
+METADATA_KEY = "mmoe_wgpu"
+
+
+def load(path):
+    """(tensors, description) of a checkpoint, the optional fields filled in."""
+    tensors = load_file(path)
+    with safe_open(path, "np") as f:
+        meta = json.loads(f.metadata()[METADATA_KEY])
+    if meta["format"] != "mmoe-wgpu checkpoint" or meta["version"] != 1:
+        raise ValueError(f"{path}: not a version 1 mmoe-wgpu checkpoint")
+    arch = meta["config"]["architecture"]
+    if arch["kind"] in ("mmoe", "omoe"):
+        gate = arch.setdefault("gate", {"kind": "softmax", "balance_weight": 0.0})
+        gate.setdefault("noisy", False)
+        gate.setdefault("balance_loss", "importance")
+        gate.setdefault("selection", "per_gate")
+        if arch["kind"] == "mmoe":
+            arch.setdefault("task_experts", 0)
+    return tensors, meta
+
+
+def save(tensors, meta, path):
+    """Writes a checkpoint with its crc32 computed as the document says."""
+    meta = {k: v for k, v in meta.items() if k != "crc32"}
+    text = json.dumps(meta, separators=(",", ":"))
+    arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
+    save_file(arrays, path, metadata={METADATA_KEY: text})
+    raw = open(path, "rb").read()
+    data = raw[8 + struct.unpack("<Q", raw[:8])[0]:]
+    crc = zlib.crc32(data + text[:-1].encode())
+    save_file(arrays, path, metadata={METADATA_KEY: text[:-1] + ',"crc32":%d}' % crc})
+
+
+def relu(v):
+    return np.maximum(v, 0.0)
+
+
+def softplus(v):
+    return np.maximum(v, 0.0) + np.log1p(np.exp(-np.abs(v)))
+
+
+def sigmoid(v):
+    return 0.5 * (1.0 + np.tanh(0.5 * v))
+
+
+def layer(t, name, group, v):
+    return v @ t[name + ".weight"][group] + t[name + ".bias"][group]
+
+
+def seen_experts(config):
+    """Per gate, the expert numbers it sees; and E, the number of all experts."""
+    arch, tasks = config["architecture"], len(config["tasks"])
+    shared = arch["experts"]
+    if arch["kind"] == "omoe":
+        return [list(range(shared))], shared
+    own = arch["task_experts"]
+    return [list(range(shared)) + [shared + t * own + j for j in range(own)]
+            for t in range(tasks)], shared + tasks * own
+
+
+def top_k(values, k):
+    """Indices of the k largest values; equal values: lower index first."""
+    order = sorted(range(len(values)), key=lambda i: (-values[i], i))
+    return order[:k]
+
+
+def forward(tensors, config, x, eps=None):
+    """Head outputs [T, B] (logits for classification), gate weights p [G, B, E]
+    and the logits q [G, B, E] the selection used. `eps` ([G, B, E]) is a noisy
+    gate's training draws; without it, no noise (inference)."""
+    t = {k: v.astype(np.float64) for k, v in tensors.items()}
+    z = np.asarray(x, dtype=np.float64)
+    rows, tasks = z.shape[0], len(config["tasks"])
+    for i in range(len(config["shared_layers"])):
+        z = relu(layer(t, f"shared.{i}", 0, z))
+    arch = config["architecture"]
+    p = q = None
+    if arch["kind"] == "shared_bottom":
+        r = z
+        for i in range(len(arch["bottom_layers"])):
+            r = relu(layer(t, f"bottom.{i}", 0, r))
+        inputs = [r] * tasks
+    else:
+        seen, experts = seen_experts(config)
+        gates, gate = len(seen), arch["gate"]
+        o = []
+        for e in range(experts):
+            v = z
+            for i in range(len(arch["expert_layers"])):
+                v = relu(layer(t, f"experts.{i}", e, v))
+            o.append(v)
+        q = np.empty((gates, rows, experts))
+        for g in range(gates):
+            if gate["kind"] == "static":
+                q[g] = t["gate.bias"][g]
+            else:
+                q[g] = layer(t, "gate", g, z)
+            if gate["noisy"] and eps is not None:
+                q[g] += eps[g] * softplus(layer(t, "gate.noise", g, z))
+        k = gate["k"] if gate["kind"] == "top_k" else None
+        p = np.zeros_like(q)
+        for b in range(rows):
+            if k is not None and gate["selection"] == "shared":
+                shared = top_k([sum(q[g, b, e] for g in range(gates))
+                                for e in range(experts)], k)
+            for g in range(gates):
+                if k is None:
+                    keep = seen[g]
+                elif gate["selection"] == "shared":
+                    keep = shared
+                else:
+                    keep = [seen[g][i] for i in top_k([q[g, b, e] for e in seen[g]], k)]
+                top = max(q[g, b, e] for e in keep)
+                total = sum(np.exp(q[g, b, e] - top) for e in keep)
+                for e in keep:
+                    p[g, b, e] = np.exp(q[g, b, e] - top) / total
+        mixtures = [sum(p[g, :, e:e + 1] * o[e] for e in range(experts))
+                    for g in range(gates)]
+        inputs = mixtures if arch["kind"] == "mmoe" else [mixtures[0]] * tasks
+    out = np.empty((tasks, rows))
+    for task in range(tasks):
+        w = inputs[task]
+        for i in range(len(config["tower_layers"])):
+            w = relu(layer(t, f"towers.{i}", task, w))
+        out[task] = layer(t, "heads", task, w)[:, 0]
+    return out, p, q
+
+
+def predictions(config, out):
+    """What `predict` returns: the value, or the probability for classification."""
+    return np.stack([sigmoid(o) if task["kind"] == "binary_classification" else o
+                     for task, o in zip(config["tasks"], out)])
+
+
+def losses(config, out, targets, p=None, q=None):
+    """([loss_t], [aux per gate]): the weighted task losses (what Trainer::loss
+    returns) and the balancing losses (Trainer::balance_loss; empty when off)."""
+    rows = out.shape[1]
+    task_losses = []
+    for task, o, y in zip(config["tasks"], out, np.asarray(targets, np.float64)):
+        if task["kind"] == "regression":
+            per_row = (o - y) ** 2
+        else:
+            per_row = np.maximum(o, 0.0) - o * y + np.log1p(np.exp(-np.abs(o)))
+        task_losses.append(task["weight"] * per_row.sum() / rows)
+    arch = config["architecture"]
+    if arch["kind"] == "shared_bottom" or arch["gate"]["balance_weight"] == 0.0:
+        return task_losses, []
+    gate, w = arch["gate"], arch["gate"]["balance_weight"]
+    seen, experts = seen_experts(config)
+    aux = []
+    for g in range(len(seen)):
+        if gate["balance_loss"] == "importance":
+            importance = p[g].sum(axis=0)                      # all E columns
+            mean = importance.mean()
+            var = ((importance - mean) ** 2).mean()            # population variance
+            aux.append(0.0 if mean * mean == 0.0 else w * var / (mean * mean))
+        else:
+            k = gate["k"] if gate["kind"] == "top_k" else len(seen[g])
+            f = (p[g] != 0.0).sum(axis=0) / (k * rows)
+            z = q[g][:, seen[g]]
+            full = np.exp(z - z.max(axis=1, keepdims=True))
+            full /= full.sum(axis=1, keepdims=True)
+            big_p = np.zeros(experts)
+            big_p[seen[g]] = full.mean(axis=0)
+            aux.append(w * len(seen[g]) * float((f * big_p).sum()))
+    return task_losses, aux
+
+
+def main(argv):
+    if len(argv) != 3:
+        sys.exit(__doc__)
+    tensors, meta = load(argv[1])
+    config = meta["config"]
+    lines = [line for line in open(argv[2]).read().splitlines() if line.strip()]
+    try:
+        [float(v) for v in lines[0].split(",")]
+    except ValueError:
+        lines = lines[1:]  # a header
+    x = np.array([[float(v) for v in line.split(",")] for line in lines])
+    out, _, _ = forward(tensors, config, x)
+    print(",".join(task["name"] for task in config["tasks"]))
+    for row in predictions(config, out).T:
+        print(",".join(str(np.float32(v)) for v in row))
+
+
+if __name__ == "__main__":
+    main(sys.argv)
