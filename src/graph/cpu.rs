@@ -5,10 +5,7 @@
 
 use super::{BackwardStep, GateNoise, Graph, Op, Plan, TensorId, at_rows};
 use crate::reference;
-use crate::shape::Activation;
-use crate::shape::GateMixShape;
-use crate::shape::OptimizerConfig;
-use crate::shape::{BalanceLoss, BalanceShape};
+use crate::shape::{Activation, BalanceLoss, BalanceShape, GateMixShape, OptimizerConfig};
 use crate::{Error, Result};
 
 /// A graph's parameters, optimizer state and tensors in `f64` on the host.

@@ -5,10 +5,7 @@
 use super::backward::{BackwardStep, backward_steps, needs_grad};
 use super::{Graph, Op, Role, TensorId};
 use crate::kernels::grouped_gemm::{RowMap, SlotScratch};
-use crate::shape::InputLayout;
-use crate::shape::OptimizerConfig;
-use crate::shape::Selection;
-use crate::shape::{BalanceLoss, BalanceShape};
+use crate::shape::{BalanceLoss, BalanceShape, InputLayout, OptimizerConfig, Selection};
 use crate::{Error, Result};
 
 /// Where every tensor lives.

@@ -124,7 +124,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::binding::{program_for, storage_programs};
-use super::{BufferView, Dispatch, Operand, Precision, Recorder, bind_operands, div_ceil};
+use super::{BufferView, Dispatch, Operand, Precision, bind_operands, div_ceil};
 use crate::Result;
 use crate::gpu::{BindingKind, Gpu, ShaderProgram};
 pub use crate::shape::{BalanceLoss, BalanceShape, BalanceStats};
@@ -420,39 +420,10 @@ impl Balance {
         )
     }
 
-    /// Checks, binds and records the forward pass into `target`: a
-    /// [`wgpu::CommandEncoder`] or an open [`wgpu::ComputePass`]. Nothing is recorded
-    /// when a check fails.
-    pub fn encode_forward(
-        &self,
-        target: &mut impl Recorder,
-        args: &BalanceForward<'_>,
-    ) -> Result<()> {
-        target.record_dispatch(&self.forward(args)?);
-        Ok(())
-    }
-
-    /// Checks, binds and records the load loss's forward pass into `target`. Nothing
-    /// is recorded when a check fails.
-    pub fn encode_forward_load(
-        &self,
-        target: &mut impl Recorder,
-        args: &BalanceForward<'_>,
-        load: &BalanceLoad<'_>,
-    ) -> Result<()> {
-        target.record_dispatch(&self.forward_load(args, load)?);
-        Ok(())
-    }
-
-    /// Checks, binds and records the backward pass into `target`. Nothing is recorded
-    /// when a check fails.
-    pub fn encode_backward(
-        &self,
-        target: &mut impl Recorder,
-        args: &BalanceBackward<'_>,
-    ) -> Result<()> {
-        target.record_dispatch(&self.backward(args)?);
-        Ok(())
+    crate::kernels::encoders! {
+        encode_forward => forward(args: &BalanceForward<'_>);
+        encode_forward_load => forward_load(args: &BalanceForward<'_>, load: &BalanceLoad<'_>);
+        encode_backward => backward(args: &BalanceBackward<'_>);
     }
 
     #[allow(clippy::too_many_arguments)]

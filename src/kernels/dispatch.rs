@@ -223,6 +223,49 @@ impl Recorder for wgpu::ComputePass<'_> {
     }
 }
 
+/// What a pass's checked call returns, and its `encode_*` records: one dispatch, or
+/// several to record in order.
+pub(crate) trait Dispatches {
+    /// Records every dispatch into `target`, in order.
+    fn record_into(&self, target: &mut impl Recorder);
+}
+
+impl Dispatches for Dispatch {
+    fn record_into(&self, target: &mut impl Recorder) {
+        target.record_dispatch(self);
+    }
+}
+
+impl Dispatches for Vec<Dispatch> {
+    fn record_into(&self, target: &mut impl Recorder) {
+        for dispatch in self {
+            target.record_dispatch(dispatch);
+        }
+    }
+}
+
+/// Writes a family's `encode_<pass>` methods, each the pass's checked call recorded
+/// into a [`Recorder`], so that every pass has its encoder and all encoders behave
+/// alike.
+macro_rules! encoders {
+    ($($encode:ident => $pass:ident($($arg:ident: $ty:ty),+);)+) => {$(
+        #[doc = concat!(
+            "Checks, binds and records [`", stringify!($pass), "`](Self::",
+            stringify!($pass), ") into `target`: a [`wgpu::CommandEncoder`] or an open ",
+            "[`wgpu::ComputePass`]. Nothing is recorded when a check fails."
+        )]
+        pub fn $encode(
+            &self,
+            target: &mut impl $crate::kernels::Recorder,
+            $($arg: $ty),+
+        ) -> $crate::Result<()> {
+            $crate::kernels::dispatch::Dispatches::record_into(&self.$pass($($arg),+)?, target);
+            Ok(())
+        }
+    )+};
+}
+pub(crate) use encoders;
+
 /// Checks a tree-reduction kernel's `workgroup_size`: a power of two within the
 /// device's invocation limits and with `bytes_per_invocation` of workgroup memory each;
 /// `kernel` names it in the error.

@@ -79,15 +79,16 @@ use bytemuck::{Pod, Zeroable};
 
 use super::binding::{program_for, storage_programs};
 use super::grouped_gemm::{GroupedGemmBackwardInput, GroupedGemmBackwardWeights};
-use super::{
-    BufferView, Dispatch, GroupedGemm, Operand, Precision, Recorder, bind_operands, div_ceil,
-};
+use super::{BufferView, Dispatch, GroupedGemm, Operand, Precision, bind_operands};
+use crate::Result;
 use crate::gpu::{BindingKind, Gpu, ShaderProgram};
 use crate::shape::{Activation, Selection};
 pub use crate::shape::{ExpertAccess, GateMixShape};
-use crate::{Error, Result};
 
+mod tiling;
 mod tune;
+
+pub use tiling::GateMixTiling;
 
 const SOURCE: (&str, &str) = ("gate_mix.wgsl", include_str!("../../shaders/gate_mix.wgsl"));
 
@@ -117,49 +118,6 @@ const BACKWARD_BINDINGS: &[(u32, BindingKind)] = &[
     (9, ReadWrite),
     (10, ReadWrite),
 ];
-
-/// How the gate + mix kernels map work to invocations. Every tiling gives bitwise
-/// equal results.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct GateMixTiling {
-    /// Invocations per workgroup.
-    pub wg: u32,
-    /// Blocks of 8 rows per workgroup, 1 to 16.
-    pub row_blocks: u32,
-    /// Groups of 4 logit columns (gate, expert pairs) per invocation, 1 or 2.
-    pub column_groups: u32,
-}
-
-impl GateMixTiling {
-    fn validate(&self, gpu: &Gpu, kernel: &str) -> Result<()> {
-        let max = gpu.limits().max_compute_invocations_per_workgroup;
-        if self.wg == 0
-            || self.wg > max
-            || !(1..=16).contains(&self.row_blocks)
-            || !(1..=2).contains(&self.column_groups)
-        {
-            return Err(Error::invalid(
-                format!("{kernel} tiling"),
-                format!(
-                    "{self:?}: wg must be 1..={max}, row_blocks 1..=16 and column_groups 1..=2"
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    fn constants(&self) -> [(&'static str, u32); 3] {
-        [
-            ("WG", self.wg),
-            ("RB", self.row_blocks),
-            ("CN", self.column_groups),
-        ]
-    }
-
-    fn row_workgroups(&self, rows: usize) -> u32 {
-        div_ceil(rows, 8 * self.row_blocks as usize)
-    }
-}
 
 /// Mirrors `GateMixParams` in the shader.
 #[repr(C)]
@@ -312,35 +270,6 @@ impl GateMix {
             gpu: gpu.clone(),
             gemm: GroupedGemm::new(gpu),
         }
-    }
-
-    /// The tiling used when none is given: 8 invocations and up to 32 rows per
-    /// workgroup, 8 logit columns per invocation where there are that many (the
-    /// fastest forward on lavapipe at every standard shape, the backward within 3%).
-    /// Rows per workgroup only change how often the invocations' loops run, not their
-    /// register tiles, so the compile time does not grow with them.
-    pub fn default_tiling(&self, shape: &GateMixShape) -> GateMixTiling {
-        GateMixTiling {
-            wg: 8,
-            row_blocks: shape.rows.div_ceil(8).clamp(1, 4) as u32,
-            column_groups: if shape.gates * shape.experts > 4 {
-                2
-            } else {
-                1
-            },
-        }
-    }
-
-    /// Every tiling worth trying.
-    pub fn tilings(&self) -> Vec<GateMixTiling> {
-        [(8, 1, 1), (8, 2, 2), (8, 4, 2), (32, 2, 2), (64, 8, 1)]
-            .into_iter()
-            .map(|(wg, row_blocks, column_groups)| GateMixTiling {
-                wg,
-                row_blocks,
-                column_groups,
-            })
-            .collect()
     }
 
     /// Checks and binds the forward pass: one dispatch.
@@ -553,29 +482,9 @@ impl GateMix {
         Ok(dispatches)
     }
 
-    /// Checks, binds and records the forward pass into `target`: a
-    /// [`wgpu::CommandEncoder`] or an open [`wgpu::ComputePass`]. Nothing is recorded
-    /// when a check fails.
-    pub fn encode_forward(
-        &self,
-        target: &mut impl Recorder,
-        args: &GateMixForward<'_>,
-    ) -> Result<()> {
-        target.record_dispatch(&self.forward(args)?);
-        Ok(())
-    }
-
-    /// Checks, binds and records the backward pass's dispatches, in order, into
-    /// `target`. Nothing is recorded when a check fails.
-    pub fn encode_backward(
-        &self,
-        target: &mut impl Recorder,
-        args: &GateMixBackward<'_>,
-    ) -> Result<()> {
-        for dispatch in self.backward(args)? {
-            target.record_dispatch(&dispatch);
-        }
-        Ok(())
+    crate::kernels::encoders! {
+        encode_forward => forward(args: &GateMixForward<'_>);
+        encode_backward => backward(args: &GateMixBackward<'_>);
     }
 
     /// Both kernels run one workgroup per block of rows.

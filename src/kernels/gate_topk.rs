@@ -94,7 +94,7 @@ use super::gate_mix::{
     ExpertAccess, ForwardStages, GateMix, GateMixBackward, GateMixForward, GateMixShape,
     GateMixTiling,
 };
-use super::{BufferView, Dispatch, Precision, Recorder};
+use super::{BufferView, Dispatch, Precision};
 use crate::Result;
 use crate::gpu::Gpu;
 pub use crate::shape::{MAX_SHARED_SELECTION_EXPERTS, Selection};
@@ -246,25 +246,8 @@ impl GateTopk {
         self.dense.backward(args)
     }
 
-    /// Checks, binds and records the forward pass into `target`: a
-    /// [`wgpu::CommandEncoder`] or an open [`wgpu::ComputePass`]. Nothing is recorded
-    /// when a check fails.
-    pub fn encode_forward(
-        &self,
-        target: &mut impl Recorder,
-        args: &GateTopkForward<'_>,
-    ) -> Result<()> {
-        target.record_dispatch(&self.forward(args)?);
-        Ok(())
-    }
-
-    /// Checks, binds and records the backward pass's dispatches, in order, into
-    /// `target`. Nothing is recorded when a check fails.
-    pub fn encode_backward(
-        &self,
-        target: &mut impl Recorder,
-        args: &GateMixBackward<'_>,
-    ) -> Result<()> {
-        self.dense.encode_backward(target, args)
+    crate::kernels::encoders! {
+        encode_forward => forward(args: &GateTopkForward<'_>);
+        encode_backward => backward(args: &GateMixBackward<'_>);
     }
 }

@@ -52,7 +52,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::binding::{program_for, storage_programs};
 use super::dispatch::Extra;
-use super::{BufferView, Dispatch, Operand, Precision, Recorder, bind_operands};
+use super::{BufferView, Dispatch, Operand, Precision, bind_operands};
 use crate::gpu::{BindingKind, Gpu, ShaderProgram};
 pub use crate::shape::{LossKind, TaskLoss};
 use crate::{Error, Result};
@@ -234,11 +234,7 @@ impl Loss {
         )
     }
 
-    /// Checks, binds and records the loss and gradient into `target`: a
-    /// [`wgpu::CommandEncoder`] or an open [`wgpu::ComputePass`]. Nothing is recorded
-    /// when a check fails.
-    pub fn encode_forward(&self, target: &mut impl Recorder, args: &LossForward<'_>) -> Result<()> {
-        target.record_dispatch(&self.forward(args)?);
-        Ok(())
+    crate::kernels::encoders! {
+        encode_forward => forward(args: &LossForward<'_>);
     }
 }

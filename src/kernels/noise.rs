@@ -58,7 +58,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::binding::{program_for, storage_programs};
-use super::{BufferView, Dispatch, Operand, Precision, Recorder, bind_operands, div_ceil};
+use super::{BufferView, Dispatch, Operand, Precision, bind_operands, div_ceil};
 use crate::Result;
 use crate::gpu::{BindingKind, Gpu, ShaderProgram};
 pub use crate::shape::NoiseShape;
@@ -208,27 +208,9 @@ impl Noise {
         )
     }
 
-    /// Checks, binds and records the forward pass into `target`: a
-    /// [`wgpu::CommandEncoder`] or an open [`wgpu::ComputePass`]. Nothing is recorded
-    /// when a check fails.
-    pub fn encode_forward(
-        &self,
-        target: &mut impl Recorder,
-        args: &NoiseForward<'_>,
-    ) -> Result<()> {
-        target.record_dispatch(&self.forward(args)?);
-        Ok(())
-    }
-
-    /// Checks, binds and records the backward pass into `target`. Nothing is recorded
-    /// when a check fails.
-    pub fn encode_backward(
-        &self,
-        target: &mut impl Recorder,
-        args: &NoiseBackward<'_>,
-    ) -> Result<()> {
-        target.record_dispatch(&self.backward(args)?);
-        Ok(())
+    crate::kernels::encoders! {
+        encode_forward => forward(args: &NoiseForward<'_>);
+        encode_backward => backward(args: &NoiseBackward<'_>);
     }
 
     /// One invocation per element: the workgroups fill x up to the device's limit,

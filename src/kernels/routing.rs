@@ -79,7 +79,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::binding::{program_for, storage_programs};
-use super::{BufferView, Dispatch, Operand, Precision, Recorder, bind_operands};
+use super::{BufferView, Dispatch, Operand, Precision, bind_operands};
 use crate::Result;
 use crate::gpu::{BindingKind, Gpu, ShaderProgram};
 pub use crate::shape::RoutingShape;
@@ -199,15 +199,7 @@ impl Routing {
         )
     }
 
-    /// Checks, binds and records the routing into `target`: a
-    /// [`wgpu::CommandEncoder`] or an open [`wgpu::ComputePass`]. Nothing is recorded
-    /// when a check fails.
-    pub fn encode_forward(
-        &self,
-        target: &mut impl Recorder,
-        args: &RoutingForward<'_>,
-    ) -> Result<()> {
-        target.record_dispatch(&self.forward(args)?);
-        Ok(())
+    crate::kernels::encoders! {
+        encode_forward => forward(args: &RoutingForward<'_>);
     }
 }

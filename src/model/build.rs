@@ -4,9 +4,7 @@ use super::config::{Architecture, GateKind, ModelConfig};
 use crate::Result;
 use crate::graph::{GateSpec, Graph, Init, Plan, Role, TensorId};
 use crate::rng::Rng;
-use crate::shape::ExpertAccess;
-use crate::shape::TaskLoss;
-use crate::shape::{Activation, InputLayout};
+use crate::shape::{Activation, ExpertAccess, InputLayout, TaskLoss};
 
 /// A model's graph and the tensors the trainer feeds and reads.
 #[derive(Clone, Debug)]

@@ -1,9 +1,8 @@
 //! What a model is: architecture, layer widths, tasks, optimizer, seed.
 
-use crate::shape::BalanceLoss;
-use crate::shape::LossKind;
-use crate::shape::OptimizerConfig;
-use crate::shape::{MAX_SHARED_SELECTION_EXPERTS, Selection};
+use crate::shape::{
+    BalanceLoss, LossKind, MAX_SHARED_SELECTION_EXPERTS, OptimizerConfig, Selection,
+};
 use crate::{Error, Result};
 
 /// How a gate turns its logits into expert weights.

@@ -6,8 +6,7 @@
 
 use super::check_len;
 use crate::Result;
-use crate::shape::{ExpertAccess, GateMixShape};
-use crate::shape::{Selection, check_k, check_selection};
+use crate::shape::{ExpertAccess, GateMixShape, Selection, check_k, check_selection};
 
 /// The indices of the `k` largest `values` (all of them if there are fewer), largest
 /// first; equal values (0 and −0 among them) in order of index, so the selection is

@@ -6,10 +6,10 @@ use bytemuck::{Pod, Zeroable};
 
 use super::{
     BufferView, Dispatch, Error, GroupedGemm, GroupedGemmBackwardInput, GroupedGemmBackwardWeights,
-    GroupedGemmForward, Operand, Pass, REDUCE, ROUTES_SLOT, Recorder, Result, Tiling,
-    bind_operands, op, program_for,
+    GroupedGemmForward, Operand, Pass, REDUCE, ROUTES_SLOT, Result, Tiling, bind_operands,
 };
 use crate::gpu::{BindingKind, Gpu};
+use crate::kernels::binding::program_for;
 use crate::shape::{GemmShape, InputLayout};
 
 /// The rows each group of a ragged pass computes: `u32`s in the layout the
@@ -171,7 +171,13 @@ fn map_operand<'a>(
             limit: u32::MAX as u64 / 2,
         });
     }
-    Ok(op("routes", slot, map.routes, len, BindingKind::Read))
+    Ok(Operand::new(
+        "routes",
+        slot,
+        map.routes,
+        len,
+        BindingKind::Read,
+    ))
 }
 
 impl GroupedGemm {
@@ -383,6 +389,12 @@ impl GroupedGemm {
         }
     }
 
+    crate::kernels::encoders! {
+        encode_backward_input_ragged => backward_input_ragged(args: &GroupedGemmBackwardInput<'_>, rows: RowMap<'_>, scratch: Option<SlotScratch<'_>>);
+        encode_forward_ragged => forward_ragged(args: &GroupedGemmForward<'_>, rows: RowMap<'_>);
+        encode_backward_weights_ragged => backward_weights_ragged(args: &GroupedGemmBackwardWeights<'_>, rows: RowMap<'_>);
+    }
+
     /// `dX[r] = Σ_g S[slot_base(g) + slot_g(r)]` over the groups `r` is routed to.
     fn reduce_slots(
         &self,
@@ -408,8 +420,8 @@ impl GroupedGemm {
         let blocks = (s.inputs.div_ceil(4 * workgroup as usize) as u32).clamp(1, REDUCE_MAX_BLOCKS);
         let operands = [
             map_operand(ctx, s, rows, 1)?,
-            op("scratch", 2, compact.view, compact.slots * s.inputs, Read),
-            op("dx", 3, args.dx, s.x_len(), ReadWrite).of(args.precision),
+            Operand::new("scratch", 2, compact.view, compact.slots * s.inputs, Read),
+            Operand::new("dx", 3, args.dx, s.x_len(), ReadWrite).of(args.precision),
         ];
         let bound = bind_operands(&self.gpu, ctx, &operands)?;
         let params = ReduceParams {
@@ -450,46 +462,6 @@ impl GroupedGemm {
             &bound,
             workgroups,
         )
-    }
-
-    /// Checks, binds and records the ragged input gradient (one dispatch, or two for a
-    /// shared input) into `target`. Nothing is recorded when a check fails.
-    pub fn encode_backward_input_ragged(
-        &self,
-        target: &mut impl Recorder,
-        args: &GroupedGemmBackwardInput<'_>,
-        rows: RowMap<'_>,
-        scratch: Option<SlotScratch<'_>>,
-    ) -> Result<()> {
-        for dispatch in self.backward_input_ragged(args, rows, scratch)? {
-            target.record_dispatch(&dispatch);
-        }
-        Ok(())
-    }
-
-    /// Checks, binds and records the ragged forward pass into `target`: a
-    /// [`wgpu::CommandEncoder`] or an open [`wgpu::ComputePass`]. Nothing is recorded
-    /// when a check fails.
-    pub fn encode_forward_ragged(
-        &self,
-        target: &mut impl Recorder,
-        args: &GroupedGemmForward<'_>,
-        rows: RowMap<'_>,
-    ) -> Result<()> {
-        target.record_dispatch(&self.forward_ragged(args, rows)?);
-        Ok(())
-    }
-
-    /// Checks, binds and records the ragged weight gradients into `target`. Nothing
-    /// is recorded when a check fails.
-    pub fn encode_backward_weights_ragged(
-        &self,
-        target: &mut impl Recorder,
-        args: &GroupedGemmBackwardWeights<'_>,
-        rows: RowMap<'_>,
-    ) -> Result<()> {
-        target.record_dispatch(&self.backward_weights_ragged(args, rows)?);
-        Ok(())
     }
 }
 
