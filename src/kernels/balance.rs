@@ -121,8 +121,6 @@
 //! # }
 //! ```
 
-use bytemuck::{Pod, Zeroable};
-
 use super::binding::{program_for, storage_programs};
 use super::{BufferView, Dispatch, Operand, Precision, bind_operands, div_ceil};
 use crate::Result;
@@ -232,22 +230,22 @@ pub struct BalanceBackward<'a> {
     pub dz: BufferView<'a>,
 }
 
-/// Mirrors `BalanceParams` in the shader.
-#[repr(C)]
-#[derive(Clone, Copy, Default, Pod, Zeroable)]
-struct BalanceParams {
-    gates: u32,
-    rows: u32,
-    experts: u32,
-    weight: f32,
-    g_base: u32,
-    stats_base: u32,
-    dz_base: u32,
-    kind: u32,
-    p_base: u32,
-    k: u32,
-    seen: u32,
-    _pad: u32,
+crate::kernels::binding::host_struct! {
+    /// Mirrors `BalanceParams` in the shader.
+    struct BalanceParams {
+        gates: u32,
+        rows: u32,
+        experts: u32,
+        weight: f32,
+        g_base: u32,
+        stats_base: u32,
+        dz_base: u32,
+        kind: u32,
+        p_base: u32,
+        k: u32,
+        seen: u32,
+        _pad: u32,
+    }
 }
 
 /// `KIND_IMPORTANCE` and `KIND_LOAD` in the shader.

@@ -333,3 +333,33 @@ pub(crate) fn bind_operands<'a>(
     }
     Ok(bound)
 }
+
+/// Declares a `#[repr(C)]` struct the host writes for a WGSL struct of the same name
+/// (a uniform block or a table entry), recording in tests where each field sits so
+/// that `kernels::layout`'s test can hold the two to each other.
+macro_rules! host_struct {
+    (
+        $(#[$meta:meta])*
+        struct $name:ident { $($(#[$field_meta:meta])* $field:ident: $ty:ty,)* }
+    ) => {
+        $(#[$meta])*
+        #[repr(C)]
+        #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+        pub(crate) struct $name {
+            $($(#[$field_meta])* $field: $ty,)*
+        }
+
+        #[cfg(test)]
+        impl $name {
+            pub(crate) const LAYOUT: crate::kernels::layout::HostLayout =
+                crate::kernels::layout::HostLayout {
+                    name: stringify!($name),
+                    size: size_of::<$name>(),
+                    fields: &[$(
+                        (stringify!($field), std::mem::offset_of!($name, $field), size_of::<$ty>()),
+                    )*],
+                };
+        }
+    };
+}
+pub(crate) use host_struct;

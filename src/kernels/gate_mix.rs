@@ -75,8 +75,6 @@
 //! # }
 //! ```
 
-use bytemuck::{Pod, Zeroable};
-
 use super::binding::{program_for, storage_programs};
 use super::grouped_gemm::{GroupedGemmBackwardInput, GroupedGemmBackwardWeights};
 use super::{BufferView, Dispatch, GroupedGemm, Operand, Precision, bind_operands};
@@ -119,43 +117,43 @@ const BACKWARD_BINDINGS: &[(u32, BindingKind)] = &[
     (10, ReadWrite),
 ];
 
-/// Mirrors `GateMixParams` in the shader.
-#[repr(C)]
-#[derive(Clone, Copy, Default, Pod, Zeroable)]
-struct GateMixParams {
-    gates: u32,
-    experts: u32,
-    rows: u32,
-    inputs: u32,
-    width: u32,
-    x_base: u32,
-    wg_base: u32,
-    bg_base: u32,
-    h_base: u32,
-    g_base: u32,
-    m_base: u32,
-    dm_base: u32,
-    dh_base: u32,
-    dz_base: u32,
-    /// Experts kept per row: `experts` (dense) unless the top-k gate asks for fewer.
-    k: u32,
-    /// [`ExpertAccess::SharedAndOwn`]: the shared experts and each gate's own count
-    /// (`own_experts` = 0: every gate sees every expert).
-    shared_experts: u32,
-    own_experts: u32,
-    /// Forward phases: [`STAGE_GATE`] and/or [`STAGE_MIX`].
-    stages: u32,
-    /// Where the logit offset starts in its binding, and whether there is one (1) or
-    /// not (0: the offset binding is a stand-in, never read).
-    offset_base: u32,
-    use_offset: u32,
-    /// Where the full softmax output starts in its binding, and whether there is one
-    /// (1) or not (0: the binding is a stand-in, never touched).
-    p_base: u32,
-    use_p: u32,
-    /// 1: every gate keeps the same `k` experts per row ([`Selection::Shared`]).
-    shared_selection: u32,
-    _pad: [u32; 3],
+crate::kernels::binding::host_struct! {
+    /// Mirrors `GateMixParams` in the shader.
+    struct GateMixParams {
+        gates: u32,
+        experts: u32,
+        rows: u32,
+        inputs: u32,
+        width: u32,
+        x_base: u32,
+        wg_base: u32,
+        bg_base: u32,
+        h_base: u32,
+        g_base: u32,
+        m_base: u32,
+        dm_base: u32,
+        dh_base: u32,
+        dz_base: u32,
+        /// Experts kept per row: `experts` (dense) unless the top-k gate asks for fewer.
+        k: u32,
+        /// [`ExpertAccess::SharedAndOwn`]: the shared experts and each gate's own count
+        /// (`own_experts` = 0: every gate sees every expert).
+        shared_experts: u32,
+        own_experts: u32,
+        /// Forward phases: [`STAGE_GATE`] and/or [`STAGE_MIX`].
+        stages: u32,
+        /// Where the logit offset starts in its binding, and whether there is one (1) or
+        /// not (0: the offset binding is a stand-in, never read).
+        offset_base: u32,
+        use_offset: u32,
+        /// Where the full softmax output starts in its binding, and whether there is one
+        /// (1) or not (0: the binding is a stand-in, never touched).
+        p_base: u32,
+        use_p: u32,
+        /// 1: every gate keeps the same `k` experts per row ([`Selection::Shared`]).
+        shared_selection: u32,
+        _pad: [u32; 3],
+    }
 }
 
 /// Forward phase: logits and softmax into `G`.

@@ -89,8 +89,6 @@
 //! per group. [`ragged_flops`] turns counts read back with [`read_counts`] into FLOPs
 //! for reports.
 
-use bytemuck::{Pod, Zeroable};
-
 use super::{BufferView, Dispatch, Operand, Precision, bind_operands};
 use crate::gpu::{BindingKind, Gpu};
 use crate::shape::{Activation, GemmShape, InputLayout};
@@ -101,6 +99,8 @@ mod tiling;
 mod tune;
 
 use ragged::RaggedInput;
+#[cfg(test)]
+pub(crate) use ragged::ReduceParams;
 pub use ragged::{RowMap, SlotScratch, ragged_flops, read_counts};
 pub use tiling::{PROGRAMS, Tiling};
 use tiling::{Pass, REDUCE};
@@ -143,29 +143,29 @@ const ROUTES_SLOT: u32 = 10;
 /// stand-in that is never touched.
 const SLOTS_SLOT: u32 = 11;
 
-/// Mirrors `GemmParams` in the shader.
-#[repr(C)]
-#[derive(Clone, Copy, Default, Pod, Zeroable)]
-struct GemmParams {
-    groups: u32,
-    rows: u32,
-    inputs: u32,
-    outputs: u32,
-    x_group_stride: u32,
-    activation: u32,
-    flags: u32,
-    x_base: u32,
-    w_base: u32,
-    b_base: u32,
-    y_base: u32,
-    dy_base: u32,
-    dx_base: u32,
-    dw_base: u32,
-    db_base: u32,
-    routes_base: u32,
-    slots_base: u32,
-    slots: u32,
-    _pad: [u32; 2],
+crate::kernels::binding::host_struct! {
+    /// Mirrors `GemmParams` in the shader.
+    struct GemmParams {
+        groups: u32,
+        rows: u32,
+        inputs: u32,
+        outputs: u32,
+        x_group_stride: u32,
+        activation: u32,
+        flags: u32,
+        x_base: u32,
+        w_base: u32,
+        b_base: u32,
+        y_base: u32,
+        dy_base: u32,
+        dx_base: u32,
+        dw_base: u32,
+        db_base: u32,
+        routes_base: u32,
+        slots_base: u32,
+        slots: u32,
+        _pad: [u32; 2],
+    }
 }
 
 impl GemmParams {

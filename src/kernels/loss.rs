@@ -48,8 +48,6 @@
 //! # }
 //! ```
 
-use bytemuck::{Pod, Zeroable};
-
 use super::binding::{program_for, storage_programs};
 use super::dispatch::Extra;
 use super::{BufferView, Dispatch, Operand, Precision, bind_operands};
@@ -103,25 +101,25 @@ pub struct LossForward<'a> {
     pub grad: BufferView<'a>,
 }
 
-/// Mirrors `LossParams` in the shader.
-#[repr(C)]
-#[derive(Clone, Copy, Default, Pod, Zeroable)]
-struct LossParams {
-    tasks: u32,
-    rows: u32,
-    pred_base: u32,
-    target_base: u32,
-    loss_base: u32,
-    grad_base: u32,
-    _pad: [u32; 2],
+crate::kernels::binding::host_struct! {
+    /// Mirrors `LossParams` in the shader.
+    struct LossParams {
+        tasks: u32,
+        rows: u32,
+        pred_base: u32,
+        target_base: u32,
+        loss_base: u32,
+        grad_base: u32,
+        _pad: [u32; 2],
+    }
 }
 
-/// Mirrors `TaskEntry` in the shader.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct TaskEntry {
-    kind: u32,
-    weight: f32,
+crate::kernels::binding::host_struct! {
+    /// Mirrors `TaskEntry` in the shader.
+    struct TaskEntry {
+        kind: u32,
+        weight: f32,
+    }
 }
 
 /// The loss kernel on one device. Cheap to clone; the pipeline is compiled on first

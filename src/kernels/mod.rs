@@ -42,6 +42,8 @@ mod dispatch;
 pub mod gate_mix;
 pub mod gate_topk;
 pub mod grouped_gemm;
+#[cfg(test)]
+mod layout;
 pub mod loss;
 pub mod noise;
 pub mod optimizer;

@@ -55,8 +55,6 @@
 //! # }
 //! ```
 
-use bytemuck::{Pod, Zeroable};
-
 use super::binding::{program_for, storage_programs};
 use super::{BufferView, Dispatch, Operand, Precision, bind_operands, div_ceil};
 use crate::Result;
@@ -118,18 +116,18 @@ pub struct NoiseBackward<'a> {
     pub dn: BufferView<'a>,
 }
 
-/// Mirrors `NoiseParams` in the shader.
-#[repr(C)]
-#[derive(Clone, Copy, Default, Pod, Zeroable)]
-struct NoiseParams {
-    len: u32,
-    groups_x: u32,
-    n_base: u32,
-    eps_base: u32,
-    offset_base: u32,
-    dz_base: u32,
-    dn_base: u32,
-    _pad: u32,
+crate::kernels::binding::host_struct! {
+    /// Mirrors `NoiseParams` in the shader.
+    struct NoiseParams {
+        len: u32,
+        groups_x: u32,
+        n_base: u32,
+        eps_base: u32,
+        offset_base: u32,
+        dz_base: u32,
+        dn_base: u32,
+        _pad: u32,
+    }
 }
 
 /// The gate noise kernels on one device. Cheap to clone; pipelines are compiled on

@@ -70,8 +70,6 @@
 //! # }
 //! ```
 
-use bytemuck::{Pod, Zeroable};
-
 use super::binding::{program_for, storage_programs};
 use super::dispatch::Extra;
 use super::{BufferView, Dispatch, Operand, Precision, Recorder, bind_operands, div_ceil};
@@ -152,38 +150,38 @@ pub struct OptimizerUpdate<'a> {
     pub params_copy: Option<BufferView<'a>>,
 }
 
-/// Mirrors `OptParams` in the shader.
-#[repr(C)]
-#[derive(Clone, Copy, Default, Pod, Zeroable)]
-struct OptParams {
-    len: u32,
-    flags: u32,
-    tasks: u32,
-    stride: u32,
-    p_base: u32,
-    g_base: u32,
-    m_base: u32,
-    v_base: u32,
-    loss_base: u32,
-    status_base: u32,
-    copy_base: u32,
-    _pad: [u32; 3],
-    beta1: f32,
-    one_minus_beta1: f32,
-    beta2: f32,
-    one_minus_beta2: f32,
-    eps: f32,
-    decay_or_momentum: f32,
+crate::kernels::binding::host_struct! {
+    /// Mirrors `OptParams` in the shader.
+    struct OptParams {
+        len: u32,
+        flags: u32,
+        tasks: u32,
+        stride: u32,
+        p_base: u32,
+        g_base: u32,
+        m_base: u32,
+        v_base: u32,
+        loss_base: u32,
+        status_base: u32,
+        copy_base: u32,
+        _pad: [u32; 3],
+        beta1: f32,
+        one_minus_beta1: f32,
+        beta2: f32,
+        one_minus_beta2: f32,
+        eps: f32,
+        decay_or_momentum: f32,
+    }
 }
 
-/// Mirrors `StepParams` in the shader.
-#[repr(C)]
-#[derive(Clone, Copy, Default, Pod, Zeroable)]
-struct StepParams {
-    step: u32,
-    lr: f32,
-    inv_bc1: f32,
-    inv_bc2: f32,
+crate::kernels::binding::host_struct! {
+    /// Mirrors `StepParams` in the shader.
+    struct StepParams {
+        step: u32,
+        lr: f32,
+        inv_bc1: f32,
+        inv_bc2: f32,
+    }
 }
 
 /// A bound optimizer step: the [`Dispatch`] plus the uniform holding the per-step

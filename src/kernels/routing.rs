@@ -76,8 +76,6 @@
 //! # }
 //! ```
 
-use bytemuck::{Pod, Zeroable};
-
 use super::binding::{program_for, storage_programs};
 use super::{BufferView, Dispatch, Operand, Precision, bind_operands};
 use crate::Result;
@@ -117,16 +115,16 @@ pub struct RoutingForward<'a> {
     pub routes: BufferView<'a>,
 }
 
-/// Mirrors `RoutingParams` in the shader.
-#[repr(C)]
-#[derive(Clone, Copy, Default, Pod, Zeroable)]
-struct RoutingParams {
-    gates: u32,
-    rows: u32,
-    experts: u32,
-    g_base: u32,
-    routes_base: u32,
-    _pad: [u32; 3],
+crate::kernels::binding::host_struct! {
+    /// Mirrors `RoutingParams` in the shader.
+    struct RoutingParams {
+        gates: u32,
+        rows: u32,
+        experts: u32,
+        g_base: u32,
+        routes_base: u32,
+        _pad: [u32; 3],
+    }
 }
 
 /// The routing kernel on one device. Cheap to clone; the pipeline is compiled on first

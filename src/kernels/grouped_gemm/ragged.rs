@@ -2,8 +2,6 @@
 //! to it, in the dense kernels' dispatches (see the family's module docs), and the
 //! reduce that sums a shared input's gradient over the groups each row went to.
 
-use bytemuck::{Pod, Zeroable};
-
 use super::{
     BufferView, Dispatch, Error, GroupedGemm, GroupedGemmBackwardInput, GroupedGemmBackwardWeights,
     GroupedGemmForward, Operand, Pass, REDUCE, ROUTES_SLOT, Result, Tiling, bind_operands,
@@ -108,18 +106,18 @@ pub(super) struct CompactRows<'a> {
     pub slots: usize,
 }
 
-/// Mirrors `ReduceParams` in `grouped_gemm_reduce.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Default, Pod, Zeroable)]
-struct ReduceParams {
-    groups: u32,
-    rows: u32,
-    inputs: u32,
-    slots: u32,
-    flags: u32,
-    routes_base: u32,
-    slots_base: u32,
-    dx_base: u32,
+crate::kernels::binding::host_struct! {
+    /// Mirrors `ReduceParams` in `grouped_gemm_reduce.wgsl`.
+    struct ReduceParams {
+        groups: u32,
+        rows: u32,
+        inputs: u32,
+        slots: u32,
+        flags: u32,
+        routes_base: u32,
+        slots_base: u32,
+        dx_base: u32,
+    }
 }
 
 use BindingKind::{Read, ReadWrite, Uniform};
