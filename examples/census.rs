@@ -38,23 +38,13 @@ use mmoe_wgpu::metrics::auc;
 use mmoe_wgpu::model::{Architecture, Gate, ModelConfig, TaskConfig, TaskKind, Trainer};
 use mmoe_wgpu::rng::Rng;
 
-use args::{Command, ModelKind, Options, Schedule, USAGE, help, parse_args};
+use args::{ModelKind, Options, Schedule};
 
 /// Rows per forward pass when evaluating.
 const EVAL_CHUNK: usize = 8192;
 
 fn main() -> ExitCode {
-    let options = match parse_args(std::env::args().skip(1)) {
-        Ok(Command::Run(o)) => o,
-        Ok(Command::Help) => {
-            println!("{}", help());
-            return ExitCode::SUCCESS;
-        }
-        Err(message) => {
-            eprintln!("error: {message}\n{USAGE}\n(--help for details)");
-            return ExitCode::from(2);
-        }
-    };
+    let options = Options::parse_or_exit();
     match run(&options) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
