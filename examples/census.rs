@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --release --example census -- --data DIR [--group 1|2]
 //!     [--model mmoe|omoe|shared-bottom] [--epochs N] [--experts N] [--units N]
-//!     [--lr X] [--seed N] [--batch N] [--json]
+//!     [--lr X] [--seed N] [--batch N] [--json] [--save FILE]
 //! ```
 //!
 //! `DIR` holds UCI's `census-income.data` and `census-income.test` (decompressed).
@@ -13,7 +13,8 @@
 //! both tasks is measured, and the parameters of the epoch with the best validation
 //! AUC on the main task (income for group 1, education for group 2) are the ones
 //! reported on validation and test. `--json` prints one JSON object instead of the
-//! human-readable report (epoch lines then go to stderr). A few more flags
+//! human-readable report (epoch lines then go to stderr). `--save FILE` writes the
+//! best epoch's checkpoint, which `examples/predict` runs. A few more flags
 //! (`--tower`, `--weight-decay`, `--schedule`, `--max-steps`) exist for
 //! experiments; run with `--help` for every flag and its default.
 //!
@@ -26,6 +27,7 @@
 #[path = "census/args.rs"]
 mod args;
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -35,7 +37,9 @@ use mmoe_wgpu::data::census::{TaskGroup, load_census};
 use mmoe_wgpu::data::{Dataset, Splits};
 use mmoe_wgpu::kernels::optimizer::Optimizer;
 use mmoe_wgpu::metrics::auc;
-use mmoe_wgpu::model::{Architecture, Gate, ModelConfig, TaskConfig, TaskKind, Trainer};
+use mmoe_wgpu::model::{
+    Architecture, Checkpoint, Gate, ModelConfig, TaskConfig, TaskKind, Trainer,
+};
 use mmoe_wgpu::rng::Rng;
 
 use args::{ModelKind, Options, Schedule};
@@ -55,7 +59,7 @@ fn main() -> ExitCode {
 }
 
 /// The data files, checked before the slow parts start.
-fn check_data_dir(dir: &std::path::Path) -> Result<(), String> {
+fn check_data_dir(dir: &Path) -> Result<(), String> {
     if !dir.is_dir() {
         return Err(format!(
             "census data directory `{}` does not exist or is not a directory \
@@ -73,6 +77,29 @@ fn check_data_dir(dir: &std::path::Path) -> Result<(), String> {
             };
             return Err(format!("`{}` not found{hint}", file.display()));
         }
+    }
+    Ok(())
+}
+
+/// Where `--save` writes, checked before training so that a typo costs seconds,
+/// not a run.
+fn check_save_path(path: &Path) -> Result<(), String> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(format!(
+            "cannot save to `{}`: directory `{}` does not exist",
+            path.display(),
+            dir.display()
+        ));
+    }
+    if path.is_dir() {
+        return Err(format!(
+            "cannot save to `{}`: it is a directory",
+            path.display()
+        ));
     }
     Ok(())
 }
@@ -170,6 +197,9 @@ struct Outcome {
 fn run(o: &Options) -> Result<(), String> {
     let start = Instant::now();
     check_data_dir(&o.data)?;
+    if let Some(path) = &o.save {
+        check_save_path(path)?;
+    }
     let keys = task_keys(o.group);
     let gpu = Gpu::new().map_err(|e| e.to_string())?;
     let splits: Splits = load_census(&o.data, o.group, o.seed).map_err(|e| e.to_string())?;
@@ -222,7 +252,7 @@ fn run(o: &Options) -> Result<(), String> {
         .progress_chars("=> "),
     );
     let mut rng = Rng::new(o.seed).fork(0x5eed);
-    let mut best: Option<(usize, [f64; 2], Vec<f32>)> = None;
+    let mut best: Option<(usize, [f64; 2], Checkpoint)> = None;
     let train_start = Instant::now();
     let mut step = 0;
     let mut eval_seconds = 0.0;
@@ -242,10 +272,16 @@ fn run(o: &Options) -> Result<(), String> {
         let validation = evaluate(&mut trainer, &splits.validation)?;
         let improved = best.as_ref().is_none_or(|(_, b, _)| validation[0] > b[0]);
         if improved {
-            let params = trainer.parameters().map_err(|e| e.to_string())?;
-            best = Some((epoch, validation, params));
+            let checkpoint = trainer.checkpoint().map_err(|e| e.to_string())?;
+            // Written at every improvement, not once at the end: a run stopped part
+            // way still leaves its best epoch so far, and the atomic write never
+            // leaves half a file.
+            if let Some(path) = &o.save {
+                checkpoint.save(path).map_err(|e| e.to_string())?;
+            }
+            best = Some((epoch, validation, checkpoint));
         }
-        // Validation and keeping the best parameters are not training steps.
+        // Validation and keeping the best epoch are not training steps.
         eval_seconds += eval_start.elapsed().as_secs_f64();
         let line = format!(
             "epoch {epoch:>3}: last batch loss {:.4} {:.4}; validation AUC {} {:.4}, {} {:.4}{} \
@@ -273,8 +309,8 @@ fn run(o: &Options) -> Result<(), String> {
     bar.finish_and_clear();
     // Optimizer steps only; evaluation is everything after loading that is not a step.
     let train_seconds = train_start.elapsed().as_secs_f64() - eval_seconds;
-    let (best_epoch, validation, params) = best.ok_or("no epoch was trained")?;
-    trainer.set_parameters(&params).map_err(|e| e.to_string())?;
+    let (best_epoch, validation, checkpoint) = best.ok_or("no epoch was trained")?;
+    trainer.restore(&checkpoint).map_err(|e| e.to_string())?;
     let test = evaluate(&mut trainer, &splits.test)?;
     let seconds = start.elapsed().as_secs_f64();
     let outcome = Outcome {
@@ -313,6 +349,9 @@ fn report(o: &Options, r: &Outcome) {
         "wall time {:.1} s (device and data {:.1} s, training {:.1} s, evaluation {:.1} s)",
         r.seconds, r.load_seconds, r.train_seconds, r.eval_seconds
     );
+    if let Some(path) = &o.save {
+        println!("checkpoint of epoch {} in {}", r.best_epoch, path.display());
+    }
 }
 
 fn json(o: &Options, r: &Outcome) -> String {

@@ -68,6 +68,11 @@ pub struct Options {
     /// Print one JSON object with the results (epoch lines go to stderr).
     #[arg(long)]
     pub json: bool,
+    /// Write the checkpoint of the best epoch (highest validation AUC of the main
+    /// task: the epoch whose test AUC is reported) to FILE for examples/predict;
+    /// written atomically whenever an epoch improves on the best so far.
+    #[arg(long, value_name = "FILE")]
+    pub save: Option<PathBuf>,
 }
 
 impl Options {
