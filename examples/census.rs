@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --release --example census -- --data DIR [--group 1|2]
 //!     [--model mmoe|omoe|shared-bottom] [--epochs N] [--experts N] [--units N]
-//!     [--lr X] [--seed N] [--batch N] [--json] [--save FILE]
+//!     [--lr X] [--seed N] [--batch N] [--json] [--save FILE] [--export-csv FILE]
 //! ```
 //!
 //! `DIR` holds UCI's `census-income.data` and `census-income.test` (decompressed).
@@ -14,7 +14,8 @@
 //! AUC on the main task (income for group 1, education for group 2) are the ones
 //! reported on validation and test. `--json` prints one JSON object instead of the
 //! human-readable report (epoch lines then go to stderr). `--save FILE` writes the
-//! best epoch's checkpoint, which `examples/predict` runs. A few more flags
+//! best epoch's checkpoint and `--export-csv FILE` the test rows as model inputs:
+//! `examples/predict` runs the one on the other. A few more flags
 //! (`--tower`, `--weight-decay`, `--schedule`, `--max-steps`) exist for
 //! experiments; run with `--help` for every flag and its default.
 //!
@@ -26,6 +27,8 @@
 
 #[path = "census/args.rs"]
 mod args;
+#[path = "census/export.rs"]
+mod export;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -203,6 +206,20 @@ fn run(o: &Options) -> Result<(), String> {
     let keys = task_keys(o.group);
     let gpu = Gpu::new().map_err(|e| e.to_string())?;
     let splits: Splits = load_census(&o.data, o.group, o.seed).map_err(|e| e.to_string())?;
+    if let Some(path) = &o.export_csv {
+        let names = export::input_names(&o.data, splits.test.inputs)?;
+        export::write_csv(path, &names, &splits.test)?;
+        let line = format!(
+            "wrote the {} test rows to {}",
+            splits.test.rows,
+            path.display()
+        );
+        if o.json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    }
     let load_seconds = start.elapsed().as_secs_f64();
     let config = model_config(o, splits.train.inputs);
     // Training steps take `o.batch` rows; evaluation runs in chunks of the capacity,

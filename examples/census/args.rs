@@ -73,6 +73,12 @@ pub struct Options {
     /// written atomically whenever an epoch improves on the best so far.
     #[arg(long, value_name = "FILE")]
     pub save: Option<PathBuf>,
+    /// Write the test rows, encoded as the model's inputs, to FILE as CSV (a header
+    /// of input names, then one line per row) before training: the input
+    /// examples/predict takes. The saved model's predictions on it give the
+    /// reported test AUC.
+    #[arg(long, value_name = "FILE")]
+    pub export_csv: Option<PathBuf>,
 }
 
 impl Options {
