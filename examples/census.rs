@@ -29,6 +29,8 @@
 mod args;
 #[path = "census/export.rs"]
 mod export;
+#[path = "census/report.rs"]
+mod report;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -46,6 +48,7 @@ use mmoe_wgpu::model::{
 use mmoe_wgpu::rng::Rng;
 
 use args::{ModelKind, Options, Schedule};
+use report::Outcome;
 
 /// Rows per forward pass when evaluating.
 const EVAL_CHUNK: usize = 8192;
@@ -184,17 +187,6 @@ fn learning_rate(o: &Options, step: usize, total: usize) -> f32 {
             (o.lr as f64 * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())) as f32
         }
     }
-}
-
-struct Outcome {
-    best_epoch: usize,
-    steps: usize,
-    validation: [f64; 2],
-    test: [f64; 2],
-    load_seconds: f64,
-    train_seconds: f64,
-    eval_seconds: f64,
-    seconds: f64,
 }
 
 fn run(o: &Options) -> Result<(), String> {
@@ -341,57 +333,9 @@ fn run(o: &Options) -> Result<(), String> {
         seconds,
     };
     if o.json {
-        println!("{}", json(o, &outcome));
+        println!("{}", report::json(o, &outcome));
     } else {
-        report(o, &outcome);
+        report::print(o, &outcome);
     }
     Ok(())
-}
-
-fn report(o: &Options, r: &Outcome) {
-    let keys = task_keys(o.group);
-    println!(
-        "best epoch {} of {} by validation AUC of {}; {} steps, {:.1} steps/s",
-        r.best_epoch,
-        o.epochs,
-        keys[0],
-        r.steps,
-        r.steps as f64 / r.train_seconds
-    );
-    println!("{:<12} {:>10} {:>10}", "AUC", "validation", "test");
-    for (t, key) in keys.iter().enumerate() {
-        println!("{key:<12} {:>10.4} {:>10.4}", r.validation[t], r.test[t]);
-    }
-    println!(
-        "wall time {:.1} s (device and data {:.1} s, training {:.1} s, evaluation {:.1} s)",
-        r.seconds, r.load_seconds, r.train_seconds, r.eval_seconds
-    );
-    if let Some(path) = &o.save {
-        println!("checkpoint of epoch {} in {}", r.best_epoch, path.display());
-    }
-}
-
-fn json(o: &Options, r: &Outcome) -> String {
-    let keys = task_keys(o.group);
-    let mut fields = vec![
-        format!("\"group\":{}", group_number(o.group)),
-        format!("\"model\":\"{}\"", o.model.name()),
-        format!("\"seed\":{}", o.seed),
-        format!("\"epochs\":{}", o.epochs),
-        format!("\"best_epoch\":{}", r.best_epoch),
-        format!("\"steps\":{}", r.steps),
-        format!("\"batch\":{}", o.batch),
-        format!("\"experts\":{}", o.experts),
-        format!("\"units\":{}", o.units),
-        format!("\"tower\":{}", o.tower),
-        format!("\"lr\":{}", o.lr),
-        format!("\"seconds\":{:.3}", r.seconds),
-        format!("\"train_seconds\":{:.3}", r.train_seconds),
-        format!("\"eval_seconds\":{:.3}", r.eval_seconds),
-    ];
-    for (t, key) in keys.iter().enumerate() {
-        fields.push(format!("\"validation_auc_{key}\":{:.6}", r.validation[t]));
-        fields.push(format!("\"test_auc_{key}\":{:.6}", r.test[t]));
-    }
-    format!("{{{}}}", fields.join(","))
 }
