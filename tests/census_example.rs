@@ -168,6 +168,7 @@ fn a_save_path_in_a_missing_directory_fails_before_training() {
     );
     assert!(!message.contains("epoch"), "it trained first: {message}");
     assert!(output.stdout.is_empty());
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
