@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --release --example census -- --data DIR [--group 1|2]
 //!     [--model mmoe|omoe|shared-bottom] [--epochs N] [--experts N] [--units N]
-//!     [--lr X] [--seed N] [--batch N] [--json]
+//!     [--lr X] [--seed N] [--batch N] [--json] [--save FILE] [--export-csv FILE]
 //! ```
 //!
 //! `DIR` holds UCI's `census-income.data` and `census-income.test` (decompressed).
@@ -13,7 +13,9 @@
 //! both tasks is measured, and the parameters of the epoch with the best validation
 //! AUC on the main task (income for group 1, education for group 2) are the ones
 //! reported on validation and test. `--json` prints one JSON object instead of the
-//! human-readable report (epoch lines then go to stderr). A few more flags
+//! human-readable report (epoch lines then go to stderr). `--save FILE` writes the
+//! best epoch's checkpoint and `--export-csv FILE` the test rows as model inputs:
+//! `examples/predict` runs the one on the other. A few more flags
 //! (`--tower`, `--weight-decay`, `--schedule`, `--max-steps`) exist for
 //! experiments; run with `--help` for every flag and its default.
 //!
@@ -25,7 +27,12 @@
 
 #[path = "census/args.rs"]
 mod args;
+#[path = "census/export.rs"]
+mod export;
+#[path = "census/report.rs"]
+mod report;
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -35,26 +42,19 @@ use mmoe_wgpu::data::census::{TaskGroup, load_census};
 use mmoe_wgpu::data::{Dataset, Splits};
 use mmoe_wgpu::kernels::optimizer::OptimizerConfig;
 use mmoe_wgpu::metrics::auc;
-use mmoe_wgpu::model::{Architecture, Gate, ModelConfig, TaskConfig, TaskKind, Trainer};
+use mmoe_wgpu::model::{
+    Architecture, Checkpoint, Gate, ModelConfig, TaskConfig, TaskKind, Trainer,
+};
 use mmoe_wgpu::rng::Rng;
 
-use args::{Command, ModelKind, Options, Schedule, USAGE, help, parse_args};
+use args::{ModelKind, Options, Schedule};
+use report::Outcome;
 
 /// Rows per forward pass when evaluating.
 const EVAL_CHUNK: usize = 8192;
 
 fn main() -> ExitCode {
-    let options = match parse_args(std::env::args().skip(1)) {
-        Ok(Command::Run(o)) => o,
-        Ok(Command::Help) => {
-            println!("{}", help());
-            return ExitCode::SUCCESS;
-        }
-        Err(message) => {
-            eprintln!("error: {message}\n{USAGE}\n(--help for details)");
-            return ExitCode::from(2);
-        }
-    };
+    let options = Options::parse_or_exit();
     match run(&options) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
@@ -65,7 +65,7 @@ fn main() -> ExitCode {
 }
 
 /// The data files, checked before the slow parts start.
-fn check_data_dir(dir: &std::path::Path) -> Result<(), String> {
+fn check_data_dir(dir: &Path) -> Result<(), String> {
     if !dir.is_dir() {
         return Err(format!(
             "census data directory `{}` does not exist or is not a directory \
@@ -83,6 +83,29 @@ fn check_data_dir(dir: &std::path::Path) -> Result<(), String> {
             };
             return Err(format!("`{}` not found{hint}", file.display()));
         }
+    }
+    Ok(())
+}
+
+/// Where `--save` writes, checked before training so that a typo costs seconds,
+/// not a run.
+fn check_save_path(path: &Path) -> Result<(), String> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(format!(
+            "cannot save to `{}`: directory `{}` does not exist",
+            path.display(),
+            dir.display()
+        ));
+    }
+    if path.is_dir() {
+        return Err(format!(
+            "cannot save to `{}`: it is a directory",
+            path.display()
+        ));
     }
     Ok(())
 }
@@ -166,23 +189,29 @@ fn learning_rate(o: &Options, step: usize, total: usize) -> f32 {
     }
 }
 
-struct Outcome {
-    best_epoch: usize,
-    steps: usize,
-    validation: [f64; 2],
-    test: [f64; 2],
-    load_seconds: f64,
-    train_seconds: f64,
-    eval_seconds: f64,
-    seconds: f64,
-}
-
 fn run(o: &Options) -> Result<(), String> {
     let start = Instant::now();
     check_data_dir(&o.data)?;
+    if let Some(path) = &o.save {
+        check_save_path(path)?;
+    }
     let keys = task_keys(o.group);
     let gpu = Gpu::new().map_err(|e| e.to_string())?;
     let splits: Splits = load_census(&o.data, o.group, o.seed).map_err(|e| e.to_string())?;
+    if let Some(path) = &o.export_csv {
+        let names = export::input_names(&o.data, splits.test.inputs)?;
+        export::write_csv(path, &names, &splits.test)?;
+        let line = format!(
+            "wrote the {} test rows to {}",
+            splits.test.rows,
+            path.display()
+        );
+        if o.json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    }
     let load_seconds = start.elapsed().as_secs_f64();
     let config = model_config(o, splits.train.inputs);
     // Training steps take `o.batch` rows; evaluation runs in chunks of the capacity,
@@ -232,7 +261,7 @@ fn run(o: &Options) -> Result<(), String> {
         .progress_chars("=> "),
     );
     let mut rng = Rng::new(o.seed).fork(0x5eed);
-    let mut best: Option<(usize, [f64; 2], Vec<f32>)> = None;
+    let mut best: Option<(usize, [f64; 2], Checkpoint)> = None;
     let train_start = Instant::now();
     let mut step = 0;
     let mut eval_seconds = 0.0;
@@ -252,10 +281,16 @@ fn run(o: &Options) -> Result<(), String> {
         let validation = evaluate(&mut trainer, &splits.validation)?;
         let improved = best.as_ref().is_none_or(|(_, b, _)| validation[0] > b[0]);
         if improved {
-            let params = trainer.parameters().map_err(|e| e.to_string())?;
-            best = Some((epoch, validation, params));
+            let checkpoint = trainer.checkpoint().map_err(|e| e.to_string())?;
+            // Written at every improvement, not once at the end: a run stopped part
+            // way still leaves its best epoch so far, and the atomic write never
+            // leaves half a file.
+            if let Some(path) = &o.save {
+                checkpoint.save(path).map_err(|e| e.to_string())?;
+            }
+            best = Some((epoch, validation, checkpoint));
         }
-        // Validation and keeping the best parameters are not training steps.
+        // Validation and keeping the best epoch are not training steps.
         eval_seconds += eval_start.elapsed().as_secs_f64();
         let line = format!(
             "epoch {epoch:>3}: last batch loss {:.4} {:.4}; validation AUC {} {:.4}, {} {:.4}{} \
@@ -283,8 +318,8 @@ fn run(o: &Options) -> Result<(), String> {
     bar.finish_and_clear();
     // Optimizer steps only; evaluation is everything after loading that is not a step.
     let train_seconds = train_start.elapsed().as_secs_f64() - eval_seconds;
-    let (best_epoch, validation, params) = best.ok_or("no epoch was trained")?;
-    trainer.set_parameters(&params).map_err(|e| e.to_string())?;
+    let (best_epoch, validation, checkpoint) = best.ok_or("no epoch was trained")?;
+    trainer.restore(&checkpoint).map_err(|e| e.to_string())?;
     let test = evaluate(&mut trainer, &splits.test)?;
     let seconds = start.elapsed().as_secs_f64();
     let outcome = Outcome {
@@ -298,54 +333,9 @@ fn run(o: &Options) -> Result<(), String> {
         seconds,
     };
     if o.json {
-        println!("{}", json(o, &outcome));
+        println!("{}", report::json(o, &outcome));
     } else {
-        report(o, &outcome);
+        report::print(o, &outcome);
     }
     Ok(())
-}
-
-fn report(o: &Options, r: &Outcome) {
-    let keys = task_keys(o.group);
-    println!(
-        "best epoch {} of {} by validation AUC of {}; {} steps, {:.1} steps/s",
-        r.best_epoch,
-        o.epochs,
-        keys[0],
-        r.steps,
-        r.steps as f64 / r.train_seconds
-    );
-    println!("{:<12} {:>10} {:>10}", "AUC", "validation", "test");
-    for (t, key) in keys.iter().enumerate() {
-        println!("{key:<12} {:>10.4} {:>10.4}", r.validation[t], r.test[t]);
-    }
-    println!(
-        "wall time {:.1} s (device and data {:.1} s, training {:.1} s, evaluation {:.1} s)",
-        r.seconds, r.load_seconds, r.train_seconds, r.eval_seconds
-    );
-}
-
-fn json(o: &Options, r: &Outcome) -> String {
-    let keys = task_keys(o.group);
-    let mut fields = vec![
-        format!("\"group\":{}", group_number(o.group)),
-        format!("\"model\":\"{}\"", o.model.name()),
-        format!("\"seed\":{}", o.seed),
-        format!("\"epochs\":{}", o.epochs),
-        format!("\"best_epoch\":{}", r.best_epoch),
-        format!("\"steps\":{}", r.steps),
-        format!("\"batch\":{}", o.batch),
-        format!("\"experts\":{}", o.experts),
-        format!("\"units\":{}", o.units),
-        format!("\"tower\":{}", o.tower),
-        format!("\"lr\":{}", o.lr),
-        format!("\"seconds\":{:.3}", r.seconds),
-        format!("\"train_seconds\":{:.3}", r.train_seconds),
-        format!("\"eval_seconds\":{:.3}", r.eval_seconds),
-    ];
-    for (t, key) in keys.iter().enumerate() {
-        fields.push(format!("\"validation_auc_{key}\":{:.6}", r.validation[t]));
-        fields.push(format!("\"test_auc_{key}\":{:.6}", r.test[t]));
-    }
-    format!("{{{}}}", fields.join(","))
 }
