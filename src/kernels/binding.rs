@@ -334,6 +334,15 @@ pub(crate) fn bind_operands<'a>(
     Ok(bound)
 }
 
+#[cfg(test)]
+/// Where a host struct's fields sit, recorded by `host_struct!`.
+pub(crate) struct HostLayout {
+    pub name: &'static str,
+    pub size: usize,
+    /// Name, byte offset and byte size of each field.
+    pub fields: &'static [(&'static str, usize, usize)],
+}
+
 /// Declares a `#[repr(C)]` struct the host writes for a WGSL struct of the same name
 /// (a uniform block or a table entry), recording in tests where each field sits so
 /// that `kernels::layout`'s test can hold the two to each other.
@@ -351,8 +360,8 @@ macro_rules! host_struct {
 
         #[cfg(test)]
         impl $name {
-            pub(crate) const LAYOUT: crate::kernels::layout::HostLayout =
-                crate::kernels::layout::HostLayout {
+            pub(crate) const LAYOUT: crate::kernels::binding::HostLayout =
+                crate::kernels::binding::HostLayout {
                     name: stringify!($name),
                     size: size_of::<$name>(),
                     fields: &[$(

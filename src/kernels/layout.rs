@@ -6,13 +6,7 @@ use std::collections::BTreeMap;
 
 use naga::proc::Layouter;
 
-/// Where a host struct's fields sit, recorded by `host_struct!`.
-pub(crate) struct HostLayout {
-    pub name: &'static str,
-    pub size: usize,
-    /// Name, byte offset and byte size of each field.
-    pub fields: &'static [(&'static str, usize, usize)],
-}
+use super::binding::HostLayout;
 
 /// The same of a WGSL struct, from naga's reflection.
 #[derive(Debug, PartialEq)]
