@@ -265,7 +265,7 @@ impl Checkpoint {
         write: impl FnOnce(&mut std::fs::File, &[u8]) -> std::io::Result<()>,
     ) -> Result<()> {
         let bytes = self.to_bytes()?;
-        write::atomically(path.as_ref(), |file| write(file, &bytes))
+        crate::atomic_file::replace(path.as_ref(), |file| write(file, &bytes))
     }
 }
 
