@@ -13,7 +13,6 @@
 mod config_json;
 mod json;
 mod layout;
-mod write;
 
 pub(crate) use layout::check_dimensions;
 pub use layout::{state_names, state_tensor_name};
@@ -224,7 +223,7 @@ impl Checkpoint {
         // The data section does not depend on the metadata, so a first pass gives
         // the bytes the checksum covers.
         let draft = serialize(format!("{head}}}"))?;
-        let crc = write::crc32(&[data_section(&draft).unwrap_or(&[]), head.as_bytes()]);
+        let crc = checksum(data_section(&draft).unwrap_or(&[]), &head);
         serialize(format!(r#"{head},"crc32":{crc}}}"#))
     }
 
@@ -326,7 +325,7 @@ fn decode(bytes: &[u8], origin: &str) -> Result<Checkpoint> {
     // Files written elsewhere (e.g. by PyTorch) may leave the checksum out.
     if let Some(stored) = crc {
         let covered = &text[..text.rfind(CRC_MEMBER).unwrap_or(0)];
-        let computed = write::crc32(&[data_section(bytes).unwrap_or(&[]), covered.as_bytes()]);
+        let computed = checksum(data_section(bytes).unwrap_or(&[]), covered);
         if computed != stored {
             return Err(fault(
                 origin,
@@ -379,6 +378,15 @@ const CRC_MEMBER: &str = r#","crc32":"#;
 fn data_section(file: &[u8]) -> Option<&[u8]> {
     let n = u64::from_le_bytes(file.get(..8)?.try_into().ok()?);
     file.get(usize::try_from(n).ok()?.checked_add(8)?..)
+}
+
+/// CRC-32 (IEEE 802.3, the one of zlib and Python's `zlib.crc32`) of a file's
+/// tensor data, then of its description up to the checksum member.
+fn checksum(data: &[u8], description: &str) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(data);
+    hasher.update(description.as_bytes());
+    hasher.finalize()
 }
 
 /// Config, steps, learning rate and checksum (if any) from the JSON description
