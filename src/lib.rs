@@ -85,6 +85,7 @@
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
+mod atomic_file;
 pub mod data;
 mod error;
 pub mod gpu;

@@ -523,13 +523,13 @@ fn a_file_of_another_model_is_refused_naming_the_tensor() {
                 *d = d.replace(r#""kind":"adam""#, r#""kind":"lion""#)
             }),
             "metadata `mmoe_wgpu`",
-            "`config.optimizer.kind` is `lion`",
+            "`config.optimizer.kind`: unknown variant `lion`",
         ),
         (
             "misspelt field",
             rewrite(&good, |_, d| *d = d.replace(r#""seed""#, r#""sead""#)),
             "metadata `mmoe_wgpu`",
-            "`config.seed` is missing",
+            "`config.sead`: unknown field `sead`",
         ),
         (
             "invalid config",
@@ -543,7 +543,7 @@ fn a_file_of_another_model_is_refused_naming_the_tensor() {
             "no description",
             rewrite(&good, |_, d| *d = "{}".into()),
             "metadata `mmoe_wgpu`",
-            "`mmoe_wgpu.format` is missing",
+            "missing field `format`",
         ),
     ];
     for (case, bytes, want_what, want_message) in cases {
@@ -639,7 +639,9 @@ fn noisy_gates_resume_bitwise_and_old_files_load_as_plain_gates() {
         r#""noisy":1"#,
     )));
     assert!(
-        message.contains("`config.architecture.gate.noisy` must be true or false"),
+        message.contains(
+            "`config.architecture.gate.noisy`: invalid type: integer `1`, expected a boolean"
+        ),
         "{message}"
     );
     let (what, message) = checkpoint_error(Checkpoint::from_bytes(&edit(
@@ -902,7 +904,7 @@ fn load_balanced_gates_resume_bitwise_and_old_files_load_with_the_importance_los
     check_optional_gate_field(
         ("balance_loss", "importance", "load", "switch"),
         (&importance, &load),
-        "expected importance or load",
+        "expected `importance` or `load`",
     );
 }
 
@@ -916,7 +918,7 @@ fn the_selection_is_kept_and_old_files_load_with_per_gate_selections() {
     check_optional_gate_field(
         ("selection", "per_gate", "shared", "joint"),
         (&own, &shared),
-        "expected per_gate or shared",
+        "expected `per_gate` or `shared`",
     );
 }
 
@@ -951,6 +953,7 @@ fn check_optional_gate_field(
         &written,
         &format!(r#""{field}":"{unknown}""#),
     )));
-    let want = format!("`config.architecture.gate.{field}` is `{unknown}`; {expected}");
+    let want =
+        format!("`config.architecture.gate.{field}`: unknown variant `{unknown}`, {expected}");
     assert!(message.contains(&want), "{message}");
 }

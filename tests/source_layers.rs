@@ -2,7 +2,8 @@
 //! round a cycle. Read from the source text: every `crate::…` path and every
 //! `super::…` or child-module path of a `use`, outside comments.
 //!
-//! Layers, bottom up: `error`; `rng`, `shape` (the operator vocabulary); `gpu`;
+//! Layers, bottom up: `error`; `rng`, `shape` (the operator vocabulary),
+//! `atomic_file`; `gpu`;
 //! `kernels` (the GPU kernels) and `reference` (the CPU ground truth, which never
 //! sees a kernel); `graph`; `model`. `data` and `metrics` stand beside them.
 
@@ -12,10 +13,11 @@ use std::path::{Path, PathBuf};
 /// What each layer may import (besides itself).
 const ALLOWED: &[(&str, &[&str])] = &[
     ("error", &[]),
+    ("atomic_file", &["error"]),
     ("rng", &["error"]),
     ("shape", &["error"]),
     ("metrics", &["error"]),
-    ("gpu", &["error"]),
+    ("gpu", &["error", "atomic_file"]),
     ("data", &["error", "rng"]),
     ("kernels", &["error", "gpu", "shape"]),
     ("reference", &["error", "shape"]),

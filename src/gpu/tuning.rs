@@ -10,6 +10,7 @@
 //! tuning still works in memory and training never fails because of it.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -162,16 +163,12 @@ impl TuneTable {
         let prefix = format!("{}\t{key}\t", self.device_key);
         lines.retain(|l| !l.starts_with(&prefix));
         lines.push(format!("{prefix}{choice}"));
-        let write = || -> std::io::Result<()> {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-            std::fs::write(&tmp, lines.join("\n") + "\n")?;
-            std::fs::rename(&tmp, path)
-        };
+        let text = lines.join("\n") + "\n";
         // A cache that cannot be written only costs the next process a re-tune.
-        let _ = write();
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let _ = crate::atomic_file::replace(path, |file| file.write_all(text.as_bytes()));
     }
 }
 

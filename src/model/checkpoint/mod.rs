@@ -10,10 +10,9 @@
 //!
 //! [`Trainer::parameter`]: crate::model::Trainer::parameter
 
-mod config_json;
+mod format;
 mod json;
 mod layout;
-mod write;
 
 pub(crate) use layout::check_dimensions;
 pub use layout::{state_names, state_tensor_name};
@@ -26,7 +25,7 @@ use safetensors::{Dtype, SafeTensors};
 use crate::graph::{Graph, Plan, Role};
 use crate::model::ModelConfig;
 use crate::{Error, Result};
-use json::{Fields, Value};
+use format::{Config, Description, Head};
 
 /// The safetensors metadata key holding the checkpoint's JSON description.
 pub const METADATA_KEY: &str = "mmoe_wgpu";
@@ -188,17 +187,17 @@ impl Checkpoint {
     /// a CRC-32 of the tensor data and of the description before it, so that any
     /// damage is found on loading.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        let head = format!(
-            r#"{{"format":{},"version":{VERSION},"steps":{},"learning_rate":{},"config":{}"#,
-            json::string(FORMAT),
-            self.steps,
-            json::number_f32(self.learning_rate).map_err(|m| fault(
-                IN_MEMORY,
-                "learning rate",
-                m
-            ))?,
-            config_json::encode(&self.config).map_err(|m| fault(IN_MEMORY, "config", m))?
-        );
+        let description = Description {
+            format: FORMAT.to_string(),
+            version: VERSION,
+            steps: self.steps,
+            learning_rate: self.learning_rate,
+            config: Config(self.config.clone()),
+            crc32: None,
+        };
+        let text = json::to_string(&description).map_err(|m| fault(IN_MEMORY, "description", m))?;
+        // Without a checksum the description ends in its object's closing brace.
+        let head = text.strip_suffix('}').unwrap_or(&text);
         let bytes: Vec<Vec<u8>> = self
             .tensors
             .iter()
@@ -223,9 +222,9 @@ impl Checkpoint {
         };
         // The data section does not depend on the metadata, so a first pass gives
         // the bytes the checksum covers.
-        let draft = serialize(format!("{head}}}"))?;
-        let crc = write::crc32(&[data_section(&draft).unwrap_or(&[]), head.as_bytes()]);
-        serialize(format!(r#"{head},"crc32":{crc}}}"#))
+        let draft = serialize(text.clone())?;
+        let crc = checksum(data_section(&draft).unwrap_or(&[]), head);
+        serialize(format!("{head}{CRC_MEMBER}{crc}}}"))
     }
 
     /// Reads a checkpoint from the bytes of a safetensors file, checking it as
@@ -265,7 +264,7 @@ impl Checkpoint {
         write: impl FnOnce(&mut std::fs::File, &[u8]) -> std::io::Result<()>,
     ) -> Result<()> {
         let bytes = self.to_bytes()?;
-        write::atomically(path.as_ref(), |file| write(file, &bytes))
+        crate::atomic_file::replace(path.as_ref(), |file| write(file, &bytes))
     }
 }
 
@@ -281,9 +280,8 @@ fn decode(bytes: &[u8], origin: &str) -> Result<Checkpoint> {
         .as_ref()
         .and_then(|m| m.get(METADATA_KEY))
         .ok_or_else(|| fault(origin, &what, "missing: not an mmoe-wgpu checkpoint"))?;
-    let description = json::parse(text).map_err(|m| fault(origin, &what, m))?;
     let (config, steps, learning_rate, crc) =
-        describe(&description, text).map_err(|m| fault(origin, &what, m))?;
+        describe(text).map_err(|m| fault(origin, &what, m))?;
     config
         .validate()
         .and_then(|()| config.optimizer.validate())
@@ -326,7 +324,7 @@ fn decode(bytes: &[u8], origin: &str) -> Result<Checkpoint> {
     // Files written elsewhere (e.g. by PyTorch) may leave the checksum out.
     if let Some(stored) = crc {
         let covered = &text[..text.rfind(CRC_MEMBER).unwrap_or(0)];
-        let computed = write::crc32(&[data_section(bytes).unwrap_or(&[]), covered.as_bytes()]);
+        let computed = checksum(data_section(bytes).unwrap_or(&[]), covered);
         if computed != stored {
             return Err(fault(
                 origin,
@@ -381,50 +379,58 @@ fn data_section(file: &[u8]) -> Option<&[u8]> {
     file.get(usize::try_from(n).ok()?.checked_add(8)?..)
 }
 
+/// CRC-32 (IEEE 802.3, the one of zlib and Python's `zlib.crc32`) of a file's
+/// tensor data, then of its description up to the checksum member.
+fn checksum(data: &[u8], description: &str) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(data);
+    hasher.update(description.as_bytes());
+    hasher.finalize()
+}
+
 /// Config, steps, learning rate and checksum (if any) from the JSON description
-/// `text`, parsed as `description`.
-fn describe(
-    description: &Value,
-    text: &str,
-) -> Result<(ModelConfig, u32, f32, Option<u32>), String> {
-    let mut fields = Fields::new(description, METADATA_KEY)?;
-    let format = fields.get("format")?.text(&fields.path("format"))?;
-    if format != FORMAT {
-        return Err(format!("format is `{format}`, `{FORMAT}` expected"));
+/// `text`.
+fn describe(text: &str) -> Result<(ModelConfig, u32, f32, Option<u32>), String> {
+    let head: Head = json::from_str(text)?;
+    if head.format != FORMAT {
+        return Err(format!("format is `{}`, `{FORMAT}` expected", head.format));
     }
-    let version = fields.get("version")?.integer(&fields.path("version"))?;
-    if version != VERSION {
+    if let Some(version) = head.version
+        && version != VERSION
+    {
         return Err(format!(
             "version {version}; this build reads version {VERSION}"
         ));
     }
-    let steps = fields.get("steps")?.integer(&fields.path("steps"))?;
-    let steps = u32::try_from(steps).map_err(|_| format!("steps {steps} is over 2^32 - 1"))?;
-    let learning_rate = fields
-        .get("learning_rate")?
-        .float(&fields.path("learning_rate"))?;
+    let description: Description = json::from_str(text)?;
+    let learning_rate = description.learning_rate;
     if learning_rate < 0.0 {
         return Err(format!("learning rate {learning_rate} is negative"));
     }
-    let config = config_json::decode(fields.get("config")?, "config")?;
-    let crc = match fields.optional("crc32") {
-        None => None,
-        Some(value) => {
-            let crc = value.integer(&fields.path("crc32"))?;
-            let crc = u32::try_from(crc).map_err(|_| format!("crc32 {crc} is over 32 bits"))?;
-            if !text.ends_with(&format!("{CRC_MEMBER}{crc}}}")) {
-                return Err(format!(
-                    "`crc32` must be the last member, written as `{CRC_MEMBER}{crc}}}`"
-                ));
-            }
-            Some(crc)
-        }
-    };
-    fields.finish()?;
-    Ok((config, steps, learning_rate, crc))
+    if let Some(crc) = description.crc32
+        && !text.ends_with(&format!("{CRC_MEMBER}{crc}}}"))
+    {
+        return Err(format!(
+            "`crc32` must be the last member, written as `{CRC_MEMBER}{crc}}}`"
+        ));
+    }
+    let config = description.config.0;
+    Ok((config, description.steps, learning_rate, description.crc32))
 }
 
-/// Why `found` cannot be restored into a trainer of `expected`, if it cannot.
+/// Why `found` cannot be restored into a trainer of `expected`, if it cannot: the
+/// first member of their descriptions that differs, the learning rate aside (the
+/// caller's schedule moves it), as `member: expected …, found …`.
 pub(crate) fn config_mismatch(expected: &ModelConfig, found: &ModelConfig) -> Option<String> {
-    config_json::mismatch(expected, found)
+    let value = |config: &ModelConfig| {
+        let text = json::to_string(&Config(config.clone())).ok()?;
+        let mut value: serde_json::Value = serde_json::from_str(&text).ok()?;
+        value.as_object_mut()?.remove("learning_rate");
+        Some(value)
+    };
+    match (value(expected), value(found)) {
+        (Some(a), Some(b)) => json::difference("", &a, &b),
+        // Only a config with a non-finite member has no description.
+        _ => (expected != found).then(|| format!("expected {expected:?}, found {found:?}")),
+    }
 }

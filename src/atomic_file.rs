@@ -13,11 +13,9 @@ use crate::{Error, Result};
 /// separates processes.
 static SERIAL: AtomicU64 = AtomicU64::new(0);
 
-/// Writes `path` through `write`, atomically as the module explains.
-pub(super) fn atomically(
-    path: &Path,
-    write: impl FnOnce(&mut File) -> io::Result<()>,
-) -> Result<()> {
+/// Writes `path` through `write`, atomically as the module explains. On failure
+/// the temporary file is removed and `path` is left as it was.
+pub(crate) fn replace(path: &Path, write: impl FnOnce(&mut File) -> io::Result<()>) -> Result<()> {
     let io_error = |source: io::Error| Error::Io {
         path: path.to_path_buf(),
         source,
@@ -25,7 +23,7 @@ pub(super) fn atomically(
     let name = path.file_name().ok_or_else(|| {
         io_error(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "a checkpoint path must end in a file name",
+            "the path must end in a file name",
         ))
     })?;
     // The rename is only atomic within one file system, so the temporary file
@@ -64,9 +62,9 @@ pub(super) fn atomically(
         let _ = std::fs::remove_file(&temp);
         return Err(io_error(e));
     }
-    sync_dir(dir).map_err(|e| Error::Io {
+    sync_dir(dir).map_err(|source| Error::Io {
         path: dir.to_path_buf(),
-        source: e,
+        source,
     })
 }
 
@@ -81,35 +79,4 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 #[cfg(not(unix))]
 fn sync_dir(_dir: &Path) -> io::Result<()> {
     Ok(())
-}
-
-/// CRC-32 (IEEE 802.3, the one of zlib, PNG and Python's `zlib.crc32`) of the
-/// bytes of `parts` in turn.
-pub(super) fn crc32(parts: &[&[u8]]) -> u32 {
-    const TABLE: [u32; 256] = {
-        let mut table = [0u32; 256];
-        let mut i = 0;
-        while i < 256 {
-            let mut c = i as u32;
-            let mut k = 0;
-            while k < 8 {
-                c = if c & 1 != 0 {
-                    0xEDB8_8320 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
-                k += 1;
-            }
-            table[i] = c;
-            i += 1;
-        }
-        table
-    };
-    let mut crc = !0u32;
-    for part in parts {
-        for &b in *part {
-            crc = TABLE[((crc ^ b as u32) & 0xFF) as usize] ^ (crc >> 8);
-        }
-    }
-    !crc
 }
