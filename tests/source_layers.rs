@@ -25,6 +25,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "model",
         &[
+            "atomic_file",
             "error",
             "gpu",
             "graph",
