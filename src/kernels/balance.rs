@@ -125,6 +125,7 @@ use super::binding::{program_for, storage_programs};
 use super::{BufferView, Dispatch, Operand, Precision, bind_operands, div_ceil};
 use crate::Result;
 use crate::gpu::{BindingKind, Gpu, ShaderProgram};
+use crate::kernels::dispatch::Kernel;
 pub use crate::shape::{BalanceLoss, BalanceShape, BalanceStats};
 use crate::shape::{check_load_k, check_weight};
 
@@ -435,20 +436,19 @@ impl Balance {
         bound: &[super::binding::BoundOperand<'_>],
         workgroups: u32,
     ) -> Result<Dispatch> {
-        let pipeline = self.gpu.pipeline(
-            program_for(&PROGRAM, precision),
+        let kernel = Kernel {
+            program: program_for(&PROGRAM, precision),
             entry,
             bindings,
-            &[("WG", self.workgroup_size)],
-        )?;
-        let (layout, _) = self.gpu.layout(bindings)?;
-        Dispatch::build(
+            constants: &[("WG", self.workgroup_size)],
+        };
+        let params = bytemuck::bytes_of(params);
+        Dispatch::new(
             &self.gpu,
             ctx,
-            pipeline,
-            &layout,
-            bytemuck::bytes_of(params),
-            bound,
+            kernel,
+            params,
+            (bound, &[]),
             [workgroups, 1, 1],
         )
     }

@@ -3,8 +3,8 @@
 use wgpu::util::DeviceExt;
 
 use super::binding::BoundOperand;
-use crate::gpu::Gpu;
 use crate::gpu::bind_cache::{BindKey, CachedBindGroup};
+use crate::gpu::{BindingKind, Gpu, ShaderProgram};
 use crate::{Error, Result};
 
 /// One kernel launch with its pipeline and bind group built: record it into any
@@ -33,41 +33,25 @@ pub(crate) enum Extra<'a> {
     Buffer(&'a wgpu::Buffer),
 }
 
-impl Dispatch {
-    /// Builds (or finds in the device's cache) the uniform block and bind group for
-    /// `pipeline` over `operands`.
-    pub(crate) fn build(
-        gpu: &Gpu,
-        label: &'static str,
-        pipeline: wgpu::ComputePipeline,
-        layout: &wgpu::BindGroupLayout,
-        params: &[u8],
-        operands: &[BoundOperand<'_>],
-        workgroups: [u32; 3],
-    ) -> Result<Dispatch> {
-        Self::build_with(
-            gpu,
-            label,
-            pipeline,
-            layout,
-            params,
-            operands,
-            &[],
-            workgroups,
-        )
-    }
+/// A compute entry point to launch: its program (at the call's precision), name,
+/// bindings and override constants.
+pub(crate) struct Kernel<'a> {
+    pub program: &'static ShaderProgram,
+    pub entry: &'static str,
+    pub bindings: &'a [(u32, BindingKind)],
+    pub constants: &'a [(&'static str, u32)],
+}
 
-    /// [`build`](Self::build), also binding buffers the kernel supplies at the given
-    /// slots.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn build_with(
+impl Dispatch {
+    /// Compiles `kernel`'s pipeline (or finds it in the device's cache), then builds
+    /// (or finds) the uniform block `params` and the bind group over `operands` and
+    /// the buffers the kernel supplies itself at the slots of `extras`.
+    pub(crate) fn new(
         gpu: &Gpu,
         label: &'static str,
-        pipeline: wgpu::ComputePipeline,
-        layout: &wgpu::BindGroupLayout,
+        kernel: Kernel<'_>,
         params: &[u8],
-        operands: &[BoundOperand<'_>],
-        extras: &[(u32, Extra<'_>)],
+        (operands, extras): (&[BoundOperand<'_>], &[(u32, Extra<'_>)]),
         workgroups: [u32; 3],
     ) -> Result<Dispatch> {
         let max = gpu.limits().max_compute_workgroups_per_dimension;
@@ -81,7 +65,14 @@ impl Dispatch {
                 });
             }
         }
-        let make = || create_bind_group(gpu, label, layout, params, operands, extras);
+        let pipeline = gpu.pipeline(
+            kernel.program,
+            kernel.entry,
+            kernel.bindings,
+            kernel.constants,
+        )?;
+        let (layout, _) = gpu.layout(kernel.bindings)?;
+        let make = || create_bind_group(gpu, label, &layout, params, operands, extras);
         let shareable = extras.iter().all(|(_, e)| matches!(e, Extra::Table(_)));
         let made = if shareable {
             let key = BindKey {

@@ -80,6 +80,7 @@ use super::grouped_gemm::{GroupedGemmBackwardInput, GroupedGemmBackwardWeights};
 use super::{BufferView, Dispatch, GroupedGemm, Operand, Precision, bind_operands};
 use crate::Result;
 use crate::gpu::{BindingKind, Gpu, ShaderProgram};
+use crate::kernels::dispatch::Kernel;
 use crate::shape::{Activation, Selection};
 pub use crate::shape::{ExpertAccess, GateMixShape};
 
@@ -498,21 +499,13 @@ impl GateMix {
         bound: &[super::binding::BoundOperand<'_>],
     ) -> Result<Dispatch> {
         let workgroups = [tiling.row_workgroups(params.rows as usize), 1, 1];
-        let pipeline = self.gpu.pipeline(
-            program_for(&PROGRAM, precision),
+        let kernel = Kernel {
+            program: program_for(&PROGRAM, precision),
             entry,
             bindings,
-            &tiling.constants(),
-        )?;
-        let (layout, _) = self.gpu.layout(bindings)?;
-        Dispatch::build(
-            &self.gpu,
-            ctx,
-            pipeline,
-            &layout,
-            bytemuck::bytes_of(params),
-            bound,
-            workgroups,
-        )
+            constants: &tiling.constants(),
+        };
+        let params = bytemuck::bytes_of(params);
+        Dispatch::new(&self.gpu, ctx, kernel, params, (bound, &[]), workgroups)
     }
 }

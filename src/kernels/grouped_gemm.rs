@@ -91,6 +91,7 @@
 
 use super::{BufferView, Dispatch, Operand, Precision, bind_operands};
 use crate::gpu::{BindingKind, Gpu};
+use crate::kernels::dispatch::Kernel;
 use crate::shape::{Activation, GemmShape, InputLayout};
 use crate::{Error, Result};
 
@@ -522,22 +523,14 @@ impl GroupedGemm {
         if ragged {
             constants.push(("RAGGED", 1));
         }
-        let pipeline = self.gpu.pipeline(
-            tiling.source(precision),
-            tiling.entry(pass),
+        let kernel = Kernel {
+            program: tiling.source(precision),
+            entry: tiling.entry(pass),
             bindings,
-            &constants,
-        )?;
-        let (layout, _) = self.gpu.layout(bindings)?;
-        Dispatch::build(
-            &self.gpu,
-            ctx,
-            pipeline,
-            &layout,
-            bytemuck::bytes_of(params),
-            bound,
-            workgroups,
-        )
+            constants: &constants,
+        };
+        let params = bytemuck::bytes_of(params);
+        Dispatch::new(&self.gpu, ctx, kernel, params, (bound, &[]), workgroups)
     }
 }
 

@@ -52,6 +52,7 @@ use super::binding::{program_for, storage_programs};
 use super::dispatch::Extra;
 use super::{BufferView, Dispatch, Operand, Precision, bind_operands};
 use crate::gpu::{BindingKind, Gpu, ShaderProgram};
+use crate::kernels::dispatch::Kernel;
 pub use crate::shape::{LossKind, TaskLoss};
 use crate::{Error, Result};
 
@@ -213,21 +214,20 @@ impl Loss {
                 weight: t.weight,
             })
             .collect();
-        let pipeline = self.gpu.pipeline(
-            program_for(&PROGRAM, args.precision),
-            ENTRY,
-            BINDINGS,
-            &[("WG", self.workgroup_size)],
-        )?;
-        let (layout, _) = self.gpu.layout(BINDINGS)?;
-        Dispatch::build_with(
+        let kernel = Kernel {
+            program: program_for(&PROGRAM, args.precision),
+            entry: ENTRY,
+            bindings: BINDINGS,
+            constants: &[("WG", self.workgroup_size)],
+        };
+        let table = [(TABLE_SLOT, Extra::Table(bytemuck::cast_slice(&table)))];
+        let params = bytemuck::bytes_of(&params);
+        Dispatch::new(
             &self.gpu,
             CTX,
-            pipeline,
-            &layout,
-            bytemuck::bytes_of(&params),
-            &bound,
-            &[(TABLE_SLOT, Extra::Table(bytemuck::cast_slice(&table)))],
+            kernel,
+            params,
+            (&bound, &table),
             [tasks as u32, 1, 1],
         )
     }

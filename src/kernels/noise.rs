@@ -59,6 +59,7 @@ use super::binding::{program_for, storage_programs};
 use super::{BufferView, Dispatch, Operand, Precision, bind_operands, div_ceil};
 use crate::Result;
 use crate::gpu::{BindingKind, Gpu, ShaderProgram};
+use crate::kernels::dispatch::Kernel;
 pub use crate::shape::NoiseShape;
 
 const SOURCE: (&str, &str) = ("noise.wgsl", include_str!("../../shaders/noise.wgsl"));
@@ -229,21 +230,14 @@ impl Noise {
         let groups_x = groups.min(max);
         params.len = shape.len() as u32;
         params.groups_x = groups_x;
-        let pipeline = self.gpu.pipeline(
-            program_for(&PROGRAM, precision),
+        let kernel = Kernel {
+            program: program_for(&PROGRAM, precision),
             entry,
             bindings,
-            &[("WG", WORKGROUP_SIZE)],
-        )?;
-        let (layout, _) = self.gpu.layout(bindings)?;
-        Dispatch::build(
-            &self.gpu,
-            ctx,
-            pipeline,
-            &layout,
-            bytemuck::bytes_of(&params),
-            bound,
-            [groups_x, groups.div_ceil(groups_x), 1],
-        )
+            constants: &[("WG", WORKGROUP_SIZE)],
+        };
+        let workgroups = [groups_x, groups.div_ceil(groups_x), 1];
+        let params = bytemuck::bytes_of(&params);
+        Dispatch::new(&self.gpu, ctx, kernel, params, (bound, &[]), workgroups)
     }
 }

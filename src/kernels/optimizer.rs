@@ -74,6 +74,7 @@ use super::binding::{program_for, storage_programs};
 use super::dispatch::Extra;
 use super::{BufferView, Dispatch, Operand, Precision, Recorder, bind_operands, div_ceil};
 use crate::gpu::{BindingKind, Gpu, ShaderProgram};
+use crate::kernels::dispatch::Kernel;
 pub use crate::shape::OptimizerConfig;
 use crate::{Error, Result};
 
@@ -414,13 +415,6 @@ impl Optimizer {
         } else {
             ("sgd", SGD_BINDINGS)
         };
-        let pipeline = self.gpu.pipeline(
-            program_for(&PROGRAM, args.precision),
-            entry,
-            bindings,
-            &[("WG", wg)],
-        )?;
-        let (layout, _) = self.gpu.layout(bindings)?;
         // Zero-filled: step 0, a no-op until `set_step`.
         let uniform = self
             .gpu
@@ -432,18 +426,25 @@ impl Optimizer {
                     mapped_at_creation: false,
                 })
             })?;
-        let dispatch = Dispatch::build_with(
+        let kernel = Kernel {
+            program: program_for(&PROGRAM, args.precision),
+            entry,
+            bindings,
+            constants: &[("WG", wg)],
+        };
+        let label = if adam {
+            "optimizer adam"
+        } else {
+            "optimizer sgd"
+        };
+        let step = [(STEP_SLOT, Extra::Buffer(&uniform))];
+        let params = bytemuck::bytes_of(&p);
+        let dispatch = Dispatch::new(
             &self.gpu,
-            if adam {
-                "optimizer adam"
-            } else {
-                "optimizer sgd"
-            },
-            pipeline,
-            &layout,
-            bytemuck::bytes_of(&p),
-            &bound,
-            &[(STEP_SLOT, Extra::Buffer(&uniform))],
+            label,
+            kernel,
+            params,
+            (&bound, &step),
             [workgroups, 1, 1],
         )?;
         Ok(OptimizerStep {

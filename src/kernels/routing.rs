@@ -80,6 +80,7 @@ use super::binding::{program_for, storage_programs};
 use super::{BufferView, Dispatch, Operand, Precision, bind_operands};
 use crate::Result;
 use crate::gpu::{BindingKind, Gpu, ShaderProgram};
+use crate::kernels::dispatch::Kernel;
 pub use crate::shape::RoutingShape;
 
 pub use super::grouped_gemm::RowMap;
@@ -179,20 +180,19 @@ impl Routing {
             routes_base: bound[1].base,
             _pad: [0; 3],
         };
-        let pipeline = self.gpu.pipeline(
-            program_for(&PROGRAM, args.precision),
-            ENTRY,
-            BINDINGS,
-            &[("WG", self.workgroup_size)],
-        )?;
-        let (layout, _) = self.gpu.layout(BINDINGS)?;
-        Dispatch::build(
+        let kernel = Kernel {
+            program: program_for(&PROGRAM, args.precision),
+            entry: ENTRY,
+            bindings: BINDINGS,
+            constants: &[("WG", self.workgroup_size)],
+        };
+        let params = bytemuck::bytes_of(&params);
+        Dispatch::new(
             &self.gpu,
             CTX,
-            pipeline,
-            &layout,
-            bytemuck::bytes_of(&params),
-            &bound,
+            kernel,
+            params,
+            (&bound, &[]),
             [s.experts as u32, 1, 1],
         )
     }

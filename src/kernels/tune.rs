@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::Result;
 use crate::gpu::{Gpu, TuneMode, TuneRecord, TuneSource};
+use crate::kernels::Precision;
 
 /// Timed runs per candidate after the warm-up run (which includes compilation). The
 /// best is kept: on a shared machine, noise only ever adds time.
@@ -51,6 +52,26 @@ pub fn proxy_rows(rows: usize, flops_per_row: f64, min_rows: usize) -> usize {
     const PROXY_FLOPS: f64 = 5e8;
     let budget = (PROXY_FLOPS / flops_per_row.max(1.0)) as usize;
     rows.min(budget.max(min_rows))
+}
+
+/// A buffer of `n` small values in `precision` for timing candidates on: the work
+/// does not depend on the values, but NaN or denormal inputs could slow some drivers.
+pub(crate) fn proxy_buffer(
+    gpu: &Gpu,
+    name: &str,
+    n: usize,
+    precision: Precision,
+) -> Result<wgpu::Buffer> {
+    let value = |i: usize| ((i * 37 % 101) as f32 - 50.0) / 256.0;
+    match precision {
+        Precision::F32 => gpu.upload(name, &(0..n).map(value).collect::<Vec<f32>>()),
+        Precision::F16 => gpu.upload(
+            name,
+            &(0..n)
+                .map(|i| half::f16::from_f32(value(i)))
+                .collect::<Vec<_>>(),
+        ),
+    }
 }
 
 /// Picks a tiling for `key`: the fixed `default` when tuning is off, the stored choice

@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::{GateMix, GateMixBackward, GateMixForward, GateMixShape, GateMixTiling};
 use crate::gpu::TuneMode;
 use crate::kernels::Precision;
-use crate::kernels::tune::{choose, compile_allowance, compile_bound, proxy_rows};
+use crate::kernels::tune::{choose, compile_allowance, compile_bound, proxy_buffer, proxy_rows};
 use crate::{Error, Result};
 
 impl fmt::Display for GateMixTiling {
@@ -154,20 +154,7 @@ impl ProxyOperands {
         ];
         let buffers = lens
             .iter()
-            .map(|&n| {
-                let value = |i: usize| ((i * 37 % 101) as f32 - 50.0) / 256.0;
-                match precision {
-                    Precision::F32 => {
-                        gpu.upload("tuning", &(0..n).map(value).collect::<Vec<f32>>())
-                    }
-                    Precision::F16 => gpu.upload(
-                        "tuning",
-                        &(0..n)
-                            .map(|i| half::f16::from_f32(value(i)))
-                            .collect::<Vec<_>>(),
-                    ),
-                }
-            })
+            .map(|&n| proxy_buffer(gpu, "tuning", n, precision))
             .collect::<Result<Vec<_>>>()?;
         let ops = ProxyOperands { buffers };
         let forward =

@@ -8,6 +8,7 @@ use super::{
 };
 use crate::gpu::{BindingKind, Gpu};
 use crate::kernels::binding::program_for;
+use crate::kernels::dispatch::Kernel;
 use crate::shape::{GemmShape, InputLayout};
 
 /// The rows each group of a ragged pass computes: `u32`s in the layout the
@@ -436,13 +437,6 @@ impl GroupedGemm {
             slots_base: bound[1].base,
             dx_base: bound[2].base,
         };
-        let pipeline = self.gpu.pipeline(
-            program_for(&REDUCE, args.precision),
-            "reduce_slots",
-            REDUCE_BINDINGS,
-            &[("WG", workgroup), ("CB", blocks)],
-        )?;
-        let (layout, _) = self.gpu.layout(REDUCE_BINDINGS)?;
         // Rows along y, spilling into z past the device's limit per dimension.
         let per_dim = limits.max_compute_workgroups_per_dimension.max(1) as usize;
         let along_y = s.rows.min(per_dim);
@@ -451,15 +445,14 @@ impl GroupedGemm {
             along_y as u32,
             s.rows.div_ceil(along_y) as u32,
         ];
-        Dispatch::build(
-            &self.gpu,
-            ctx,
-            pipeline,
-            &layout,
-            bytemuck::bytes_of(&params),
-            &bound,
-            workgroups,
-        )
+        let kernel = Kernel {
+            program: program_for(&REDUCE, args.precision),
+            entry: "reduce_slots",
+            bindings: REDUCE_BINDINGS,
+            constants: &[("WG", workgroup), ("CB", blocks)],
+        };
+        let params = bytemuck::bytes_of(&params);
+        Dispatch::new(&self.gpu, ctx, kernel, params, (&bound, &[]), workgroups)
     }
 }
 

@@ -11,7 +11,7 @@ use super::{
 };
 use crate::gpu::TuneMode;
 use crate::kernels::Precision;
-use crate::kernels::tune::{choose, compile_allowance, compile_bound, proxy_rows};
+use crate::kernels::tune::{choose, compile_allowance, compile_bound, proxy_buffer, proxy_rows};
 use crate::shape::{Activation, GemmShape};
 use crate::{Error, Result};
 
@@ -199,8 +199,7 @@ struct Problem {
     precision: Precision,
 }
 
-/// Buffers for timing candidates, filled with small values (the work does not depend
-/// on them, but NaN or denormal inputs could slow some drivers down).
+/// Buffers for timing candidates, filled by [`proxy_buffer`].
 struct ProxyOperands {
     x: wgpu::Buffer,
     w: wgpu::Buffer,
@@ -222,18 +221,7 @@ impl ProxyOperands {
 
     fn new(gemm: &GroupedGemm, s: &GemmShape, precision: Precision) -> Result<Self> {
         let gpu = &gemm.gpu;
-        let fill = |name: &str, n: usize| {
-            let value = |i: usize| ((i * 37 % 101) as f32 - 50.0) / 256.0;
-            match precision {
-                Precision::F32 => gpu.upload(name, &(0..n).map(value).collect::<Vec<f32>>()),
-                Precision::F16 => gpu.upload(
-                    name,
-                    &(0..n)
-                        .map(|i| half::f16::from_f32(value(i)))
-                        .collect::<Vec<_>>(),
-                ),
-            }
-        };
+        let fill = |name: &str, n: usize| proxy_buffer(gpu, name, n, precision);
         Ok(ProxyOperands {
             x: fill("tuning x", s.x_len())?,
             w: fill("tuning w", s.w_len())?,
