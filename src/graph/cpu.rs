@@ -171,32 +171,20 @@ impl CpuExecutor {
                 let wg = self.gate_weights(shape, *wg);
                 let noise = noise.filter(|_| self.noisy);
                 let load = *balance_weight > 0.0 && *balance_loss == BalanceLoss::Load;
-                // The logits the selection used (noise included), for the load loss.
-                let mut used_logits = None;
-                let (gv, mv) = if let Some(GateNoise { n, eps }) = noise {
+                // The logits the selection uses, noise included; the load loss reads
+                // them too.
+                let mut z =
+                    reference::gate_topk::logits(shape, self.tensor(*x), &wg, self.tensor(*bg))?;
+                if let Some(GateNoise { n, eps }) = noise {
                     let offset = reference::noise::forward(
                         &(*shape).into(),
                         self.tensor(n),
                         self.tensor(eps),
                     )?;
-                    let mut z = reference::gate_topk::logits(
-                        shape,
-                        self.tensor(*x),
-                        &wg,
-                        self.tensor(*bg),
-                    )?;
                     z.iter_mut().zip(&offset).for_each(|(z, o)| *z += o);
-                    let out = reference::gate_topk::forward_logits_selecting(
-                        shape,
-                        *k,
-                        *access,
-                        *selection,
-                        &z,
-                        self.tensor(*h),
-                    )?;
-                    used_logits = Some(z);
-                    out
-                } else if *k == shape.experts {
+                }
+                let (gv, mv) = if noise.is_none() && *k == shape.experts {
+                    // The dense gate through its own reference.
                     reference::gate_mix::forward(
                         shape,
                         self.tensor(*x),
@@ -205,12 +193,6 @@ impl CpuExecutor {
                         self.tensor(*h),
                     )?
                 } else {
-                    let z = reference::gate_topk::logits(
-                        shape,
-                        self.tensor(*x),
-                        &wg,
-                        self.tensor(*bg),
-                    )?;
                     reference::gate_topk::forward_logits_selecting(
                         shape,
                         *k,
@@ -221,15 +203,6 @@ impl CpuExecutor {
                     )?
                 };
                 if load {
-                    let z = match used_logits {
-                        Some(z) => z,
-                        None => reference::gate_topk::logits(
-                            shape,
-                            self.tensor(*x),
-                            &wg,
-                            self.tensor(*bg),
-                        )?,
-                    };
                     let p = reference::gate_topk::full_softmax(shape, *access, &z)?;
                     let stats = reference::balance::forward_load(
                         &BalanceShape::from(*shape),
