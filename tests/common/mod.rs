@@ -7,6 +7,8 @@ use std::sync::OnceLock;
 use mmoe_wgpu::Gpu;
 use mmoe_wgpu::rng::Rng;
 
+pub mod fuzz;
+
 /// One device for the whole test binary, so pipelines compile once.
 pub fn gpu() -> &'static Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();

@@ -6,11 +6,9 @@
 //! The files are frozen: `write_fixtures` made them once and refuses to overwrite
 //! them. The configs below are the ones they were made from.
 
-mod common;
-
 use std::path::PathBuf;
 
-use common::{gpu, random};
+use crate::common::{gpu, random};
 use mmoe_wgpu::kernels::optimizer::OptimizerConfig;
 use mmoe_wgpu::model::{
     Architecture, Checkpoint, Gate, ModelConfig, TaskConfig, TaskKind, Trainer,
@@ -145,7 +143,7 @@ fn batch(index: u64) -> (Vec<f32>, Vec<f32>) {
 }
 
 /// Writes the fixtures that do not exist yet (never overwriting one): run once with
-/// `cargo test --release --test checkpoint_fixtures -- --ignored`.
+/// `cargo test --release --test model checkpoint_fixtures -- --ignored`.
 #[test]
 #[ignore = "writes the frozen fixtures; they are committed"]
 fn write_fixtures() {

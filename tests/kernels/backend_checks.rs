@@ -2,11 +2,11 @@
 //! asking for f16 on a device without SHADER_F16, operand checks that fail before
 //! anything is recorded, the per-device bind group cache, kernels recorded into a
 //! compute pass next to the caller's own, and the README's sample being the crate's
-//! doc test. The numbers themselves: `tests/backend_api.rs`.
+//! doc test. The numbers themselves: `backend_api.rs`.
 
-mod common;
+use crate::common;
 
-use common::{expect_err, gpu, random};
+use crate::common::{expect_err, gpu, random};
 use mmoe_wgpu::kernels::gate_mix::{GateMix, GateMixBackward, GateMixForward, GateMixShape};
 use mmoe_wgpu::kernels::grouped_gemm::{
     GroupedGemm, GroupedGemmBackwardInput, GroupedGemmBackwardWeights, GroupedGemmForward, Tiling,

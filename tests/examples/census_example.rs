@@ -6,9 +6,7 @@
 //! chance, and whose checkpoint predicts those AUCs again through the predict
 //! example.
 
-mod common;
-
-use common::{example_binary, gpu};
+use crate::common::{example_binary, gpu};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -5,9 +5,7 @@
 //! input gradient (per-group and shared X, with and without accumulating); the ragged
 //! reference against finite differences; bad input rejected with errors.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use half::f16;
 use mmoe_wgpu::kernels::grouped_gemm::{
     GroupedGemm, GroupedGemmBackwardInput, GroupedGemmBackwardWeights, GroupedGemmForward, RowMap,

@@ -5,9 +5,7 @@
 //! differences of the loss through the dense and the top-k gate; bad input rejected
 //! with errors. The same for the load (Switch) loss, on task-specific experts too.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use half::f16;
 use mmoe_wgpu::Error;
 use mmoe_wgpu::kernels::balance::{

@@ -3,9 +3,7 @@
 //! unaligned offsets; f16 storage; bitwise reproducibility; the reference's gradients
 //! against finite differences; bad input rejected with errors.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use half::f16;
 use mmoe_wgpu::kernels::gate_mix::{
     ExpertAccess, ForwardStages, GateMix, GateMixBackward, GateMixForward, GateMixShape,

@@ -3,12 +3,10 @@
 //! after a diverged step or a lost device, and batches larger than any one device
 //! buffer.
 
-mod common;
-
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use common::{gpu, random};
+use crate::common::{gpu, random};
 use mmoe_wgpu::kernels::optimizer::OptimizerConfig;
 use mmoe_wgpu::model::{
     Architecture, Checkpoint, Gate, ModelConfig, TaskConfig, TaskKind, Trainer,

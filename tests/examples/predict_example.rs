@@ -2,12 +2,10 @@
 //! (`target/<profile>/examples/predict`): its output against `Trainer::predict`, and
 //! its errors.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{example_binary, gpu, random};
+use crate::common::{example_binary, gpu, random};
 use mmoe_wgpu::model::{ModelConfig, TaskConfig, TaskKind, Trainer};
 use mmoe_wgpu::rng::Rng;
 

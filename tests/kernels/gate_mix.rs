@@ -2,9 +2,7 @@
 //! large logits; operands at unaligned offsets; bitwise reproducibility; the
 //! reference's gradients against finite differences; bad input rejected with errors.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use mmoe_wgpu::kernels::BufferView;
 use mmoe_wgpu::kernels::Precision;
 use mmoe_wgpu::kernels::gate_mix::{

@@ -2,7 +2,7 @@
 //! are reused, `off` means the default), the cache file across devices, and a real
 //! tuning run whose choice gives the same bits as the default.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -2,9 +2,7 @@
 //! awkward shapes (rows with no expert, experts with no row, 1 to 4 gates, k of 1, 2
 //! and every expert), for every workgroup size and in f16; bad input rejected.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use half::f16;
 use mmoe_wgpu::kernels::routing::{Routing, RoutingForward, RoutingShape};
 use mmoe_wgpu::kernels::{BufferView, Precision};
