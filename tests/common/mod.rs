@@ -2,7 +2,9 @@
 //! (lavapipe in CI): a missing adapter fails the test with the reason.
 #![allow(dead_code)]
 
+use std::path::PathBuf;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use mmoe_wgpu::Gpu;
 use mmoe_wgpu::rng::Rng;
@@ -64,6 +66,18 @@ pub fn run(gpu: &Gpu, record: impl FnOnce(&mut wgpu::CommandEncoder)) {
 
 pub fn read(gpu: &Gpu, buffer: &wgpu::Buffer, len: usize) -> Vec<f32> {
     gpu.read(buffer, 0, len).expect("readback failed")
+}
+
+/// A fresh, empty directory for one test. Many test modules share each binary's
+/// process, so the process id alone does not keep two tests apart: a counter does, and
+/// the process id keeps concurrent runs of the suite apart.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("mmoe-wgpu-{name}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 /// The example `name` as `cargo test` builds it, next to the test binaries:

@@ -4,9 +4,9 @@
 //! buffer.
 
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use crate::common::{gpu, random};
+use crate::common::{gpu, random, scratch_dir};
 use mmoe_wgpu::kernels::optimizer::OptimizerConfig;
 use mmoe_wgpu::model::{
     Architecture, Checkpoint, Gate, ModelConfig, TaskConfig, TaskKind, Trainer,
@@ -177,14 +177,6 @@ fn assert_bitwise_equal(what: &str, a: &Checkpoint, b: &Checkpoint) {
             x.name
         );
     }
-}
-
-/// A fresh directory in the system's temporary directory for one test.
-fn scratch_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mmoe-wgpu-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 fn checkpoint_error(result: mmoe_wgpu::Result<Checkpoint>) -> (String, String) {
