@@ -11,6 +11,8 @@ use mmoe_wgpu::rng::Rng;
 
 pub mod fuzz;
 pub mod gate;
+pub mod gemm;
+pub mod routing;
 
 /// One device for the whole test binary, so pipelines compile once.
 pub fn gpu() -> &'static Gpu {

@@ -6,6 +6,7 @@
 
 use crate::common;
 
+use crate::common::gemm::SmallGemm;
 use crate::common::{expect_err, gpu, random};
 use mmoe_wgpu::kernels::gate_mix::{GateMix, GateMixBackward, GateMixForward, GateMixShape};
 use mmoe_wgpu::kernels::grouped_gemm::{
@@ -295,13 +296,7 @@ fn operand_checks_fail_before_anything_is_recorded() {
 fn rebuilding_a_dispatch_over_the_same_buffers_reuses_its_bind_group() {
     // A device of its own: other tests clearing or filling the cache cannot interfere.
     let gpu = Gpu::new().expect("a GPU adapter");
-    let shape = GemmShape {
-        groups: 2,
-        rows: 4,
-        inputs: 3,
-        outputs: 5,
-        input: InputLayout::Shared,
-    };
+    let shape = SmallGemm::SHAPE;
     let x = gpu.upload("x", &[0.5f32; 12]).unwrap();
     let w = gpu.upload("w", &[0.25f32; 30]).unwrap();
     let y = gpu.storage_buffer("y", 4096).unwrap();
