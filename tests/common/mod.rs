@@ -12,6 +12,7 @@ use mmoe_wgpu::rng::Rng;
 pub mod fuzz;
 pub mod gate;
 pub mod gemm;
+pub mod models;
 pub mod routing;
 
 /// One device for the whole test binary, so pipelines compile once.
