@@ -1,5 +1,6 @@
-//! Helpers shared by the integration tests. Every test runs on a real adapter
-//! (lavapipe in CI): a missing adapter fails the test with the reason.
+//! Helpers shared by the integration tests, one copy that each test binary includes.
+//! Every GPU test runs on a real adapter (lavapipe in CI): a missing adapter fails
+//! the test with the reason.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
