@@ -1,11 +1,20 @@
-//! Helpers shared by the integration tests. Every test runs on a real adapter
-//! (lavapipe in CI): a missing adapter fails the test with the reason.
+//! Helpers shared by the integration tests, one copy that each test binary includes.
+//! Every GPU test runs on a real adapter (lavapipe in CI): a missing adapter fails
+//! the test with the reason.
 #![allow(dead_code)]
 
+use std::path::PathBuf;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use mmoe_wgpu::Gpu;
 use mmoe_wgpu::rng::Rng;
+
+pub mod fuzz;
+pub mod gate;
+pub mod gemm;
+pub mod models;
+pub mod routing;
 
 /// One device for the whole test binary, so pipelines compile once.
 pub fn gpu() -> &'static Gpu {
@@ -62,6 +71,64 @@ pub fn run(gpu: &Gpu, record: impl FnOnce(&mut wgpu::CommandEncoder)) {
 
 pub fn read(gpu: &Gpu, buffer: &wgpu::Buffer, len: usize) -> Vec<f32> {
     gpu.read(buffer, 0, len).expect("readback failed")
+}
+
+/// The bit patterns of `v`, for comparisons that must be exact (`-0.0 != 0.0`, NaN
+/// equal to itself).
+pub fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// `parts` one after another from a 4-byte-aligned offset that is not
+/// binding-aligned, with `fill` around and between; returns each part's start too.
+pub fn pack(parts: &[&[f32]], fill: f32) -> (Vec<f32>, Vec<usize>) {
+    let mut all = vec![fill; 3];
+    let mut at = Vec::new();
+    for v in parts {
+        at.push(all.len());
+        all.extend_from_slice(v);
+        all.extend([fill; 5]);
+    }
+    (all, at)
+}
+
+/// Checks each gradient of `analytic`, the one of `loss` with respect to the
+/// parameter at the same place in `params`, against central differences of step
+/// 1e-6: entry by entry within `tolerance · (1 + |difference|)`.
+#[track_caller]
+pub fn assert_gradients_match_finite_differences<const N: usize>(
+    what: &str,
+    params: &[Vec<f64>; N],
+    analytic: [(&str, &[f64]); N],
+    tolerance: f64,
+    loss: impl Fn(&[Vec<f64>; N]) -> f64,
+) {
+    let eps = 1e-6;
+    for (which, (name, analytic)) in analytic.into_iter().enumerate() {
+        assert_eq!(analytic.len(), params[which].len(), "{name} {what}: length");
+        for (i, &a) in analytic.iter().enumerate() {
+            let (mut plus, mut minus) = (params.clone(), params.clone());
+            plus[which][i] += eps;
+            minus[which][i] -= eps;
+            let fd = (loss(&plus) - loss(&minus)) / (2.0 * eps);
+            assert!(
+                (fd - a).abs() <= tolerance * (1.0 + fd.abs()),
+                "{name}[{i}] {what}: finite difference {fd} vs analytic {a}"
+            );
+        }
+    }
+}
+
+/// A fresh, empty directory for one test. Many test modules share each binary's
+/// process, so the process id alone does not keep two tests apart: a counter does, and
+/// the process id keeps concurrent runs of the suite apart.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("mmoe-wgpu-{name}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 /// The example `name` as `cargo test` builds it, next to the test binaries:

@@ -2,38 +2,14 @@
 //! awkward shapes (rows with no expert, experts with no row, 1 to 4 gates, k of 1, 2
 //! and every expert), for every workgroup size and in f16; bad input rejected.
 
-mod common;
-
-use common::*;
+use crate::common::routing::top_k_gates;
+use crate::common::*;
 use half::f16;
 use mmoe_wgpu::kernels::routing::{Routing, RoutingForward, RoutingShape};
 use mmoe_wgpu::kernels::{BufferView, Precision};
 use mmoe_wgpu::reference::routing as reference;
 use mmoe_wgpu::rng::Rng;
 use mmoe_wgpu::{Error, Gpu};
-
-/// Gate values as a top-k gate leaves them: per gate and row, `k` experts with a
-/// non-zero weight and zeros elsewhere. Every fifth row is left to no expert by every
-/// gate, and below k = experts the last expert is never chosen.
-fn top_k_gates(rng: &mut Rng, shape: &RoutingShape, k: usize) -> Vec<f32> {
-    let RoutingShape {
-        gates,
-        rows,
-        experts,
-    } = *shape;
-    let choosable = if k < experts { experts - 1 } else { experts };
-    let mut g = vec![0.0f32; shape.g_len()];
-    for t in 0..gates {
-        for r in (0..rows).filter(|r| r % 5 != 4) {
-            let mut order: Vec<usize> = (0..choosable).collect();
-            rng.shuffle(&mut order);
-            for &e in order.iter().take(k) {
-                g[(t * rows + r) * experts + e] = rng.uniform(0.05, 1.0) as f32;
-            }
-        }
-    }
-    g
-}
 
 fn cases() -> Vec<(RoutingShape, usize)> {
     let mut out = Vec::new();

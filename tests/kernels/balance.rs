@@ -5,9 +5,7 @@
 //! differences of the loss through the dense and the top-k gate; bad input rejected
 //! with errors. The same for the load (Switch) loss, on task-specific experts too.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use half::f16;
 use mmoe_wgpu::Error;
 use mmoe_wgpu::kernels::balance::{
@@ -50,10 +48,6 @@ fn gate_values(s: &BalanceShape, k: usize, rng: &mut Rng) -> Vec<f32> {
     g
 }
 
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|x| x.to_bits()).collect()
-}
-
 /// The reference's stats and dz after the backward, on exactly the f32 inputs.
 fn expected(s: &BalanceShape, weight: f32, g: &[f32], dz: &[f32]) -> (Vec<f64>, Vec<f64>) {
     let g = to_f64(g);
@@ -71,25 +65,49 @@ fn run_both(
     g: &[f32],
     dz: &[f32],
 ) -> [Vec<f32>; 2] {
+    run_forward_backward(kernel, s, (weight, g), None, dz)
+}
+
+/// The forward, of the load loss where `load` gives its `(k, seen, p)`, then the
+/// backward (the load loss's with p in G's place), in one submit on fresh buffers:
+/// `(stats, dz)`.
+fn run_forward_backward(
+    kernel: &Balance,
+    s: &BalanceShape,
+    (weight, g): (f32, &[f32]),
+    load: Option<(usize, usize, &[f32])>,
+    dz: &[f32],
+) -> [Vec<f32>; 2] {
     let gpu = gpu();
     let g_buffer = gpu.upload("g", g).unwrap();
+    let p_buffer = load.map(|(_, _, p)| gpu.upload("p", p).unwrap());
     let dz_buffer = gpu.upload("dz", dz).unwrap();
     // NaN wherever the forward fails to write.
     let stats = gpu.upload("stats", &vec![f32::NAN; s.stats_len()]).unwrap();
-    let forward = kernel
-        .forward(&BalanceForward {
-            shape: *s,
-            weight,
-            precision: Precision::F32,
-            g: (&g_buffer).into(),
-            stats: (&stats).into(),
-        })
-        .unwrap();
+    let args = BalanceForward {
+        shape: *s,
+        weight,
+        precision: Precision::F32,
+        g: (&g_buffer).into(),
+        stats: (&stats).into(),
+    };
+    let forward = match (load, &p_buffer) {
+        (Some((k, seen, _)), Some(p)) => kernel.forward_load(
+            &args,
+            &BalanceLoad {
+                k,
+                seen,
+                p: p.into(),
+            },
+        ),
+        _ => kernel.forward(&args),
+    }
+    .unwrap();
     let backward = kernel
         .backward(&BalanceBackward {
             shape: *s,
             precision: Precision::F32,
-            g: (&g_buffer).into(),
+            g: p_buffer.as_ref().unwrap_or(&g_buffer).into(),
             stats: (&stats).into(),
             dz: (&dz_buffer).into(),
         })
@@ -557,6 +575,16 @@ fn gate_of_logits(s: &BalanceShape, k: Option<usize>, z: &[f64]) -> Vec<f64> {
     }
 }
 
+/// Whether gate values `plus` and `minus`, of logits a step either side, select the
+/// experts `g` does: a finite difference across a change of selection means nothing.
+fn keeps_the_selection(plus: &[f64], minus: &[f64], g: &[f64]) -> bool {
+    let selected = |v: f64| v != 0.0;
+    plus.iter()
+        .zip(minus)
+        .zip(g)
+        .all(|((&p, &m), &g)| selected(p) == selected(g) && selected(m) == selected(g))
+}
+
 #[test]
 fn reference_dz_update_is_the_gradient_of_the_loss_through_the_gate() {
     let mut rng = Rng::new(9);
@@ -585,10 +613,7 @@ fn reference_dz_update_is_the_gradient_of_the_loss_through_the_gate() {
             let (gp, gm) = (gate_of_logits(&s, k, &zp), gate_of_logits(&s, k, &zm));
             // The top-k selection must not move within ±eps.
             assert!(
-                gp.iter()
-                    .zip(&gm)
-                    .zip(&g)
-                    .all(|((a, b), c)| (*a == 0.0) == (*c == 0.0) && (*b == 0.0) == (*c == 0.0)),
+                keeps_the_selection(&gp, &gm, &g),
                 "{s:?} k={k:?}: the selection moved at logit {i}"
             );
             let fd = (total_aux(&s, weight, &gp) - total_aux(&s, weight, &gm)) / (2.0 * eps);
@@ -841,47 +866,9 @@ fn expected_load(s: &BalanceShape, l: Load<'_>, dz: &[f32]) -> (BalanceStats<f64
     (stats, dz)
 }
 
-/// The load forward, then the backward with p in G's place, in one submit on fresh
-/// buffers: `(stats, dz)`.
+/// The load forward, then the backward with p in G's place: `(stats, dz)`.
 fn run_load(kernel: &Balance, s: &BalanceShape, l: Load<'_>, dz: &[f32]) -> [Vec<f32>; 2] {
-    let gpu = gpu();
-    let g_buffer = gpu.upload("g", l.g).unwrap();
-    let p_buffer = gpu.upload("p", l.p).unwrap();
-    let dz_buffer = gpu.upload("dz", dz).unwrap();
-    let stats = gpu.upload("stats", &vec![f32::NAN; s.stats_len()]).unwrap();
-    let forward = kernel
-        .forward_load(
-            &BalanceForward {
-                shape: *s,
-                weight: l.weight,
-                precision: Precision::F32,
-                g: (&g_buffer).into(),
-                stats: (&stats).into(),
-            },
-            &BalanceLoad {
-                k: l.k,
-                seen: l.seen,
-                p: (&p_buffer).into(),
-            },
-        )
-        .unwrap();
-    let backward = kernel
-        .backward(&BalanceBackward {
-            shape: *s,
-            precision: Precision::F32,
-            g: (&p_buffer).into(),
-            stats: (&stats).into(),
-            dz: (&dz_buffer).into(),
-        })
-        .unwrap();
-    run(gpu, |e| {
-        forward.encode(e);
-        backward.encode(e);
-    });
-    [
-        read(gpu, &stats, s.stats_len()),
-        read(gpu, &dz_buffer, s.g_len()),
-    ]
+    run_forward_backward(kernel, s, (l.weight, l.g), Some((l.k, l.seen, l.p)), dz)
 }
 
 /// Checks the GPU's load-loss stats and dz against the reference's, gate by gate.
@@ -1161,10 +1148,7 @@ fn reference_load_gradient_matches_finite_differences() {
                 (load_gate(&s, k, access, &zp), load_gate(&s, k, access, &zm));
             // f is a constant: the selection must not move within ±eps.
             assert!(
-                gp.iter()
-                    .zip(&gm)
-                    .zip(&g)
-                    .all(|((a, b), c)| (*a == 0.0) == (*c == 0.0) && (*b == 0.0) == (*c == 0.0)),
+                keeps_the_selection(&gp, &gm, &g),
                 "{s:?} k={k}: the selection moved at logit {i}"
             );
             let fd = (total(&gp, &pp) - total(&gm, &pm)) / (2.0 * eps);

@@ -5,9 +5,7 @@
 //! `cargo test` builds the examples before the integration tests, next to them:
 //! `target/<profile>/deps/<this test>` and `target/<profile>/examples/synthetic`.
 
-mod common;
-
-use common::example_binary;
+use crate::common::example_binary;
 
 use std::collections::HashSet;
 use std::path::PathBuf;

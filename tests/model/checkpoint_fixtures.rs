@@ -4,18 +4,14 @@
 //! kind, balancing loss, selection and optimizer, in `tests/fixtures/checkpoints/`.
 //!
 //! The files are frozen: `write_fixtures` made them once and refuses to overwrite
-//! them. The configs below are the ones they were made from.
-
-mod common;
+//! them. `common::models::every_kind` on the base below gives the configs they were
+//! made from.
 
 use std::path::PathBuf;
 
-use common::{gpu, random};
-use mmoe_wgpu::kernels::optimizer::OptimizerConfig;
-use mmoe_wgpu::model::{
-    Architecture, Checkpoint, Gate, ModelConfig, TaskConfig, TaskKind, Trainer,
-};
-use mmoe_wgpu::rng::Rng;
+use crate::common::models::{every_kind, two_task_batch, two_tasks};
+use crate::common::{bits, gpu};
+use mmoe_wgpu::model::{Checkpoint, ModelConfig, Trainer};
 
 const INPUTS: usize = 5;
 const ROWS: usize = 8;
@@ -25,127 +21,27 @@ fn fixture_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/checkpoints")
 }
 
-fn tasks() -> Vec<TaskConfig> {
-    vec![
-        TaskConfig::new("value", TaskKind::Regression),
-        TaskConfig {
-            weight: 0.5,
-            ..TaskConfig::new("clicked", TaskKind::BinaryClassification)
-        },
-    ]
-}
-
-fn mmoe(experts: usize, gate: Gate, task_experts: usize) -> ModelConfig {
+/// The base of every fixture, as they were made.
+fn base() -> ModelConfig {
     ModelConfig {
-        architecture: Architecture::Mmoe {
-            experts,
-            expert_layers: vec![4],
-            gate,
-            task_experts,
-        },
         learning_rate: 0.01,
         seed: 11,
-        ..ModelConfig::mmoe(INPUTS, experts, 4, 3, tasks())
+        ..ModelConfig::mmoe(INPUTS, 3, 4, 3, two_tasks("value", "clicked"))
     }
 }
 
 /// Every fixture's name and config.
 fn fixtures() -> Vec<(&'static str, ModelConfig)> {
-    let base = mmoe(3, Gate::SOFTMAX, 0);
-    vec![
-        ("mmoe-softmax-adam", base.clone()),
-        (
-            "mmoe-softmax-adamw",
-            ModelConfig {
-                optimizer: OptimizerConfig::AdamW {
-                    beta1: 0.8,
-                    beta2: 0.99,
-                    eps: 1e-7,
-                    weight_decay: 0.01,
-                },
-                ..base.clone()
-            },
-        ),
-        (
-            "mmoe-softmax-sgd",
-            ModelConfig {
-                optimizer: OptimizerConfig::Sgd { momentum: 0.9 },
-                ..base.clone()
-            },
-        ),
-        (
-            "mmoe-shared-layer-two-layer-experts",
-            ModelConfig {
-                shared_layers: vec![6],
-                architecture: Architecture::Mmoe {
-                    experts: 3,
-                    expert_layers: vec![5, 4],
-                    gate: Gate::SOFTMAX,
-                    task_experts: 0,
-                },
-                tower_layers: vec![3, 2],
-                ..base.clone()
-            },
-        ),
-        (
-            "omoe-softmax",
-            ModelConfig {
-                architecture: Architecture::Omoe {
-                    experts: 2,
-                    expert_layers: vec![4],
-                    gate: Gate::SOFTMAX,
-                },
-                ..base.clone()
-            },
-        ),
-        (
-            "omoe-static",
-            ModelConfig {
-                architecture: Architecture::Omoe {
-                    experts: 3,
-                    expert_layers: vec![4],
-                    gate: Gate::STATIC,
-                },
-                ..base.clone()
-            },
-        ),
-        (
-            "shared-bottom-no-towers",
-            ModelConfig {
-                architecture: Architecture::SharedBottom {
-                    bottom_layers: vec![6],
-                },
-                tower_layers: vec![],
-                ..base.clone()
-            },
-        ),
-        (
-            "mmoe-top2-task-experts-importance",
-            mmoe(2, Gate::top_k(2).balanced(0.25), 1),
-        ),
-        (
-            "mmoe-top2-load",
-            mmoe(4, Gate::top_k(2).balanced_load(0.1), 0),
-        ),
-        ("mmoe-top2-noisy", mmoe(3, Gate::top_k(2).noisy(), 0)),
-        (
-            "mmoe-top2-shared-selection",
-            mmoe(4, Gate::top_k(2).shared_selection(), 0),
-        ),
-    ]
+    every_kind(&base())
 }
 
-/// Batch `index` of a fixed stream, 0/1 labels for the second task.
+/// Batch `index` of a fixed stream.
 fn batch(index: u64) -> (Vec<f32>, Vec<f32>) {
-    let mut rng = Rng::new(500 + index);
-    let x = random(&mut rng, ROWS * INPUTS, 1.0);
-    let mut y = random(&mut rng, ROWS, 1.0);
-    y.extend((0..ROWS).map(|_| (rng.unit() < 0.5) as u8 as f32));
-    (x, y)
+    two_task_batch(500 + index, ROWS, INPUTS)
 }
 
 /// Writes the fixtures that do not exist yet (never overwriting one): run once with
-/// `cargo test --release --test checkpoint_fixtures -- --ignored`.
+/// `cargo test --release --test model checkpoint_fixtures -- --ignored`.
 #[test]
 #[ignore = "writes the frozen fixtures; they are committed"]
 fn write_fixtures() {
@@ -167,10 +63,6 @@ fn write_fixtures() {
         trainer.checkpoint().unwrap().save(&path).unwrap();
         eprintln!("wrote {}", path.display());
     }
-}
-
-fn bits(values: &[f32]) -> Vec<u32> {
-    values.iter().map(|v| v.to_bits()).collect()
 }
 
 /// Each file loads as its config, with every tensor as the file holds it (read here

@@ -2,13 +2,10 @@
 //! edited safetensors headers and edited or arbitrary checkpoint descriptions. No
 //! input may panic; every input accepted must survive a save/load round trip.
 
-mod common;
-mod fuzz_support;
-
 use std::cell::Cell;
 
-use common::{gpu, random};
-use fuzz_support::{apply_byte_edits, apply_json_edits, byte_edits, json_edits, run_cases};
+use crate::common::fuzz::{apply_byte_edits, apply_json_edits, byte_edits, json_edits, run_cases};
+use crate::common::{gpu, random};
 use mmoe_wgpu::kernels::optimizer::OptimizerConfig;
 use mmoe_wgpu::model::{
     Architecture, Checkpoint, Gate, ModelConfig, TaskConfig, TaskKind, Trainer,

@@ -3,116 +3,27 @@
 //! after a diverged step or a lost device, and batches larger than any one device
 //! buffer.
 
-mod common;
-
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use common::{gpu, random};
+use crate::common::models::{every_kind, optimizers, two_task_batch, two_tasks};
+use crate::common::{bits, gpu, scratch_dir};
 use mmoe_wgpu::kernels::optimizer::OptimizerConfig;
-use mmoe_wgpu::model::{
-    Architecture, Checkpoint, Gate, ModelConfig, TaskConfig, TaskKind, Trainer,
-};
-use mmoe_wgpu::rng::Rng;
+use mmoe_wgpu::model::{Architecture, Checkpoint, Gate, ModelConfig, Trainer};
 use mmoe_wgpu::{Error, Gpu};
 
 const INPUTS: usize = 7;
 const ROWS: usize = 16;
 
-fn tasks() -> Vec<TaskConfig> {
-    vec![
-        TaskConfig::new("price", TaskKind::Regression),
-        TaskConfig {
-            weight: 0.5,
-            ..TaskConfig::new("clicked, \"quoted\"", TaskKind::BinaryClassification)
-        },
-    ]
-}
-
 fn mmoe(optimizer: OptimizerConfig) -> ModelConfig {
+    // The quotes and the comma reach the file's JSON description.
+    let tasks = two_tasks("price", "clicked, \"quoted\"");
     ModelConfig {
         optimizer,
         learning_rate: 0.02,
         seed: 5,
-        ..ModelConfig::mmoe(INPUTS, 3, 6, 4, tasks())
+        ..ModelConfig::mmoe(INPUTS, 3, 6, 4, tasks)
     }
-}
-
-fn optimizers() -> [(&'static str, OptimizerConfig); 3] {
-    [
-        ("adam", ModelConfig::ADAM),
-        (
-            "adamw",
-            OptimizerConfig::AdamW {
-                beta1: 0.8,
-                beta2: 0.99,
-                eps: 1e-7,
-                weight_decay: 0.01,
-            },
-        ),
-        ("sgd", OptimizerConfig::Sgd { momentum: 0.9 }),
-    ]
-}
-
-/// Every architecture, with a two-layer variant on a shared layer, and the gate kinds.
-fn architectures() -> Vec<ModelConfig> {
-    let base = mmoe(ModelConfig::ADAM);
-    vec![
-        base.clone(),
-        ModelConfig {
-            architecture: Architecture::Omoe {
-                experts: 2,
-                expert_layers: vec![5],
-                gate: Gate::SOFTMAX,
-            },
-            ..base.clone()
-        },
-        ModelConfig {
-            architecture: Architecture::SharedBottom {
-                bottom_layers: vec![9],
-            },
-            tower_layers: vec![],
-            ..base.clone()
-        },
-        ModelConfig {
-            shared_layers: vec![6],
-            architecture: Architecture::Mmoe {
-                experts: 4,
-                expert_layers: vec![5, 4],
-                gate: Gate::SOFTMAX,
-                task_experts: 0,
-            },
-            tower_layers: vec![3, 2],
-            ..base.clone()
-        },
-        ModelConfig {
-            architecture: Architecture::Mmoe {
-                experts: 2,
-                expert_layers: vec![5],
-                gate: Gate::top_k(2).balanced(0.25),
-                task_experts: 1,
-            },
-            ..base.clone()
-        },
-        ModelConfig {
-            architecture: Architecture::Omoe {
-                experts: 3,
-                expert_layers: vec![4],
-                gate: Gate::STATIC,
-            },
-            ..base.clone()
-        },
-        noisy(),
-        ModelConfig {
-            architecture: Architecture::Mmoe {
-                experts: 4,
-                expert_layers: vec![5],
-                gate: Gate::top_k(2).shared_selection(),
-                task_experts: 0,
-            },
-            ..base.clone()
-        },
-    ]
 }
 
 /// MMoE with noisy top-2 gates.
@@ -128,13 +39,9 @@ fn noisy() -> ModelConfig {
     }
 }
 
-/// Batch number `index` of a fixed stream, with 0/1 labels for the second task.
+/// Batch number `index` of a fixed stream.
 fn batch(rows: usize, index: u64) -> (Vec<f32>, Vec<f32>) {
-    let mut rng = Rng::new(1000 + index);
-    let x = random(&mut rng, rows * INPUTS, 1.0);
-    let mut y = random(&mut rng, rows, 1.0);
-    y.extend((0..rows).map(|_| (rng.unit() < 0.5) as u8 as f32));
-    (x, y)
+    two_task_batch(1000 + index, rows, INPUTS)
 }
 
 /// The learning rate schedule of the caller: decays with the step.
@@ -150,10 +57,6 @@ fn train(trainer: &mut Trainer, from: u32, to: u32) {
         let (x, y) = batch(ROWS, step as u64);
         trainer.step(&x, &y).unwrap();
     }
-}
-
-fn bits(values: &[f32]) -> Vec<u32> {
-    values.iter().map(|v| v.to_bits()).collect()
 }
 
 #[track_caller]
@@ -181,14 +84,6 @@ fn assert_bitwise_equal(what: &str, a: &Checkpoint, b: &Checkpoint) {
     }
 }
 
-/// A fresh directory in the system's temporary directory for one test.
-fn scratch_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mmoe-wgpu-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 fn checkpoint_error(result: mmoe_wgpu::Result<Checkpoint>) -> (String, String) {
     match result {
         Err(Error::Checkpoint { what, message, .. }) => (what, message),
@@ -200,9 +95,7 @@ fn checkpoint_error(result: mmoe_wgpu::Result<Checkpoint>) -> (String, String) {
 #[test]
 fn save_and_load_round_trip_bitwise_for_every_architecture_and_optimizer() {
     let dir = scratch_dir("round-trip");
-    let mut configs = architectures();
-    configs.extend(optimizers().map(|(_, o)| mmoe(o)));
-    for (i, config) in configs.into_iter().enumerate() {
+    for (i, (_, config)) in every_kind(&mmoe(ModelConfig::ADAM)).into_iter().enumerate() {
         let mut trainer = Trainer::new(gpu(), config, ROWS).unwrap();
         train(&mut trainer, 0, 3);
         let saved = trainer.checkpoint().unwrap();

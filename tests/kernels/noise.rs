@@ -3,9 +3,7 @@
 //! storage; the reference's gradient against finite differences; bad input rejected
 //! with errors.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use half::f16;
 use mmoe_wgpu::Error;
 use mmoe_wgpu::kernels::noise::{Noise, NoiseBackward, NoiseForward, NoiseShape};

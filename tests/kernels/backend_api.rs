@@ -20,9 +20,9 @@
 //! (see each test). The same bounds with f32's rounding (`STORE = 2^-24`) check the f32
 //! path.
 
-mod common;
+use crate::common;
 
-use common::{gpu, random};
+use crate::common::{gpu, random};
 use half::f16;
 use mmoe_wgpu::kernels::gate_mix::{GateMix, GateMixBackward, GateMixForward, GateMixShape};
 use mmoe_wgpu::kernels::grouped_gemm::{

@@ -7,6 +7,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::common::scratch_dir;
 use mmoe_wgpu::Error;
 use mmoe_wgpu::data::census::{
     self, COLUMNS, CensusEncoder, EDUCATION, LABEL, MARITAL, NUMERIC_COLUMNS, TaskGroup, WEIGHT,
@@ -477,9 +478,9 @@ fn census_files_split_the_test_file_in_half_by_seed() {
     assert_eq!(parts, expected);
 }
 
-/// The fixture with `edit` applied to line `line` (1-based), written to a temporary
-/// file whose name the error must report.
-fn write_edited(name: &str, line: usize, edit: impl Fn(&str) -> String) -> PathBuf {
+/// The fixture with `edit` applied to line `line` (1-based), written to `dir/name`,
+/// whose name the error must report.
+fn write_edited(dir: &Path, name: &str, line: usize, edit: impl Fn(&str) -> String) -> PathBuf {
     let text = std::fs::read_to_string(fixture("census-sample.data")).unwrap();
     let edited: Vec<String> = text
         .lines()
@@ -492,8 +493,6 @@ fn write_edited(name: &str, line: usize, edit: impl Fn(&str) -> String) -> PathB
             }
         })
         .collect();
-    let dir = std::env::temp_dir().join(format!("mmoe-wgpu-data-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
     std::fs::write(&path, edited.join("\n") + "\n").unwrap();
     path
@@ -525,28 +524,31 @@ fn expect_data_error(path: &Path, line: usize, field: &str) {
 
 #[test]
 fn census_malformed_rows_name_file_line_and_field() {
-    let truncated = write_edited("truncated.data", 5, |l| {
+    let dir = scratch_dir("census-malformed");
+    let truncated = write_edited(&dir, "truncated.data", 5, |l| {
         l.split(", ").take(20).collect::<Vec<_>>().join(", ")
     });
     expect_data_error(&truncated, 5, COLUMNS[20]);
 
-    let bad_age = write_edited("bad-age.data", 3, |l| l.replacen("18, ", "abc, ", 1));
+    let bad_age = write_edited(&dir, "bad-age.data", 3, |l| l.replacen("18, ", "abc, ", 1));
     expect_data_error(&bad_age, 3, "age");
 
-    let bad_weight = write_edited("bad-weight.data", 7, |l| {
+    let bad_weight = write_edited(&dir, "bad-weight.data", 7, |l| {
         let mut f: Vec<&str> = l.split(", ").collect();
         f[WEIGHT] = "1.2.3";
         f.join(", ")
     });
     expect_data_error(&bad_weight, 7, "instance weight");
 
-    let bad_label = write_edited("bad-label.data", 9, |l| l.replace("- 50000.", "maybe"));
+    let bad_label = write_edited(&dir, "bad-label.data", 9, |l| {
+        l.replace("- 50000.", "maybe")
+    });
     expect_data_error(&bad_label, 9, "label");
 
-    let extra = write_edited("extra.data", 2, |l| format!("{l}, 1"));
+    let extra = write_edited(&dir, "extra.data", 2, |l| format!("{l}, 1"));
     expect_data_error(&extra, 2, "field 43");
 
-    let blank = write_edited("blank.data", 4, |_| String::new());
+    let blank = write_edited(&dir, "blank.data", 4, |_| String::new());
     expect_data_error(&blank, 4, "row");
 
     let missing = Path::new("/nonexistent/census-income.data");
@@ -554,7 +556,7 @@ fn census_malformed_rows_name_file_line_and_field() {
         Err(Error::Io { path, .. }) => assert_eq!(path, missing),
         other => panic!("expected an I/O error, got {other:?}"),
     }
-    std::fs::remove_dir_all(truncated.parent().unwrap()).unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]

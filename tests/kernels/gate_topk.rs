@@ -3,13 +3,14 @@
 //! unaligned offsets; f16 storage; bitwise reproducibility; the reference's gradients
 //! against finite differences; bad input rejected with errors.
 
-mod common;
-
-use common::*;
+use crate::common::gate::{
+    Buffers, Data, NAMES, Outputs, assert_gate_gradients, data, gradient_point, logits, max_logit,
+    output_bits, shape,
+};
+use crate::common::*;
 use half::f16;
 use mmoe_wgpu::kernels::gate_mix::{
-    ExpertAccess, ForwardStages, GateMix, GateMixBackward, GateMixForward, GateMixShape,
-    GateMixTiling,
+    ExpertAccess, ForwardStages, GateMix, GateMixBackward, GateMixShape, GateMixTiling,
 };
 use mmoe_wgpu::kernels::gate_topk::{GateTopk, GateTopkForward, Selection};
 use mmoe_wgpu::kernels::{BufferView, Precision};
@@ -24,16 +25,6 @@ const TOLERANCE: f64 = 1e-4;
 /// f32 logits differ from the reference's f64 ones by about 1e-6, so a closer pair
 /// could be selected differently on the two sides.
 const MARGIN: f64 = 1e-4;
-
-fn shape(gates: usize, experts: usize, rows: usize, inputs: usize, width: usize) -> GateMixShape {
-    GateMixShape {
-        gates,
-        experts,
-        rows,
-        inputs,
-        width,
-    }
-}
 
 /// Every combination of rows {1, 3, 37}, experts {2, 5, 16}, gates {1, 3} and
 /// k ∈ {1, 2, E}, with input and expert widths rotated.
@@ -54,44 +45,6 @@ fn cases() -> Vec<(GateMixShape, usize)> {
         }
     }
     out
-}
-
-struct Data {
-    x: Vec<f32>,
-    wg: Vec<f32>,
-    bg: Vec<f32>,
-    h: Vec<f32>,
-    dm: Vec<f32>,
-    dx_prior: Vec<f32>,
-}
-
-/// Random operands; `gate_scale` scales the gate weights and biases.
-fn data(shape: &GateMixShape, seed: u64, gate_scale: f64) -> Data {
-    let mut rng = Rng::new(seed);
-    Data {
-        x: random(&mut rng, shape.x_len(), 1.0),
-        wg: random(&mut rng, shape.wg_len(), 0.5 * gate_scale),
-        bg: random(&mut rng, shape.bg_len(), 0.5 * gate_scale),
-        h: random(&mut rng, shape.h_len(), 1.0),
-        dm: random(&mut rng, shape.m_len(), 1.0),
-        dx_prior: random(&mut rng, shape.x_len(), 1.0),
-    }
-}
-
-/// The logits `X · Wg_t + bg_t` in f64, `[gates, rows, experts]`.
-fn logits(s: &GateMixShape, x: &[f64], wg: &[f64], bg: &[f64]) -> Vec<f64> {
-    let mut z = vec![0.0; s.g_len()];
-    for t in 0..s.gates {
-        for b in 0..s.rows {
-            for e in 0..s.experts {
-                z[(t * s.rows + b) * s.experts + e] = (0..s.inputs)
-                    .fold(bg[t * s.experts + e], |z, i| {
-                        z + x[b * s.inputs + i] * wg[(t * s.inputs + i) * s.experts + e]
-                    });
-            }
-        }
-    }
-    z
 }
 
 /// The smallest gap between a row's k-th and (k+1)-th largest logit (infinite for
@@ -160,105 +113,6 @@ fn data_away_from_ties_selecting(
         })
 }
 
-const NAMES: [&str; 7] = ["G", "M", "dH", "dz", "dWg", "dbg", "dX"];
-
-/// The GPU's or the reference's G, M, dH, dz, dWg, dbg and dX.
-type Outputs<T> = [Vec<T>; 7];
-
-fn bits(out: &[Vec<f32>]) -> Vec<u32> {
-    out.iter().flatten().map(|v| v.to_bits()).collect()
-}
-
-/// One buffer per operand, inputs uploaded from `Data`, `dX` holding `dx_prior`.
-struct Buffers {
-    shape: GateMixShape,
-    selection: Selection,
-    x: wgpu::Buffer,
-    wg: wgpu::Buffer,
-    bg: wgpu::Buffer,
-    h: wgpu::Buffer,
-    dm: wgpu::Buffer,
-    g: wgpu::Buffer,
-    m: wgpu::Buffer,
-    dh: wgpu::Buffer,
-    dz: wgpu::Buffer,
-    dwg: wgpu::Buffer,
-    dbg: wgpu::Buffer,
-    dx: wgpu::Buffer,
-}
-
-impl Buffers {
-    fn new(gpu: &Gpu, shape: GateMixShape, d: &Data) -> Buffers {
-        let up = |v: &[f32]| gpu.upload("in", v).unwrap();
-        let out = |len: usize| gpu.storage_buffer("out", 4 * len as u64).unwrap();
-        Buffers {
-            shape,
-            selection: Selection::PerGate,
-            x: up(&d.x),
-            wg: up(&d.wg),
-            bg: up(&d.bg),
-            h: up(&d.h),
-            dm: up(&d.dm),
-            g: out(shape.g_len()),
-            m: out(shape.m_len()),
-            dh: out(shape.h_len()),
-            dz: out(shape.g_len()),
-            dwg: out(shape.wg_len()),
-            dbg: out(shape.bg_len()),
-            dx: up(&d.dx_prior),
-        }
-    }
-
-    fn forward(&self, k: usize) -> GateTopkForward<'_> {
-        GateTopkForward {
-            shape: self.shape,
-            k,
-            access: ExpertAccess::All,
-            selection: self.selection,
-            stages: ForwardStages::Both,
-            precision: Precision::F32,
-            x: (&self.x).into(),
-            wg: (&self.wg).into(),
-            bg: (&self.bg).into(),
-            h: (&self.h).into(),
-            g: (&self.g).into(),
-            m: (&self.m).into(),
-            logit_offset: None,
-        }
-    }
-
-    fn backward(&self, accumulate_dx: bool) -> GateMixBackward<'_> {
-        GateMixBackward {
-            shape: self.shape,
-            precision: Precision::F32,
-            x: (&self.x).into(),
-            wg: (&self.wg).into(),
-            h: (&self.h).into(),
-            g: (&self.g).into(),
-            dm: (&self.dm).into(),
-            dh: (&self.dh).into(),
-            dz: (&self.dz).into(),
-            dwg: (&self.dwg).into(),
-            dbg: (&self.dbg).into(),
-            dx: Some((&self.dx).into()),
-            accumulate_dx,
-        }
-    }
-
-    fn read(&self, gpu: &Gpu) -> Outputs<f32> {
-        let s = &self.shape;
-        [
-            read(gpu, &self.g, s.g_len()),
-            read(gpu, &self.m, s.m_len()),
-            read(gpu, &self.dh, s.h_len()),
-            read(gpu, &self.dz, s.g_len()),
-            read(gpu, &self.dwg, s.wg_len()),
-            read(gpu, &self.dbg, s.bg_len()),
-            read(gpu, &self.dx, s.x_len()),
-        ]
-    }
-}
-
 /// Forward (with `tiling`, or the default), then backward on the GPU's `G`.
 fn run_gpu(
     gpu: &Gpu,
@@ -280,11 +134,11 @@ fn run_gpu_selecting(
     accumulate: bool,
 ) -> Outputs<f32> {
     let kernels = GateTopk::new(gpu);
-    let bufs = Buffers {
+    let bufs = Buffers::new(gpu, shape, d);
+    let fwd = GateTopkForward {
         selection,
-        ..Buffers::new(gpu, shape, d)
+        ..bufs.topk_forward(k)
     };
-    let fwd = bufs.forward(k);
     let f = match tiling {
         Some(t) => kernels.forward_with(&fwd, t),
         None => kernels.forward(&fwd),
@@ -316,12 +170,7 @@ fn reference_outputs_selecting(
         reference::forward_logits_selecting(shape, k, ExpertAccess::All, selection, &z, &h)
             .unwrap();
     let grads = reference::backward(shape, &x, &wg, &h, &g, &to_f64(&d.dm)).unwrap();
-    let mut dx = grads.dx;
-    if accumulate {
-        for (v, &p) in dx.iter_mut().zip(&d.dx_prior) {
-            *v += p as f64;
-        }
-    }
+    let dx = d.with_prior(grads.dx, accumulate);
     [g, m, grads.dh, grads.dz, grads.dwg, grads.dbg, dx]
 }
 
@@ -364,7 +213,7 @@ fn every_case_matches_the_reference_and_every_tiling_bitwise() {
         for &tiling in &tilings {
             let got = run_gpu(gpu, shape, k, &d, Some(tiling), accumulate);
             assert!(
-                bits(&got) == bits(&default),
+                output_bits(&got) == output_bits(&default),
                 "{tiling:?} differs bitwise from the default tiling on {shape:?} k={k}"
             );
         }
@@ -419,18 +268,8 @@ fn k_equal_to_experts_is_the_dense_gate() {
         // The same logits and mixture tiles as the dense kernel: the same bits.
         let bufs = Buffers::new(gpu, shape, &d);
         let mix = GateMix::new(gpu);
-        let dense_forward = GateMixForward {
-            shape,
-            precision: Precision::F32,
-            x: (&bufs.x).into(),
-            wg: (&bufs.wg).into(),
-            bg: (&bufs.bg).into(),
-            h: (&bufs.h).into(),
-            g: (&bufs.g).into(),
-            m: (&bufs.m).into(),
-        };
         let dispatch = mix
-            .forward_with(&dense_forward, mix.default_tiling(&shape))
+            .forward_with(&bufs.forward(), mix.default_tiling(&shape))
             .unwrap();
         run(gpu, |e| dispatch.encode(e));
         let dense_gpu = [
@@ -438,7 +277,7 @@ fn k_equal_to_experts_is_the_dense_gate() {
             read(gpu, &bufs.m, shape.m_len()),
         ];
         assert!(
-            bits(&dense_gpu) == bits(&got[..2]),
+            output_bits(&dense_gpu) == output_bits(&got[..2]),
             "top-E differs bitwise from the dense gate on {shape:?}"
         );
     }
@@ -473,13 +312,6 @@ fn equal_logits_go_to_the_lower_expert() {
     assert_eq!(reference::top_k(&[-0.0, 0.0, -1.0], 1), [0]);
 }
 
-/// The largest logit magnitude of the data.
-fn max_logit(s: &GateMixShape, d: &Data) -> f64 {
-    logits(s, &to_f64(&d.x), &to_f64(&d.wg), &to_f64(&d.bg))
-        .iter()
-        .fold(0.0f64, |m, z| m.max(z.abs()))
-}
-
 #[test]
 fn large_logits_give_a_stable_softmax() {
     let gpu = gpu();
@@ -506,20 +338,7 @@ fn two_runs_are_bitwise_identical() {
     let d = data(&shape, 7, 1.0);
     let a = run_gpu(gpu, shape, 2, &d, None, true);
     let b = run_gpu(gpu, shape, 2, &d, None, true);
-    assert!(bits(&a) == bits(&b), "two runs differ");
-}
-
-/// `parts` one after another from a 4-byte-aligned offset that is not
-/// binding-aligned, with `fill` around and between; returns each part's start too.
-fn pack(parts: &[&[f32]], fill: f32) -> (Vec<f32>, Vec<usize>) {
-    let mut all = vec![fill; 3];
-    let mut at = Vec::new();
-    for v in parts {
-        at.push(all.len());
-        all.extend_from_slice(v);
-        all.extend([fill; 5]);
-    }
-    (all, at)
+    assert!(output_bits(&a) == output_bits(&b), "two runs differ");
 }
 
 #[test]
@@ -572,7 +391,7 @@ fn f16_storage_selects_the_same_experts() {
         let bufs = Buffers::new(gpu, s, &data(&s, 1, 1.0));
         kernels.forward(&GateTopkForward {
             precision: Precision::F16,
-            ..bufs.forward(k)
+            ..bufs.topk_forward(k)
         })
     };
     if f16_is_missing(gpu, "gate_topk forward", attempt) {
@@ -651,18 +470,7 @@ fn check_reference_gradients(shape: GateMixShape, k: usize, selection: Selection
     };
     // Data whose selection no step of ±eps can change: gaps far above eps.
     let (p, r) = (0..200u64)
-        .map(|seed| {
-            let mut rng = Rng::new(seed);
-            let mut draw =
-                |n: usize| -> Vec<f64> { (0..n).map(|_| rng.uniform(-1.0, 1.0)).collect() };
-            let p = [
-                draw(shape.x_len()),
-                draw(shape.wg_len()),
-                draw(shape.bg_len()),
-                draw(shape.h_len()),
-            ];
-            (p, draw(shape.m_len()))
-        })
+        .map(|seed| gradient_point(&shape, &mut Rng::new(seed)))
         .find(|(p, _)| {
             margin_of(&shape, k, selection, &logits(&shape, &p[0], &p[1], &p[2])) >= 1e-2
         })
@@ -678,27 +486,7 @@ fn check_reference_gradients(shape: GateMixShape, k: usize, selection: Selection
         assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-12);
     }
     let grads = reference::backward(&shape, &p[0], &p[1], &p[3], &g, &r).unwrap();
-    let eps = 1e-6;
-    for (which, (name, analytic)) in [
-        ("dX", &grads.dx),
-        ("dWg", &grads.dwg),
-        ("dbg", &grads.dbg),
-        ("dH", &grads.dh),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        for (i, &a) in analytic.iter().enumerate() {
-            let (mut plus, mut minus) = (p.clone(), p.clone());
-            plus[which][i] += eps;
-            minus[which][i] -= eps;
-            let fd = (loss(&plus) - loss(&minus)) / (2.0 * eps);
-            assert!(
-                (fd - a).abs() <= 1e-7 * (1.0 + fd.abs()),
-                "{name}[{i}]: finite difference {fd} vs analytic {a}"
-            );
-        }
-    }
+    assert_gate_gradients(&p, (&grads.dx, &grads.dwg, &grads.dbg, &grads.dh), loss);
     // No gradient reaches a logit left out of its row's selection.
     for (i, (&dz, &gv)) in grads.dz.iter().zip(&g).enumerate() {
         assert!(
@@ -714,7 +502,7 @@ fn bad_input_is_an_error_not_a_panic() {
     let kernels = GateTopk::new(gpu);
     let shape = shape(2, 3, 4, 5, 6);
     let bufs = Buffers::new(gpu, shape, &data(&shape, 1, 1.0));
-    let fwd = bufs.forward(2);
+    let fwd = bufs.topk_forward(2);
     let forward = |args: GateTopkForward<'_>| kernels.forward(&args);
 
     for k in [0, 4] {
@@ -822,7 +610,7 @@ fn task_specific_experts_are_seen_by_their_gate_alone() {
             let f = kernels
                 .forward(&GateTopkForward {
                     access,
-                    ..bufs.forward(k)
+                    ..bufs.topk_forward(k)
                 })
                 .unwrap();
             let b = kernels.backward(&bufs.backward(false)).unwrap();
@@ -857,7 +645,7 @@ fn task_specific_experts_are_seen_by_their_gate_alone() {
     expect_err(
         kernels.forward(&GateTopkForward {
             access: bad,
-            ..bufs.forward(1)
+            ..bufs.topk_forward(1)
         }),
         &["gate_topk forward access", "5 experts"],
     );
@@ -865,7 +653,7 @@ fn task_specific_experts_are_seen_by_their_gate_alone() {
     expect_err(
         kernels.forward(&GateTopkForward {
             access,
-            ..bufs.forward(4)
+            ..bufs.topk_forward(4)
         }),
         &["gate_topk forward k", "1 ≤ k ≤ 3"],
     );
@@ -880,30 +668,33 @@ fn gate_then_mix_in_two_dispatches_equals_one() {
     for k in [2, 6] {
         let d = data(&s, 900 + k as u64, 1.0);
         let one = Buffers::new(gpu, s, &d);
-        let f = kernels.forward(&one.forward(k)).unwrap();
+        let f = kernels.forward(&one.topk_forward(k)).unwrap();
         run(gpu, |e| f.encode(e));
         let two = Buffers::new(gpu, s, &d);
         let gate = kernels
             .forward(&GateTopkForward {
                 stages: ForwardStages::GateOnly,
-                ..two.forward(k)
+                ..two.topk_forward(k)
             })
             .unwrap();
         run(gpu, |e| gate.encode(e));
         let g = read(gpu, &two.g, s.g_len());
         let m_before = read(gpu, &two.m, s.m_len());
         assert!(m_before.iter().all(|&v| v == 0.0), "gate only wrote M");
-        assert_eq!(bits(&[g]), bits(&[read(gpu, &one.g, s.g_len())]));
+        assert_eq!(
+            output_bits(&[g]),
+            output_bits(&[read(gpu, &one.g, s.g_len())])
+        );
         let mix = kernels
             .forward(&GateTopkForward {
                 stages: ForwardStages::MixOnly,
-                ..two.forward(k)
+                ..two.topk_forward(k)
             })
             .unwrap();
         run(gpu, |e| mix.encode(e));
         assert_eq!(
-            bits(&[read(gpu, &two.m, s.m_len())]),
-            bits(&[read(gpu, &one.m, s.m_len())]),
+            output_bits(&[read(gpu, &two.m, s.m_len())]),
+            output_bits(&[read(gpu, &one.m, s.m_len())]),
             "k = {k}"
         );
     }
@@ -942,7 +733,7 @@ fn a_logit_offset_moves_the_logits_before_the_selection() {
         let offset_buffer = gpu.upload("offset", &offset).unwrap();
         let noisy = GateTopkForward {
             logit_offset: Some((&offset_buffer).into()),
-            ..bufs.forward(k)
+            ..bufs.topk_forward(k)
         };
         let f = kernels.forward(&noisy).unwrap();
         let b = kernels.backward(&bufs.backward(false)).unwrap();
@@ -971,13 +762,16 @@ fn a_logit_offset_moves_the_logits_before_the_selection() {
                 .forward(&GateTopkForward {
                     stages,
                     logit_offset: Some((&offset_buffer).into()),
-                    ..two.forward(k)
+                    ..two.topk_forward(k)
                 })
                 .unwrap();
             run(gpu, |e| f.encode(e));
         }
         let split = [read(gpu, &two.g, s.g_len()), read(gpu, &two.m, s.m_len())];
-        assert!(bits(&split) == bits(&got[..2]), "{what}: two phases differ");
+        assert!(
+            output_bits(&split) == output_bits(&got[..2]),
+            "{what}: two phases differ"
+        );
 
         // A zero offset is no offset, to the bit.
         let zeros = gpu.upload("zero offset", &vec![0.0f32; s.g_len()]).unwrap();
@@ -986,16 +780,16 @@ fn a_logit_offset_moves_the_logits_before_the_selection() {
         let f = kernels
             .forward(&GateTopkForward {
                 logit_offset: Some((&zeros).into()),
-                ..with_zeros.forward(k)
+                ..with_zeros.topk_forward(k)
             })
             .unwrap();
-        let plain = kernels.forward(&without.forward(k)).unwrap();
+        let plain = kernels.forward(&without.topk_forward(k)).unwrap();
         run(gpu, |e| {
             f.encode(e);
             plain.encode(e);
         });
         assert!(
-            bits(&with_zeros.read(gpu)[..2]) == bits(&without.read(gpu)[..2]),
+            output_bits(&with_zeros.read(gpu)[..2]) == output_bits(&without.read(gpu)[..2]),
             "{what}: a zero offset changed the bits"
         );
     }
@@ -1008,14 +802,14 @@ fn a_logit_offset_moves_the_logits_before_the_selection() {
     expect_err(
         kernels.forward(&GateTopkForward {
             logit_offset: Some((&short).into()),
-            ..bufs.forward(2)
+            ..bufs.topk_forward(2)
         }),
         &["gate_topk forward", "`logit_offset`"],
     );
     expect_err(
         kernels.forward(&GateTopkForward {
             logit_offset: Some((&bufs.g).into()),
-            ..bufs.forward(2)
+            ..bufs.topk_forward(2)
         }),
         &["gate_topk forward", "`logit_offset`", "distinct buffers"],
     );
@@ -1075,12 +869,12 @@ fn the_full_softmax_output_matches_the_reference_and_changes_nothing_else() {
                 GateTopkForward {
                     access,
                     logit_offset: offset_view,
-                    ..plain.forward(k)
+                    ..plain.topk_forward(k)
                 },
                 GateTopkForward {
                     access,
                     logit_offset: offset_view,
-                    ..keeping.forward(k)
+                    ..keeping.topk_forward(k)
                 },
             );
             let f0 = kernels.forward_with(&args0, tiling).unwrap();
@@ -1095,8 +889,8 @@ fn the_full_softmax_output_matches_the_reference_and_changes_nothing_else() {
                 b0.iter().chain(&b1).for_each(|d| d.encode(e));
             });
             assert_eq!(
-                bits(&plain.read(gpu)),
-                bits(&keeping.read(gpu)),
+                output_bits(&plain.read(gpu)),
+                output_bits(&keeping.read(gpu)),
                 "{what} {tiling:?}: writing p changed another output"
             );
             let got = read(gpu, &p, s.g_len());
@@ -1122,7 +916,7 @@ fn the_full_softmax_output_matches_the_reference_and_changes_nothing_else() {
     let d = data(&s, 1, 1.0);
     let bufs = Buffers::new(gpu, s, &d);
     expect_err(
-        kernels.forward_keeping_softmax(&bufs.forward(2), (&bufs.g).into()),
+        kernels.forward_keeping_softmax(&bufs.topk_forward(2), (&bufs.g).into()),
         &["gate_topk forward", "`p`"],
     );
     gpu.check().unwrap();
@@ -1171,7 +965,7 @@ fn a_shared_selection_matches_the_reference_and_every_tiling_bitwise() {
                 accumulate,
             );
             assert!(
-                bits(&got) == bits(&default),
+                output_bits(&got) == output_bits(&default),
                 "{tiling:?} differs bitwise from the default tiling: {what}"
             );
         }
@@ -1190,7 +984,7 @@ fn with_one_gate_a_shared_selection_is_the_gates_own() {
         let d = data(&shape, 600 + n as u64, 1.0);
         let own = run_gpu(gpu, shape, k, &d, None, false);
         let shared = run_gpu_selecting(gpu, (shape, k, Selection::Shared), &d, None, false);
-        assert!(bits(&own) == bits(&shared), "{shape:?} k={k}");
+        assert!(output_bits(&own) == output_bits(&shared), "{shape:?} k={k}");
     }
 }
 
@@ -1231,7 +1025,7 @@ fn a_shared_selection_it_cannot_make_is_an_error() {
     let bufs = Buffers::new(gpu, s, &data(&s, 2, 1.0));
     let shared = GateTopkForward {
         selection: Selection::Shared,
-        ..bufs.forward(2)
+        ..bufs.topk_forward(2)
     };
     let e = expect_err(
         kernels.forward(&GateTopkForward {
@@ -1249,7 +1043,7 @@ fn a_shared_selection_it_cannot_make_is_an_error() {
     let e = expect_err(
         kernels.forward(&GateTopkForward {
             selection: Selection::Shared,
-            ..wide_bufs.forward(2)
+            ..wide_bufs.topk_forward(2)
         }),
         &[
             "gate_topk forward",

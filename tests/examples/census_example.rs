@@ -6,9 +6,7 @@
 //! chance, and whose checkpoint predicts those AUCs again through the predict
 //! example.
 
-mod common;
-
-use common::{example_binary, gpu};
+use crate::common::{example_binary, gpu, scratch_dir};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -28,14 +26,6 @@ fn run_example(name: &str, args: &[&str]) -> Output {
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("could not run `{}`: {e}", binary.display()))
-}
-
-/// An empty scratch directory for one test.
-fn scratch(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 fn utf8(path: &Path) -> &str {
@@ -156,7 +146,7 @@ fn bad_flags_say_which_flag_and_what_is_wrong() {
 
 #[test]
 fn a_save_path_in_a_missing_directory_fails_before_training() {
-    let dir = scratch("census-example-bad-save");
+    let dir = scratch_dir("census-example-bad-save");
     let data = sample_data_dir(&dir);
     let model = dir.join("no-such-dir").join("model.safetensors");
     let output = run(&["--data", utf8(&data), "--save", utf8(&model)]);
@@ -199,7 +189,7 @@ fn short_training_on_the_full_data_beats_the_floor() {
         .to_string();
     // A fraction of one epoch: 150 steps of 512 rows, about 77k of the 199,523
     // training rows, with the default model.
-    let scratch = scratch("census-example-full");
+    let scratch = scratch_dir("census-example-full");
     let (model, csv) = (scratch.join("model.safetensors"), scratch.join("test.csv"));
     let output = run(&[
         "--save",
@@ -359,7 +349,7 @@ impl Saved<'_> {
 
 #[test]
 fn saved_best_epoch_and_exported_rows_run_in_the_predict_example() {
-    let dir = scratch("census-example-save");
+    let dir = scratch_dir("census-example-save");
     let data = sample_data_dir(&dir);
     let (model, csv) = (dir.join("model.safetensors"), dir.join("test.csv"));
     // 36 training rows in batches of 8: 5 steps an epoch.

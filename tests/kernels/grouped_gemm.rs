@@ -2,9 +2,8 @@
 //! the adapter offers; the reference's gradients against finite differences; bad
 //! input rejected with errors.
 
-mod common;
-
-use common::*;
+use crate::common::gemm::{SmallGemm, gradient_point};
+use crate::common::*;
 use mmoe_wgpu::kernels::BufferView;
 use mmoe_wgpu::kernels::Precision;
 use mmoe_wgpu::kernels::grouped_gemm::{
@@ -331,47 +330,17 @@ fn reference_gradients_match_finite_differences() {
             outputs: 6,
             input,
         };
-        let x: Vec<f64> = (0..shape.x_len()).map(|_| rng.uniform(-1.0, 1.0)).collect();
-        let w: Vec<f64> = (0..shape.w_len()).map(|_| rng.uniform(-1.0, 1.0)).collect();
-        let b: Vec<f64> = (0..shape.b_len()).map(|_| rng.uniform(-0.5, 0.5)).collect();
+        let (p, r) = gradient_point(&shape, &mut rng);
         // Loss = Σ r ⊙ Y, so dL/dY = r.
-        let r: Vec<f64> = (0..shape.y_len()).map(|_| rng.uniform(-1.0, 1.0)).collect();
-        let loss = |x: &[f64], w: &[f64], b: &[f64]| -> f64 {
-            let y = reference::forward(&shape, act, x, w, Some(b)).unwrap();
+        let loss = |p: &[Vec<f64>; 3]| -> f64 {
+            let y = reference::forward(&shape, act, &p[0], &p[1], Some(&p[2])).unwrap();
             y.iter().zip(&r).map(|(a, b)| a * b).sum()
         };
-        let y = reference::forward(&shape, act, &x, &w, Some(&b)).unwrap();
-        let grads = reference::backward(&shape, act, &x, &w, &y, &r).unwrap();
-        let eps = 1e-6;
-        let check = |name: &str, analytic: &[f64], which: usize| {
-            for i in 0..analytic.len() {
-                let (mut xp, mut wp, mut bp) = (x.clone(), w.clone(), b.clone());
-                let (mut xm, mut wm, mut bm) = (x.clone(), w.clone(), b.clone());
-                match which {
-                    0 => {
-                        xp[i] += eps;
-                        xm[i] -= eps;
-                    }
-                    1 => {
-                        wp[i] += eps;
-                        wm[i] -= eps;
-                    }
-                    _ => {
-                        bp[i] += eps;
-                        bm[i] -= eps;
-                    }
-                }
-                let fd = (loss(&xp, &wp, &bp) - loss(&xm, &wm, &bm)) / (2.0 * eps);
-                assert!(
-                    (fd - analytic[i]).abs() <= 1e-6 * (1.0 + fd.abs()),
-                    "{name}[{i}] {input:?} {act:?}: finite difference {fd} vs analytic {}",
-                    analytic[i]
-                );
-            }
-        };
-        check("dX", &grads.dx, 0);
-        check("dW", &grads.dw, 1);
-        check("db", &grads.db, 2);
+        let y = reference::forward(&shape, act, &p[0], &p[1], Some(&p[2])).unwrap();
+        let grads = reference::backward(&shape, act, &p[0], &p[1], &y, &r).unwrap();
+        let analytic = [("dX", &grads.dx[..]), ("dW", &grads.dw), ("db", &grads.db)];
+        let what = format!("{input:?} {act:?}");
+        assert_gradients_match_finite_differences(&what, &p, analytic, 1e-6, loss);
     }
 }
 
@@ -448,28 +417,13 @@ fn weight_gradients_over_many_rows_are_whole_or_an_error() {
 fn bad_input_is_an_error_not_a_panic() {
     let gpu = gpu();
     let gemm = GroupedGemm::new(gpu);
-    let shape = GemmShape {
-        groups: 2,
-        rows: 4,
-        inputs: 3,
-        outputs: 5,
-        input: InputLayout::Shared,
-    };
-    let x = gpu.storage_buffer("x", 4 * shape.x_len() as u64).unwrap();
-    let w = gpu.storage_buffer("w", 4 * shape.w_len() as u64).unwrap();
-    let y = gpu.storage_buffer("y", 4 * shape.y_len() as u64).unwrap();
+    let setup = SmallGemm::new(gpu);
+    let SmallGemm { shape, x, w, y, dw } = &setup;
+    let shape = *shape;
     let small = gpu
         .storage_buffer("small", 4 * (shape.y_len() - 1) as u64)
         .unwrap();
-    let fwd = GroupedGemmForward {
-        precision: Precision::F32,
-        shape,
-        activation: Activation::Relu,
-        x: (&x).into(),
-        w: (&w).into(),
-        bias: None,
-        y: (&y).into(),
-    };
+    let fwd = setup.forward();
 
     expect_err(
         gemm.forward(&GroupedGemmForward {
@@ -502,22 +456,22 @@ fn bad_input_is_an_error_not_a_panic() {
     );
     expect_err(
         gemm.forward(&GroupedGemmForward {
-            x: BufferView::at(&x, 8),
+            x: BufferView::at(x, 8),
             ..fwd
         }),
         &["`x`"],
     );
     expect_err(
         gemm.forward(&GroupedGemmForward {
-            x: BufferView::at(&x, 2),
+            x: BufferView::at(x, 2),
             ..fwd
         }),
         &["multiple of 4"],
     );
     expect_err(
         gemm.forward(&GroupedGemmForward {
-            y: (&y).into(),
-            x: (&y).into(),
+            y: y.into(),
+            x: y.into(),
             shape: GemmShape {
                 inputs: 5,
                 outputs: 5,
@@ -583,28 +537,21 @@ fn bad_input_is_an_error_not_a_panic() {
         precision: Precision::F32,
         shape,
         activation: Activation::Relu,
-        dy: (&y).into(),
+        dy: y.into(),
         y: None,
-        w: (&w).into(),
-        dx: (&x).into(),
+        w: w.into(),
+        dx: x.into(),
         accumulate: false,
     };
     expect_err(gemm.backward_input(&bi), &["forward output"]);
-    let dw = gpu.storage_buffer("dw", 4 * shape.w_len() as u64).unwrap();
     let bw = GroupedGemmBackwardWeights {
-        precision: Precision::F32,
-        shape,
-        activation: Activation::Identity,
-        x: (&x).into(),
-        dy: (&y).into(),
-        y: None,
-        dw: BufferView::at(&dw, 4),
-        db: None,
+        dw: BufferView::at(dw, 4),
+        ..setup.backward_weights(Activation::Identity)
     };
     expect_err(gemm.backward_weights(&bw), &["`dw`"]);
     let db_overlap = GroupedGemmBackwardWeights {
-        db: Some(BufferView::at(&dw, 8)),
-        dw: (&dw).into(),
+        db: Some(BufferView::at(dw, 8)),
+        dw: dw.into(),
         ..bw
     };
     expect_err(gemm.backward_weights(&db_overlap), &["overlaps"]);

@@ -1,6 +1,5 @@
 //! Strategies shared by the property tests of the parsers and the checkpoint
 //! loader: byte-level damage to a valid file, and edits of a JSON document.
-#![allow(dead_code)]
 
 use std::cell::Cell;
 

@@ -2,12 +2,10 @@
 //! (`target/<profile>/examples/predict`): its output against `Trainer::predict`, and
 //! its errors.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{example_binary, gpu, random};
+use crate::common::{example_binary, gpu, random, scratch_dir};
 use mmoe_wgpu::model::{ModelConfig, TaskConfig, TaskKind, Trainer};
 use mmoe_wgpu::rng::Rng;
 
@@ -23,13 +21,6 @@ fn run(args: &[&std::ffi::OsStr]) -> Output {
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn scratch_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mmoe-wgpu-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// A trained model saved in `dir`, the trainer, and some input rows.

@@ -2,7 +2,7 @@
 //! are reused, `off` means the default), the cache file across devices, and a real
 //! tuning run whose choice gives the same bits as the default.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -24,11 +24,9 @@ fn gpu_with(tune: TuneMode, cache: Option<PathBuf>) -> Gpu {
     Gpu::with_options(&options).unwrap_or_else(|e| panic!("the tests need a GPU adapter: {e}"))
 }
 
+/// A cache path, not yet a file, in a directory of its own.
 fn temp_cache(name: &str) -> PathBuf {
-    let path =
-        std::env::temp_dir().join(format!("mmoe-wgpu-test-{name}-{}.tsv", std::process::id()));
-    let _ = std::fs::remove_file(&path);
-    path
+    common::scratch_dir(name).join("tune.tsv")
 }
 
 #[test]
@@ -107,7 +105,7 @@ fn the_fastest_candidate_wins_and_is_remembered() {
     });
     assert_eq!(chosen.unwrap(), 5);
     assert!(off.tune_records().is_empty());
-    let _ = std::fs::remove_file(&cache);
+    let _ = std::fs::remove_dir_all(cache.parent().unwrap());
 }
 
 #[test]
@@ -134,7 +132,7 @@ fn a_broken_cache_file_is_ignored_and_repaired() {
         Ok(Duration::from_millis(u64::from(t)) * n)
     });
     assert_eq!(chosen.unwrap(), 1);
-    let _ = std::fs::remove_file(&cache);
+    let _ = std::fs::remove_dir_all(cache.parent().unwrap());
 }
 
 /// A real tuning run over every gate + mix tiling: the chosen one was measured, and its

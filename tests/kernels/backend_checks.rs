@@ -2,11 +2,12 @@
 //! asking for f16 on a device without SHADER_F16, operand checks that fail before
 //! anything is recorded, the per-device bind group cache, kernels recorded into a
 //! compute pass next to the caller's own, and the README's sample being the crate's
-//! doc test. The numbers themselves: `tests/backend_api.rs`.
+//! doc test. The numbers themselves: `backend_api.rs`.
 
-mod common;
+use crate::common;
 
-use common::{expect_err, gpu, random};
+use crate::common::gemm::SmallGemm;
+use crate::common::{expect_err, gpu, random};
 use mmoe_wgpu::kernels::gate_mix::{GateMix, GateMixBackward, GateMixForward, GateMixShape};
 use mmoe_wgpu::kernels::grouped_gemm::{
     GroupedGemm, GroupedGemmBackwardInput, GroupedGemmBackwardWeights, GroupedGemmForward, Tiling,
@@ -295,13 +296,7 @@ fn operand_checks_fail_before_anything_is_recorded() {
 fn rebuilding_a_dispatch_over_the_same_buffers_reuses_its_bind_group() {
     // A device of its own: other tests clearing or filling the cache cannot interfere.
     let gpu = Gpu::new().expect("a GPU adapter");
-    let shape = GemmShape {
-        groups: 2,
-        rows: 4,
-        inputs: 3,
-        outputs: 5,
-        input: InputLayout::Shared,
-    };
+    let shape = SmallGemm::SHAPE;
     let x = gpu.upload("x", &[0.5f32; 12]).unwrap();
     let w = gpu.upload("w", &[0.25f32; 30]).unwrap();
     let y = gpu.storage_buffer("y", 4096).unwrap();

@@ -2,9 +2,10 @@
 //! large logits; operands at unaligned offsets; bitwise reproducibility; the
 //! reference's gradients against finite differences; bad input rejected with errors.
 
-mod common;
-
-use common::*;
+use crate::common::gate::{
+    Buffers, Data, assert_gate_gradients, data, gradient_point, max_logit, output_bits, shape,
+};
+use crate::common::*;
 use mmoe_wgpu::kernels::BufferView;
 use mmoe_wgpu::kernels::Precision;
 use mmoe_wgpu::kernels::gate_mix::{
@@ -15,16 +16,6 @@ use mmoe_wgpu::rng::Rng;
 use mmoe_wgpu::{Error, Gpu};
 
 const TOLERANCE: f64 = 1e-4;
-
-fn shape(gates: usize, experts: usize, rows: usize, inputs: usize, width: usize) -> GateMixShape {
-    GateMixShape {
-        gates,
-        experts,
-        rows,
-        inputs,
-        width,
-    }
-}
 
 /// Rows from the design's list, with expert counts, gate counts, widths and inputs
 /// rotated so that every value appears while the run stays short.
@@ -49,119 +40,10 @@ fn cases() -> Vec<GateMixShape> {
     out
 }
 
-struct Data {
-    x: Vec<f32>,
-    wg: Vec<f32>,
-    bg: Vec<f32>,
-    h: Vec<f32>,
-    dm: Vec<f32>,
-    dx_prior: Vec<f32>,
-}
-
-/// Random operands; `gate_scale` scales the gate weights and biases (large values
-/// give logits far beyond where an unshifted `exp` overflows).
-fn data(shape: &GateMixShape, seed: u64, gate_scale: f64) -> Data {
-    let mut rng = Rng::new(seed);
-    Data {
-        x: random(&mut rng, shape.x_len(), 1.0),
-        wg: random(&mut rng, shape.wg_len(), 0.5 * gate_scale),
-        bg: random(&mut rng, shape.bg_len(), 0.5 * gate_scale),
-        h: random(&mut rng, shape.h_len(), 1.0),
-        dm: random(&mut rng, shape.m_len(), 1.0),
-        dx_prior: random(&mut rng, shape.x_len(), 1.0),
-    }
-}
-
 const NAMES: [&str; 6] = ["G", "M", "dH", "dWg", "dbg", "dX"];
 
 /// The GPU's or the reference's G, M, dH, dWg, dbg and dX.
 type Outputs<T> = [Vec<T>; 6];
-
-fn bits(out: &Outputs<f32>) -> Vec<u32> {
-    out.iter().flatten().map(|v| v.to_bits()).collect()
-}
-
-/// One buffer per operand, inputs uploaded from `Data`, `dX` holding `dx_prior`.
-struct Buffers {
-    shape: GateMixShape,
-    x: wgpu::Buffer,
-    wg: wgpu::Buffer,
-    bg: wgpu::Buffer,
-    h: wgpu::Buffer,
-    dm: wgpu::Buffer,
-    g: wgpu::Buffer,
-    m: wgpu::Buffer,
-    dh: wgpu::Buffer,
-    dz: wgpu::Buffer,
-    dwg: wgpu::Buffer,
-    dbg: wgpu::Buffer,
-    dx: wgpu::Buffer,
-}
-
-impl Buffers {
-    fn new(gpu: &Gpu, shape: GateMixShape, d: &Data) -> Buffers {
-        let up = |v: &[f32]| gpu.upload("in", v).unwrap();
-        let out = |len: usize| gpu.storage_buffer("out", 4 * len as u64).unwrap();
-        Buffers {
-            shape,
-            x: up(&d.x),
-            wg: up(&d.wg),
-            bg: up(&d.bg),
-            h: up(&d.h),
-            dm: up(&d.dm),
-            g: out(shape.g_len()),
-            m: out(shape.m_len()),
-            dh: out(shape.h_len()),
-            dz: out(shape.g_len()),
-            dwg: out(shape.wg_len()),
-            dbg: out(shape.bg_len()),
-            dx: up(&d.dx_prior),
-        }
-    }
-
-    fn forward(&self) -> GateMixForward<'_> {
-        GateMixForward {
-            precision: Precision::F32,
-            shape: self.shape,
-            x: (&self.x).into(),
-            wg: (&self.wg).into(),
-            bg: (&self.bg).into(),
-            h: (&self.h).into(),
-            g: (&self.g).into(),
-            m: (&self.m).into(),
-        }
-    }
-
-    fn backward(&self, accumulate_dx: bool) -> GateMixBackward<'_> {
-        GateMixBackward {
-            precision: Precision::F32,
-            shape: self.shape,
-            x: (&self.x).into(),
-            wg: (&self.wg).into(),
-            h: (&self.h).into(),
-            g: (&self.g).into(),
-            dm: (&self.dm).into(),
-            dh: (&self.dh).into(),
-            dz: (&self.dz).into(),
-            dwg: (&self.dwg).into(),
-            dbg: (&self.dbg).into(),
-            dx: Some((&self.dx).into()),
-            accumulate_dx,
-        }
-    }
-
-    fn read(&self, gpu: &Gpu) -> Outputs<f32> {
-        let s = &self.shape;
-        [
-            read(gpu, &self.g, s.g_len()),
-            read(gpu, &self.m, s.m_len()),
-            read(gpu, &self.dh, s.h_len()),
-            read(gpu, &self.dwg, s.wg_len()),
-            read(gpu, &self.dbg, s.bg_len()),
-            read(gpu, &self.dx, s.x_len()),
-        ]
-    }
-}
 
 /// Forward, then backward on the GPU's `G` (dX accumulated into `dx_prior` or not).
 fn run_gpu(
@@ -187,19 +69,15 @@ fn run_gpu(
         f.encode(e);
         b.iter().for_each(|d| d.encode(e));
     });
-    bufs.read(gpu)
+    let [g, m, dh, _, dwg, dbg, dx] = bufs.read(gpu);
+    [g, m, dh, dwg, dbg, dx]
 }
 
 fn reference_outputs(shape: &GateMixShape, d: &Data, accumulate: bool) -> Outputs<f64> {
     let (x, wg, h) = (to_f64(&d.x), to_f64(&d.wg), to_f64(&d.h));
     let (g, m) = reference::forward(shape, &x, &wg, &to_f64(&d.bg), &h).unwrap();
     let grads = reference::backward(shape, &x, &wg, &h, &g, &to_f64(&d.dm)).unwrap();
-    let mut dx = grads.dx;
-    if accumulate {
-        for (v, &p) in dx.iter_mut().zip(&d.dx_prior) {
-            *v += p as f64;
-        }
-    }
+    let dx = d.with_prior(grads.dx, accumulate);
     [g, m, grads.dh, grads.dwg, grads.dbg, dx]
 }
 
@@ -230,26 +108,12 @@ fn every_tiling_matches_the_reference_and_each_other_bitwise() {
         for &tiling in &tilings {
             let got = run_gpu(gpu, shape, &d, Some(tiling), accumulate);
             assert!(
-                bits(&got) == bits(&default),
+                output_bits(&got) == output_bits(&default),
                 "{tiling:?} differs bitwise from the default tiling on {shape:?}"
             );
         }
     }
     gpu.check().unwrap();
-}
-
-/// The largest logit magnitude `|X · Wg_t + bg_t|` of the data.
-fn max_logit(s: &GateMixShape, d: &Data) -> f64 {
-    let mut top = 0.0f64;
-    for (t, b, e) in (0..s.gates)
-        .flat_map(|t| (0..s.rows).flat_map(move |b| (0..s.experts).map(move |e| (t, b, e))))
-    {
-        let z = (0..s.inputs).fold(d.bg[t * s.experts + e] as f64, |z, k| {
-            z + d.x[b * s.inputs + k] as f64 * d.wg[(t * s.inputs + k) * s.experts + e] as f64
-        });
-        top = top.max(z.abs());
-    }
-    top
 }
 
 #[test]
@@ -278,20 +142,7 @@ fn two_runs_are_bitwise_identical() {
     let d = data(&shape, 7, 1.0);
     let a = run_gpu(gpu, shape, &d, None, true);
     let b = run_gpu(gpu, shape, &d, None, true);
-    assert!(bits(&a) == bits(&b), "two runs differ");
-}
-
-/// `parts` one after another from a 4-byte-aligned offset that is not
-/// binding-aligned, with `fill` around and between; returns each part's start too.
-fn pack(parts: &[&[f32]], fill: f32) -> (Vec<f32>, Vec<usize>) {
-    let mut all = vec![fill; 3];
-    let mut at = Vec::new();
-    for v in parts {
-        at.push(all.len());
-        all.extend_from_slice(v);
-        all.extend([fill; 5]);
-    }
-    (all, at)
+    assert!(output_bits(&a) == output_bits(&b), "two runs differ");
 }
 
 /// Splits `all` into the parts starting at `at` with lengths `lens`, and checks
@@ -379,44 +230,16 @@ fn operands_at_unaligned_offsets_inside_shared_buffers() {
 
 #[test]
 fn reference_gradients_match_finite_differences() {
-    let mut rng = Rng::new(13);
     let shape = shape(2, 3, 4, 3, 2);
-    let mut draw = |n: usize| -> Vec<f64> { (0..n).map(|_| rng.uniform(-1.0, 1.0)).collect() };
-    let p = [
-        draw(shape.x_len()),
-        draw(shape.wg_len()),
-        draw(shape.bg_len()),
-        draw(shape.h_len()),
-    ];
+    let (p, r) = gradient_point(&shape, &mut Rng::new(13));
     // Loss = Σ R ⊙ M, so dL/dM = R.
-    let r = draw(shape.m_len());
     let loss = |p: &[Vec<f64>; 4]| -> f64 {
         let (_, m) = reference::forward(&shape, &p[0], &p[1], &p[2], &p[3]).unwrap();
         m.iter().zip(&r).map(|(a, b)| a * b).sum()
     };
     let (g, _) = reference::forward(&shape, &p[0], &p[1], &p[2], &p[3]).unwrap();
     let grads = reference::backward(&shape, &p[0], &p[1], &p[3], &g, &r).unwrap();
-    let eps = 1e-6;
-    for (which, (name, analytic)) in [
-        ("dX", &grads.dx),
-        ("dWg", &grads.dwg),
-        ("dbg", &grads.dbg),
-        ("dH", &grads.dh),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        for (i, &a) in analytic.iter().enumerate() {
-            let (mut plus, mut minus) = (p.clone(), p.clone());
-            plus[which][i] += eps;
-            minus[which][i] -= eps;
-            let fd = (loss(&plus) - loss(&minus)) / (2.0 * eps);
-            assert!(
-                (fd - a).abs() <= 1e-7 * (1.0 + fd.abs()),
-                "{name}[{i}]: finite difference {fd} vs analytic {a}"
-            );
-        }
-    }
+    assert_gate_gradients(&p, (&grads.dx, &grads.dwg, &grads.dbg, &grads.dh), loss);
 }
 
 #[test]

@@ -3,11 +3,9 @@
 //! bytes and over damaged valid files. No input may panic; whatever is accepted
 //! must be consistent.
 
-mod fuzz_support;
-
 use std::path::Path;
 
-use fuzz_support::{apply_byte_edits, byte_edits, run_cases};
+use crate::common::fuzz::{apply_byte_edits, byte_edits, run_cases};
 use mmoe_wgpu::data::census::{CensusEncoder, TaskGroup, parse_census_bytes};
 use mmoe_wgpu::data::csv::{Header, parse_numeric_csv};
 use proptest::prelude::*;

@@ -3,9 +3,7 @@
 //! rate changed between steps without rebuilding; the non-finite-loss guard;
 //! unaligned offsets; bitwise reproducibility; bad input rejected with errors.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use mmoe_wgpu::Error;
 use mmoe_wgpu::kernels::BufferView;
 use mmoe_wgpu::kernels::Precision;

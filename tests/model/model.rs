@@ -2,9 +2,7 @@
 //! (outputs, every parameter's gradient, parameters after Adam steps), the CPU
 //! model against finite differences, determinism, fusion and bad input.
 
-mod common;
-
-use common::{gpu, random, relative_error, to_f64};
+use crate::common::{gpu, random, relative_error, to_f64};
 use mmoe_wgpu::Error;
 use mmoe_wgpu::graph::{CpuExecutor, Role};
 use mmoe_wgpu::model::{Architecture, Gate, ModelConfig, TaskConfig, TaskKind, Trainer};

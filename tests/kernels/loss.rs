@@ -2,9 +2,7 @@
 //! huge logits; operands at unaligned offsets; bitwise reproducibility; the
 //! reference's gradient against finite differences; bad input rejected with errors.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use mmoe_wgpu::Error;
 use mmoe_wgpu::kernels::BufferView;
 use mmoe_wgpu::kernels::Precision;

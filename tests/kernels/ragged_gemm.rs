@@ -5,9 +5,9 @@
 //! input gradient (per-group and shared X, with and without accumulating); the ragged
 //! reference against finite differences; bad input rejected with errors.
 
-mod common;
-
-use common::*;
+use crate::common::gemm::{SmallGemm, gradient_point};
+use crate::common::routing::top_k_gates;
+use crate::common::*;
 use half::f16;
 use mmoe_wgpu::kernels::grouped_gemm::{
     GroupedGemm, GroupedGemmBackwardInput, GroupedGemmBackwardWeights, GroupedGemmForward, RowMap,
@@ -22,25 +22,13 @@ use mmoe_wgpu::{Activation, GemmShape, Gpu, InputLayout};
 
 const TOLERANCE: f64 = 1e-4;
 
-/// Gate values of `gates` top-k gates over `experts`: every fifth row goes to no
-/// expert, and below k = experts the last expert gets no row.
-fn top_k_gates(rng: &mut Rng, shape: &RoutingShape, k: usize) -> Vec<f32> {
-    let choosable = if k < shape.experts {
-        shape.experts - 1
-    } else {
-        shape.experts
-    };
-    let mut g = vec![0.0f32; shape.g_len()];
-    for t in 0..shape.gates {
-        for r in (0..shape.rows).filter(|r| r % 5 != 4) {
-            let mut order: Vec<usize> = (0..choosable).collect();
-            rng.shuffle(&mut order);
-            for &e in order.iter().take(k) {
-                g[(t * shape.rows + r) * shape.experts + e] = rng.uniform(0.05, 1.0) as f32;
-            }
-        }
+/// `gates` gates routing the rows of `shape` to its groups.
+fn routing_of(shape: &GemmShape, gates: usize) -> RoutingShape {
+    RoutingShape {
+        gates,
+        rows: shape.rows,
+        experts: shape.groups,
     }
-    g
 }
 
 /// The row map of `g` made on the device, checked against the reference's.
@@ -106,10 +94,6 @@ fn cases() -> Vec<(GemmShape, Activation, bool, usize, usize)> {
     out
 }
 
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|x| x.to_bits()).collect()
-}
-
 /// `dy` with the rows the map does not route set to zero.
 fn masked(shape: &GemmShape, map: &[u32], dy: &[f32]) -> Vec<f32> {
     let mut out = vec![0.0; dy.len()];
@@ -134,11 +118,7 @@ fn every_tiling_matches_the_reference_and_the_dense_kernels_bitwise() {
     for (n, (shape, act, with_bias, gates, k)) in cases().into_iter().enumerate() {
         let what = format!("{shape:?} {act:?} bias={with_bias} gates={gates} k={k}");
         let mut rng = Rng::new(n as u64);
-        let routing = RoutingShape {
-            gates,
-            rows: shape.rows,
-            experts: shape.groups,
-        };
+        let routing = routing_of(&shape, gates);
         let (routes, map) = routes_on_gpu(gpu, &routing, &top_k_gates(&mut rng, &routing, k));
         let (x, w) = (
             random(&mut rng, shape.x_len(), 1.0),
@@ -308,11 +288,7 @@ fn with_every_row_routed_ragged_equals_dense_bitwise() {
             outputs: 10,
             input,
         };
-        let routing = RoutingShape {
-            gates: 2,
-            rows: shape.rows,
-            experts: shape.groups,
-        };
+        let routing = routing_of(&shape, 2);
         let (routes, map) = routes_on_gpu(gpu, &routing, &vec![0.5; routing.g_len()]);
         assert!(map[..3].iter().all(|&c| c == 37));
         let mut rng = Rng::new(40 + n as u64);
@@ -403,11 +379,7 @@ fn f16_ragged_rows_match_the_f16_dense_kernel() {
         outputs: 70,
         input: InputLayout::Shared,
     };
-    let routing = RoutingShape {
-        gates: 3,
-        rows: shape.rows,
-        experts: shape.groups,
-    };
+    let routing = routing_of(&shape, 3);
     let mut rng = Rng::new(77);
     let (routes, map) = routes_on_gpu(gpu, &routing, &top_k_gates(&mut rng, &routing, 2));
     let half = |n: usize, rng: &mut Rng| -> Vec<f16> {
@@ -472,45 +444,21 @@ fn ragged_reference_gradients_match_finite_differences() {
             outputs: 5,
             input,
         };
-        let routing = RoutingShape {
-            gates: 2,
-            rows: shape.rows,
-            experts: shape.groups,
-        };
+        let routing = routing_of(&shape, 2);
         let g = top_k_gates(&mut rng, &routing, 1);
         let map = route(&routing, &to_f64(&g)).unwrap();
-        let x: Vec<f64> = (0..shape.x_len()).map(|_| rng.uniform(-1.0, 1.0)).collect();
-        let w: Vec<f64> = (0..shape.w_len()).map(|_| rng.uniform(-1.0, 1.0)).collect();
-        let b: Vec<f64> = (0..shape.b_len()).map(|_| rng.uniform(-0.5, 0.5)).collect();
+        let (p, r) = gradient_point(&shape, &mut rng);
         // Loss = Σ r ⊙ Y, so dL/dY = r, also on the unrouted rows, where Y is constant.
-        let r: Vec<f64> = (0..shape.y_len()).map(|_| rng.uniform(-1.0, 1.0)).collect();
-        let loss = |x: &[f64], w: &[f64], b: &[f64]| -> f64 {
-            let y = reference::forward_ragged(&shape, act, x, w, Some(b), &map).unwrap();
+        let loss = |p: &[Vec<f64>; 3]| -> f64 {
+            let y =
+                reference::forward_ragged(&shape, act, &p[0], &p[1], Some(&p[2]), &map).unwrap();
             y.iter().zip(&r).map(|(a, b)| a * b).sum()
         };
-        let y = reference::forward_ragged(&shape, act, &x, &w, Some(&b), &map).unwrap();
-        let grads = reference::backward_ragged(&shape, act, &x, &w, &y, &r, &map).unwrap();
-        let eps = 1e-6;
-        for (name, analytic, which) in [
-            ("dX", &grads.dx, 0),
-            ("dW", &grads.dw, 1),
-            ("db", &grads.db, 2),
-        ] {
-            for i in 0..analytic.len() {
-                let mut plus = [x.clone(), w.clone(), b.clone()];
-                let mut minus = plus.clone();
-                plus[which][i] += eps;
-                minus[which][i] -= eps;
-                let fd = (loss(&plus[0], &plus[1], &plus[2])
-                    - loss(&minus[0], &minus[1], &minus[2]))
-                    / (2.0 * eps);
-                assert!(
-                    (fd - analytic[i]).abs() <= 1e-6 * (1.0 + fd.abs()),
-                    "{name}[{i}] {input:?} {act:?}: finite difference {fd} vs analytic {}",
-                    analytic[i]
-                );
-            }
-        }
+        let y = reference::forward_ragged(&shape, act, &p[0], &p[1], Some(&p[2]), &map).unwrap();
+        let grads = reference::backward_ragged(&shape, act, &p[0], &p[1], &y, &r, &map).unwrap();
+        let analytic = [("dX", &grads.dx[..]), ("dW", &grads.dw), ("db", &grads.db)];
+        let what = format!("{input:?} {act:?}");
+        assert_gradients_match_finite_differences(&what, &p, analytic, 1e-6, loss);
         // An expert with no row has no gradient.
         assert!(grads.dw[2 * 4 * 5..].iter().all(|&v| v == 0.0));
     }
@@ -520,27 +468,12 @@ fn ragged_reference_gradients_match_finite_differences() {
 fn bad_input_is_an_error_not_a_panic() {
     let gpu = gpu();
     let gemm = GroupedGemm::new(gpu);
-    let shape = GemmShape {
-        groups: 2,
-        rows: 4,
-        inputs: 3,
-        outputs: 5,
-        input: InputLayout::Shared,
-    };
-    let x = gpu.storage_buffer("x", 4 * shape.x_len() as u64).unwrap();
-    let w = gpu.storage_buffer("w", 4 * shape.w_len() as u64).unwrap();
-    let y = gpu.storage_buffer("y", 4 * shape.y_len() as u64).unwrap();
+    let setup = SmallGemm::new(gpu);
+    let SmallGemm { shape, y, dw, .. } = &setup;
+    let shape = *shape;
     let routes_len = RowMap::elements(shape.groups, shape.rows);
     let routes = gpu.storage_buffer("routes", 4 * routes_len as u64).unwrap();
-    let fwd = GroupedGemmForward {
-        precision: Precision::F32,
-        shape,
-        activation: Activation::Relu,
-        x: (&x).into(),
-        w: (&w).into(),
-        bias: None,
-        y: (&y).into(),
-    };
+    let fwd = setup.forward();
     let map = RowMap::new(&routes);
     expect_err(
         gemm.forward_ragged(
@@ -566,31 +499,21 @@ fn bad_input_is_an_error_not_a_panic() {
         &["multiple of 4"],
     );
     expect_err(
-        gemm.forward_ragged(&fwd, RowMap::new(&y)),
+        gemm.forward_ragged(&fwd, RowMap::new(y)),
         &["distinct buffers"],
     );
     expect_err(
         gemm.forward_ragged_with(&fwd, map, Tiling::Naive { wg: 0, wg_rows: 8 }),
         &["tiling"],
     );
-    let dw = gpu.storage_buffer("dw", 4 * shape.w_len() as u64).unwrap();
-    let bw = GroupedGemmBackwardWeights {
-        precision: Precision::F32,
-        shape,
-        activation: Activation::Relu,
-        x: (&x).into(),
-        dy: (&y).into(),
-        y: None,
-        dw: (&dw).into(),
-        db: None,
-    };
+    let bw = setup.backward_weights(Activation::Relu);
     expect_err(gemm.backward_weights_ragged(&bw, map), &["forward output"]);
     let with_y = GroupedGemmBackwardWeights {
-        y: Some((&y).into()),
+        y: Some(y.into()),
         ..bw
     };
     expect_err(
-        gemm.backward_weights_ragged(&with_y, RowMap::new(&dw)),
+        gemm.backward_weights_ragged(&with_y, RowMap::new(dw)),
         &["distinct buffers"],
     );
     expect_err(
@@ -661,11 +584,7 @@ impl DxProblem {
         seed: u64,
     ) -> DxProblem {
         let mut rng = Rng::new(seed);
-        let routing = RoutingShape {
-            gates,
-            rows: shape.rows,
-            experts: shape.groups,
-        };
+        let routing = routing_of(&shape, gates);
         let (routes, map) = routes_on_gpu(gpu, &routing, &top_k_gates(&mut rng, &routing, k));
         let (x, w, b) = (
             random(&mut rng, shape.x_len(), 1.0),
@@ -878,11 +797,7 @@ fn with_every_row_routed_the_ragged_input_gradient_is_the_dense_one() {
         };
         // k = groups: every row goes to every group.
         let mut problem = DxProblem::new(gpu, shape, Activation::Relu, 2, groups, 60 + n as u64);
-        let routing = RoutingShape {
-            gates: 2,
-            rows: shape.rows,
-            experts: groups,
-        };
+        let routing = routing_of(&shape, 2);
         // top_k_gates leaves every fifth row out; route them too.
         let (routes, map) = routes_on_gpu(gpu, &routing, &vec![0.5; routing.g_len()]);
         assert!(map[..groups].iter().all(|&c| c == 37));
@@ -1010,11 +925,7 @@ fn f16_ragged_input_gradient() {
             outputs: 70,
             input,
         };
-        let routing = RoutingShape {
-            gates: 2,
-            rows: shape.rows,
-            experts: shape.groups,
-        };
+        let routing = routing_of(&shape, 2);
         let mut rng = Rng::new(80 + n as u64);
         let (routes, map) = routes_on_gpu(gpu, &routing, &top_k_gates(&mut rng, &routing, 2));
         let half = |v: &[f32]| -> Vec<f16> { v.iter().map(|&x| f16::from_f32(x)).collect() };
@@ -1111,36 +1022,19 @@ fn ragged_reference_input_gradient_matches_finite_differences() {
             outputs: 5,
             input,
         };
-        let routing = RoutingShape {
-            gates: 2,
-            rows: shape.rows,
-            experts: shape.groups,
-        };
+        let routing = routing_of(&shape, 2);
         let map = route(&routing, &to_f64(&top_k_gates(&mut rng, &routing, k))).unwrap();
-        let x: Vec<f64> = (0..shape.x_len()).map(|_| rng.uniform(-1.0, 1.0)).collect();
-        let w: Vec<f64> = (0..shape.w_len()).map(|_| rng.uniform(-1.0, 1.0)).collect();
-        let b: Vec<f64> = (0..shape.b_len()).map(|_| rng.uniform(-0.5, 0.5)).collect();
         // dL/dY = r, on the unrouted rows too: the gradient must not see them.
-        let r: Vec<f64> = (0..shape.y_len()).map(|_| rng.uniform(-1.0, 1.0)).collect();
-        let loss = |x: &[f64]| -> f64 {
-            let y = reference::forward_ragged(&shape, act, x, &w, Some(&b), &map).unwrap();
+        let ([x, w, b], r) = gradient_point(&shape, &mut rng);
+        let loss = |x: &[Vec<f64>; 1]| -> f64 {
+            let y = reference::forward_ragged(&shape, act, &x[0], &w, Some(&b), &map).unwrap();
             y.iter().zip(&r).map(|(a, b)| a * b).sum()
         };
         let y = reference::forward_ragged(&shape, act, &x, &w, Some(&b), &map).unwrap();
         let dx = reference::backward_input_ragged(&shape, act, &w, &y, &r, &map).unwrap();
-        let eps = 1e-6;
-        for i in 0..dx.len() {
-            let (mut plus, mut minus) = (x.clone(), x.clone());
-            plus[i] += eps;
-            minus[i] -= eps;
-            let fd = (loss(&plus) - loss(&minus)) / (2.0 * eps);
-            assert!(
-                (fd - dx[i]).abs() <= 1e-6 * (1.0 + fd.abs()),
-                "dX[{i}] {input:?} {act:?}: finite difference {fd} vs analytic {}",
-                dx[i]
-            );
-        }
         let all = reference::backward_ragged(&shape, act, &x, &w, &y, &r, &map).unwrap();
+        let what = format!("{input:?} {act:?}");
+        assert_gradients_match_finite_differences(&what, &[x], [("dX", &dx)], 1e-6, loss);
         for (a, b) in dx.iter().zip(&all.dx) {
             assert!((a - b).abs() <= 1e-12 * (1.0 + b.abs()), "{a} vs {b}");
         }

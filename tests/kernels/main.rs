@@ -1,0 +1,19 @@
+//! Every kernel family against the CPU reference, the backend's contract and
+//! autotuning. One binary, so the device opens once and each pipeline compiles once
+//! for all of them.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod backend_api;
+mod backend_checks;
+mod balance;
+mod gate_mix;
+mod gate_topk;
+mod grouped_gemm;
+mod loss;
+mod noise;
+mod optimizer;
+mod ragged_gemm;
+mod routing;
+mod tune;
