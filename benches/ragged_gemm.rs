@@ -26,8 +26,9 @@
 //! experts, mixing, towers, losses, backward, Adam), with dense softmax gates and
 //! with top-2 gates of both selections.
 
-use mmoe_wgpu::kernels::gate_mix::{ForwardStages, GateMixShape};
-use mmoe_wgpu::kernels::gate_topk::{GateTopk, GateTopkForward, Selection};
+use mmoe_wgpu::kernels::gate_mix::{
+    ForwardStages, GateMix, GateMixForward, GateMixShape, GateMixTopK, Selection,
+};
 use mmoe_wgpu::kernels::grouped_gemm::{
     GroupedGemm, GroupedGemmBackwardInput, GroupedGemmBackwardWeights, GroupedGemmForward, RowMap,
     SlotScratch, ragged_flops, read_counts,
@@ -143,12 +144,8 @@ fn gate_values(
     let wg = expect(gpu.upload("wg", wg));
     let bg = empty("bg", shape.bg_len());
     let (g, m) = (empty("g", shape.g_len()), empty("m", shape.m_len()));
-    let gate = expect(GateTopk::new(gpu).forward(&GateTopkForward {
+    let forward = GateMixForward {
         shape,
-        k: TOP_K,
-        access: Default::default(),
-        selection,
-        stages: ForwardStages::GateOnly,
         precision: Precision::F32,
         x: x.into(),
         wg: (&wg).into(),
@@ -156,8 +153,13 @@ fn gate_values(
         h: h.into(),
         g: (&g).into(),
         m: (&m).into(),
-        logit_offset: None,
-    }));
+    };
+    let top_k = GateMixTopK {
+        selection,
+        stages: ForwardStages::GateOnly,
+        ..GateMixTopK::new(TOP_K)
+    };
+    let gate = expect(GateMix::new(gpu).forward_top_k(&forward, &top_k));
     let mut encoder = gpu.device().create_command_encoder(&Default::default());
     gate.encode(&mut encoder);
     gpu.queue().submit([encoder.finish()]);

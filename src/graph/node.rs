@@ -106,8 +106,8 @@ pub enum Op {
         /// Output `[groups, rows, outputs]`.
         y: TensorId,
     },
-    /// Gate softmax and expert mixing (see [`crate::kernels::gate_mix`] and
-    /// [`crate::kernels::gate_topk`]).
+    /// Gate softmax and expert mixing, dense or top-k (see
+    /// [`crate::kernels::gate_mix`]).
     GateMix {
         /// Shape at full capacity.
         shape: GateMixShape,

@@ -6,8 +6,8 @@
 //! the loss's gradient to the gate + mix backward's logit gradient `dz` in place.
 //!
 //! `G: [gates, rows, experts]` is the gate + mix forward's output, dense
-//! ([`gate_mix`](super::gate_mix)) or top-k ([`gate_topk`](super::gate_topk), zero
-//! outside each row's selection). The forward stores, next to the loss, the coefficient
+//! or top-k ([`gate_mix`](super::gate_mix#top-k-mode), zero outside each row's
+//! selection). The forward stores, next to the loss, the coefficient
 //! `a[t, e] = w · ∂CV²/∂I[t, e]`; the aux loss adds `a[t, e]` to the gate gradient
 //! `dg[t, b, e]` of every row, and since `dz = G ⊙ (dg − ⟨G, dg⟩)` is linear in `dg`
 //! the backward does `dz[t, b, e] += G[t, b, e] · (a[t, e] − Σ_e' G[t, b, e'] · a[t, e'])`.
@@ -42,8 +42,8 @@
 //! `aux[t] = w · E · Σ_e f[t, e] · P[t, e]` with `f[t, e] = L[t, e] / (k · B)` the
 //! fraction of routed slots (held constant) and `P[t, e] = (1/B) Σ_b p[t, b, e]`, the
 //! mean of the *full* softmax `p` of the gate's logits over the `E` experts it sees
-//! (written by the top-k gate forward,
-//! [`GateTopk::forward_keeping_softmax`](super::gate_topk::GateTopk::forward_keeping_softmax)).
+//! (written by the top-k gate forward, as
+//! [`GateMixTopK::full_softmax`](super::gate_mix::GateMixTopK::full_softmax)).
 //! Its stats: the importance section holds `Σ_b p`, the load section `L`, the
 //! coefficients `a[t, e] = w · E · f[t, e] / B`, and `aux[t] = Σ_e a · Σ_b p`. The
 //! gradient `∂aux/∂z[t, b, e'] = p[b, e'] · (a[t, e'] − Σ_e a[t, e] · p[b, e])` is the

@@ -6,13 +6,34 @@
 //! Shader: `shaders/gate_mix.wgsl`, with the storage part (`shaders/storage_*.wgsl`)
 //! of the call's [`Precision`].
 //!
+//! # Top-k mode
+//!
+//! [`GateMix::forward_top_k`] keeps, for every gate and row, only the `k` largest
+//! logits of the experts the gate sees (equal logits: the lower expert first), takes
+//! the softmax over those `k` alone and writes zeros for the other experts, in the same
+//! dispatch and tiles as the dense gate (`k` is a run-time value; `k = experts` is the
+//! dense softmax). [`GateMixTopK`] also says which experts each gate sees (task-specific
+//! experts, [`ExpertAccess`]), whether the gates of a row share one selection
+//! ([`Selection::Shared`]: the `k` experts of largest summed logits, so sparse experts
+//! compute `k` per row however many gates there are), whether to run the gate and mix
+//! phases together or apart (sparse experts run in between, [`ForwardStages`]), a
+//! logit offset added before the selection (a noisy gate's noise, see
+//! [`noise`](super::noise)) and an output for the full softmax before the cut (what the
+//! balancing loss's load kind averages, see [`balance`](super::balance)).
+//!
+//! The backward pass is the dense one on the top-k `G`: where `G` is zero,
+//! `dz = G ⊙ (dg − ⟨G, dg⟩)` is zero, and over the selection it is the softmax gradient
+//! of the selected logits, so the gradient flows only through the selected logits.
+//!
 //! # Example
 //!
 //! Two gates over three experts, each gate's softmax mixing the experts' outputs `H`,
 //! then the backward pass, recorded into one compute pass of the caller's:
 //!
 //! ```
-//! use mmoe_wgpu::kernels::gate_mix::{GateMix, GateMixBackward, GateMixForward, GateMixShape};
+//! use mmoe_wgpu::kernels::gate_mix::{
+//!     GateMix, GateMixBackward, GateMixForward, GateMixShape, GateMixTopK,
+//! };
 //! use mmoe_wgpu::kernels::{BufferView, Precision};
 //! use mmoe_wgpu::Gpu;
 //!
@@ -71,6 +92,25 @@
 //! for row in probabilities.chunks(shape.experts) {
 //!     assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-6);
 //! }
+//!
+//! // The top-2 mode: two experts per row share the weight.
+//! let mut encoder = gpu.device().create_command_encoder(&Default::default());
+//! let forward = GateMixForward {
+//!     shape,
+//!     precision: Precision::F32,
+//!     x: BufferView::new(&x),
+//!     wg: BufferView::new(&wg),
+//!     bg: BufferView::new(&bg),
+//!     h: BufferView::new(&h),
+//!     g: BufferView::new(&g),
+//!     m: BufferView::new(&m),
+//! };
+//! kernels.encode_forward_top_k(&mut encoder, &forward, &GateMixTopK::new(2))?;
+//! gpu.queue().submit([encoder.finish()]);
+//! let top_2: Vec<f32> = gpu.read(&g, 0, shape.g_len())?;
+//! for row in top_2.chunks(shape.experts) {
+//!     assert_eq!(row.iter().filter(|&&p| p > 0.0).count(), 2);
+//! }
 //! # Ok(())
 //! # }
 //! ```
@@ -81,8 +121,8 @@ use super::{BufferView, Dispatch, GroupedGemm, Operand, Precision, bind_operands
 use crate::Result;
 use crate::gpu::{BindingKind, Gpu, ShaderProgram};
 use crate::kernels::dispatch::Kernel;
-use crate::shape::{Activation, Selection};
-pub use crate::shape::{ExpertAccess, GateMixShape};
+use crate::shape::Activation;
+pub use crate::shape::{ExpertAccess, GateMixShape, MAX_SHARED_SELECTION_EXPERTS, Selection};
 
 mod tiling;
 mod tune;
@@ -222,6 +262,48 @@ pub struct GateMixForward<'a> {
     pub m: BufferView<'a>,
 }
 
+/// What the top-k mode of the forward pass ([`GateMix::forward_top_k`]) adds to its
+/// [`GateMixForward`] operands.
+#[derive(Clone, Copy, Debug)]
+pub struct GateMixTopK<'a> {
+    /// Experts kept per gate and row, `1 ≤ k ≤` the experts the gate sees; a run-time
+    /// value, so one pipeline serves every `k`.
+    pub k: usize,
+    /// Which experts each gate sees (task-specific experts beside shared ones).
+    pub access: ExpertAccess,
+    /// Whether each gate keeps its own `k` experts or all gates of a row the same.
+    pub selection: Selection,
+    /// The phases to run: both, or the gate values and the mixtures apart.
+    pub stages: ForwardStages,
+    /// Added to the logits before the selection and softmax when given,
+    /// `[gates, rows, experts]`: a noisy gate's `ε ⊙ softplus(n)` (see
+    /// [`noise`](super::noise)). Read by the gate phase only; `None` leaves every
+    /// result bitwise as without it.
+    pub logit_offset: Option<BufferView<'a>>,
+    /// Output, when given: `p: [gates, rows, experts]`, the full softmax of each row's
+    /// logits (offset included) over the experts its gate sees, before the top-k cut,
+    /// 0 for the experts it does not see; what the load-balancing loss's load kind
+    /// averages ([`Balance::forward_load`](super::balance::Balance::forward_load)).
+    /// Written by the gate phase, in a buffer of its own; every other result is
+    /// bitwise as without it.
+    pub full_softmax: Option<BufferView<'a>>,
+}
+
+impl GateMixTopK<'_> {
+    /// The top `k` of every expert, a selection per gate, both phases in one
+    /// dispatch, no offset and no full softmax.
+    pub fn new(k: usize) -> Self {
+        GateMixTopK {
+            k,
+            access: ExpertAccess::All,
+            selection: Selection::PerGate,
+            stages: ForwardStages::Both,
+            logit_offset: None,
+            full_softmax: None,
+        }
+    }
+}
+
 /// Operands of the backward pass. Outputs are overwritten, except `dx` with
 /// `accumulate_dx`. All outputs must be in buffers distinct from all inputs.
 #[derive(Clone, Copy, Debug)]
@@ -277,9 +359,42 @@ impl GateMix {
         self.forward_with(args, t)
     }
 
-    /// The forward tiling for `shape`, tuned on first use of its shape class; the
-    /// top-k gate runs the same tiles.
-    pub(crate) fn forward_tiling(
+    /// [`forward`](Self::forward) with a given tiling.
+    pub fn forward_with(
+        &self,
+        args: &GateMixForward<'_>,
+        tiling: GateMixTiling,
+    ) -> Result<Dispatch> {
+        let dense = GateMixTopK::new(args.shape.experts);
+        self.forward_top_k_at("gate_mix forward", args, &dense, tiling)
+    }
+
+    /// Checks and binds the forward pass in top-k mode (see the [module
+    /// docs](self#top-k-mode)): one dispatch, with the dense gate's tuned tiling (both
+    /// run the same tiles).
+    pub fn forward_top_k(
+        &self,
+        args: &GateMixForward<'_>,
+        top_k: &GateMixTopK<'_>,
+    ) -> Result<Dispatch> {
+        const CTX: &str = "gate_mix forward_top_k";
+        let t = self.forward_tiling(CTX, &args.shape, args.precision)?;
+        self.forward_top_k_at(CTX, args, top_k, t)
+    }
+
+    /// [`forward_top_k`](Self::forward_top_k) with a given tiling; every tiling gives
+    /// bitwise equal results.
+    pub fn forward_top_k_with(
+        &self,
+        args: &GateMixForward<'_>,
+        top_k: &GateMixTopK<'_>,
+        tiling: GateMixTiling,
+    ) -> Result<Dispatch> {
+        self.forward_top_k_at("gate_mix forward_top_k", args, top_k, tiling)
+    }
+
+    /// The forward tiling for `shape`, tuned on first use of its shape class.
+    fn forward_tiling(
         &self,
         ctx: &str,
         shape: &GateMixShape,
@@ -290,46 +405,29 @@ impl GateMix {
         self.tuned(tune::GatePass::Forward, shape, precision)
     }
 
-    /// [`forward`](Self::forward) with a given tiling.
-    pub fn forward_with(
+    /// Either forward mode, `ctx` naming it in errors.
+    fn forward_top_k_at(
         &self,
+        ctx: &'static str,
         args: &GateMixForward<'_>,
+        top_k: &GateMixTopK<'_>,
         tiling: GateMixTiling,
     ) -> Result<Dispatch> {
-        self.forward_top_k(
-            ("gate_mix", "gate_mix forward"),
-            args,
-            (
-                args.shape.experts,
-                ExpertAccess::All,
-                Selection::PerGate,
-                ForwardStages::Both,
-            ),
-            (None, None),
-            tiling,
-        )
-    }
-
-    /// The forward pass keeping the `k` largest logits of each gate and row among the
-    /// experts it sees (1 ≤ k ≤ visible), `logit_offset` (`[gates, rows, experts]`)
-    /// added to the logits first when given, and the full softmax (`[gates, rows,
-    /// experts]`, before the top-k cut) written to `p` when given; the calling
-    /// kernel's name and pass name the errors.
-    pub(crate) fn forward_top_k(
-        &self,
-        (kernel, ctx): (&str, &'static str),
-        args: &GateMixForward<'_>,
-        (k, access, selection, stages): (usize, ExpertAccess, Selection, ForwardStages),
-        (logit_offset, p_out): (Option<BufferView<'_>>, Option<BufferView<'_>>),
-        tiling: GateMixTiling,
-    ) -> Result<Dispatch> {
+        let GateMixTopK {
+            k,
+            access,
+            selection,
+            stages,
+            logit_offset,
+            full_softmax: p_out,
+        } = *top_k;
         let s = &args.shape;
         s.validate(ctx)?;
         access.validate(ctx, s)?;
         crate::shape::check_k(ctx, s, k, access)?;
         crate::shape::check_selection(ctx, s, access, selection)?;
         args.precision.check(&self.gpu, ctx)?;
-        tiling.validate(&self.gpu, kernel)?;
+        tiling.validate(&self.gpu, "gate_mix")?;
         let operands = [
             Operand::new("x", 1, args.x, s.x_len(), Read),
             Operand::new("wg", 2, args.wg, s.wg_len(), Read),
@@ -483,6 +581,7 @@ impl GateMix {
 
     crate::kernels::encoders! {
         encode_forward => forward(args: &GateMixForward<'_>);
+        encode_forward_top_k => forward_top_k(args: &GateMixForward<'_>, top_k: &GateMixTopK<'_>);
         encode_backward => backward(args: &GateMixBackward<'_>);
     }
 

@@ -5,8 +5,7 @@
 //! # The contract every family keeps
 //!
 //! A family is one module, one WGSL file (`shaders/<family>.wgsl`, plus helper parts)
-//! and one type named after it: [`GroupedGemm`], [`GateMix`] (with [`GateTopk`], its
-//! top-k mode), [`Noise`], [`Routing`], [`Balance`], [`Loss`] and [`Optimizer`]. The
+//! and one type named after it: [`GroupedGemm`], [`GateMix`] (with its top-k mode), [`Noise`], [`Routing`], [`Balance`], [`Loss`] and [`Optimizer`]. The
 //! names that describe an operation rather than run it (shapes, enums, hyper-parameters
 //! such as [`OptimizerConfig`](crate::shape::OptimizerConfig)) live in [`crate::shape`] and are re-exported by the
 //! family that takes them.
@@ -19,7 +18,7 @@
 //!   takes one argument struct named after the family and the pass, `&FamilyP` (e.g.
 //!   [`GroupedGemmBackwardInput`](grouped_gemm::GroupedGemmBackwardInput),
 //!   [`LossForward`](loss::LossForward)): shape, operands as [`BufferView`]s, [`Precision`]. A mode of a
-//!   pass, `p_mode` (`forward_ragged`, `forward_load`, `forward_keeping_softmax`), takes
+//!   pass, `p_mode` (`forward_ragged`, `forward_load`, `forward_top_k`), takes
 //!   the pass's struct followed by what the mode adds; `p_with` takes a tiling last.
 //! - `p(&args)` checks shapes, sizes, offset alignment, usage flags, aliasing and the
 //!   precision against the device, and returns what it will record: a [`Dispatch`]
@@ -34,13 +33,12 @@
 //!   (buffers, offsets, sizes, parameters), so building the same dispatch again is cheap.
 //!
 //! Each family's module docs hold a runnable example: [`grouped_gemm`], [`gate_mix`],
-//! [`gate_topk`], [`loss`], [`optimizer`], [`routing`], [`balance`], [`noise`].
+//! [`loss`], [`optimizer`], [`routing`], [`balance`], [`noise`].
 
 pub mod balance;
 mod binding;
 mod dispatch;
 pub mod gate_mix;
-pub mod gate_topk;
 pub mod grouped_gemm;
 #[cfg(test)]
 mod layout;
@@ -56,7 +54,6 @@ pub(crate) use binding::{Operand, bind_operands};
 pub use dispatch::{Dispatch, LOOP_BUDGET, Recorder};
 pub(crate) use dispatch::{check_loop_budget, encoders};
 pub use gate_mix::GateMix;
-pub use gate_topk::GateTopk;
 pub use grouped_gemm::GroupedGemm;
 pub use loss::Loss;
 pub use noise::Noise;

@@ -7,7 +7,7 @@
 //! [`GateMixShape::logits_gemm`](super::gate_mix::GateMixShape::logits_gemm)), `ε` the
 //! standard normal draws of one training step, `dz` the gradient of the noisy logits
 //! that the gate + mix backward writes. The offset goes to
-//! [`GateTopkForward::logit_offset`](super::gate_topk::GateTopkForward::logit_offset);
+//! [`GateMixTopK::logit_offset`](super::gate_mix::GateMixTopK::logit_offset);
 //! `dn` feeds the noise GEMM's backward. softplus is computed as
 //! `max(n, 0) + log1p(exp(−|n|))`, which neither overflows nor loses the small values.
 //!

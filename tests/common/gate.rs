@@ -3,10 +3,7 @@
 
 use mmoe_wgpu::Gpu;
 use mmoe_wgpu::kernels::Precision;
-use mmoe_wgpu::kernels::gate_mix::{
-    ExpertAccess, ForwardStages, GateMixBackward, GateMixForward, GateMixShape,
-};
-use mmoe_wgpu::kernels::gate_topk::{GateTopkForward, Selection};
+use mmoe_wgpu::kernels::gate_mix::{GateMixBackward, GateMixForward, GateMixShape, GateMixTopK};
 use mmoe_wgpu::rng::Rng;
 
 use super::{assert_gradients_match_finite_differences, random, read, to_f64};
@@ -149,22 +146,8 @@ impl Buffers {
 
     /// The top-`k` gate's forward, each gate selecting for itself among all experts,
     /// gate and mix in one dispatch.
-    pub fn topk_forward(&self, k: usize) -> GateTopkForward<'_> {
-        GateTopkForward {
-            shape: self.shape,
-            k,
-            access: ExpertAccess::All,
-            selection: Selection::PerGate,
-            stages: ForwardStages::Both,
-            precision: Precision::F32,
-            x: (&self.x).into(),
-            wg: (&self.wg).into(),
-            bg: (&self.bg).into(),
-            h: (&self.h).into(),
-            g: (&self.g).into(),
-            m: (&self.m).into(),
-            logit_offset: None,
-        }
+    pub fn topk_forward(&self, k: usize) -> (GateMixForward<'_>, GateMixTopK<'_>) {
+        (self.forward(), GateMixTopK::new(k))
     }
 
     /// The backward both gates share, from whatever `G` the forward left.

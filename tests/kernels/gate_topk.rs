@@ -10,9 +10,9 @@ use crate::common::gate::{
 use crate::common::*;
 use half::f16;
 use mmoe_wgpu::kernels::gate_mix::{
-    ExpertAccess, ForwardStages, GateMix, GateMixBackward, GateMixShape, GateMixTiling,
+    ExpertAccess, ForwardStages, GateMix, GateMixBackward, GateMixForward, GateMixShape,
+    GateMixTiling, GateMixTopK, Selection,
 };
-use mmoe_wgpu::kernels::gate_topk::{GateTopk, GateTopkForward, Selection};
 use mmoe_wgpu::kernels::{BufferView, Precision};
 use mmoe_wgpu::reference::gate_mix as dense_reference;
 use mmoe_wgpu::reference::gate_topk as reference;
@@ -133,15 +133,18 @@ fn run_gpu_selecting(
     tiling: Option<GateMixTiling>,
     accumulate: bool,
 ) -> Outputs<f32> {
-    let kernels = GateTopk::new(gpu);
+    let kernels = GateMix::new(gpu);
     let bufs = Buffers::new(gpu, shape, d);
-    let fwd = GateTopkForward {
-        selection,
-        ..bufs.topk_forward(k)
-    };
+    let fwd = (
+        bufs.forward(),
+        GateMixTopK {
+            selection,
+            ..GateMixTopK::new(k)
+        },
+    );
     let f = match tiling {
-        Some(t) => kernels.forward_with(&fwd, t),
-        None => kernels.forward(&fwd),
+        Some(t) => kernels.forward_top_k_with(&fwd.0, &fwd.1, t),
+        None => kernels.forward_top_k(&fwd.0, &fwd.1),
     }
     .unwrap();
     let b = kernels.backward(&bufs.backward(accumulate)).unwrap();
@@ -199,7 +202,7 @@ fn assert_matches(what: &str, got: &Outputs<f32>, want: &Outputs<f64>) {
 #[test]
 fn every_case_matches_the_reference_and_every_tiling_bitwise() {
     let gpu = gpu();
-    let tilings = GateTopk::new(gpu).tilings();
+    let tilings = GateMix::new(gpu).tilings();
     for (n, (shape, k)) in cases().into_iter().enumerate() {
         let accumulate = n % 2 == 1;
         let d = data_away_from_ties(&shape, k, n as u64, 1.0, MARGIN);
@@ -352,22 +355,27 @@ fn operands_at_unaligned_offsets_inside_shared_buffers() {
     let inb = gpu.upload("packed inputs", &ins).unwrap();
     let outb = gpu.upload("packed outputs", &outs).unwrap();
     let view = |buf, at: &[usize], n: usize| BufferView::at(buf, 4 * at[n] as u64);
-    let args = GateTopkForward {
-        shape: s,
-        k,
-        access: ExpertAccess::All,
-        selection: Selection::PerGate,
-        stages: ForwardStages::Both,
-        precision: Precision::F32,
-        x: view(&inb, &i, 0),
-        wg: view(&inb, &i, 1),
-        bg: view(&inb, &i, 2),
-        h: view(&inb, &i, 3),
-        g: view(&outb, &o, 0),
-        m: view(&outb, &o, 1),
-        logit_offset: None,
-    };
-    let dispatch = GateTopk::new(gpu).forward(&args).unwrap();
+    let args = (
+        GateMixForward {
+            shape: s,
+            precision: Precision::F32,
+            x: view(&inb, &i, 0),
+            wg: view(&inb, &i, 1),
+            bg: view(&inb, &i, 2),
+            h: view(&inb, &i, 3),
+            g: view(&outb, &o, 0),
+            m: view(&outb, &o, 1),
+        },
+        GateMixTopK {
+            k,
+            access: ExpertAccess::All,
+            selection: Selection::PerGate,
+            stages: ForwardStages::Both,
+            logit_offset: None,
+            full_softmax: None,
+        },
+    );
+    let dispatch = GateMix::new(gpu).forward_top_k(&args.0, &args.1).unwrap();
     run(gpu, |e| dispatch.encode(e));
     let all = read(gpu, &outb, outs.len());
     let (g, m) = (&all[o[0]..o[0] + s.g_len()], &all[o[1]..o[1] + s.m_len()]);
@@ -385,16 +393,19 @@ fn operands_at_unaligned_offsets_inside_shared_buffers() {
 #[test]
 fn f16_storage_selects_the_same_experts() {
     let gpu = gpu();
-    let kernels = GateTopk::new(gpu);
+    let kernels = GateMix::new(gpu);
     let (s, k) = (shape(2, 5, 9, 7, 6), 2);
     let attempt = || {
         let bufs = Buffers::new(gpu, s, &data(&s, 1, 1.0));
-        kernels.forward(&GateTopkForward {
-            precision: Precision::F16,
-            ..bufs.topk_forward(k)
-        })
+        kernels.forward_top_k(
+            &GateMixForward {
+                precision: Precision::F16,
+                ..bufs.forward()
+            },
+            &GateMixTopK::new(k),
+        )
     };
-    if f16_is_missing(gpu, "gate_topk forward", attempt) {
+    if f16_is_missing(gpu, "gate_mix forward_top_k", attempt) {
         return;
     }
     // Rounded to f16 on the host, so the reference sees exactly the stored inputs; the
@@ -415,22 +426,27 @@ fn f16_storage_selects_the_same_experts() {
     let (xb, wgb, bgb, hb) = (up(&x), up(&wg), up(&bg), up(&h));
     let out = |n: usize| gpu.storage_buffer("f16 out", 2 * n as u64).unwrap();
     let (g, m) = (out(s.g_len()), out(s.m_len()));
-    let args = GateTopkForward {
-        shape: s,
-        k,
-        access: ExpertAccess::All,
-        selection: Selection::PerGate,
-        stages: ForwardStages::Both,
-        precision: Precision::F16,
-        x: (&xb).into(),
-        wg: (&wgb).into(),
-        bg: (&bgb).into(),
-        h: (&hb).into(),
-        g: (&g).into(),
-        m: (&m).into(),
-        logit_offset: None,
-    };
-    let dispatch = kernels.forward(&args).unwrap();
+    let args = (
+        GateMixForward {
+            shape: s,
+            precision: Precision::F16,
+            x: (&xb).into(),
+            wg: (&wgb).into(),
+            bg: (&bgb).into(),
+            h: (&hb).into(),
+            g: (&g).into(),
+            m: (&m).into(),
+        },
+        GateMixTopK {
+            k,
+            access: ExpertAccess::All,
+            selection: Selection::PerGate,
+            stages: ForwardStages::Both,
+            logit_offset: None,
+            full_softmax: None,
+        },
+    );
+    let dispatch = kernels.forward_top_k(&args.0, &args.1).unwrap();
     run(gpu, |e| dispatch.encode(e));
     let to_f32 = |v: Vec<f16>| -> Vec<f32> { v.iter().map(|x| x.to_f32()).collect() };
     let got_g = to_f32(gpu.read::<f16>(&g, 0, s.g_len()).unwrap());
@@ -499,16 +515,17 @@ fn check_reference_gradients(shape: GateMixShape, k: usize, selection: Selection
 #[test]
 fn bad_input_is_an_error_not_a_panic() {
     let gpu = gpu();
-    let kernels = GateTopk::new(gpu);
+    let kernels = GateMix::new(gpu);
     let shape = shape(2, 3, 4, 5, 6);
     let bufs = Buffers::new(gpu, shape, &data(&shape, 1, 1.0));
     let fwd = bufs.topk_forward(2);
-    let forward = |args: GateTopkForward<'_>| kernels.forward(&args);
+    let forward =
+        |args: (GateMixForward<'_>, GateMixTopK<'_>)| kernels.forward_top_k(&args.0, &args.1);
 
     for k in [0, 4] {
         let e = expect_err(
-            forward(GateTopkForward { k, ..fwd }),
-            &["gate_topk forward k", &format!("k = {k}"), "1 ≤ k ≤ 3"],
+            forward((fwd.0, GateMixTopK { k, ..fwd.1 })),
+            &["gate_mix forward_top_k k", &format!("k = {k}"), "1 ≤ k ≤ 3"],
         );
         assert!(matches!(e, Error::Invalid { .. }));
     }
@@ -517,32 +534,47 @@ fn bad_input_is_an_error_not_a_panic() {
         ..shape
     };
     expect_err(
-        forward(GateTopkForward { shape: zero, ..fwd }),
+        forward((
+            GateMixForward {
+                shape: zero,
+                ..fwd.0
+            },
+            fwd.1,
+        )),
         &["`experts`"],
     );
     let small = gpu
         .storage_buffer("small", 4 * (shape.h_len() - 1) as u64)
         .unwrap();
     let e = expect_err(
-        forward(GateTopkForward {
-            h: (&small).into(),
-            ..fwd
-        }),
-        &["gate_topk forward", "`h`", "288 bytes", "284 bytes"],
+        forward((
+            GateMixForward {
+                h: (&small).into(),
+                ..fwd.0
+            },
+            fwd.1,
+        )),
+        &["gate_mix forward_top_k", "`h`", "288 bytes", "284 bytes"],
     );
     assert!(matches!(e, Error::Shape { .. }));
     expect_err(
-        forward(GateTopkForward {
-            g: BufferView::at(&bufs.g, 4),
-            ..fwd
-        }),
+        forward((
+            GateMixForward {
+                g: BufferView::at(&bufs.g, 4),
+                ..fwd.0
+            },
+            fwd.1,
+        )),
         &["`g`"],
     );
     expect_err(
-        forward(GateTopkForward {
-            m: (&bufs.h).into(),
-            ..fwd
-        }),
+        forward((
+            GateMixForward {
+                m: (&bufs.h).into(),
+                ..fwd.0
+            },
+            fwd.1,
+        )),
         &["distinct buffers"],
     );
     let tiling = GateMixTiling {
@@ -550,13 +582,22 @@ fn bad_input_is_an_error_not_a_panic() {
         row_blocks: 1,
         column_groups: 1,
     };
-    expect_err(kernels.forward_with(&fwd, tiling), &["gate_topk tiling"]);
+    expect_err(
+        kernels.forward_top_k_with(&fwd.0, &fwd.1, tiling),
+        &["gate_mix tiling"],
+    );
     let huge = GateMixShape {
         rows: usize::MAX / 2,
         ..shape
     };
     expect_err(
-        forward(GateTopkForward { shape: huge, ..fwd }),
+        forward((
+            GateMixForward {
+                shape: huge,
+                ..fwd.0
+            },
+            fwd.1,
+        )),
         &["element count"],
     );
 
@@ -594,7 +635,7 @@ fn bad_input_is_an_error_not_a_panic() {
 #[test]
 fn task_specific_experts_are_seen_by_their_gate_alone() {
     let gpu = gpu();
-    let kernels = GateTopk::new(gpu);
+    let kernels = GateMix::new(gpu);
     // (gates, shared, own): experts = shared + gates · own.
     for (n, (gates, shared, own, rows)) in
         [(2, 1, 1, 3), (3, 2, 2, 37), (2, 0, 3, 17), (4, 3, 1, 5)]
@@ -608,10 +649,13 @@ fn task_specific_experts_are_seen_by_their_gate_alone() {
             let d = data(&s, 300 + n as u64, 1.0);
             let bufs = Buffers::new(gpu, s, &d);
             let f = kernels
-                .forward(&GateTopkForward {
-                    access,
-                    ..bufs.topk_forward(k)
-                })
+                .forward_top_k(
+                    &bufs.forward(),
+                    &GateMixTopK {
+                        access,
+                        ..GateMixTopK::new(k)
+                    },
+                )
                 .unwrap();
             let b = kernels.backward(&bufs.backward(false)).unwrap();
             run(gpu, |e| {
@@ -643,19 +687,25 @@ fn task_specific_experts_are_seen_by_their_gate_alone() {
     let bufs = Buffers::new(gpu, s, &d);
     let bad = ExpertAccess::SharedAndOwn { shared: 2, own: 2 };
     expect_err(
-        kernels.forward(&GateTopkForward {
-            access: bad,
-            ..bufs.topk_forward(1)
-        }),
-        &["gate_topk forward access", "5 experts"],
+        kernels.forward_top_k(
+            &bufs.forward(),
+            &GateMixTopK {
+                access: bad,
+                ..GateMixTopK::new(1)
+            },
+        ),
+        &["gate_mix forward_top_k access", "5 experts"],
     );
     let access = ExpertAccess::SharedAndOwn { shared: 1, own: 2 };
     expect_err(
-        kernels.forward(&GateTopkForward {
-            access,
-            ..bufs.topk_forward(4)
-        }),
-        &["gate_topk forward k", "1 ≤ k ≤ 3"],
+        kernels.forward_top_k(
+            &bufs.forward(),
+            &GateMixTopK {
+                access,
+                ..GateMixTopK::new(4)
+            },
+        ),
+        &["gate_mix forward_top_k k", "1 ≤ k ≤ 3"],
     );
     gpu.check().unwrap();
 }
@@ -663,19 +713,24 @@ fn task_specific_experts_are_seen_by_their_gate_alone() {
 #[test]
 fn gate_then_mix_in_two_dispatches_equals_one() {
     let gpu = gpu();
-    let kernels = GateTopk::new(gpu);
+    let kernels = GateMix::new(gpu);
     let s = shape(3, 6, 37, 11, 10);
     for k in [2, 6] {
         let d = data(&s, 900 + k as u64, 1.0);
         let one = Buffers::new(gpu, s, &d);
-        let f = kernels.forward(&one.topk_forward(k)).unwrap();
+        let f = kernels
+            .forward_top_k(&one.forward(), &GateMixTopK::new(k))
+            .unwrap();
         run(gpu, |e| f.encode(e));
         let two = Buffers::new(gpu, s, &d);
         let gate = kernels
-            .forward(&GateTopkForward {
-                stages: ForwardStages::GateOnly,
-                ..two.topk_forward(k)
-            })
+            .forward_top_k(
+                &two.forward(),
+                &GateMixTopK {
+                    stages: ForwardStages::GateOnly,
+                    ..GateMixTopK::new(k)
+                },
+            )
             .unwrap();
         run(gpu, |e| gate.encode(e));
         let g = read(gpu, &two.g, s.g_len());
@@ -686,10 +741,13 @@ fn gate_then_mix_in_two_dispatches_equals_one() {
             output_bits(&[read(gpu, &one.g, s.g_len())])
         );
         let mix = kernels
-            .forward(&GateTopkForward {
-                stages: ForwardStages::MixOnly,
-                ..two.topk_forward(k)
-            })
+            .forward_top_k(
+                &two.forward(),
+                &GateMixTopK {
+                    stages: ForwardStages::MixOnly,
+                    ..GateMixTopK::new(k)
+                },
+            )
             .unwrap();
         run(gpu, |e| mix.encode(e));
         assert_eq!(
@@ -707,7 +765,7 @@ fn gate_then_mix_in_two_dispatches_equals_one() {
 #[test]
 fn a_logit_offset_moves_the_logits_before_the_selection() {
     let gpu = gpu();
-    let kernels = GateTopk::new(gpu);
+    let kernels = GateMix::new(gpu);
     for (n, (s, k)) in [
         (shape(1, 5, 3, 7, 5), 2),
         (shape(3, 16, 37, 33, 6), 2),
@@ -731,11 +789,14 @@ fn a_logit_offset_moves_the_logits_before_the_selection() {
         let what = format!("{s:?} k={k} with an offset");
         let bufs = Buffers::new(gpu, s, &d);
         let offset_buffer = gpu.upload("offset", &offset).unwrap();
-        let noisy = GateTopkForward {
-            logit_offset: Some((&offset_buffer).into()),
-            ..bufs.topk_forward(k)
-        };
-        let f = kernels.forward(&noisy).unwrap();
+        let noisy = (
+            bufs.forward(),
+            GateMixTopK {
+                logit_offset: Some((&offset_buffer).into()),
+                ..GateMixTopK::new(k)
+            },
+        );
+        let f = kernels.forward_top_k(&noisy.0, &noisy.1).unwrap();
         let b = kernels.backward(&bufs.backward(false)).unwrap();
         run(gpu, |e| {
             f.encode(e);
@@ -759,11 +820,14 @@ fn a_logit_offset_moves_the_logits_before_the_selection() {
         let two = Buffers::new(gpu, s, &d);
         for stages in [ForwardStages::GateOnly, ForwardStages::MixOnly] {
             let f = kernels
-                .forward(&GateTopkForward {
-                    stages,
-                    logit_offset: Some((&offset_buffer).into()),
-                    ..two.topk_forward(k)
-                })
+                .forward_top_k(
+                    &two.forward(),
+                    &GateMixTopK {
+                        stages,
+                        logit_offset: Some((&offset_buffer).into()),
+                        ..GateMixTopK::new(k)
+                    },
+                )
                 .unwrap();
             run(gpu, |e| f.encode(e));
         }
@@ -778,12 +842,17 @@ fn a_logit_offset_moves_the_logits_before_the_selection() {
         let with_zeros = Buffers::new(gpu, s, &d);
         let without = Buffers::new(gpu, s, &d);
         let f = kernels
-            .forward(&GateTopkForward {
-                logit_offset: Some((&zeros).into()),
-                ..with_zeros.topk_forward(k)
-            })
+            .forward_top_k(
+                &with_zeros.forward(),
+                &GateMixTopK {
+                    logit_offset: Some((&zeros).into()),
+                    ..GateMixTopK::new(k)
+                },
+            )
             .unwrap();
-        let plain = kernels.forward(&without.topk_forward(k)).unwrap();
+        let plain = kernels
+            .forward_top_k(&without.forward(), &GateMixTopK::new(k))
+            .unwrap();
         run(gpu, |e| {
             f.encode(e);
             plain.encode(e);
@@ -800,18 +869,28 @@ fn a_logit_offset_moves_the_logits_before_the_selection() {
         .storage_buffer("short offset", 4 * (s.g_len() - 1) as u64)
         .unwrap();
     expect_err(
-        kernels.forward(&GateTopkForward {
-            logit_offset: Some((&short).into()),
-            ..bufs.topk_forward(2)
-        }),
-        &["gate_topk forward", "`logit_offset`"],
+        kernels.forward_top_k(
+            &bufs.forward(),
+            &GateMixTopK {
+                logit_offset: Some((&short).into()),
+                ..GateMixTopK::new(2)
+            },
+        ),
+        &["gate_mix forward_top_k", "`logit_offset`"],
     );
     expect_err(
-        kernels.forward(&GateTopkForward {
-            logit_offset: Some((&bufs.g).into()),
-            ..bufs.topk_forward(2)
-        }),
-        &["gate_topk forward", "`logit_offset`", "distinct buffers"],
+        kernels.forward_top_k(
+            &bufs.forward(),
+            &GateMixTopK {
+                logit_offset: Some((&bufs.g).into()),
+                ..GateMixTopK::new(2)
+            },
+        ),
+        &[
+            "gate_mix forward_top_k",
+            "`logit_offset`",
+            "distinct buffers",
+        ],
     );
     let e = expect_err(
         reference::forward_logits(&s, 2, ExpertAccess::All, &[0.0; 3], &[0.0; 72]),
@@ -828,7 +907,7 @@ fn a_logit_offset_moves_the_logits_before_the_selection() {
 #[test]
 fn the_full_softmax_output_matches_the_reference_and_changes_nothing_else() {
     let gpu = gpu();
-    let kernels = GateTopk::new(gpu);
+    let kernels = GateMix::new(gpu);
     let mut rng = Rng::new(77);
     let mut extra = vec![
         (
@@ -865,21 +944,20 @@ fn the_full_softmax_output_matches_the_reference_and_changes_nothing_else() {
             let (plain, keeping) = (Buffers::new(gpu, s, &d), Buffers::new(gpu, s, &d));
             let p = gpu.upload("p", &vec![f32::NAN; s.g_len()]).unwrap();
             let offset_view = with_offset.then(|| (&offset_buffer).into());
-            let (args0, args1) = (
-                GateTopkForward {
-                    access,
-                    logit_offset: offset_view,
-                    ..plain.topk_forward(k)
-                },
-                GateTopkForward {
-                    access,
-                    logit_offset: offset_view,
-                    ..keeping.topk_forward(k)
-                },
-            );
-            let f0 = kernels.forward_with(&args0, tiling).unwrap();
+            let top_k = GateMixTopK {
+                access,
+                logit_offset: offset_view,
+                ..GateMixTopK::new(k)
+            };
+            let keep_p = GateMixTopK {
+                full_softmax: Some((&p).into()),
+                ..top_k
+            };
+            let f0 = kernels
+                .forward_top_k_with(&plain.forward(), &top_k, tiling)
+                .unwrap();
             let f1 = kernels
-                .forward_keeping_softmax_with(&args1, (&p).into(), tiling)
+                .forward_top_k_with(&keeping.forward(), &keep_p, tiling)
                 .unwrap();
             let b0 = kernels.backward(&plain.backward(false)).unwrap();
             let b1 = kernels.backward(&keeping.backward(false)).unwrap();
@@ -916,8 +994,14 @@ fn the_full_softmax_output_matches_the_reference_and_changes_nothing_else() {
     let d = data(&s, 1, 1.0);
     let bufs = Buffers::new(gpu, s, &d);
     expect_err(
-        kernels.forward_keeping_softmax(&bufs.topk_forward(2), (&bufs.g).into()),
-        &["gate_topk forward", "`p`"],
+        kernels.forward_top_k(
+            &bufs.forward(),
+            &GateMixTopK {
+                full_softmax: Some((&bufs.g).into()),
+                ..GateMixTopK::new(2)
+            },
+        ),
+        &["gate_mix forward_top_k", "`p`"],
     );
     gpu.check().unwrap();
 }
@@ -945,7 +1029,7 @@ fn assert_one_selection_per_row(what: &str, s: &GateMixShape, k: usize, g: &[f32
 #[test]
 fn a_shared_selection_matches_the_reference_and_every_tiling_bitwise() {
     let gpu = gpu();
-    let tilings = GateTopk::new(gpu).tilings();
+    let tilings = GateMix::new(gpu).tilings();
     let several_gates = cases().into_iter().filter(|(s, _)| s.gates > 1);
     for (n, (shape, k)) in several_gates.enumerate() {
         let accumulate = n % 2 == 0;
@@ -1020,20 +1104,26 @@ fn a_shared_selection_softmaxes_each_gate_over_its_selected_logits() {
 #[test]
 fn a_shared_selection_it_cannot_make_is_an_error() {
     let gpu = gpu();
-    let kernels = GateTopk::new(gpu);
+    let kernels = GateMix::new(gpu);
     let s = shape(2, 5, 3, 4, 2);
     let bufs = Buffers::new(gpu, s, &data(&s, 2, 1.0));
-    let shared = GateTopkForward {
-        selection: Selection::Shared,
-        ..bufs.topk_forward(2)
-    };
+    let shared = (
+        bufs.forward(),
+        GateMixTopK {
+            selection: Selection::Shared,
+            ..GateMixTopK::new(2)
+        },
+    );
     let e = expect_err(
-        kernels.forward(&GateTopkForward {
-            access: ExpertAccess::SharedAndOwn { shared: 1, own: 2 },
-            ..shared
-        }),
+        kernels.forward_top_k(
+            &shared.0,
+            &GateMixTopK {
+                access: ExpertAccess::SharedAndOwn { shared: 1, own: 2 },
+                ..shared.1
+            },
+        ),
         &[
-            "gate_topk forward selection",
+            "gate_mix forward_top_k selection",
             "every gate to see every expert",
         ],
     );
@@ -1041,12 +1131,15 @@ fn a_shared_selection_it_cannot_make_is_an_error() {
     let wide = shape(2, 257, 3, 4, 2);
     let wide_bufs = Buffers::new(gpu, wide, &data(&wide, 3, 1.0));
     let e = expect_err(
-        kernels.forward(&GateTopkForward {
-            selection: Selection::Shared,
-            ..wide_bufs.topk_forward(2)
-        }),
+        kernels.forward_top_k(
+            &wide_bufs.forward(),
+            &GateMixTopK {
+                selection: Selection::Shared,
+                ..GateMixTopK::new(2)
+            },
+        ),
         &[
-            "gate_topk forward",
+            "gate_mix forward_top_k",
             "experts of a shared selection",
             "257",
             "256",

@@ -13,8 +13,7 @@ use super::{Graph, MemoryReport, Op, Plan, Role, TensorId};
 use crate::gpu::Gpu;
 use crate::kernels::optimizer::{OptimizerStep, OptimizerUpdate};
 use crate::kernels::{
-    Balance, BufferView, Dispatch, GateMix, GateTopk, GroupedGemm, Loss, Noise, Optimizer,
-    Precision, Routing,
+    Balance, BufferView, Dispatch, GateMix, GroupedGemm, Loss, Noise, Optimizer, Precision, Routing,
 };
 use crate::shape::OptimizerConfig;
 use crate::{Error, Result};
@@ -30,7 +29,6 @@ pub struct GpuExecutor {
     plan: Plan,
     gemm: GroupedGemm,
     gate_mix: GateMix,
-    gate_topk: GateTopk,
     balance: Balance,
     noise: Noise,
     routing: Routing,
@@ -138,7 +136,6 @@ impl GpuExecutor {
         Ok(GpuExecutor {
             gemm: GroupedGemm::new(gpu),
             gate_mix: GateMix::new(gpu),
-            gate_topk: GateTopk::new(gpu),
             balance: Balance::new(gpu),
             noise: Noise::new(gpu),
             routing: Routing::new(gpu),

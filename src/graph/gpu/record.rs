@@ -6,8 +6,7 @@ use crate::Result;
 use crate::graph::plan::{ScratchKind, max_routes_per_row};
 use crate::graph::{BackwardStep, GateNoise, Op, TensorId, at_rows};
 use crate::kernels::balance::{BalanceBackward, BalanceForward, BalanceLoad};
-use crate::kernels::gate_mix::{ForwardStages, GateMixBackward, GateMixForward};
-use crate::kernels::gate_topk::GateTopkForward;
+use crate::kernels::gate_mix::{ForwardStages, GateMixBackward, GateMixForward, GateMixTopK};
 use crate::kernels::grouped_gemm::{
     GroupedGemmBackwardInput, GroupedGemmBackwardWeights, GroupedGemmForward, RowMap, SlotScratch,
 };
@@ -121,27 +120,27 @@ impl GpuExecutor {
                             offset: self.scratch_view(node, ScratchKind::LogitOffset),
                         })?);
                     }
+                    let args = GateMixForward {
+                        precision: Precision::F32,
+                        shape,
+                        x: self.view(x),
+                        wg: self.gate_weights(node, wg),
+                        bg: self.view(bg),
+                        h: self.view(h),
+                        g: self.view(g),
+                        m: self.view(m),
+                    };
                     let gate = |stages| {
-                        let args = GateTopkForward {
-                            precision: Precision::F32,
-                            shape,
+                        let top_k = GateMixTopK {
                             k,
                             access,
                             selection,
                             stages,
-                            x: self.view(x),
-                            wg: self.gate_weights(node, wg),
-                            bg: self.view(bg),
-                            h: self.view(h),
-                            g: self.view(g),
-                            m: self.view(m),
                             logit_offset: noise
                                 .map(|_| self.scratch_view(node, ScratchKind::LogitOffset)),
+                            full_softmax,
                         };
-                        match full_softmax {
-                            Some(p) => self.gate_topk.forward_keeping_softmax(&args, p),
-                            None => self.gate_topk.forward(&args),
-                        }
+                        self.gate_mix.forward_top_k(&args, &top_k)
                     };
                     if k == shape.experts
                         && access == ExpertAccess::All
@@ -149,16 +148,7 @@ impl GpuExecutor {
                         && full_softmax.is_none()
                     {
                         // The paper's gate, under its own name in profiles.
-                        forward.push(self.gate_mix.forward(&GateMixForward {
-                            precision: Precision::F32,
-                            shape,
-                            x: self.view(x),
-                            wg: self.gate_weights(node, wg),
-                            bg: self.view(bg),
-                            h: self.view(h),
-                            g: self.view(g),
-                            m: self.view(m),
-                        })?);
+                        forward.push(self.gate_mix.forward(&args)?);
                     } else if experts.is_empty() {
                         forward.push(gate(ForwardStages::Both)?);
                     } else {
