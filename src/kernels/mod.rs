@@ -34,11 +34,13 @@
 //!   (buffers, offsets, sizes, parameters), so building the same dispatch again is cheap.
 //!
 //! Each family's module docs hold a runnable example: [`grouped_gemm`], [`gate_mix`],
-//! [`gate_topk`], [`loss`], [`optimizer`], [`routing`], [`balance`], [`noise`].
+//! [`gate_topk`], [`loss`], [`optimizer`], [`routing`], [`balance`], [`noise`],
+//! [`embedding`].
 
 pub mod balance;
 mod binding;
 mod dispatch;
+pub mod embedding;
 pub mod gate_mix;
 pub mod gate_topk;
 pub mod grouped_gemm;
@@ -55,6 +57,7 @@ pub use binding::{BufferView, Precision};
 pub(crate) use binding::{Operand, bind_operands};
 pub use dispatch::{Dispatch, LOOP_BUDGET, Recorder};
 pub(crate) use dispatch::{check_loop_budget, encoders};
+pub use embedding::Embedding;
 pub use gate_mix::GateMix;
 pub use gate_topk::GateTopk;
 pub use grouped_gemm::GroupedGemm;
@@ -67,6 +70,7 @@ pub use routing::Routing;
 pub fn programs() -> Vec<crate::gpu::ShaderProgram> {
     let mut out = grouped_gemm::PROGRAMS.to_vec();
     out.extend_from_slice(balance::PROGRAMS);
+    out.extend_from_slice(embedding::PROGRAMS);
     out.extend_from_slice(gate_mix::PROGRAMS);
     out.extend_from_slice(loss::PROGRAMS);
     out.extend_from_slice(noise::PROGRAMS);
