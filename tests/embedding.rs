@@ -221,6 +221,33 @@ fn chunked_tables_are_bitwise_equal_to_one_chunk() {
 }
 
 #[test]
+fn a_batch_without_ids_pools_to_zeros_and_has_no_gradient() {
+    let gpu = gpu();
+    let embedding = Embedding::new(gpu);
+    let f = field(6, 5, true, true, true);
+    let batch = EmbeddingBatch::new(&f, "f", 3, &[], Some(&[0, 0, 0, 0]), Some(&[])).unwrap();
+    assert_eq!(
+        (batch.unique_ids(), batch.unique_offsets()),
+        (&[][..], &[0][..])
+    );
+    let shape = batch.shape(7, 1);
+    let up = Uploaded::new(gpu, &batch.arrays(&shape).unwrap());
+    let tables = EmbeddingTableBuffers::new(gpu, "table", 6, 5).unwrap();
+    tables.fill(gpu, 1.0).unwrap();
+    let chunks = tables.views();
+    let x = gpu.upload("x", &[9.0f32; 21]).unwrap();
+    let grad = gpu.upload("grad", &[9.0f32; 5]).unwrap();
+    let forward = up.forward(shape, EmbeddingTable::new(&chunks, 6), None, &x);
+    let mut dispatches = embedding.forward(&forward).unwrap();
+    let dx = gpu.upload("dx", &[1.0f32; 21]).unwrap();
+    dispatches.push(embedding.backward(&up.backward(shape, &dx, &grad)).unwrap());
+    record(gpu, &dispatches);
+    let row = [9.0, 0.0, 0.0, 0.0, 0.0, 0.0, 9.0];
+    assert_eq!(read(gpu, &x, 21), row.repeat(3));
+    assert_eq!(read(gpu, &grad, 5), [0.0; 5]);
+}
+
+#[test]
 fn dense_adam_over_a_whole_table_goes_through_the_optimizer() {
     // The compact gradient scattered into a zeroed table-shaped gradient is what the
     // dense optimizer needs; unlike lazy Adam it moves rows the batch did not touch.

@@ -29,7 +29,8 @@
 //! ([`EmbeddingTable`], [`EmbeddingTableBuffers`]): the forward pass gathers each
 //! chunk's rows into a scratch `[ids, dim]` and pools it in bag order in one more
 //! pass, and the update and scatter run per chunk; results are bitwise those of the
-//! unsplit table.
+//! unsplit table. The backward pass never reads the table. The scratch, like every
+//! other operand, must fit one binding: a batch's IDs, not the vocabulary, bound it.
 //!
 //! Storage is f32 only (tables, states, `x` and `dx`); f16 is not offered yet.
 //! Shader: `shaders/embedding.wgsl`.
@@ -213,8 +214,8 @@ pub struct EmbeddingForward<'a> {
     pub offsets: Option<BufferView<'a>>,
     /// `weights: [bounds.ids]` f32, exactly when the field is weighted.
     pub weights: Option<BufferView<'a>>,
-    /// `scratch: [bounds.ids, dim]` f32, needed when the table has several chunks
-    /// (and unused otherwise); overwritten.
+    /// `scratch: [bounds.ids, dim]` f32 in one binding, needed when the table has
+    /// several chunks (and unused otherwise); overwritten.
     pub scratch: Option<BufferView<'a>>,
     /// `x: [rows, width]`; the field's columns are overwritten, the others untouched.
     pub x: BufferView<'a>,
