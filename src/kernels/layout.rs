@@ -15,8 +15,8 @@ struct ShaderLayout {
     fields: Vec<(String, usize, usize)>,
 }
 
-fn host_layouts() -> [HostLayout; 10] {
-    use super::{balance, gate_mix, grouped_gemm, loss, noise, optimizer, routing};
+fn host_layouts() -> [HostLayout; 12] {
+    use super::{balance, embedding, gate_mix, grouped_gemm, loss, noise, optimizer, routing};
     [
         grouped_gemm::GemmParams::LAYOUT,
         grouped_gemm::ReduceParams::LAYOUT,
@@ -28,6 +28,8 @@ fn host_layouts() -> [HostLayout; 10] {
         loss::TaskEntry::LAYOUT,
         optimizer::OptParams::LAYOUT,
         optimizer::StepParams::LAYOUT,
+        embedding::EmbeddingParams::LAYOUT,
+        embedding::SparseStepParams::LAYOUT,
     ]
 }
 

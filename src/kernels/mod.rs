@@ -33,11 +33,12 @@
 //!   (buffers, offsets, sizes, parameters), so building the same dispatch again is cheap.
 //!
 //! Each family's module docs hold a runnable example: [`grouped_gemm`], [`gate_mix`],
-//! [`loss`], [`optimizer`], [`routing`], [`balance`], [`noise`].
+//! [`loss`], [`optimizer`], [`routing`], [`balance`], [`noise`], [`embedding`].
 
 pub mod balance;
 mod binding;
 mod dispatch;
+pub mod embedding;
 pub mod gate_mix;
 pub mod grouped_gemm;
 #[cfg(test)]
@@ -53,6 +54,7 @@ pub use binding::{BufferView, Precision};
 pub(crate) use binding::{Operand, bind_operands};
 pub use dispatch::{Dispatch, LOOP_BUDGET, Recorder};
 pub(crate) use dispatch::{check_loop_budget, encoders};
+pub use embedding::Embedding;
 pub use gate_mix::GateMix;
 pub use grouped_gemm::GroupedGemm;
 pub use loss::Loss;
@@ -64,6 +66,7 @@ pub use routing::Routing;
 pub fn programs() -> Vec<crate::gpu::ShaderProgram> {
     let mut out = grouped_gemm::PROGRAMS.to_vec();
     out.extend_from_slice(balance::PROGRAMS);
+    out.extend_from_slice(embedding::PROGRAMS);
     out.extend_from_slice(gate_mix::PROGRAMS);
     out.extend_from_slice(loss::PROGRAMS);
     out.extend_from_slice(noise::PROGRAMS);

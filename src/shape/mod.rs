@@ -8,6 +8,7 @@
 //! structs use, so a kernel backend can import a family from one place.
 
 mod balance;
+mod embedding;
 mod gate;
 mod gemm;
 mod loss;
@@ -18,6 +19,10 @@ mod standard;
 
 pub use balance::{BalanceLoss, BalanceShape, BalanceStats};
 pub(crate) use balance::{check_load_k, check_weight};
+pub use embedding::{
+    EmbeddingArrays, EmbeddingBatch, EmbeddingBounds, EmbeddingField, EmbeddingShape, NO_ID,
+    Pooling, SparseOptimizer,
+};
 pub use gate::{ExpertAccess, GateMixShape, MAX_SHARED_SELECTION_EXPERTS, Selection};
 pub(crate) use gate::{check_k, check_selection};
 pub use gemm::{Activation, GemmShape, InputLayout};

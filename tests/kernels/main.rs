@@ -8,6 +8,7 @@ mod common;
 mod backend_api;
 mod backend_checks;
 mod balance;
+mod embedding;
 mod gate_mix;
 mod gate_topk;
 mod grouped_gemm;
