@@ -40,6 +40,8 @@ mod experiment;
 mod plots;
 #[path = "synthetic/report.rs"]
 mod report;
+#[path = "synthetic/trainability.rs"]
+mod trainability;
 
 use std::error::Error;
 use std::io::Write;
@@ -146,6 +148,20 @@ struct Args {
     /// Where to write the gate heat maps (PNG).
     #[arg(long, default_value = "target/synthetic/gates.png")]
     gate_plot: PathBuf,
+    /// The paper's trainability experiment: N seeds (random starts and data sets)
+    /// per model and correlation, instead of --seeds; prints the spread of the final
+    /// test MSE and draws its histogram (see --trainability-plot).
+    #[arg(long, value_name = "N", allow_negative_numbers = true,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    trainability: Option<u64>,
+    /// A run has failed when either task's test MSE is above this (the label noise's
+    /// variance, 0.01, is the error of a perfect model).
+    #[arg(long, default_value_t = 0.05, allow_negative_numbers = true,
+          value_parser = positive_f64)]
+    fail_mse: f64,
+    /// Where to write the trainability histogram (PNG), with --trainability.
+    #[arg(long, default_value = "target/synthetic/trainability.png")]
+    trainability_plot: PathBuf,
 }
 
 /// The `--gate` choices.
@@ -223,6 +239,15 @@ fn positive(s: &str) -> Result<f32, String> {
     }
 }
 
+fn positive_f64(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("`{s}`: {e}"))?;
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not a finite number > 0"))
+    }
+}
+
 fn finite(s: &str) -> Result<f64, String> {
     let v: f64 = s.parse().map_err(|e| format!("`{s}`: {e}"))?;
     if v.is_finite() {
@@ -235,6 +260,9 @@ fn finite(s: &str) -> Result<f64, String> {
 fn main() -> ExitCode {
     // Usage errors exit with code 2 (clap's convention); --help and --version with 0.
     let mut args = Args::parse();
+    if let Some(seeds) = args.trainability {
+        args.seeds = seeds;
+    }
     if args.first_seed.checked_add(args.seeds).is_none() {
         Args::command()
             .error(
@@ -351,6 +379,13 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
         writeln!(out, "wrote {}", args.gate_plot.display())?;
     } else {
         writeln!(out, "no gate heat maps: no model with gates was trained")?;
+    }
+    if args.trainability.is_some() {
+        let grid = (&args.models[..], &args.correlations[..]);
+        trainability::table(&mut out, &results, grid, args.fail_mse)?;
+        create_parent(&args.trainability_plot)?;
+        trainability::histogram(&args.trainability_plot, &results, grid, args.fail_mse)?;
+        writeln!(out, "wrote {}", args.trainability_plot.display())?;
     }
     writeln!(
         out,

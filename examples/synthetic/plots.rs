@@ -17,7 +17,7 @@ type Plot = Result<(), Box<dyn Error>>;
 type Curve = Vec<(usize, f64)>;
 
 /// Registers the embedded font as plotters' `sans-serif` (once per process).
-fn fonts() -> Plot {
+pub fn fonts() -> Plot {
     static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let ok = *REGISTERED.get_or_init(|| {
         register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular()).is_ok()
@@ -30,7 +30,7 @@ fn fonts() -> Plot {
     }
 }
 
-fn model_color(model: Model) -> RGBColor {
+pub fn model_color(model: Model) -> RGBColor {
     match model {
         Model::Mmoe => RGBColor(0x1f, 0x77, 0xb4),
         Model::Omoe => RGBColor(0xff, 0x7f, 0x0e),

@@ -196,3 +196,77 @@ fn a_shared_selection_computes_two_experts_per_row_and_is_recorded_in_the_json()
     assert!((per_row - 2.0).abs() < 1e-9, "{v}");
     assert!(stderr.contains("top-2 shared-selection gates"), "{stderr}");
 }
+
+/// `--trainability N` runs N seeds per model and correlation, prints one line per
+/// model and correlation with the spread and the failed fraction, and draws the
+/// histogram; the failed fraction follows `--fail-mse`.
+#[test]
+fn the_trainability_mode_reports_every_seed_and_draws_the_histogram() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("synthetic_trainability");
+    std::fs::create_dir_all(&dir).unwrap();
+    let histogram = dir.join("trainability.png");
+    let _ = std::fs::remove_file(&histogram);
+    let run_with = |fail_mse: &str| {
+        let output = run(&[
+            "--json",
+            "--trainability",
+            "2",
+            "--models",
+            "mmoe,shared-bottom",
+            "--steps",
+            "20",
+            "--batch-size",
+            "32",
+            "--train-rows",
+            "256",
+            "--test-rows",
+            "64",
+            "--correlations",
+            "0.5",
+            "--fail-mse",
+            fail_mse,
+            "--loss-plot",
+            dir.join("loss.png").to_str().unwrap(),
+            "--gate-plot",
+            dir.join("gates.png").to_str().unwrap(),
+            "--trainability-plot",
+            histogram.to_str().unwrap(),
+        ]);
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "the example failed:\n{stderr}");
+        let runs = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .count();
+        (runs, stderr)
+    };
+    // Twenty steps fit nothing: every run fails a tight threshold, none a loose one.
+    let (runs, stderr) = run_with("0.05");
+    assert_eq!(runs, 4, "2 seeds × 2 models:\n{stderr}");
+    let rows: Vec<&str> = stderr
+        .lines()
+        .skip_while(|l| !l.starts_with("trainability:"))
+        .skip(2)
+        .take(2)
+        .collect();
+    assert_eq!(rows.len(), 2, "{stderr}");
+    for row in &rows {
+        let fields: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(fields.get(fields.len() - 6), Some(&"2"), "runs: {row}");
+        assert_eq!(fields.last(), Some(&"100%"), "{row}");
+    }
+    let bytes = std::fs::read(&histogram).expect("the histogram is written");
+    assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"));
+    let (_, stderr) = run_with("1000");
+    assert!(
+        stderr
+            .lines()
+            .skip_while(|l| !l.starts_with("trainability:"))
+            .skip(2)
+            .take(2)
+            .all(|l| l.ends_with("0%") && !l.ends_with("100%")),
+        "{stderr}"
+    );
+    let output = run(&["--trainability", "0"]);
+    assert_eq!(output.status.code(), Some(2), "0 seeds is a usage error");
+}
