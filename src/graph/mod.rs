@@ -11,15 +11,20 @@
 mod backward;
 mod cpu;
 mod gpu;
+mod lookup;
 mod node;
 mod plan;
 
 pub use backward::{BackwardStep, backward_steps};
 pub use cpu::CpuExecutor;
 pub use gpu::GpuExecutor;
+pub use lookup::{Lookup, Table};
 pub(crate) use node::at_rows;
 pub use node::{GateNoise, GateSpec, Init, Op, Role, Tensor, TensorId};
-pub use plan::{MemoryReport, Plan, Scratch, ScratchKind};
+pub use plan::{
+    LookupBuffer, LookupBufferKind, MemoryReport, Plan, Scratch, ScratchKind, lookup_buffers,
+    table_buffers,
+};
 
 use crate::shape::{Activation, GateMixShape, GemmShape, InputLayout, TaskLoss};
 use crate::{Error, Result};
@@ -30,6 +35,8 @@ pub struct Graph {
     capacity: usize,
     tensors: Vec<Tensor>,
     nodes: Vec<Op>,
+    tables: Vec<Table>,
+    lookups: Vec<Lookup>,
 }
 
 impl Graph {
@@ -42,6 +49,8 @@ impl Graph {
             capacity,
             tensors: Vec::new(),
             nodes: Vec::new(),
+            tables: Vec::new(),
+            lookups: Vec::new(),
         })
     }
 
