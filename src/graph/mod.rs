@@ -6,6 +6,11 @@
 //! axis is the batch holds `capacity` rows, and an execution may use fewer rows (the
 //! last batch of an epoch, an evaluation chunk) without re-planning.
 //!
+//! Embedding [`Table`]s are trained like parameters but kept apart from the flat
+//! buffers, each in row chunks with its own optimizer state; [`Lookup`]s (the first
+//! nodes) pool a batch's IDs into columns of an input, which then has a gradient, and
+//! executions are fed one [`EmbeddingBatch`](crate::shape::EmbeddingBatch) per lookup.
+//!
 //! Nothing here knows about MMoE: `model` builds the graph.
 
 mod backward;

@@ -393,7 +393,7 @@ pub struct LookupBuffer {
 
 /// The buffers of every lookup (IDs, offsets, weights, unique offsets, occurrences,
 /// the scratch of a table split in chunks) and of every table (unique IDs, compact
-/// gradient), at the graph's capacity. The scratch is counted for every lookup, the
+/// gradient, and zeros for a table trained densely), at the graph's capacity. The scratch is counted for every lookup, the
 /// most a device whose bindings split no table allocates less.
 pub fn lookup_buffers(graph: &Graph) -> Vec<LookupBuffer> {
     let mut out = Vec::new();
@@ -441,6 +441,14 @@ pub fn lookup_buffers(graph: &Graph) -> Vec<LookupBuffer> {
             kind: LookupBufferKind::Scratch,
             len: unique * table.dim,
         });
+        // Trained densely: the zeros that clear its scattered gradient.
+        if table.optimizer.sparse().is_none() {
+            out.push(LookupBuffer {
+                name: format!("`{}` zeros", table.name),
+                kind: LookupBufferKind::Scratch,
+                len: unique * table.dim,
+            });
+        }
     }
     out
 }

@@ -24,6 +24,52 @@ pub enum FieldValues {
 /// A categorical field: its name, its table `[vocab, dim]`, and how its rows hold
 /// IDs. Its `dim` columns follow the dense features and the fields before it in the
 /// model's input (see [`ModelConfig::input_width`](super::ModelConfig::input_width)).
+///
+/// ```
+/// use mmoe_wgpu::model::{
+///     Batch, FieldConfig, ModelConfig, Pooling, TableOptimizer, TaskConfig, TaskKind, Trainer,
+/// };
+///
+/// # fn main() -> mmoe_wgpu::Result<()> {
+/// let tasks = vec![
+///     TaskConfig::new("click", TaskKind::BinaryClassification),
+///     TaskConfig::new("watch_time", TaskKind::Regression),
+/// ];
+/// let config = ModelConfig {
+///     fields: vec![
+///         FieldConfig::single("country", 200, 8),
+///         FieldConfig::multi("tags", 5000, 16, Pooling::Mean, 20),
+///         // Bags of up to 50 recently seen tags, in the table of `tags`.
+///         FieldConfig::multi("recent_tags", 5000, 16, Pooling::Sum, 50).sharing("tags"),
+///     ],
+///     table_optimizer: TableOptimizer::LAZY_ADAM,
+///     ..ModelConfig::mmoe(3, 4, 32, 16, tasks) // 3 dense features
+/// };
+/// assert_eq!(config.input_width(), 3 + 8 + 16 + 16);
+/// let gpu = mmoe_wgpu::Gpu::new()?;
+/// let mut trainer = Trainer::new(&gpu, config, 256)?;
+///
+/// // Two rows: dense values, a country each, bags of tags (3 IDs, then 1), no
+/// // recent tags; then the targets, task-major.
+/// let dense = [0.5, -1.0, 2.0, 0.0, 1.5, -0.5];
+/// let batch = Batch::new(2, &dense)
+///     .ids("country", &[4, 17])
+///     .bags("tags", &[0, 3, 4], &[7, 2, 7, 4999])
+///     .bags("recent_tags", &[0, 0, 0], &[])
+///     .targets(&[1.0, 0.0, 12.5, 3.0]);
+/// trainer.step_batch(&batch)?;
+/// let predictions = trainer.predict_batch(&batch)?; // [tasks, rows]
+/// assert_eq!(predictions.len(), 4);
+///
+/// let bad = Batch::new(2, &dense)
+///     .ids("country", &[4, 200])
+///     .bags("tags", &[0, 3, 4], &[7, 2, 7, 4999])
+///     .bags("recent_tags", &[0, 0, 0], &[]);
+/// let message = trainer.predict_batch(&bad).unwrap_err().to_string();
+/// assert!(message.contains("`country`, row 1") && message.contains("ID 200"), "{message}");
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct FieldConfig {
     /// Unique among the model's fields; batches and errors name the field by it, and

@@ -393,6 +393,15 @@ fn predictions_with_fields_run_in_chunks_over_any_number_of_rows() {
     for weights in &report.weights {
         assert!((weights.iter().sum::<f64>() - 1.0).abs() < 1e-4);
     }
+    // Allocated: the plan, the tables exactly.
+    let (used, planned) = (trainer.memory(), trainer.planned_memory());
+    assert_eq!(used.tables, planned.tables);
+    assert_eq!(
+        used.tables,
+        4 * 3 * (13 * 3 + 29 * 4),
+        "two tables and two moments each"
+    );
+    assert!(used.total() <= planned.total(), "{used:?} over {planned:?}");
 }
 
 /// Rows `range` of `b`, offsets rebased.
