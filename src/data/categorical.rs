@@ -96,6 +96,16 @@ pub enum Category {
     Str(String),
 }
 
+impl std::fmt::Display for Category {
+    /// As JSON writes it: `17`, `"fr"`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Category::Int(n) => write!(f, "{n}"),
+            Category::Str(s) => write!(f, "{s:?}"),
+        }
+    }
+}
+
 impl From<RawValue<'_>> for Category {
     fn from(value: RawValue<'_>) -> Self {
         match value {
@@ -204,7 +214,7 @@ impl Vocabulary {
             if !fresh {
                 return Err(Error::invalid(
                     "vocabulary",
-                    format!("{value:?} is listed twice (at IDs {id} and before)"),
+                    format!("{value} is listed twice (ID {id} repeats an earlier one)"),
                 ));
             }
         }

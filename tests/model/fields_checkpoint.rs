@@ -324,6 +324,7 @@ fn damaged_files_of_models_with_fields_are_refused() {
     for (bytes, want_what, want_message) in cases {
         match Checkpoint::from_bytes(&bytes) {
             Err(Error::Checkpoint { what, message, .. }) => {
+                eprintln!("{what}: {message}");
                 assert_eq!(what, want_what, "{message}");
                 assert!(message.contains(want_message), "{want_what}: `{message}`");
             }

@@ -1,12 +1,16 @@
-//! Checkpoints in the safetensors format: a model's parameters, its optimizer
-//! state, step count, learning rate and config, in a file PyTorch can read and write
-//! (the whole format, names, shapes and layouts included, is in `docs/checkpoint.md`).
+//! Checkpoints in the safetensors format: a model's parameters, embedding tables,
+//! optimizer state, step count, learning rate, config and encoders, in a file PyTorch
+//! can read and write (the whole format, names, shapes and layouts included, is in
+//! `docs/checkpoint.md`).
 //!
 //! Every tensor is `F32`, little-endian, row-major, named as in [`Trainer::parameter`]
-//! (`experts.0.weight`, in this crate's `[groups, inputs, outputs]` layout); optimizer
-//! state is `optimizer.{exp_avg,exp_avg_sq,momentum_buffer}.{parameter}`. The rest
-//! lives in one metadata entry, [`METADATA_KEY`], as JSON: one key keeps the header
-//! byte-identical from save to save (safetensors writes metadata in hash order).
+//! (`experts.0.weight`, in this crate's `[groups, inputs, outputs]` layout;
+//! `embeddings.{field}.weight`, `[vocab, dim]`); optimizer state is
+//! `optimizer.{exp_avg,exp_avg_sq,momentum_buffer,sum}.{parameter or table}`. The
+//! rest lives in one metadata entry, [`METADATA_KEY`], as JSON: one key keeps the
+//! header byte-identical from save to save (safetensors writes metadata in hash
+//! order), which is why the encoders are a member of it (`vocabulary`) rather than a
+//! key of their own.
 //!
 //! [`Trainer::parameter`]: crate::model::Trainer::parameter
 
