@@ -150,7 +150,10 @@ impl FieldConfig {
     /// The most IDs one row holds: `max_bag`, or 1 for a single-valued field.
     ///
     /// A trainer of batch capacity `B` sizes the field's buffers for `B · max_bag`
-    /// IDs; a batch with a longer bag is an [`Error::Limit`].
+    /// IDs, and its table's for `min(vocab, Σ B · max_bag over the fields sharing
+    /// it)` touched rows; a batch with a longer bag is an [`Error::Limit`]. One ID
+    /// may occur at most `min(B · max_bag, 65,533)` times in one batch of a field
+    /// (the kernels' loop budget); more is an [`Error::Limit`] too.
     pub fn max_bag(&self) -> usize {
         match self.values {
             FieldValues::Single => 1,

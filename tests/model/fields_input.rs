@@ -328,3 +328,42 @@ fn a_diverging_loss_stops_the_tables_too() {
         }
     }
 }
+
+/// One ID occurring more often in a batch than the kernels' loops may count is an
+/// `Error::Limit` naming the ID, before anything is written; fewer train.
+#[test]
+fn an_id_occurring_past_the_kernels_loop_budget_is_an_error() {
+    let config = ModelConfig {
+        fields: vec![FieldConfig::multi("tags", 10, 2, Pooling::Sum, 70)],
+        ..ModelConfig::mmoe(1, 2, 3, 2, crate::common::models::two_tasks("a", "b"))
+    };
+    let rows = 1000;
+    let mut trainer = Trainer::new(gpu(), config, rows).unwrap();
+    let dense = vec![0.5f32; rows];
+    let targets = vec![0.0f32; 2 * rows];
+    let offsets: Vec<u32> = (0..=rows as u32).map(|r| 70 * r).collect();
+    let ids = vec![3u32; 70 * rows];
+    let batch = Batch::new(rows, &dense)
+        .bags("tags", &offsets, &ids)
+        .targets(&targets);
+    for e in [
+        trainer.step_batch(&batch).unwrap_err(),
+        trainer.predict_batch(&batch).unwrap_err(),
+    ] {
+        match &e {
+            Error::Limit {
+                value: 70_000,
+                limit: 65_533,
+                ..
+            } => assert!(e.to_string().contains("occurrences of ID 3"), "{e}"),
+            other => panic!("expected the occurrence bound, got {other}"),
+        }
+    }
+    assert_eq!(trainer.steps(), 0);
+    // 65,520 occurrences (936 rows of 70) are within it.
+    let batch = Batch::new(936, &dense[..936])
+        .bags("tags", &offsets[..937], &ids[..70 * 936])
+        .targets(&targets[..2 * 936]);
+    trainer.step_batch(&batch).unwrap();
+    trainer.loss().unwrap();
+}
