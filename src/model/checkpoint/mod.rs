@@ -175,11 +175,12 @@ impl Checkpoint {
                 })
                 .collect()
         };
-        for flat in std::iter::once(params)
+        // Layout order: the parameters, the tables, each state of the parameters,
+        // then each state of the tables.
+        for (k, flat) in std::iter::once(params)
             .chain(state.iter().map(Vec::as_slice))
             .enumerate()
         {
-            let (k, flat) = flat;
             for range in flat_views(flat) {
                 let Some(range) = range else {
                     return bad("flat buffers", "out of range".into());
