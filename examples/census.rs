@@ -144,6 +144,7 @@ fn model_config(o: &Options, inputs: usize) -> ModelConfig {
         .collect();
     ModelConfig {
         inputs,
+        fields: Vec::new(),
         shared_layers: Vec::new(),
         architecture,
         tower_layers: vec![o.tower],
@@ -158,6 +159,7 @@ fn model_config(o: &Options, inputs: usize) -> ModelConfig {
         } else {
             ModelConfig::ADAM
         },
+        table_optimizer: Default::default(),
         learning_rate: o.lr,
         seed: o.seed,
     }

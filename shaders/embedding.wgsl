@@ -20,8 +20,10 @@
 //             (MEAN); src is the table (row_k = ids[k]) or, GATHERED, the scratch
 //             (row_k = k), the same values, so a chunked table pools bitwise alike
 //   gather    scratch[k, c] = table[ids[k] − chunk_lo, c] for the IDs in the chunk
-//   backward  grad[u, c] = Σ_occurrences w_pos (÷ the bag's size: MEAN) · dx[row, column + c]
-//   adam, adagrad   the sparse step on the chunk's touched rows
+//   backward  grad[u, c] = Σ_occurrences w_pos (÷ the bag's size: MEAN) · dx[row, column + c],
+//             added to what grad holds (ACCUMULATE: fields sharing a table, in field order)
+//   adam, adagrad   the sparse step on the chunk's touched rows; GUARDED, none once
+//             status[0] != 0 (the dense optimizer's non-finite-loss flag)
 //   scatter   dense[unique_ids[u] − chunk_lo, c] = grad[u, c]: a table-shaped gradient
 //
 // Bounds: whatever the index buffers hold, every access stays inside its operand.
@@ -66,7 +68,7 @@ struct EmbeddingParams {
     beta2: f32,
     one_minus_beta2: f32,
     eps: f32,
-    _pad0: u32,
+    status_base: u32,
 }
 
 // Rewritten by the host before each optimizer step.
@@ -98,6 +100,8 @@ struct SparseStepParams {
 @group(0) @binding(12) var<storage, read_write> moment1: array<f32>;
 // Lazy Adam's second moment.
 @group(0) @binding(13) var<storage, read_write> moment2: array<f32>;
+// The non-finite-loss status the dense optimizer step writes (GUARDED).
+@group(0) @binding(14) var<storage, read> status: array<u32>;
 
 override WG: u32 = 64u;
 // Columns per invocation, 1..=4: the ID, weight and offsets loaded once serve them all.
@@ -107,6 +111,8 @@ override MULTI: u32 = 1u;
 override WEIGHTED: u32 = 1u;
 override MEAN: u32 = 1u;
 override GATHERED: u32 = 0u;
+override ACCUMULATE: u32 = 0u;
+override GUARDED: u32 = 0u;
 
 struct Cell {
     item: u32,
@@ -166,6 +172,21 @@ fn dx_cols(at: u32, c: u32) -> vec4<f32> {
     }
     if (COLS > 3u) {
         v.w = dx[at + min(c + 3u, last)];
+    }
+    return v;
+}
+
+fn dst_cols(at: u32, c: u32) -> vec4<f32> {
+    let last = P.dim - 1u;
+    var v = vec4<f32>(dst[at + c], 0.0, 0.0, 0.0);
+    if (COLS > 1u) {
+        v.y = dst[at + min(c + 1u, last)];
+    }
+    if (COLS > 2u) {
+        v.z = dst[at + min(c + 2u, last)];
+    }
+    if (COLS > 3u) {
+        v.w = dst[at + min(c + 3u, last)];
     }
     return v;
 }
@@ -251,7 +272,16 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
         let upstream = dx_cols(P.dx_base + row * P.width + P.column, at.c);
         acc = fma(vec4<f32>(coefficient), upstream, acc);
     }
+    if (ACCUMULATE != 0u) {
+        acc = dst_cols(P.dst_base + at.item * P.dim, at.c) + acc;
+    }
     store_cols(P.dst_base + at.item * P.dim, at.c, acc);
+}
+
+// Whether a sparse step must change nothing: no step number yet, or (GUARDED) a loss
+// went non-finite at this step or an earlier one.
+fn skip_step() -> bool {
+    return S.step == 0u || (GUARDED != 0u && status[P.status_base] != 0u);
 }
 
 // Whether the invocation's column j (of COLS) lies inside the row.
@@ -262,7 +292,7 @@ fn column_live(at: Cell, j: u32) -> bool {
 @compute @workgroup_size(WG)
 fn adam(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let at = cell(wid, lid);
-    if (!at.live || S.step == 0u) {
+    if (!at.live || skip_step()) {
         return;
     }
     let row = chunk_row(unique_ids[P.unique_ids_base + at.item]);
@@ -283,7 +313,7 @@ fn adam(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 @compute @workgroup_size(WG)
 fn adagrad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let at = cell(wid, lid);
-    if (!at.live || S.step == 0u) {
+    if (!at.live || skip_step()) {
         return;
     }
     let row = chunk_row(unique_ids[P.unique_ids_base + at.item]);

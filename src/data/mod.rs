@@ -1,11 +1,13 @@
 //! Data sets for training and evaluation: an in-memory [`Dataset`] with batching,
 //! the paper's synthetic task-correlation generator ([`synthetic`]), the UCI
-//! Census-Income loader ([`census`]) and numeric CSV input for prediction ([`csv`]).
+//! Census-Income loader ([`census`]), numeric CSV input for prediction ([`csv`]) and
+//! raw categorical values to embedding IDs ([`categorical`]).
 //!
 //! Targets are stored task-major (`[tasks, rows]`) because the loss kernel reads one
 //! contiguous run of targets per task; inputs are row-major (`[rows, inputs]`) as the
 //! expert GEMMs read them.
 
+pub mod categorical;
 pub mod census;
 pub mod csv;
 pub mod synthetic;

@@ -30,6 +30,15 @@ pub enum BackwardStep {
         /// Whether `dX` is produced, and if so whether it accumulates.
         dx: Option<bool>,
     },
+    /// The compact gradient of the table rows a lookup's batch touched, from its
+    /// columns of `dX`; added to what another lookup of the same table wrote when
+    /// `accumulate` (lookups of one table sum in reverse node order).
+    Embedding {
+        /// Forward node.
+        node: usize,
+        /// Add into the table's gradient instead of overwriting it.
+        accumulate: bool,
+    },
 }
 
 impl BackwardStep {
@@ -38,13 +47,14 @@ impl BackwardStep {
         match *self {
             BackwardStep::DenseWeights { node }
             | BackwardStep::DenseInput { node, .. }
-            | BackwardStep::GateMix { node, .. } => node,
+            | BackwardStep::GateMix { node, .. }
+            | BackwardStep::Embedding { node, .. } => node,
         }
     }
 }
 
-/// Whether a gradient flows into each tensor: parameters, and activations computed
-/// from them.
+/// Whether a gradient flows into each tensor: parameters, inputs that lookups write
+/// embeddings into, and activations computed from them.
 pub fn needs_grad(graph: &Graph) -> Vec<bool> {
     let mut needs: Vec<bool> = graph
         .tensors()
@@ -52,7 +62,7 @@ pub fn needs_grad(graph: &Graph) -> Vec<bool> {
         .map(|t| t.role == Role::Parameter)
         .collect();
     for op in graph.nodes() {
-        if op.inputs().iter().any(|t| needs[t.0]) {
+        if matches!(op, Op::Embedding { .. }) || op.inputs().iter().any(|t| needs[t.0]) {
             for t in op.outputs() {
                 needs[t.0] = true;
             }
@@ -65,15 +75,35 @@ pub fn needs_grad(graph: &Graph) -> Vec<bool> {
 /// dispatch writes the gradient of the predictions.
 ///
 /// Each parameter belongs to one node, so parameter gradients are always
-/// overwritten; an activation read by several nodes has its gradient overwritten by
-/// the first step that reaches it and accumulated by the others.
+/// overwritten; an activation (or an input with lookups) read by several nodes has
+/// its gradient overwritten by the first step that reaches it and accumulated by the
+/// others, in reverse node order. A table's gradient is overwritten by its last
+/// lookup and accumulated by the earlier ones.
 pub fn backward_steps(graph: &Graph) -> Result<Vec<BackwardStep>> {
     let needs = needs_grad(graph);
-    let activation_needs = |t: TensorId| needs[t.0] && graph.tensor(t).role == Role::Activation;
+    let activation_needs =
+        |t: TensorId| needs[t.0] && matches!(graph.tensor(t).role, Role::Activation | Role::Input);
     let mut written = vec![false; graph.tensors().len()];
+    let mut table_written = vec![false; graph.tables().len()];
     let mut steps = Vec::new();
     for (node, op) in graph.nodes().iter().enumerate().rev() {
         match op {
+            Op::Embedding { table, x, .. } => {
+                if !written[x.0] {
+                    return Err(Error::invalid(
+                        "graph backward",
+                        format!(
+                            "no node reads `{}`, the input of a lookup",
+                            graph.tensor(*x).name
+                        ),
+                    ));
+                }
+                steps.push(BackwardStep::Embedding {
+                    node,
+                    accumulate: table_written[*table],
+                });
+                table_written[*table] = true;
+            }
             Op::Loss { predictions, .. } => written[predictions.0] = true,
             Op::Dense { x, y, .. } => {
                 if !written[y.0] {

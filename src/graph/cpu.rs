@@ -1,7 +1,10 @@
 //! The CPU executor: runs a graph through [`crate::reference`] in `f64`, the ground
 //! truth the GPU executor is tested against. Noisy gates add their noise in passes
 //! given draws ([`CpuExecutor::forward_with_noise`]), as the GPU's training passes
-//! do, and none in [`CpuExecutor::forward`], as its inference pass.
+//! do, and none in [`CpuExecutor::forward`], as its inference pass. Lookups read the
+//! batches fed with [`CpuExecutor::set_lookups`].
+
+mod tables;
 
 use super::{BackwardStep, GateNoise, Graph, Op, Plan, TensorId, at_rows};
 use crate::reference;
@@ -28,6 +31,7 @@ pub struct CpuExecutor {
     /// forward pass, and for the load loss the full softmax p (which its backward
     /// uses in place of G).
     balance_coefficients: Vec<Option<BalanceSaved>>,
+    tables: tables::Tables,
 }
 
 /// What a gate's balancing loss keeps for the backward: its coefficients, and the
@@ -45,6 +49,7 @@ impl CpuExecutor {
         reference::check_len("CpuExecutor::new", "params", params, plan.param_len)?;
         let n = graph.tensors().len();
         Ok(CpuExecutor {
+            tables: tables::Tables::new(&graph, &optimizer),
             optimizer,
             params: params.to_vec(),
             grads: vec![0.0; plan.param_len],
@@ -223,6 +228,12 @@ impl CpuExecutor {
                 self.values[g.0] = gv;
                 self.values[m.0] = mv;
             }
+            Op::Embedding {
+                lookup,
+                table,
+                shape,
+                x,
+            } => self.lookup_forward(*lookup, *table, shape, x.0)?,
             Op::Loss {
                 tasks,
                 predictions,
@@ -258,6 +269,9 @@ impl CpuExecutor {
     }
 
     fn backward_step(&mut self, step: BackwardStep) -> Result<()> {
+        if let BackwardStep::Embedding { node, accumulate } = step {
+            return self.lookup_backward(node, accumulate);
+        }
         let node = step.node();
         match at_rows(&self.graph.nodes()[node], self.rows) {
             Op::Dense {
@@ -290,8 +304,8 @@ impl CpuExecutor {
                     BackwardStep::DenseInput { accumulate, .. } => {
                         self.set_grad(x, grads.dx, accumulate)
                     }
-                    BackwardStep::GateMix { .. } => {
-                        unreachable!("a gate-mix step names a gate-mix node")
+                    BackwardStep::GateMix { .. } | BackwardStep::Embedding { .. } => {
+                        unreachable!("a gate-mix or embedding step names its own kind of node")
                     }
                 }
             }
@@ -369,7 +383,9 @@ impl CpuExecutor {
                     self.set_grad(x, grads.dx, accumulate);
                 }
             }
-            Op::Loss { .. } => unreachable!("the loss has no backward step"),
+            Op::Loss { .. } | Op::Embedding { .. } => {
+                unreachable!("the loss has no backward step; lookups were handled above")
+            }
         }
         Ok(())
     }
@@ -396,7 +412,9 @@ impl CpuExecutor {
         }
     }
 
-    /// One optimizer step (1-based `step`) with learning rate `learning_rate`.
+    /// One optimizer step (1-based `step`) with learning rate `learning_rate`, on the
+    /// flat parameters and on every table (at the tables' own learning rate, if they
+    /// have one).
     pub fn optimizer_step(&mut self, step: u32, learning_rate: f64) -> Result<()> {
         let v = self
             .optimizer
@@ -410,6 +428,7 @@ impl CpuExecutor {
             &self.grads,
             &mut self.m,
             v,
-        )
+        )?;
+        self.tables_step(step, learning_rate)
     }
 }

@@ -6,20 +6,30 @@
 //! axis is the batch holds `capacity` rows, and an execution may use fewer rows (the
 //! last batch of an epoch, an evaluation chunk) without re-planning.
 //!
+//! Embedding [`Table`]s are trained like parameters but kept apart from the flat
+//! buffers, each in row chunks with its own optimizer state; [`Lookup`]s (the first
+//! nodes) pool a batch's IDs into columns of an input, which then has a gradient, and
+//! executions are fed one [`EmbeddingBatch`](crate::shape::EmbeddingBatch) per lookup.
+//!
 //! Nothing here knows about MMoE: `model` builds the graph.
 
 mod backward;
 mod cpu;
 mod gpu;
+mod lookup;
 mod node;
 mod plan;
 
 pub use backward::{BackwardStep, backward_steps};
 pub use cpu::CpuExecutor;
 pub use gpu::GpuExecutor;
+pub use lookup::{Lookup, Table};
 pub(crate) use node::at_rows;
 pub use node::{GateNoise, GateSpec, Init, Op, Role, Tensor, TensorId};
-pub use plan::{MemoryReport, Plan, Scratch, ScratchKind};
+pub use plan::{
+    LookupBuffer, LookupBufferKind, MemoryReport, Plan, Scratch, ScratchKind, lookup_buffers,
+    table_buffers,
+};
 
 use crate::shape::{Activation, GateMixShape, GemmShape, InputLayout, TaskLoss};
 use crate::{Error, Result};
@@ -30,6 +40,8 @@ pub struct Graph {
     capacity: usize,
     tensors: Vec<Tensor>,
     nodes: Vec<Op>,
+    tables: Vec<Table>,
+    lookups: Vec<Lookup>,
 }
 
 impl Graph {
@@ -42,6 +54,8 @@ impl Graph {
             capacity,
             tensors: Vec::new(),
             nodes: Vec::new(),
+            tables: Vec::new(),
+            lookups: Vec::new(),
         })
     }
 

@@ -2,7 +2,8 @@
 //! and the tensors they read and write).
 
 use crate::shape::{
-    Activation, BalanceLoss, ExpertAccess, GateMixShape, GemmShape, Selection, TaskLoss,
+    Activation, BalanceLoss, EmbeddingShape, ExpertAccess, GateMixShape, GemmShape, Selection,
+    TaskLoss,
 };
 
 /// Index of a tensor in its [`Graph`](super::Graph).
@@ -12,7 +13,8 @@ pub struct TensorId(pub usize);
 /// What a tensor holds, which decides where it lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
-    /// Fed by the caller each step: `[rows, features]`.
+    /// Fed by the caller each step: `[rows, features]`. Lookups of categorical
+    /// fields write their columns after it is fed; such an input has a gradient.
     Input,
     /// Fed by the caller each step: `[tasks, rows]`, task-major.
     Target,
@@ -139,6 +141,19 @@ pub enum Op {
         /// `ε ⊙ softplus(n)` to the logits.
         noise: Option<GateNoise>,
     },
+    /// A categorical field's embeddings, looked up in a table and pooled into
+    /// columns of an input (see [`crate::kernels::embedding`]); its backward writes
+    /// the gradient of the table rows the batch touched.
+    Embedding {
+        /// Index of the lookup in [`Graph::lookups`](super::Graph::lookups).
+        lookup: usize,
+        /// Index of the table in [`Graph::tables`](super::Graph::tables).
+        table: usize,
+        /// Shape at full capacity, with the capacities of one batch's IDs.
+        shape: EmbeddingShape,
+        /// The input whose columns it writes.
+        x: TensorId,
+    },
     /// Weighted per-task loss; its gradient is written in the same dispatch.
     Loss {
         /// Per task: kind and weight.
@@ -174,6 +189,8 @@ impl Op {
                 targets,
                 ..
             } => vec![*predictions, *targets],
+            // The table is not a tensor.
+            Op::Embedding { .. } => Vec::new(),
         }
     }
 
@@ -183,6 +200,7 @@ impl Op {
             Op::Dense { y, .. } => vec![*y],
             Op::GateMix { g, m, .. } => vec![*g, *m],
             Op::Loss { loss, .. } => vec![*loss],
+            Op::Embedding { x, .. } => vec![*x],
         }
     }
 }
@@ -242,6 +260,13 @@ pub(crate) fn at_rows(op: &Op, rows: usize) -> Op {
     match &mut op {
         Op::Dense { shape, .. } => shape.rows = rows,
         Op::GateMix { shape, .. } => shape.rows = rows,
+        // A single-valued field holds one ID per row.
+        Op::Embedding { shape, .. } => {
+            shape.rows = rows;
+            if !shape.field.multi_valued {
+                shape.bounds.ids = rows;
+            }
+        }
         Op::Loss { .. } => {}
     }
     op

@@ -53,7 +53,7 @@ impl Plan {
             .tensors()
             .iter()
             .zip(&needs)
-            .map(|(t, &n)| n && t.role == Role::Activation)
+            .map(|(t, &n)| n && matches!(t.role, Role::Activation | Role::Input))
             .collect();
         let routed_by = routed_layers(graph);
         let backward = backward_steps(graph)?;
@@ -112,6 +112,7 @@ impl Plan {
                     scratch[node] = own;
                 }
                 Op::Loss { loss, .. } => has_grad[loss.0] = false,
+                Op::Embedding { .. } => {}
                 // A sparse expert layer on a shared input sums its input gradient over
                 // the experts each row went to, from their compact rows.
                 Op::Dense { shape: gemm, .. }
@@ -147,6 +148,16 @@ impl Plan {
     pub fn memory(&self, graph: &Graph, optimizer: &OptimizerConfig) -> MemoryReport {
         let moments = moment_buffers(optimizer);
         let bytes = |n: usize| 4 * n as u64;
+        let lookups = lookup_buffers(graph);
+        let lookup_bytes = |kind: LookupBufferKind| {
+            bytes(
+                lookups
+                    .iter()
+                    .filter(|b| b.kind == kind)
+                    .map(|b| b.len)
+                    .sum(),
+            )
+        };
         let sum_role = |role: Role| {
             bytes(
                 graph
@@ -171,8 +182,19 @@ impl Plan {
                     .map(|(t, _)| t.len())
                     .sum(),
             ),
-            inputs: sum_role(Role::Input) + sum_role(Role::Target) + sum_role(Role::Noise),
-            scratch: bytes(self.scratch.iter().flatten().map(|s| s.len).sum()),
+            inputs: sum_role(Role::Input)
+                + sum_role(Role::Target)
+                + sum_role(Role::Noise)
+                + lookup_bytes(LookupBufferKind::Ids),
+            scratch: bytes(self.scratch.iter().flatten().map(|s| s.len).sum())
+                + lookup_bytes(LookupBufferKind::Scratch),
+            tables: bytes(
+                graph
+                    .tables()
+                    .iter()
+                    .map(|t| t.len() * table_buffers(t, optimizer))
+                    .sum(),
+            ),
         }
     }
 }
@@ -218,6 +240,12 @@ impl Plan {
                 .iter()
                 .flatten()
                 .map(|s| (format!("scratch {:?}", s.kind), bytes(s.len))),
+        );
+        // Tables are split into chunks that fit; a batch's ID arrays are not.
+        buffers.extend(
+            lookup_buffers(graph)
+                .into_iter()
+                .map(|b| (b.name, bytes(b.len))),
         );
         match buffers.into_iter().find(|(_, size)| *size > limit) {
             Some((name, size)) => Err(Error::Limit {
@@ -343,6 +371,95 @@ pub struct Scratch {
     pub len: usize,
 }
 
+/// What a buffer of the lookups holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LookupBufferKind {
+    /// A batch's IDs and what the host prepared from them (u32, f32 weights).
+    Ids,
+    /// Gathered table rows and compact table gradients (f32).
+    Scratch,
+}
+
+/// One buffer the lookups of a graph use besides their tables.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LookupBuffer {
+    /// What it is, for errors: `` `tags` occurrences ``.
+    pub name: String,
+    /// What it holds.
+    pub kind: LookupBufferKind,
+    /// 4-byte elements at the graph's capacity.
+    pub len: usize,
+}
+
+/// The buffers of every lookup (IDs, offsets, weights, unique offsets, occurrences,
+/// the scratch of a table split in chunks) and of every table (unique IDs, compact
+/// gradient, and zeros for a table trained densely), at the graph's capacity. The scratch is counted for every lookup, the
+/// most a device whose bindings split no table allocates less.
+pub fn lookup_buffers(graph: &Graph) -> Vec<LookupBuffer> {
+    let mut out = Vec::new();
+    let mut unique = vec![0; graph.tables().len()];
+    for lookup in graph.lookups() {
+        let Op::Embedding { shape, .. } = &graph.nodes()[lookup.node] else {
+            continue;
+        };
+        unique[lookup.table] = shape.bounds.unique;
+        let f = &shape.field;
+        let mut add = |what: &str, kind, len| {
+            out.push(LookupBuffer {
+                name: format!("`{}` {what}", lookup.name),
+                kind,
+                len,
+            })
+        };
+        add("ids", LookupBufferKind::Ids, shape.ids_len());
+        if f.multi_valued {
+            add("offsets", LookupBufferKind::Ids, shape.offsets_len());
+        }
+        if f.weighted {
+            add("weights", LookupBufferKind::Ids, shape.ids_len());
+        }
+        add(
+            "unique offsets",
+            LookupBufferKind::Ids,
+            shape.unique_offsets_len(),
+        );
+        add(
+            "occurrences",
+            LookupBufferKind::Ids,
+            shape.occurrences_len(),
+        );
+        add("scratch", LookupBufferKind::Scratch, shape.scratch_len());
+    }
+    for (table, &unique) in graph.tables().iter().zip(&unique) {
+        out.push(LookupBuffer {
+            name: format!("`{}` unique IDs", table.name),
+            kind: LookupBufferKind::Ids,
+            len: unique,
+        });
+        out.push(LookupBuffer {
+            name: format!("`{}` compact gradient", table.name),
+            kind: LookupBufferKind::Scratch,
+            len: unique * table.dim,
+        });
+        // Trained densely: the zeros that clear its scattered gradient.
+        if table.optimizer.sparse().is_none() {
+            out.push(LookupBuffer {
+                name: format!("`{}` zeros", table.name),
+                kind: LookupBufferKind::Scratch,
+                len: unique * table.dim,
+            });
+        }
+    }
+    out
+}
+
+/// Buffers of a table's shape it keeps: itself, its optimizer's state and, trained
+/// by the dense optimizer, its gradient.
+pub fn table_buffers(table: &super::Table, optimizer: &OptimizerConfig) -> usize {
+    let dense_grad = table.optimizer.sparse().is_none() as usize;
+    1 + table.state_tables(optimizer) + dense_grad
+}
+
 /// Optimizer state buffers `optimizer` keeps, each as long as the parameters.
 pub fn moment_buffers(optimizer: &OptimizerConfig) -> usize {
     if optimizer.needs_second_moment() {
@@ -365,11 +482,15 @@ pub struct MemoryReport {
     pub activations: u64,
     /// Gradients of activations.
     pub activation_gradients: u64,
-    /// Per-step inputs, targets and gate noise draws.
+    /// Per-step inputs, targets, gate noise draws and lookups' IDs.
     pub inputs: u64,
     /// Kernel scratch (gate-mix `dz`, static gates' constant weights, noisy gates'
-    /// logit offsets, sparse gates' row maps and their experts' input-gradient rows).
+    /// logit offsets, sparse gates' row maps and their experts' input-gradient rows,
+    /// lookups' gathered rows and compact table gradients).
     pub scratch: u64,
+    /// Embedding tables, their optimizer state and, trained densely, their
+    /// gradients.
+    pub tables: u64,
 }
 
 impl MemoryReport {
@@ -382,5 +503,6 @@ impl MemoryReport {
             + self.activation_gradients
             + self.inputs
             + self.scratch
+            + self.tables
     }
 }

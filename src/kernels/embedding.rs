@@ -12,7 +12,8 @@
 //!   and its cost grows with the IDs in the batch, never with the vocabulary.
 //! - [`update`](Embedding::update): lazy Adam or Adagrad on the touched rows only,
 //!   from the compact gradient; [`EmbeddingStep::set_step`] gives each step's number
-//!   and learning rate.
+//!   and learning rate. Given the dense optimizer's non-finite-loss `status`
+//!   ([`EmbeddingUpdate::status`]), it changes nothing once a loss went non-finite.
 //! - [`scatter`](Embedding::scatter): the compact gradient written into a gradient
 //!   table of the table's shape (zero it first), for dense optimizers: a table is a
 //!   parameter buffer like any other, so [`Optimizer`](super::Optimizer)'s Adam or
@@ -93,6 +94,7 @@
 //!     occurrences: BufferView::new(&occurrences),
 //!     dx: BufferView::new(&dx),
 //!     grad: BufferView::new(&grad),
+//!     accumulate: false,
 //! })?;
 //! // ... and a lazy Adam step on those two rows alone.
 //! let (m, v) = (
@@ -109,6 +111,7 @@
 //!     table: EmbeddingTable::new(&chunks, tables.chunk_rows()),
 //!     m: EmbeddingTable::new(&m_chunks, m.chunk_rows()),
 //!     v: Some(EmbeddingTable::new(&v_chunks, v.chunk_rows())),
+//!     status: None,
 //! })?;
 //! step.set_step(gpu.queue(), 1, 0.5);
 //! gpu.queue().submit([encoder.finish()]);
@@ -138,7 +141,7 @@ use super::{BufferView, Dispatch, Operand, bind_operands, check_loop_budget};
 use crate::gpu::{BindingKind, Gpu, ShaderProgram};
 pub use crate::shape::{
     EmbeddingArrays, EmbeddingBatch, EmbeddingBounds, EmbeddingField, EmbeddingShape, NO_ID,
-    Pooling, SparseOptimizer,
+    Pooling, SparseOptimizer, TableOptimizer, union_ids,
 };
 use crate::{Error, Result};
 use launch::{optional, optional_mismatch};
@@ -238,8 +241,13 @@ pub struct EmbeddingBackward<'a> {
     /// `dx: [rows, width]`, the gradient of the loss with respect to `x`.
     pub dx: BufferView<'a>,
     /// Output `grad: [bounds.unique, dim]`: row `u` the gradient of table row
-    /// `unique_ids[u]`, zeros for the padding; overwritten.
+    /// `unique_ids[u]`, zeros for the padding; overwritten, or added to when
+    /// `accumulate`.
     pub grad: BufferView<'a>,
+    /// Add into `grad` instead of overwriting it: for fields sharing one table, whose
+    /// batches are laid out over the same unique IDs
+    /// ([`EmbeddingBatch::arrays_over`]), so that their gradients sum in field order.
+    pub accumulate: bool,
 }
 
 /// The embedding kernels on one device. Cheap to clone; pipelines are compiled on
@@ -416,6 +424,7 @@ impl Embedding {
             ("MULTI", f.is_mean() as u32),
             ("WEIGHTED", f.weighted as u32),
             ("MEAN", f.is_mean() as u32),
+            ("ACCUMULATE", args.accumulate as u32),
         ];
         let entry = self.entry("backward", BACKWARD_BINDINGS, &modes);
         self.dispatch("embedding backward", entry, p, &bound, &[])

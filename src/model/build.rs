@@ -1,17 +1,20 @@
 //! From a [`ModelConfig`] to a [`Graph`], and the seeded initial parameters.
 
 use super::config::{Architecture, GateKind, ModelConfig};
+use super::fields::table_name;
 use crate::Result;
 use crate::graph::{GateSpec, Graph, Init, Plan, Role, TensorId};
+use crate::kernels::LOOP_BUDGET;
 use crate::rng::Rng;
-use crate::shape::{Activation, ExpertAccess, InputLayout, TaskLoss};
+use crate::shape::{Activation, EmbeddingBounds, ExpertAccess, InputLayout, TaskLoss};
 
 /// A model's graph and the tensors the trainer feeds and reads.
 #[derive(Clone, Debug)]
 pub struct ModelGraph {
     /// The graph.
     pub graph: Graph,
-    /// Inputs `[rows, inputs]`.
+    /// Inputs `[rows, input_width]`: the dense features, then each field's columns
+    /// (written by its lookup).
     pub x: TensorId,
     /// Targets `[tasks, rows]`.
     pub targets: TensorId,
@@ -29,12 +32,15 @@ pub struct ModelGraph {
 ///
 /// Parameter names: `shared.{i}`, `experts.{i}` (all experts of layer `i` as one
 /// `[experts, in, out]` tensor), `bottom.{i}`, `gate`, `gate.noise` (noisy gates),
-/// `towers.{i}` and `heads`, each with `.weight` and `.bias`.
+/// `towers.{i}` and `heads`, each with `.weight` and `.bias`. Tables:
+/// `embeddings.{field}.weight`, one per field with a table of its own, in field
+/// order; the lookups ([`Graph::lookups`]) are the fields, in order.
 pub fn build(config: &ModelConfig, capacity: usize) -> Result<ModelGraph> {
     config.validate()?;
     let tasks = config.tasks.len();
     let mut graph = Graph::new(capacity)?;
-    let x = graph.input("x", config.inputs)?;
+    let x = graph.input("x", config.input_width())?;
+    add_lookups(config, &mut graph, x)?;
     let relu = Activation::Relu;
     let mut below = x;
     for (i, &width) in config.shared_layers.iter().enumerate() {
@@ -145,6 +151,78 @@ pub fn build(config: &ModelConfig, capacity: usize) -> Result<ModelGraph> {
         gate_noise,
         gates,
     })
+}
+
+/// The ID capacities of field `field` of `config` at batch capacity `B`: it holds at
+/// most `B · max_bag` IDs (`B` for a single-valued field) and bags of `max_bag`; its
+/// table's batch touches at most `min(vocab, Σ IDs of the table's fields)` rows; an
+/// ID occurs at most `min(IDs, 65,533)` times in one field's batch (the kernels'
+/// loop budget, less the loop's entry).
+pub(super) fn field_bounds(config: &ModelConfig, field: usize, capacity: usize) -> EmbeddingBounds {
+    let ids = |f: &super::FieldConfig| capacity.saturating_mul(f.max_bag());
+    let f = &config.fields[field];
+    let touched: usize = config
+        .fields
+        .iter()
+        .filter(|g| g.table_field() == f.table_field())
+        .map(ids)
+        .fold(0, usize::saturating_add);
+    EmbeddingBounds {
+        ids: ids(f),
+        longest_bag: f.max_bag(),
+        unique: touched.min(f.vocab),
+        most_occurrences: ids(f).min(LOOP_BUDGET as usize - 2),
+    }
+}
+
+/// Each field's lookup into its columns of `x` ([`field_bounds`]), after the tables
+/// of the fields that own one.
+fn add_lookups(config: &ModelConfig, graph: &mut Graph, x: TensorId) -> Result<()> {
+    let capacity = graph.capacity();
+    let mut tables = Vec::new();
+    for field in config.fields.iter().filter(|f| f.shares.is_none()) {
+        let name = table_name(&field.name);
+        let t = graph.table(&name, field.vocab, field.dim, config.table_optimizer)?;
+        tables.push((field.name.as_str(), t));
+    }
+    for (i, field) in config.fields.iter().enumerate() {
+        let owner = field.table_field();
+        let &(_, table) = tables
+            .iter()
+            .find(|(name, _)| *name == owner)
+            .expect("validated: every field's table has an owner");
+        let bounds = field_bounds(config, i, capacity);
+        let column = config.field_column(i);
+        graph.lookup(
+            &field.name,
+            table,
+            x,
+            column,
+            field.embedding_field(),
+            bounds,
+        )?;
+    }
+    Ok(())
+}
+
+/// Sub-stream of the model's seed the tables' initial values come from, apart from
+/// the parameters' streams (numbered from 0).
+const TABLE_STREAM: u64 = 0x7461_626c_6573_5f30; // "tables_0"
+
+/// The initial values of every table of `graph`, `[vocab, dim]` each: standard
+/// normal, as PyTorch's `nn.Embedding` starts, each table from its own stream of
+/// `seed`.
+pub fn initial_tables(graph: &Graph, seed: u64) -> Vec<Vec<f32>> {
+    let root = Rng::new(seed).fork(TABLE_STREAM);
+    graph
+        .tables()
+        .iter()
+        .enumerate()
+        .map(|(t, table)| {
+            let mut rng = root.fork(t as u64);
+            (0..table.len()).map(|_| rng.normal() as f32).collect()
+        })
+        .collect()
 }
 
 /// The flat initial parameters of `graph` laid out by `plan`: each parameter drawn

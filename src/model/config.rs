@@ -1,7 +1,9 @@
-//! What a model is: architecture, layer widths, tasks, optimizer, seed.
+//! What a model is: input (dense features and categorical fields), architecture,
+//! layer widths, tasks, optimizers, seed.
 
+use super::fields::{self, FieldConfig};
 use crate::shape::{
-    BalanceLoss, LossKind, MAX_SHARED_SELECTION_EXPERTS, OptimizerConfig, Selection,
+    BalanceLoss, LossKind, MAX_SHARED_SELECTION_EXPERTS, OptimizerConfig, Selection, TableOptimizer,
 };
 use crate::{Error, Result};
 
@@ -231,10 +233,17 @@ impl TaskConfig {
 }
 
 /// A whole model and how to train it.
+///
+/// The first layers (shared, experts, gates or bottom) read one input row of
+/// [`input_width`](Self::input_width) columns: the `inputs` dense features first, then
+/// each field's pooled embedding, `dim` columns each, in the order of `fields`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelConfig {
-    /// Input features per example.
+    /// Dense input features per example (0 for a model of categorical fields only).
     pub inputs: usize,
+    /// Categorical fields, each looked up in an embedding table; empty for a model of
+    /// dense features only.
+    pub fields: Vec<FieldConfig>,
     /// ReLU layers shared by everything above, below the experts or bottom (empty
     /// for the plain models; one layer gives MMoE on a shared hidden layer).
     pub shared_layers: Vec<usize>,
@@ -245,8 +254,11 @@ pub struct ModelConfig {
     pub tower_layers: Vec<usize>,
     /// The tasks, one tower and head each.
     pub tasks: Vec<TaskConfig>,
-    /// The optimizer.
+    /// The optimizer of every parameter but the embedding tables.
     pub optimizer: OptimizerConfig,
+    /// How the embedding tables train: a sparse optimizer on the rows each batch
+    /// touches (lazy Adam by default), or `optimizer` over whole tables.
+    pub table_optimizer: TableOptimizer,
     /// Learning rate (can be changed between steps).
     pub learning_rate: f32,
     /// Seed of the initial weights.
@@ -273,6 +285,7 @@ impl ModelConfig {
     ) -> Self {
         ModelConfig {
             inputs,
+            fields: Vec::new(),
             shared_layers: Vec::new(),
             architecture: Architecture::Mmoe {
                 experts,
@@ -283,17 +296,32 @@ impl ModelConfig {
             tower_layers: vec![tower_width],
             tasks,
             optimizer: Self::ADAM,
+            table_optimizer: TableOptimizer::default(),
             learning_rate: 1e-3,
             seed: 0,
         }
     }
 
-    /// Checks every count and width is positive and every value finite.
+    /// Columns of the first layers' input: `inputs` plus every field's `dim`.
+    pub fn input_width(&self) -> usize {
+        self.fields
+            .iter()
+            .fold(self.inputs, |w, f| w.saturating_add(f.dim))
+    }
+
+    /// The first of field `field`'s columns in the input row.
+    pub fn field_column(&self, field: usize) -> usize {
+        self.fields[..field]
+            .iter()
+            .fold(self.inputs, |w, f| w.saturating_add(f.dim))
+    }
+
+    /// Checks every count and width is positive and every value finite, and the
+    /// fields (names, sizes, bags, shared tables) and the table optimizer.
     pub fn validate(&self) -> Result<()> {
         let bad = |what: String| Err(Error::invalid("model config", what));
-        if self.inputs == 0 {
-            return bad("inputs must be at least 1".into());
-        }
+        fields::validate(self.inputs, &self.fields)?;
+        self.table_optimizer.validate()?;
         if self.tasks.is_empty() {
             return bad("at least one task is needed".into());
         }

@@ -2,23 +2,30 @@
 //!
 //! - [`ModelConfig`]: MMoE, OMoE (one gate shared by all tasks), shared-bottom, each
 //!   optionally on shared hidden layers; experts, bottom and towers of one or more
-//!   ReLU layers; per-task head kind and loss weight.
+//!   ReLU layers; per-task head kind and loss weight; an input of dense features and
+//!   categorical fields ([`FieldConfig`]) looked up in embedding tables, trained by a
+//!   sparse optimizer or the dense one ([`TableOptimizer`]).
 //! - [`build`]: the config as a [`crate::graph::Graph`], and seeded initial weights
 //!   (He uniform for ReLU layers, Glorot uniform for gates and heads, zero biases and
-//!   zero noise layers of noisy gates).
+//!   zero noise layers of noisy gates, standard normal tables).
 //! - [`Trainer`]: `step`, `predict`, `evaluate`, `gate_report`, `checkpoint` and
-//!   `restore`.
+//!   `restore`, and the forms that take a [`Batch`] with categorical IDs.
 //! - [`checkpoint`]: [`Checkpoint`], saved and loaded as safetensors files.
 
+mod batch;
 mod build;
 pub mod checkpoint;
 mod config;
+mod fields;
 mod noise;
 mod trainer;
 
 pub use crate::shape::BalanceLoss;
 pub use crate::shape::Selection;
-pub use build::{ModelGraph, build, initial_parameters};
+pub use crate::shape::{Pooling, TableOptimizer};
+pub use batch::{Batch, FieldIds};
+pub use build::{ModelGraph, build, initial_parameters, initial_tables};
 pub use checkpoint::Checkpoint;
 pub use config::{Architecture, Gate, GateKind, ModelConfig, TaskConfig, TaskKind};
-pub use trainer::{Evaluation, GateReport, Trainer};
+pub use fields::{FieldConfig, FieldValues, table_name};
+pub use trainer::{BatchGradients, Evaluation, GateReport, TableGradient, Trainer};

@@ -1,40 +1,30 @@
 //! Training a model on the GPU: one submission per step, the loss read back only
 //! when asked.
+//!
+//! Every call that takes rows comes in two forms: dense rows of a model without
+//! categorical fields (`step`, `predict`, `evaluate`, `gate_report`, `gradients`),
+//! and a [`Batch`](super::Batch) of dense values, every field's IDs and targets
+//! (`step_batch`, `predict_batch`, `evaluate_batch`, `gate_report_batch`,
+//! `gradients_batch`), which any model takes.
 
-use super::build::{ModelGraph, build, initial_parameters};
-use super::checkpoint::{Checkpoint, check_dimensions, config_mismatch};
-use super::config::{ModelConfig, TaskKind};
-use crate::graph::{CpuExecutor, GpuExecutor, MemoryReport, Op, Plan, Role};
+mod inference;
+mod training;
+
+pub use inference::{Evaluation, GateReport};
+pub use training::{BatchGradients, TableGradient};
+
+use super::build::{ModelGraph, build, initial_parameters, initial_tables};
+use super::checkpoint::{Checkpoint, TableState, check_dimensions, config_mismatch};
+use super::config::ModelConfig;
+use super::fields::check_encoders;
+use crate::data::categorical::Encoders;
+use crate::graph::{CpuExecutor, GpuExecutor, MemoryReport, Op, Plan, Role, lookup_buffers};
 use crate::shape::BalanceShape;
 use crate::{Error, Gpu, Result};
 
 /// How often [`Trainer::step`] looks for a non-finite loss on its own (a device
 /// sync); reads of the loss, predictions or parameters always look.
 const FINITE_CHECK_EVERY: u32 = 64;
-
-/// The mean gate weight of each task on each expert over a batch.
-#[derive(Clone, Debug, PartialEq)]
-pub struct GateReport {
-    /// `weights[task][expert]`, the mean gate weight (importance per row); each row
-    /// sums to 1.
-    pub weights: Vec<Vec<f64>>,
-    /// `load[task][expert]`: the fraction of rows whose gate gives the expert a
-    /// nonzero weight (1 everywhere for a dense softmax gate; `k / E` on average for
-    /// a top-k gate). Loads far from even show a gate collapsing onto few experts.
-    pub load: Vec<Vec<f64>>,
-    /// `routed[expert]`: the fraction of rows some task weighs the expert on, the
-    /// rows a sparse expert computation runs it on.
-    pub routed: Vec<f64>,
-}
-
-/// Mean loss per task over a data set, unweighted, and the weighted total.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Evaluation {
-    /// Mean squared error (regression) or log-loss (classification) per task.
-    pub per_task: Vec<f64>,
-    /// `Σ_t weight_t · per_task[t]`, the quantity training minimises.
-    pub total: f64,
-}
 
 /// A model on a device, its optimizer state and step count.
 pub struct Trainer {
@@ -43,6 +33,7 @@ pub struct Trainer {
     executor: GpuExecutor,
     steps: u32,
     learning_rate: f32,
+    encoders: Encoders,
 }
 
 impl Trainer {
@@ -66,8 +57,12 @@ impl Trainer {
         let params = initial_parameters(&model.graph, &plan, config.seed);
         let mut executor =
             GpuExecutor::new(gpu, model.graph.clone(), plan, config.optimizer, &params)?;
+        for (t, values) in initial_tables(&model.graph, config.seed).iter().enumerate() {
+            executor.set_table(t, values)?;
+        }
         executor.dispatches_per_step(batch_capacity)?;
         Ok(Trainer {
+            encoders: Encoders::new(),
             learning_rate: config.learning_rate,
             config,
             model,
@@ -100,6 +95,8 @@ impl Trainer {
                     .filter(|s| s.kind.per_row())
                     .map(|s| s.len),
             )
+            // At one row, a bound on the lookups' buffers per row.
+            .chain(lookup_buffers(graph).into_iter().map(|b| b.len))
             .max()
             .unwrap_or(1) as u64;
         let bytes = limits
@@ -123,10 +120,10 @@ impl Trainer {
         Ok(trainer)
     }
 
-    /// The parameters, optimizer state, step count and learning rate, read from the
-    /// device: resuming from it continues bitwise as if training had not stopped.
-    /// Err, and no checkpoint, when the device failed or a step's loss was
-    /// non-finite, so a checkpoint always holds a good state.
+    /// The parameters, tables, optimizer state, step count, learning rate and
+    /// encoders, read from the device: resuming from it continues bitwise as if
+    /// training had not stopped. Err, and no checkpoint, when the device failed or a
+    /// step's loss was non-finite, so a checkpoint always holds a good state.
     pub fn checkpoint(&self) -> Result<Checkpoint> {
         self.executor.check_finite()?;
         let params = self.executor.parameters()?;
@@ -135,19 +132,30 @@ impl Trainer {
         for s in &state {
             check_finite("optimizer state", s)?;
         }
-        Checkpoint::from_flat(
+        let mut tables = Vec::new();
+        for (t, table) in self.model.graph.tables().iter().enumerate() {
+            let weight = self.executor.table(t)?;
+            check_finite(&table.name, &weight)?;
+            let state = self.executor.table_state(t)?;
+            for s in &state {
+                check_finite(&format!("optimizer state of {}", table.name), s)?;
+            }
+            tables.push(TableState { weight, state });
+        }
+        Checkpoint::from_state(
             &self.config,
             self.steps,
             self.learning_rate,
             (&self.model.graph, self.executor.plan()),
-            &params,
-            &state,
-        )
+            (&params, &state),
+            &tables,
+        )?
+        .with_encoders(self.encoders.clone())
     }
 
-    /// Puts the trainer in the state `checkpoint` holds: parameters, optimizer
-    /// state, step count and learning rate; a non-finite loss seen before is
-    /// forgotten. The checkpoint's config must equal this trainer's except for the
+    /// Puts the trainer in the state `checkpoint` holds: parameters, tables,
+    /// optimizer state, step count, learning rate and encoders; a non-finite loss
+    /// seen before is forgotten. The checkpoint's config must equal this trainer's except for the
     /// learning rate, else the error names the first field that differs. If the
     /// device fails part way the error says so and the step count is unchanged:
     /// restore again, on this trainer or a new one.
@@ -159,12 +167,32 @@ impl Trainer {
                 message: format!("does not match the trainer's: {difference}"),
             });
         }
-        let (params, state) = checkpoint.to_flat(&self.model.graph, self.executor.plan())?;
+        let (params, state, tables) =
+            checkpoint.to_state(&self.model.graph, self.executor.plan())?;
         self.executor.set_parameters(&params)?;
         self.executor.set_optimizer_state(&state)?;
+        for (t, table) in tables.iter().enumerate() {
+            self.executor.set_table(t, &table.weight)?;
+            self.executor.set_table_state(t, &table.state)?;
+        }
         self.executor.clear_non_finite()?;
         self.steps = checkpoint.steps();
         self.learning_rate = checkpoint.learning_rate();
+        self.encoders = checkpoint.encoders().clone();
+        Ok(())
+    }
+
+    /// The encoders of the fields' raw values, saved with every checkpoint (empty
+    /// unless set).
+    pub fn encoders(&self) -> &Encoders {
+        &self.encoders
+    }
+
+    /// Sets the encoders of the fields' raw values, for the checkpoints to carry:
+    /// each must name a field and give IDs within its table.
+    pub fn set_encoders(&mut self, encoders: Encoders) -> Result<()> {
+        check_encoders(&self.config, &encoders)?;
+        self.encoders = encoders;
         Ok(())
     }
 
@@ -210,52 +238,6 @@ impl Trainer {
         Ok(())
     }
 
-    fn tasks(&self) -> usize {
-        self.config.tasks.len()
-    }
-
-    /// Rows in `x`, checked against the input width, the capacity (when `capped`)
-    /// and finiteness.
-    fn rows_of(&self, context: &str, x: &[f32], capped: bool) -> Result<usize> {
-        let inputs = self.config.inputs;
-        if x.is_empty() || !x.len().is_multiple_of(inputs) {
-            return Err(Error::shape(
-                context,
-                "x",
-                format!("a non-empty multiple of {inputs} values (rows × inputs)"),
-                format!("{} values", x.len()),
-            ));
-        }
-        let rows = x.len() / inputs;
-        if capped && rows > self.batch_capacity() {
-            return Err(Error::invalid(
-                context,
-                format!(
-                    "batch of {rows} rows; this trainer was built for at most {}",
-                    self.batch_capacity()
-                ),
-            ));
-        }
-        check_finite("x", x)?;
-        Ok(rows)
-    }
-
-    fn check_targets(&self, context: &str, rows: usize, targets: &[f32]) -> Result<()> {
-        let want = self.tasks() * rows;
-        if targets.len() != want {
-            return Err(Error::shape(
-                context,
-                "targets",
-                format!(
-                    "{want} values ({} tasks × {rows} rows, task-major)",
-                    self.tasks()
-                ),
-                format!("{} values", targets.len()),
-            ));
-        }
-        check_finite("targets", targets)
-    }
-
     /// The draws `ε: [gates, rows, experts]` a noisy gate adds (scaled by
     /// `softplus(X · Wn + bn)`) to its logits in training step `step` (1-based) on a
     /// batch of `rows` rows: standard normal, from the config's seed and the step
@@ -264,50 +246,6 @@ impl Trainer {
         let id = self.model.gate_noise?;
         let len = self.model.graph.tensor(id).len_at(rows);
         Some(super::noise::draws(self.config.seed, step, len))
-    }
-
-    /// Writes a training batch, with the gate noise of the next step.
-    fn write_training_batch(&self, rows: usize, x: &[f32], targets: &[f32]) -> Result<()> {
-        self.executor.write_batch(rows, &[x], &[targets])?;
-        if let Some(eps) = self.gate_noise(self.steps + 1, rows) {
-            self.executor.write_noise(rows, &[&eps])?;
-        }
-        Ok(())
-    }
-
-    /// One training step on a batch: `x` is `[rows, inputs]`, `targets` is
-    /// `[tasks, rows]` (task-major). Nothing is read back. A non-finite loss stops
-    /// the updates on the device and is reported as an error naming its step by
-    /// this call (at most 64 steps later) or by the next read. Noisy gates add the
-    /// step's [`gate_noise`](Self::gate_noise).
-    pub fn step(&mut self, x: &[f32], targets: &[f32]) -> Result<()> {
-        let rows = self.rows_of("Trainer::step", x, true)?;
-        self.check_targets("Trainer::step", rows, targets)?;
-        self.write_training_batch(rows, x, targets)?;
-        self.executor
-            .train_step(rows, self.steps + 1, self.learning_rate)?;
-        self.steps += 1;
-        if self.steps.is_multiple_of(FINITE_CHECK_EVERY) {
-            self.executor.check_finite()?;
-        }
-        Ok(())
-    }
-
-    /// Like [`step`](Self::step), dispatch by dispatch, returning each kernel's
-    /// label and time.
-    pub fn profile_step(
-        &mut self,
-        x: &[f32],
-        targets: &[f32],
-    ) -> Result<Vec<(&'static str, std::time::Duration)>> {
-        let rows = self.rows_of("Trainer::profile_step", x, true)?;
-        self.check_targets("Trainer::profile_step", rows, targets)?;
-        self.write_training_batch(rows, x, targets)?;
-        let times = self
-            .executor
-            .profile_step(rows, self.steps + 1, self.learning_rate)?;
-        self.steps += 1;
-        Ok(times)
     }
 
     /// The load-balancing loss of each gate (`weight · CV²` of its importance, or
@@ -336,145 +274,6 @@ impl Trainer {
         self.executor.loss()
     }
 
-    /// The flat gradient of the loss on a batch, without updating the parameters:
-    /// the gradient the next [`step`](Self::step) would take, its gate noise
-    /// included.
-    pub fn gradients(&mut self, x: &[f32], targets: &[f32]) -> Result<Vec<f32>> {
-        let rows = self.rows_of("Trainer::gradients", x, true)?;
-        self.check_targets("Trainer::gradients", rows, targets)?;
-        self.write_training_batch(rows, x, targets)?;
-        self.executor.gradients(rows)?;
-        self.executor.gradients_flat()
-    }
-
-    /// Runs the forward pass over `x` in chunks of the batch capacity, handing each
-    /// chunk's row range to `visit`.
-    fn for_each_chunk(
-        &mut self,
-        context: &str,
-        x: &[f32],
-        mut visit: impl FnMut(&GpuExecutor, std::ops::Range<usize>) -> Result<()>,
-    ) -> Result<()> {
-        let rows = self.rows_of(context, x, false)?;
-        self.executor.check_finite()?;
-        let inputs = self.config.inputs;
-        for start in (0..rows).step_by(self.batch_capacity()) {
-            let end = (start + self.batch_capacity()).min(rows);
-            self.executor
-                .write_batch(end - start, &[&x[start * inputs..end * inputs]], &[])?;
-            self.executor.forward(end - start, false)?;
-            visit(&self.executor, start..end)?;
-        }
-        Ok(())
-    }
-
-    /// Predictions for `x` (`[rows, inputs]`, any number of rows) as `[tasks, rows]`,
-    /// task-major: the value for regression tasks, the probability for classification.
-    /// Noisy gates add no noise here (nor in [`evaluate`](Self::evaluate) and
-    /// [`gate_report`](Self::gate_report)).
-    pub fn predict(&mut self, x: &[f32]) -> Result<Vec<f32>> {
-        let rows = self.rows_of("Trainer::predict", x, false)?;
-        let tasks = self.tasks();
-        let kinds: Vec<TaskKind> = self.config.tasks.iter().map(|t| t.kind).collect();
-        let predictions = self.model.predictions;
-        let mut out = vec![0.0f32; tasks * rows];
-        self.for_each_chunk("Trainer::predict", x, |executor, range| {
-            let chunk = executor.read(predictions, range.len())?;
-            for (t, kind) in kinds.iter().enumerate() {
-                let src = &chunk[t * range.len()..(t + 1) * range.len()];
-                for (dst, &z) in out[t * rows + range.start..t * rows + range.end]
-                    .iter_mut()
-                    .zip(src)
-                {
-                    *dst = match kind {
-                        TaskKind::Regression => z,
-                        TaskKind::BinaryClassification => sigmoid(z),
-                    };
-                }
-            }
-            Ok(())
-        })?;
-        Ok(out)
-    }
-
-    /// Mean loss per task over `x` and `targets` (`[tasks, rows]`), any number of rows.
-    pub fn evaluate(&mut self, x: &[f32], targets: &[f32]) -> Result<Evaluation> {
-        let rows = self.rows_of("Trainer::evaluate", x, false)?;
-        self.check_targets("Trainer::evaluate", rows, targets)?;
-        let predictions = self.predict(x)?;
-        let mut per_task = Vec::new();
-        for (t, task) in self.config.tasks.iter().enumerate() {
-            let p = &predictions[t * rows..(t + 1) * rows];
-            let y = &targets[t * rows..(t + 1) * rows];
-            let sum: f64 = p
-                .iter()
-                .zip(y)
-                .map(|(&p, &y)| {
-                    let (p, y) = (p as f64, y as f64);
-                    match task.kind {
-                        TaskKind::Regression => (p - y) * (p - y),
-                        TaskKind::BinaryClassification => {
-                            let p = p.clamp(1e-12, 1.0 - 1e-12);
-                            -(y * p.ln() + (1.0 - y) * (1.0 - p).ln())
-                        }
-                    }
-                })
-                .sum();
-            per_task.push(sum / rows as f64);
-        }
-        let total = per_task
-            .iter()
-            .zip(&self.config.tasks)
-            .map(|(l, t)| l * t.weight as f64)
-            .sum();
-        Ok(Evaluation { per_task, total })
-    }
-
-    /// The mean gate weight of each task on each expert over `x`. Under OMoE every
-    /// task shows the one shared gate. Err for shared-bottom (no gates).
-    pub fn gate_report(&mut self, x: &[f32]) -> Result<GateReport> {
-        let Some(values) = self.model.gate_values else {
-            return Err(Error::invalid(
-                "Trainer::gate_report",
-                "this model has no gates (shared-bottom)",
-            ));
-        };
-        let rows = self.rows_of("Trainer::gate_report", x, false)?;
-        let gates = self.model.gates;
-        let experts = self.model.graph.tensor(values).shape[2];
-        let mut sums = vec![vec![0.0f64; experts]; gates];
-        let mut counts = vec![vec![0usize; experts]; gates];
-        let mut routed = vec![0usize; experts];
-        self.for_each_chunk("Trainer::gate_report", x, |executor, range| {
-            let g = executor.read(values, range.len())?;
-            let at = |gate: usize, row: usize| (gate * range.len() + row) * experts;
-            for row in 0..range.len() {
-                for gate in 0..gates {
-                    let weights = &g[at(gate, row)..at(gate, row) + experts];
-                    for (e, &v) in weights.iter().enumerate() {
-                        sums[gate][e] += v as f64;
-                        counts[gate][e] += (v != 0.0) as usize;
-                    }
-                }
-                for (e, r) in routed.iter_mut().enumerate() {
-                    *r += (0..gates).any(|gate| g[at(gate, row) + e] != 0.0) as usize;
-                }
-            }
-            Ok(())
-        })?;
-        let per_row = |v: &[f64]| v.iter().map(|s| s / rows as f64).collect::<Vec<_>>();
-        let per_row_count = |v: &[usize]| v.iter().map(|&c| c as f64 / rows as f64).collect();
-        Ok(GateReport {
-            weights: (0..self.tasks())
-                .map(|t| per_row(&sums[t % gates]))
-                .collect(),
-            load: (0..self.tasks())
-                .map(|t| per_row_count(&counts[t % gates]))
-                .collect(),
-            routed: per_row_count(&routed),
-        })
-    }
-
     /// Compute dispatches one full training step records.
     pub fn dispatches_per_step(&mut self) -> Result<usize> {
         let capacity = self.batch_capacity();
@@ -494,9 +293,14 @@ impl Trainer {
         self.executor.set_parameters(params)
     }
 
-    /// The values of the parameter called `name` (e.g. `experts.0.weight`).
+    /// The values of the parameter called `name` (e.g. `experts.0.weight`), or of
+    /// the table called `name` (`embeddings.{field}.weight`).
     pub fn parameter(&self, name: &str) -> Result<Vec<f32>> {
         let graph = &self.model.graph;
+        if let Some(t) = graph.tables().iter().position(|t| t.name == name) {
+            self.executor.check_finite()?;
+            return self.executor.table(t);
+        }
         let id = graph
             .find(name)
             .filter(|id| self.executor.plan().param_offsets[id.0].is_some())
@@ -523,24 +327,23 @@ impl Trainer {
     }
 
     /// A CPU reference executor over the same graph, starting from the current
-    /// parameters (optimizer state starts fresh): the ground truth for tests.
+    /// parameters and tables (optimizer state starts fresh): the ground truth for
+    /// tests.
     pub fn reference(&self) -> Result<CpuExecutor> {
         let params: Vec<f64> = self.parameters()?.iter().map(|&p| p as f64).collect();
-        CpuExecutor::new(
+        let mut cpu = CpuExecutor::new(
             self.model.graph.clone(),
             self.executor.plan().clone(),
             self.config.optimizer,
             &params,
-        )
-    }
-}
-
-fn sigmoid(z: f32) -> f32 {
-    if z >= 0.0 {
-        1.0 / (1.0 + (-z).exp())
-    } else {
-        let e = z.exp();
-        e / (1.0 + e)
+        )?;
+        for t in 0..self.model.graph.tables().len() {
+            let values = self.executor.table(t)?;
+            for (dst, &v) in cpu.table_mut(t).iter_mut().zip(&values) {
+                *dst = v as f64;
+            }
+        }
+        Ok(cpu)
     }
 }
 

@@ -6,7 +6,11 @@ use super::{check_elements, check_nonzero};
 use crate::{Error, Result};
 
 mod batch;
+mod shared;
+mod training;
 pub use batch::{EmbeddingArrays, EmbeddingBatch, NO_ID};
+pub use shared::union_ids;
+pub use training::TableOptimizer;
 
 /// How a multi-valued field's bag of embeddings becomes one.
 ///

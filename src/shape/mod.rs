@@ -21,7 +21,7 @@ pub use balance::{BalanceLoss, BalanceShape, BalanceStats};
 pub(crate) use balance::{check_load_k, check_weight};
 pub use embedding::{
     EmbeddingArrays, EmbeddingBatch, EmbeddingBounds, EmbeddingField, EmbeddingShape, NO_ID,
-    Pooling, SparseOptimizer,
+    Pooling, SparseOptimizer, TableOptimizer, union_ids,
 };
 pub use gate::{ExpertAccess, GateMixShape, MAX_SHARED_SELECTION_EXPERTS, Selection};
 pub(crate) use gate::{check_k, check_selection};

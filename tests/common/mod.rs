@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use mmoe_wgpu::Gpu;
 use mmoe_wgpu::rng::Rng;
 
+pub mod fields;
 pub mod fuzz;
 pub mod gate;
 pub mod gemm;

@@ -5,7 +5,8 @@
 //! Layers, bottom up: `error`; `rng`, `shape` (the operator vocabulary),
 //! `atomic_file`; `gpu`;
 //! `kernels` (the GPU kernels) and `reference` (the CPU ground truth, which never
-//! sees a kernel); `graph`; `model`. `data` and `metrics` stand beside them.
+//! sees a kernel); `graph`; `model`. `data` and `metrics` stand beside them; `model`
+//! reads `data`'s categorical encoders, which checkpoints carry.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -26,6 +27,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "model",
         &[
             "atomic_file",
+            "data",
             "error",
             "gpu",
             "graph",

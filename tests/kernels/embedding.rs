@@ -3,9 +3,11 @@
 //! not multiples of 4, single- and multi-valued, sum and mean, weighted, empty bags,
 //! duplicate IDs); bitwise identical across runs and tilings; chunked tables bitwise
 //! equal to one chunk; the reference's gradient against finite differences; bad input
-//! rejected before anything is recorded, and garbage indices kept in bounds.
+//! rejected before anything is recorded, and garbage indices kept in bounds; fields
+//! sharing a table, and the sparse step's non-finite-loss guard.
 
 mod checks;
+mod shared;
 mod support;
 
 use crate::common::*;

@@ -647,7 +647,7 @@ fn a_lost_device_is_an_error_and_training_resumes_on_another() {
 
 /// A device an application made on the same adapter, with the crate's test device's
 /// features and the adapter's limits as `limits` changes them.
-fn device_with_limits(limits: impl FnOnce(&mut wgpu::Limits)) -> Gpu {
+pub(crate) fn device_with_limits(limits: impl FnOnce(&mut wgpu::Limits)) -> Gpu {
     let instance =
         wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
     let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {

@@ -4,9 +4,12 @@
 
 use std::cell::Cell;
 
+use crate::common::fields::{OwnedBatch, mmoe_with_fields};
 use crate::common::fuzz::{apply_byte_edits, apply_json_edits, byte_edits, json_edits, run_cases};
 use crate::common::{gpu, random};
+use mmoe_wgpu::data::categorical::{Category, Encoders, FieldEncoder, Vocabulary};
 use mmoe_wgpu::kernels::optimizer::OptimizerConfig;
+use mmoe_wgpu::model::TableOptimizer;
 use mmoe_wgpu::model::{
     Architecture, Checkpoint, Gate, ModelConfig, TaskConfig, TaskKind, Trainer,
 };
@@ -47,7 +50,7 @@ fn valid_files() -> Vec<Vec<u8>> {
         },
     ];
     let mut rng = Rng::new(3);
-    configs
+    let mut files: Vec<Vec<u8>> = configs
         .into_iter()
         .map(|config| {
             let mut trainer = Trainer::new(gpu(), config, 4).unwrap();
@@ -58,7 +61,21 @@ fn valid_files() -> Vec<Vec<u8>> {
             }
             trainer.checkpoint().unwrap().to_bytes().unwrap()
         })
-        .collect()
+        .collect();
+    // With categorical fields, a table optimizer and encoders in the description.
+    let config = mmoe_with_fields(TableOptimizer::ADAGRAD);
+    let mut trainer = Trainer::new(gpu(), config.clone(), 4).unwrap();
+    trainer
+        .step_batch(&OwnedBatch::random(&config, 4, 1).batch())
+        .unwrap();
+    let mut encoders = Encoders::new();
+    let values = vec![Category::Str("a\"b".into()), Category::Int(7)];
+    let vocabulary = Vocabulary::from_values(values).unwrap();
+    encoders.insert("country", FieldEncoder::Vocabulary(vocabulary));
+    encoders.insert("tags", FieldEncoder::Hash { buckets: 3 });
+    trainer.set_encoders(encoders).unwrap();
+    files.push(trainer.checkpoint().unwrap().to_bytes().unwrap());
+    files
 }
 
 /// Loads `bytes`; anything accepted must write and read back to itself.

@@ -1,10 +1,14 @@
 //! The whole model on the GPU and the CPU, its checkpoints (including the frozen
-//! files of earlier versions) and the checkpoint loader under fuzzing, on one device.
+//! files of earlier versions) and the checkpoint loader under fuzzing, and models
+//! with categorical fields, on one device.
 
 #[path = "../common/mod.rs"]
 mod common;
 
 mod checkpoint;
 mod checkpoint_fixtures;
+mod fields;
+mod fields_checkpoint;
+mod fields_input;
 mod fuzz_checkpoint;
 mod model;

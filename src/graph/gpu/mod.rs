@@ -2,6 +2,12 @@
 //! its bind group) once per batch size, and records a whole training step into one
 //! command encoder with no host round trip inside it.
 //!
+//! Embedding tables live in row-chunked buffers of their own (not the flat
+//! parameters); a training step looks up every field, runs the backward pass down to
+//! each table's compact gradient, and updates the tables after the dense optimizer,
+//! guarded by its non-finite-loss status, all in the same pass. The host writes each
+//! step's IDs ([`GpuExecutor::write_lookups`]) with the dense batch before it submits.
+//!
 //! Training passes ([`GpuExecutor::gradients`], [`GpuExecutor::train_step`]) add
 //! noisy gates' noise from the draws last written with [`GpuExecutor::write_noise`];
 //! [`GpuExecutor::forward`] is the inference pass, which skips the noise altogether.
@@ -19,6 +25,7 @@ use crate::shape::OptimizerConfig;
 use crate::{Error, Result};
 
 mod record;
+mod tables;
 
 use record::Recorded;
 
@@ -43,6 +50,7 @@ pub struct GpuExecutor {
     loss_tensor: Option<TensorId>,
     optimizer: OptimizerStep,
     recorded: HashMap<usize, Recorded>,
+    tables: tables::Tables,
 }
 
 impl Drop for GpuExecutor {
@@ -54,6 +62,7 @@ impl Drop for GpuExecutor {
             owned.extend(list.iter().flatten());
         }
         owned.extend(self.scratch.iter().flatten().map(|(_, b)| b));
+        owned.extend(self.tables.buffers());
         self.gpu.forget_bind_groups_of(&owned);
     }
 }
@@ -133,7 +142,14 @@ impl GpuExecutor {
             status: loss_view.map(|_| BufferView::new(&status)),
             tasks,
         })?;
+        let tables = tables::Tables::new(
+            gpu,
+            &graph,
+            optimizer.config(),
+            (loss_view, BufferView::new(&status), tasks),
+        )?;
         Ok(GpuExecutor {
+            tables,
             gemm: GroupedGemm::new(gpu),
             gate_mix: GateMix::new(gpu),
             balance: Balance::new(gpu),
@@ -181,7 +197,9 @@ impl GpuExecutor {
                 .filter_map(|(b, _)| b.as_ref().map(size))
                 .sum()
         };
+        let (tables, lookups) = self.tables.bytes();
         MemoryReport {
+            tables,
             parameters: size(&self.params),
             gradients: size(&self.grads),
             optimizer_state: self.moments.iter().map(size).sum(),
@@ -196,7 +214,8 @@ impl GpuExecutor {
                 .flatten()
                 .map(|(_, b)| size(b))
                 .sum::<u64>()
-                + size(&self.status),
+                + size(&self.status)
+                + lookups,
         }
     }
 
@@ -276,13 +295,21 @@ impl GpuExecutor {
     /// Compute dispatches one training step records at `rows` rows.
     pub fn dispatches_per_step(&mut self, rows: usize) -> Result<usize> {
         let r = self.recorded(rows)?;
-        Ok(r.forward.len() + r.loss.len() + r.backward.len() + 1)
+        let steps = r.forward.len() + r.loss.len() + r.backward.len() + 1;
+        Ok(steps + self.tables.update_dispatches().len())
     }
 
     fn submit(&mut self, rows: usize, what: &str, parts: Parts) -> Result<()> {
         self.recorded(rows)?;
         let recorded = &self.recorded[&rows];
-        let optimizer = parts.optimizer.then(|| self.optimizer.dispatch());
+        // The tables' updates read the status the dense optimizer's guard writes.
+        let optimizer: Vec<&Dispatch> = if parts.optimizer {
+            let mut all = vec![self.optimizer.dispatch()];
+            all.extend(self.tables.update_dispatches());
+            all
+        } else {
+            Vec::new()
+        };
         self.gpu.scoped(what, || {
             let mut encoder = self
                 .gpu
@@ -322,6 +349,7 @@ impl GpuExecutor {
     ) -> Result<Vec<(&'static str, std::time::Duration)>> {
         self.optimizer
             .set_step(self.gpu.queue(), step, learning_rate);
+        self.set_table_steps(step, learning_rate);
         self.recorded(rows)?;
         let recorded = &self.recorded[&rows];
         let all = recorded
@@ -329,7 +357,8 @@ impl GpuExecutor {
             .iter()
             .chain(&recorded.loss)
             .chain(&recorded.backward)
-            .chain([self.optimizer.dispatch()]);
+            .chain([self.optimizer.dispatch()])
+            .chain(self.tables.update_dispatches());
         all.map(|d| {
             Ok((
                 d.label(),
@@ -375,6 +404,7 @@ impl GpuExecutor {
     pub fn train_step(&mut self, rows: usize, step: u32, learning_rate: f32) -> Result<()> {
         self.optimizer
             .set_step(self.gpu.queue(), step, learning_rate);
+        self.set_table_steps(step, learning_rate);
         self.submit(
             rows,
             "training step",

@@ -196,6 +196,7 @@ impl GpuExecutor {
                         })?);
                     }
                 }
+                Op::Embedding { .. } => forward.extend(self.lookup_forward(node, rows)?),
                 Op::Loss { .. } => {}
             }
         }
@@ -340,6 +341,9 @@ impl GpuExecutor {
                     })?);
                 }
                 out.extend(dispatches);
+            }
+            (BackwardStep::Embedding { accumulate, .. }, Op::Embedding { .. }) => {
+                out.push(self.lookup_backward(node, rows, accumulate)?);
             }
             (step, op) => unreachable!("backward step {step:?} does not match node {op:?}"),
         }

@@ -42,7 +42,7 @@ crate::kernels::binding::host_struct! {
         beta2: f32,
         one_minus_beta2: f32,
         eps: f32,
-        _pad: u32,
+        status_base: u32,
     }
 }
 
@@ -82,6 +82,7 @@ impl EmbeddingParams {
                 11 => &mut self.grad_base,
                 12 => &mut self.m_base,
                 13 => &mut self.v_base,
+                14 => &mut self.status_base,
                 _ => continue,
             };
             *base = b.base;

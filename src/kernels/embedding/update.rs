@@ -15,6 +15,7 @@ const ADAM_BINDINGS: &[(u32, BindingKind)] = &[
     (11, Read),
     (12, ReadWrite),
     (13, ReadWrite),
+    (14, Read),
 ];
 const ADAGRAD_BINDINGS: &[(u32, BindingKind)] = &[
     (0, Uniform),
@@ -23,6 +24,7 @@ const ADAGRAD_BINDINGS: &[(u32, BindingKind)] = &[
     (8, Read),
     (11, Read),
     (12, ReadWrite),
+    (14, Read),
 ];
 const SCATTER_BINDINGS: &[(u32, BindingKind)] =
     &[(0, Uniform), (6, ReadWrite), (8, Read), (11, Read)];
@@ -46,6 +48,12 @@ pub struct EmbeddingUpdate<'a> {
     pub m: EmbeddingTable<'a>,
     /// Lazy Adam's second moment, split as the table is; not used by Adagrad.
     pub v: Option<EmbeddingTable<'a>>,
+    /// The non-finite-loss status of the dense optimizer's guarded step
+    /// ([`OptimizerUpdate::status`](crate::kernels::optimizer::OptimizerUpdate::status),
+    /// at least one u32): when given, the step changes nothing once `status[0] != 0`.
+    /// Record the update after that optimizer step, which sets it when this step's
+    /// loss is non-finite, so that the tables stop with the rest of the model.
+    pub status: Option<BufferView<'a>>,
 }
 
 /// Operands of the scatter of the compact gradient into a table-shaped gradient.
@@ -154,6 +162,11 @@ impl Embedding {
         };
         let unique_ids = Operand::new("unique_ids", 8, args.unique_ids, s.unique_len(), Read);
         let grad = Operand::new("grad", 11, args.grad, s.grad_len(), Read);
+        let status = match args.status {
+            Some(view) => Operand::new("status", 14, view, 1, Read),
+            None => unique_ids.stand_in(14),
+        };
+        let guarded = args.status.is_some() as u32;
         let mut dispatches = Vec::with_capacity(args.table.chunks.len());
         for (i, chunk) in args.table.chunks.iter().enumerate() {
             let rows = args.table.rows(i, vocab);
@@ -161,6 +174,7 @@ impl Embedding {
             let mut operands = vec![
                 unique_ids,
                 grad,
+                status,
                 Operand::new("table", 6, *chunk, len, ReadWrite),
                 Operand::new("m", 12, args.m.chunks[i], len, ReadWrite),
             ];
@@ -171,7 +185,7 @@ impl Embedding {
             let bound = bind_operands(&self.gpu, &ctx, &operands)?;
             let p = self.params(s, s.bounds.unique).bases(&bound).chunk(rows);
             let p = p.optimizer(args.optimizer);
-            let entry = self.entry(entry, bindings, &[]);
+            let entry = self.entry(entry, bindings, &[("GUARDED", guarded)]);
             let step = [(STEP_SLOT, Extra::Buffer(&uniform))];
             dispatches.push(self.dispatch("embedding update", entry, p, &bound, &step)?);
         }

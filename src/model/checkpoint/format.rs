@@ -14,8 +14,13 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::json::{exact, some, some_exact};
-use crate::model::{Architecture, Gate, GateKind, ModelConfig, TaskConfig, TaskKind};
-use crate::shape::{BalanceLoss, OptimizerConfig, Selection};
+use crate::model::{Architecture, FieldConfig, Gate, GateKind, ModelConfig, TaskConfig, TaskKind};
+use crate::shape::{BalanceLoss, OptimizerConfig, Selection, TableOptimizer};
+
+mod fields;
+
+pub(super) use fields::Vocabulary;
+use fields::{FieldList, TableOptimizerDef};
 
 /// The whole description.
 #[derive(Serialize, Deserialize)]
@@ -27,6 +32,9 @@ pub(super) struct Description {
     #[serde(deserialize_with = "exact")]
     pub(super) learning_rate: f32,
     pub(super) config: Config,
+    /// The fields' encoders; absent when there are none.
+    #[serde(default, skip_serializing_if = "Vocabulary::is_empty")]
+    pub(super) vocabulary: Vocabulary,
     /// Last, so that the text before it is what it covers; files written by other
     /// programs may leave it out.
     #[serde(
@@ -55,6 +63,9 @@ pub(super) struct Config(#[serde(with = "ConfigDef")] pub(super) ModelConfig);
 #[serde(remote = "ModelConfig", deny_unknown_fields)]
 struct ConfigDef {
     inputs: usize,
+    /// Absent without fields, as in files written before fields existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "FieldList")]
+    fields: Vec<FieldConfig>,
     shared_layers: Vec<usize>,
     #[serde(with = "ArchitectureDef")]
     architecture: Architecture,
@@ -63,6 +74,13 @@ struct ConfigDef {
     tasks: Vec<TaskConfig>,
     #[serde(with = "OptimizerDef")]
     optimizer: OptimizerConfig,
+    /// Absent when it is the default (lazy Adam at the model's learning rate).
+    #[serde(
+        default,
+        skip_serializing_if = "fields::is_default",
+        with = "TableOptimizerDef"
+    )]
+    table_optimizer: TableOptimizer,
     #[serde(deserialize_with = "exact")]
     learning_rate: f32,
     seed: u64,

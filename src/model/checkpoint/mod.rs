@@ -1,12 +1,16 @@
-//! Checkpoints in the safetensors format: a model's parameters, its optimizer
-//! state, step count, learning rate and config, in a file PyTorch can read and write
-//! (the whole format, names, shapes and layouts included, is in `docs/checkpoint.md`).
+//! Checkpoints in the safetensors format: a model's parameters, embedding tables,
+//! optimizer state, step count, learning rate, config and encoders, in a file PyTorch
+//! can read and write (the whole format, names, shapes and layouts included, is in
+//! `docs/checkpoint.md`).
 //!
 //! Every tensor is `F32`, little-endian, row-major, named as in [`Trainer::parameter`]
-//! (`experts.0.weight`, in this crate's `[groups, inputs, outputs]` layout); optimizer
-//! state is `optimizer.{exp_avg,exp_avg_sq,momentum_buffer}.{parameter}`. The rest
-//! lives in one metadata entry, [`METADATA_KEY`], as JSON: one key keeps the header
-//! byte-identical from save to save (safetensors writes metadata in hash order).
+//! (`experts.0.weight`, in this crate's `[groups, inputs, outputs]` layout;
+//! `embeddings.{field}.weight`, `[vocab, dim]`); optimizer state is
+//! `optimizer.{exp_avg,exp_avg_sq,momentum_buffer,sum}.{parameter or table}`. The
+//! rest lives in one metadata entry, [`METADATA_KEY`], as JSON: one key keeps the
+//! header byte-identical from save to save (safetensors writes metadata in hash
+//! order), which is why the encoders are a member of it (`vocabulary`) rather than a
+//! key of their own.
 //!
 //! [`Trainer::parameter`]: crate::model::Trainer::parameter
 
@@ -15,17 +19,19 @@ mod json;
 mod layout;
 
 pub(crate) use layout::check_dimensions;
-pub use layout::{state_names, state_tensor_name};
+pub use layout::{state_names, state_tensor_name, table_state_names};
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use safetensors::{Dtype, SafeTensors};
 
+use crate::data::categorical::Encoders;
 use crate::graph::{Graph, Plan, Role};
 use crate::model::ModelConfig;
+use crate::model::fields::check_encoders;
 use crate::{Error, Result};
-use format::{Config, Description, Head};
+use format::{Config, Description, Head, Vocabulary};
 
 /// The safetensors metadata key holding the checkpoint's JSON description.
 pub const METADATA_KEY: &str = "mmoe_wgpu";
@@ -46,7 +52,8 @@ pub struct NamedTensor {
 }
 
 /// Everything needed to resume training bitwise: config, step count, learning
-/// rate, parameters and optimizer state. Made by [`Trainer::checkpoint`] or read
+/// rate, parameters, embedding tables and optimizer state; and the encoders of the
+/// fields' raw values, if the trainer had any. Made by [`Trainer::checkpoint`] or read
 /// from a file; always checked against its own config, and immutable, so a copy
 /// held by the caller survives any later failure of the trainer.
 ///
@@ -57,7 +64,21 @@ pub struct Checkpoint {
     steps: u32,
     learning_rate: f32,
     tensors: Vec<NamedTensor>,
+    encoders: Encoders,
 }
+
+/// An embedding table's values and optimizer state tables, as a trainer holds them.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct TableState {
+    /// `[vocab, dim]`.
+    pub(crate) weight: Vec<f32>,
+    /// In [`table_state_names`] order, each `[vocab, dim]`.
+    pub(crate) state: Vec<Vec<f32>>,
+}
+
+/// A trainer's state as its buffers hold it: the flat parameters, each flat
+/// optimizer state buffer, and each table.
+pub(crate) type TrainerState = (Vec<f32>, Vec<Vec<f32>>, Vec<TableState>);
 
 /// Where a checkpoint came from, for error messages.
 const IN_MEMORY: &str = "<in memory>";
@@ -87,7 +108,8 @@ impl Checkpoint {
         self.learning_rate
     }
 
-    /// Every tensor: the parameters in graph order, then each optimizer state.
+    /// Every tensor: the parameters in graph order, the tables, then each optimizer
+    /// state of the parameters, then the tables' optimizer state.
     pub fn tensors(&self) -> &[NamedTensor] {
         &self.tensors
     }
@@ -97,66 +119,122 @@ impl Checkpoint {
         self.tensors.iter().find(|t| t.name == name)
     }
 
-    /// Gathers a checkpoint from a trainer's flat buffers (laid out by `plan`).
-    pub(crate) fn from_flat(
+    /// The encoders of the fields' raw values the checkpoint carries (empty when it
+    /// carries none).
+    pub fn encoders(&self) -> &Encoders {
+        &self.encoders
+    }
+
+    /// This checkpoint carrying `encoders` in place of its own: each must name a
+    /// field of the config and give IDs within its table.
+    pub fn with_encoders(self, encoders: Encoders) -> Result<Checkpoint> {
+        check_encoders(&self.config, &encoders)?;
+        Ok(Checkpoint { encoders, ..self })
+    }
+
+    /// Gathers a checkpoint from a trainer's state: the flat parameters and
+    /// optimizer state buffers (laid out by `plan`) and each table's values and
+    /// state, in [`layout::layout`] order.
+    pub(crate) fn from_state(
         config: &ModelConfig,
         steps: u32,
         learning_rate: f32,
         (graph, plan): (&Graph, &Plan),
-        params: &[f32],
-        state: &[Vec<f32>],
+        (params, state): (&[f32], &[Vec<f32>]),
+        tables: &[TableState],
     ) -> Result<Checkpoint> {
         let names = state_names(&config.optimizer);
+        let table_names = table_state_names(&config.optimizer, &config.table_optimizer);
+        let bad = |what: &str, message: String| Err(fault(IN_MEMORY, what, message));
         if state.len() != names.len() {
-            return Err(fault(
-                IN_MEMORY,
+            return bad(
                 "optimizer state",
                 format!("{} buffers for {names:?}", state.len()),
-            ));
+            );
         }
-        let mut tensors = Vec::new();
-        for (prefix, flat) in std::iter::once((None, params)).chain(
-            names
+        if tables.len() != graph.tables().len()
+            || tables.iter().any(|t| t.state.len() != table_names.len())
+        {
+            return bad(
+                "tables",
+                format!(
+                    "{} tables of state {table_names:?} expected",
+                    graph.tables().len()
+                ),
+            );
+        }
+        let mut values: Vec<&[f32]> = Vec::new();
+        let parameters = graph.with_role(Role::Parameter);
+        let flat_views = |flat: &'_ [f32]| -> Vec<Option<std::ops::Range<usize>>> {
+            parameters
                 .iter()
-                .zip(state)
-                .map(|(n, s)| (Some(*n), s.as_slice())),
-        ) {
-            for id in graph.with_role(Role::Parameter) {
-                let tensor = graph.tensor(id);
-                let offset = plan.param_offsets[id.0].unwrap_or(0);
-                let values = flat
-                    .get(offset..offset + tensor.len())
-                    .ok_or_else(|| {
-                        fault(
-                            IN_MEMORY,
-                            format!("tensor `{}`", tensor.name),
-                            "out of range",
-                        )
-                    })?
-                    .to_vec();
-                let name = match prefix {
-                    None => tensor.name.clone(),
-                    Some(state) => state_tensor_name(state, &tensor.name),
+                .map(|id| {
+                    let offset = plan.param_offsets[id.0].unwrap_or(0);
+                    let range = offset..offset + graph.tensor(*id).len();
+                    (range.end <= flat.len()).then_some(range)
+                })
+                .collect()
+        };
+        // Layout order: the parameters, the tables, each state of the parameters,
+        // then each state of the tables.
+        for (k, flat) in std::iter::once(params)
+            .chain(state.iter().map(Vec::as_slice))
+            .enumerate()
+        {
+            for range in flat_views(flat) {
+                let Some(range) = range else {
+                    return bad("flat buffers", "out of range".into());
                 };
-                tensors.push(NamedTensor {
-                    name,
-                    shape: tensor.shape.clone(),
-                    values,
-                });
+                values.push(&flat[range]);
             }
+            if k == 0 {
+                values.extend(tables.iter().map(|t| t.weight.as_slice()));
+            }
+        }
+        for k in 0..table_names.len() {
+            values.extend(tables.iter().map(|t| t.state[k].as_slice()));
+        }
+        let layout = layout::graph_layout(config, graph);
+        let mut tensors = Vec::with_capacity(layout.len());
+        for ((name, shape), values) in layout.into_iter().zip(values) {
+            if values.len() != shape.iter().product::<usize>() {
+                return bad(
+                    &format!("tensor `{name}`"),
+                    format!("{} values", values.len()),
+                );
+            }
+            tensors.push(NamedTensor {
+                name,
+                shape,
+                values: values.to_vec(),
+            });
         }
         Ok(Checkpoint {
             config: config.clone(),
             steps,
             learning_rate,
             tensors,
+            encoders: Encoders::new(),
         })
     }
 
     /// The flat parameter buffer and each flat optimizer state buffer, laid out by
-    /// `plan` (padding zero).
-    pub(crate) fn to_flat(&self, graph: &Graph, plan: &Plan) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
+    /// `plan` (padding zero), and each table's values and state.
+    pub(crate) fn to_state(&self, graph: &Graph, plan: &Plan) -> Result<TrainerState> {
         let names = state_names(&self.config.optimizer);
+        let table_names = table_state_names(&self.config.optimizer, &self.config.table_optimizer);
+        let tensor = |name: &str, shape: &[usize]| {
+            self.tensor(name)
+                .filter(|t| t.shape == shape)
+                .map(|t| t.values.clone())
+                .ok_or_else(|| {
+                    fault(
+                        IN_MEMORY,
+                        format!("tensor `{name}`"),
+                        format!("missing or not of shape {shape:?}"),
+                    )
+                })
+        };
         let mut flats = vec![vec![0.0f32; plan.param_len]; 1 + names.len()];
         for (k, flat) in flats.iter_mut().enumerate() {
             for id in graph.with_role(Role::Parameter) {
@@ -165,22 +243,32 @@ impl Checkpoint {
                     0 => param.name.clone(),
                     _ => state_tensor_name(names[k - 1], &param.name),
                 };
-                let tensor = self.tensor(&name).filter(|t| t.shape == param.shape);
+                let values = tensor(&name, &param.shape)?;
                 let offset = plan.param_offsets[id.0].unwrap_or(0);
-                match (tensor, flat.get_mut(offset..offset + param.len())) {
-                    (Some(t), Some(dst)) => dst.copy_from_slice(&t.values),
-                    _ => {
-                        return Err(fault(
-                            IN_MEMORY,
-                            format!("tensor `{name}`"),
-                            format!("missing or not of shape {:?}", param.shape),
-                        ));
+                match flat.get_mut(offset..offset + param.len()) {
+                    Some(dst) => dst.copy_from_slice(&values),
+                    None => {
+                        return Err(fault(IN_MEMORY, format!("tensor `{name}`"), "out of range"));
                     }
                 }
             }
         }
+        let tables = graph
+            .tables()
+            .iter()
+            .map(|t| {
+                let shape = [t.vocab, t.dim];
+                Ok(TableState {
+                    weight: tensor(&t.name, &shape)?,
+                    state: table_names
+                        .iter()
+                        .map(|state| tensor(&state_tensor_name(state, &t.name), &shape))
+                        .collect::<Result<_>>()?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         let params = flats.remove(0);
-        Ok((params, flats))
+        Ok((params, flats, tables))
     }
 
     /// The checkpoint as the bytes of a safetensors file. The description ends in
@@ -193,6 +281,7 @@ impl Checkpoint {
             steps: self.steps,
             learning_rate: self.learning_rate,
             config: Config(self.config.clone()),
+            vocabulary: Vocabulary(self.encoders.clone()),
             crc32: None,
         };
         let text = json::to_string(&description).map_err(|m| fault(IN_MEMORY, "description", m))?;
@@ -280,12 +369,13 @@ fn decode(bytes: &[u8], origin: &str) -> Result<Checkpoint> {
         .as_ref()
         .and_then(|m| m.get(METADATA_KEY))
         .ok_or_else(|| fault(origin, &what, "missing: not an mmoe-wgpu checkpoint"))?;
-    let (config, steps, learning_rate, crc) =
+    let (config, steps, learning_rate, encoders, crc) =
         describe(text).map_err(|m| fault(origin, &what, m))?;
     config
         .validate()
         .and_then(|()| config.optimizer.validate())
         .map_err(|e| fault(origin, "config", e.to_string()))?;
+    check_encoders(&config, &encoders).map_err(|e| fault(origin, "vocabulary", e.to_string()))?;
     let expected = layout::layout(&config).map_err(|e| fault(origin, "config", e.to_string()))?;
     // Names, dtypes and shapes first: a file of another model is reported by the
     // tensor that differs, not as damage.
@@ -354,6 +444,12 @@ fn decode(bytes: &[u8], origin: &str) -> Result<Checkpoint> {
             let message = format!("second moment {} at index {i} is negative", values[i]);
             return Err(fault(origin, &what, message));
         }
+        if name.starts_with("optimizer.sum.")
+            && let Some(i) = values.iter().position(|v| *v < 0.0)
+        {
+            let message = format!("accumulator {} at index {i} is negative", values[i]);
+            return Err(fault(origin, &what, message));
+        }
         let shape = view.shape().to_vec();
         tensors.push(NamedTensor {
             name,
@@ -366,6 +462,7 @@ fn decode(bytes: &[u8], origin: &str) -> Result<Checkpoint> {
         steps,
         learning_rate,
         tensors,
+        encoders,
     })
 }
 
@@ -388,9 +485,11 @@ fn checksum(data: &[u8], description: &str) -> u32 {
     hasher.finalize()
 }
 
-/// Config, steps, learning rate and checksum (if any) from the JSON description
-/// `text`.
-fn describe(text: &str) -> Result<(ModelConfig, u32, f32, Option<u32>), String> {
+/// Config, steps, learning rate, encoders and checksum (if any) from the JSON
+/// description `text`.
+type Described = (ModelConfig, u32, f32, Encoders, Option<u32>);
+
+fn describe(text: &str) -> Result<Described, String> {
     let head: Head = json::from_str(text)?;
     if head.format != FORMAT {
         return Err(format!("format is `{}`, `{FORMAT}` expected", head.format));
@@ -415,7 +514,14 @@ fn describe(text: &str) -> Result<(ModelConfig, u32, f32, Option<u32>), String> 
         ));
     }
     let config = description.config.0;
-    Ok((config, description.steps, learning_rate, description.crc32))
+    let encoders = description.vocabulary.0;
+    Ok((
+        config,
+        description.steps,
+        learning_rate,
+        encoders,
+        description.crc32,
+    ))
 }
 
 /// Why `found` cannot be restored into a trainer of `expected`, if it cannot: the

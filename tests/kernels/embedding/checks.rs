@@ -194,6 +194,7 @@ fn bad_operands_are_errors_and_record_nothing() {
         table,
         m: EmbeddingTable::new(&chunks[1], 8),
         v: Some(EmbeddingTable::new(&chunks[2], 8)),
+        status: None,
     };
     let bad_beta = SparseOptimizer::LazyAdam {
         beta1: 1.0,
@@ -330,6 +331,7 @@ fn garbage_in_the_index_buffers_stays_inside_every_operand() {
                 table: table_of(0),
                 m: table_of(1),
                 v: Some(table_of(2)),
+                status: None,
             })
             .unwrap();
         step.set_step(gpu.queue(), 1, 0.1);

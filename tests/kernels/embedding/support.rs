@@ -126,6 +126,7 @@ impl Uploaded {
             occurrences: BufferView::new(&self.occurrences),
             dx: BufferView::new(dx),
             grad: BufferView::new(grad),
+            accumulate: false,
         }
     }
 }
@@ -232,6 +233,7 @@ pub fn train(
             table: table_of(0),
             m: table_of(1),
             v: optimizer.needs_second_state().then(|| table_of(2)),
+            status: None,
         })
         .unwrap();
     let (mut table, mut m, mut v) = (
