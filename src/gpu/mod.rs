@@ -42,12 +42,33 @@ pub struct GpuOptions {
     /// default `mmoe-wgpu/tuning.tsv` in the user's cache directory); `None` keeps
     /// them in memory.
     pub tune_cache: Option<std::path::PathBuf>,
+    /// Optional features ([`Capabilities`]) not to enable even where the adapter has
+    /// them ([`WITHHOLD_ENV`]), e.g. `SUBGROUP` to run, test and time the kernels as
+    /// on an adapter without subgroups (WebGPU in a browser, DX12 through FXC).
+    pub withheld_features: wgpu::Features,
+}
+
+/// Environment variable naming optional features the device is opened without,
+/// separated by commas or spaces: `SUBGROUP`, `SHADER_F16`, `TIMESTAMP_QUERY`.
+pub const WITHHOLD_ENV: &str = "MMOE_WGPU_WITHHOLD";
+
+/// The optional features named in `list` (see [`WITHHOLD_ENV`]); unknown names are
+/// ignored.
+fn features_named(list: &str) -> wgpu::Features {
+    list.split([',', ' '])
+        .map(|name| match name.trim().to_ascii_uppercase().as_str() {
+            "SUBGROUP" => wgpu::Features::SUBGROUP,
+            "SHADER_F16" => wgpu::Features::SHADER_F16,
+            "TIMESTAMP_QUERY" => wgpu::Features::TIMESTAMP_QUERY,
+            _ => wgpu::Features::empty(),
+        })
+        .fold(wgpu::Features::empty(), |all, f| all | f)
 }
 
 impl GpuOptions {
     /// Options from `WGPU_BACKEND`, `WGPU_ADAPTER_NAME`, `WGPU_POWER_PREF`,
-    /// [`TUNE_ENV`] and [`TUNE_CACHE_ENV`]. Without `WGPU_POWER_PREF` the
-    /// high-performance adapter is preferred.
+    /// [`TUNE_ENV`], [`TUNE_CACHE_ENV`] and [`WITHHOLD_ENV`]. Without
+    /// `WGPU_POWER_PREF` the high-performance adapter is preferred.
     pub fn from_env() -> Self {
         GpuOptions {
             backends: wgpu::Backends::from_env(),
@@ -58,6 +79,9 @@ impl GpuOptions {
                 .unwrap_or(wgpu::PowerPreference::HighPerformance),
             tune: TuneMode::from_env(),
             tune_cache: tuning::cache_path_from_env(),
+            withheld_features: std::env::var(WITHHOLD_ENV)
+                .map(|v| features_named(&v))
+                .unwrap_or_else(|_| wgpu::Features::empty()),
         }
     }
 }
@@ -140,12 +164,18 @@ struct GpuInner {
     tuning: TuneTable,
 }
 
-/// The features the crate asks for when the adapter has them.
-fn wanted_features() -> wgpu::Features {
-    wgpu::Features::TIMESTAMP_QUERY
+/// The features the crate asks for when the adapter has them, less `withheld` (timestamps
+/// inside encoders go with timestamps).
+fn wanted_features(withheld: wgpu::Features) -> wgpu::Features {
+    let mut withheld = withheld;
+    if withheld.contains(wgpu::Features::TIMESTAMP_QUERY) {
+        withheld |= wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
+    }
+    (wgpu::Features::TIMESTAMP_QUERY
         | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
         | wgpu::Features::SHADER_F16
-        | wgpu::Features::SUBGROUP
+        | wgpu::Features::SUBGROUP)
+        - withheld
 }
 
 fn capabilities(features: wgpu::Features, report: &AdapterReport) -> Capabilities {
@@ -172,7 +202,7 @@ impl Gpu {
         let adapter = pollster::block_on(pick_adapter(&instance, backends, options))?;
         let info = adapter.get_info();
         let report = AdapterReport::from_info(&info);
-        let features = adapter.features() & wanted_features();
+        let features = wanted_features(options.withheld_features) & adapter.features();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("mmoe-wgpu"),
             required_features: features,
@@ -211,7 +241,7 @@ impl Gpu {
         uncaptured: Arc<Mutex<Option<String>>>,
         options: &GpuOptions,
     ) -> Gpu {
-        let caps = capabilities(device.features(), &report);
+        let caps = capabilities(device.features() - options.withheld_features, &report);
         let limits = device.limits();
         let lost = Arc::new(Mutex::new(None));
         let lost_sink = lost.clone();
