@@ -294,7 +294,7 @@ impl GroupedGemm {
         s.validate(ctx)?;
         args.precision.check(&self.gpu, ctx)?;
         tiling.validate(&self.gpu)?;
-        Pass::Forward.check_loop_budget(&self.gpu, ctx, s, rows.is_some())?;
+        Pass::Forward.check_loop_budget(&self.gpu, ctx, s, (rows.is_some(), &tiling))?;
         let flags = if args.bias.is_some() { FLAG_BIAS } else { 0 };
         let w = Operand::new("w", 2, args.w, s.w_len(), Read).of(args.precision);
         let operands = [
@@ -365,7 +365,7 @@ impl GroupedGemm {
         s.validate(ctx)?;
         args.precision.check(&self.gpu, ctx)?;
         tiling.validate(&self.gpu)?;
-        Pass::BackwardInput.check_loop_budget(&self.gpu, ctx, s, ragged.is_some())?;
+        Pass::BackwardInput.check_loop_budget(&self.gpu, ctx, s, (ragged.is_some(), &tiling))?;
         let w = Operand::new("w", 2, args.w, s.w_len(), Read).of(args.precision);
         let dy = Operand::new("dy", 5, args.dy, s.y_len(), Read).of(args.precision);
         let compact = ragged.and_then(|r| r.compact);
@@ -458,7 +458,7 @@ impl GroupedGemm {
         s.validate(ctx)?;
         args.precision.check(&self.gpu, ctx)?;
         tiling.validate(&self.gpu)?;
-        Pass::BackwardWeights.check_loop_budget(&self.gpu, ctx, s, rows.is_some())?;
+        Pass::BackwardWeights.check_loop_budget(&self.gpu, ctx, s, (rows.is_some(), &tiling))?;
         let flags = if args.db.is_some() { FLAG_BIAS } else { 0 };
         let x = Operand::new("x", 1, args.x, s.x_len(), Read).of(args.precision);
         let dy = Operand::new("dy", 5, args.dy, s.y_len(), Read).of(args.precision);
