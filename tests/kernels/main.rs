@@ -18,3 +18,4 @@ mod optimizer;
 mod ragged_gemm;
 mod routing;
 mod tune;
+mod without_subgroups;
