@@ -11,10 +11,12 @@ pub use bind_cache::BIND_GROUP_CACHE_CAPACITY;
 mod buffers;
 pub use buffers::STORAGE_USAGE;
 mod pipelines;
+mod report;
 mod scope;
 mod timing;
 mod tuning;
 
+pub use report::{AdapterReport, DeviceReport};
 pub use timing::{TimeSource, Timing};
 pub(crate) use tuning::TuneTable;
 pub use tuning::{TUNE_CACHE_ENV, TUNE_ENV, TuneMode, TuneRecord, TuneSource};
@@ -86,52 +88,6 @@ impl GpuOptions {
     }
 }
 
-/// What the crate knows about the adapter it runs on.
-#[derive(Clone, Debug)]
-pub struct AdapterReport {
-    /// Adapter name, e.g. `llvmpipe (LLVM 15.0.6, 256 bits)`.
-    pub name: String,
-    /// Graphics API in use.
-    pub backend: wgpu::Backend,
-    /// Driver name.
-    pub driver: String,
-    /// Driver version information.
-    pub driver_info: String,
-    /// Integrated, discrete, CPU, ...
-    pub device_type: wgpu::DeviceType,
-    /// Smallest subgroup size the adapter may use (0 when unknown).
-    pub subgroup_min_size: u32,
-    /// Largest subgroup size the adapter may use (0 when unknown).
-    pub subgroup_max_size: u32,
-}
-
-impl AdapterReport {
-    fn from_info(info: &wgpu::AdapterInfo) -> Self {
-        AdapterReport {
-            name: info.name.clone(),
-            backend: info.backend,
-            driver: info.driver.clone(),
-            driver_info: info.driver_info.clone(),
-            device_type: info.device_type,
-            subgroup_min_size: info.subgroup_min_size,
-            subgroup_max_size: info.subgroup_max_size,
-        }
-    }
-}
-
-impl fmt::Display for AdapterReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({:?}", self.name, self.backend)?;
-        if !self.driver.is_empty() {
-            write!(f, ", {}", self.driver)?;
-        }
-        if !self.driver_info.is_empty() {
-            write!(f, " {}", self.driver_info)?;
-        }
-        write!(f, ")")
-    }
-}
-
 /// Optional features the kernels can use, as enabled on the device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Capabilities {
@@ -155,6 +111,7 @@ struct GpuInner {
     queue: wgpu::Queue,
     report: AdapterReport,
     caps: Capabilities,
+    withheld: wgpu::Features,
     limits: wgpu::Limits,
     /// Errors wgpu could not hand to an error scope; only set on devices we created.
     uncaptured: Arc<Mutex<Option<String>>>,
@@ -167,15 +124,20 @@ struct GpuInner {
 /// The features the crate asks for when the adapter has them, less `withheld` (timestamps
 /// inside encoders go with timestamps).
 fn wanted_features(withheld: wgpu::Features) -> wgpu::Features {
-    let mut withheld = withheld;
-    if withheld.contains(wgpu::Features::TIMESTAMP_QUERY) {
-        withheld |= wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
-    }
     (wgpu::Features::TIMESTAMP_QUERY
         | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
         | wgpu::Features::SHADER_F16
         | wgpu::Features::SUBGROUP)
-        - withheld
+        - with_dependents(withheld)
+}
+
+/// `withheld` and the features that need one of them.
+fn with_dependents(withheld: wgpu::Features) -> wgpu::Features {
+    if withheld.contains(wgpu::Features::TIMESTAMP_QUERY) {
+        withheld | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
+    } else {
+        withheld
+    }
 }
 
 fn capabilities(features: wgpu::Features, report: &AdapterReport) -> Capabilities {
@@ -241,7 +203,8 @@ impl Gpu {
         uncaptured: Arc<Mutex<Option<String>>>,
         options: &GpuOptions,
     ) -> Gpu {
-        let caps = capabilities(device.features() - options.withheld_features, &report);
+        let withheld = with_dependents(options.withheld_features);
+        let caps = capabilities(device.features() - withheld, &report);
         let limits = device.limits();
         let lost = Arc::new(Mutex::new(None));
         let lost_sink = lost.clone();
@@ -255,6 +218,7 @@ impl Gpu {
                 device,
                 queue,
                 caps,
+                withheld,
                 limits,
                 uncaptured,
                 lost,
@@ -289,6 +253,12 @@ impl Gpu {
     /// The device's limits.
     pub fn limits(&self) -> &wgpu::Limits {
         &self.inner.limits
+    }
+
+    /// Optional features the kernels do not use here, even where the device has them
+    /// ([`GpuOptions::withheld_features`]).
+    pub fn withheld_features(&self) -> wgpu::Features {
+        self.inner.withheld
     }
 
     pub(crate) fn pipelines(&self) -> &PipelineCache {

@@ -188,6 +188,19 @@ impl Gpu {
         self.tuning().state().records.clone()
     }
 
+    /// Makes `choice` the stored choice for the tuning key `key` (a
+    /// [`TuneRecord::key`]), in memory only, as a cache file entry would: the next
+    /// kernel built for that key uses it without measuring, if it is one of the
+    /// kernel's valid tilings (otherwise it tunes as usual). For experiments and
+    /// benchmarks that compare tilings inside whole programs, e.g. a training step
+    /// with the naive GEMM kernels.
+    pub fn pin_tuning(&self, key: &str, choice: &str) {
+        let table = self.tuning();
+        let mut state = table.state();
+        table.load_file(&mut state);
+        state.choices.insert(key.to_owned(), choice.to_owned());
+    }
+
     /// The stored choice for `key`, from memory or the cache file.
     pub(crate) fn tuned_choice(&self, key: &str) -> Option<String> {
         let table = self.tuning();
