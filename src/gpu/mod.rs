@@ -1,10 +1,25 @@
 //! The device layer: adapter selection, device limits and features, error capture,
 //! buffers and the per-device cache of compiled pipelines.
 //!
-//! A [`Gpu`] is a cheap-to-clone handle. Make one with [`Gpu::new`] (picks an adapter,
+//! A [`Gpu`] is a cheap-to-clone handle. Make one with `Gpu::new` (picks an adapter,
 //! honouring wgpu's `WGPU_BACKEND`, `WGPU_ADAPTER_NAME` and `WGPU_POWER_PREF`
 //! environment variables) or wrap a device the application already has with
 //! [`Gpu::from_device`].
+//!
+//! # On the web
+//!
+//! With the `webgpu` feature the crate builds for `wasm32-unknown-unknown` on wgpu's
+//! WebGPU backend. A browser answers the device only from its event loop, so nothing
+//! there may wait: open the device with [`Gpu::new_async`] (or bring your own with
+//! [`Gpu::from_device`]), read results with [`Gpu::read_async`] and wait with
+//! [`Gpu::wait_async`]. Recording kernels never waits, so the whole kernel backend
+//! works as on native. What waits is native-only and returns [`Error::Blocking`]
+//! on the web: `Gpu::read`, `Gpu::wait`, `Gpu::time_pass`, and what is built on
+//! them (the model layer's read-backs and profiling). Tuning is off there (each kernel
+//! uses its default tiling: on an adapter without subgroups, the workgroup-memory
+//! tiles), and device errors surface at the next call through [`Gpu::check`]
+//! instead of at the call that caused them (error scopes also resolve only in the
+//! event loop).
 
 pub(crate) mod bind_cache;
 pub use bind_cache::BIND_GROUP_CACHE_CAPACITY;
@@ -13,6 +28,7 @@ pub use buffers::STORAGE_USAGE;
 mod pipelines;
 mod report;
 mod scope;
+mod signal;
 mod timing;
 mod tuning;
 
@@ -149,34 +165,50 @@ fn capabilities(features: wgpu::Features, report: &AdapterReport) -> Capabilitie
 }
 
 impl Gpu {
-    /// Open the adapter chosen by [`GpuOptions::from_env`].
+    /// Open the adapter chosen by [`GpuOptions::from_env`], waiting for it (native
+    /// only; on the web, [`Gpu::new_async`]).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn new() -> Result<Gpu> {
         Gpu::with_options(&GpuOptions::from_env())
     }
 
     /// Open an adapter chosen by `options`, with the adapter's own limits (not the
-    /// WebGPU defaults) and the optional features the crate can use.
+    /// WebGPU defaults) and the optional features the crate can use, waiting for it
+    /// (native only; on the web, [`Gpu::with_options_async`]).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn with_options(options: &GpuOptions) -> Result<Gpu> {
+        pollster::block_on(Gpu::with_options_async(options))
+    }
+
+    /// `Gpu::new` without waiting: on the web, the way to open a device.
+    pub async fn new_async() -> Result<Gpu> {
+        Gpu::with_options_async(&GpuOptions::from_env()).await
+    }
+
+    /// `Gpu::with_options` without waiting: on the web, the way to open a device.
+    pub async fn with_options_async(options: &GpuOptions) -> Result<Gpu> {
         let backends = options.backends.unwrap_or(wgpu::Backends::PRIMARY);
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
         desc.backends = backends;
         let instance = wgpu::Instance::new(desc);
-        let adapter = pollster::block_on(pick_adapter(&instance, backends, options))?;
+        let adapter = pick_adapter(&instance, backends, options).await?;
         let info = adapter.get_info();
         let report = AdapterReport::from_info(&info);
         let features = wanted_features(options.withheld_features) & adapter.features();
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("mmoe-wgpu"),
-            required_features: features,
-            required_limits: adapter.limits(),
-            experimental_features: wgpu::ExperimentalFeatures::disabled(),
-            memory_hints: wgpu::MemoryHints::Performance,
-            trace: wgpu::Trace::Off,
-        }))
-        .map_err(|e| Error::RequestDevice {
-            adapter: report.name.clone(),
-            message: e.to_string(),
-        })?;
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("mmoe-wgpu"),
+                required_features: features,
+                required_limits: adapter.limits(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| Error::RequestDevice {
+                adapter: report.name.clone(),
+                message: e.to_string(),
+            })?;
         let uncaptured = Arc::new(Mutex::new(None));
         let sink = uncaptured.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
@@ -196,6 +228,9 @@ impl Gpu {
         Gpu::assemble(device, queue, report, Arc::new(Mutex::new(None)), &options)
     }
 
+    // On the web wgpu's handles are neither Send nor Sync (a page has one thread to
+    // talk to the device from), and the Arc only shares a Gpu within that thread.
+    #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
     fn assemble(
         device: wgpu::Device,
         queue: wgpu::Queue,
@@ -297,8 +332,35 @@ impl Gpu {
         }
     }
 
-    /// Block until all submitted work is done.
+    /// Block until all submitted work is done (native only: on the web it is
+    /// [`Error::Blocking`]; use [`Gpu::wait_async`]).
     pub fn wait(&self) -> Result<()> {
+        #[cfg(target_arch = "wasm32")]
+        return Err(Error::blocking("Gpu::wait", "await Gpu::wait_async"));
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            self.poll_until_idle()?;
+            self.check()
+        }
+    }
+
+    /// Until all work submitted so far is done, without blocking the thread: on the
+    /// web, the way to wait for the device.
+    pub async fn wait_async(&self) -> Result<()> {
+        let (done, finished) = signal::channel();
+        self.queue().on_submitted_work_done(move || done.send(()));
+        self.poll_until_idle()?;
+        finished.await.ok_or_else(|| Error::Gpu {
+            during: "waiting for the queue".into(),
+            message: "the queue dropped its completion callback".into(),
+        })?;
+        self.check()
+    }
+
+    /// Natively, runs the device until its queue is empty, which also runs pending
+    /// callbacks; on the web the browser does both, and this does nothing.
+    fn poll_until_idle(&self) -> Result<()> {
+        #[cfg(not(target_arch = "wasm32"))]
         self.inner
             .device
             .poll(wgpu::PollType::wait_indefinitely())
@@ -306,7 +368,7 @@ impl Gpu {
                 during: "waiting for the queue".into(),
                 message: e.to_string(),
             })?;
-        self.check()
+        Ok(())
     }
 }
 

@@ -93,7 +93,13 @@ impl fmt::Display for DeviceReport {
         } else {
             writeln!(f, "{}..={}", a.subgroup_min_size, a.subgroup_max_size)?;
         }
-        let list = |v: &[&str]| if v.is_empty() { "none".to_owned() } else { v.join(", ") };
+        let list = |v: &[&str]| {
+            if v.is_empty() {
+                "none".to_owned()
+            } else {
+                v.join(", ")
+            }
+        };
         write!(f, "  features: {}", list(&self.features))?;
         if !self.withheld.is_empty() {
             write!(f, " (withheld: {})", list(&self.withheld))?;
