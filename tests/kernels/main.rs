@@ -5,6 +5,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod async_api;
 mod backend_api;
 mod backend_checks;
 mod balance;
