@@ -208,18 +208,22 @@ fn without_subgroups(only: Option<&str>) {
     }
     if wanted(&StandardShape::CENSUS) {
         let shape = StandardShape::CENSUS;
-        let before = gpu.tune_records().len();
         let tuned = step_seconds(&gpu, &shape, 4, 2);
         print_decisions("without subgroups, tuned", &gpu, 0);
-        // A second device pinned to the naive kernel for every GEMM the step tuned.
+        // A second device pinned to the naive kernel for every GEMM tuned so far: the
+        // step's (the expert layer's were tuned by the passes above).
         let pinned = fresh_gpu_without_subgroups();
-        for r in gpu.tune_records().iter().skip(before) {
+        for r in gpu.tune_records() {
             if r.key.starts_with("grouped_gemm ") {
                 pinned.pin_tuning(&r.key, &NAIVE.to_string());
             }
         }
         let naive = step_seconds(&pinned, &shape, 1, 1);
-        print_decisions("without subgroups, GEMMs pinned to the naive kernel", &pinned, 0);
+        print_decisions(
+            "without subgroups, GEMMs pinned to the naive kernel",
+            &pinned,
+            0,
+        );
         println!(
             "without subgroups, census training step: tuned {:.1} ms, naive GEMMs {:.1} ms: {:.1}x",
             tuned * 1e3,
