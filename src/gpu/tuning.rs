@@ -22,7 +22,8 @@ pub const TUNE_ENV: &str = "MMOE_WGPU_TUNE";
 /// Environment variable naming the tuning cache file; `off` keeps choices in memory.
 pub const TUNE_CACHE_ENV: &str = "MMOE_WGPU_TUNE_CACHE";
 
-/// How kernels choose their tiling on first use.
+/// How kernels choose their tiling on first use. On the web tuning is always
+/// [`TuneMode::Off`]: timing a candidate waits for the device.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum TuneMode {
     /// Fixed defaults, no measuring (`MMOE_WGPU_TUNE=off`).

@@ -6,9 +6,12 @@
 //! (see [Ragged mode](#ragged-mode)).
 //!
 //! Shaders: `shaders/grouped_gemm.wgsl` (layouts, naive kernels),
-//! `shaders/grouped_gemm_subgroup.wgsl` (register-tiled kernels) and
-//! `shaders/grouped_gemm_reduce.wgsl` (the ragged input gradient's sum over groups),
-//! with the storage part (`shaders/storage_*.wgsl`) of the call's [`Precision`].
+//! `shaders/grouped_gemm_tiles.wgsl` (the register tiles), extended by
+//! `shaders/grouped_gemm_subgroup.wgsl` (rows shared by subgroup broadcast) or
+//! `shaders/grouped_gemm_workgroup.wgsl` (rows shared through workgroup memory, on any
+//! adapter), and `shaders/grouped_gemm_reduce.wgsl` (the ragged input gradient's sum
+//! over groups), with the storage part (`shaders/storage_*.wgsl`) of the call's
+//! [`Precision`]. Every [`Tiling`] gives the same bits.
 //!
 //! # Example
 //!

@@ -112,7 +112,7 @@ impl GroupedGemm {
     /// large as the default (smaller ones load more per multiply-add) and no larger
     /// than the work can repay in compile time, nor taller than the output. There the
     /// other kind never pays its compile time: on lavapipe the workgroup-memory tiles
-    /// ran at 0.3-0.7 of the subgroup tiles of the same shape in every pass at every
+    /// ran at 0.2-0.7 of the subgroup tiles of the same shape in every pass at every
     /// standard shape. Tilings whose loops would exceed lavapipe's budget on this
     /// (dense) shape are left out.
     fn candidates(
