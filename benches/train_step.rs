@@ -37,7 +37,7 @@ fn cold_first_step(shape: &StandardShape) -> (Duration, Duration) {
     trainer.step(&x, &y).unwrap_or_else(|e| panic!("{e}"));
     trainer.loss().unwrap_or_else(|e| panic!("{e}"));
     let first = start.elapsed();
-    print_decisions("cold start", &gpu, 0);
+    print_decisions("this child process", &gpu, 0);
     let steady = Instant::now();
     for _ in 0..3 {
         trainer.step(&x, &y).unwrap_or_else(|e| panic!("{e}"));
