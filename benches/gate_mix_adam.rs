@@ -18,7 +18,10 @@ use mmoe_wgpu::rng::Rng;
 use mmoe_wgpu::{Gpu, StandardShape};
 
 mod common;
-use common::{best_seconds_interleaved, decision, fresh_gpu, full_tuning_gpu, print_candidates};
+use common::{
+    best_seconds_interleaved, decision, fresh_gpu, full_tuning_gpu, print_candidates,
+    print_decisions,
+};
 use mmoe_wgpu::gpu::TuneRecord;
 
 fn random(gpu: &Gpu, label: &str, rng: &mut Rng, n: usize) -> wgpu::Buffer {
@@ -290,6 +293,8 @@ fn gate_mix_and_adam(c: &mut Criterion) {
             std::slice::from_ref(adam.dispatch()),
         );
     }
+    print_decisions("fast mode", &gpu, 0);
+    print_decisions("full mode", &full, 0);
 }
 
 criterion_group!(benches, gate_mix_and_adam);

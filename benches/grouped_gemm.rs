@@ -7,7 +7,11 @@
 //! ```
 //!
 //! Before the timed runs, every tiling is measured on the full shape and printed next
-//! to the autotuner's choice (tuned afresh in this process).
+//! to the autotuner's choice (tuned afresh in this process). Then, on the same adapter
+//! opened without `SUBGROUP`, the tuned kernels against the naive ones at `census` and
+//! `large`, pass by pass, and a whole census training step with the tuned GEMMs
+//! against one with every GEMM pinned to the naive kernel. Every tuning decision is
+//! printed at the end.
 
 use std::time::Duration;
 
@@ -20,7 +24,13 @@ use mmoe_wgpu::rng::Rng;
 use mmoe_wgpu::{Activation, Gpu, StandardShape};
 
 mod common;
-use common::{best_seconds_interleaved, decision, fresh_gpu, full_tuning_gpu, print_candidates};
+use common::{
+    best_seconds, best_seconds_interleaved, decision, fresh_gpu, fresh_gpu_without_subgroups,
+    full_tuning_gpu, print_candidates, print_decisions, step_seconds,
+};
+
+const PASS_NAMES: [&str; 3] = ["Forward", "BackwardInput", "BackwardWeights"];
+const NAIVE: Tiling = Tiling::Naive { wg: 8, wg_rows: 8 };
 
 /// The three passes of one shape, recorded once and replayed by every iteration.
 struct Passes {
@@ -116,11 +126,12 @@ fn compare_tilings(gpu: &Gpu, full: &Gpu, standard: StandardShape) -> Passes {
     let before = [gpu.tune_records().len(), full.tune_records().len()];
     let tuned = passes(gpu, &gemm, standard, None).unwrap_or_else(|e| panic!("{e}"));
     drop(passes(full, &GroupedGemm::new(full), standard, None).unwrap_or_else(|e| panic!("{e}")));
-    // The naive kernels take minutes per dispatch at `large`.
+    // The naive kernels take minutes per dispatch at `large`, small register tiles
+    // tens of seconds: there, only tiles of 8 x 4 x 8 or more.
     let tilings: Vec<Tiling> = gemm
         .tilings()
         .into_iter()
-        .filter(|t| standard.name != "large" || matches!(t, Tiling::Subgroup { .. }))
+        .filter(|t| standard.name != "large" || t.compile_weight() >= 8)
         .collect();
     let candidates: Vec<Passes> = tilings
         .iter()
@@ -131,10 +142,7 @@ fn compare_tilings(gpu: &Gpu, full: &Gpu, standard: StandardShape) -> Passes {
             best_seconds_interleaved(gpu, 3, &candidates, |p, pass| p.all()[i].record(pass));
         tilings.iter().map(|t| t.to_string()).zip(seconds).collect()
     });
-    for (i, pass) in ["Forward", "BackwardInput", "BackwardWeights"]
-        .iter()
-        .enumerate()
-    {
+    for (i, pass) in PASS_NAMES.iter().enumerate() {
         let key = format!("grouped_gemm {pass} ");
         print_candidates(
             &format!("grouped_gemm/{} {pass}", standard.name),
@@ -147,6 +155,82 @@ fn compare_tilings(gpu: &Gpu, full: &Gpu, standard: StandardShape) -> Passes {
         );
     }
     tuned
+}
+
+/// Seconds of one run of `dispatch`, timed once: the naive kernels at `large`, where
+/// one run takes about a minute (the pipeline must be compiled already).
+fn once(gpu: &Gpu, dispatch: &Dispatch) -> f64 {
+    gpu.time_pass(1, |p| dispatch.record(p))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .total
+        .as_secs_f64()
+}
+
+/// On a device without subgroups: the tuned tiling (the fast mode's choice) against
+/// the naive kernels, pass by pass, at `census` and `large`; then a census training
+/// step with the tuned GEMMs against one with every GEMM pinned to the naive kernel.
+fn without_subgroups(only: Option<&str>) {
+    println!("--- the same adapter without SUBGROUP ---");
+    let gpu = fresh_gpu_without_subgroups();
+    let gemm = GroupedGemm::new(&gpu);
+    let wanted = |s: &StandardShape| only.is_none_or(|o| s.name.contains(o));
+    // Compiles the naive pipelines on a small shape, so that no timing below includes it.
+    let warm = passes(&gpu, &gemm, StandardShape::PAPER, Some(NAIVE));
+    for dispatch in warm.unwrap_or_else(|e| panic!("{e}")).all() {
+        once(&gpu, dispatch);
+    }
+    for standard in [StandardShape::CENSUS, StandardShape::LARGE] {
+        if !wanted(&standard) {
+            continue;
+        }
+        let before = gpu.tune_records().len();
+        let tuned = passes(&gpu, &gemm, standard, None).unwrap_or_else(|e| panic!("{e}"));
+        let naive = passes(&gpu, &gemm, standard, Some(NAIVE)).unwrap_or_else(|e| panic!("{e}"));
+        let flops = standard.expert_gemm().forward_flops();
+        for (i, pass) in PASS_NAMES.iter().enumerate() {
+            let (t_tuned, t_naive) = if standard.name == "large" {
+                let t = best_seconds(&gpu, 2, |p| tuned.all()[i].record(p));
+                (t, once(&gpu, naive.all()[i]))
+            } else {
+                let both = [tuned.all()[i], naive.all()[i]];
+                let t = best_seconds_interleaved(&gpu, 3, &both, |d, p| d.record(p));
+                (t[0], t[1])
+            };
+            let chosen = decision(&gpu, before, &format!("grouped_gemm {pass} ")).chosen;
+            println!(
+                "without subgroups, {} {pass}: tuned {chosen} {:.2} GFLOP/s, {NAIVE} {:.3} GFLOP/s: {:.1}x",
+                standard.name,
+                flops / t_tuned / 1e9,
+                flops / t_naive / 1e9,
+                t_naive / t_tuned,
+            );
+        }
+    }
+    if wanted(&StandardShape::CENSUS) {
+        let shape = StandardShape::CENSUS;
+        let tuned = step_seconds(&gpu, &shape, 4, 2);
+        print_decisions("without subgroups, tuned", &gpu, 0);
+        // A second device pinned to the naive kernel for every GEMM tuned so far: the
+        // step's (the expert layer's were tuned by the passes above).
+        let pinned = fresh_gpu_without_subgroups();
+        for r in gpu.tune_records() {
+            if r.key.starts_with("grouped_gemm ") {
+                pinned.pin_tuning(&r.key, &NAIVE.to_string());
+            }
+        }
+        let naive = step_seconds(&pinned, &shape, 1, 1);
+        print_decisions(
+            "without subgroups, GEMMs pinned to the naive kernel",
+            &pinned,
+            0,
+        );
+        println!(
+            "without subgroups, census training step: tuned {:.1} ms, naive GEMMs {:.1} ms: {:.1}x",
+            tuned * 1e3,
+            naive * 1e3,
+            naive / tuned
+        );
+    }
 }
 
 fn grouped_gemm(c: &mut Criterion) {
@@ -187,6 +271,9 @@ fn grouped_gemm(c: &mut Criterion) {
         }
         group.finish();
     }
+    print_decisions("fast mode", &gpu, 0);
+    print_decisions("full mode", &full, 0);
+    without_subgroups(only.as_deref());
 }
 
 criterion_group!(benches, grouped_gemm);

@@ -40,7 +40,7 @@ use mmoe_wgpu::rng::Rng;
 use mmoe_wgpu::{Activation, GemmShape, Gpu, StandardShape};
 
 mod common;
-use common::{best_seconds, fresh_gpu};
+use common::{best_seconds, fresh_gpu, print_decisions};
 
 const TOP_K: usize = 2;
 
@@ -353,4 +353,5 @@ fn main() {
             time / dense_step
         );
     }
+    print_decisions("every kernel", &gpu, 0);
 }

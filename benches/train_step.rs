@@ -18,33 +18,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, SamplingMode, Throughput};
-use mmoe_wgpu::model::{ModelConfig, TaskConfig, TaskKind, Trainer};
-use mmoe_wgpu::rng::Rng;
+use mmoe_wgpu::model::Trainer;
 use mmoe_wgpu::{Gpu, StandardShape};
 
-fn config(shape: &StandardShape) -> ModelConfig {
-    let tasks = (0..shape.tasks)
-        .map(|t| TaskConfig::new(format!("task{t}"), TaskKind::BinaryClassification))
-        .collect();
-    ModelConfig::mmoe(
-        shape.inputs,
-        shape.experts,
-        shape.expert_width,
-        shape.tower_width,
-        tasks,
-    )
-}
-
-fn batch(shape: &StandardShape) -> (Vec<f32>, Vec<f32>) {
-    let mut rng = Rng::new(3);
-    let x = (0..shape.batch * shape.inputs)
-        .map(|_| rng.normal() as f32)
-        .collect();
-    let y = (0..shape.batch * shape.tasks)
-        .map(|_| (rng.unit() < 0.5) as u8 as f32)
-        .collect();
-    (x, y)
-}
+mod common;
+use common::{model_batch as batch, model_config as config, print_decisions};
 
 /// Set in the child processes that measure a cold start: the shape's name.
 const COLD_CHILD: &str = "MMOE_BENCH_COLD_START";
@@ -59,6 +37,7 @@ fn cold_first_step(shape: &StandardShape) -> (Duration, Duration) {
     trainer.step(&x, &y).unwrap_or_else(|e| panic!("{e}"));
     trainer.loss().unwrap_or_else(|e| panic!("{e}"));
     let first = start.elapsed();
+    print_decisions("this child process", &gpu, 0);
     let steady = Instant::now();
     for _ in 0..3 {
         trainer.step(&x, &y).unwrap_or_else(|e| panic!("{e}"));
@@ -68,7 +47,8 @@ fn cold_first_step(shape: &StandardShape) -> (Duration, Duration) {
 }
 
 /// Runs [`cold_first_step`] in a child process with the given driver (Mesa) shader
-/// cache directory and tuning cache file; returns its report line.
+/// cache directory and tuning cache file; returns its report: its tuning decisions,
+/// then the times.
 fn cold_start_in_child(shape: &StandardShape, driver_cache: &Path, tune_cache: &Path) -> String {
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("{e}"));
     let out = Command::new(exe)
@@ -84,7 +64,7 @@ fn cold_start_in_child(shape: &StandardShape, driver_cache: &Path, tune_cache: &
         "cold-start child failed: {stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    stdout.lines().last().unwrap_or_default().to_owned()
+    stdout.trim_end().to_owned()
 }
 
 /// A first process as on a fresh machine (empty driver shader cache, no tuning
@@ -102,19 +82,22 @@ fn cold_starts(shape: &StandardShape) {
     let first = cold_start_in_child(shape, &driver_cache, &tune_cache);
     let second = cold_start_in_child(shape, &driver_cache, &tune_cache);
     let _ = std::fs::remove_dir_all(&scratch);
-    println!(
-        "train_step/{}: cold start, empty caches:         {first}",
-        shape.name
-    );
-    println!(
-        "train_step/{}: second process, caches written:   {second}",
-        shape.name
-    );
+    // Each child's report ends in its times; its tuning decisions come before them.
+    for (what, report) in [
+        ("cold start, empty caches:      ", first),
+        ("second process, caches written:", second),
+    ] {
+        let (decisions, times) = report.rsplit_once('\n').unwrap_or(("", &report));
+        println!("train_step/{}: {what} {times}", shape.name);
+        for line in decisions.lines() {
+            println!("    {line}");
+        }
+    }
 }
 
 fn train_step(c: &mut Criterion) {
     let gpu = Gpu::new().unwrap_or_else(|e| panic!("{e}"));
-    println!("adapter: {}", gpu.adapter());
+    println!("{}", gpu.report());
     println!("time: wall clock per step, one device sync after all of a sample's steps");
     let only: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     for shape in StandardShape::ALL {
@@ -156,6 +139,7 @@ fn train_step(c: &mut Criterion) {
         });
         group.finish();
     }
+    print_decisions("this process", &gpu, 0);
 }
 
 fn main() {

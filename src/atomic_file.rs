@@ -35,7 +35,7 @@ pub(crate) fn replace(path: &Path, write: impl FnOnce(&mut File) -> io::Result<(
     let temp = dir.join(format!(
         ".{}.{}-{}.tmp",
         name.to_string_lossy(),
-        std::process::id(),
+        process_id(),
         SERIAL.fetch_add(1, Ordering::Relaxed)
     ));
     let written = (|| {
@@ -66,6 +66,15 @@ pub(crate) fn replace(path: &Path, write: impl FnOnce(&mut File) -> io::Result<(
         path: dir.to_path_buf(),
         source,
     })
+}
+
+/// This process's id; in a browser (no processes, and `std::process::id` panics
+/// there) 0: the file operations that follow fail with an error instead.
+fn process_id() -> u32 {
+    #[cfg(target_arch = "wasm32")]
+    return 0;
+    #[cfg(not(target_arch = "wasm32"))]
+    std::process::id()
 }
 
 /// Flushes the directory entry of the rename to disk.

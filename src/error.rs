@@ -142,6 +142,16 @@ pub enum Error {
         message: String,
     },
 
+    /// A call that waits for the device, made where nothing may wait: in a browser,
+    /// WebGPU answers only once control returns to the event loop.
+    #[error("{call} waits for the device, which WebGPU in a browser cannot do; {instead}")]
+    Blocking {
+        /// The call.
+        call: String,
+        /// What to use instead.
+        instead: String,
+    },
+
     /// An I/O error, with the path it happened on.
     #[error("{}: {source}", path.display())]
     Io {
@@ -167,6 +177,15 @@ impl Error {
             operand: operand.into(),
             expected: expected.into(),
             actual: actual.into(),
+        }
+    }
+
+    /// The [`Error::Blocking`] of `call` on the web.
+    #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+    pub(crate) fn blocking(call: &str, instead: &str) -> Self {
+        Error::Blocking {
+            call: call.into(),
+            instead: instead.into(),
         }
     }
 

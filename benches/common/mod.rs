@@ -3,21 +3,106 @@
 
 #![allow(dead_code)]
 
+use std::time::Instant;
+
 use mmoe_wgpu::gpu::{TuneMode, TuneRecord};
-use mmoe_wgpu::{Gpu, GpuOptions};
+use mmoe_wgpu::model::{ModelConfig, TaskConfig, TaskKind, Trainer};
+use mmoe_wgpu::rng::Rng;
+use mmoe_wgpu::{Gpu, GpuOptions, StandardShape};
 
 /// A device whose tuning starts empty (no cache file), so every choice the bench
-/// reports was measured in this run.
+/// reports was measured in this run. Prints the device report: adapter, driver,
+/// features, limits, subgroup sizes, timing and tuning.
 pub fn fresh_gpu() -> Gpu {
     let options = GpuOptions {
         tune_cache: None,
         ..GpuOptions::from_env()
     };
     let gpu = Gpu::with_options(&options).unwrap_or_else(|e| panic!("{e}"));
-    println!("adapter: {}", gpu.adapter());
-    println!("time source: {}", gpu.time_source());
-    println!("tuning: {:?}", gpu.tune_mode());
+    println!("{}", gpu.report());
     gpu
+}
+
+/// [`fresh_gpu`] on the same adapter opened without `SUBGROUP`: the kernels as they
+/// run on WebGPU in a browser, DX12 through FXC or older Vulkan drivers.
+pub fn fresh_gpu_without_subgroups() -> Gpu {
+    let options = GpuOptions {
+        tune_cache: None,
+        withheld_features: wgpu::Features::SUBGROUP,
+        ..GpuOptions::from_env()
+    };
+    let gpu = Gpu::with_options(&options).unwrap_or_else(|e| panic!("{e}"));
+    println!("{}", gpu.report());
+    gpu
+}
+
+/// Prints every tuning decision made on `gpu` after its first `since`: the shape
+/// class, how the choice was made, and each measured candidate's time.
+pub fn print_decisions(title: &str, gpu: &Gpu, since: usize) {
+    let records = gpu.tune_records();
+    println!("tuning decisions, {title}:");
+    for r in records.iter().skip(since) {
+        println!(
+            "  {} -> {} ({:?}, {:.2} s)",
+            r.key,
+            r.chosen,
+            r.source,
+            r.spent.as_secs_f64()
+        );
+        for (candidate, time) in &r.measured {
+            println!(
+                "      {candidate:<34} {:>10.3} ms",
+                time.as_secs_f64() * 1e3
+            );
+        }
+    }
+}
+
+/// The one-layer MMoE of a standard shape, binary tasks, default optimizer.
+pub fn model_config(shape: &StandardShape) -> ModelConfig {
+    let tasks = (0..shape.tasks)
+        .map(|t| TaskConfig::new(format!("task{t}"), TaskKind::BinaryClassification))
+        .collect();
+    ModelConfig::mmoe(
+        shape.inputs,
+        shape.experts,
+        shape.expert_width,
+        shape.tower_width,
+        tasks,
+    )
+}
+
+/// A batch of normal inputs and 0/1 targets at a standard shape.
+pub fn model_batch(shape: &StandardShape) -> (Vec<f32>, Vec<f32>) {
+    let mut rng = Rng::new(3);
+    let x = (0..shape.batch * shape.inputs)
+        .map(|_| rng.normal() as f32)
+        .collect();
+    let y = (0..shape.batch * shape.tasks)
+        .map(|_| (rng.unit() < 0.5) as u8 as f32)
+        .collect();
+    (x, y)
+}
+
+/// Seconds per training step of the one-layer MMoE at `shape` on `gpu`: a trainer
+/// built and warmed up by one step (compiling and tuning), then `steps` steps with one
+/// device sync at the end, the best of `rounds` such runs.
+pub fn step_seconds(gpu: &Gpu, shape: &StandardShape, steps: u32, rounds: u32) -> f64 {
+    let (x, y) = model_batch(shape);
+    let mut trainer =
+        Trainer::new(gpu, model_config(shape), shape.batch).unwrap_or_else(|e| panic!("{e}"));
+    trainer.step(&x, &y).unwrap_or_else(|e| panic!("{e}"));
+    trainer.loss().unwrap_or_else(|e| panic!("{e}"));
+    (0..rounds)
+        .map(|_| {
+            let start = Instant::now();
+            for _ in 0..steps {
+                trainer.step(&x, &y).unwrap_or_else(|e| panic!("{e}"));
+            }
+            trainer.loss().unwrap_or_else(|e| panic!("{e}"));
+            start.elapsed().as_secs_f64() / f64::from(steps)
+        })
+        .fold(f64::INFINITY, f64::min)
 }
 
 /// Seconds of one run of `record`: one warm-up run (compilation included), then the

@@ -75,36 +75,33 @@ impl Gpu {
 
     /// Reads `len` elements of `T` from `buffer` at byte `offset`, waiting for all
     /// submitted work first. Copies move whole 4-byte words, so a range that starts or
-    /// ends mid-word (f16 data) needs the rest of its words inside the buffer.
+    /// ends mid-word (f16 data) needs the rest of its words inside the buffer. Native
+    /// only: on the web it is [`Error::Blocking`]; use [`Gpu::read_async`].
     pub fn read<T: bytemuck::Pod>(
         &self,
         buffer: &wgpu::Buffer,
         offset: u64,
         len: usize,
     ) -> Result<Vec<T>> {
-        let bytes = (len * std::mem::size_of::<T>()) as u64;
-        let start = offset / 4 * 4;
-        let end = (offset + bytes).next_multiple_of(4);
-        if end > buffer.size() {
-            return Err(Error::Binding {
-                context: "Gpu::read".into(),
-                operand: buffer_label(buffer),
-                problem: format!(
-                    "of {} bytes cannot give {bytes} bytes at offset {offset} (read as the \
-                     4-byte words {start}..{end})",
-                    buffer.size()
-                ),
-            });
-        }
+        #[cfg(target_arch = "wasm32")]
+        return self
+            .read_range::<T>(buffer, offset, len)
+            .and(Err(Error::blocking("Gpu::read", "await Gpu::read_async")));
+        #[cfg(not(target_arch = "wasm32"))]
+        pollster::block_on(self.read_async(buffer, offset, len))
+    }
+
+    /// [`read`](Self::read) without blocking the thread: the data once all work
+    /// submitted before the call is done. On the web, the way to read results back.
+    pub async fn read_async<T: bytemuck::Pod>(
+        &self,
+        buffer: &wgpu::Buffer,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<T>> {
+        let (start, end, bytes) = self.read_range::<T>(buffer, offset, len)?;
         if len == 0 {
             return Ok(Vec::new());
-        }
-        if !buffer.usage().contains(wgpu::BufferUsages::COPY_SRC) {
-            return Err(Error::Binding {
-                context: "Gpu::read".into(),
-                operand: buffer_label(buffer),
-                problem: "lacks COPY_SRC usage, so it cannot be read back".into(),
-            });
         }
         let staging = self.scoped("creating a readback buffer", || {
             let staging = self.device().create_buffer(&wgpu::BufferDescriptor {
@@ -120,16 +117,16 @@ impl Gpu {
             self.queue().submit([encoder.finish()]);
             staging
         })?;
-        let (sender, receiver) = std::sync::mpsc::channel();
+        let (sender, receiver) = super::signal::channel();
         // In a scope: on a lost device mapping fails validation, which must come
         // back as an error, not reach a (possibly panicking) uncaptured-error handler.
         self.scoped("mapping a readback buffer", || {
-            staging.map_async(wgpu::MapMode::Read, .., move |r| {
-                let _ = sender.send(r);
-            })
+            staging.map_async(wgpu::MapMode::Read, .., move |r| sender.send(r))
         })?;
-        self.wait()?;
-        let mapped = receiver.recv().map_err(|_| Error::Gpu {
+        // Natively the callback runs once the device is polled; in a browser, once
+        // the copy is done and the event loop gets to it.
+        self.wait_async().await?;
+        let mapped = receiver.await.ok_or_else(|| Error::Gpu {
             during: "reading a buffer back".into(),
             message: "the map callback never ran".into(),
         })?;
@@ -147,6 +144,38 @@ impl Gpu {
         };
         staging.unmap();
         Ok(out)
+    }
+
+    /// The whole 4-byte words `start..end` a read of `len` elements at `offset` copies,
+    /// and its size in bytes, once the read is checked against the buffer.
+    fn read_range<T>(
+        &self,
+        buffer: &wgpu::Buffer,
+        offset: u64,
+        len: usize,
+    ) -> Result<(u64, u64, u64)> {
+        let bytes = (len * std::mem::size_of::<T>()) as u64;
+        let start = offset / 4 * 4;
+        let end = (offset + bytes).next_multiple_of(4);
+        if end > buffer.size() {
+            return Err(Error::Binding {
+                context: "Gpu::read".into(),
+                operand: buffer_label(buffer),
+                problem: format!(
+                    "of {} bytes cannot give {bytes} bytes at offset {offset} (read as the \
+                     4-byte words {start}..{end})",
+                    buffer.size()
+                ),
+            });
+        }
+        if len > 0 && !buffer.usage().contains(wgpu::BufferUsages::COPY_SRC) {
+            return Err(Error::Binding {
+                context: "Gpu::read".into(),
+                operand: buffer_label(buffer),
+                problem: "lacks COPY_SRC usage, so it cannot be read back".into(),
+            });
+        }
+        Ok((start, end, bytes))
     }
 }
 

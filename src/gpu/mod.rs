@@ -1,20 +1,38 @@
 //! The device layer: adapter selection, device limits and features, error capture,
 //! buffers and the per-device cache of compiled pipelines.
 //!
-//! A [`Gpu`] is a cheap-to-clone handle. Make one with [`Gpu::new`] (picks an adapter,
+//! A [`Gpu`] is a cheap-to-clone handle. Make one with `Gpu::new` (picks an adapter,
 //! honouring wgpu's `WGPU_BACKEND`, `WGPU_ADAPTER_NAME` and `WGPU_POWER_PREF`
 //! environment variables) or wrap a device the application already has with
 //! [`Gpu::from_device`].
+//!
+//! # On the web
+//!
+//! With the `webgpu` feature the crate builds for `wasm32-unknown-unknown` on wgpu's
+//! WebGPU backend. A browser answers the device only from its event loop, so nothing
+//! there may wait: open the device with [`Gpu::new_async`] (or bring your own with
+//! [`Gpu::from_device`]), read results with [`Gpu::read_async`] and wait with
+//! [`Gpu::wait_async`]. Recording kernels never waits, so the whole kernel backend
+//! works as on native. What waits is native-only and returns [`Error::Blocking`]
+//! on the web: `Gpu::read`, `Gpu::wait`, `Gpu::time_pass`, and what is built on
+//! them (the model layer's read-backs and profiling). Tuning is off there (each kernel
+//! uses its default tiling: on an adapter without subgroups, the workgroup-memory
+//! tiles), and device errors surface at the next call through [`Gpu::check`]
+//! instead of at the call that caused them (error scopes also resolve only in the
+//! event loop).
 
 pub(crate) mod bind_cache;
 pub use bind_cache::BIND_GROUP_CACHE_CAPACITY;
 mod buffers;
 pub use buffers::STORAGE_USAGE;
 mod pipelines;
+mod report;
 mod scope;
+mod signal;
 mod timing;
 mod tuning;
 
+pub use report::{AdapterReport, DeviceReport};
 pub use timing::{TimeSource, Timing};
 pub(crate) use tuning::TuneTable;
 pub use tuning::{TUNE_CACHE_ENV, TUNE_ENV, TuneMode, TuneRecord, TuneSource};
@@ -42,12 +60,33 @@ pub struct GpuOptions {
     /// default `mmoe-wgpu/tuning.tsv` in the user's cache directory); `None` keeps
     /// them in memory.
     pub tune_cache: Option<std::path::PathBuf>,
+    /// Optional features ([`Capabilities`]) not to enable even where the adapter has
+    /// them ([`WITHHOLD_ENV`]), e.g. `SUBGROUP` to run, test and time the kernels as
+    /// on an adapter without subgroups (WebGPU in a browser, DX12 through FXC).
+    pub withheld_features: wgpu::Features,
+}
+
+/// Environment variable naming optional features the device is opened without,
+/// separated by commas or spaces: `SUBGROUP`, `SHADER_F16`, `TIMESTAMP_QUERY`.
+pub const WITHHOLD_ENV: &str = "MMOE_WGPU_WITHHOLD";
+
+/// The optional features named in `list` (see [`WITHHOLD_ENV`]); unknown names are
+/// ignored.
+fn features_named(list: &str) -> wgpu::Features {
+    list.split([',', ' '])
+        .map(|name| match name.trim().to_ascii_uppercase().as_str() {
+            "SUBGROUP" => wgpu::Features::SUBGROUP,
+            "SHADER_F16" => wgpu::Features::SHADER_F16,
+            "TIMESTAMP_QUERY" => wgpu::Features::TIMESTAMP_QUERY,
+            _ => wgpu::Features::empty(),
+        })
+        .fold(wgpu::Features::empty(), |all, f| all | f)
 }
 
 impl GpuOptions {
     /// Options from `WGPU_BACKEND`, `WGPU_ADAPTER_NAME`, `WGPU_POWER_PREF`,
-    /// [`TUNE_ENV`] and [`TUNE_CACHE_ENV`]. Without `WGPU_POWER_PREF` the
-    /// high-performance adapter is preferred.
+    /// [`TUNE_ENV`], [`TUNE_CACHE_ENV`] and [`WITHHOLD_ENV`]. Without
+    /// `WGPU_POWER_PREF` the high-performance adapter is preferred.
     pub fn from_env() -> Self {
         GpuOptions {
             backends: wgpu::Backends::from_env(),
@@ -58,53 +97,10 @@ impl GpuOptions {
                 .unwrap_or(wgpu::PowerPreference::HighPerformance),
             tune: TuneMode::from_env(),
             tune_cache: tuning::cache_path_from_env(),
+            withheld_features: std::env::var(WITHHOLD_ENV)
+                .map(|v| features_named(&v))
+                .unwrap_or_else(|_| wgpu::Features::empty()),
         }
-    }
-}
-
-/// What the crate knows about the adapter it runs on.
-#[derive(Clone, Debug)]
-pub struct AdapterReport {
-    /// Adapter name, e.g. `llvmpipe (LLVM 15.0.6, 256 bits)`.
-    pub name: String,
-    /// Graphics API in use.
-    pub backend: wgpu::Backend,
-    /// Driver name.
-    pub driver: String,
-    /// Driver version information.
-    pub driver_info: String,
-    /// Integrated, discrete, CPU, ...
-    pub device_type: wgpu::DeviceType,
-    /// Smallest subgroup size the adapter may use (0 when unknown).
-    pub subgroup_min_size: u32,
-    /// Largest subgroup size the adapter may use (0 when unknown).
-    pub subgroup_max_size: u32,
-}
-
-impl AdapterReport {
-    fn from_info(info: &wgpu::AdapterInfo) -> Self {
-        AdapterReport {
-            name: info.name.clone(),
-            backend: info.backend,
-            driver: info.driver.clone(),
-            driver_info: info.driver_info.clone(),
-            device_type: info.device_type,
-            subgroup_min_size: info.subgroup_min_size,
-            subgroup_max_size: info.subgroup_max_size,
-        }
-    }
-}
-
-impl fmt::Display for AdapterReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({:?}", self.name, self.backend)?;
-        if !self.driver.is_empty() {
-            write!(f, ", {}", self.driver)?;
-        }
-        if !self.driver_info.is_empty() {
-            write!(f, " {}", self.driver_info)?;
-        }
-        write!(f, ")")
     }
 }
 
@@ -131,6 +127,7 @@ struct GpuInner {
     queue: wgpu::Queue,
     report: AdapterReport,
     caps: Capabilities,
+    withheld: wgpu::Features,
     limits: wgpu::Limits,
     /// Errors wgpu could not hand to an error scope; only set on devices we created.
     uncaptured: Arc<Mutex<Option<String>>>,
@@ -140,12 +137,23 @@ struct GpuInner {
     tuning: TuneTable,
 }
 
-/// The features the crate asks for when the adapter has them.
-fn wanted_features() -> wgpu::Features {
-    wgpu::Features::TIMESTAMP_QUERY
+/// The features the crate asks for when the adapter has them, less `withheld` (timestamps
+/// inside encoders go with timestamps).
+fn wanted_features(withheld: wgpu::Features) -> wgpu::Features {
+    (wgpu::Features::TIMESTAMP_QUERY
         | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
         | wgpu::Features::SHADER_F16
-        | wgpu::Features::SUBGROUP
+        | wgpu::Features::SUBGROUP)
+        - with_dependents(withheld)
+}
+
+/// `withheld` and the features that need one of them.
+fn with_dependents(withheld: wgpu::Features) -> wgpu::Features {
+    if withheld.contains(wgpu::Features::TIMESTAMP_QUERY) {
+        withheld | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
+    } else {
+        withheld
+    }
 }
 
 fn capabilities(features: wgpu::Features, report: &AdapterReport) -> Capabilities {
@@ -157,34 +165,50 @@ fn capabilities(features: wgpu::Features, report: &AdapterReport) -> Capabilitie
 }
 
 impl Gpu {
-    /// Open the adapter chosen by [`GpuOptions::from_env`].
+    /// Open the adapter chosen by [`GpuOptions::from_env`], waiting for it (native
+    /// only; on the web, [`Gpu::new_async`]).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn new() -> Result<Gpu> {
         Gpu::with_options(&GpuOptions::from_env())
     }
 
     /// Open an adapter chosen by `options`, with the adapter's own limits (not the
-    /// WebGPU defaults) and the optional features the crate can use.
+    /// WebGPU defaults) and the optional features the crate can use, waiting for it
+    /// (native only; on the web, [`Gpu::with_options_async`]).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn with_options(options: &GpuOptions) -> Result<Gpu> {
+        pollster::block_on(Gpu::with_options_async(options))
+    }
+
+    /// `Gpu::new` without waiting: on the web, the way to open a device.
+    pub async fn new_async() -> Result<Gpu> {
+        Gpu::with_options_async(&GpuOptions::from_env()).await
+    }
+
+    /// `Gpu::with_options` without waiting: on the web, the way to open a device.
+    pub async fn with_options_async(options: &GpuOptions) -> Result<Gpu> {
         let backends = options.backends.unwrap_or(wgpu::Backends::PRIMARY);
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
         desc.backends = backends;
         let instance = wgpu::Instance::new(desc);
-        let adapter = pollster::block_on(pick_adapter(&instance, backends, options))?;
+        let adapter = pick_adapter(&instance, backends, options).await?;
         let info = adapter.get_info();
         let report = AdapterReport::from_info(&info);
-        let features = adapter.features() & wanted_features();
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("mmoe-wgpu"),
-            required_features: features,
-            required_limits: adapter.limits(),
-            experimental_features: wgpu::ExperimentalFeatures::disabled(),
-            memory_hints: wgpu::MemoryHints::Performance,
-            trace: wgpu::Trace::Off,
-        }))
-        .map_err(|e| Error::RequestDevice {
-            adapter: report.name.clone(),
-            message: e.to_string(),
-        })?;
+        let features = wanted_features(options.withheld_features) & adapter.features();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("mmoe-wgpu"),
+                required_features: features,
+                required_limits: adapter.limits(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| Error::RequestDevice {
+                adapter: report.name.clone(),
+                message: e.to_string(),
+            })?;
         let uncaptured = Arc::new(Mutex::new(None));
         let sink = uncaptured.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
@@ -204,6 +228,9 @@ impl Gpu {
         Gpu::assemble(device, queue, report, Arc::new(Mutex::new(None)), &options)
     }
 
+    // On the web wgpu's handles are neither Send nor Sync (a page has one thread to
+    // talk to the device from), and the Arc only shares a Gpu within that thread.
+    #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
     fn assemble(
         device: wgpu::Device,
         queue: wgpu::Queue,
@@ -211,7 +238,8 @@ impl Gpu {
         uncaptured: Arc<Mutex<Option<String>>>,
         options: &GpuOptions,
     ) -> Gpu {
-        let caps = capabilities(device.features(), &report);
+        let withheld = with_dependents(options.withheld_features);
+        let caps = capabilities(device.features() - withheld, &report);
         let limits = device.limits();
         let lost = Arc::new(Mutex::new(None));
         let lost_sink = lost.clone();
@@ -225,6 +253,7 @@ impl Gpu {
                 device,
                 queue,
                 caps,
+                withheld,
                 limits,
                 uncaptured,
                 lost,
@@ -259,6 +288,12 @@ impl Gpu {
     /// The device's limits.
     pub fn limits(&self) -> &wgpu::Limits {
         &self.inner.limits
+    }
+
+    /// Optional features the kernels do not use here, even where the device has them
+    /// ([`GpuOptions::withheld_features`]).
+    pub fn withheld_features(&self) -> wgpu::Features {
+        self.inner.withheld
     }
 
     pub(crate) fn pipelines(&self) -> &PipelineCache {
@@ -297,8 +332,35 @@ impl Gpu {
         }
     }
 
-    /// Block until all submitted work is done.
+    /// Block until all submitted work is done (native only: on the web it is
+    /// [`Error::Blocking`]; use [`Gpu::wait_async`]).
     pub fn wait(&self) -> Result<()> {
+        #[cfg(target_arch = "wasm32")]
+        return Err(Error::blocking("Gpu::wait", "await Gpu::wait_async"));
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            self.poll_until_idle()?;
+            self.check()
+        }
+    }
+
+    /// Until all work submitted so far is done, without blocking the thread: on the
+    /// web, the way to wait for the device.
+    pub async fn wait_async(&self) -> Result<()> {
+        let (done, finished) = signal::channel();
+        self.queue().on_submitted_work_done(move || done.send(()));
+        self.poll_until_idle()?;
+        finished.await.ok_or_else(|| Error::Gpu {
+            during: "waiting for the queue".into(),
+            message: "the queue dropped its completion callback".into(),
+        })?;
+        self.check()
+    }
+
+    /// Natively, runs the device until its queue is empty, which also runs pending
+    /// callbacks; on the web the browser does both, and this does nothing.
+    fn poll_until_idle(&self) -> Result<()> {
+        #[cfg(not(target_arch = "wasm32"))]
         self.inner
             .device
             .poll(wgpu::PollType::wait_indefinitely())
@@ -306,7 +368,7 @@ impl Gpu {
                 during: "waiting for the queue".into(),
                 message: e.to_string(),
             })?;
-        self.check()
+        Ok(())
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::Gpu;
 use crate::{Error, Result};
@@ -170,7 +170,7 @@ impl Gpu {
         let (_, layout) = self.layout(bindings)?;
         let values: Vec<(&str, f64)> = constants.iter().map(|&(k, v)| (k, v as f64)).collect();
         let name = format!("{}::{entry} {constants:?}", source.name);
-        let start = Instant::now();
+        let stopwatch = Stopwatch::start();
         let pipeline = self.scoped(&format!("building pipeline `{name}`"), || {
             self.device()
                 .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
@@ -188,7 +188,7 @@ impl Gpu {
         })?;
         lock(&self.pipelines().compiled).push(CompiledPipeline {
             name,
-            time: start.elapsed(),
+            time: stopwatch.elapsed(),
         });
         lock(&self.pipelines().pipelines).insert(key, pipeline.clone());
         Ok(pipeline)
@@ -198,5 +198,28 @@ impl Gpu {
     /// where a cold start goes.
     pub fn compiled_pipelines(&self) -> Vec<CompiledPipeline> {
         lock(&self.pipelines().compiled).clone()
+    }
+}
+
+/// Host time since a start, natively; always zero on the web, where
+/// `std::time::Instant` does not exist (it panics in `wasm32-unknown-unknown`).
+struct Stopwatch {
+    #[cfg(not(target_arch = "wasm32"))]
+    start: std::time::Instant,
+}
+
+impl Stopwatch {
+    fn start() -> Self {
+        Stopwatch {
+            #[cfg(not(target_arch = "wasm32"))]
+            start: std::time::Instant::now(),
+        }
+    }
+
+    fn elapsed(&self) -> Duration {
+        #[cfg(not(target_arch = "wasm32"))]
+        return self.start.elapsed();
+        #[cfg(target_arch = "wasm32")]
+        Duration::ZERO
     }
 }

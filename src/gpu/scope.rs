@@ -1,11 +1,12 @@
 //! Capturing wgpu errors as `Err` instead of letting them reach the panic handler.
 
 use super::Gpu;
-use crate::{Error, Result};
+use crate::Result;
 
 impl Gpu {
     /// Runs `f` inside validation, out-of-memory and internal error scopes and turns
     /// whatever they caught into [`Error::Gpu`] naming `during`.
+    #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn scoped<T>(&self, during: &str, f: impl FnOnce() -> T) -> Result<T> {
         self.check()?;
         let device = self.device();
@@ -25,12 +26,24 @@ impl Gpu {
                 // lost callback run, so the error says the device is gone.
                 let _ = device.poll(wgpu::PollType::wait_indefinitely());
                 self.check()?;
-                Err(Error::Gpu {
+                Err(crate::Error::Gpu {
                     during: during.to_string(),
                     message: e.to_string(),
                 })
             }
             None => Ok(out),
         }
+    }
+}
+
+impl Gpu {
+    /// On the web an error scope resolves only once control returns to the browser's
+    /// event loop, so nothing here can wait for one: `f` runs without scopes, and its
+    /// errors reach the device's uncaptured-error handler, which [`Gpu::check`] (called
+    /// by every entry point) reports at the next call.
+    #[cfg(target_arch = "wasm32")]
+    pub(crate) fn scoped<T>(&self, _during: &str, f: impl FnOnce() -> T) -> Result<T> {
+        self.check()?;
+        Ok(f())
     }
 }

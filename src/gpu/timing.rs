@@ -1,7 +1,9 @@
 //! Timing recorded GPU work: timestamp queries where the device has them, wall time
 //! around a full device sync otherwise.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+#[cfg(not(target_arch = "wasm32"))]
+use std::time::Instant;
 
 use super::Gpu;
 use crate::{Error, Result};
@@ -44,7 +46,24 @@ impl Gpu {
     }
 
     /// Records `record` `repetitions` times into one compute pass, submits it once and
-    /// measures it. Earlier work is finished first so it is not counted.
+    /// measures it. Earlier work is finished first so it is not counted. Native only:
+    /// it waits for the device (on the web, [`Error::Blocking`]).
+    #[cfg(target_arch = "wasm32")]
+    pub fn time_pass(
+        &self,
+        _repetitions: u32,
+        _record: impl FnMut(&mut wgpu::ComputePass<'_>),
+    ) -> Result<Timing> {
+        Err(Error::blocking(
+            "Gpu::time_pass",
+            "time kernels on a native backend",
+        ))
+    }
+
+    /// Records `record` `repetitions` times into one compute pass, submits it once and
+    /// measures it. Earlier work is finished first so it is not counted. Native only:
+    /// it waits for the device (on the web, [`Error::Blocking`]).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn time_pass(
         &self,
         repetitions: u32,

@@ -22,7 +22,8 @@ pub const TUNE_ENV: &str = "MMOE_WGPU_TUNE";
 /// Environment variable naming the tuning cache file; `off` keeps choices in memory.
 pub const TUNE_CACHE_ENV: &str = "MMOE_WGPU_TUNE_CACHE";
 
-/// How kernels choose their tiling on first use.
+/// How kernels choose their tiling on first use. On the web tuning is always
+/// [`TuneMode::Off`]: timing a candidate waits for the device.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum TuneMode {
     /// Fixed defaults, no measuring (`MMOE_WGPU_TUNE=off`).
@@ -117,7 +118,13 @@ fn device_key(report: &AdapterReport) -> String {
 }
 
 impl TuneTable {
+    /// On the web tuning is off: timing a candidate waits for the device.
     pub(crate) fn new(mode: TuneMode, file: Option<PathBuf>, report: &AdapterReport) -> Self {
+        #[cfg(target_arch = "wasm32")]
+        let (mode, file) = {
+            let _ = (mode, file);
+            (TuneMode::Off, None)
+        };
         TuneTable {
             mode,
             file,
@@ -186,6 +193,19 @@ impl Gpu {
     /// Every tuning decision made on this device so far, in order.
     pub fn tune_records(&self) -> Vec<TuneRecord> {
         self.tuning().state().records.clone()
+    }
+
+    /// Makes `choice` the stored choice for the tuning key `key` (a
+    /// [`TuneRecord::key`]), in memory only, as a cache file entry would: the next
+    /// kernel built for that key uses it without measuring, if it is one of the
+    /// kernel's valid tilings (otherwise it tunes as usual). For experiments and
+    /// benchmarks that compare tilings inside whole programs, e.g. a training step
+    /// with the naive GEMM kernels.
+    pub fn pin_tuning(&self, key: &str, choice: &str) {
+        let table = self.tuning();
+        let mut state = table.state();
+        table.load_file(&mut state);
+        state.choices.insert(key.to_owned(), choice.to_owned());
     }
 
     /// The stored choice for `key`, from memory or the cache file.

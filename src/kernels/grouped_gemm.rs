@@ -6,9 +6,12 @@
 //! (see [Ragged mode](#ragged-mode)).
 //!
 //! Shaders: `shaders/grouped_gemm.wgsl` (layouts, naive kernels),
-//! `shaders/grouped_gemm_subgroup.wgsl` (register-tiled kernels) and
-//! `shaders/grouped_gemm_reduce.wgsl` (the ragged input gradient's sum over groups),
-//! with the storage part (`shaders/storage_*.wgsl`) of the call's [`Precision`].
+//! `shaders/grouped_gemm_tiles.wgsl` (the register tiles), extended by
+//! `shaders/grouped_gemm_subgroup.wgsl` (rows shared by subgroup broadcast) or
+//! `shaders/grouped_gemm_workgroup.wgsl` (rows shared through workgroup memory, on any
+//! adapter), and `shaders/grouped_gemm_reduce.wgsl` (the ragged input gradient's sum
+//! over groups), with the storage part (`shaders/storage_*.wgsl`) of the call's
+//! [`Precision`]. Every [`Tiling`] gives the same bits.
 //!
 //! # Example
 //!
@@ -294,7 +297,7 @@ impl GroupedGemm {
         s.validate(ctx)?;
         args.precision.check(&self.gpu, ctx)?;
         tiling.validate(&self.gpu)?;
-        Pass::Forward.check_loop_budget(&self.gpu, ctx, s, rows.is_some())?;
+        Pass::Forward.check_loop_budget(&self.gpu, ctx, s, (rows.is_some(), &tiling))?;
         let flags = if args.bias.is_some() { FLAG_BIAS } else { 0 };
         let w = Operand::new("w", 2, args.w, s.w_len(), Read).of(args.precision);
         let operands = [
@@ -365,7 +368,7 @@ impl GroupedGemm {
         s.validate(ctx)?;
         args.precision.check(&self.gpu, ctx)?;
         tiling.validate(&self.gpu)?;
-        Pass::BackwardInput.check_loop_budget(&self.gpu, ctx, s, ragged.is_some())?;
+        Pass::BackwardInput.check_loop_budget(&self.gpu, ctx, s, (ragged.is_some(), &tiling))?;
         let w = Operand::new("w", 2, args.w, s.w_len(), Read).of(args.precision);
         let dy = Operand::new("dy", 5, args.dy, s.y_len(), Read).of(args.precision);
         let compact = ragged.and_then(|r| r.compact);
@@ -458,7 +461,7 @@ impl GroupedGemm {
         s.validate(ctx)?;
         args.precision.check(&self.gpu, ctx)?;
         tiling.validate(&self.gpu)?;
-        Pass::BackwardWeights.check_loop_budget(&self.gpu, ctx, s, rows.is_some())?;
+        Pass::BackwardWeights.check_loop_budget(&self.gpu, ctx, s, (rows.is_some(), &tiling))?;
         let flags = if args.db.is_some() { FLAG_BIAS } else { 0 };
         let x = Operand::new("x", 1, args.x, s.x_len(), Read).of(args.precision);
         let dy = Operand::new("dy", 5, args.dy, s.y_len(), Read).of(args.precision);

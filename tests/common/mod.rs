@@ -29,6 +29,26 @@ pub fn gpu() -> &'static Gpu {
     })
 }
 
+/// A second device for the whole test binary, on the same adapter opened without
+/// `SUBGROUP` whatever the adapter has: the kernels as they run where there are no
+/// subgroups (WebGPU in a browser, DX12 through FXC, older Vulkan drivers).
+pub fn gpu_without_subgroups() -> &'static Gpu {
+    static GPU: OnceLock<Gpu> = OnceLock::new();
+    GPU.get_or_init(|| {
+        let options = mmoe_wgpu::GpuOptions {
+            withheld_features: wgpu::Features::SUBGROUP,
+            ..mmoe_wgpu::GpuOptions::from_env()
+        };
+        match Gpu::with_options(&options) {
+            Ok(gpu) => {
+                assert!(!gpu.capabilities().subgroups, "SUBGROUP was withheld");
+                gpu
+            }
+            Err(e) => panic!("the tests need a GPU adapter: {e}"),
+        }
+    })
+}
+
 /// `n` values uniform in `[-scale, scale)`.
 pub fn random(rng: &mut Rng, n: usize, scale: f64) -> Vec<f32> {
     (0..n).map(|_| rng.uniform(-scale, scale) as f32).collect()

@@ -35,6 +35,7 @@ fn override_sets(module: &naga::Module) -> Vec<naga::back::PipelineConstants> {
         ("WG", 64.0),
         ("WG_ROWS", 4.0),
         ("RAGGED", 1.0),
+        ("KT", 64.0),
     ] {
         if names.contains(name) {
             large.insert(name.to_string(), value);

@@ -271,7 +271,10 @@ fn gemm_case(gpu: &Gpu, p: Precision, shape: GemmShape, act: Activation, bias: b
 
 #[test]
 fn grouped_gemm_forward_and_backward_match_the_reference_in_f32_and_f16() {
-    let gpu = gpu();
+    grouped_gemm_forward_and_backward_match_the_reference_in_f32_and_f16_on(gpu());
+}
+
+pub(crate) fn grouped_gemm_forward_and_backward_match_the_reference_in_f32_and_f16_on(gpu: &Gpu) {
     let shape = |groups, rows, inputs, outputs, input| GemmShape {
         groups,
         rows,
@@ -317,7 +320,10 @@ fn grouped_gemm_forward_and_backward_match_the_reference_in_f32_and_f16() {
 
 #[test]
 fn f16_gemm_is_the_same_for_every_tiling() {
-    let gpu = gpu();
+    f16_gemm_is_the_same_for_every_tiling_on(gpu());
+}
+
+pub(crate) fn f16_gemm_is_the_same_for_every_tiling_on(gpu: &Gpu) {
     if !Precision::F16.is_supported(gpu) {
         return;
     }
@@ -590,7 +596,10 @@ fn gate_mix_case(gpu: &Gpu, p: Precision, s: GateMixShape, seed: u64) {
 
 #[test]
 fn gate_mix_forward_and_backward_match_the_reference_in_f32_and_f16() {
-    let gpu = gpu();
+    gate_mix_forward_and_backward_match_the_reference_in_f32_and_f16_on(gpu());
+}
+
+pub(crate) fn gate_mix_forward_and_backward_match_the_reference_in_f32_and_f16_on(gpu: &Gpu) {
     let shape = |gates, experts, rows, inputs, width| GateMixShape {
         gates,
         experts,

@@ -19,7 +19,7 @@ const TOLERANCE: f64 = 1e-4;
 
 /// Rows from the design's list, with expert counts, gate counts, widths and inputs
 /// rotated so that every value appears while the run stays short.
-fn cases() -> Vec<GateMixShape> {
+pub(crate) fn cases() -> Vec<GateMixShape> {
     let rows = [1, 3, 17, 100, 257];
     let experts = [1, 2, 3, 8, 16];
     let gates = [1, 2, 4];
@@ -46,7 +46,7 @@ const NAMES: [&str; 6] = ["G", "M", "dH", "dWg", "dbg", "dX"];
 type Outputs<T> = [Vec<T>; 6];
 
 /// Forward, then backward on the GPU's `G` (dX accumulated into `dx_prior` or not).
-fn run_gpu(
+pub(crate) fn run_gpu(
     gpu: &Gpu,
     shape: GateMixShape,
     d: &Data,
@@ -93,7 +93,10 @@ fn assert_matches(what: &str, got: &Outputs<f32>, want: &Outputs<f64>) {
 
 #[test]
 fn every_tiling_matches_the_reference_and_each_other_bitwise() {
-    let gpu = gpu();
+    every_tiling_matches_the_reference_and_each_other_bitwise_on(gpu());
+}
+
+pub(crate) fn every_tiling_matches_the_reference_and_each_other_bitwise_on(gpu: &Gpu) {
     let tilings = GateMix::new(gpu).tilings();
     for (n, shape) in cases().into_iter().enumerate() {
         let accumulate = n % 2 == 1;

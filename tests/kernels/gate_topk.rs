@@ -24,11 +24,11 @@ const TOLERANCE: f64 = 1e-4;
 /// How far every row's k-th largest logit stays from the (k+1)-th in the GPU tests:
 /// f32 logits differ from the reference's f64 ones by about 1e-6, so a closer pair
 /// could be selected differently on the two sides.
-const MARGIN: f64 = 1e-4;
+pub(crate) const MARGIN: f64 = 1e-4;
 
 /// Every combination of rows {1, 3, 37}, experts {2, 5, 16}, gates {1, 3} and
 /// k ∈ {1, 2, E}, with input and expert widths rotated.
-fn cases() -> Vec<(GateMixShape, usize)> {
+pub(crate) fn cases() -> Vec<(GateMixShape, usize)> {
     let mut out = Vec::new();
     for rows in [1, 3, 37] {
         for experts in [2, 5, 16] {
@@ -87,7 +87,7 @@ fn data_margin_selecting(s: &GateMixShape, k: usize, selection: Selection, d: &D
 
 /// The first data from `seed` on (deterministic) whose every row keeps `margin`
 /// between selected and unselected logits.
-fn data_away_from_ties(
+pub(crate) fn data_away_from_ties(
     s: &GateMixShape,
     k: usize,
     seed: u64,
@@ -98,7 +98,7 @@ fn data_away_from_ties(
 }
 
 /// [`data_away_from_ties`] for the experts `selection` ranks.
-fn data_away_from_ties_selecting(
+pub(crate) fn data_away_from_ties_selecting(
     s: &GateMixShape,
     (k, selection): (usize, Selection),
     seed: u64,
@@ -114,7 +114,7 @@ fn data_away_from_ties_selecting(
 }
 
 /// Forward (with `tiling`, or the default), then backward on the GPU's `G`.
-fn run_gpu(
+pub(crate) fn run_gpu(
     gpu: &Gpu,
     shape: GateMixShape,
     k: usize,
@@ -126,7 +126,7 @@ fn run_gpu(
 }
 
 /// [`run_gpu`] with the gates selecting as `selection` says.
-fn run_gpu_selecting(
+pub(crate) fn run_gpu_selecting(
     gpu: &Gpu,
     (shape, k, selection): (GateMixShape, usize, Selection),
     d: &Data,
@@ -201,7 +201,10 @@ fn assert_matches(what: &str, got: &Outputs<f32>, want: &Outputs<f64>) {
 
 #[test]
 fn every_case_matches_the_reference_and_every_tiling_bitwise() {
-    let gpu = gpu();
+    every_case_matches_the_reference_and_every_tiling_bitwise_on(gpu());
+}
+
+pub(crate) fn every_case_matches_the_reference_and_every_tiling_bitwise_on(gpu: &Gpu) {
     let tilings = GateMix::new(gpu).tilings();
     for (n, (shape, k)) in cases().into_iter().enumerate() {
         let accumulate = n % 2 == 1;
@@ -1028,7 +1031,10 @@ fn assert_one_selection_per_row(what: &str, s: &GateMixShape, k: usize, g: &[f32
 
 #[test]
 fn a_shared_selection_matches_the_reference_and_every_tiling_bitwise() {
-    let gpu = gpu();
+    a_shared_selection_matches_the_reference_and_every_tiling_bitwise_on(gpu());
+}
+
+pub(crate) fn a_shared_selection_matches_the_reference_and_every_tiling_bitwise_on(gpu: &Gpu) {
     let tilings = GateMix::new(gpu).tilings();
     let several_gates = cases().into_iter().filter(|(s, _)| s.gates > 1);
     for (n, (shape, k)) in several_gates.enumerate() {

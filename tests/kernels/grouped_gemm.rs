@@ -11,7 +11,7 @@ use mmoe_wgpu::kernels::grouped_gemm::{
 };
 use mmoe_wgpu::reference::grouped_gemm as reference;
 use mmoe_wgpu::rng::Rng;
-use mmoe_wgpu::{Activation, Error, GemmShape, InputLayout};
+use mmoe_wgpu::{Activation, Error, GemmShape, Gpu, InputLayout};
 
 const TOLERANCE: f64 = 1e-4;
 
@@ -75,7 +75,10 @@ fn data(shape: &GemmShape, seed: u64) -> Data {
 
 #[test]
 fn every_tiling_matches_the_reference_and_each_other_bitwise() {
-    let gpu = gpu();
+    every_tiling_matches_the_reference_and_each_other_bitwise_on(gpu());
+}
+
+pub(crate) fn every_tiling_matches_the_reference_and_each_other_bitwise_on(gpu: &Gpu) {
     let gemm = GroupedGemm::new(gpu);
     let tilings = gemm.tilings();
     eprintln!("tilings: {tilings:?}");
@@ -193,7 +196,10 @@ fn every_tiling_matches_the_reference_and_each_other_bitwise() {
 
 #[test]
 fn backward_input_accumulates_into_dx() {
-    let gpu = gpu();
+    backward_input_accumulates_into_dx_on(gpu());
+}
+
+pub(crate) fn backward_input_accumulates_into_dx_on(gpu: &Gpu) {
     let gemm = GroupedGemm::new(gpu);
     for input in [InputLayout::Shared, InputLayout::PerGroup] {
         let shape = GemmShape {
@@ -349,7 +355,10 @@ fn reference_gradients_match_finite_differences() {
 /// error on a CPU adapter (a real GPU computes it).
 #[test]
 fn weight_gradients_over_many_rows_are_whole_or_an_error() {
-    let gpu = gpu();
+    weight_gradients_over_many_rows_are_whole_or_an_error_on(gpu());
+}
+
+pub(crate) fn weight_gradients_over_many_rows_are_whole_or_an_error_on(gpu: &Gpu) {
     let gemm = GroupedGemm::new(gpu);
     let on_cpu = gpu.adapter().device_type == wgpu::DeviceType::Cpu;
     for rows in [60_000, 66_000] {

@@ -5,6 +5,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod async_api;
 mod backend_api;
 mod backend_checks;
 mod balance;
@@ -18,3 +19,4 @@ mod optimizer;
 mod ragged_gemm;
 mod routing;
 mod tune;
+mod without_subgroups;

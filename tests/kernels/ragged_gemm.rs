@@ -113,7 +113,10 @@ fn masked(shape: &GemmShape, map: &[u32], dy: &[f32]) -> Vec<f32> {
 
 #[test]
 fn every_tiling_matches_the_reference_and_the_dense_kernels_bitwise() {
-    let gpu = gpu();
+    every_tiling_matches_the_reference_and_the_dense_kernels_bitwise_on(gpu());
+}
+
+pub(crate) fn every_tiling_matches_the_reference_and_the_dense_kernels_bitwise_on(gpu: &Gpu) {
     let gemm = GroupedGemm::new(gpu);
     for (n, (shape, act, with_bias, gates, k)) in cases().into_iter().enumerate() {
         let what = format!("{shape:?} {act:?} bias={with_bias} gates={gates} k={k}");
@@ -275,7 +278,10 @@ fn every_tiling_matches_the_reference_and_the_dense_kernels_bitwise() {
 
 #[test]
 fn with_every_row_routed_ragged_equals_dense_bitwise() {
-    let gpu = gpu();
+    with_every_row_routed_ragged_equals_dense_bitwise_on(gpu());
+}
+
+pub(crate) fn with_every_row_routed_ragged_equals_dense_bitwise_on(gpu: &Gpu) {
     let gemm = GroupedGemm::new(gpu);
     for (n, input) in [InputLayout::Shared, InputLayout::PerGroup]
         .into_iter()
@@ -363,7 +369,10 @@ fn with_every_row_routed_ragged_equals_dense_bitwise() {
 
 #[test]
 fn f16_ragged_rows_match_the_f16_dense_kernel() {
-    let gpu = gpu();
+    f16_ragged_rows_match_the_f16_dense_kernel_on(gpu());
+}
+
+pub(crate) fn f16_ragged_rows_match_the_f16_dense_kernel_on(gpu: &Gpu) {
     if !gpu.capabilities().f16 {
         eprintln!(
             "note: {} has no SHADER_F16; skipping the f16 comparison",
@@ -724,7 +733,10 @@ impl DxProblem {
 /// bits.
 #[test]
 fn ragged_input_gradient_matches_the_reference_and_the_dense_kernel() {
-    let gpu = gpu();
+    ragged_input_gradient_matches_the_reference_and_the_dense_kernel_on(gpu());
+}
+
+pub(crate) fn ragged_input_gradient_matches_the_reference_and_the_dense_kernel_on(gpu: &Gpu) {
     let gemm = GroupedGemm::new(gpu);
     for (n, (shape, act, _, gates, k)) in cases().into_iter().enumerate() {
         let mut problem = DxProblem::new(gpu, shape, act, gates, k, 500 + n as u64);
@@ -778,7 +790,10 @@ fn ragged_input_gradient_matches_the_reference_and_the_dense_kernel() {
 /// for bit with one group.
 #[test]
 fn with_every_row_routed_the_ragged_input_gradient_is_the_dense_one() {
-    let gpu = gpu();
+    with_every_row_routed_the_ragged_input_gradient_is_the_dense_one_on(gpu());
+}
+
+pub(crate) fn with_every_row_routed_the_ragged_input_gradient_is_the_dense_one_on(gpu: &Gpu) {
     let gemm = GroupedGemm::new(gpu);
     for (n, (groups, input)) in [
         (3, InputLayout::Shared),
@@ -912,7 +927,10 @@ fn the_shared_input_reduce_covers_many_groups_wide_rows_and_many_rows() {
 /// kept in f32, so it is rounded once).
 #[test]
 fn f16_ragged_input_gradient() {
-    let gpu = gpu();
+    f16_ragged_input_gradient_on(gpu());
+}
+
+pub(crate) fn f16_ragged_input_gradient_on(gpu: &Gpu) {
     let gemm = GroupedGemm::new(gpu);
     for (n, input) in [InputLayout::PerGroup, InputLayout::Shared]
         .into_iter()

@@ -44,6 +44,8 @@ fn tiling_names_round_trip() {
         "naive-8",
         "subgroup-wgX-rb1-cn1",
         "wg8-rb1",
+        "workgroup-wg8-rb1-cn1",
+        "workgroup-wg8-rb1-cn1-ktX",
     ] {
         assert!(bad.parse::<Tiling>().is_err(), "{bad:?} parsed");
     }
@@ -193,4 +195,22 @@ fn tuned_gate_mix_gives_the_default_bits() {
             .unwrap(),
     );
     assert_eq!(tuned, default);
+}
+
+/// A pinned choice is used as a stored one, without measuring; one that is not a valid
+/// choice is tuned as usual.
+#[test]
+fn a_pinned_choice_is_used_without_measuring() {
+    let gpu = gpu_with(TuneMode::Fast, None);
+    gpu.pin_tuning("k4", "9");
+    let chosen = choose(&gpu, "k4".into(), 5u32, &[5, 3], &[5, 3, 9], |_, _| {
+        panic!("a pinned choice was measured")
+    });
+    assert_eq!(chosen.unwrap(), 9);
+    assert_eq!(gpu.tune_records()[0].source, TuneSource::Cached);
+    gpu.pin_tuning("k5", "not a choice");
+    let chosen = choose(&gpu, "k5".into(), 5u32, &[5, 3], &[5, 3], |t, n| {
+        Ok(Duration::from_millis(u64::from(t)) * n)
+    });
+    assert_eq!(chosen.unwrap(), 3);
 }

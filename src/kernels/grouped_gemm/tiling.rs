@@ -20,6 +20,16 @@ const SUBGROUP_WGSL: (&str, &str) = (
     include_str!("../../../shaders/grouped_gemm_subgroup.wgsl"),
 );
 
+const TILES_WGSL: (&str, &str) = (
+    "grouped_gemm_tiles.wgsl",
+    include_str!("../../../shaders/grouped_gemm_tiles.wgsl"),
+);
+
+const WORKGROUP_WGSL: (&str, &str) = (
+    "grouped_gemm_workgroup.wgsl",
+    include_str!("../../../shaders/grouped_gemm_workgroup.wgsl"),
+);
+
 const REDUCE_WGSL: (&str, &str) = (
     "grouped_gemm_reduce.wgsl",
     include_str!("../../../shaders/grouped_gemm_reduce.wgsl"),
@@ -41,18 +51,36 @@ const BASE: [ShaderProgram; 2] = [
     },
 ];
 
-/// The register-tiled kernels, in f32 and f16 storage.
+/// The register-tiled kernels sharing the left operand by subgroup broadcast, in f32
+/// and f16 storage.
 const SUBGROUP: [ShaderProgram; 2] = [
     ShaderProgram {
         name: "grouped_gemm_subgroup",
-        parts: &[BASE_WGSL, SUBGROUP_WGSL, STORAGE_F32],
+        parts: &[BASE_WGSL, TILES_WGSL, SUBGROUP_WGSL, STORAGE_F32],
         needs_subgroups: true,
         needs_f16: false,
     },
     ShaderProgram {
         name: "grouped_gemm_subgroup_f16",
-        parts: &[STORAGE_F16, BASE_WGSL, SUBGROUP_WGSL],
+        parts: &[STORAGE_F16, BASE_WGSL, TILES_WGSL, SUBGROUP_WGSL],
         needs_subgroups: true,
+        needs_f16: true,
+    },
+];
+
+/// The register-tiled kernels sharing the left operand through workgroup memory, in
+/// f32 and f16 storage: no subgroup operations.
+const WORKGROUP: [ShaderProgram; 2] = [
+    ShaderProgram {
+        name: "grouped_gemm_workgroup",
+        parts: &[BASE_WGSL, TILES_WGSL, WORKGROUP_WGSL, STORAGE_F32],
+        needs_subgroups: false,
+        needs_f16: false,
+    },
+    ShaderProgram {
+        name: "grouped_gemm_workgroup_f16",
+        parts: &[STORAGE_F16, BASE_WGSL, TILES_WGSL, WORKGROUP_WGSL],
+        needs_subgroups: false,
         needs_f16: true,
     },
 ];
@@ -66,6 +94,8 @@ pub const PROGRAMS: &[ShaderProgram] = &[
     BASE[1],
     SUBGROUP[0],
     SUBGROUP[1],
+    WORKGROUP[0],
+    WORKGROUP[1],
     REDUCE[0],
     REDUCE[1],
 ];
@@ -92,6 +122,21 @@ pub enum Tiling {
         row_blocks: u32,
         /// Groups of 4 output columns per invocation, 1 or 2.
         col_groups: u32,
+    },
+    /// The register tiles of [`Tiling::Subgroup`], the left operand staged in
+    /// workgroup memory instead: `depth` reduction steps of its `row_blocks × 8` rows
+    /// at a time, double-buffered, one barrier per `depth` steps. Needs no subgroup
+    /// operations, so it runs on every adapter; it uses `32 · depth · row_blocks`
+    /// bytes of workgroup memory.
+    Workgroup {
+        /// Invocations per workgroup, a multiple of 8.
+        wg: u32,
+        /// Blocks of 8 output rows per workgroup, 1 to 8.
+        row_blocks: u32,
+        /// Groups of 4 output columns per invocation, 1 or 2.
+        col_groups: u32,
+        /// Reduction steps staged per barrier: a power of two, 1 to 64.
+        depth: u32,
     },
 }
 
@@ -122,15 +167,23 @@ impl Tiling {
                         adapter: gpu.adapter().name.clone(),
                     });
                 }
-                if wg == 0 || wg % 8 != 0 || wg > gpu.limits().max_compute_invocations_per_workgroup
-                {
-                    return bad(format!(
-                        "{self:?}: wg must be a positive multiple of 8 within the device limit"
-                    ));
+                check_tile(self, gpu, wg, row_blocks, col_groups)?;
+            }
+            Tiling::Workgroup {
+                wg,
+                row_blocks,
+                col_groups,
+                depth,
+            } => {
+                check_tile(self, gpu, wg, row_blocks, col_groups)?;
+                if !depth.is_power_of_two() || depth > 64 {
+                    return bad(format!("{self:?}: depth must be a power of two up to 64"));
                 }
-                if !(1..=8).contains(&row_blocks) || !(1..=2).contains(&col_groups) {
+                let bytes = self.workgroup_bytes();
+                let limit = gpu.limits().max_compute_workgroup_storage_size;
+                if bytes > limit {
                     return bad(format!(
-                        "{self:?}: row_blocks must be 1..=8 and col_groups 1..=2"
+                        "{self:?} stages {bytes} bytes in workgroup memory, over the device's {limit}"
                     ));
                 }
             }
@@ -138,10 +191,22 @@ impl Tiling {
         Ok(())
     }
 
+    /// Bytes of workgroup memory the tiling's kernels use.
+    pub fn workgroup_bytes(&self) -> u32 {
+        match *self {
+            Tiling::Naive { .. } | Tiling::Subgroup { .. } => 0,
+            // Two halves of `depth` steps of `8 · row_blocks` f32 values.
+            Tiling::Workgroup {
+                row_blocks, depth, ..
+            } => 2 * depth * 8 * row_blocks * 4,
+        }
+    }
+
     pub(super) fn source(&self, precision: Precision) -> &'static ShaderProgram {
         match self {
             Tiling::Naive { .. } => program_for(&BASE, precision),
             Tiling::Subgroup { .. } => program_for(&SUBGROUP, precision),
+            Tiling::Workgroup { .. } => program_for(&WORKGROUP, precision),
         }
     }
 
@@ -155,6 +220,38 @@ impl Tiling {
             } => {
                 vec![("WG", wg), ("RB", row_blocks), ("CN", col_groups)]
             }
+            Tiling::Workgroup {
+                wg,
+                row_blocks,
+                col_groups,
+                depth,
+            } => {
+                vec![
+                    ("WG", wg),
+                    ("RB", row_blocks),
+                    ("CN", col_groups),
+                    ("KT", depth),
+                ]
+            }
+        }
+    }
+
+    /// Invocations per workgroup along the columns, blocks of 8 rows, groups of 4
+    /// columns per invocation: the register tile's shape, for the tiled kinds.
+    pub(super) fn tile(&self) -> Option<(u32, u32, u32)> {
+        match *self {
+            Tiling::Naive { .. } => None,
+            Tiling::Subgroup {
+                wg,
+                row_blocks,
+                col_groups,
+            }
+            | Tiling::Workgroup {
+                wg,
+                row_blocks,
+                col_groups,
+                ..
+            } => Some((wg, row_blocks, col_groups)),
         }
     }
 
@@ -166,15 +263,14 @@ impl Tiling {
                 div_ceil(rows, wg_rows as usize),
                 groups as u32,
             ],
-            Tiling::Subgroup {
-                wg,
-                row_blocks,
-                col_groups,
-            } => [
-                div_ceil(cols, (wg * col_groups * 4) as usize),
-                div_ceil(rows, (row_blocks * 8) as usize),
-                groups as u32,
-            ],
+            Tiling::Subgroup { .. } | Tiling::Workgroup { .. } => {
+                let (wg, row_blocks, col_groups) = self.tile().expect("a tiled kind");
+                [
+                    div_ceil(cols, (wg * col_groups * 4) as usize),
+                    div_ceil(rows, (row_blocks * 8) as usize),
+                    groups as u32,
+                ]
+            }
         }
     }
 
@@ -183,9 +279,9 @@ impl Tiling {
     /// invocation's 4·CN columns inside one group, and a group's width leaving
     /// workgroup columns idle otherwise (packing full-width groups measured slower).
     pub(super) fn packs_groups(&self, shape: &GemmShape) -> bool {
-        match *self {
-            Tiling::Naive { .. } => false,
-            Tiling::Subgroup { wg, col_groups, .. } => {
+        match self.tile() {
+            None => false,
+            Some((wg, _, col_groups)) => {
                 let invocation_cols = 4 * col_groups as usize;
                 shape.input == InputLayout::Shared
                     && shape.groups > 1
@@ -221,8 +317,32 @@ impl Tiling {
             (Tiling::Subgroup { .. }, Pass::Forward) => "forward_subgroup",
             (Tiling::Subgroup { .. }, Pass::BackwardInput) => "backward_input_subgroup",
             (Tiling::Subgroup { .. }, Pass::BackwardWeights) => "backward_weights_subgroup",
+            (Tiling::Workgroup { .. }, Pass::Forward) => "forward_workgroup",
+            (Tiling::Workgroup { .. }, Pass::BackwardInput) => "backward_input_workgroup",
+            (Tiling::Workgroup { .. }, Pass::BackwardWeights) => "backward_weights_workgroup",
         }
     }
+}
+
+/// The register tile's bounds, shared by the tiled kinds.
+fn check_tile(tiling: &Tiling, gpu: &Gpu, wg: u32, row_blocks: u32, col_groups: u32) -> Result<()> {
+    let limits = gpu.limits();
+    let max = limits
+        .max_compute_invocations_per_workgroup
+        .min(limits.max_compute_workgroup_size_x);
+    if wg == 0 || !wg.is_multiple_of(8) || wg > max {
+        return Err(Error::invalid(
+            "grouped GEMM tiling",
+            format!("{tiling:?}: wg must be a positive multiple of 8 within the device limit"),
+        ));
+    }
+    if !(1..=8).contains(&row_blocks) || !(1..=2).contains(&col_groups) {
+        return Err(Error::invalid(
+            "grouped GEMM tiling",
+            format!("{tiling:?}: row_blocks must be 1..=8 and col_groups 1..=2"),
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -236,8 +356,9 @@ impl Pass {
     /// Loop iterations of a pass's busiest invocation, from above, as llvmpipe counts
     /// them: the reduction loop (one step per iteration; a dense dX sums over every
     /// group when X is shared, a ragged one over its own group, after summing the
-    /// counts before it) and the tile stores, which run at most 16 tiles of 8 rows.
-    pub(super) fn loop_iterations(self, s: &GemmShape, ragged: bool) -> u64 {
+    /// counts before it), the tile stores, which run at most 16 tiles of 8 rows, and
+    /// for workgroup-memory tiles the loop staging the first `depth` steps.
+    pub(super) fn loop_iterations(self, s: &GemmShape, ragged: bool, tiling: &Tiling) -> u64 {
         const STORES: u64 = 16 * (8 * (4 + 2) + 10) + 64 * 10;
         let reduction = match self {
             Pass::Forward => s.inputs as u64,
@@ -251,7 +372,11 @@ impl Pass {
             }
             Pass::BackwardWeights => s.rows as u64,
         };
-        reduction + 2 + STORES
+        let staging = match *tiling {
+            Tiling::Workgroup { depth, .. } => u64::from(depth) + 2,
+            Tiling::Naive { .. } | Tiling::Subgroup { .. } => 0,
+        };
+        reduction + 2 + staging + STORES
     }
 
     /// On a CPU adapter (lavapipe) a reduction past the loop budget would end early
@@ -261,7 +386,7 @@ impl Pass {
         gpu: &Gpu,
         ctx: &str,
         s: &GemmShape,
-        ragged: bool,
+        (ragged, tiling): (bool, &Tiling),
     ) -> Result<()> {
         if gpu.adapter().device_type != wgpu::DeviceType::Cpu {
             return Ok(());
@@ -271,16 +396,38 @@ impl Pass {
             Pass::BackwardInput => "fewer groups or outputs per call needs fewer",
             Pass::Forward => "fewer inputs per call needs fewer",
         };
-        crate::kernels::check_loop_budget(ctx, self.loop_iterations(s, ragged), remedy)
+        crate::kernels::check_loop_budget(ctx, self.loop_iterations(s, ragged, tiling), remedy)
     }
 }
 
+/// Reduction steps the default workgroup-memory tiles stage per barrier.
+pub(super) const DEFAULT_DEPTH: u32 = 8;
+
 impl GroupedGemm {
     /// The tiling of a forward pass on `shape` without tuning (and tuning's first
-    /// candidate): register tiles where the adapter has subgroups, one invocation per
-    /// output otherwise.
+    /// candidate): register tiles, sharing rows by subgroup broadcast where the
+    /// adapter has subgroups and through workgroup memory otherwise.
     pub fn default_tiling(&self, shape: &GemmShape) -> Tiling {
         self.default_for(Pass::Forward, shape, shape.rows, shape.outputs)
+    }
+
+    /// A register tile of 8 invocations, of the kind this adapter runs best: subgroup
+    /// broadcast where it has subgroups, workgroup memory otherwise.
+    fn register_tile(&self, row_blocks: u32, col_groups: u32) -> Tiling {
+        if self.gpu.capabilities().subgroups {
+            Tiling::Subgroup {
+                wg: 8,
+                row_blocks,
+                col_groups,
+            }
+        } else {
+            Tiling::Workgroup {
+                wg: 8,
+                row_blocks,
+                col_groups,
+                depth: DEFAULT_DEPTH,
+            }
+        }
     }
 
     /// The untuned tiling for `pass` with an output of `out_rows` × `out_cols` (per
@@ -292,7 +439,8 @@ impl GroupedGemm {
     /// short reductions (towers, gates, tests) keep 1-2 row blocks, which compile in
     /// about 0.2 s. A short reduction is the census tower's input gradient (32 products
     /// per output): its tile stores cost as much as its multiply-adds, so the large tile
-    /// saves a fraction of a millisecond per step for 1.5 s of compiling.
+    /// saves a fraction of a millisecond per step for 1.5 s of compiling. The same
+    /// holds for both kinds of register tile (subgroup or workgroup memory).
     pub(super) fn default_for(
         &self,
         pass: Pass,
@@ -300,14 +448,7 @@ impl GroupedGemm {
         out_rows: usize,
         out_cols: usize,
     ) -> Tiling {
-        if !self.gpu.capabilities().subgroups {
-            return Tiling::Naive { wg: 8, wg_rows: 8 };
-        }
-        let largest = Tiling::Subgroup {
-            wg: 8,
-            row_blocks: 8,
-            col_groups: 2,
-        };
+        let largest = self.register_tile(8, 2);
         let columns = if pass != Pass::BackwardInput && largest.packs_groups(shape) {
             shape.groups * shape.outputs
         } else {
@@ -324,29 +465,35 @@ impl GroupedGemm {
         if out_rows >= 64 && columns >= 64 && reduction >= 64 {
             return largest;
         }
-        Tiling::Subgroup {
-            wg: 8,
-            row_blocks: out_rows.div_ceil(8).clamp(1, 2) as u32,
-            col_groups: 1,
-        }
+        self.register_tile(out_rows.div_ceil(8).clamp(1, 2) as u32, 1)
     }
 
     /// Every tiling valid on this device worth trying; autotuning picks among them.
+    /// The workgroup-memory tiles are offered everywhere: with 8 invocations, the
+    /// subgroup tiles' shapes; with 64, shapes that fill a GPU's wider subgroups
+    /// and keep each invocation's tile small enough for its registers.
     pub fn tilings(&self) -> Vec<Tiling> {
+        const SHAPES: [(u32, u32); 7] = [(1, 1), (2, 1), (2, 2), (4, 1), (4, 2), (8, 1), (8, 2)];
         let mut out = vec![
             Tiling::Naive { wg: 8, wg_rows: 8 },
             Tiling::Naive { wg: 64, wg_rows: 1 },
         ];
         if self.gpu.capabilities().subgroups {
-            for (row_blocks, col_groups) in [(1, 1), (2, 1), (2, 2), (4, 1), (4, 2), (8, 1), (8, 2)]
-            {
-                out.push(Tiling::Subgroup {
-                    wg: 8,
-                    row_blocks,
-                    col_groups,
-                });
-            }
+            out.extend(SHAPES.map(|(row_blocks, col_groups)| Tiling::Subgroup {
+                wg: 8,
+                row_blocks,
+                col_groups,
+            }));
         }
+        let workgroup = |wg, (row_blocks, col_groups)| Tiling::Workgroup {
+            wg,
+            row_blocks,
+            col_groups,
+            depth: DEFAULT_DEPTH,
+        };
+        out.extend(SHAPES.map(|shape| workgroup(8, shape)));
+        out.extend([(1, 1), (1, 2), (2, 1)].map(|shape| workgroup(64, shape)));
+        out.retain(|t| t.validate(&self.gpu).is_ok());
         out
     }
 }

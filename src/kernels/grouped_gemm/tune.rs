@@ -24,6 +24,15 @@ impl fmt::Display for Tiling {
                 row_blocks,
                 col_groups,
             } => write!(f, "subgroup-wg{wg}-rb{row_blocks}-cn{col_groups}"),
+            Tiling::Workgroup {
+                wg,
+                row_blocks,
+                col_groups,
+                depth,
+            } => write!(
+                f,
+                "workgroup-wg{wg}-rb{row_blocks}-cn{col_groups}-kt{depth}"
+            ),
         }
     }
 }
@@ -53,6 +62,12 @@ impl FromStr for Tiling {
                 row_blocks: number(rb, "rb")?,
                 col_groups: number(cn, "cn")?,
             }),
+            ["workgroup", wg, rb, cn, kt] => Ok(Tiling::Workgroup {
+                wg: number(wg, "wg")?,
+                row_blocks: number(rb, "rb")?,
+                col_groups: number(cn, "cn")?,
+                depth: number(kt, "kt")?,
+            }),
             _ => Err(bad()),
         }
     }
@@ -62,21 +77,18 @@ impl Tiling {
     /// Relative compile cost: the register tile's size in 8 × 4 blocks. Drivers that
     /// compile to CPU code (lavapipe) spend time roughly in proportion to it.
     pub fn compile_weight(&self) -> u32 {
-        match *self {
-            Tiling::Naive { .. } => 1,
-            Tiling::Subgroup {
-                row_blocks,
-                col_groups,
-                ..
-            } => row_blocks * col_groups,
+        match self.tile() {
+            None => 1,
+            Some((_, row_blocks, col_groups)) => row_blocks * col_groups,
         }
     }
 
     /// Rows of output a workgroup covers.
     fn rows_per_workgroup(&self) -> usize {
-        match *self {
-            Tiling::Naive { wg_rows, .. } => wg_rows as usize,
-            Tiling::Subgroup { row_blocks, .. } => 8 * row_blocks as usize,
+        match (*self, self.tile()) {
+            (Tiling::Naive { wg_rows, .. }, _) => wg_rows as usize,
+            (_, Some((_, row_blocks, _))) => 8 * row_blocks as usize,
+            (_, None) => 1,
         }
     }
 }
@@ -92,11 +104,17 @@ fn output_extent(pass: Pass, shape: &GemmShape, bias: bool) -> (usize, usize) {
 }
 
 impl GroupedGemm {
-    /// The tilings tuning tries for `pass` on `shape`, the default first. In
-    /// [`TuneMode::Fast`] on a CPU adapter: register tiles at least as large as the default's (smaller
-    /// ones load more per multiply-add) and no larger than the work can repay in
-    /// compile time, nor taller than the output. In [`TuneMode::Full`], and in fast
-    /// mode elsewhere: every tiling of the default's kind.
+    /// The tilings tuning tries for `pass` on `shape`, the default first: register
+    /// tiles, never the naive kernels, which are 10-30x slower and take minutes per
+    /// dispatch at the large shape. In [`TuneMode::Full`], and in fast mode on a GPU:
+    /// every register tile of either kind (subgroup broadcast or workgroup memory). In
+    /// [`TuneMode::Fast`] on a CPU adapter: tiles of the default's kind at least as
+    /// large as the default (smaller ones load more per multiply-add) and no larger
+    /// than the work can repay in compile time, nor taller than the output. There the
+    /// other kind never pays its compile time: on lavapipe the workgroup-memory tiles
+    /// ran at 0.2-0.7 of the subgroup tiles of the same shape in every pass at every
+    /// standard shape. Tilings whose loops would exceed lavapipe's budget on this
+    /// (dense) shape are left out.
     fn candidates(
         &self,
         pass: Pass,
@@ -106,24 +124,27 @@ impl GroupedGemm {
     ) -> Vec<Tiling> {
         let (out_rows, _) = output_extent(pass, shape, bias);
         let mut out = vec![default];
-        // Naive kernels only where there are no register tiles: they are 10-30x slower
-        // and take minutes per dispatch at the large shape.
-        let same_kind = |t: &Tiling| {
-            matches!(t, Tiling::Subgroup { .. }) == matches!(default, Tiling::Subgroup { .. })
-        };
         let allowance = compile_allowance(shape.forward_flops());
         let tallest = out_rows.next_power_of_two().max(8);
         let compile_bound = compile_bound(&self.gpu);
-        let keep = |t: &Tiling| match self.gpu.tune_mode() {
-            TuneMode::Off => false,
-            TuneMode::Full => same_kind(t),
-            TuneMode::Fast if !compile_bound => same_kind(t),
-            TuneMode::Fast => {
-                same_kind(t)
-                    && t.compile_weight() >= default.compile_weight()
-                    && t.compile_weight() <= allowance
-                    && t.rows_per_workgroup() <= tallest
-            }
+        let keep = |t: &Tiling| {
+            let tiled = t.tile().is_some() || default.tile().is_none();
+            let fits = pass
+                .check_loop_budget(&self.gpu, "", shape, (false, t))
+                .is_ok();
+            tiled
+                && fits
+                && match self.gpu.tune_mode() {
+                    TuneMode::Off => false,
+                    TuneMode::Full => true,
+                    TuneMode::Fast if !compile_bound => true,
+                    TuneMode::Fast => {
+                        std::mem::discriminant(t) == std::mem::discriminant(&default)
+                            && t.compile_weight() >= default.compile_weight()
+                            && t.compile_weight() <= allowance
+                            && t.rows_per_workgroup() <= tallest
+                    }
+                }
         };
         out.extend(
             self.tilings()
@@ -298,12 +319,6 @@ mod tests {
     use crate::shape::InputLayout;
     use crate::{Gpu, StandardShape};
 
-    const LARGEST: Tiling = Tiling::Subgroup {
-        wg: 8,
-        row_blocks: 8,
-        col_groups: 2,
-    };
-
     fn default(gemm: &GroupedGemm, pass: Pass, shape: &GemmShape) -> Tiling {
         let (rows, cols) = output_extent(pass, shape, true);
         gemm.default_for(pass, shape, rows, cols)
@@ -311,25 +326,46 @@ mod tests {
 
     /// The largest tile where the output and the reduction fill it (every expert
     /// pass at every standard shape), small ones where either is short: the census
-    /// towers' input gradient sums 32 products per output.
+    /// towers' input gradient sums 32 products per output. Subgroup tiles where the
+    /// device has subgroups, workgroup-memory tiles of the same shape otherwise.
     #[test]
     fn the_largest_tile_is_the_default_only_where_it_pays() {
         let gpu = Gpu::new().unwrap_or_else(|e| panic!("{e}"));
-        let gemm = GroupedGemm::new(&gpu);
-        if !gpu.capabilities().subgroups {
-            let census = StandardShape::CENSUS.expert_gemm();
-            assert!(matches!(
-                default(&gemm, Pass::Forward, &census),
-                Tiling::Naive { .. }
-            ));
-            return;
+        let plain = Gpu::with_options(&crate::GpuOptions {
+            withheld_features: wgpu::Features::SUBGROUP,
+            ..crate::GpuOptions::from_env()
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(!plain.capabilities().subgroups);
+        check_defaults(
+            &GroupedGemm::new(&plain),
+            &Tiling::Workgroup {
+                wg: 8,
+                row_blocks: 8,
+                col_groups: 2,
+                depth: super::super::tiling::DEFAULT_DEPTH,
+            },
+        );
+        if gpu.capabilities().subgroups {
+            check_defaults(
+                &GroupedGemm::new(&gpu),
+                &Tiling::Subgroup {
+                    wg: 8,
+                    row_blocks: 8,
+                    col_groups: 2,
+                },
+            );
         }
+    }
+
+    fn check_defaults(gemm: &GroupedGemm, largest: &Tiling) {
+        let kind = std::mem::discriminant(largest);
         for standard in StandardShape::ALL {
             let experts = standard.expert_gemm();
             for pass in [Pass::Forward, Pass::BackwardInput, Pass::BackwardWeights] {
                 assert_eq!(
-                    default(&gemm, pass, &experts),
-                    LARGEST,
+                    default(gemm, pass, &experts),
+                    *largest,
                     "{} {pass:?}",
                     standard.name
                 );
@@ -343,9 +379,9 @@ mod tests {
             input: InputLayout::PerGroup,
         };
         for pass in [Pass::Forward, Pass::BackwardInput, Pass::BackwardWeights] {
-            let chosen = default(&gemm, pass, &census_towers);
+            let chosen = default(gemm, pass, &census_towers);
             assert!(
-                chosen.compile_weight() <= 2,
+                chosen.compile_weight() <= 2 && std::mem::discriminant(&chosen) == kind,
                 "census towers {pass:?}: {chosen}"
             );
         }
