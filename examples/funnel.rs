@@ -43,32 +43,33 @@ use mmoe_wgpu::rng::Rng;
 #[command(name = "funnel")]
 struct Options {
     /// Seeds (funnels and initial weights): 1..=N.
-    #[arg(long, value_name = "N", default_value_t = 3)]
+    #[arg(long, value_name = "N", default_value_t = 3,
+          value_parser = clap::value_parser!(u64).range(1..))]
     seeds: u64,
     /// Training impressions per funnel.
-    #[arg(long, value_name = "N", default_value_t = 20_000)]
+    #[arg(long, value_name = "N", default_value_t = 20_000, value_parser = positive)]
     train_rows: usize,
     /// Test impressions per funnel.
-    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = positive)]
     test_rows: usize,
     /// Adam steps of each model (ESMM: 256 impressions a step; naive: 256 clicked
     /// impressions a step).
-    #[arg(long, value_name = "N", default_value_t = 400)]
+    #[arg(long, value_name = "N", default_value_t = 400, value_parser = positive)]
     steps: usize,
     /// Rows per step.
-    #[arg(long, value_name = "N", default_value_t = 256)]
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = positive)]
     batch: usize,
     /// Adam learning rate.
     #[arg(long, value_name = "X", default_value_t = 3e-3)]
     lr: f32,
     /// Experts of the MMoE (one ReLU layer of --units each).
-    #[arg(long, value_name = "N", default_value_t = 4)]
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = positive)]
     experts: usize,
     /// Width of each expert.
-    #[arg(long, value_name = "N", default_value_t = 16)]
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = positive)]
     units: usize,
     /// Width of each tower's ReLU layer.
-    #[arg(long, value_name = "N", default_value_t = 8)]
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = positive)]
     tower: usize,
     /// How much the features that drive clicks drive conversions (the cosine of
     /// the two weight vectors, in [-1, 1]).
@@ -116,6 +117,14 @@ struct SeedResult {
     esmm_ctr_auc: f64,
     esmm_ctcvr_auc: f64,
     seconds: f64,
+}
+
+/// A count of at least 1.
+fn positive(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("`{text}` is not a whole number of at least 1")),
+    }
 }
 
 fn main() -> ExitCode {
