@@ -245,7 +245,7 @@ fn train_steps(
     rows: &[usize],
     only: Option<usize>,
 ) -> Result<(), String> {
-    let mut rng = Rng::new(seed).fork(0x6f72_6465_72); // "order"
+    let mut rng = Rng::new(seed).fork(0x006f_7264_6572); // "order"
     let mut order = Vec::new();
     for _ in 0..options.steps {
         if order.len() < options.batch.min(rows.len()) {
