@@ -158,7 +158,8 @@ fn loss_forward_backward(
         var l: f32;
         var d: f32;
         if (entry.kind == KIND_ESMM_CTCVR) {
-            // p is b, the CVR logit; the partner holds a and the click.
+            // p is the CVR logit (b above; not the row); the partner holds a and the
+            // click.
             let j = entry.partner * rows + b;
             let a = f32(predictions[P.pred_base + j]);
             let click = f32(targets[P.target_base + j]);
@@ -170,7 +171,7 @@ fn loss_forward_backward(
             l = ld.x;
             d = grad_scale * ld.y;
             if (entry.kind == KIND_ESMM_CTR) {
-                // p is a, the CTR logit; the partner holds b and the conversion.
+                // p is the CTR logit, a; the partner holds the CVR logit and the conversion.
                 let j = entry.partner * rows + b;
                 let b_logit = f32(predictions[P.pred_base + j]);
                 let conversion = f32(targets[P.target_base + j]);

@@ -1,7 +1,8 @@
 //! ESMM pairs on MMoE: the GPU executor against the CPU executor (outputs, every
 //! gradient, Adam steps), the CPU model against finite differences, bitwise
-//! reproducible training, predictions with the pair's pCTCVR, evaluation, the
-//! checkpoint's description, and configs that do not pair up.
+//! reproducible training, unclicked rows' conversion labels unread, predictions
+//! with the pair's pCTCVR, evaluation, the checkpoint's description, no extra
+//! dispatch per step, and configs that do not pair up.
 
 use crate::common::{gpu, random, relative_error, to_f64};
 use mmoe_wgpu::Error;
@@ -341,4 +342,25 @@ fn bad_esmm_configs_are_errors_that_say_which() {
         }
         assert!(config.validate().is_err());
     }
+}
+
+#[test]
+fn the_pair_adds_no_dispatch_to_a_training_step() {
+    let plain = ModelConfig {
+        tasks: tasks()
+            .into_iter()
+            .map(|t| TaskConfig {
+                head: HeadKind::Own,
+                ..t
+            })
+            .collect(),
+        ..mmoe()
+    };
+    let count = |config| {
+        Trainer::new(gpu(), config, 8)
+            .unwrap()
+            .dispatches_per_step()
+            .unwrap()
+    };
+    assert_eq!(count(mmoe()), count(plain));
 }
