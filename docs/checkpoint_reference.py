@@ -4,7 +4,8 @@
     python docs/checkpoint_reference.py MODEL.safetensors ROWS.csv
 
 prints each task's predictions (regression: the value; classification: the
-probability) for the rows of a CSV of numeric inputs, one column per task. As a
+probability) for the rows of a CSV of numeric inputs, one column per task, then
+one pCTCVR column per ESMM pair. As a
 module: `load`, `forward`, `losses`, and `save` (which writes the checksum).
 Computes in float64.
 """
@@ -146,20 +147,56 @@ def forward(tensors, config, x, eps=None):
     return out, p, q
 
 
+def esmm_pairs(config):
+    """[(ctr, cvr)] task indices of the ESMM pairs, in CVR task order."""
+    names = [task["name"] for task in config["tasks"]]
+    return [(names.index(task["head"]["ctr"]), t)
+            for t, task in enumerate(config["tasks"])
+            if task.get("head", {"kind": "own"})["kind"] == "esmm_cvr"]
+
+
+def output_names(config):
+    """The columns `predict` returns: the tasks, then `{ctr}_and_{cvr}` per pair."""
+    names = [task["name"] for task in config["tasks"]]
+    return names + [f"{names[c]}_and_{names[v]}" for c, v in esmm_pairs(config)]
+
+
 def predictions(config, out):
-    """What `predict` returns: the value, or the probability for classification."""
-    return np.stack([sigmoid(o) if task["kind"] == "binary_classification" else o
-                     for task, o in zip(config["tasks"], out)])
+    """What `predict` returns: the value, or the probability for classification;
+    then pCTCVR = pCTR * pCVR of each ESMM pair."""
+    values = [sigmoid(o) if task["kind"] == "binary_classification" else o
+              for task, o in zip(config["tasks"], out)]
+    values += [values[c] * values[v] for c, v in esmm_pairs(config)]
+    return np.stack(values)
+
+
+def softplus(x):
+    return np.maximum(x, 0.0) + np.log1p(np.exp(-np.abs(x)))
+
+
+def ctcvr_loss(a, b, y):
+    """Per row: BCE of sigmoid(a) * sigmoid(b) against y, from the logits."""
+    log_p = -softplus(-a) - softplus(-b)
+    with np.errstate(divide="ignore"):
+        log_q = np.where(log_p < -np.log(2.0), np.log1p(-np.exp(log_p)),
+                         np.log(-np.expm1(log_p)))
+    return -y * log_p - (1.0 - y) * log_q
 
 
 def losses(config, out, targets, p=None, q=None):
     """([loss_t], [aux per gate]): the weighted task losses (what Trainer::loss
     returns) and the balancing losses (Trainer::balance_loss; empty when off)."""
     rows = out.shape[1]
+    targets = np.asarray(targets, np.float64)
+    ctr_of = {v: c for c, v in esmm_pairs(config)}
     task_losses = []
-    for task, o, y in zip(config["tasks"], out, np.asarray(targets, np.float64)):
+    for t, (task, o, y) in enumerate(zip(config["tasks"], out, targets)):
         if task["kind"] == "regression":
             per_row = (o - y) ** 2
+        elif t in ctr_of:
+            # ESMM CVR task: the CTCVR loss against click * conversion.
+            c = ctr_of[t]
+            per_row = ctcvr_loss(out[c], o, targets[c] * y)
         else:
             per_row = np.maximum(o, 0.0) - o * y + np.log1p(np.exp(-np.abs(o)))
         task_losses.append(task["weight"] * per_row.sum() / rows)
@@ -199,7 +236,7 @@ def main(argv):
         lines = lines[1:]  # a header
     x = np.array([[float(v) for v in line.split(",")] for line in lines])
     out, _, _ = forward(tensors, config, x)
-    print(",".join(task["name"] for task in config["tasks"]))
+    print(",".join(output_names(config)))
     for row in predictions(config, out).T:
         print(",".join(str(np.float32(v)) for v in row))
 

@@ -9,7 +9,9 @@
 //! optionally under a header line (by default a first line without numbers is a
 //! header). The output is CSV with one column per task, headed by the task names
 //! of the checkpoint's config: the value for regression tasks, the probability for
-//! classification tasks, each printed exactly (it parses back to the same `f32`).
+//! classification tasks, then one `{ctr}_and_{cvr}` column of pCTCVR per ESMM pair
+//! (`ModelConfig::output_names`), each printed exactly (it parses back to the same
+//! `f32`).
 //! Rows are sent to the device in batches of at most `--batch` rows, fewer if the
 //! device's buffer limits require.
 
@@ -88,7 +90,8 @@ fn run(args: &Args) -> Result<(), String> {
             config.inputs
         ));
     }
-    let tasks = config.tasks.len();
+    // One column per task, then one pCTCVR column per ESMM pair.
+    let outputs = config.output_names();
     let predictions = if table.rows == 0 {
         Vec::new()
     } else {
@@ -100,11 +103,11 @@ fn run(args: &Args) -> Result<(), String> {
         trainer.predict(&table.values).map_err(|e| e.to_string())?
     };
 
-    let names: Vec<String> = config.tasks.iter().map(|t| csv_field(&t.name)).collect();
+    let names: Vec<String> = outputs.iter().map(|name| csv_field(name)).collect();
     let mut text = names.join(",");
     text.push('\n');
     for row in 0..table.rows {
-        let cells: Vec<String> = (0..tasks)
+        let cells: Vec<String> = (0..outputs.len())
             .map(|t| predictions[t * table.rows + row].to_string())
             .collect();
         text.push_str(&cells.join(","));

@@ -94,6 +94,67 @@ pub fn mse(predictions: &[f32], targets: &[f32]) -> Result<f64> {
     Ok(total / predictions.len() as f64)
 }
 
+/// The AUC of `scores` against soft labels: each item is a positive of weight
+/// `probabilities[i]` and a negative of weight `1 − probabilities[i]`, so the result
+/// is the probability that an item drawn in proportion to its probability outranks
+/// one drawn in proportion to its complement (a tie counting one half). With 0/1
+/// probabilities it is [`auc`]; with true probabilities it is the AUC that labels
+/// drawn from them tend to as items grow, without the draw's noise: how well the
+/// scores rank the true probabilities.
+///
+/// Errors if the lengths differ, a value is non-finite, a probability is outside
+/// `[0, 1]`, or the positives' or the negatives' total weight is 0.
+pub fn probability_auc(scores: &[f32], probabilities: &[f32]) -> Result<f64> {
+    check_pair(
+        "probability_auc",
+        "scores",
+        scores,
+        "probabilities",
+        probabilities,
+    )?;
+    if let Some(index) = probabilities.iter().position(|p| !(0.0..=1.0).contains(p)) {
+        return Err(Error::invalid(
+            "probability_auc probabilities",
+            format!(
+                "probability {index} is {}, expected a value in [0, 1]",
+                probabilities[index]
+            ),
+        ));
+    }
+    let positive = |i: usize| probabilities[i] as f64;
+    let (total_positive, total_negative) = (0..scores.len()).fold((0.0, 0.0), |(p, n), i| {
+        (p + positive(i), n + 1.0 - positive(i))
+    });
+    if total_positive == 0.0 || total_negative == 0.0 {
+        return Err(Error::invalid(
+            "probability_auc probabilities",
+            "all 0 or all 1; the AUC needs weight on both sides".to_string(),
+        ));
+    }
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_unstable_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    // For each tie group from the lowest score up: its positives beat the
+    // negatives below it, and half its own negatives.
+    let (mut wins, mut negatives_below, mut start) = (0.0f64, 0.0f64, 0);
+    while start < order.len() {
+        let mut end = start + 1;
+        while end < order.len() && scores[order[end]] == scores[order[start]] {
+            end += 1;
+        }
+        let group = &order[start..end];
+        let p: f64 = group.iter().map(|&i| positive(i)).sum();
+        let n: f64 = group.iter().map(|&i| 1.0 - positive(i)).sum();
+        wins += p * (negatives_below + 0.5 * n);
+        negatives_below += n;
+        start = end;
+    }
+    // Each item paired with itself is a tie of weight p(1 − p): leave those out.
+    let own: f64 = (0..scores.len())
+        .map(|i| positive(i) * (1.0 - positive(i)))
+        .sum();
+    Ok((wins - 0.5 * own) / (total_positive * total_negative - own))
+}
+
 /// Equal, non-zero lengths and finite values: a mean over nothing or over a NaN
 /// would silently poison a reported result.
 fn check_pair(context: &str, a_name: &str, a: &[f32], b_name: &str, b: &[f32]) -> Result<()> {

@@ -1,7 +1,8 @@
 //! Data sets for training and evaluation: an in-memory [`Dataset`] with batching,
 //! the paper's synthetic task-correlation generator ([`synthetic`]), the UCI
-//! Census-Income loader ([`census`]), numeric CSV input for prediction ([`csv`]) and
-//! raw categorical values to embedding IDs ([`categorical`]).
+//! Census-Income loader ([`census`]), numeric CSV input for prediction ([`csv`]),
+//! raw categorical values to embedding IDs ([`categorical`]) and a synthetic click →
+//! conversion funnel with its ground truth ([`funnel`]).
 //!
 //! Targets are stored task-major (`[tasks, rows]`) because the loss kernel reads one
 //! contiguous run of targets per task; inputs are row-major (`[rows, inputs]`) as the
@@ -10,6 +11,7 @@
 pub mod categorical;
 pub mod census;
 pub mod csv;
+pub mod funnel;
 pub mod synthetic;
 
 use crate::rng::Rng;

@@ -343,7 +343,8 @@ impl Graph {
     }
 
     /// The weighted loss of `predictions` (`[tasks, rows, 1]` or `[tasks, rows]`)
-    /// against `targets`; returns the per-task loss tensor `[tasks]`.
+    /// against `targets`; returns the per-task loss tensor `[tasks]`. ESMM pairs'
+    /// tasks must name each other ([`crate::shape::check_pairs`]).
     pub fn loss(
         &mut self,
         name: &str,
@@ -369,6 +370,8 @@ impl Graph {
                 ),
             ));
         }
+        let kinds: Vec<_> = tasks.iter().map(|t| t.kind).collect();
+        crate::shape::check_pairs(&format!("graph: loss `{name}`"), &kinds)?;
         let loss = self.add(name, vec![tasks.len()], Role::Activation, None, None)?;
         self.nodes.push(Op::Loss {
             tasks,

@@ -1,7 +1,10 @@
 //! Per-task weighted loss and its gradient in one dispatch:
 //! `loss[t] = λ_t · mean_b ℓ_t(p[t, b], y[t, b])` and
 //! `grad[t, b] = λ_t / B · ℓ_t'(p[t, b], y[t, b])`, with ℓ the mean squared error or
-//! the binary cross-entropy on logits.
+//! the binary cross-entropy on logits; or, for an ESMM pair of tasks (CTR, CVR), the
+//! CTR task's cross-entropy and the CVR task's loss of the product of the two
+//! probabilities, computed stably from both logits, whose gradient reaches both
+//! rows ([`LossKind::EsmmCtcvr`]).
 //!
 //! One workgroup per task; each invocation sums a fixed strided set of rows, then a
 //! fixed-order tree adds the partial sums. No float atomics, so for a given workgroup
@@ -86,7 +89,7 @@ pub const DEFAULT_WORKGROUP_SIZE: u32 = 64;
 pub struct LossForward<'a> {
     /// Rows per task, `B`.
     pub rows: usize,
-    /// Kind and weight of each task.
+    /// Kind and weight of each task; an ESMM pair's two tasks name each other.
     pub tasks: &'a [TaskLoss],
     /// Storage type of `predictions`, `targets` and `grad`; `loss` is always f32 and
     /// the arithmetic too.
@@ -97,8 +100,9 @@ pub struct LossForward<'a> {
     pub targets: BufferView<'a>,
     /// Output: `loss: [T]`, `λ_t · mean_b ℓ`.
     pub loss: BufferView<'a>,
-    /// Output: `grad: [T, B]`, `λ_t / B · ℓ'`, the gradient of `Σ_t loss[t]` with
-    /// respect to the predictions.
+    /// Output: `grad: [T, B]`, the gradient of `Σ_t loss[t]` with respect to the
+    /// predictions: `λ_t / B · ℓ'` for a task of its own, and for an ESMM pair's CTR
+    /// row also the CTCVR loss's derivative with respect to the CTR logit.
     pub grad: BufferView<'a>,
 }
 
@@ -120,6 +124,8 @@ crate::kernels::binding::host_struct! {
     struct TaskEntry {
         kind: u32,
         weight: f32,
+        partner: u32,
+        _pad: u32,
     }
 }
 
@@ -181,6 +187,8 @@ impl Loss {
                 value: task.weight,
             });
         }
+        let kinds: Vec<LossKind> = args.tasks.iter().map(|t| t.kind).collect();
+        crate::shape::check_pairs(CTX, &kinds)?;
         let len = tasks
             .checked_mul(args.rows)
             .filter(|&n| n < u32::MAX as usize / 2)
@@ -212,6 +220,8 @@ impl Loss {
             .map(|t| TaskEntry {
                 kind: t.kind.code(),
                 weight: t.weight,
+                partner: t.kind.partner().unwrap_or(0) as u32,
+                _pad: 0,
             })
             .collect();
         let kernel = Kernel {

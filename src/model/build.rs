@@ -6,7 +6,7 @@ use crate::Result;
 use crate::graph::{GateSpec, Graph, Init, Plan, Role, TensorId};
 use crate::kernels::LOOP_BUDGET;
 use crate::rng::Rng;
-use crate::shape::{Activation, EmbeddingBounds, ExpertAccess, InputLayout, TaskLoss};
+use crate::shape::{Activation, EmbeddingBounds, ExpertAccess, InputLayout};
 
 /// A model's graph and the tensors the trainer feeds and reads.
 #[derive(Clone, Debug)]
@@ -131,14 +131,7 @@ pub fn build(config: &ModelConfig, capacity: usize) -> Result<ModelGraph> {
     }
     let predictions = graph.dense("heads", top, tasks, 1, Activation::Identity, layout)?;
     let targets = graph.target("targets", tasks)?;
-    let losses = config
-        .tasks
-        .iter()
-        .map(|t| TaskLoss {
-            kind: t.kind.loss(),
-            weight: t.weight,
-        })
-        .collect();
+    let losses = super::esmm::task_losses(&config.tasks);
     graph.loss("loss", predictions, targets, losses)?;
     let gate_values = graph.find("gate.values");
     let gate_noise = graph.find("gate.noise.eps");

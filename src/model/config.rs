@@ -210,6 +210,28 @@ impl TaskKind {
     }
 }
 
+/// How a task's head output is trained and read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum HeadKind {
+    /// The task's own loss on its own head (the default).
+    #[default]
+    Own,
+    /// The CVR task of an ESMM pair (Ma et al., SIGIR 2018) whose CTR task is the
+    /// task named `ctr`; both are binary classification tasks, and a task is in at
+    /// most one pair. With `a` the CTR head's logit and `b` this head's, `pCTR =
+    /// sigmoid(a)`, `pCVR = sigmoid(b)` and `pCTCVR = pCTR · pCVR`. This task's
+    /// target is the conversion label; its loss is the cross-entropy of pCTCVR
+    /// against click · conversion over every row (so an unclicked row's conversion
+    /// label is not read, and the CVR head is never trained on the clicked rows
+    /// alone), computed stably from both logits; the CTR task keeps its own
+    /// cross-entropy against the click. Predictions add a pCTCVR output per pair
+    /// ([`ModelConfig::output_names`]).
+    EsmmCvr {
+        /// Name of the pair's CTR task.
+        ctr: String,
+    },
+}
+
 /// One task: its head and its weight in the total loss.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TaskConfig {
@@ -219,15 +241,27 @@ pub struct TaskConfig {
     pub kind: TaskKind,
     /// Weight of this task's mean loss in the total.
     pub weight: f32,
+    /// Its own head, or the CVR head of an ESMM pair.
+    pub head: HeadKind,
 }
 
 impl TaskConfig {
-    /// A task with weight 1.
+    /// A task with weight 1 and a head of its own.
     pub fn new(name: impl Into<String>, kind: TaskKind) -> Self {
         TaskConfig {
             name: name.into(),
             kind,
             weight: 1.0,
+            head: HeadKind::Own,
+        }
+    }
+
+    /// The CVR task `name` (binary, weight 1) of an ESMM pair whose CTR task is the
+    /// binary task called `ctr` ([`HeadKind::EsmmCvr`]).
+    pub fn esmm_cvr(name: impl Into<String>, ctr: impl Into<String>) -> Self {
+        TaskConfig {
+            head: HeadKind::EsmmCvr { ctr: ctr.into() },
+            ..TaskConfig::new(name, TaskKind::BinaryClassification)
         }
     }
 }
@@ -403,6 +437,6 @@ impl ModelConfig {
         if !self.learning_rate.is_finite() || self.learning_rate < 0.0 {
             return bad(format!("learning rate {}", self.learning_rate));
         }
-        Ok(())
+        super::esmm::validate(&self.tasks)
     }
 }

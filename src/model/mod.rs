@@ -2,7 +2,8 @@
 //!
 //! - [`ModelConfig`]: MMoE, OMoE (one gate shared by all tasks), shared-bottom, each
 //!   optionally on shared hidden layers; experts, bottom and towers of one or more
-//!   ReLU layers; per-task head kind and loss weight; an input of dense features and
+//!   ReLU layers; per-task head kind (its own, or an ESMM pair's CVR head:
+//!   [`HeadKind`]) and loss weight; an input of dense features and
 //!   categorical fields ([`FieldConfig`]) looked up in embedding tables, trained by a
 //!   sparse optimizer or the dense one ([`TableOptimizer`]).
 //! - [`build`]: the config as a [`crate::graph::Graph`], and seeded initial weights
@@ -16,6 +17,7 @@ mod batch;
 mod build;
 pub mod checkpoint;
 mod config;
+mod esmm;
 mod fields;
 mod noise;
 mod trainer;
@@ -26,6 +28,7 @@ pub use crate::shape::{Pooling, TableOptimizer};
 pub use batch::{Batch, FieldIds};
 pub use build::{ModelGraph, build, initial_parameters, initial_tables};
 pub use checkpoint::Checkpoint;
-pub use config::{Architecture, Gate, GateKind, ModelConfig, TaskConfig, TaskKind};
+pub use config::{Architecture, Gate, GateKind, HeadKind, ModelConfig, TaskConfig, TaskKind};
+pub use esmm::EsmmPair;
 pub use fields::{FieldConfig, FieldValues, table_name};
 pub use trainer::{BatchGradients, Evaluation, GateReport, TableGradient, Trainer};

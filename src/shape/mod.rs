@@ -26,7 +26,7 @@ pub use embedding::{
 pub use gate::{ExpertAccess, GateMixShape, MAX_SHARED_SELECTION_EXPERTS, Selection};
 pub(crate) use gate::{check_k, check_selection};
 pub use gemm::{Activation, GemmShape, InputLayout};
-pub use loss::{LossKind, TaskLoss};
+pub use loss::{LossKind, TaskLoss, check_pairs};
 pub use noise::NoiseShape;
 pub use optimizer::OptimizerConfig;
 pub use routing::{RoutingShape, row_map_len};

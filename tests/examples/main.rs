@@ -5,5 +5,6 @@
 mod common;
 
 mod census_example;
+mod funnel_example;
 mod predict_example;
 mod synthetic_example;

@@ -2,7 +2,7 @@
 //! input for which a metric is undefined.
 
 use mmoe_wgpu::Error;
-use mmoe_wgpu::metrics::{auc, log_loss, mse};
+use mmoe_wgpu::metrics::{auc, log_loss, mse, probability_auc};
 use mmoe_wgpu::rng::Rng;
 
 fn close(a: f64, b: f64) -> bool {
@@ -120,4 +120,50 @@ fn mse_hand_computed_and_rejections() {
         mse(&[1.0, 2.0], &[0.0, f32::NEG_INFINITY]),
         Err(Error::NonFinite { index: 1, .. })
     ));
+}
+
+#[test]
+fn probability_auc_is_the_auc_on_hard_labels_and_pairwise_on_soft_ones() {
+    let mut rng = Rng::new(4);
+    // Scores with ties (rounded to a tenth).
+    let scores: Vec<f32> = (0..60)
+        .map(|_| (rng.unit() * 10.0).round() as f32 / 10.0)
+        .collect();
+    let hard: Vec<f32> = (0..60).map(|_| (rng.unit() < 0.4) as u8 as f32).collect();
+    assert!(close(
+        probability_auc(&scores, &hard).unwrap(),
+        auc(&scores, &hard).unwrap()
+    ));
+    let soft: Vec<f32> = (0..60).map(|_| rng.unit() as f32).collect();
+    // Brute force over ordered pairs of distinct items.
+    let (mut wins, mut weight) = (0.0f64, 0.0f64);
+    for i in 0..60 {
+        for j in 0..60 {
+            if i == j {
+                continue;
+            }
+            let w = soft[i] as f64 * (1.0 - soft[j] as f64);
+            weight += w;
+            wins += w * match scores[i].total_cmp(&scores[j]) {
+                std::cmp::Ordering::Greater => 1.0,
+                std::cmp::Ordering::Equal => 0.5,
+                std::cmp::Ordering::Less => 0.0,
+            };
+        }
+    }
+    assert!(close(
+        probability_auc(&scores, &soft).unwrap(),
+        wins / weight
+    ));
+    // Scores that are the probabilities rank them perfectly but for ties.
+    let perfect = probability_auc(&soft, &soft).unwrap();
+    assert!(perfect > 0.5 && perfect > probability_auc(&scores, &soft).unwrap());
+    for (p, needle) in [
+        (vec![0.5f32, 1.5], "[0, 1]"),
+        (vec![0.0f32, 0.0], "both sides"),
+        (vec![f32::NAN, 0.5], "probabilities"),
+    ] {
+        let e = probability_auc(&[0.1, 0.2], &p).unwrap_err();
+        assert!(e.to_string().contains(needle), "{e}");
+    }
 }

@@ -29,8 +29,8 @@ fn tasks(count: usize, shift: usize) -> Vec<TaskLoss> {
 }
 
 /// Predictions and targets `[T, rows]`: regression values for MSE tasks; logits
-/// with a few of ±100 and 0/1 labels (some soft) for BCE tasks.
-fn data(tasks: &[TaskLoss], rows: usize, rng: &mut Rng) -> (Vec<f32>, Vec<f32>) {
+/// with a few of ±100 and 0/1 labels (some soft) for BCE and ESMM tasks.
+pub(crate) fn data(tasks: &[TaskLoss], rows: usize, rng: &mut Rng) -> (Vec<f32>, Vec<f32>) {
     let mut p = Vec::with_capacity(tasks.len() * rows);
     let mut y = Vec::with_capacity(tasks.len() * rows);
     for task in tasks {
@@ -40,7 +40,7 @@ fn data(tasks: &[TaskLoss], rows: usize, rng: &mut Rng) -> (Vec<f32>, Vec<f32>) 
                     p.push(rng.uniform(-2.0, 2.0) as f32);
                     y.push(rng.uniform(-2.0, 2.0) as f32);
                 }
-                LossKind::BinaryCrossEntropy => {
+                _ => {
                     let u = rng.unit();
                     p.push(if u < 0.05 {
                         100.0
@@ -64,11 +64,11 @@ fn data(tasks: &[TaskLoss], rows: usize, rng: &mut Rng) -> (Vec<f32>, Vec<f32>) 
     (p, y)
 }
 
-fn reference_tasks(tasks: &[TaskLoss]) -> Vec<(LossKind, f64)> {
+pub(crate) fn reference_tasks(tasks: &[TaskLoss]) -> Vec<(LossKind, f64)> {
     tasks.iter().map(|t| (t.kind, t.weight as f64)).collect()
 }
 
-struct Buffers {
+pub(crate) struct Buffers {
     predictions: wgpu::Buffer,
     targets: wgpu::Buffer,
     loss: wgpu::Buffer,
@@ -76,7 +76,7 @@ struct Buffers {
 }
 
 impl Buffers {
-    fn new(p: &[f32], y: &[f32], tasks: usize) -> Buffers {
+    pub(crate) fn new(p: &[f32], y: &[f32], tasks: usize) -> Buffers {
         let gpu = gpu();
         Buffers {
             predictions: gpu.upload("predictions", p).unwrap(),
@@ -86,7 +86,7 @@ impl Buffers {
         }
     }
 
-    fn args<'a>(&'a self, rows: usize, tasks: &'a [TaskLoss]) -> LossForward<'a> {
+    pub(crate) fn args<'a>(&'a self, rows: usize, tasks: &'a [TaskLoss]) -> LossForward<'a> {
         LossForward {
             precision: Precision::F32,
             rows,
@@ -98,7 +98,12 @@ impl Buffers {
         }
     }
 
-    fn run(&self, kernel: &Loss, rows: usize, tasks: &[TaskLoss]) -> (Vec<f32>, Vec<f32>) {
+    pub(crate) fn run(
+        &self,
+        kernel: &Loss,
+        rows: usize,
+        tasks: &[TaskLoss],
+    ) -> (Vec<f32>, Vec<f32>) {
         let gpu = gpu();
         run(gpu, |e| {
             kernel.encode_forward(e, &self.args(rows, tasks)).unwrap()

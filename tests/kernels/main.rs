@@ -14,6 +14,7 @@ mod gate_mix;
 mod gate_topk;
 mod grouped_gemm;
 mod loss;
+mod loss_esmm;
 mod noise;
 mod optimizer;
 mod ragged_gemm;

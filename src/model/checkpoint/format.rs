@@ -14,13 +14,17 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::json::{exact, some, some_exact};
-use crate::model::{Architecture, FieldConfig, Gate, GateKind, ModelConfig, TaskConfig, TaskKind};
+use crate::model::{
+    Architecture, FieldConfig, Gate, GateKind, HeadKind, ModelConfig, TaskConfig, TaskKind,
+};
 use crate::shape::{BalanceLoss, OptimizerConfig, Selection, TableOptimizer};
 
 mod fields;
+mod head;
 
 pub(super) use fields::Vocabulary;
 use fields::{FieldList, TableOptimizerDef};
+use head::HeadKindDef;
 
 /// The whole description.
 #[derive(Serialize, Deserialize)]
@@ -94,6 +98,9 @@ struct TaskDef {
     kind: TaskKind,
     #[serde(deserialize_with = "exact")]
     weight: f32,
+    /// Absent for a head of its own, as in files written before ESMM heads.
+    #[serde(default, skip_serializing_if = "head::is_own", with = "HeadKindDef")]
+    head: HeadKind,
 }
 
 /// One task, for a serde sequence.

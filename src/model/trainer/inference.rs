@@ -25,7 +25,9 @@ pub struct GateReport {
 /// Mean loss per task over a data set, unweighted, and the weighted total.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Evaluation {
-    /// Mean squared error (regression) or log-loss (classification) per task.
+    /// Mean squared error (regression) or log-loss (classification) per task; for
+    /// the CVR task of an ESMM pair, the log-loss of pCTCVR against click ·
+    /// conversion over every row, the loss it trains with.
     pub per_task: Vec<f64>,
     /// `Σ_t weight_t · per_task[t]`, the quantity training minimises.
     pub total: f64,
@@ -82,8 +84,14 @@ impl Trainer {
         Ok(())
     }
 
-    /// Predictions for `x` (`[rows, inputs]`, any number of rows) as `[tasks, rows]`,
-    /// task-major: the value for regression tasks, the probability for classification.
+    /// Predictions for `x` (`[rows, inputs]`, any number of rows) as `[outputs, rows]`,
+    /// output-major: first each task's, the value for regression tasks, the
+    /// probability for classification (pCTR and pCVR for an ESMM pair's tasks); then
+    /// one output per ESMM pair, its pCTCVR `pCTR · pCVR`, in the order of
+    /// [`ModelConfig::esmm_pairs`](crate::model::ModelConfig::esmm_pairs). So a model
+    /// without ESMM pairs gives `[tasks, rows]`;
+    /// [`ModelConfig::output_names`](crate::model::ModelConfig::output_names) names
+    /// the outputs.
     /// Noisy gates add no noise here (nor in [`evaluate`](Self::evaluate) and
     /// [`gate_report`](Self::gate_report)). A model with categorical fields takes
     /// [`predict_batch`](Self::predict_batch) instead.
@@ -92,7 +100,7 @@ impl Trainer {
     }
 
     /// Predictions for `batch` (dense values and every field's IDs, any number of
-    /// rows; its targets, if any, are not read) as `[tasks, rows]`, as
+    /// rows; its targets, if any, are not read) as `[outputs, rows]`, as
     /// [`predict`](Self::predict) gives them.
     pub fn predict_batch(&mut self, batch: &Batch<'_>) -> Result<Vec<f32>> {
         self.predict_rows("Trainer::predict_batch", Rows::Batch(batch))
@@ -103,7 +111,8 @@ impl Trainer {
         let tasks = self.tasks();
         let kinds: Vec<TaskKind> = self.config.tasks.iter().map(|t| t.kind).collect();
         let predictions = self.model.predictions;
-        let mut out = vec![0.0f32; tasks * rows];
+        let pairs = self.config.esmm_pairs();
+        let mut out = vec![0.0f32; (tasks + pairs.len()) * rows];
         self.for_each_chunk(ctx, input, |executor, range| {
             let chunk = executor.read(predictions, range.len())?;
             for (t, kind) in kinds.iter().enumerate() {
@@ -120,6 +129,15 @@ impl Trainer {
             }
             Ok(())
         })?;
+        // pCTCVR, in f64 from the two probabilities: a product rounds, but only
+        // its logarithm (in the loss) could not take that.
+        for (i, pair) in pairs.iter().enumerate() {
+            for b in 0..rows {
+                let ctr = out[pair.ctr * rows + b] as f64;
+                let cvr = out[pair.cvr * rows + b] as f64;
+                out[(tasks + i) * rows + b] = (ctr * cvr) as f32;
+            }
+        }
         Ok(out)
     }
 
@@ -142,12 +160,23 @@ impl Trainer {
 
     fn losses(&self, rows: usize, predictions: &[f32], targets: &[f32]) -> Evaluation {
         let mut per_task = Vec::new();
+        let tasks = self.config.tasks.len();
+        let pairs = self.config.esmm_pairs();
+        let block = |values: &'_ [f32], t: usize| values[t * rows..(t + 1) * rows].to_vec();
         for (t, task) in self.config.tasks.iter().enumerate() {
-            let p = &predictions[t * rows..(t + 1) * rows];
-            let y = &targets[t * rows..(t + 1) * rows];
+            let (p, y) = match pairs.iter().position(|pair| pair.cvr == t) {
+                // An ESMM CVR task: pCTCVR against click · conversion.
+                Some(i) => {
+                    let click = block(targets, pairs[i].ctr);
+                    let conversion = block(targets, t);
+                    let y = conversion.iter().zip(&click).map(|(v, c)| v * c);
+                    (block(predictions, tasks + i), y.collect())
+                }
+                None => (block(predictions, t), block(targets, t)),
+            };
             let sum: f64 = p
                 .iter()
-                .zip(y)
+                .zip(&y)
                 .map(|(&p, &y)| {
                     let (p, y) = (p as f64, y as f64);
                     match task.kind {
