@@ -7,6 +7,7 @@ mod common;
 
 mod checkpoint;
 mod checkpoint_fixtures;
+mod expert_start;
 mod fields;
 mod fields_checkpoint;
 mod fields_input;
