@@ -7,3 +7,4 @@ mod common;
 mod census_example;
 mod predict_example;
 mod synthetic_example;
+mod synthetic_expert_init;
