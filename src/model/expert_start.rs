@@ -1,32 +1,5 @@
-//! The classical mixture-of-experts start: partition the training rows into as many
-//! clusters as there are experts, then start each expert on its own cluster
-//! ([`Trainer::start_experts`]).
-//!
-//! Two things start each expert on its cluster, and a start does both by default:
-//!
-//! - **Pre-training** ([`ExpertStart::pretrain_steps`]): expert `k`, with a temporary
-//!   linear head per task, is trained on the rows of cluster `k` alone for a set
-//!   number of steps (the experts' own layers only: a shared-bottom model whose bottom
-//!   is the expert, through the ordinary [`Trainer`]), and its weights are copied
-//!   back. So each expert starts as a regressor of the targets on its part of the
-//!   data: the experts differ from the first step for a reason, not only by their
-//!   random draws. The heads are thrown away: the model's towers and heads start as
-//!   they were drawn.
-//! - **Routing gates** ([`ExpertStart::gate_scale`]): every gate starts so that it
-//!   sends each cluster to its expert. A linear gate with `w_k = s · c_k` and
-//!   `b_k = −s · ‖c_k‖² / 2` (`c_k` the centroid's input part) has logits
-//!   `−s · ‖x − c_k‖² / 2` plus a term common to all experts, so its softmax is the
-//!   posterior of a mixture of equal Gaussians of variance `1/s` around the centroids:
-//!   nearest-centroid routing, softened by the scale (1, the default, for unit-variance
-//!   standardised inputs). Without it the pre-trained experts would meet random gates
-//!   that mix them evenly, and the first steps would undo the specialisation.
-//!
-//! The partition is k-means ([`partition::kmeans`](super::partition::kmeans), on the
-//! GPU) on the input alone ([`PartitionOn::Input`]), or on the input joined with the
-//! targets, each standardised over the rows and weighted so that the targets' block
-//! carries as much variance as the inputs' ([`PartitionOn::InputOutput`]): there the
-//! clusters follow the input–output relationship, not only where the inputs lie.
-//! The gates see the input only, so they route on the centroids' input part.
+//! The data-partitioned start of the experts: [`Trainer::start_experts`] and its
+//! settings, [`ExpertStart`].
 
 use std::ops::Range;
 
@@ -52,6 +25,36 @@ pub enum PartitionOn {
 }
 
 /// How [`Trainer::start_experts`] starts the experts on their clusters.
+///
+/// The classical mixture-of-experts start: partition the training rows into as many
+/// clusters as there are experts, then start each expert on its own cluster
+/// ([`Trainer::start_experts`]).
+///
+/// Two things start each expert on its cluster, and a start does both by default:
+///
+/// - **Pre-training** ([`ExpertStart::pretrain_steps`]): expert `k`, with a temporary
+///   linear head per task, is trained on the rows of cluster `k` alone for a set
+///   number of steps (the experts' own layers only: a shared-bottom model whose bottom
+///   is the expert, through the ordinary [`Trainer`]), and its weights are copied
+///   back. So each expert starts as a regressor of the targets on its part of the
+///   data: the experts differ from the first step for a reason, not only by their
+///   random draws. The heads are thrown away: the model's towers and heads start as
+///   they were drawn.
+/// - **Routing gates** ([`ExpertStart::gate_scale`]): every gate starts so that it
+///   sends each cluster to its expert. A linear gate with `w_k = s · c_k` and
+///   `b_k = −s · ‖c_k‖² / 2` (`c_k` the centroid's input part) has logits
+///   `−s · ‖x − c_k‖² / 2` plus a term common to all experts, so its softmax is the
+///   posterior of a mixture of equal Gaussians of variance `1/s` around the centroids:
+///   nearest-centroid routing, softened by the scale (1, the default, for unit-variance
+///   standardised inputs). Without it the pre-trained experts would meet random gates
+///   that mix them evenly, and the first steps would undo the specialisation.
+///
+/// The partition is k-means ([`partition::kmeans`](super::partition::kmeans), on the
+/// GPU) on the input alone ([`PartitionOn::Input`]), or on the input joined with the
+/// targets, each standardised over the rows and weighted so that the targets' block
+/// carries as much variance as the inputs' ([`PartitionOn::InputOutput`]): there the
+/// clusters follow the input–output relationship, not only where the inputs lie.
+/// The gates see the input only, so they route on the centroids' input part.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ExpertStart {
     /// What the rows are clustered on.
@@ -139,8 +142,8 @@ impl Trainer {
     /// Starts each expert on its own part of the training rows `x` (`[rows, inputs]`)
     /// and `targets` (`[tasks, rows]`, task-major): partitions the rows into as many
     /// clusters as experts, pre-trains expert `k` on cluster `k` and starts the gates
-    /// routing cluster `k` to expert `k`, as `start` says (see the
-    /// [module docs](self)). Call before the first step; then train as usual. The
+    /// routing cluster `k` to expert `k`, as `start` says (see
+    /// [`ExpertStart`]). Call before the first step; then train as usual. The
     /// same data, config and seed give the same bits.
     ///
     /// Errors: a model without experts (shared-bottom), with experts of the tasks'
