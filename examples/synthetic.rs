@@ -8,6 +8,7 @@
 //! cargo run --release --example synthetic -- --models mmoe --gate topk --k 2
 //! cargo run --release --example synthetic -- --models mmoe --gate topk --k 2 --noise
 //! cargo run --release --example synthetic -- --models mmoe --gate topk --k 2 --selection shared
+//! cargo run --release --example synthetic -- --models mmoe,omoe --expert-init input-output
 //! cargo run --release --example synthetic -- --help
 //! ```
 //!
@@ -22,6 +23,9 @@
 //! trainable Gaussian noise on their logits in training (Shazeer et al. 2017);
 //! `--selection shared` (with `--gate topk`) gives both tasks' gates one selection of
 //! N experts per example.
+//! `--expert-init input|input-output` starts each expert of MMoE and OMoE on its own
+//! k-means cluster of the training rows (`Trainer::start_experts`): pre-trained on it
+//! for `--pretrain-steps` steps, the gates routing each cluster to its expert.
 //! Seed `s` draws the data (the same directions and sinusoids at every correlation)
 //! and the initial weights; the three models of one seed see the same data.
 //!
@@ -55,7 +59,7 @@ use mmoe_wgpu::Gpu;
 use mmoe_wgpu::data::synthetic::SyntheticConfig;
 use mmoe_wgpu::model::Gate;
 
-use experiment::{Model, RunSpec, Schedule, show};
+use experiment::{ExpertInit, Model, RunSpec, Schedule, show};
 
 /// The MMoE paper's synthetic task-correlation experiment (Ma et al., KDD 2018, §3.2)
 /// on the GPU: trains each model at each correlation and seed, prints the test MSE
@@ -159,6 +163,21 @@ struct Args {
     #[arg(long, default_value_t = 0.05, allow_negative_numbers = true,
           value_parser = positive_f64)]
     fail_mse: f64,
+    /// How the experts of MMoE and OMoE start: random weights, or each pre-trained on
+    /// its k-means cluster of the training rows (clustered on the input, or on the
+    /// input joined with the standardised targets) with the gates routing each
+    /// cluster to its expert. Shared-bottom has no experts and starts at random.
+    #[arg(long, value_enum, default_value_t = ExpertInit::Random)]
+    expert_init: ExpertInit,
+    /// Pre-training steps per expert on its cluster (with --expert-init input or
+    /// input-output; 0: none).
+    #[arg(long, default_value_t = 100)]
+    pretrain_steps: u32,
+    /// Scale of the gates' start from the centroids (with --expert-init input or
+    /// input-output; 0: the gates keep their random start).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true,
+          value_parser = non_negative)]
+    gate_scale: f32,
     /// Where to write the trainability histogram (PNG), with --trainability.
     #[arg(long, default_value = "target/synthetic/trainability.png")]
     trainability_plot: PathBuf,
@@ -310,7 +329,7 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
     eprintln!("adapter: {}", gpu.adapter());
     eprintln!(
         "{} model(s) × {} correlation(s) × {} seed(s): {} steps of {} rows, Adam, \
-         learning rate {} ({:?}), {} training rows",
+         learning rate {} ({:?}), {} training rows, experts start {:?}",
         args.models.len(),
         args.correlations.len(),
         args.seeds,
@@ -319,6 +338,7 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
         args.learning_rate,
         args.schedule,
         args.train_rows,
+        args.expert_init,
     );
     let data = SyntheticConfig {
         inputs: args.inputs as usize,
@@ -344,6 +364,9 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
                 data: data.clone(),
                 log_every: (steps / 200).max(1),
                 gate: args.gate(),
+                expert_start: args
+                    .expert_init
+                    .start(args.pretrain_steps as usize, args.gate_scale),
             };
             // The three models see the same data set.
             let (train, test) = experiment::data_for(&spec)?;

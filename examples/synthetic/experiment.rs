@@ -7,7 +7,9 @@ use mmoe_wgpu::Gpu;
 use mmoe_wgpu::data::Dataset;
 use mmoe_wgpu::data::synthetic::{SyntheticConfig, generate};
 use mmoe_wgpu::graph::Role;
-use mmoe_wgpu::model::{Architecture, Gate, ModelConfig, TaskConfig, TaskKind, Trainer};
+use mmoe_wgpu::model::{
+    Architecture, ExpertStart, Gate, ModelConfig, PartitionOn, TaskConfig, TaskKind, Trainer,
+};
 use mmoe_wgpu::rng::Rng;
 
 /// A correlation as shown to people: `1.0`, `0.5`, `-0.25`.
@@ -108,6 +110,37 @@ impl Schedule {
     }
 }
 
+/// How the experts of the gated models start (`--expert-init`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExpertInit {
+    /// Random weights only (the default start).
+    Random,
+    /// Each expert pre-trained on its k-means cluster of the inputs, the gates
+    /// routing each cluster to its expert.
+    Input,
+    /// The same, clustering the inputs joined with the standardised targets.
+    InputOutput,
+}
+
+impl ExpertInit {
+    /// The library's start, with `pretrain_steps` per expert and gates at `gate_scale`;
+    /// `None` for the random start.
+    pub fn start(self, pretrain_steps: usize, gate_scale: f32) -> Option<ExpertStart> {
+        let on = match self {
+            ExpertInit::Random => return None,
+            ExpertInit::Input => PartitionOn::Input,
+            ExpertInit::InputOutput => PartitionOn::InputOutput {
+                target_weight: None,
+            },
+        };
+        Some(ExpertStart {
+            pretrain_steps,
+            gate_scale,
+            ..ExpertStart::new(on)
+        })
+    }
+}
+
 /// What one run trains on and how.
 #[derive(Clone, Debug)]
 pub struct RunSpec {
@@ -125,6 +158,8 @@ pub struct RunSpec {
     pub log_every: usize,
     /// The gate of the gated models.
     pub gate: Gate,
+    /// How the gated models' experts start (`None`: random).
+    pub expert_start: Option<ExpertStart>,
 }
 
 /// What one run produced.
@@ -136,7 +171,8 @@ pub struct RunResult {
     /// Test MSE of each task, on the labels' own scale.
     pub test_mse_per_task: Vec<f64>,
     pub steps: usize,
-    /// Wall time of training and evaluation (not data generation).
+    /// Wall time of the experts' start, training and evaluation (not data
+    /// generation).
     pub seconds: f64,
     /// `(step, mean over tasks of the batch MSE averaged since the last point)`.
     pub curve: Vec<(usize, f64)>,
@@ -197,6 +233,13 @@ pub fn run(
         .config(train.inputs, spec.learning_rate, spec.seed, spec.gate);
     let batch = spec.batch_size.min(train.rows);
     let mut trainer = Trainer::new(gpu, config, batch)?;
+    if let Some(start) = spec
+        .expert_start
+        .as_ref()
+        .filter(|_| spec.model.has_gates())
+    {
+        trainer.start_experts(&train.x, &train.y, start)?;
+    }
     let graph = &trainer.model().graph;
     let parameters = graph
         .with_role(Role::Parameter)

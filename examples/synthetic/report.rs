@@ -2,6 +2,8 @@
 
 use std::io::Write;
 
+use clap::ValueEnum;
+
 use super::experiment::{Model, RunResult, show};
 use super::plots::gate_divergence;
 use super::{Args, GateChoice};
@@ -31,6 +33,7 @@ pub fn json_line(r: &RunResult, args: &Args) -> serde_json::Value {
         "selection": format!("{:?}", args.selection).to_lowercase(),
         "balance": args.balance,
         "balance_loss": format!("{:?}", args.balance_loss).to_lowercase(),
+        "expert_init": args.expert_init.to_possible_value().map(|v| v.get_name().to_string()),
     })
 }
 

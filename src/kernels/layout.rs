@@ -15,8 +15,10 @@ struct ShaderLayout {
     fields: Vec<(String, usize, usize)>,
 }
 
-fn host_layouts() -> [HostLayout; 12] {
-    use super::{balance, embedding, gate_mix, grouped_gemm, loss, noise, optimizer, routing};
+fn host_layouts() -> [HostLayout; 13] {
+    use super::{
+        balance, embedding, gate_mix, grouped_gemm, kmeans, loss, noise, optimizer, routing,
+    };
     [
         grouped_gemm::GemmParams::LAYOUT,
         grouped_gemm::ReduceParams::LAYOUT,
@@ -30,6 +32,7 @@ fn host_layouts() -> [HostLayout; 12] {
         optimizer::StepParams::LAYOUT,
         embedding::EmbeddingParams::LAYOUT,
         embedding::SparseStepParams::LAYOUT,
+        kmeans::KMeansParams::LAYOUT,
     ]
 }
 

@@ -5,7 +5,7 @@
 //! # The contract every family keeps
 //!
 //! A family is one module, one WGSL file (`shaders/<family>.wgsl`, plus helper parts)
-//! and one type named after it: [`GroupedGemm`], [`GateMix`] (with its top-k mode), [`Noise`], [`Routing`], [`Balance`], [`Loss`] and [`Optimizer`]. The
+//! and one type named after it: [`GroupedGemm`], [`GateMix`] (with its top-k mode), [`KMeans`], [`Noise`], [`Routing`], [`Balance`], [`Loss`] and [`Optimizer`]. The
 //! names that describe an operation rather than run it (shapes, enums, hyper-parameters
 //! such as [`OptimizerConfig`](crate::shape::OptimizerConfig)) live in [`crate::shape`] and are re-exported by the
 //! family that takes them.
@@ -33,7 +33,8 @@
 //!   (buffers, offsets, sizes, parameters), so building the same dispatch again is cheap.
 //!
 //! Each family's module docs hold a runnable example: [`grouped_gemm`], [`gate_mix`],
-//! [`loss`], [`optimizer`], [`routing`], [`balance`], [`noise`], [`embedding`].
+//! [`loss`], [`optimizer`], [`routing`], [`balance`], [`noise`], [`embedding`],
+//! [`kmeans`].
 
 pub mod balance;
 mod binding;
@@ -41,6 +42,7 @@ mod dispatch;
 pub mod embedding;
 pub mod gate_mix;
 pub mod grouped_gemm;
+pub mod kmeans;
 #[cfg(test)]
 mod layout;
 pub mod loss;
@@ -57,6 +59,7 @@ pub(crate) use dispatch::{check_loop_budget, encoders};
 pub use embedding::Embedding;
 pub use gate_mix::GateMix;
 pub use grouped_gemm::GroupedGemm;
+pub use kmeans::KMeans;
 pub use loss::Loss;
 pub use noise::Noise;
 pub use optimizer::{Optimizer, OptimizerStep};
@@ -68,6 +71,7 @@ pub fn programs() -> Vec<crate::gpu::ShaderProgram> {
     out.extend_from_slice(balance::PROGRAMS);
     out.extend_from_slice(embedding::PROGRAMS);
     out.extend_from_slice(gate_mix::PROGRAMS);
+    out.extend_from_slice(kmeans::PROGRAMS);
     out.extend_from_slice(loss::PROGRAMS);
     out.extend_from_slice(noise::PROGRAMS);
     out.extend_from_slice(optimizer::PROGRAMS);

@@ -12,14 +12,19 @@
 //! - [`Trainer`]: `step`, `predict`, `evaluate`, `gate_report`, `checkpoint` and
 //!   `restore`, and the forms that take a [`Batch`] with categorical IDs.
 //! - [`checkpoint`]: [`Checkpoint`], saved and loaded as safetensors files.
+//! - [`Trainer::start_experts`] ([`ExpertStart`]): the classical mixture-of-experts
+//!   start, each expert pre-trained on its own cluster of the rows (k-means on the
+//!   GPU, [`partition`]) and the gates routing each cluster to its expert.
 
 mod batch;
 mod build;
 pub mod checkpoint;
 mod config;
 mod esmm;
+mod expert_start;
 mod fields;
 mod noise;
+pub mod partition;
 mod trainer;
 
 pub use crate::shape::BalanceLoss;
@@ -30,5 +35,6 @@ pub use build::{ModelGraph, build, initial_parameters, initial_tables};
 pub use checkpoint::Checkpoint;
 pub use config::{Architecture, Gate, GateKind, HeadKind, ModelConfig, TaskConfig, TaskKind};
 pub use esmm::EsmmPair;
+pub use expert_start::{ExpertStart, ExpertStartReport, PartitionOn};
 pub use fields::{FieldConfig, FieldValues, table_name};
 pub use trainer::{BatchGradients, Evaluation, GateReport, TableGradient, Trainer};

@@ -6,6 +6,7 @@ pub mod embedding;
 pub mod gate_mix;
 pub mod gate_topk;
 pub mod grouped_gemm;
+pub mod kmeans;
 pub mod loss;
 pub mod noise;
 pub mod optimizer;

@@ -11,6 +11,7 @@ mod balance;
 mod embedding;
 mod gate;
 mod gemm;
+mod kmeans;
 mod loss;
 mod noise;
 mod optimizer;
@@ -26,6 +27,7 @@ pub use embedding::{
 pub use gate::{ExpertAccess, GateMixShape, MAX_SHARED_SELECTION_EXPERTS, Selection};
 pub(crate) use gate::{check_k, check_selection};
 pub use gemm::{Activation, GemmShape, InputLayout};
+pub use kmeans::{KMEANS_CHUNK_ROWS, KMeansShape};
 pub use loss::{LossKind, TaskLoss, check_pairs};
 pub use noise::NoiseShape;
 pub use optimizer::OptimizerConfig;

@@ -8,3 +8,4 @@ mod census_example;
 mod funnel_example;
 mod predict_example;
 mod synthetic_example;
+mod synthetic_expert_init;

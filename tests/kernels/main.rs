@@ -13,6 +13,7 @@ mod embedding;
 mod gate_mix;
 mod gate_topk;
 mod grouped_gemm;
+mod kmeans;
 mod loss;
 mod loss_esmm;
 mod noise;

@@ -8,6 +8,7 @@ mod common;
 mod checkpoint;
 mod checkpoint_fixtures;
 mod esmm;
+mod expert_start;
 mod fields;
 mod fields_checkpoint;
 mod fields_input;
