@@ -1,7 +1,9 @@
 //! Data sets for training and evaluation: an in-memory [`Dataset`] with batching,
 //! the paper's synthetic task-correlation generator ([`synthetic`]), the UCI
-//! Census-Income loader ([`census`]), numeric CSV input for prediction ([`csv`]) and
-//! raw categorical values to embedding IDs ([`categorical`]).
+//! Census-Income loader ([`census`], and [`census_fields`] for models with
+//! categorical fields), numeric CSV input for prediction ([`csv`]), raw categorical
+//! values to embedding IDs ([`categorical`]) and named, standardised dense inputs
+//! ([`dense`]).
 //!
 //! Targets are stored task-major (`[tasks, rows]`) because the loss kernel reads one
 //! contiguous run of targets per task; inputs are row-major (`[rows, inputs]`) as the
@@ -9,7 +11,9 @@
 
 pub mod categorical;
 pub mod census;
+pub mod census_fields;
 pub mod csv;
+pub mod dense;
 pub mod synthetic;
 
 use crate::rng::Rng;
