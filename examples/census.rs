@@ -51,7 +51,8 @@ use mmoe_wgpu::Gpu;
 use mmoe_wgpu::data::census::TaskGroup;
 use mmoe_wgpu::kernels::optimizer::OptimizerConfig;
 use mmoe_wgpu::model::{
-    Architecture, Checkpoint, FieldConfig, Gate, ModelConfig, TaskConfig, TaskKind, Trainer,
+    Architecture, Checkpoint, FieldConfig, Gate, ModelConfig, TableOptimizer, TaskConfig, TaskKind,
+    Trainer,
 };
 use mmoe_wgpu::rng::Rng;
 
@@ -157,7 +158,20 @@ fn model_config(o: &Options, inputs: usize, fields: Vec<FieldConfig>) -> ModelCo
         } else {
             ModelConfig::ADAM
         },
-        table_optimizer: Default::default(),
+        table_optimizer: match o.table_lr {
+            None => TableOptimizer::LAZY_ADAM,
+            Some(rate) => match TableOptimizer::LAZY_ADAM {
+                TableOptimizer::LazyAdam {
+                    beta1, beta2, eps, ..
+                } => TableOptimizer::LazyAdam {
+                    beta1,
+                    beta2,
+                    eps,
+                    learning_rate: Some(rate),
+                },
+                other => other,
+            },
+        },
         learning_rate: o.lr,
         seed: o.seed,
     }

@@ -52,6 +52,11 @@ pub struct Options {
     #[arg(long, value_name = "X", default_value_t = 2e-3, value_parser = positive,
           allow_negative_numbers = true)]
     pub lr: f32,
+    /// With --features embedding: a constant learning rate of the tables' lazy Adam
+    /// of their own [default: the model's, --lr under --schedule].
+    #[arg(long, value_name = "X", value_parser = positive,
+          allow_negative_numbers = true)]
+    pub table_lr: Option<f32>,
     /// AdamW decoupled weight decay (0: plain Adam).
     #[arg(long, value_name = "X", default_value_t = 0.0, value_parser = non_negative,
           allow_negative_numbers = true)]
