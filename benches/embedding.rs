@@ -70,8 +70,7 @@ fn fields(users: usize) -> Vec<FieldConfig> {
     vec![
         FieldConfig::single("user_id", users, DIM),
         FieldConfig::single("item_id", 100_000, DIM),
-        FieldConfig::multi("recent_items", 100_000, DIM, Pooling::Mean, MAX_BAG)
-            .sharing("item_id"),
+        FieldConfig::multi("recent_items", 100_000, DIM, Pooling::Mean, MAX_BAG).sharing("item_id"),
         FieldConfig::single("item_category", 10_000, DIM),
         FieldConfig::single("user_city", 30_000, DIM),
         FieldConfig::single("device", 10_000, DIM),
@@ -186,7 +185,9 @@ fn build(gpu: &mmoe_wgpu::Gpu, users: usize, s: &Sizes) -> Case {
     let uploaded = start.elapsed();
     drop(tables);
     let mut rng = Rng::new(7);
-    let batches = (0..3).map(|_| Owned::new(&config, s.batch, &mut rng)).collect();
+    let batches = (0..3)
+        .map(|_| Owned::new(&config, s.batch, &mut rng))
+        .collect();
     let table_bytes: usize = config
         .fields
         .iter()
@@ -265,11 +266,18 @@ fn profile(case: &mut Case) {
             StepPhase::Optimizer => "dense optimizer",
             StepPhase::TableUpdate => "sparse table update",
         };
-        line.push_str(&format!(" {name} {:.1} ms ({} dispatches);", ms(sum), times.len()));
+        line.push_str(&format!(
+            " {name} {:.1} ms ({} dispatches);",
+            ms(sum),
+            times.len()
+        ));
     }
     println!("{line} sum {:.1} ms", ms(total));
     for (phase, times) in &phases {
-        if matches!(phase, StepPhase::Forward | StepPhase::Backward | StepPhase::TableUpdate) {
+        if matches!(
+            phase,
+            StepPhase::Forward | StepPhase::Backward | StepPhase::TableUpdate
+        ) {
             let embedding: Duration = times
                 .iter()
                 .filter(|(label, _)| label.starts_with("embedding"))
@@ -290,7 +298,11 @@ fn check_large_table_trains(case: &mut Case, rng: &mut Rng) {
         .step_batch(&fresh.batch(&case.config))
         .unwrap_or_else(|e| panic!("{e}"));
     let loss = case.trainer.loss().unwrap_or_else(|e| panic!("{e}"));
-    let after = case.trainer.executor().table(0).unwrap_or_else(|e| panic!("{e}"));
+    let after = case
+        .trainer
+        .executor()
+        .table(0)
+        .unwrap_or_else(|e| panic!("{e}"));
     let mut touched = vec![false; case.config.fields[0].vocab];
     for &id in &fresh.ids[0] {
         touched[id as usize] = true;
@@ -313,7 +325,10 @@ fn check_large_table_trains(case: &mut Case, rng: &mut Rng) {
         loss[0],
         loss[1]
     );
-    assert_eq!(changed, count, "a touched row of the large table did not train");
+    assert_eq!(
+        changed, count,
+        "a touched row of the large table did not train"
+    );
     assert_eq!(stray, 0, "an untouched row of the large table changed");
 }
 
@@ -333,7 +348,11 @@ fn main() {
     for case in cases.iter_mut() {
         let warm = Instant::now();
         timed_steps(case, 2, 0);
-        println!("{}: first 2 steps {:.2} s", case.name, warm.elapsed().as_secs_f64());
+        println!(
+            "{}: first 2 steps {:.2} s",
+            case.name,
+            warm.elapsed().as_secs_f64()
+        );
     }
     for round in 0..s.rounds {
         for case in cases.iter_mut() {
@@ -342,7 +361,11 @@ fn main() {
         }
     }
     for case in &cases {
-        let all: Vec<String> = case.steps.iter().map(|t| format!("{:.1}", ms(*t))).collect();
+        let all: Vec<String> = case
+            .steps
+            .iter()
+            .map(|t| format!("{:.1}", ms(*t)))
+            .collect();
         println!(
             "{}: step {:.1} ms median of {} rounds of {} steps ({} ms)",
             case.name,

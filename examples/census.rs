@@ -177,6 +177,23 @@ fn model_config(o: &Options, inputs: usize, fields: Vec<FieldConfig>) -> ModelCo
     }
 }
 
+/// Scales every embedding table's initial values by `factor`.
+fn scale_tables(trainer: &Trainer, factor: f32) -> Result<(), String> {
+    let executor = trainer.executor();
+    let tables = trainer
+        .config()
+        .fields
+        .iter()
+        .filter(|f| f.shares.is_none())
+        .count();
+    for t in 0..tables {
+        let mut values = executor.table(t).map_err(|e| e.to_string())?;
+        values.iter_mut().for_each(|v| *v *= factor);
+        executor.set_table(t, &values).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 /// Short task names, main task first: also the JSON keys.
 fn task_keys(group: TaskGroup) -> [&'static str; 2] {
     match group {
@@ -254,6 +271,9 @@ fn run(o: &Options) -> Result<(), String> {
         trainer
             .set_encoders(s.encoding.encoders().clone())
             .map_err(|e| e.to_string())?;
+        if o.table_init_std != 1.0 {
+            scale_tables(&trainer, o.table_init_std)?;
+        }
     }
     if !o.json {
         println!("adapter: {}", gpu.adapter());

@@ -40,6 +40,9 @@ pub enum StepPhase {
     TableUpdate,
 }
 
+/// Each phase of a step with its dispatches' labels and times, in step order.
+pub type PhaseTimes = Vec<(StepPhase, Vec<(&'static str, std::time::Duration)>)>;
+
 mod record;
 mod tables;
 
@@ -376,7 +379,7 @@ impl GpuExecutor {
         rows: usize,
         step: u32,
         learning_rate: f32,
-    ) -> Result<Vec<(StepPhase, Vec<(&'static str, std::time::Duration)>)>> {
+    ) -> Result<PhaseTimes> {
         self.optimizer
             .set_step(self.gpu.queue(), step, learning_rate);
         self.set_table_steps(step, learning_rate);
@@ -394,7 +397,12 @@ impl GpuExecutor {
             .map(|(phase, dispatches)| {
                 let times = dispatches
                     .into_iter()
-                    .map(|d| Ok((d.label(), self.gpu.time_pass(1, |pass| d.record(pass))?.total)))
+                    .map(|d| {
+                        Ok((
+                            d.label(),
+                            self.gpu.time_pass(1, |pass| d.record(pass))?.total,
+                        ))
+                    })
                     .collect::<Result<Vec<_>>>()?;
                 Ok((phase, times))
             })

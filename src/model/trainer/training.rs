@@ -3,7 +3,7 @@
 //! written with the step's gate noise, and the step runs in one submission.
 
 use super::{FINITE_CHECK_EVERY, Trainer, check_finite};
-use crate::graph::StepPhase;
+use crate::graph::PhaseTimes;
 use crate::model::batch::{self, Batch, Prepared};
 use crate::{Error, Result};
 
@@ -172,10 +172,7 @@ impl Trainer {
 
     /// Like [`step_batch`](Self::step_batch), dispatch by dispatch, returning each
     /// kernel's label and time grouped by the phase of the step it belongs to.
-    pub fn profile_step_batch(
-        &mut self,
-        batch: &Batch<'_>,
-    ) -> Result<Vec<(StepPhase, Vec<(&'static str, std::time::Duration)>)>> {
+    pub fn profile_step_batch(&mut self, batch: &Batch<'_>) -> Result<PhaseTimes> {
         let prepared = self.training_batch("Trainer::profile_step_batch", batch)?;
         let targets = batch.targets.unwrap_or_default();
         self.write_training(prepared.rows, &prepared.x, Input::Batch(&prepared, targets))?;
