@@ -7,6 +7,7 @@ mod common;
 
 mod checkpoint;
 mod checkpoint_fixtures;
+mod dense_inputs;
 mod fields;
 mod fields_checkpoint;
 mod fields_input;
