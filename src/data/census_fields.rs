@@ -276,7 +276,7 @@ mod tests {
             .iter()
             .map(|&n| embedding_dim(n))
             .collect();
-        assert_eq!(dims, [1, 2, 3, 4, 6, 10, 13, 15, 16]);
+        assert_eq!(dims, [1, 2, 3, 3, 6, 10, 13, 15, 16]);
     }
 
     fn row(age: &str, worker: &str, weeks: &str) -> String {
