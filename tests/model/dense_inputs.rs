@@ -72,9 +72,10 @@ fn dense_inputs_travel_with_the_checkpoint() {
         "{message}"
     );
     // The same length, so the header stays valid; the loader names the duplicate
-    // before it gets to the checksum.
+    // before it gets to the checksum. (The description is a JSON string inside the
+    // safetensors header, its quotes escaped.)
     let mut edited = std::fs::read(&path).unwrap();
-    let (from, to) = (br#""name":"x1""#, br#""name":"x0""#);
+    let (from, to) = (br#"\"name\":\"x1\""#, br#"\"name\":\"x0\""#);
     let at = edited.windows(from.len()).position(|w| w == from).unwrap();
     edited[at..at + from.len()].copy_from_slice(to);
     let message = Checkpoint::from_bytes(&edited).unwrap_err().to_string();
