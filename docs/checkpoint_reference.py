@@ -5,8 +5,17 @@
 
 prints each task's predictions (regression: the value; classification: the
 probability) for the rows of a CSV of numeric inputs, one column per task, then
-one pCTCVR column per ESMM pair. As a
-module: `load`, `forward`, `losses`, and `save` (which writes the checksum).
+one pCTCVR column per ESMM pair. For a
+model with categorical fields the CSV needs a header naming its columns: the dense
+inputs (by their `dense_inputs` names, raw values standardised as the checkpoint
+says; without `dense_inputs`, the first `inputs` columns as the model takes them),
+and each field by its name, holding raw values (encoded by the checkpoint's
+`vocabulary`; a value of digits only is looked up as an integer when the field's
+vocabulary holds no string of that spelling), or, without an encoder, IDs; a
+single-valued field's cell is one value, a multi-valued field's bag is its cell's
+values separated by spaces, and a weighted field's values are written
+`value:weight`. As a module: `load`, `encode`,
+`model_input`, `forward`, `losses`, and `save` (which writes the checksum).
 Computes in float64.
 """
 
@@ -37,7 +46,67 @@ def load(path):
         gate.setdefault("selection", "per_gate")
         if arch["kind"] == "mmoe":
             arch.setdefault("task_experts", 0)
+    for field in meta["config"].get("fields", []):
+        field.setdefault("weighted", False)
     return tensors, meta
+
+
+def fnv1a64(data):
+    """FNV-1a, 64 bits, of bytes."""
+    h = 0xcbf29ce484222325
+    for c in data:
+        h = ((h ^ c) * 0x100000001b3) % (1 << 64)
+    return h
+
+
+def encode(meta, field, value):
+    """The ID of a raw value (a str or an int) in field `field`, by the checkpoint's
+    encoder: a vocabulary (1-based place, 0 out of vocabulary) or a hash bucket."""
+    encoder = meta.get("vocabulary", {})[field]
+    if encoder["kind"] == "hash":
+        data = value.to_bytes(8, "little") if isinstance(value, int) else value.encode()
+        return fnv1a64(data) % encoder["buckets"]
+    ids = _VOCABULARIES.get(id(encoder))
+    if ids is None:
+        # Keys tell a string from an integer: "17" is not 17.
+        ids = {(type(v), v): i + 1 for i, v in enumerate(encoder["values"])}
+        _VOCABULARIES[id(encoder)] = ids
+    return ids.get((type(value), value), 0)
+
+
+_VOCABULARIES = {}  # a vocabulary's IDs by value, per encoder object
+
+
+def model_input(tensors, config, dense, fields):
+    """The input rows x [B, I]: the dense features, then each field's pooled
+    embedding. `fields` maps each field's name to its IDs: an int array [B] for a
+    single-valued field, (offsets [B + 1], ids) for a multi-valued one, with a third
+    member of weights for a weighted field (a single-valued weighted field: (ids,
+    weights))."""
+    parts = [np.asarray(dense, np.float64).reshape(-1, config["inputs"])]
+    rows = parts[0].shape[0]
+    for field in config.get("fields", []):
+        table = tensors["embeddings.%s.weight" % field.get("shares", field["name"])]
+        table = table.astype(np.float64)
+        given = fields[field["name"]]
+        values = field["values"]
+        if values["kind"] == "single":
+            ids, weights = (given if field["weighted"] else (given, None))
+            offsets = np.arange(rows + 1)
+        else:
+            offsets, ids = given[0], given[1]
+            weights = given[2] if field["weighted"] else None
+        ids = np.asarray(ids, np.int64)
+        weights = np.ones(len(ids)) if weights is None else np.asarray(weights, np.float64)
+        pooled = np.zeros((rows, field["dim"]))
+        for b in range(rows):
+            lo, hi = int(offsets[b]), int(offsets[b + 1])
+            for k in range(lo, hi):
+                pooled[b] += weights[k] * table[ids[k]]
+            if values["kind"] == "multi" and values["pooling"] == "mean" and hi > lo:
+                pooled[b] /= hi - lo
+        parts.append(pooled)
+    return np.concatenate(parts, axis=1)
 
 
 def save(tensors, meta, path):
@@ -224,17 +293,62 @@ def losses(config, out, targets, p=None, q=None):
     return task_losses, aux
 
 
+def raw_value(meta, field, text):
+    """A CSV cell of field `field` as the raw value its encoder looks up."""
+    encoder = meta.get("vocabulary", {}).get(field)
+    if encoder is None:
+        return int(text)  # an ID
+    if text.isdigit() and encoder["kind"] == "vocabulary" and text not in encoder["values"]:
+        return int(text)
+    return text
+
+
+def field_rows(meta, header, lines):
+    """Dense inputs [B, inputs] and per field its IDs, from CSV lines under a header."""
+    config = meta["config"]
+    cells = [line.split(",") for line in lines]
+    column = {name: i for i, name in enumerate(header)}
+    described = meta.get("dense_inputs", [])
+    if described:
+        dense = np.array([[(float(row[column[d["name"]]]) - d["mean"]) / d["std"]
+                           for d in described] for row in cells])
+    else:
+        dense = np.array([[float(v) for v in row[:config["inputs"]]] for row in cells])
+    fields = {}
+    for field in config["fields"]:
+        name = field["name"]
+        single = field["values"]["kind"] == "single"
+        items = [[row[column[name]]] if single else row[column[name]].split()
+                 for row in cells]
+        if field["weighted"]:  # each item `value:weight`
+            weights = np.array([float(v.rpartition(":")[2]) for bag in items for v in bag])
+            items = [[v.rpartition(":")[0] for v in bag] for bag in items]
+        values = [[raw_value(meta, name, v) for v in bag] for bag in items]
+        ids = np.array([encode(meta, name, v) if name in meta.get("vocabulary", {}) else v
+                        for bag in values for v in bag], dtype=np.int64)
+        offsets = np.cumsum([0] + [len(bag) for bag in values])
+        given = ids if single else (offsets, ids)
+        if field["weighted"]:
+            given = (given, weights) if single else (offsets, ids, weights)
+        fields[name] = given
+    return dense.reshape(len(cells), config["inputs"]), fields
+
+
 def main(argv):
     if len(argv) != 3:
         sys.exit(__doc__)
     tensors, meta = load(argv[1])
     config = meta["config"]
     lines = [line for line in open(argv[2]).read().splitlines() if line.strip()]
-    try:
-        [float(v) for v in lines[0].split(",")]
-    except ValueError:
-        lines = lines[1:]  # a header
-    x = np.array([[float(v) for v in line.split(",")] for line in lines])
+    if config.get("fields"):
+        dense, fields = field_rows(meta, lines[0].split(","), lines[1:])
+        x = model_input(tensors, config, dense, fields)
+    else:
+        try:
+            [float(v) for v in lines[0].split(",")]
+        except ValueError:
+            lines = lines[1:]  # a header
+        x = np.array([[float(v) for v in line.split(",")] for line in lines])
     out, _, _ = forward(tensors, config, x)
     print(",".join(output_names(config)))
     for row in predictions(config, out).T:

@@ -4,7 +4,8 @@
 //! ```text
 //! cargo run --release --example census -- --data DIR [--group 1|2]
 //!     [--model mmoe|omoe|shared-bottom] [--epochs N] [--experts N] [--units N]
-//!     [--lr X] [--seed N] [--batch N] [--json] [--save FILE] [--export-csv FILE]
+//!     [--features onehot|embedding] [--lr X] [--seed N] [--batch N] [--json]
+//!     [--save FILE] [--export-csv FILE] [--export-rows FILE]
 //! ```
 //!
 //! `DIR` holds UCI's `census-income.data` and `census-income.test` (decompressed).
@@ -15,7 +16,14 @@
 //! reported on validation and test. `--json` prints one JSON object instead of the
 //! human-readable report (epoch lines then go to stderr). `--save FILE` writes the
 //! best epoch's checkpoint and `--export-csv FILE` the test rows as model inputs:
-//! `examples/predict` runs the one on the other. A few more flags
+//! `examples/predict` runs the one on the other.
+//!
+//! `--features embedding` gives the model the categorical attributes as categorical
+//! fields, each looked up in an embedding table (`mmoe_wgpu::data::census_fields`:
+//! vocabularies built on the training file, the width of each table from its
+//! vocabulary's size), beside the 7 standardised numbers; the checkpoint then
+//! carries the vocabularies and the numbers' standardisation, and `examples/predict`
+//! runs it on raw census rows (`--export-rows FILE` writes the test rows so). A few more flags
 //! (`--tower`, `--weight-decay`, `--schedule`, `--max-steps`) exist for
 //! experiments; run with `--help` for every flag and its default.
 //!
@@ -27,6 +35,8 @@
 
 #[path = "census/args.rs"]
 mod args;
+#[path = "census/data.rs"]
+mod data;
 #[path = "census/export.rs"]
 mod export;
 #[path = "census/report.rs"]
@@ -38,16 +48,16 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mmoe_wgpu::Gpu;
-use mmoe_wgpu::data::census::{TaskGroup, load_census};
-use mmoe_wgpu::data::{Dataset, Splits};
+use mmoe_wgpu::data::census::TaskGroup;
 use mmoe_wgpu::kernels::optimizer::OptimizerConfig;
-use mmoe_wgpu::metrics::auc;
 use mmoe_wgpu::model::{
-    Architecture, Checkpoint, Gate, ModelConfig, TaskConfig, TaskKind, Trainer,
+    Architecture, Checkpoint, FieldConfig, Gate, ModelConfig, TableOptimizer, TaskConfig, TaskKind,
+    Trainer,
 };
 use mmoe_wgpu::rng::Rng;
 
-use args::{ModelKind, Options, Schedule};
+use args::{Features, ModelKind, Options, Schedule};
+use data::{Data, Split};
 use report::Outcome;
 
 /// Rows per forward pass when evaluating.
@@ -110,18 +120,7 @@ fn check_save_path(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// AUC of both tasks of `data` for the model as it is now.
-fn evaluate(trainer: &mut Trainer, data: &Dataset) -> Result<[f64; 2], String> {
-    let p = trainer.predict(&data.x).map_err(|e| e.to_string())?;
-    let mut out = [0.0; 2];
-    for (t, slot) in out.iter_mut().enumerate() {
-        let labels = data.targets(t).ok_or("dataset has fewer than 2 tasks")?;
-        *slot = auc(&p[t * data.rows..(t + 1) * data.rows], labels).map_err(|e| e.to_string())?;
-    }
-    Ok(out)
-}
-
-fn model_config(o: &Options, inputs: usize) -> ModelConfig {
+fn model_config(o: &Options, inputs: usize, fields: Vec<FieldConfig>) -> ModelConfig {
     let architecture = match o.model {
         ModelKind::Mmoe => Architecture::Mmoe {
             experts: o.experts,
@@ -144,7 +143,7 @@ fn model_config(o: &Options, inputs: usize) -> ModelConfig {
         .collect();
     ModelConfig {
         inputs,
-        fields: Vec::new(),
+        fields,
         shared_layers: Vec::new(),
         architecture,
         tower_layers: vec![o.tower],
@@ -159,10 +158,40 @@ fn model_config(o: &Options, inputs: usize) -> ModelConfig {
         } else {
             ModelConfig::ADAM
         },
-        table_optimizer: Default::default(),
+        table_optimizer: match o.table_lr {
+            None => TableOptimizer::LAZY_ADAM,
+            Some(rate) => match TableOptimizer::LAZY_ADAM {
+                TableOptimizer::LazyAdam {
+                    beta1, beta2, eps, ..
+                } => TableOptimizer::LazyAdam {
+                    beta1,
+                    beta2,
+                    eps,
+                    learning_rate: Some(rate),
+                },
+                other => other,
+            },
+        },
         learning_rate: o.lr,
         seed: o.seed,
     }
+}
+
+/// Scales every embedding table's initial values by `factor`.
+fn scale_tables(trainer: &Trainer, factor: f32) -> Result<(), String> {
+    let executor = trainer.executor();
+    let tables = trainer
+        .config()
+        .fields
+        .iter()
+        .filter(|f| f.shares.is_none())
+        .count();
+    for t in 0..tables {
+        let mut values = executor.table(t).map_err(|e| e.to_string())?;
+        values.iter_mut().for_each(|v| *v *= factor);
+        executor.set_table(t, &values).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// Short task names, main task first: also the JSON keys.
@@ -197,41 +226,75 @@ fn run(o: &Options) -> Result<(), String> {
     if let Some(path) = &o.save {
         check_save_path(path)?;
     }
+    if o.export_csv.is_some() && o.features == Features::Embedding {
+        return Err(
+            "--export-csv writes one-hot inputs; with --features embedding, \
+                    --export-rows writes the test rows for examples/predict"
+                .into(),
+        );
+    }
     let keys = task_keys(o.group);
     let gpu = Gpu::new().map_err(|e| e.to_string())?;
-    let splits: Splits = load_census(&o.data, o.group, o.seed).map_err(|e| e.to_string())?;
-    if let Some(path) = &o.export_csv {
-        let names = export::input_names(&o.data, splits.test.inputs)?;
-        export::write_csv(path, &names, &splits.test)?;
-        let line = format!(
-            "wrote the {} test rows to {}",
-            splits.test.rows,
-            path.display()
-        );
+    let data = Data::load(&o.data, o.features, o.group, o.seed)?;
+    let say = |line: String| {
         if o.json {
             eprintln!("{line}");
         } else {
             println!("{line}");
         }
+    };
+    if let (Some(path), Some(test)) = (&o.export_csv, data.one_hot_test()) {
+        let names = export::input_names(&o.data, test.inputs)?;
+        export::write_csv(path, &names, test)?;
+        say(format!(
+            "wrote the {} test rows to {}",
+            test.rows,
+            path.display()
+        ));
+    }
+    if let Some(path) = &o.export_rows {
+        let rows = export::write_raw_rows(path, &o.data, o.seed)?;
+        say(format!(
+            "wrote the {rows} raw test rows to {}",
+            path.display()
+        ));
     }
     let load_seconds = start.elapsed().as_secs_f64();
-    let config = model_config(o, splits.train.inputs);
+    let fields = data.fields();
+    let width = data.inputs() + fields.iter().map(|f| f.dim).sum::<usize>();
+    let config = model_config(o, data.inputs(), fields);
     // Training steps take `o.batch` rows; evaluation runs in chunks of the capacity,
     // and fewer, larger chunks mean fewer round trips to the device.
     let capacity = o.batch.max(EVAL_CHUNK);
     let mut trainer = Trainer::new(&gpu, config, capacity).map_err(|e| e.to_string())?;
+    if let Data::Fields(s) = &data {
+        trainer
+            .set_encoders(s.encoding.encoders().clone())
+            .map_err(|e| e.to_string())?;
+        if o.table_init_std != 1.0 {
+            scale_tables(&trainer, o.table_init_std)?;
+        }
+    }
     if !o.json {
         println!("adapter: {}", gpu.adapter());
         println!(
-            "group {}: {} (main) and {}; {} inputs; {} train, {} validation, {} test rows \
-             (device and data ready in {load_seconds:.1} s)",
+            "group {}: {} (main) and {}; {} inputs ({}); {} train, {} validation, {} test \
+             rows (device and data ready in {load_seconds:.1} s)",
             group_number(o.group),
             o.group.task_names()[0],
             o.group.task_names()[1],
-            splits.train.inputs,
-            splits.train.rows,
-            splits.validation.rows,
-            splits.test.rows,
+            width,
+            match &data {
+                Data::OneHot(_) => "one-hot".to_string(),
+                Data::Fields(_) => format!(
+                    "{} dense, {} fields of embedding tables",
+                    data.inputs(),
+                    trainer.config().fields.len()
+                ),
+            },
+            data.rows(Split::Train),
+            data.rows(Split::Validation),
+            data.rows(Split::Test),
         );
         let shape = match o.model {
             ModelKind::SharedBottom => format!("bottom {}", o.experts * o.units),
@@ -251,7 +314,7 @@ fn run(o: &Options) -> Result<(), String> {
         );
     }
 
-    let per_epoch = splits.train.rows.div_ceil(o.batch);
+    let per_epoch = data.rows(Split::Train).div_ceil(o.batch);
     let per_epoch = o.max_steps.map_or(per_epoch, |m| m.min(per_epoch));
     let total = per_epoch * o.epochs;
     let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
@@ -268,22 +331,28 @@ fn run(o: &Options) -> Result<(), String> {
     let mut step = 0;
     let mut eval_seconds = 0.0;
     for epoch in 1..=o.epochs {
-        let order = splits.train.shuffled_order(&mut rng);
+        let order = data.shuffled_order(&mut rng);
         for rows in order.chunks(o.batch).take(per_epoch) {
             trainer
                 .set_learning_rate(learning_rate(o, step, total))
                 .map_err(|e| e.to_string())?;
-            let (x, y) = splits.train.gather(rows).map_err(|e| e.to_string())?;
-            trainer.step(&x, &y).map_err(|e| e.to_string())?;
+            data.step(&mut trainer, rows)?;
             step += 1;
             bar.inc(1);
         }
         let loss = trainer.loss().map_err(|e| e.to_string())?;
         let eval_start = Instant::now();
-        let validation = evaluate(&mut trainer, &splits.validation)?;
+        let validation = data.evaluate(&mut trainer, Split::Validation)?;
         let improved = best.as_ref().is_none_or(|(_, b, _)| validation[0] > b[0]);
         if improved {
-            let checkpoint = trainer.checkpoint().map_err(|e| e.to_string())?;
+            let mut checkpoint = trainer.checkpoint().map_err(|e| e.to_string())?;
+            // With fields, the numbers' standardisation travels with the
+            // vocabularies, so that examples/predict can read raw census rows.
+            if let Data::Fields(s) = &data {
+                checkpoint = checkpoint
+                    .with_dense_inputs(s.encoding.dense_inputs())
+                    .map_err(|e| e.to_string())?;
+            }
             // Written at every improvement, not once at the end: a run stopped part
             // way still leaves its best epoch so far, and the atomic write never
             // leaves half a file.
@@ -322,7 +391,7 @@ fn run(o: &Options) -> Result<(), String> {
     let train_seconds = train_start.elapsed().as_secs_f64() - eval_seconds;
     let (best_epoch, validation, checkpoint) = best.ok_or("no epoch was trained")?;
     trainer.restore(&checkpoint).map_err(|e| e.to_string())?;
-    let test = evaluate(&mut trainer, &splits.test)?;
+    let test = data.evaluate(&mut trainer, Split::Test)?;
     let seconds = start.elapsed().as_secs_f64();
     let outcome = Outcome {
         best_epoch,

@@ -1,12 +1,13 @@
 //! `--export-csv`: encoded census rows as the numeric CSV `examples/predict` reads,
-//! so a saved model can be run on the rows it was tested on.
+//! so a saved model can be run on the rows it was tested on; `--export-rows`: the
+//! same rows in the raw census format, for a model with categorical fields.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use mmoe_wgpu::data::Dataset;
-use mmoe_wgpu::data::census::{CensusEncoder, read_census};
+use mmoe_wgpu::data::census::{COLUMNS, CensusEncoder, held_out_split, read_census};
 
 /// The name of every model input, in input order. The loader does not hand out its
 /// encoder, so it is fitted again on the training file: the same file and the same
@@ -50,4 +51,24 @@ fn csv_field(name: &str) -> String {
     } else {
         name.to_string()
     }
+}
+
+/// Writes the test rows of `seed`'s split of `census-income.test` in `data_dir` to
+/// `path` as the file has them (fields joined by `", "`), in test order; returns
+/// how many.
+pub fn write_raw_rows(path: &Path, data_dir: &Path, seed: u64) -> Result<usize, String> {
+    let held_out = read_census(data_dir.join("census-income.test")).map_err(|e| e.to_string())?;
+    let (_, test) = held_out_split(held_out.rows(), seed);
+    let fail = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+    let mut out = BufWriter::new(File::create(path).map_err(fail)?);
+    for &row in &test {
+        for column in 0..COLUMNS.len() {
+            let sep = if column == 0 { "" } else { ", " };
+            let value = held_out.field(row, column).ok_or("row out of range")?;
+            write!(out, "{sep}{value}").map_err(fail)?;
+        }
+        writeln!(out).map_err(fail)?;
+    }
+    out.flush().map_err(fail)?;
+    Ok(test.len())
 }

@@ -43,6 +43,7 @@ pub fn json(o: &Options, r: &Outcome) -> String {
     let mut fields = vec![
         format!("\"group\":{}", group_number(o.group)),
         format!("\"model\":\"{}\"", o.model.name()),
+        format!("\"features\":\"{}\"", o.features.name()),
         format!("\"seed\":{}", o.seed),
         format!("\"epochs\":{}", o.epochs),
         format!("\"best_epoch\":{}", r.best_epoch),

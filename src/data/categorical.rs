@@ -154,6 +154,14 @@ impl VocabularyBuilder {
         *self.counts.entry(key).or_insert(0) += 1;
     }
 
+    /// Counts `count` occurrences of `value` at once: the same as `count` calls of
+    /// [`add`](Self::add), for data already counted (e.g. per distinct value).
+    pub fn add_count<'a>(&mut self, value: impl Into<RawValue<'a>>, count: u64) {
+        if count > 0 {
+            *self.counts.entry(Category::from(value.into())).or_insert(0) += count;
+        }
+    }
+
     /// Counts every value of `values`.
     pub fn add_all<'a, V: Into<RawValue<'a>>>(&mut self, values: impl IntoIterator<Item = V>) {
         for value in values {

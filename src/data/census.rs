@@ -296,6 +296,18 @@ impl CensusTable {
         y
     }
 
+    /// The distinct values of `column` in order of first appearance: what
+    /// [`value_code`](Self::value_code) indexes.
+    pub(super) fn distinct_values(&self, column: usize) -> &[Box<str>] {
+        &self.values[column]
+    }
+
+    /// The index into [`distinct_values`](Self::distinct_values) of the value in
+    /// `row` and `column`, both in range.
+    pub(super) fn value_code(&self, row: usize, column: usize) -> usize {
+        self.codes[row * COLUMNS.len() + column] as usize
+    }
+
     fn code(&self, row: usize, column: usize) -> Option<usize> {
         (row < self.rows && column < COLUMNS.len())
             .then(|| self.codes[row * COLUMNS.len() + column] as usize)
@@ -441,7 +453,7 @@ impl CensusEncoder {
 
 /// Whether `column` is one-hot encoded: every attribute that is neither numeric, a
 /// target attribute, the instance weight nor the label.
-fn is_one_hot(column: usize) -> bool {
+pub(super) fn is_one_hot(column: usize) -> bool {
     !NUMERIC_COLUMNS.contains(&column) && ![EDUCATION, MARITAL, WEIGHT, LABEL].contains(&column)
 }
 
@@ -472,12 +484,20 @@ pub fn load_census_files(
     let train_set = encoder.dataset(&train, group, &(0..train.rows).collect::<Vec<_>>())?;
     drop(train);
     let held_out = read_census(test_file)?;
-    let mut order: Vec<usize> = (0..held_out.rows).collect();
-    Rng::new(seed).shuffle(&mut order);
-    let (validation, test) = order.split_at(order.len() / 2);
+    let (validation, test) = held_out_split(held_out.rows, seed);
     Ok(Splits {
         train: train_set,
-        validation: encoder.dataset(&held_out, group, validation)?,
-        test: encoder.dataset(&held_out, group, test)?,
+        validation: encoder.dataset(&held_out, group, &validation)?,
+        test: encoder.dataset(&held_out, group, &test)?,
     })
+}
+
+/// The validation and test rows of a held-out file of `rows` rows: its row indices
+/// shuffled with `Rng::new(seed)`, the first half (rounded down) for validation,
+/// the rest for test. Every encoding of the census data splits this way.
+pub fn held_out_split(rows: usize, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let mut order: Vec<usize> = (0..rows).collect();
+    Rng::new(seed).shuffle(&mut order);
+    let test = order.split_off(rows / 2);
+    (order, test)
 }

@@ -1,8 +1,10 @@
 //! Data sets for training and evaluation: an in-memory [`Dataset`] with batching,
 //! the paper's synthetic task-correlation generator ([`synthetic`]), the UCI
-//! Census-Income loader ([`census`]), numeric CSV input for prediction ([`csv`]),
-//! raw categorical values to embedding IDs ([`categorical`]) and a synthetic click →
-//! conversion funnel with its ground truth ([`funnel`]).
+//! Census-Income loader ([`census`], and [`census_fields`] for models with
+//! categorical fields), numeric CSV input for prediction ([`csv`]), raw categorical
+//! values to embedding IDs ([`categorical`]), named, standardised dense inputs
+//! ([`dense`]) and a synthetic click → conversion funnel with its ground truth
+//! ([`funnel`]).
 //!
 //! Targets are stored task-major (`[tasks, rows]`) because the loss kernel reads one
 //! contiguous run of targets per task; inputs are row-major (`[rows, inputs]`) as the
@@ -10,7 +12,9 @@
 
 pub mod categorical;
 pub mod census;
+pub mod census_fields;
 pub mod csv;
+pub mod dense;
 pub mod funnel;
 pub mod synthetic;
 

@@ -22,7 +22,7 @@ mod plan;
 
 pub use backward::{BackwardStep, backward_steps};
 pub use cpu::CpuExecutor;
-pub use gpu::GpuExecutor;
+pub use gpu::{GpuExecutor, PhaseTimes, StepPhase};
 pub use lookup::{Lookup, Table};
 pub(crate) use node::at_rows;
 pub use node::{GateNoise, GateSpec, Init, Op, Role, Tensor, TensorId};

@@ -1,7 +1,8 @@
 //! The census example end to end, run as the binary cargo builds next to this test
 //! (`target/<profile>/examples/census`): its command-line errors and a tiny run on
 //! the sample fixtures whose saved checkpoint and exported rows go through the
-//! predict example, always; and with `MMOE_CENSUS_DIR` set (CI sets it) a short
+//! predict example, always (one-hot, and with categorical fields on raw census
+//! rows); and with `MMOE_CENSUS_DIR` set (CI sets it) a short
 //! training run on the full data set whose test AUCs must already be well above
 //! chance, and whose checkpoint predicts those AUCs again through the predict
 //! example.
@@ -11,10 +12,11 @@ use crate::common::{example_binary, gpu, scratch_dir};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use mmoe_wgpu::data::census::{TaskGroup, load_census};
+use mmoe_wgpu::data::census::{COLUMNS, TaskGroup, held_out_split, load_census, read_census};
+use mmoe_wgpu::data::census_fields::CensusFields;
 use mmoe_wgpu::data::csv::{Header, read_numeric_csv};
 use mmoe_wgpu::metrics::auc;
-use mmoe_wgpu::model::{Checkpoint, Trainer};
+use mmoe_wgpu::model::{Batch, Checkpoint, Trainer};
 
 fn run(args: &[&str]) -> Output {
     run_example("census", args)
@@ -100,6 +102,8 @@ fn help_prints_every_flag() {
         "--json",
         "--save",
         "--export-csv",
+        "--features",
+        "--export-rows",
     ] {
         assert!(
             text.contains(flag),
@@ -393,5 +397,149 @@ fn saved_best_epoch_and_exported_rows_run_in_the_predict_example() {
         csv: &csv,
     };
     saved.check_against(stdout.trim(), ["education", "marital"], 5);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn embedding_checkpoint_predicts_raw_census_rows_in_the_predict_example() {
+    let dir = scratch_dir("census-example-embedding");
+    let data = sample_data_dir(&dir);
+    let (model, rows) = (dir.join("model.safetensors"), dir.join("test-rows.txt"));
+    let output = run(&[
+        "--data",
+        utf8(&data),
+        "--features",
+        "embedding",
+        "--group",
+        "2",
+        "--epochs",
+        "2",
+        "--batch",
+        "8",
+        "--experts",
+        "2",
+        "--units",
+        "4",
+        "--tower",
+        "2",
+        "--seed",
+        "1",
+        "--json",
+        "--save",
+        utf8(&model),
+        "--export-rows",
+        utf8(&rows),
+    ]);
+    assert!(
+        output.status.success(),
+        "census failed: {}",
+        stderr(&output)
+    );
+    let stdout = String::from_utf8(output.stdout).expect("UTF-8 output");
+    let json = stdout.trim();
+    assert!(json.contains("\"features\":\"embedding\""), "{json}");
+
+    // The checkpoint carries a vocabulary per field and the numbers' statistics.
+    let checkpoint = Checkpoint::load(&model).unwrap();
+    let config = checkpoint.config();
+    assert_eq!(config.inputs, 7);
+    assert_eq!(config.fields.len(), 31);
+    assert_eq!(checkpoint.dense_inputs().len(), 7);
+    for field in &config.fields {
+        assert!(
+            checkpoint.encoders().get(&field.name).is_some(),
+            "{}",
+            field.name
+        );
+    }
+
+    // The raw rows are the test half of the held-out file, as the run split it.
+    let held_out = read_census(data.join("census-income.test")).unwrap();
+    let (_, test) = held_out_split(held_out.rows(), 1);
+    let exported = read_census(&rows).unwrap();
+    assert_eq!(exported.rows(), test.len());
+    for (i, &r) in test.iter().enumerate() {
+        for c in 0..COLUMNS.len() {
+            assert_eq!(
+                exported.field(i, c),
+                held_out.field(r, c),
+                "row {i} column {c}"
+            );
+        }
+    }
+
+    let output = run_example(
+        "predict",
+        &["--checkpoint", utf8(&model), "--input", utf8(&rows)],
+    );
+    assert!(
+        output.status.success(),
+        "predict failed: {}",
+        stderr(&output)
+    );
+    let text = String::from_utf8(output.stdout).expect("UTF-8 output");
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("education,marital"));
+    let mut got = [Vec::new(), Vec::new()];
+    for line in lines {
+        for (task, cell) in got.iter_mut().zip(line.split(',')) {
+            task.push(cell.parse::<f32>().unwrap());
+        }
+    }
+
+    // The same rows encoded by an encoding fitted afresh on the training file give
+    // bit for bit the predictions, and the AUCs the run reported.
+    let train = read_census(data.join("census-income.data")).unwrap();
+    let encoding = CensusFields::fit(&train).unwrap();
+    assert_eq!(encoding.encoders(), checkpoint.encoders());
+    assert_eq!(encoding.dense_inputs(), checkpoint.dense_inputs());
+    let encoded = encoding.encode(&held_out, &test).unwrap();
+    let mut batch = Batch::new(encoded.rows, &encoded.dense);
+    for (field, ids) in encoding.fields().iter().zip(&encoded.ids) {
+        batch = batch.ids(field.name, ids);
+    }
+    let mut trainer = Trainer::from_checkpoint(gpu(), &checkpoint, 64).unwrap();
+    let want = trainer.predict_batch(&batch).unwrap();
+    let targets = held_out.targets(TaskGroup::EducationMarital);
+    for (t, key) in ["education", "marital"].iter().enumerate() {
+        let expected = &want[t * test.len()..(t + 1) * test.len()];
+        assert_eq!(got[t].len(), test.len());
+        assert!(
+            got[t]
+                .iter()
+                .zip(expected)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{key}: predict's output differs from Trainer::predict_batch"
+        );
+        let labels: Vec<f32> = test
+            .iter()
+            .map(|&r| targets[t * held_out.rows() + r])
+            .collect();
+        let again = auc(&got[t], &labels).unwrap();
+        let reported = json_number(json, &format!("test_auc_{key}"));
+        assert!(
+            (again - reported).abs() <= 1e-6,
+            "{key}: test AUC {again} from the raw rows, {reported} reported"
+        );
+    }
+
+    // A one-hot CSV cannot feed it, and says why.
+    let output = run_example(
+        "predict",
+        &[
+            "--checkpoint",
+            utf8(&model),
+            "--input",
+            utf8(&rows),
+            "--format",
+            "csv",
+        ],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("categorical fields"),
+        "{}",
+        stderr(&output)
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }

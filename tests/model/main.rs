@@ -9,6 +9,7 @@ mod checkpoint;
 mod checkpoint_fixtures;
 mod esmm;
 mod expert_start;
+mod dense_inputs;
 mod fields;
 mod fields_checkpoint;
 mod fields_input;

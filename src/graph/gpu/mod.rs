@@ -24,6 +24,25 @@ use crate::kernels::{
 use crate::shape::OptimizerConfig;
 use crate::{Error, Result};
 
+/// The parts of a training step, as [`GpuExecutor::profile_step_phases`] groups its
+/// dispatches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepPhase {
+    /// The forward pass, embedding lookups included.
+    Forward,
+    /// The losses and their gradients.
+    Loss,
+    /// The backward pass, the tables' gradients included.
+    Backward,
+    /// The flat parameters' optimizer (and, trained densely, the tables').
+    Optimizer,
+    /// The tables' sparse updates (none for dense table training).
+    TableUpdate,
+}
+
+/// Each phase of a step with its dispatches' labels and times, in step order.
+pub type PhaseTimes = Vec<(StepPhase, Vec<(&'static str, std::time::Duration)>)>;
+
 mod record;
 mod tables;
 
@@ -347,25 +366,47 @@ impl GpuExecutor {
         step: u32,
         learning_rate: f32,
     ) -> Result<Vec<(&'static str, std::time::Duration)>> {
+        let profile = self.profile_step_phases(rows, step, learning_rate)?;
+        Ok(profile.into_iter().flat_map(|(_, times)| times).collect())
+    }
+
+    /// [`profile_step`](Self::profile_step) with the dispatches grouped by phase, in
+    /// step order: forward (with gate noise; the embedding lookups included), loss,
+    /// backward (the tables' gradients included), the flat parameters' optimizer,
+    /// and the tables' sparse updates.
+    pub fn profile_step_phases(
+        &mut self,
+        rows: usize,
+        step: u32,
+        learning_rate: f32,
+    ) -> Result<PhaseTimes> {
         self.optimizer
             .set_step(self.gpu.queue(), step, learning_rate);
         self.set_table_steps(step, learning_rate);
         self.recorded(rows)?;
         let recorded = &self.recorded[&rows];
-        let all = recorded
-            .forward
-            .iter()
-            .chain(&recorded.loss)
-            .chain(&recorded.backward)
-            .chain([self.optimizer.dispatch()])
-            .chain(self.tables.update_dispatches());
-        all.map(|d| {
-            Ok((
-                d.label(),
-                self.gpu.time_pass(1, |pass| d.record(pass))?.total,
-            ))
-        })
-        .collect()
+        let phases: [(StepPhase, Vec<&Dispatch>); 5] = [
+            (StepPhase::Forward, recorded.forward.iter().collect()),
+            (StepPhase::Loss, recorded.loss.iter().collect()),
+            (StepPhase::Backward, recorded.backward.iter().collect()),
+            (StepPhase::Optimizer, vec![self.optimizer.dispatch()]),
+            (StepPhase::TableUpdate, self.tables.update_dispatches()),
+        ];
+        phases
+            .into_iter()
+            .map(|(phase, dispatches)| {
+                let times = dispatches
+                    .into_iter()
+                    .map(|d| {
+                        Ok((
+                            d.label(),
+                            self.gpu.time_pass(1, |pass| d.record(pass))?.total,
+                        ))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok((phase, times))
+            })
+            .collect()
     }
 
     /// Forward pass on the batch last written, without gate noise (inference); with

@@ -19,9 +19,11 @@ use crate::model::{
 };
 use crate::shape::{BalanceLoss, OptimizerConfig, Selection, TableOptimizer};
 
+mod dense;
 mod fields;
 mod head;
 
+pub(super) use dense::DenseInputs;
 pub(super) use fields::Vocabulary;
 use fields::{FieldList, TableOptimizerDef};
 use head::HeadKindDef;
@@ -39,6 +41,9 @@ pub(super) struct Description {
     /// The fields' encoders; absent when there are none.
     #[serde(default, skip_serializing_if = "Vocabulary::is_empty")]
     pub(super) vocabulary: Vocabulary,
+    /// The dense inputs' names and standardisation; absent when there are none.
+    #[serde(default, skip_serializing_if = "DenseInputs::is_empty")]
+    pub(super) dense_inputs: DenseInputs,
     /// Last, so that the text before it is what it covers; files written by other
     /// programs may leave it out.
     #[serde(

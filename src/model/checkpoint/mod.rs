@@ -27,11 +27,12 @@ use std::path::Path;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::data::categorical::Encoders;
+use crate::data::dense::{DenseInput, check_dense_inputs};
 use crate::graph::{Graph, Plan, Role};
 use crate::model::ModelConfig;
 use crate::model::fields::check_encoders;
 use crate::{Error, Result};
-use format::{Config, Description, Head, Vocabulary};
+use format::{Config, DenseInputs, Description, Head, Vocabulary};
 
 /// The safetensors metadata key holding the checkpoint's JSON description.
 pub const METADATA_KEY: &str = "mmoe_wgpu";
@@ -65,6 +66,7 @@ pub struct Checkpoint {
     learning_rate: f32,
     tensors: Vec<NamedTensor>,
     encoders: Encoders,
+    dense_inputs: Vec<DenseInput>,
 }
 
 /// An embedding table's values and optimizer state tables, as a trainer holds them.
@@ -130,6 +132,25 @@ impl Checkpoint {
     pub fn with_encoders(self, encoders: Encoders) -> Result<Checkpoint> {
         check_encoders(&self.config, &encoders)?;
         Ok(Checkpoint { encoders, ..self })
+    }
+
+    /// The dense inputs' names and standardisation the checkpoint carries (empty
+    /// when it carries none).
+    pub fn dense_inputs(&self) -> &[DenseInput] {
+        &self.dense_inputs
+    }
+
+    /// This checkpoint carrying `inputs` in place of its own: one per dense input
+    /// of the config (`inputs`), in input order, so that raw rows at prediction time
+    /// can be standardised as training did; or none.
+    pub fn with_dense_inputs(self, inputs: Vec<DenseInput>) -> Result<Checkpoint> {
+        if !inputs.is_empty() {
+            check_dense_inputs("checkpoint dense inputs", &inputs, self.config.inputs)?;
+        }
+        Ok(Checkpoint {
+            dense_inputs: inputs,
+            ..self
+        })
     }
 
     /// Gathers a checkpoint from a trainer's state: the flat parameters and
@@ -215,6 +236,7 @@ impl Checkpoint {
             learning_rate,
             tensors,
             encoders: Encoders::new(),
+            dense_inputs: Vec::new(),
         })
     }
 
@@ -282,6 +304,7 @@ impl Checkpoint {
             learning_rate: self.learning_rate,
             config: Config(self.config.clone()),
             vocabulary: Vocabulary(self.encoders.clone()),
+            dense_inputs: DenseInputs(self.dense_inputs.clone()),
             crc32: None,
         };
         let text = json::to_string(&description).map_err(|m| fault(IN_MEMORY, "description", m))?;
@@ -369,13 +392,17 @@ fn decode(bytes: &[u8], origin: &str) -> Result<Checkpoint> {
         .as_ref()
         .and_then(|m| m.get(METADATA_KEY))
         .ok_or_else(|| fault(origin, &what, "missing: not an mmoe-wgpu checkpoint"))?;
-    let (config, steps, learning_rate, encoders, crc) =
+    let (config, steps, learning_rate, encoders, dense_inputs, crc) =
         describe(text).map_err(|m| fault(origin, &what, m))?;
     config
         .validate()
         .and_then(|()| config.optimizer.validate())
         .map_err(|e| fault(origin, "config", e.to_string()))?;
     check_encoders(&config, &encoders).map_err(|e| fault(origin, "vocabulary", e.to_string()))?;
+    if !dense_inputs.is_empty() {
+        check_dense_inputs("the description", &dense_inputs, config.inputs)
+            .map_err(|e| fault(origin, "dense_inputs", e.to_string()))?;
+    }
     let expected = layout::layout(&config).map_err(|e| fault(origin, "config", e.to_string()))?;
     // Names, dtypes and shapes first: a file of another model is reported by the
     // tensor that differs, not as damage.
@@ -463,6 +490,7 @@ fn decode(bytes: &[u8], origin: &str) -> Result<Checkpoint> {
         learning_rate,
         tensors,
         encoders,
+        dense_inputs,
     })
 }
 
@@ -485,9 +513,16 @@ fn checksum(data: &[u8], description: &str) -> u32 {
     hasher.finalize()
 }
 
-/// Config, steps, learning rate, encoders and checksum (if any) from the JSON
-/// description `text`.
-type Described = (ModelConfig, u32, f32, Encoders, Option<u32>);
+/// Config, steps, learning rate, encoders, dense inputs and checksum (if any) from
+/// the JSON description `text`.
+type Described = (
+    ModelConfig,
+    u32,
+    f32,
+    Encoders,
+    Vec<DenseInput>,
+    Option<u32>,
+);
 
 fn describe(text: &str) -> Result<Described, String> {
     let head: Head = json::from_str(text)?;
@@ -520,6 +555,7 @@ fn describe(text: &str) -> Result<Described, String> {
         description.steps,
         learning_rate,
         encoders,
+        description.dense_inputs.0,
         description.crc32,
     ))
 }

@@ -3,6 +3,7 @@
 //! written with the step's gate noise, and the step runs in one submission.
 
 use super::{FINITE_CHECK_EVERY, Trainer, check_finite};
+use crate::graph::PhaseTimes;
 use crate::model::batch::{self, Batch, Prepared};
 use crate::{Error, Result};
 
@@ -165,6 +166,19 @@ impl Trainer {
         let times = self
             .executor
             .profile_step(rows, self.steps + 1, self.learning_rate)?;
+        self.steps += 1;
+        Ok(times)
+    }
+
+    /// Like [`step_batch`](Self::step_batch), dispatch by dispatch, returning each
+    /// kernel's label and time grouped by the phase of the step it belongs to.
+    pub fn profile_step_batch(&mut self, batch: &Batch<'_>) -> Result<PhaseTimes> {
+        let prepared = self.training_batch("Trainer::profile_step_batch", batch)?;
+        let targets = batch.targets.unwrap_or_default();
+        self.write_training(prepared.rows, &prepared.x, Input::Batch(&prepared, targets))?;
+        let times =
+            self.executor
+                .profile_step_phases(prepared.rows, self.steps + 1, self.learning_rate)?;
         self.steps += 1;
         Ok(times)
     }
