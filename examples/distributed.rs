@@ -16,7 +16,7 @@
 //! process, the reference the distributed runs are compared with.
 //! `--save FILE` writes the final checkpoint (rank 0), `--checkpoint-at S
 //! --checkpoint FILE` one after step `S`, and `--resume FILE` starts from one.
-//! `--die-at S` and `--stall-at S` make `--fail-rank` die (abort) or hang before
+//! `--die-at S` and `--stall-at S` make `--fail-rank` die (SIGKILL) or hang before
 //! step `S`: how the other ranks stop is what they test. `--bench` prints the time
 //! per step and the part of it spent in communication.
 
@@ -76,7 +76,7 @@ struct Options {
     /// The rank --die-at and --stall-at apply to.
     #[arg(long, default_value_t = 1)]
     fail_rank: usize,
-    /// Abort --fail-rank's process before this step (1-based).
+    /// Kill --fail-rank's process (SIGKILL) before this step (1-based).
     #[arg(long)]
     die_at: Option<u32>,
     /// Make --fail-rank hang before this step (1-based).
@@ -263,7 +263,12 @@ fn distributed(options: &Options) -> Result<(), String> {
         let step = trainer.trainer().steps() + 1;
         if rank == options.fail_rank {
             if options.die_at == Some(step) {
-                eprintln!("rank {rank}: dying before step {step}, as asked (--die-at)");
+                eprintln!("rank {rank}: killing itself before step {step}, as asked (--die-at)");
+                // SIGKILL, as an out-of-memory killer or a lost machine would end it;
+                // abort (SIGABRT) where there is no `kill` to run.
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", &std::process::id().to_string()])
+                    .status();
                 std::process::abort();
             }
             if options.stall_at == Some(step) {
