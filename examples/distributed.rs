@@ -17,7 +17,8 @@
 //! `--save FILE` writes the final checkpoint (rank 0), `--checkpoint-at S
 //! --checkpoint FILE` one after step `S`, and `--resume FILE` starts from one.
 //! `--die-at S` and `--stall-at S` make `--fail-rank` die (SIGKILL) or hang before
-//! step `S`: how the other ranks stop is what they test. `--bench` prints the time
+//! step `S`: how the other ranks stop is what they test; `--mismatch model|data`
+//! gives it another model seed or data set, which the start's check refuses. `--bench` prints the time
 //! per step and the part of it spent in communication.
 
 use std::path::PathBuf;
@@ -82,6 +83,10 @@ struct Options {
     /// Make --fail-rank hang before this step (1-based).
     #[arg(long)]
     stall_at: Option<u32>,
+    /// Make --fail-rank differ from the others at the start: `model` (another
+    /// seed) or `data` (another data set); the start's check must refuse.
+    #[arg(long)]
+    mismatch: Option<String>,
     /// Seconds a rank waits for the others in a collective before giving up.
     #[arg(long)]
     timeout: Option<f64>,
@@ -224,7 +229,14 @@ fn distributed(options: &Options) -> Result<(), String> {
         mmoe_wgpu::distributed::mpi::initialize().ok_or("MPI was initialised already")?;
     let world = universe.world();
     let (rank, ranks) = (world.rank() as usize, world.size() as usize);
-    let (config, global_batch) = model(options)?;
+    let (mut config, global_batch) = model(options)?;
+    let mut data_seed = options.seed;
+    match (options.mismatch.as_deref(), rank == options.fail_rank) {
+        (None, _) | (Some(_), false) => {}
+        (Some("model"), true) => config.seed += 1,
+        (Some("data"), true) => data_seed += 1,
+        (Some(other), true) => return Err(format!("--mismatch {other}: model or data")),
+    }
     let (gpu, adapter) =
         open_rank_device(&world, &GpuOptions::from_env()).map_err(|e| e.to_string())?;
     eprintln!(
@@ -234,7 +246,7 @@ fn distributed(options: &Options) -> Result<(), String> {
     let data = data(
         &config,
         options.data_rows.unwrap_or(4 * global_batch),
-        options.seed,
+        data_seed,
     )?;
     let mut fingerprint = Fingerprint::default();
     fingerprint.add_f32(&data.x).add_f32(&data.y);
@@ -310,10 +322,47 @@ fn distributed(options: &Options) -> Result<(), String> {
             trainer.trainer().executor().plan().param_len,
         );
     }
+    if options.bench {
+        bench_all_reduce(&trainer);
+    }
     if let Some(path) = &options.save {
         trainer.save_checkpoint(path).map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// The all-reduce of the step's buffer alone (gradient, loss, flag), the ranks
+/// lined up by a barrier first: the communication's cost without the wait for the
+/// slowest rank that the steps' all-reduce time includes.
+fn bench_all_reduce(trainer: &DistributedTrainer) {
+    use mmoe_wgpu::distributed::mpi::collective::SystemOperation;
+    use mmoe_wgpu::distributed::mpi::traits::CommunicatorCollectives;
+    let world = trainer.world();
+    let len =
+        trainer.trainer().executor().plan().param_len + trainer.trainer().config().tasks.len() + 1;
+    let send = vec![1.0f32; len];
+    let mut sum = vec![0.0f32; len];
+    let rounds = 10;
+    let mut total = Duration::ZERO;
+    for _ in 0..rounds {
+        world.barrier();
+        let started = Instant::now();
+        for (src, dst) in send
+            .chunks(mmoe_wgpu::distributed::ALL_REDUCE_CHUNK)
+            .zip(sum.chunks_mut(mmoe_wgpu::distributed::ALL_REDUCE_CHUNK))
+        {
+            world.all_reduce_into(src, dst, SystemOperation::sum());
+        }
+        total += started.elapsed();
+    }
+    println!(
+        "bench ranks {} rank {}: all-reduce of {} values ({:.2} MB) alone: {:.2} ms",
+        trainer.ranks(),
+        trainer.rank(),
+        len,
+        4.0 * len as f64 / 1e6,
+        ms(total / rounds)
+    );
 }
 
 fn ms(d: Duration) -> f64 {

@@ -24,9 +24,9 @@
 //! dies.)
 //!
 //! Not yet: models with categorical fields (their tables' touched rows would have to
-//! be exchanged too) and gates with a load-balancing loss (a function of the whole
-//! batch's gate statistics, not a sum over rows) train on one rank only; on more
-//! they are an error at the start.
+//! be exchanged too) are an error here (a plain [`Trainer`] trains them), and gates
+//! with a load-balancing loss (a function of the whole batch's gate statistics, not
+//! a sum over rows) are an error on more than one rank.
 
 mod batches;
 mod check;
@@ -414,15 +414,15 @@ fn check_supported(
             "a global batch of {global_batch} rows cannot give each of {ranks} ranks a row"
         ));
     }
-    if ranks == 1 {
-        return Ok(());
-    }
     if !config.fields.is_empty() {
         return error(
-            "models with categorical fields train on one rank only for now (their tables' \
-             touched rows are not exchanged yet)"
+            "models with categorical fields do not train data-parallel yet (their tables' \
+             touched rows are not exchanged): train them with a plain `Trainer`"
                 .into(),
         );
+    }
+    if ranks == 1 {
+        return Ok(());
     }
     if config
         .architecture

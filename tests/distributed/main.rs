@@ -4,7 +4,6 @@
 //! same global batches. Needs `mpirun` (OpenMPI or MPICH) on the PATH.
 
 #[path = "../common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -204,4 +203,24 @@ fn a_hung_rank_stops_the_other() {
         Duration::from_secs(60),
         &["rank 0 of 2: waited", "gradient all-reduce", "step 6"],
     );
+}
+
+/// Ranks that build different models, or read different data, stop at the start
+/// with an error naming the rank and what differs.
+#[test]
+fn mismatched_ranks_are_an_error_at_the_start() {
+    for (mismatch, says) in [
+        (
+            "model",
+            "the parameters and optimizer state of rank(s) [1] differ",
+        ),
+        ("data", "the data of rank(s) [1] differ"),
+    ] {
+        stops_within(
+            &format!("rank 1 with another {mismatch}"),
+            &["--steps", "2", "--mismatch", mismatch],
+            Duration::from_secs(120),
+            &[says, "at the start"],
+        );
+    }
 }
