@@ -360,7 +360,8 @@ impl DistributedTrainer {
     /// Checks the replicas agree, then rank 0 writes the checkpoint to `path`
     /// (atomically, as [`Checkpoint::save`]); every rank must call it, and every rank
     /// returns rank 0's error if the write failed.
-    pub fn save_checkpoint(&self, path: &std::path::Path) -> Result<()> {
+    pub fn save_checkpoint(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        let path = path.as_ref();
         self.check_replicas()?;
         let mut failed = 0u8;
         let mut result = Ok(());
