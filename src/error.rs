@@ -152,6 +152,19 @@ pub enum Error {
         instead: String,
     },
 
+    /// Data-parallel training ([`crate::distributed`]): the processes disagree (on
+    /// the config, the parameters or the data) or another process failed.
+    #[cfg(feature = "mpi")]
+    #[error("distributed training, rank {rank} of {ranks}: {message}")]
+    Distributed {
+        /// This process's rank.
+        rank: usize,
+        /// Processes in the job.
+        ranks: usize,
+        /// What went wrong, naming the ranks involved.
+        message: String,
+    },
+
     /// An I/O error, with the path it happened on.
     #[error("{}: {source}", path.display())]
     Io {

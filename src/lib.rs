@@ -87,6 +87,8 @@
 
 mod atomic_file;
 pub mod data;
+#[cfg(all(feature = "mpi", not(target_arch = "wasm32")))]
+pub mod distributed;
 mod error;
 pub mod gpu;
 pub mod graph;

@@ -192,6 +192,21 @@ impl Gpu {
         desc.backends = backends;
         let instance = wgpu::Instance::new(desc);
         let adapter = pick_adapter(&instance, backends, options).await?;
+        Gpu::with_adapter_async(adapter, options).await
+    }
+
+    /// Opens `adapter` (one of [`wgpu::Instance::enumerate_adapters`], e.g. picked by
+    /// position when several identical GPUs share a name) as
+    /// [`with_options`](Self::with_options) opens the adapter it picks; `options`'
+    /// backends and adapter name are not consulted (native only; on the web,
+    /// [`Gpu::with_adapter_async`]).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn with_adapter(adapter: wgpu::Adapter, options: &GpuOptions) -> Result<Gpu> {
+        pollster::block_on(Gpu::with_adapter_async(adapter, options))
+    }
+
+    /// `Gpu::with_adapter` without waiting.
+    pub async fn with_adapter_async(adapter: wgpu::Adapter, options: &GpuOptions) -> Result<Gpu> {
         let info = adapter.get_info();
         let report = AdapterReport::from_info(&info);
         let features = wanted_features(options.withheld_features) & adapter.features();

@@ -8,6 +8,8 @@
 //! `gradients_batch`), which any model takes.
 
 mod inference;
+#[cfg(feature = "mpi")]
+mod sharded;
 mod training;
 
 pub use inference::{Evaluation, GateReport};

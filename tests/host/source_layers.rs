@@ -5,7 +5,8 @@
 //! Layers, bottom up: `error`; `rng`, `shape` (the operator vocabulary),
 //! `atomic_file`; `gpu`;
 //! `kernels` (the GPU kernels) and `reference` (the CPU ground truth, which never
-//! sees a kernel); `graph`; `model`. `data` and `metrics` stand beside them; `model`
+//! sees a kernel); `graph`; `model`; `distributed` (feature `mpi`: trainers on the
+//! ranks of an MPI job). `data` and `metrics` stand beside them; `model`
 //! reads `data`'s categorical encoders, which checkpoints carry.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -35,6 +36,19 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "reference",
             "rng",
             "shape",
+        ],
+    ),
+    // Data-parallel training (feature `mpi`) drives trainers: the top layer.
+    (
+        "distributed",
+        &[
+            "atomic_file",
+            "data",
+            "error",
+            "gpu",
+            "graph",
+            "model",
+            "rng",
         ],
     ),
 ];

@@ -458,6 +458,73 @@ impl GpuExecutor {
         )
     }
 
+    /// The optimizer update number `step` (1-based) with `learning_rate` alone, of
+    /// the dense parameters and then the tables, from the gradients and loss in the
+    /// device's buffers: with [`gradients`](Self::gradients), a training step split
+    /// where the host can replace the gradients first
+    /// ([`write_gradients`](Self::write_gradients)), e.g. by their sum over several
+    /// processes. Guarded by the loss in the loss buffer like a whole step.
+    pub fn apply_update(&mut self, step: u32, learning_rate: f32) -> Result<()> {
+        self.optimizer
+            .set_step(self.gpu.queue(), step, learning_rate);
+        self.set_table_steps(step, learning_rate);
+        let what = "optimizer update";
+        let mut all = vec![self.optimizer.dispatch()];
+        all.extend(self.tables.update_dispatches());
+        self.gpu.scoped(what, || {
+            let mut encoder = self
+                .gpu
+                .device()
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(what) });
+            {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some(what),
+                    timestamp_writes: None,
+                });
+                for d in all {
+                    d.record(&mut pass);
+                }
+            }
+            self.gpu.queue().submit([encoder.finish()]);
+        })
+    }
+
+    /// Replaces the flat gradients (layout: [`Plan::param_offsets`]) the next
+    /// [`apply_update`](Self::apply_update) applies.
+    pub fn write_gradients(&self, grads: &[f32]) -> Result<()> {
+        if grads.len() != self.plan.param_len {
+            return Err(Error::shape(
+                "GpuExecutor::write_gradients",
+                "grads",
+                format!("{} values", self.plan.param_len),
+                format!("{} values", grads.len()),
+            ));
+        }
+        self.gpu.write(&self.grads, 0, grads)
+    }
+
+    /// Replaces the per-task loss the next [`apply_update`](Self::apply_update)'s
+    /// non-finite guard reads and [`loss`](Self::loss) returns.
+    pub fn write_loss(&self, loss: &[f32]) -> Result<()> {
+        let Some(id) = self.loss_tensor else {
+            return Err(Error::invalid(
+                "GpuExecutor::write_loss",
+                "the graph has no loss node",
+            ));
+        };
+        let tasks = self.graph.tensor(id).len();
+        if loss.len() != tasks {
+            return Err(Error::shape(
+                "GpuExecutor::write_loss",
+                "loss",
+                format!("{tasks} values"),
+                format!("{} values", loss.len()),
+            ));
+        }
+        let buffer = self.buffers[id.0].as_ref().expect("loss buffer");
+        self.gpu.write(buffer, 0, loss)
+    }
+
     /// Reads a tensor as computed by the last run at `rows` rows.
     pub fn read(&self, id: TensorId, rows: usize) -> Result<Vec<f32>> {
         let view = self.view(id);
