@@ -43,7 +43,7 @@ use mmoe_wgpu::data::{Dataset, Splits};
 use mmoe_wgpu::kernels::optimizer::OptimizerConfig;
 use mmoe_wgpu::metrics::auc;
 use mmoe_wgpu::model::{
-    Architecture, Checkpoint, Gate, ModelConfig, TaskConfig, TaskKind, Trainer,
+    Architecture, Checkpoint, Gate, Level, ModelConfig, TaskConfig, TaskKind, Trainer,
 };
 use mmoe_wgpu::rng::Rng;
 
@@ -137,6 +137,17 @@ fn model_config(o: &Options, inputs: usize) -> ModelConfig {
         ModelKind::SharedBottom => Architecture::SharedBottom {
             bottom_layers: vec![o.experts * o.units],
         },
+        ModelKind::Cgc | ModelKind::Ple => {
+            let levels = if o.model == ModelKind::Cgc {
+                1
+            } else {
+                o.levels
+            };
+            let level = Level::new(o.shared_experts, o.task_experts, o.units);
+            Architecture::Ple {
+                levels: vec![level; levels],
+            }
+        }
     };
     let tasks = task_keys(o.group)
         .iter()
@@ -235,6 +246,14 @@ fn run(o: &Options) -> Result<(), String> {
         );
         let shape = match o.model {
             ModelKind::SharedBottom => format!("bottom {}", o.experts * o.units),
+            ModelKind::Cgc => format!(
+                "{} shared + {} per task experts × {}",
+                o.shared_experts, o.task_experts, o.units
+            ),
+            ModelKind::Ple => format!(
+                "{} levels of {} shared + {} per task experts × {}",
+                o.levels, o.shared_experts, o.task_experts, o.units
+            ),
             _ => format!("{} experts × {}", o.experts, o.units),
         };
         println!(

@@ -26,6 +26,6 @@ pub use crate::shape::{Pooling, TableOptimizer};
 pub use batch::{Batch, FieldIds};
 pub use build::{ModelGraph, build, initial_parameters, initial_tables};
 pub use checkpoint::Checkpoint;
-pub use config::{Architecture, Gate, GateKind, ModelConfig, TaskConfig, TaskKind};
+pub use config::{Architecture, Gate, GateKind, Level, ModelConfig, TaskConfig, TaskKind};
 pub use fields::{FieldConfig, FieldValues, table_name};
 pub use trainer::{BatchGradients, Evaluation, GateReport, TableGradient, Trainer};

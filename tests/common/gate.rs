@@ -21,6 +21,7 @@ pub fn shape(
         rows,
         inputs,
         width,
+        input: mmoe_wgpu::InputLayout::Shared,
     }
 }
 

@@ -12,3 +12,4 @@ mod fields_checkpoint;
 mod fields_input;
 mod fuzz_checkpoint;
 mod model;
+mod ple;
