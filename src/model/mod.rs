@@ -17,6 +17,8 @@ mod build;
 pub mod checkpoint;
 mod config;
 mod fields;
+mod gate;
+mod level;
 mod noise;
 mod trainer;
 
