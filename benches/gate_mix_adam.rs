@@ -211,6 +211,7 @@ fn gate_mix_and_adam(c: &mut Criterion) {
             rows: standard.batch,
             inputs: standard.inputs,
             width: standard.expert_width,
+            input: mmoe_wgpu::InputLayout::Shared,
         };
         let buffers = GateBuffers::new(&gpu, &mut rng, shape);
         let (forward_args, backward_args) = (buffers.forward(), buffers.backward());

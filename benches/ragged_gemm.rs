@@ -246,6 +246,7 @@ fn main() {
         rows: s.batch,
         inputs: s.inputs,
         width: s.expert_width,
+        input: mmoe_wgpu::InputLayout::Shared,
     };
     let routing_shape = RoutingShape {
         gates: s.tasks,

@@ -148,6 +148,54 @@ def seen_experts(config):
             for t in range(tasks)], shared + tasks * own
 
 
+def softmax_over(q, keep):
+    """Rows of weights [B, E]: the softmax of each row of q over the experts `keep`
+    (a list per row), 0 elsewhere."""
+    p = np.zeros_like(q)
+    for b, kept in enumerate(keep):
+        top = max(q[b, e] for e in kept)
+        total = sum(np.exp(q[b, e] - top) for e in kept)
+        for e in kept:
+            p[b, e] = np.exp(q[b, e] - top) / total
+    return p
+
+
+def ple_levels(t, arch, z, tasks):
+    """The task outputs of the last level of a PLE model, a list of T [B, h]."""
+    levels = arch["levels"]
+    blocks = [z] * (tasks + 1)  # each task's input, then the shared input
+    for l, level in enumerate(levels):
+        pre = "" if len(levels) == 1 else f"levels.{l}."
+        s, n, gate = level["shared_experts"], level["task_experts"], level["gate"]
+        experts = s + tasks * n
+        o = []
+        for e in range(experts):
+            v = blocks[tasks] if e < s else blocks[(e - s) // n]
+            for i in range(len(level["expert_layers"])):
+                v = relu(layer(t, f"{pre}experts.{i}", e, v))
+            o.append(v)
+        last = l == len(levels) - 1
+        outputs = []
+        for g in range(tasks if last else tasks + 1):
+            shared_gate = g == tasks or n == 0
+            seen = (list(range(experts)) if shared_gate
+                    else list(range(s)) + [s + g * n + j for j in range(n)])
+            rows = blocks[g].shape[0]
+            if gate["kind"] == "static":
+                q = np.broadcast_to(t[f"{pre}gate.bias"][g], (rows, experts))
+            else:
+                q = layer(t, f"{pre}gate", g, blocks[g])
+            k = len(seen)
+            # k equal to what a task gate sees is the dense gate, for the shared too.
+            if gate["kind"] == "top_k" and gate["k"] < s + n:
+                k = gate["k"]
+            keep = [[seen[i] for i in top_k([q[b, e] for e in seen], k)] for b in range(rows)]
+            p = softmax_over(q, keep)
+            outputs.append(sum(p[:, e:e + 1] * o[e] for e in range(experts)))
+        blocks = outputs
+    return blocks[:tasks]
+
+
 def top_k(values, k):
     """Indices of the k largest values; equal values: lower index first."""
     order = sorted(range(len(values)), key=lambda i: (-values[i], i))
@@ -156,8 +204,8 @@ def top_k(values, k):
 
 def forward(tensors, config, x, eps=None):
     """Head outputs [T, B] (logits for classification), gate weights p [G, B, E]
-    and the logits q [G, B, E] the selection used. `eps` ([G, B, E]) is a noisy
-    gate's training draws; without it, no noise (inference)."""
+    and the logits q [G, B, E] the selection used (None for PLE). `eps`
+    ([G, B, E]) is a noisy gate's training draws; without it, no noise (inference)."""
     t = {k: v.astype(np.float64) for k, v in tensors.items()}
     z = np.asarray(x, dtype=np.float64)
     rows, tasks = z.shape[0], len(config["tasks"])
@@ -170,6 +218,8 @@ def forward(tensors, config, x, eps=None):
         for i in range(len(arch["bottom_layers"])):
             r = relu(layer(t, f"bottom.{i}", 0, r))
         inputs = [r] * tasks
+    elif arch["kind"] == "ple":
+        inputs = ple_levels(t, arch, z, tasks)
     else:
         seen, experts = seen_experts(config)
         gates, gate = len(seen), arch["gate"]
@@ -270,7 +320,7 @@ def losses(config, out, targets, p=None, q=None):
             per_row = np.maximum(o, 0.0) - o * y + np.log1p(np.exp(-np.abs(o)))
         task_losses.append(task["weight"] * per_row.sum() / rows)
     arch = config["architecture"]
-    if arch["kind"] == "shared_bottom" or arch["gate"]["balance_weight"] == 0.0:
+    if arch["kind"] in ("shared_bottom", "ple") or arch["gate"]["balance_weight"] == 0.0:
         return task_losses, []
     gate, w = arch["gate"], arch["gate"]["balance_weight"]
     seen, experts = seen_experts(config)

@@ -51,8 +51,8 @@ use mmoe_wgpu::Gpu;
 use mmoe_wgpu::data::census::TaskGroup;
 use mmoe_wgpu::kernels::optimizer::OptimizerConfig;
 use mmoe_wgpu::model::{
-    Architecture, Checkpoint, FieldConfig, Gate, ModelConfig, TableOptimizer, TaskConfig, TaskKind,
-    Trainer,
+    Architecture, Checkpoint, FieldConfig, Gate, Level, ModelConfig, TableOptimizer, TaskConfig,
+    TaskKind, Trainer,
 };
 use mmoe_wgpu::rng::Rng;
 
@@ -136,6 +136,17 @@ fn model_config(o: &Options, inputs: usize, fields: Vec<FieldConfig>) -> ModelCo
         ModelKind::SharedBottom => Architecture::SharedBottom {
             bottom_layers: vec![o.experts * o.units],
         },
+        ModelKind::Cgc | ModelKind::Ple => {
+            let levels = if o.model == ModelKind::Cgc {
+                1
+            } else {
+                o.levels
+            };
+            let level = Level::new(o.shared_experts, o.task_experts, o.units);
+            Architecture::Ple {
+                levels: vec![level; levels],
+            }
+        }
     };
     let tasks = task_keys(o.group)
         .iter()
@@ -298,6 +309,14 @@ fn run(o: &Options) -> Result<(), String> {
         );
         let shape = match o.model {
             ModelKind::SharedBottom => format!("bottom {}", o.experts * o.units),
+            ModelKind::Cgc => format!(
+                "{} shared + {} per task experts × {}",
+                o.shared_experts, o.task_experts, o.units
+            ),
+            ModelKind::Ple => format!(
+                "{} levels of {} shared + {} per task experts × {}",
+                o.levels, o.shared_experts, o.task_experts, o.units
+            ),
             _ => format!("{} experts × {}", o.experts, o.units),
         };
         println!(

@@ -124,6 +124,7 @@ fn run_at(
         rows,
         inputs,
         width,
+        input: mmoe_wgpu::InputLayout::Shared,
     };
     let mut rng = Rng::new(7);
     let x = random(&mut rng, rows * inputs, 1.0);

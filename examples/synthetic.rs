@@ -22,7 +22,10 @@
 //! also reaches the experts a top-k gate did not pick); `--noise` (with `--gate topk`) makes the top-k gates noisy:
 //! trainable Gaussian noise on their logits in training (Shazeer et al. 2017);
 //! `--selection shared` (with `--gate topk`) gives both tasks' gates one selection of
-//! N experts per example.
+//! N experts per example. `--models cgc,ple` adds Tang et al.'s (2020) models: CGC,
+//! one level of `--shared-experts` shared experts and `--task-experts` per task, and
+//! PLE, `--levels` such levels stacked; their experts' width is the one that brings
+//! their parameter count closest to MMoE's.
 //! `--expert-init input|input-output` starts each expert of MMoE and OMoE on its own
 //! k-means cluster of the training rows (`Trainer::start_experts`): pre-trained on it
 //! for `--pretrain-steps` steps, the gates routing each cluster to its expert.
@@ -181,6 +184,18 @@ struct Args {
     /// Where to write the trainability histogram (PNG), with --trainability.
     #[arg(long, default_value = "target/synthetic/trainability.png")]
     trainability_plot: PathBuf,
+    /// Extraction levels of the PLE model (CGC is one).
+    #[arg(long, default_value_t = 2, allow_negative_numbers = true,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    levels: u32,
+    /// Shared experts in each level of CGC and PLE.
+    #[arg(long, default_value_t = 4, allow_negative_numbers = true,
+          value_parser = clap::value_parser!(u32).range(0..))]
+    shared_experts: u32,
+    /// Experts of each task's own in each level of CGC and PLE.
+    #[arg(long, default_value_t = 2, allow_negative_numbers = true,
+          value_parser = clap::value_parser!(u32).range(0..))]
+    task_experts: u32,
 }
 
 /// The `--gate` choices.
@@ -367,6 +382,11 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
                 expert_start: args
                     .expert_init
                     .start(args.pretrain_steps as usize, args.gate_scale),
+                levels: experiment::LevelShape {
+                    levels: args.levels as usize,
+                    shared: args.shared_experts as usize,
+                    task: args.task_experts as usize,
+                },
             };
             // The three models see the same data set.
             let (train, test) = experiment::data_for(&spec)?;

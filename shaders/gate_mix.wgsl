@@ -4,7 +4,8 @@
 //
 // Layouts, row-major, stored as `Elem` (f32 or f16, set by the storage_*.wgsl file
 // compiled with this one; all arithmetic is f32) (T gates, E experts):
-//   X [rows, inputs]    Wg [T, inputs, E]    bg [T, E]    H, dH [E, rows, width]
+//   X [rows, inputs], or one block per gate (gate t's x_gate_stride · t on)
+//   Wg [T, inputs, E]    bg [T, E]    H, dH [E, rows, width]
 //   G, dz [T, rows, E]  M, dM [T, rows, width]   logit_offset, p [T, rows, E]
 //
 // Every output is one sequential chain over its reduction index, the same whatever
@@ -51,9 +52,12 @@ struct GateMixParams {
     // with the largest sum of the gates' logits (the host allows it only where every
     // gate sees every expert, and for at most 32 · SHARED_MASK_WORDS experts).
     shared_selection: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+    // Elements between the gates' blocks of X; 0: every gate reads the one X.
+    x_gate_stride: u32,
+    // The shared gate of a multi-level model's level (it sees every expert, whatever
+    // shared_experts and own_experts say, and keeps k_all of them), or 0xffffffff.
+    all_gate: u32,
+    k_all: u32,
 }
 
 const STAGE_GATE: u32 = 1u;
@@ -163,9 +167,9 @@ fn load_dm(at: vec4<u32>) -> vec4<f32> {
     return vec4(f32(dm[at.x]), f32(dm[at.y]), f32(dm[at.z]), f32(dm[at.w]));
 }
 
-// X[row0..row0+4, k].
-fn x_rows(row0: u32, k: u32) -> vec4<f32> {
-    return load_x(P.x_base + k + quad(row0, P.rows) * P.inputs);
+// X[row0..row0+4, k] of the block starting at xo.
+fn x_rows(xo: u32, row0: u32, k: u32) -> vec4<f32> {
+    return load_x(xo + k + quad(row0, P.rows) * P.inputs);
 }
 
 // The logits form T·E columns c = t·E + e. Where columns c0..c0+4 of Wg start (at
@@ -221,14 +225,14 @@ struct LogitColumns {
     count: u32,
 }
 
-fn logit_columns(c0: u32) -> LogitColumns {
+fn logit_columns(c0: u32, end: u32) -> LogitColumns {
     let n = P.gates * P.experts;
     let c = quad(c0, n);
     let t = c / vec4(P.experts);
     let at = P.g_base + t * (P.rows * P.experts) + (c - t * P.experts);
     let b = P.bg_base + c;
     let bias = vec4(f32(bg[b.x]), f32(bg[b.y]), f32(bg[b.z]), f32(bg[b.w]));
-    return LogitColumns(at, bias, min(4u, n - min(c0, n)));
+    return LogitColumns(at, bias, min(4u, end - min(c0, end)));
 }
 
 // Logits of rows row0..row0+4 into G, with their biases.
@@ -245,9 +249,9 @@ fn store_logits(row0: u32, cols: LogitColumns, q: Quad) {
     }
 }
 
-// Logits of 8 rows × 4·CN columns: each X value feeds 4·CN columns, each Wg value 8
-// rows.
-fn logits_tile(row0: u32, c0: u32) {
+// Logits of 8 rows × 4·CN columns below column `end`, on the X block at xo: each X
+// value feeds 4·CN columns, each Wg value 8 rows.
+fn logits_tile(row0: u32, c0: u32, end: u32, xo: u32) {
     let wa = wg_columns(c0);
     let wb = wg_columns(c0 + 4u);
     var a0: Quad;
@@ -255,8 +259,8 @@ fn logits_tile(row0: u32, c0: u32) {
     var b0: Quad;
     var b1: Quad;
     for (var k = 0u; k < P.inputs; k++) {
-        let xa = x_rows(row0, k);
-        let xb = x_rows(row0 + 4u, k);
+        let xa = x_rows(xo, row0, k);
+        let xb = x_rows(xo, row0 + 4u, k);
         let w = wg_row(wa, k);
         quad_step(&a0, xa, w);
         quad_step(&a1, xb, w);
@@ -266,18 +270,18 @@ fn logits_tile(row0: u32, c0: u32) {
             quad_step(&b1, xb, v);
         }
     }
-    let ca = logit_columns(c0);
+    let ca = logit_columns(c0, end);
     store_logits(row0, ca, a0);
     store_logits(row0 + 4u, ca, a1);
     if (CN > 1u) {
-        let cb = logit_columns(c0 + 4u);
+        let cb = logit_columns(c0 + 4u, end);
         store_logits(row0, cb, b0);
         store_logits(row0 + 4u, cb, b1);
     }
 }
 
 fn sees(t: u32, e: u32) -> bool {
-    return P.own_experts == 0u || e < P.shared_experts
+    return P.own_experts == 0u || t == P.all_gate || e < P.shared_experts
         || (e - P.shared_experts) / P.own_experts == t;
 }
 
@@ -318,10 +322,11 @@ fn normalize_rows(base: u32, sum: f32, p_at: u32, full: f32) {
 // pick the cut below which nothing is selected.
 fn topk_softmax_row(t: u32, row: u32) {
     let base = P.g_base + gate_index(t, row, 0u);
+    let k = select(P.k, P.k_all, t == P.all_gate);
     var top = 0.0;
     var cut = 0.0;
     var cut_e = 0u;
-    for (var j = 0u; j < P.k; j++) {
+    for (var j = 0u; j < k; j++) {
         var found = false;
         var best = 0.0;
         var best_e = 0u;
@@ -509,12 +514,21 @@ fn forward(
     let block_rows = min(RB * 8u, P.rows - block0);
 
     if ((P.stages & STAGE_GATE) != 0u) {
-        let col_tiles = (P.gates * P.experts + 4u * CN - 1u) / (4u * CN);
+        // With one X block per gate, a tile's columns are one gate's (its X rows are
+        // that gate's); with one X, they run over all gates' logits.
+        let per_gate = P.x_gate_stride != 0u;
+        let span = select(P.gates * P.experts, P.experts, per_gate);
+        let per_span = (span + 4u * CN - 1u) / (4u * CN);
+        let col_tiles = select(1u, P.gates, per_gate) * per_span;
         let tiles = ((block_rows + 7u) / 8u) * col_tiles;
         for (var first = 0u; first < tiles; first += WG) {
             let item = first + lid;
             if (item < tiles) {
-                logits_tile(block0 + item / col_tiles * 8u, item % col_tiles * 4u * CN);
+                let ct = item % col_tiles;
+                let t = ct / per_span;
+                let c0 = t * span + ct % per_span * 4u * CN;
+                let xo = P.x_base + t * P.x_gate_stride;
+                logits_tile(block0 + item / col_tiles * 8u, c0, (t + 1u) * span, xo);
             }
         }
         storageBarrier();

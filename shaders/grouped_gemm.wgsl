@@ -3,9 +3,12 @@
 //
 // Layouts, row-major, stored as `Elem` (f32 or f16, set by the storage_*.wgsl file
 // compiled with this one; all arithmetic is f32):
-//   X  [rows, inputs] shared by all groups, or [groups, rows, inputs] (x_group_stride)
+//   X  [rows, inputs] shared by all groups, [groups, rows, inputs], or the blocks of
+//      an extraction level [tasks + 1, rows, inputs] (blocks x_group_stride apart):
+//      groups 0..x_shared read block x_tasks, group x_shared + t·x_own + i block t.
+//      Shared is {x_tasks 0, x_shared groups, x_own 0}, per group {groups, 0, 1}.
 //   W  [groups, inputs, outputs]    b [groups, outputs]    Y, dY [groups, rows, outputs]
-//   dX like X (shared: summed over groups)    dW like W    db like b
+//   dX like X (each block summed over the groups reading it)    dW like W    db like b
 //
 // Every output is one sequential fma chain over its reduction index, starting from +0
 // and masked terms contributing fma(0, 0, acc) == acc. All entry points of this family
@@ -62,8 +65,13 @@ struct GemmParams {
     // it holds (stores past them are dropped: the map is the caller's data).
     slots_base: u32,
     slots: u32,
+    // Which block of X each group reads (see Layouts).
+    x_tasks: u32,
+    x_shared: u32,
+    x_own: u32,
     _pad0: u32,
     _pad1: u32,
+    _pad2: u32,
 }
 
 const FLAG_BIAS: u32 = 1u;
@@ -104,8 +112,19 @@ override RAGGED: u32 = 0u;
 
 // ---------------------------------------------------------------- element access
 
-fn x_at(g: u32, row: u32, k: u32) -> f32 {
-    return f32(x[P.x_base + g * P.x_group_stride + row * P.inputs + k]);
+// Where group g's block of X starts: worked out once per kernel, outside the
+// reduction loops (a division by a runtime value is lane by lane on CPU drivers).
+fn x_offset(g: u32) -> u32 {
+    var block = P.x_tasks;
+    if (g >= P.x_shared) {
+        block = (g - P.x_shared) / max(P.x_own, 1u);
+    }
+    return P.x_base + block * P.x_group_stride;
+}
+
+// X[row, k] of the block starting at xo (from x_offset).
+fn x_at(xo: u32, row: u32, k: u32) -> f32 {
+    return f32(x[xo + row * P.inputs + k]);
 }
 
 fn w_at(g: u32, k: u32, col: u32) -> f32 {
@@ -156,13 +175,18 @@ fn slot_base(g: u32) -> u32 {
     return base;
 }
 
-// The input gradient's groups for a workgroup (or invocation) at group index z: all
-// of them, summed, when X is shared in a dense pass; group z alone otherwise.
+// The input gradient's groups for a workgroup (or invocation) at index z: in a dense
+// pass z is a block of X, summed over the groups that read it (all of them when X is
+// shared, group z alone when per group); ragged, group z alone.
 fn dx_groups(z: u32) -> vec2<u32> {
-    if (P.x_group_stride == 0u && RAGGED == 0u) {
-        return vec2(0u, P.groups);
+    if (RAGGED != 0u) {
+        return vec2(z, z + 1u);
     }
-    return vec2(z, z + 1u);
+    if (z == P.x_tasks) {
+        return vec2(0u, P.x_shared);
+    }
+    let first = P.x_shared + z * P.x_own;
+    return vec2(first, first + P.x_own);
 }
 
 // dZ = dY ⊙ act'(Y): the activation's derivative applied as dY is loaded.
@@ -231,13 +255,13 @@ fn wt_cols(g: u32, j: u32, i: u32) -> vec4<f32> {
     );
 }
 
-// Backward weights, left operand: X_g[row, i], where i == inputs is the all-ones
-// column whose product gives db.
-fn x_or_one(g: u32, row: u32, i: u32) -> f32 {
+// Backward weights, left operand: X[row, i] of the block at xo, where i == inputs is
+// the all-ones column whose product gives db.
+fn x_or_one(xo: u32, row: u32, i: u32) -> f32 {
     if (i >= P.inputs) {
         return 1.0;
     }
-    return x_at(g, row, i);
+    return x_at(xo, row, i);
 }
 
 // Backward weights, right operand: dZ_g[row, col..col+4].
@@ -379,9 +403,10 @@ fn forward_naive(@builtin(global_invocation_id) id: vec3<u32>) {
     }
     let to = out_row(g, s);
     let k_end = select(0u, P.inputs, to.live);
+    let xo = x_offset(g);
     var acc = 0.0;
     for (var k = 0u; k < k_end; k++) {
-        acc = fma(x_at(g, to.row, k), w_at(g, k, col), acc);
+        acc = fma(x_at(xo, to.row, k), w_at(g, k, col), acc);
     }
     store_forward(g, s, to, col, acc);
 }
@@ -415,10 +440,11 @@ fn backward_weights_naive(@builtin(global_invocation_id) id: vec3<u32>) {
         return;
     }
     let n = live_slots(g);
+    let xo = x_offset(g);
     var acc = 0.0;
     for (var b = 0u; b < n; b++) {
         let row = row_of(g, b);
-        acc = fma(x_or_one(g, row, i), dz_at(g, row, col), acc);
+        acc = fma(x_or_one(xo, row, i), dz_at(g, row, col), acc);
     }
     store_dw(g, i, col, acc);
 }

@@ -43,6 +43,7 @@ fn forward_subgroup(
     let x5 = min(row_of(g, src + 40u), P.rows - 1u);
     let x6 = min(row_of(g, src + 48u), P.rows - 1u);
     let x7 = min(row_of(g, src + 56u), P.rows - 1u);
+    let xo = x_offset(g);
     var t0: Tile; var t1: Tile; var t2: Tile; var t3: Tile;
     var t4: Tile; var t5: Tile; var t6: Tile; var t7: Tile;
     var u0: Tile; var u1: Tile; var u2: Tile; var u3: Tile;
@@ -53,14 +54,14 @@ fn forward_subgroup(
         if (CN > 1u) {
             b1 = w_cols(g, k, col + 4u);
         }
-        block_step(&t0, &u0, x_at(g, x0, k), b0, b1);
-        if (RB > 1u) { block_step(&t1, &u1, x_at(g, x1, k), b0, b1); }
-        if (RB > 2u) { block_step(&t2, &u2, x_at(g, x2, k), b0, b1); }
-        if (RB > 3u) { block_step(&t3, &u3, x_at(g, x3, k), b0, b1); }
-        if (RB > 4u) { block_step(&t4, &u4, x_at(g, x4, k), b0, b1); }
-        if (RB > 5u) { block_step(&t5, &u5, x_at(g, x5, k), b0, b1); }
-        if (RB > 6u) { block_step(&t6, &u6, x_at(g, x6, k), b0, b1); }
-        if (RB > 7u) { block_step(&t7, &u7, x_at(g, x7, k), b0, b1); }
+        block_step(&t0, &u0, x_at(xo, x0, k), b0, b1);
+        if (RB > 1u) { block_step(&t1, &u1, x_at(xo, x1, k), b0, b1); }
+        if (RB > 2u) { block_step(&t2, &u2, x_at(xo, x2, k), b0, b1); }
+        if (RB > 3u) { block_step(&t3, &u3, x_at(xo, x3, k), b0, b1); }
+        if (RB > 4u) { block_step(&t4, &u4, x_at(xo, x4, k), b0, b1); }
+        if (RB > 5u) { block_step(&t5, &u5, x_at(xo, x5, k), b0, b1); }
+        if (RB > 6u) { block_step(&t6, &u6, x_at(xo, x6, k), b0, b1); }
+        if (RB > 7u) { block_step(&t7, &u7, x_at(xo, x7, k), b0, b1); }
     }
     block_store_forward(g, row0, col, t0, u0);
     if (RB > 1u) { block_store_forward(g, row0 + 8u, col, t1, u1); }
@@ -152,6 +153,7 @@ fn backward_weights_subgroup(
     var u0: Tile; var u1: Tile; var u2: Tile; var u3: Tile;
     var u4: Tile; var u5: Tile; var u6: Tile; var u7: Tile;
     let n = live_slots(wg.z);
+    let xo = x_offset(g);
     let i0 = min(src, P.inputs);
     let i1 = min(src + 8u, P.inputs);
     let i2 = min(src + 16u, P.inputs);
@@ -167,14 +169,14 @@ fn backward_weights_subgroup(
         if (CN > 1u) {
             b1 = dz_cols(g, row, col + 4u);
         }
-        block_step(&t0, &u0, x_or_one(g, row, i0), b0, b1);
-        if (RB > 1u) { block_step(&t1, &u1, x_or_one(g, row, i1), b0, b1); }
-        if (RB > 2u) { block_step(&t2, &u2, x_or_one(g, row, i2), b0, b1); }
-        if (RB > 3u) { block_step(&t3, &u3, x_or_one(g, row, i3), b0, b1); }
-        if (RB > 4u) { block_step(&t4, &u4, x_or_one(g, row, i4), b0, b1); }
-        if (RB > 5u) { block_step(&t5, &u5, x_or_one(g, row, i5), b0, b1); }
-        if (RB > 6u) { block_step(&t6, &u6, x_or_one(g, row, i6), b0, b1); }
-        if (RB > 7u) { block_step(&t7, &u7, x_or_one(g, row, i7), b0, b1); }
+        block_step(&t0, &u0, x_or_one(xo, row, i0), b0, b1);
+        if (RB > 1u) { block_step(&t1, &u1, x_or_one(xo, row, i1), b0, b1); }
+        if (RB > 2u) { block_step(&t2, &u2, x_or_one(xo, row, i2), b0, b1); }
+        if (RB > 3u) { block_step(&t3, &u3, x_or_one(xo, row, i3), b0, b1); }
+        if (RB > 4u) { block_step(&t4, &u4, x_or_one(xo, row, i4), b0, b1); }
+        if (RB > 5u) { block_step(&t5, &u5, x_or_one(xo, row, i5), b0, b1); }
+        if (RB > 6u) { block_step(&t6, &u6, x_or_one(xo, row, i6), b0, b1); }
+        if (RB > 7u) { block_step(&t7, &u7, x_or_one(xo, row, i7), b0, b1); }
     }
     block_store_dw(g, row0, col, t0, u0);
     if (RB > 1u) { block_store_dw(g, row0 + 8u, col, t1, u1); }

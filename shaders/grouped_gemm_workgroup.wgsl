@@ -73,16 +73,16 @@ fn row_sources(g: u32, row0: u32, lid: u32) -> Sources {
     );
 }
 
-// Forward, step k: X_g[row, k] for the invocation's rows.
-fn stage_x(slot: u32, g: u32, k: u32, lid: u32, src: Sources) {
-    if (loads(0u, lid)) { put(slot, lid, x_at(g, src.lo.x, k)); }
-    if (loads(1u, lid)) { put(slot, lid + WG, x_at(g, src.lo.y, k)); }
-    if (loads(2u, lid)) { put(slot, lid + 2u * WG, x_at(g, src.lo.z, k)); }
-    if (loads(3u, lid)) { put(slot, lid + 3u * WG, x_at(g, src.lo.w, k)); }
-    if (loads(4u, lid)) { put(slot, lid + 4u * WG, x_at(g, src.hi.x, k)); }
-    if (loads(5u, lid)) { put(slot, lid + 5u * WG, x_at(g, src.hi.y, k)); }
-    if (loads(6u, lid)) { put(slot, lid + 6u * WG, x_at(g, src.hi.z, k)); }
-    if (loads(7u, lid)) { put(slot, lid + 7u * WG, x_at(g, src.hi.w, k)); }
+// Forward, step k: X[row, k] of the block at xo for the invocation's rows.
+fn stage_x(slot: u32, xo: u32, k: u32, lid: u32, src: Sources) {
+    if (loads(0u, lid)) { put(slot, lid, x_at(xo, src.lo.x, k)); }
+    if (loads(1u, lid)) { put(slot, lid + WG, x_at(xo, src.lo.y, k)); }
+    if (loads(2u, lid)) { put(slot, lid + 2u * WG, x_at(xo, src.lo.z, k)); }
+    if (loads(3u, lid)) { put(slot, lid + 3u * WG, x_at(xo, src.lo.w, k)); }
+    if (loads(4u, lid)) { put(slot, lid + 4u * WG, x_at(xo, src.hi.x, k)); }
+    if (loads(5u, lid)) { put(slot, lid + 5u * WG, x_at(xo, src.hi.y, k)); }
+    if (loads(6u, lid)) { put(slot, lid + 6u * WG, x_at(xo, src.hi.z, k)); }
+    if (loads(7u, lid)) { put(slot, lid + 7u * WG, x_at(xo, src.hi.w, k)); }
 }
 
 // Input gradient, step (g, j): dZ_g[row, j] for the invocation's rows.
@@ -97,17 +97,17 @@ fn stage_dz(slot: u32, g: u32, j: u32, lid: u32, src: Sources) {
     if (loads(7u, lid)) { put(slot, lid + 7u * WG, dz_at(g, src.hi.w, j)); }
 }
 
-// Weight gradients, the step of batch row `row`: X_g[row, i] (1 for the bias row)
-// for the invocation's inputs i.
-fn stage_xt(slot: u32, g: u32, row: u32, lid: u32, src: Sources) {
-    if (loads(0u, lid)) { put(slot, lid, x_or_one(g, row, src.lo.x)); }
-    if (loads(1u, lid)) { put(slot, lid + WG, x_or_one(g, row, src.lo.y)); }
-    if (loads(2u, lid)) { put(slot, lid + 2u * WG, x_or_one(g, row, src.lo.z)); }
-    if (loads(3u, lid)) { put(slot, lid + 3u * WG, x_or_one(g, row, src.lo.w)); }
-    if (loads(4u, lid)) { put(slot, lid + 4u * WG, x_or_one(g, row, src.hi.x)); }
-    if (loads(5u, lid)) { put(slot, lid + 5u * WG, x_or_one(g, row, src.hi.y)); }
-    if (loads(6u, lid)) { put(slot, lid + 6u * WG, x_or_one(g, row, src.hi.z)); }
-    if (loads(7u, lid)) { put(slot, lid + 7u * WG, x_or_one(g, row, src.hi.w)); }
+// Weight gradients, the step of batch row `row`: X[row, i] of the block at xo (1 for
+// the bias row) for the invocation's inputs i.
+fn stage_xt(slot: u32, xo: u32, row: u32, lid: u32, src: Sources) {
+    if (loads(0u, lid)) { put(slot, lid, x_or_one(xo, row, src.lo.x)); }
+    if (loads(1u, lid)) { put(slot, lid + WG, x_or_one(xo, row, src.lo.y)); }
+    if (loads(2u, lid)) { put(slot, lid + 2u * WG, x_or_one(xo, row, src.lo.z)); }
+    if (loads(3u, lid)) { put(slot, lid + 3u * WG, x_or_one(xo, row, src.lo.w)); }
+    if (loads(4u, lid)) { put(slot, lid + 4u * WG, x_or_one(xo, row, src.hi.x)); }
+    if (loads(5u, lid)) { put(slot, lid + 5u * WG, x_or_one(xo, row, src.hi.y)); }
+    if (loads(6u, lid)) { put(slot, lid + 6u * WG, x_or_one(xo, row, src.hi.z)); }
+    if (loads(7u, lid)) { put(slot, lid + 7u * WG, x_or_one(xo, row, src.hi.w)); }
 }
 
 @compute @workgroup_size(WG)
@@ -126,9 +126,10 @@ fn forward_workgroup(
     // The staged rows are group wg.z's: with packed groups X is shared, so the same
     // for every group the workgroup's columns belong to.
     let src = row_sources(wg.z, row0, lid);
+    let xo = x_offset(wg.z);
     let n = P.inputs;
     for (var k = 0u; k < min(KT, n); k++) {
-        stage_x(k, wg.z, k, lid, src);
+        stage_x(k, xo, k, lid, src);
     }
     var t0: Tile; var t1: Tile; var t2: Tile; var t3: Tile;
     var t4: Tile; var t5: Tile; var t6: Tile; var t7: Tile;
@@ -139,7 +140,7 @@ fn forward_workgroup(
             workgroupBarrier();
         }
         if (k + KT < n) {
-            stage_x(ring_slot(k + KT), wg.z, k + KT, lid, src);
+            stage_x(ring_slot(k + KT), xo, k + KT, lid, src);
         }
         let slot = ring_slot(k);
         let b0 = w_cols(g, k, col);
@@ -257,8 +258,9 @@ fn backward_weights_workgroup(
         min(vec4(i + 4u * WG, i + 5u * WG, i + 6u * WG, i + 7u * WG), vec4(last)),
     );
     let n = live_slots(wg.z);
+    let xo = x_offset(wg.z);
     for (var b = 0u; b < min(KT, n); b++) {
-        stage_xt(b, wg.z, row_of(wg.z, b), lid, src);
+        stage_xt(b, xo, row_of(wg.z, b), lid, src);
     }
     var t0: Tile; var t1: Tile; var t2: Tile; var t3: Tile;
     var t4: Tile; var t5: Tile; var t6: Tile; var t7: Tile;
@@ -269,7 +271,7 @@ fn backward_weights_workgroup(
             workgroupBarrier();
         }
         if (b + KT < n) {
-            stage_xt(ring_slot(b + KT), wg.z, row_of(wg.z, b + KT), lid, src);
+            stage_xt(ring_slot(b + KT), xo, row_of(wg.z, b + KT), lid, src);
         }
         let slot = ring_slot(b);
         let row = row_of(g, b);

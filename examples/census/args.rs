@@ -39,6 +39,26 @@ pub struct Options {
     #[arg(long, value_name = "N", default_value_t = 8, value_parser = positive_int,
           allow_negative_numbers = true)]
     pub experts: usize,
+    /// Extraction levels (ple).
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = positive_int,
+          allow_negative_numbers = true)]
+    pub levels: usize,
+    /// Shared experts in each level (cgc, ple).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 4,
+        allow_negative_numbers = true
+    )]
+    pub shared_experts: usize,
+    /// Experts of each task's own in each level (cgc, ple).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 2,
+        allow_negative_numbers = true
+    )]
+    pub task_experts: usize,
     /// Width of each expert's ReLU layer; shared-bottom's bottom layer is experts ×
     /// units wide.
     #[arg(long, value_name = "N", default_value_t = 16, value_parser = positive_int,
@@ -129,6 +149,11 @@ pub enum ModelKind {
     Omoe,
     /// One shared ReLU layer of experts × units under the towers.
     SharedBottom,
+    /// One extraction level (Tang et al. 2020): --shared-experts shared experts and
+    /// --task-experts of each task's own.
+    Cgc,
+    /// Progressive layered extraction: --levels CGC levels stacked.
+    Ple,
 }
 
 impl ModelKind {
@@ -137,6 +162,8 @@ impl ModelKind {
             ModelKind::Mmoe => "mmoe",
             ModelKind::Omoe => "omoe",
             ModelKind::SharedBottom => "shared-bottom",
+            ModelKind::Cgc => "cgc",
+            ModelKind::Ple => "ple",
         }
     }
 }

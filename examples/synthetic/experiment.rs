@@ -8,7 +8,8 @@ use mmoe_wgpu::data::Dataset;
 use mmoe_wgpu::data::synthetic::{SyntheticConfig, generate};
 use mmoe_wgpu::graph::Role;
 use mmoe_wgpu::model::{
-    Architecture, ExpertStart, Gate, ModelConfig, PartitionOn, TaskConfig, TaskKind, Trainer,
+    Architecture, ExpertStart, Gate, Level, ModelConfig, PartitionOn, TaskConfig, TaskKind,
+    Trainer, build,
 };
 use mmoe_wgpu::rng::Rng;
 
@@ -30,6 +31,19 @@ pub enum Model {
     Omoe,
     /// One bottom layer shared by both towers.
     SharedBottom,
+    /// One extraction level (Tang et al. 2020): shared experts and each task's own.
+    Cgc,
+    /// Progressive layered extraction: `--levels` CGC levels stacked.
+    Ple,
+}
+
+/// The experts of the CGC and PLE models: levels (CGC: one), shared experts and
+/// experts per task in each level.
+#[derive(Clone, Copy, Debug)]
+pub struct LevelShape {
+    pub levels: usize,
+    pub shared: usize,
+    pub task: usize,
 }
 
 impl Model {
@@ -39,6 +53,8 @@ impl Model {
             Model::Mmoe => "mmoe",
             Model::Omoe => "omoe",
             Model::SharedBottom => "shared-bottom",
+            Model::Cgc => "cgc",
+            Model::Ple => "ple",
         }
     }
 
@@ -48,6 +64,8 @@ impl Model {
             Model::Mmoe => "MMoE",
             Model::Omoe => "OMoE",
             Model::SharedBottom => "Shared-Bottom",
+            Model::Cgc => "CGC",
+            Model::Ple => "PLE",
         }
     }
 
@@ -58,7 +76,16 @@ impl Model {
 
     /// The paper's models, matched in size: 8 experts of one ReLU layer of 16 (or a
     /// bottom of one ReLU layer of 113), towers of one ReLU layer of 8, Adam, MSE.
-    pub fn config(self, inputs: usize, learning_rate: f32, seed: u64, gate: Gate) -> ModelConfig {
+    /// CGC and PLE have `levels` of experts of one ReLU layer whose width makes
+    /// their parameter count the closest to MMoE's.
+    pub fn config(
+        self,
+        inputs: usize,
+        learning_rate: f32,
+        seed: u64,
+        gate: Gate,
+        levels: LevelShape,
+    ) -> ModelConfig {
         let tasks = vec![
             TaskConfig::new("task1", TaskKind::Regression),
             TaskConfig::new("task2", TaskKind::Regression),
@@ -79,11 +106,47 @@ impl Model {
             Model::SharedBottom => Architecture::SharedBottom {
                 bottom_layers: vec![113],
             },
+            Model::Cgc | Model::Ple => {
+                let count = if self == Model::Cgc { 1 } else { levels.levels };
+                let at = |width| {
+                    let level = Level {
+                        gate,
+                        ..Level::new(levels.shared, levels.task, width)
+                    };
+                    Architecture::Ple {
+                        levels: vec![level; count],
+                    }
+                };
+                let mmoe = parameters(&config);
+                let width = (1..=64)
+                    .min_by_key(|&w| {
+                        let c = ModelConfig {
+                            architecture: at(w),
+                            ..config.clone()
+                        };
+                        parameters(&c).abs_diff(mmoe)
+                    })
+                    .expect("a width");
+                at(width)
+            }
         };
         config.learning_rate = learning_rate;
         config.seed = seed;
         config
     }
+}
+
+/// Trainable parameters of `config` (0 for a config that does not build).
+pub fn parameters(config: &ModelConfig) -> usize {
+    let Ok(model) = build(config, 1) else {
+        return 0;
+    };
+    let graph = &model.graph;
+    graph
+        .with_role(Role::Parameter)
+        .into_iter()
+        .map(|id| graph.tensor(id).len())
+        .sum()
 }
 
 /// The learning rate over a run.
@@ -160,6 +223,8 @@ pub struct RunSpec {
     pub gate: Gate,
     /// How the gated models' experts start (`None`: random).
     pub expert_start: Option<ExpertStart>,
+    /// The levels of CGC and PLE.
+    pub levels: LevelShape,
 }
 
 /// What one run produced.
@@ -228,9 +293,13 @@ pub fn run(
     bar: &ProgressBar,
 ) -> mmoe_wgpu::Result<RunResult> {
     let start = Instant::now();
-    let config = spec
-        .model
-        .config(train.inputs, spec.learning_rate, spec.seed, spec.gate);
+    let config = spec.model.config(
+        train.inputs,
+        spec.learning_rate,
+        spec.seed,
+        spec.gate,
+        spec.levels,
+    );
     let batch = spec.batch_size.min(train.rows);
     let mut trainer = Trainer::new(gpu, config, batch)?;
     if let Some(start) = spec
@@ -240,12 +309,7 @@ pub fn run(
     {
         trainer.start_experts(&train.x, &train.y, start)?;
     }
-    let graph = &trainer.model().graph;
-    let parameters = graph
-        .with_role(Role::Parameter)
-        .into_iter()
-        .map(|id| graph.tensor(id).len())
-        .sum();
+    let parameters = parameters(trainer.config());
 
     let mut rng = Rng::new(spec.seed).fork(0x5157);
     let mut order = train.shuffled_order(&mut rng);

@@ -35,6 +35,8 @@ pub fn model_color(model: Model) -> RGBColor {
         Model::Mmoe => RGBColor(0x1f, 0x77, 0xb4),
         Model::Omoe => RGBColor(0xff, 0x7f, 0x0e),
         Model::SharedBottom => RGBColor(0x2c, 0xa0, 0x2c),
+        Model::Cgc => RGBColor(0xd6, 0x27, 0x28),
+        Model::Ple => RGBColor(0x94, 0x67, 0xbd),
     }
 }
 

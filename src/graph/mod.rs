@@ -178,11 +178,16 @@ impl Graph {
         weight_init: Option<Init>,
     ) -> Result<TensorId> {
         let (x_groups, inputs) = self.row_features(x)?;
-        if layout == InputLayout::PerGroup && x_groups != groups {
+        let blocks = match layout {
+            InputLayout::Shared => 1,
+            InputLayout::PerGroup => groups,
+            InputLayout::Level { tasks, .. } => tasks + 1,
+        };
+        if x_groups != blocks {
             return Err(Error::invalid(
                 "graph",
                 format!(
-                    "`{name}` has {groups} groups but its per-group input `{}` has {x_groups}",
+                    "`{name}` reads {blocks} input blocks ({layout:?}) but its input `{}` has {x_groups}",
                     self.tensor(x).name
                 ),
             ));
@@ -227,7 +232,9 @@ impl Graph {
     }
 
     /// `gates` gates over the experts of `h` (`[experts, rows, width]`), fed by `x`;
-    /// returns the mixtures `[gates, rows, width]`. Creates `name.weight` (unless the
+    /// returns the mixtures `[gates, rows, width]`. Every gate reads `x` when it is one
+    /// group; gate `t` reads group `t` when `x` has `gates` groups, or `gates + 1`
+    /// (a multi-level model's last level: the shared block is read by no gate). Creates `name.weight` (unless the
     /// gate is static), `name.bias` and the gate values `name.values`; a noisy gate
     /// also its noise layer `name.noise` (a dense node on `x` with zero-initialised
     /// `name.noise.weight` and `name.noise.bias`, so the noise starts at
@@ -242,10 +249,38 @@ impl Graph {
     ) -> Result<TensorId> {
         let (x_groups, inputs) = self.row_features(x)?;
         let (experts, width) = self.row_features(h)?;
-        if x_groups != 1 {
+        let input = if x_groups == 1 {
+            InputLayout::Shared
+        } else if x_groups == gates {
+            InputLayout::PerGroup
+        } else if x_groups == gates + 1 {
+            InputLayout::Level {
+                tasks: gates,
+                shared: 0,
+                own: 1,
+            }
+        } else {
             return Err(Error::invalid(
                 "graph",
-                format!("gate input `{}` must be one group", self.tensor(x).name),
+                format!(
+                    "gate input `{}` has {x_groups} groups; {gates} gates read 1, {gates} or {}",
+                    self.tensor(x).name,
+                    gates + 1
+                ),
+            ));
+        };
+        if input != InputLayout::Shared && spec.noisy {
+            return Err(Error::invalid(
+                name,
+                "gate noise needs gates that share one input",
+            ));
+        }
+        if matches!(spec.access, crate::shape::ExpertAccess::SharedGate { .. })
+            && spec.balance_weight > 0.0
+        {
+            return Err(Error::invalid(
+                name,
+                "a balancing loss is not available on a level with a shared gate",
             ));
         }
         let shape = GateMixShape {
@@ -254,6 +289,7 @@ impl Graph {
             rows: self.capacity,
             inputs,
             width,
+            input,
         };
         shape.validate(name)?;
         spec.access.validate(name, &shape)?;

@@ -288,13 +288,16 @@ fn routed_layers(graph: &Graph) -> Vec<Option<usize>> {
             let Op::Dense { x, shape: gemm, .. } = &nodes[node] else {
                 break;
             };
-            if gemm.groups != shape.experts {
+            // The first layer of a level's experts reads the blocks of the level's
+            // input, which the ragged passes do not take: it runs dense (its rows no
+            // gate selected get a weight of exactly 0 in the mixture all the same).
+            if gemm.groups != shape.experts || matches!(gemm.input, InputLayout::Level { .. }) {
                 break;
             }
             routed[node] = Some(gate);
             next = match gemm.input {
                 InputLayout::PerGroup => producer(*x),
-                InputLayout::Shared => None,
+                InputLayout::Shared | InputLayout::Level { .. } => None,
             };
         }
     }

@@ -70,7 +70,7 @@
 //!
 //! # fn main() -> mmoe_wgpu::Result<()> {
 //! let gpu = mmoe_wgpu::Gpu::new()?;
-//! let shape = GateMixShape { gates: 1, experts: 4, rows: 8, inputs: 3, width: 2 };
+//! let shape = GateMixShape { gates: 1, experts: 4, rows: 8, inputs: 3, width: 2, input: mmoe_wgpu::InputLayout::Shared };
 //! let filled = |name: &str, n: usize| -> mmoe_wgpu::Result<wgpu::Buffer> {
 //!     gpu.upload(name, &(0..n).map(|i| (i % 7) as f32 / 7.0 - 0.4).collect::<Vec<_>>())
 //! };

@@ -39,7 +39,7 @@
 //!
 //! # fn main() -> mmoe_wgpu::Result<()> {
 //! let gpu = Gpu::new()?;
-//! let shape = GateMixShape { gates: 2, experts: 3, rows: 4, inputs: 5, width: 6 };
+//! let shape = GateMixShape { gates: 2, experts: 3, rows: 4, inputs: 5, width: 6, input: mmoe_wgpu::InputLayout::Shared };
 //! let filled = |name: &str, n: usize| -> mmoe_wgpu::Result<wgpu::Buffer> {
 //!     gpu.upload(name, &(0..n).map(|i| (i % 7) as f32 / 7.0).collect::<Vec<_>>())
 //! };
@@ -193,7 +193,12 @@ crate::kernels::binding::host_struct! {
         use_p: u32,
         /// 1: every gate keeps the same `k` experts per row ([`Selection::Shared`]).
         shared_selection: u32,
-        _pad: [u32; 3],
+        /// Elements between the gates' blocks of `X`; 0 when every gate reads one `X`.
+        x_gate_stride: u32,
+        /// [`ExpertAccess::SharedGate`]: the gate that sees every expert (`u32::MAX`:
+        /// none), and the experts it keeps per row.
+        all_gate: u32,
+        k_all: u32,
     }
 }
 
@@ -235,6 +240,9 @@ impl GateMixParams {
             width: s.width as u32,
             k: s.experts as u32,
             stages: ForwardStages::Both.bits(),
+            x_gate_stride: (s.x_offset(1) - s.x_offset(0)) as u32,
+            all_gate: u32::MAX,
+            k_all: s.experts as u32,
             ..Default::default()
         }
     }
@@ -248,7 +256,8 @@ pub struct GateMixForward<'a> {
     /// Storage type of every operand; logits, softmax and mixing run in f32 either
     /// way (with f16, the logits are rounded to f16 once, in `G`, before the softmax).
     pub precision: Precision,
-    /// `X: [rows, inputs]`, the gates' input.
+    /// `X`, the gates' input: `[rows, inputs]`, or one block per gate (see
+    /// [`GateMixShape::input`]).
     pub x: BufferView<'a>,
     /// `Wg: [gates, inputs, experts]`.
     pub wg: BufferView<'a>,
@@ -460,9 +469,19 @@ impl GateMix {
         p.k = k as u32;
         p.shared_selection = (selection == Selection::Shared) as u32;
         p.stages = stages.bits();
-        if let ExpertAccess::SharedAndOwn { shared, own } = access {
-            p.shared_experts = shared as u32;
-            p.own_experts = own as u32;
+        p.k_all = k as u32;
+        match access {
+            ExpertAccess::All => {}
+            ExpertAccess::SharedAndOwn { shared, own } => {
+                p.shared_experts = shared as u32;
+                p.own_experts = own as u32;
+            }
+            ExpertAccess::SharedGate { shared, own, tasks } => {
+                p.shared_experts = shared as u32;
+                p.own_experts = own as u32;
+                p.all_gate = tasks as u32;
+                p.k_all = access.gate_k(s, tasks, k) as u32;
+            }
         }
         p.x_base = bound[0].base;
         p.wg_base = bound[1].base;

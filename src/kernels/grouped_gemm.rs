@@ -168,12 +168,16 @@ crate::kernels::binding::host_struct! {
         routes_base: u32,
         slots_base: u32,
         slots: u32,
-        _pad: [u32; 2],
+        x_tasks: u32,
+        x_shared: u32,
+        x_own: u32,
+        _pad: [u32; 3],
     }
 }
 
 impl GemmParams {
     fn new(shape: &GemmShape, activation: Activation, flags: u32) -> Self {
+        let (tasks, shared, own) = shape.level_form();
         GemmParams {
             groups: shape.groups as u32,
             rows: shape.rows as u32,
@@ -181,8 +185,13 @@ impl GemmParams {
             outputs: shape.outputs as u32,
             x_group_stride: match shape.input {
                 InputLayout::Shared => 0,
-                InputLayout::PerGroup => (shape.rows * shape.inputs) as u32,
+                InputLayout::PerGroup | InputLayout::Level { .. } => {
+                    (shape.rows * shape.inputs) as u32
+                }
             },
+            x_tasks: tasks as u32,
+            x_shared: shared as u32,
+            x_own: own as u32,
             activation: activation.code(),
             flags,
             ..Default::default()

@@ -1,6 +1,6 @@
 //! From a [`ModelConfig`] to a [`Graph`], and the seeded initial parameters.
 
-use super::config::{Architecture, GateKind, ModelConfig};
+use super::config::{Architecture, Gate, GateKind, Level, ModelConfig};
 use super::fields::table_name;
 use crate::Result;
 use crate::graph::{GateSpec, Graph, Init, Plan, Role, TensorId};
@@ -89,20 +89,10 @@ pub fn build(config: &ModelConfig, capacity: usize) -> Result<ModelGraph> {
                 Architecture::Mmoe { .. } => (tasks, ExpertAccess::All),
                 _ => (1, ExpertAccess::All),
             };
-            let spec = GateSpec {
-                k: match gate.kind {
-                    GateKind::TopK { k } => Some(k),
-                    GateKind::Softmax | GateKind::Static => None,
-                },
-                access,
-                selection: gate.selection,
-                input_dependent: gate.kind != GateKind::Static,
-                balance_weight: gate.balance_weight,
-                balance_loss: gate.balance_loss,
-                noisy: gate.noisy,
-            };
+            let spec = gate_spec(gate, access);
             (graph.gate_mix("gate", below, h, gates, spec)?, gates)
         }
+        Architecture::Ple { levels } => (add_levels(&mut graph, levels, tasks, below)?, tasks),
         Architecture::SharedBottom { bottom_layers } => {
             let mut b = below;
             for (i, &width) in bottom_layers.iter().enumerate() {
@@ -133,7 +123,9 @@ pub fn build(config: &ModelConfig, capacity: usize) -> Result<ModelGraph> {
     let targets = graph.target("targets", tasks)?;
     let losses = super::esmm::task_losses(&config.tasks);
     graph.loss("loss", predictions, targets, losses)?;
-    let gate_values = graph.find("gate.values");
+    let gate_values = graph
+        .find("gate.values")
+        .or_else(|| graph.find(&format!("{}.values", level_name(config, "gate"))));
     let gate_noise = graph.find("gate.noise.eps");
     Ok(ModelGraph {
         graph,
@@ -144,6 +136,79 @@ pub fn build(config: &ModelConfig, capacity: usize) -> Result<ModelGraph> {
         gate_noise,
         gates,
     })
+}
+
+/// The name of `what` (`experts.{i}`, `gate`) in the last level of `config`: as in
+/// MMoE for one level, `levels.{l}.` before it for more.
+fn level_name(config: &ModelConfig, what: &str) -> String {
+    match &config.architecture {
+        Architecture::Ple { levels } if levels.len() > 1 => {
+            format!("levels.{}.{what}", levels.len() - 1)
+        }
+        _ => what.to_string(),
+    }
+}
+
+/// The gate of a level, or of an MMoE or OMoE, as the graph takes it.
+fn gate_spec(gate: &Gate, access: ExpertAccess) -> GateSpec {
+    GateSpec {
+        k: match gate.kind {
+            GateKind::TopK { k } => Some(k),
+            GateKind::Softmax | GateKind::Static => None,
+        },
+        access,
+        selection: gate.selection,
+        input_dependent: gate.kind != GateKind::Static,
+        balance_weight: gate.balance_weight,
+        balance_loss: gate.balance_loss,
+        noisy: gate.noisy,
+    }
+}
+
+/// The extraction levels of a PLE model on `x` (`[rows, d]`), each level's experts
+/// one grouped GEMM per layer and its gates one gate + mix; returns the last level's
+/// task outputs `[tasks, rows, width]`. A level's output is `[tasks + 1, rows,
+/// width]`, the task outputs then the shared one (the last level has no shared
+/// output), which is the next level's input blocks ([`InputLayout::Level`]).
+///
+/// Names: one level is named as MMoE (`experts.{i}`, `gate`); with more, level `l`'s
+/// are `levels.{l}.experts.{i}` and `levels.{l}.gate`.
+fn add_levels(graph: &mut Graph, levels: &[Level], tasks: usize, x: TensorId) -> Result<TensorId> {
+    let mut input = x;
+    for (l, level) in levels.iter().enumerate() {
+        let prefix = if levels.len() == 1 {
+            String::new()
+        } else {
+            format!("levels.{l}.")
+        };
+        let last = l + 1 == levels.len();
+        let (shared, own) = (level.shared_experts, level.task_experts);
+        let experts = level.total_experts(tasks);
+        let mut h = input;
+        for (i, &width) in level.expert_layers.iter().enumerate() {
+            let layout = match (i, l) {
+                (0, 0) => InputLayout::Shared,
+                (0, _) => InputLayout::Level { tasks, shared, own },
+                _ => InputLayout::PerGroup,
+            };
+            h = graph.dense(
+                &format!("{prefix}experts.{i}"),
+                h,
+                experts,
+                width,
+                Activation::Relu,
+                layout,
+            )?;
+        }
+        let (gates, access) = match (last, own) {
+            (_, 0) => (tasks + usize::from(!last), ExpertAccess::All),
+            (true, _) => (tasks, ExpertAccess::SharedAndOwn { shared, own }),
+            (false, _) => (tasks + 1, ExpertAccess::SharedGate { shared, own, tasks }),
+        };
+        let spec = gate_spec(&level.gate, access);
+        input = graph.gate_mix(&format!("{prefix}gate"), input, h, gates, spec)?;
+    }
+    Ok(input)
 }
 
 /// The ID capacities of field `field` of `config` at batch capacity `B`: it holds at

@@ -382,6 +382,9 @@ fn experts_of(config: &ModelConfig) -> Result<(usize, &[usize])> {
             bad("the tasks have experts of their own, which a partition of the rows cannot assign")
         }
         Architecture::SharedBottom { .. } => bad("a shared-bottom model has no experts to start"),
+        Architecture::Ple { .. } => bad(
+            "a CGC or PLE model has experts of the tasks' own and levels, which a partition of the rows cannot assign",
+        ),
     }
 }
 

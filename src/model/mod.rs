@@ -23,6 +23,8 @@ mod config;
 mod esmm;
 mod expert_start;
 mod fields;
+mod gate;
+mod level;
 mod noise;
 pub mod partition;
 mod trainer;
@@ -33,7 +35,9 @@ pub use crate::shape::{Pooling, TableOptimizer};
 pub use batch::{Batch, FieldIds};
 pub use build::{ModelGraph, build, initial_parameters, initial_tables};
 pub use checkpoint::Checkpoint;
-pub use config::{Architecture, Gate, GateKind, HeadKind, ModelConfig, TaskConfig, TaskKind};
+pub use config::{
+    Architecture, Gate, GateKind, HeadKind, Level, ModelConfig, TaskConfig, TaskKind,
+};
 pub use esmm::EsmmPair;
 pub use expert_start::{ExpertStart, ExpertStartReport, PartitionOn};
 pub use fields::{FieldConfig, FieldValues, table_name};

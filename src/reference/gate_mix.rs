@@ -25,6 +25,7 @@ pub fn forward(
         rows,
         inputs: d,
         width: w,
+        ..
     } = shape;
     let mut g = vec![0.0; shape.g_len()];
     let mut m = vec![0.0; shape.m_len()];
@@ -34,7 +35,7 @@ pub fn forward(
             for (e, z) in row.iter_mut().enumerate() {
                 let mut acc = bg[t * n + e];
                 for k in 0..d {
-                    acc += x[b * d + k] * wg[(t * d + k) * n + e];
+                    acc += x[shape.x_offset(t) + b * d + k] * wg[(t * d + k) * n + e];
                 }
                 *z = acc;
             }
@@ -66,7 +67,7 @@ pub struct GateMixGrads {
     pub dwg: Vec<f64>,
     /// `dbg: [gates, experts]`.
     pub dbg: Vec<f64>,
-    /// `dX: [rows, inputs]`, summed over the gates.
+    /// `dX`, shaped like `X` (summed over the gates when they share it).
     pub dx: Vec<f64>,
 }
 
@@ -92,6 +93,7 @@ pub fn backward(
         rows,
         inputs: d,
         width: w,
+        ..
     } = shape;
     let mut grads = GateMixGrads {
         dh: vec![0.0; shape.h_len()],
@@ -117,8 +119,9 @@ pub fn backward(
                 let dz = g[gi + e] * (dg[e] - s);
                 grads.dbg[t * n + e] += dz;
                 for k in 0..d {
-                    grads.dwg[(t * d + k) * n + e] += x[b * d + k] * dz;
-                    grads.dx[b * d + k] += dz * wg[(t * d + k) * n + e];
+                    let xk = shape.x_offset(t) + b * d + k;
+                    grads.dwg[(t * d + k) * n + e] += x[xk] * dz;
+                    grads.dx[xk] += dz * wg[(t * d + k) * n + e];
                 }
             }
         }

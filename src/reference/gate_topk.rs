@@ -75,7 +75,7 @@ pub fn logits(shape: &GateMixShape, x: &[f64], wg: &[f64], bg: &[f64]) -> Result
             for e in 0..n {
                 let mut acc = bg[t * n + e];
                 for i in 0..d {
-                    acc += x[b * d + i] * wg[(t * d + i) * n + e];
+                    acc += x[shape.x_offset(t) + b * d + i] * wg[(t * d + i) * n + e];
                 }
                 z[(t * rows + b) * n + e] = acc;
             }
@@ -138,6 +138,7 @@ pub fn forward_logits_selecting(
                 None => {
                     let seen: Vec<usize> = (0..n).filter(|&e| access.sees(t, e)).collect();
                     let seen_z: Vec<f64> = seen.iter().map(|&e| logit(t, e)).collect();
+                    let k = access.gate_k(shape, t, k);
                     own = top_k(&seen_z, k).into_iter().map(|i| seen[i]).collect();
                     &own
                 }
@@ -199,7 +200,7 @@ pub struct GateTopkGrads {
     pub dwg: Vec<f64>,
     /// `dbg: [gates, experts]`.
     pub dbg: Vec<f64>,
-    /// `dX: [rows, inputs]`, summed over the gates.
+    /// `dX`, shaped like `X` (summed over the gates when they share it).
     pub dx: Vec<f64>,
 }
 
@@ -227,6 +228,7 @@ pub fn backward(
         rows,
         inputs: d,
         width: w,
+        ..
     } = shape;
     let mut grads = GateTopkGrads {
         dh: vec![0.0; shape.h_len()],
@@ -256,8 +258,9 @@ pub fn backward(
                 grads.dz[row + e] = dz;
                 grads.dbg[t * n + e] += dz;
                 for i in 0..d {
-                    grads.dwg[(t * d + i) * n + e] += x[b * d + i] * dz;
-                    grads.dx[b * d + i] += dz * wg[(t * d + i) * n + e];
+                    let xi = shape.x_offset(t) + b * d + i;
+                    grads.dwg[(t * d + i) * n + e] += x[xi] * dz;
+                    grads.dx[xi] += dz * wg[(t * d + i) * n + e];
                 }
             }
         }

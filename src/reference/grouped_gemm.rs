@@ -9,7 +9,9 @@ use crate::shape::{Activation, GemmShape, InputLayout};
 fn x_offset(shape: &GemmShape, g: usize) -> usize {
     match shape.input {
         InputLayout::Shared => 0,
-        InputLayout::PerGroup => g * shape.rows * shape.inputs,
+        InputLayout::PerGroup | InputLayout::Level { .. } => {
+            shape.x_block(g) * shape.rows * shape.inputs
+        }
     }
 }
 

@@ -6,7 +6,8 @@ use crate::{Error, Result};
 
 /// Shape of a gate + mix over `gates` gates (`T` for MMoE, 1 for a one-gate model).
 ///
-/// `X: [rows, inputs]`, `Wg: [gates, inputs, experts]`, `bg: [gates, experts]`,
+/// `X: [rows, inputs]` (or one block per gate, see [`input`](Self::input)),
+/// `Wg: [gates, inputs, experts]`, `bg: [gates, experts]`,
 /// `H: [experts, rows, width]`, `G: [gates, rows, experts]`, `M: [gates, rows, width]`.
 /// All row-major.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -21,6 +22,14 @@ pub struct GateMixShape {
     pub inputs: usize,
     /// Expert width `h`.
     pub width: usize,
+    /// Which input each gate reads: one `X: [rows, inputs]` read by every gate
+    /// ([`InputLayout::Shared`]), or gate `t` its own block `t`:
+    /// [`InputLayout::PerGroup`] (`X: [gates, rows, inputs]`), or
+    /// [`InputLayout::Level`] `{ tasks: gates, shared: 0, own: 1 }` (`X: [gates + 1,
+    /// rows, inputs]`, the task gates of a multi-level model's last level: they read
+    /// the task blocks of the level's input, and the shared block, read by none of
+    /// them, gets a zero gradient).
+    pub input: InputLayout,
 }
 
 impl GateMixShape {
@@ -37,11 +46,26 @@ impl GateMixShape {
                 ("width", self.width),
             ],
         )?;
+        let own_blocks = match self.input {
+            InputLayout::Shared | InputLayout::PerGroup => true,
+            InputLayout::Level { tasks, shared, own } => {
+                tasks == self.gates && shared == 0 && own == 1
+            }
+        };
+        if !own_blocks {
+            return Err(Error::invalid(
+                format!("{context} input"),
+                format!(
+                    "gates read one shared input or gate t block t of theirs; {:?} for {} gates",
+                    self.input, self.gates
+                ),
+            ));
+        }
         let (t, e, b, d, w) = (self.gates, self.experts, self.rows, self.inputs, self.width);
         check_elements(
             context,
             &[
-                ("X", &[b, d]),
+                ("X", &[self.logits_gemm().x_groups(), b, d]),
                 ("Wg", &[t, d, e]),
                 ("H", &[e, b, w]),
                 ("G", &[t, b, e]),
@@ -52,7 +76,15 @@ impl GateMixShape {
 
     /// Elements of `X` (and of `dX`).
     pub fn x_len(&self) -> usize {
-        self.rows * self.inputs
+        self.logits_gemm().x_len()
+    }
+
+    /// Where gate `gate`'s rows of `X` start: 0 when shared, else block `gate`.
+    pub fn x_offset(&self, gate: usize) -> usize {
+        match self.input {
+            InputLayout::Shared => 0,
+            InputLayout::PerGroup | InputLayout::Level { .. } => gate * self.rows * self.inputs,
+        }
     }
 
     /// Elements of `Wg` (and of `dWg`).
@@ -80,15 +112,15 @@ impl GateMixShape {
         self.gates * self.rows * self.width
     }
 
-    /// The gate logits `X · Wg_t + bg_t` as a grouped GEMM: one group per gate on the
-    /// shared input.
+    /// The gate logits `X · Wg_t + bg_t` as a grouped GEMM: one group per gate, on
+    /// the gates' input layout.
     pub fn logits_gemm(&self) -> GemmShape {
         GemmShape {
             groups: self.gates,
             rows: self.rows,
             inputs: self.inputs,
             outputs: self.experts,
-            input: InputLayout::Shared,
+            input: self.input,
         }
     }
 }
@@ -112,6 +144,17 @@ pub enum ExpertAccess {
         /// Experts of each gate's own (at least 1).
         own: usize,
     },
+    /// An extraction level of a multi-level model (PLE) that is not the last: gates
+    /// `0..gates − 1` (the tasks') as [`SharedAndOwn`](Self::SharedAndOwn), and the
+    /// last gate, the level's shared gate, sees every expert.
+    SharedGate {
+        /// Experts every gate sees.
+        shared: usize,
+        /// Experts of each task gate's own (at least 1).
+        own: usize,
+        /// Task gates; the shared gate is gate `tasks`, the last.
+        tasks: usize,
+    },
 }
 
 impl ExpertAccess {
@@ -122,6 +165,9 @@ impl ExpertAccess {
             ExpertAccess::SharedAndOwn { shared, own } => {
                 expert < shared || (expert - shared) / own == gate
             }
+            ExpertAccess::SharedGate { shared, own, tasks } => {
+                gate == tasks || expert < shared || (expert - shared) / own == gate
+            }
         }
     }
 
@@ -129,25 +175,53 @@ impl ExpertAccess {
     pub fn visible(&self, shape: &GateMixShape) -> usize {
         match *self {
             ExpertAccess::All => shape.experts,
-            ExpertAccess::SharedAndOwn { shared, own } => shared + own,
+            ExpertAccess::SharedAndOwn { shared, own }
+            | ExpertAccess::SharedGate { shared, own, .. } => shared + own,
+        }
+    }
+
+    /// Experts gate `gate` of `shape` keeps per row for a gate of `k`: `k`, but the
+    /// shared gate of [`SharedGate`](Self::SharedGate) keeps every expert when `k`
+    /// is all a task gate sees (the dense softmax).
+    pub fn gate_k(&self, shape: &GateMixShape, gate: usize, k: usize) -> usize {
+        match *self {
+            ExpertAccess::SharedGate { shared, own, tasks }
+                if gate == tasks && k >= shared + own && tasks < shape.gates =>
+            {
+                shape.experts
+            }
+            _ => k,
         }
     }
 
     /// Checks the experts of `shape` are exactly the shared ones plus `own` per gate.
     pub fn validate(&self, context: &str, shape: &GateMixShape) -> Result<()> {
-        let ExpertAccess::SharedAndOwn { shared, own } = *self else {
-            return Ok(());
+        let (shared, own, task_gates) = match *self {
+            ExpertAccess::All => return Ok(()),
+            ExpertAccess::SharedAndOwn { shared, own } => (shared, own, shape.gates),
+            ExpertAccess::SharedGate { shared, own, tasks } => {
+                if tasks + 1 != shape.gates {
+                    return Err(Error::invalid(
+                        format!("{context} access"),
+                        format!(
+                            "{tasks} task gates and a shared gate, but the shape has {} gates",
+                            shape.gates
+                        ),
+                    ));
+                }
+                (shared, own, tasks)
+            }
         };
         let total = own
-            .checked_mul(shape.gates)
+            .checked_mul(task_gates)
             .and_then(|n| n.checked_add(shared));
         if own == 0 || total != Some(shape.experts) {
             return Err(Error::invalid(
                 format!("{context} access"),
                 format!(
-                    "{shared} shared experts plus {own} of its own for each of {} gates, \
-                     but the shape has {} experts (own must be at least 1)",
-                    shape.gates, shape.experts
+                    "{shared} shared experts plus {own} of its own for each of {task_gates} \
+                     task gates, but the shape has {} experts (own must be at least 1)",
+                    shape.experts
                 ),
             ));
         }

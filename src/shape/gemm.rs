@@ -22,13 +22,29 @@ impl Activation {
     }
 }
 
-/// Whether the groups of a grouped GEMM read one input or one input each.
+/// Which input each group of a grouped GEMM reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum InputLayout {
     /// One `X: [rows, inputs]` read by every group (experts on the same input).
     Shared,
     /// `X: [groups, rows, inputs]`, one per group (towers on their task's mixture).
     PerGroup,
+    /// The inputs of one extraction level of a multi-level model (PLE):
+    /// `X: [tasks + 1, rows, inputs]`, block `t < tasks` task `t`'s input and block
+    /// `tasks` the shared one. Groups `0..shared` (the shared experts) read block
+    /// `tasks`; group `shared + t·own + i` (task `t`'s `i`-th expert) reads block `t`,
+    /// so `groups = shared + tasks·own`. The input gradient of each block sums the
+    /// groups that read it, in group order (a block no group reads gets zeros).
+    /// `Shared` is `{ tasks: 0, shared: groups, own: 0 }` and `PerGroup`
+    /// `{ tasks: groups, shared: 0, own: 1 }`, block for block.
+    Level {
+        /// Task blocks before the shared block.
+        tasks: usize,
+        /// Groups reading the shared block (numbered first).
+        shared: usize,
+        /// Groups of each task's own, reading that task's block.
+        own: usize,
+    },
 }
 
 /// Shape of a grouped GEMM `Y_g = act(X_g · W_g + b_g)`, `g = 0..groups`.
@@ -62,6 +78,19 @@ impl GemmShape {
                 ("outputs", self.outputs),
             ],
         )?;
+        if let InputLayout::Level { tasks, shared, own } = self.input {
+            let total = tasks.checked_mul(own).and_then(|n| n.checked_add(shared));
+            if total != Some(self.groups) {
+                return Err(crate::Error::invalid(
+                    format!("{context} input layout"),
+                    format!(
+                        "{shared} shared groups plus {own} for each of {tasks} tasks, but \
+                         the shape has {} groups",
+                        self.groups
+                    ),
+                ));
+            }
+        }
         let (g, b, d, n) = (self.groups, self.rows, self.inputs, self.outputs);
         check_elements(
             context,
@@ -78,11 +107,43 @@ impl GemmShape {
         self.x_groups() * self.rows * self.inputs
     }
 
-    /// Number of distinct inputs: 1 when shared.
+    /// Number of distinct inputs (blocks of `X`): 1 when shared.
     pub fn x_groups(&self) -> usize {
         match self.input {
             InputLayout::Shared => 1,
             InputLayout::PerGroup => self.groups,
+            InputLayout::Level { tasks, .. } => tasks + 1,
+        }
+    }
+
+    /// The block of `X` group `g` reads.
+    pub fn x_block(&self, g: usize) -> usize {
+        let (tasks, shared, own) = self.level_form();
+        if g < shared {
+            tasks
+        } else {
+            (g - shared) / own.max(1)
+        }
+    }
+
+    /// The groups that read block `block` of `X`, in order (contiguous in every
+    /// layout).
+    pub fn x_readers(&self, block: usize) -> std::ops::Range<usize> {
+        let (tasks, shared, own) = self.level_form();
+        if block == tasks {
+            0..shared
+        } else {
+            let first = shared + block * own;
+            first..first + own
+        }
+    }
+
+    /// The layout as `(tasks, shared, own)` of [`InputLayout::Level`].
+    pub(crate) fn level_form(&self) -> (usize, usize, usize) {
+        match self.input {
+            InputLayout::Shared => (0, self.groups, 0),
+            InputLayout::PerGroup => (self.groups, 0, 1),
+            InputLayout::Level { tasks, shared, own } => (tasks, shared, own),
         }
     }
 

@@ -21,6 +21,7 @@ pub fn shape(
         rows,
         inputs,
         width,
+        input: mmoe_wgpu::InputLayout::Shared,
     }
 }
 
@@ -65,9 +66,10 @@ pub fn logits(s: &GateMixShape, x: &[f64], wg: &[f64], bg: &[f64]) -> Vec<f64> {
     for t in 0..s.gates {
         for b in 0..s.rows {
             for e in 0..s.experts {
-                z[(t * s.rows + b) * s.experts + e] = (0..s.inputs)
-                    .fold(bg[t * s.experts + e], |z, i| {
-                        z + x[b * s.inputs + i] * wg[(t * s.inputs + i) * s.experts + e]
+                z[(t * s.rows + b) * s.experts + e] =
+                    (0..s.inputs).fold(bg[t * s.experts + e], |z, i| {
+                        let xi = s.x_offset(t) + b * s.inputs + i;
+                        z + x[xi] * wg[(t * s.inputs + i) * s.experts + e]
                     });
             }
         }

@@ -270,3 +270,78 @@ fn the_trainability_mode_reports_every_seed_and_draws_the_histogram() {
     let output = run(&["--trainability", "0"]);
     assert_eq!(output.status.code(), Some(2), "0 seeds is a usage error");
 }
+
+/// `--models cgc,ple` trains both, with expert widths matching MMoE's parameter count
+/// (within a few percent), and a level the gates cannot make is an error.
+#[test]
+fn cgc_and_ple_run_with_parameter_counts_matched_to_mmoe() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("synthetic_ple");
+    std::fs::create_dir_all(&dir).unwrap();
+    let plots = [dir.join("loss.png"), dir.join("gates.png")];
+    let common = [
+        "--json",
+        "--steps",
+        "20",
+        "--batch-size",
+        "32",
+        "--train-rows",
+        "128",
+        "--test-rows",
+        "32",
+        "--seeds",
+        "1",
+        "--correlations",
+        "0.9",
+        "--loss-plot",
+        plots[0].to_str().unwrap(),
+        "--gate-plot",
+        plots[1].to_str().unwrap(),
+    ];
+    let output = run(&[&common[..], &["--models", "mmoe,cgc,ple", "--levels", "3"]].concat());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the example failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let params = |model: &str| {
+        let line = lines.iter().find(|v| v["model"] == model).unwrap();
+        assert!(line["test_mse"].as_f64().unwrap().is_finite(), "{line}");
+        line["parameters"].as_f64().unwrap()
+    };
+    let mmoe = params("mmoe");
+    for model in ["cgc", "ple"] {
+        let ratio = params(model) / mmoe;
+        assert!(
+            (0.95..1.05).contains(&ratio),
+            "{model}: {ratio} of MMoE's parameters"
+        );
+    }
+    // Top-3 gates over 1 shared + 1 own expert.
+    let output = run(&[
+        &common[..],
+        &[
+            "--models",
+            "cgc",
+            "--gate",
+            "topk",
+            "--k",
+            "3",
+            "--shared-experts",
+            "1",
+            "--task-experts",
+            "1",
+        ],
+    ]
+    .concat());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "accepted:\n{stderr}");
+    assert!(
+        stderr.contains("level 0: top-k gate with k = 3"),
+        "the error does not name the level:\n{stderr}"
+    );
+}

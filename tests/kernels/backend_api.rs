@@ -606,6 +606,7 @@ pub(crate) fn gate_mix_forward_and_backward_match_the_reference_in_f32_and_f16_o
         rows,
         inputs,
         width,
+        input: mmoe_wgpu::InputLayout::Shared,
     };
     for p in precisions(gpu) {
         gate_mix_case(gpu, p, shape(2, 8, 33, 17, 16), 11);

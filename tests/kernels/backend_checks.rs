@@ -110,6 +110,7 @@ fn f16_without_shader_f16_is_an_error_that_says_so() {
         rows: 4,
         inputs: 5,
         width: 6,
+        input: mmoe_wgpu::InputLayout::Shared,
     };
     let mix = GateMix::new(&gpu);
     let fwd = GateMixForward {

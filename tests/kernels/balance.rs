@@ -564,6 +564,7 @@ fn gate_of_logits(s: &BalanceShape, k: Option<usize>, z: &[f64]) -> Vec<f64> {
         rows: s.rows,
         inputs: s.rows,
         width: 1,
+        input: mmoe_wgpu::InputLayout::Shared,
     };
     let x: Vec<f64> = (0..s.rows * s.rows)
         .map(|i| if i % (s.rows + 1) == 0 { 1.0 } else { 0.0 })
@@ -836,6 +837,7 @@ fn load_gate(s: &BalanceShape, k: usize, access: ExpertAccess, z: &[f64]) -> (Ve
         rows: s.rows,
         inputs: 1,
         width: 1,
+        input: mmoe_wgpu::InputLayout::Shared,
     };
     let h = vec![0.0; gs.h_len()];
     let (g, _) = gate_topk::forward_logits(&gs, k, access, z, &h).unwrap();
@@ -1128,7 +1130,8 @@ fn reference_load_gradient_matches_finite_differences() {
     for (s, k, access, weight) in cases {
         let seen = match access {
             ExpertAccess::All => s.experts,
-            ExpertAccess::SharedAndOwn { shared, own } => shared + own,
+            ExpertAccess::SharedAndOwn { shared, own }
+            | ExpertAccess::SharedGate { shared, own, .. } => shared + own,
         };
         let (z, g, p) = load_inputs(&s, k, access, &mut rng);
         let total = |g: &[f64], p: &[f64]| -> f64 {

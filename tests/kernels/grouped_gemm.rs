@@ -17,7 +17,10 @@ const TOLERANCE: f64 = 1e-4;
 
 /// Rows from the design's list; widths that are not tile multiples; 1, 2, 8, 16
 /// groups; both input layouts, both activations, with and without bias. Rotating
-/// through the lists keeps the run short while every value appears.
+/// through the lists keeps the run short while every value appears. Then the blocks
+/// of an extraction level: shared and task groups, task groups only (the shared
+/// block read by none: its dX is zero), shared groups only (the task blocks' dX
+/// zero), one group of each.
 fn cases() -> Vec<(GemmShape, Activation, bool)> {
     let rows = [1, 3, 17, 100, 257];
     let widths = [(1, 1), (5, 7), (13, 33), (100, 16), (64, 9), (37, 70)];
@@ -50,6 +53,25 @@ fn cases() -> Vec<(GemmShape, Activation, bool)> {
                 bias,
             ));
         }
+    }
+    let level = |tasks, shared, own| InputLayout::Level { tasks, shared, own };
+    for (input, rows, (inputs, outputs), act, bias) in [
+        (level(3, 2, 2), 17, (13, 33), Activation::Relu, true),
+        (level(2, 0, 1), 100, (37, 70), Activation::Identity, false),
+        (level(2, 3, 0), 257, (5, 7), Activation::Relu, true),
+        (level(3, 1, 1), 3, (64, 9), Activation::Identity, true),
+    ] {
+        let InputLayout::Level { tasks, shared, own } = input else {
+            unreachable!()
+        };
+        let shape = GemmShape {
+            groups: shared + tasks * own,
+            rows,
+            inputs,
+            outputs,
+            input,
+        };
+        out.push((shape, act, bias));
     }
     out
 }
@@ -324,10 +346,16 @@ fn operands_at_unaligned_offsets_inside_shared_buffers() {
 #[test]
 fn reference_gradients_match_finite_differences() {
     let mut rng = Rng::new(11);
+    let level = InputLayout::Level {
+        tasks: 2,
+        shared: 1,
+        own: 1,
+    };
     for (input, act) in [
         (InputLayout::Shared, Activation::Relu),
         (InputLayout::PerGroup, Activation::Identity),
         (InputLayout::PerGroup, Activation::Relu),
+        (level, Activation::Relu),
     ] {
         let shape = GemmShape {
             groups: 3,

@@ -10,6 +10,7 @@ mod backend_api;
 mod backend_checks;
 mod balance;
 mod embedding;
+mod gate_levels;
 mod gate_mix;
 mod gate_topk;
 mod grouped_gemm;

@@ -692,6 +692,7 @@ impl DxProblem {
         let expected = match self.shape.input {
             InputLayout::PerGroup => 1,
             InputLayout::Shared => 2,
+            InputLayout::Level { .. } => unreachable!("the ragged passes take no level"),
         };
         assert_eq!(ragged.len(), expected, "dispatches of {:?}", self.shape);
         let dense = gemm
@@ -720,6 +721,7 @@ impl DxProblem {
         let live = routed_mask(&self.shape, &self.map);
         match self.shape.input {
             InputLayout::PerGroup => live,
+            InputLayout::Level { .. } => unreachable!("the ragged passes take no level"),
             InputLayout::Shared => (0..self.shape.rows)
                 .map(|r| (0..self.shape.groups).any(|g| live[g * self.shape.rows + r]))
                 .collect(),

@@ -149,6 +149,7 @@ fn tuned_gate_mix_gives_the_default_bits() {
         rows: 37,
         inputs: 19,
         width: 6,
+        input: mmoe_wgpu::InputLayout::Shared,
     };
     let mut rng = Rng::new(11);
     let upload = |n: usize, rng: &mut Rng| gpu.upload("t", &common::random(rng, n, 1.0)).unwrap();

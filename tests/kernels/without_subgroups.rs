@@ -7,7 +7,7 @@
 
 use crate::common::gate::{data, output_bits};
 use crate::common::{gpu, gpu_without_subgroups};
-use crate::{backend_api, gate_mix, gate_topk, grouped_gemm, ragged_gemm};
+use crate::{backend_api, gate_levels, gate_mix, gate_topk, grouped_gemm, ragged_gemm};
 use mmoe_wgpu::kernels::gate_mix::Selection;
 use mmoe_wgpu::kernels::grouped_gemm::{GroupedGemm, Tiling};
 
@@ -112,6 +112,13 @@ fn gate_mix_every_tiling_matches_the_reference_and_each_other_bitwise() {
 #[test]
 fn gate_topk_every_case_matches_the_reference_and_every_tiling_bitwise() {
     gate_topk::every_case_matches_the_reference_and_every_tiling_bitwise_on(gpu_without_subgroups());
+}
+
+#[test]
+fn gate_levels_match_the_reference_and_every_tiling_bitwise() {
+    gate_levels::level_gates_match_the_reference_and_every_tiling_bitwise_on(
+        gpu_without_subgroups(),
+    );
 }
 
 #[test]

@@ -7,11 +7,12 @@ mod common;
 
 mod checkpoint;
 mod checkpoint_fixtures;
+mod dense_inputs;
 mod esmm;
 mod expert_start;
-mod dense_inputs;
 mod fields;
 mod fields_checkpoint;
 mod fields_input;
 mod fuzz_checkpoint;
 mod model;
+mod ple;

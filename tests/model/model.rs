@@ -11,7 +11,7 @@ use mmoe_wgpu::rng::Rng;
 const ROWS: usize = 19;
 const INPUTS: usize = 7;
 
-fn tasks(n: usize) -> Vec<TaskConfig> {
+pub(crate) fn tasks(n: usize) -> Vec<TaskConfig> {
     (0..n)
         .map(|t| {
             let kind = if t % 2 == 0 {
@@ -225,7 +225,7 @@ fn noise_gradient_share(trainer: &Trainer, grads: &[f64]) -> Option<f64> {
 }
 
 /// A batch whose targets suit each task's kind (0/1 labels for classification).
-fn batch(config: &ModelConfig, rows: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
+pub(crate) fn batch(config: &ModelConfig, rows: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
     let mut rng = Rng::new(seed);
     let x = random(&mut rng, rows * config.inputs, 1.0);
     let y = config
@@ -244,7 +244,7 @@ fn batch(config: &ModelConfig, rows: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
 }
 
 /// Norm-wise relative error of every parameter tensor of a flat vector.
-fn worst_parameter_error(trainer: &Trainer, got: &[f32], want: &[f64]) -> (String, f64) {
+pub(crate) fn worst_parameter_error(trainer: &Trainer, got: &[f32], want: &[f64]) -> (String, f64) {
     let graph = &trainer.model().graph;
     let plan = trainer.executor().plan();
     graph
@@ -260,7 +260,7 @@ fn worst_parameter_error(trainer: &Trainer, got: &[f32], want: &[f64]) -> (Strin
 }
 
 /// Forward with the gate noise `noise` (if any) and backward on the CPU.
-fn cpu_forward_backward(
+pub(crate) fn cpu_forward_backward(
     cpu: &mut CpuExecutor,
     (x, y): (&[f32], &[f32]),
     rows: usize,
@@ -330,7 +330,7 @@ fn gpu_and_cpu_executors_agree_on_outputs_gradients_and_adam_steps() {
     }
 }
 
-fn subset_targets(y: &[f32], tasks: usize, rows: usize, keep: usize) -> Vec<f32> {
+pub(crate) fn subset_targets(y: &[f32], tasks: usize, rows: usize, keep: usize) -> Vec<f32> {
     (0..tasks)
         .flat_map(|t| y[t * rows..t * rows + keep].to_vec())
         .collect()

@@ -148,6 +148,12 @@ pub(super) fn routes_operand<'a>(
     stand_in: &Operand<'a>,
 ) -> Result<Operand<'a>> {
     match rows {
+        // A ragged pass holds one group per workgroup and finds its X by the group:
+        // the blocks of a level would need the reduce to sum each block's readers.
+        Some(_) if matches!(shape.input, InputLayout::Level { .. }) => Err(Error::invalid(
+            format!("{ctx} input"),
+            "the ragged passes take a shared or per-group X, not the blocks of a level",
+        )),
         Some(map) => map_operand(ctx, shape, map, ROUTES_SLOT),
         None => Ok(stand_in.stand_in(ROUTES_SLOT)),
     }
@@ -368,6 +374,10 @@ impl GroupedGemm {
                     s.inputs
                 ),
                 "none",
+            )),
+            (InputLayout::Level { .. }, _) => Err(Error::invalid(
+                format!("{CTX} input"),
+                "the ragged passes take a shared or per-group X, not the blocks of a level",
             )),
             (InputLayout::Shared, Some(scratch)) => {
                 let compact = check_scratch(CTX, s, &scratch)?;

@@ -364,10 +364,12 @@ impl Pass {
             Pass::Forward => s.inputs as u64,
             Pass::BackwardInput if ragged => s.outputs as u64 + 2 + s.groups as u64 + 2,
             Pass::BackwardInput => {
-                let summed = match s.input {
-                    InputLayout::Shared => s.groups as u64,
-                    InputLayout::PerGroup => 1,
-                };
+                // The most groups reading one block of X.
+                let summed = (0..s.x_groups())
+                    .map(|b| s.x_readers(b).len() as u64)
+                    .max()
+                    .unwrap_or(1)
+                    .max(1);
                 summed * (s.outputs as u64 + 2)
             }
             Pass::BackwardWeights => s.rows as u64,
@@ -456,10 +458,10 @@ impl GroupedGemm {
         };
         let reduction = match pass {
             Pass::Forward => shape.inputs,
-            Pass::BackwardInput if shape.input == InputLayout::Shared => {
-                shape.groups * shape.outputs
+            Pass::BackwardInput => {
+                let readers = (0..shape.x_groups()).map(|b| shape.x_readers(b).len());
+                readers.max().unwrap_or(1).max(1) * shape.outputs
             }
-            Pass::BackwardInput => shape.outputs,
             Pass::BackwardWeights => shape.rows,
         };
         if out_rows >= 64 && columns >= 64 && reduction >= 64 {

@@ -15,13 +15,14 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::json::{exact, some, some_exact};
 use crate::model::{
-    Architecture, FieldConfig, Gate, GateKind, HeadKind, ModelConfig, TaskConfig, TaskKind,
+    Architecture, FieldConfig, Gate, GateKind, HeadKind, Level, ModelConfig, TaskConfig, TaskKind,
 };
 use crate::shape::{BalanceLoss, OptimizerConfig, Selection, TableOptimizer};
 
 mod dense;
 mod fields;
 mod head;
+mod levels;
 
 pub(super) use dense::DenseInputs;
 pub(super) use fields::Vocabulary;
@@ -182,6 +183,10 @@ enum ArchitectureDef {
     SharedBottom {
         bottom_layers: Vec<usize>,
     },
+    Ple {
+        #[serde(serialize_with = "levels::serialize")]
+        levels: Vec<Level>,
+    },
 }
 
 #[derive(Deserialize, PartialEq)]
@@ -190,6 +195,7 @@ enum ArchitectureKind {
     Mmoe,
     Omoe,
     SharedBottom,
+    Ple,
 }
 
 #[derive(Deserialize)]
@@ -206,6 +212,8 @@ struct ArchitectureFields {
     task_experts: Option<usize>,
     #[serde(default, deserialize_with = "some")]
     bottom_layers: Option<Vec<usize>>,
+    #[serde(default, deserialize_with = "some")]
+    levels: Option<Vec<levels::LevelFields>>,
 }
 
 impl ArchitectureDef {
@@ -219,13 +227,23 @@ impl ArchitectureDef {
 impl ArchitectureFields {
     fn build(self) -> Result<Architecture, String> {
         let kind = self.kind;
+        if kind == ArchitectureKind::Ple {
+            refuse(&[
+                ("experts", self.experts.is_some()),
+                ("expert_layers", self.expert_layers.is_some()),
+                ("gate", self.gate.is_some()),
+                ("bottom_layers", self.bottom_layers.is_some()),
+            ])?;
+        } else {
+            refuse(&[("levels", self.levels.is_some())])?;
+        }
         if kind == ArchitectureKind::SharedBottom {
             refuse(&[
                 ("experts", self.experts.is_some()),
                 ("expert_layers", self.expert_layers.is_some()),
                 ("gate", self.gate.is_some()),
             ])?;
-        } else {
+        } else if kind != ArchitectureKind::Ple {
             refuse(&[("bottom_layers", self.bottom_layers.is_some())])?;
         }
         if kind != ArchitectureKind::Mmoe {
@@ -249,6 +267,12 @@ impl ArchitectureFields {
             },
             ArchitectureKind::SharedBottom => Architecture::SharedBottom {
                 bottom_layers: need("bottom_layers", self.bottom_layers)?,
+            },
+            ArchitectureKind::Ple => Architecture::Ple {
+                levels: need("levels", self.levels)?
+                    .into_iter()
+                    .map(levels::LevelFields::build)
+                    .collect::<Result<_, _>>()?,
             },
         })
     }

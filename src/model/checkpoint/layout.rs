@@ -115,6 +115,13 @@ pub(crate) fn check_dimensions(config: &ModelConfig, capacity: usize) -> Result<
             dims.extend(expert_layers);
         }
         Architecture::SharedBottom { bottom_layers } => dims.extend(bottom_layers),
+        Architecture::Ple { levels } => {
+            for level in levels {
+                dims.extend([level.shared_experts, level.task_experts]);
+                dims.push(level.total_experts(config.tasks.len()));
+                dims.extend(&level.expert_layers);
+            }
+        }
     }
     dims.sort_unstable_by(|a, b| b.cmp(a));
     let product = dims
