@@ -5,6 +5,7 @@
 //! dispatch per step, and configs that do not pair up.
 
 use crate::common::{gpu, random, relative_error, to_f64};
+use crate::model::finite_difference_gap;
 use mmoe_wgpu::Error;
 use mmoe_wgpu::graph::{CpuExecutor, Role};
 use mmoe_wgpu::metrics;
@@ -114,34 +115,9 @@ fn esmm_on_mmoe_gpu_and_cpu_executors_agree() {
 #[test]
 fn esmm_on_mmoe_gradients_match_finite_differences() {
     let trainer = Trainer::new(gpu(), mmoe(), 5).unwrap();
-    let mut cpu = trainer.reference().unwrap();
     let (x, y) = batch(5, 9);
-    let (x, y) = (to_f64(&x), to_f64(&y));
-    // Off the ReLU kinks that zero biases put dead rows on (see tests/model/model.rs).
-    let mut rng = Rng::new(17);
-    for p in cpu.parameters_mut() {
-        *p += rng.uniform(-0.1, 0.1);
-    }
-    let loss_id = trainer.model().graph.find("loss").unwrap();
-    let total = |cpu: &mut CpuExecutor| -> f64 {
-        cpu.forward(5, &[&x], &[&y]).unwrap();
-        cpu.tensor(loss_id).iter().sum::<f64>()
-    };
-    total(&mut cpu);
-    cpu.backward().unwrap();
-    let analytic = cpu.gradients().to_vec();
+    let (analytic, worst) = finite_difference_gap(&trainer, 5, &x, &y);
     let scale = analytic.iter().fold(0.0f64, |m, g| m.max(g.abs()));
-    let eps = 1e-6;
-    let mut worst: f64 = 0.0;
-    for (i, &want) in analytic.iter().enumerate() {
-        let p = cpu.parameters()[i];
-        cpu.parameters_mut()[i] = p + eps;
-        let up = total(&mut cpu);
-        cpu.parameters_mut()[i] = p - eps;
-        let down = total(&mut cpu);
-        cpu.parameters_mut()[i] = p;
-        worst = worst.max(((up - down) / (2.0 * eps) - want).abs() / scale);
-    }
     assert!(
         worst < 1e-6,
         "finite differences differ by {worst:.2e} of the largest gradient"

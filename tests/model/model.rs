@@ -336,43 +336,60 @@ pub(crate) fn subset_targets(y: &[f32], tasks: usize, rows: usize, keep: usize) 
         .collect()
 }
 
+/// The reference's gradient of the summed loss (with noisy gates' draws and the
+/// balancing loss) on `rows` rows of `x`, `y`, and its worst gap to central finite
+/// differences, relative to the largest gradient.
+pub(crate) fn finite_difference_gap(
+    trainer: &Trainer,
+    rows: usize,
+    x: &[f32],
+    y: &[f32],
+) -> (Vec<f64>, f64) {
+    let mut cpu = trainer.reference().unwrap();
+    let (x, y) = (to_f64(x), to_f64(y));
+    // Zero biases put every row whose layer input is all zero (a dead ReLU row)
+    // exactly on the kink of the next ReLU, where finite differences see half a
+    // slope: move every parameter off such ties first.
+    let mut rng = Rng::new(17);
+    for p in cpu.parameters_mut() {
+        *p += rng.uniform(-0.1, 0.1);
+    }
+    let loss_id = trainer.model().graph.find("loss").unwrap();
+    let noise: Vec<Vec<f64>> = trainer
+        .gate_noise(1, rows)
+        .iter()
+        .map(|n| to_f64(n))
+        .collect();
+    let noise: Vec<&[f64]> = noise.iter().map(Vec::as_slice).collect();
+    let total = |cpu: &mut CpuExecutor| -> f64 {
+        cpu.forward_with_noise(rows, &[&x], &noise, &[&y]).unwrap();
+        cpu.tensor(loss_id).iter().sum::<f64>() + cpu.balance_loss()
+    };
+    total(&mut cpu);
+    cpu.backward().unwrap();
+    let analytic = cpu.gradients().to_vec();
+    let eps = 1e-6;
+    let mut worst: f64 = 0.0;
+    let scale = analytic.iter().fold(0.0f64, |m, g| m.max(g.abs()));
+    for (i, &want) in analytic.iter().enumerate() {
+        let p = cpu.parameters()[i];
+        cpu.parameters_mut()[i] = p + eps;
+        let up = total(&mut cpu);
+        cpu.parameters_mut()[i] = p - eps;
+        let down = total(&mut cpu);
+        cpu.parameters_mut()[i] = p;
+        let numeric = (up - down) / (2.0 * eps);
+        worst = worst.max((numeric - want).abs() / scale);
+    }
+    (analytic, worst)
+}
+
 #[test]
 fn cpu_reference_gradients_match_finite_differences() {
     for (name, config) in configs() {
         let trainer = Trainer::new(gpu(), config.clone(), 5).unwrap();
-        let mut cpu = trainer.reference().unwrap();
         let (x, y) = batch(&config, 5, 9);
-        let (x, y) = (to_f64(&x), to_f64(&y));
-        // Zero biases put every row whose layer input is all zero (a dead ReLU row)
-        // exactly on the kink of the next ReLU, where finite differences see half a
-        // slope: move every parameter off such ties first.
-        let mut rng = Rng::new(17);
-        for p in cpu.parameters_mut() {
-            *p += rng.uniform(-0.1, 0.1);
-        }
-        let loss_id = trainer.model().graph.find("loss").unwrap();
-        let noise: Vec<Vec<f64>> = trainer.gate_noise(1, 5).iter().map(|n| to_f64(n)).collect();
-        let noise: Vec<&[f64]> = noise.iter().map(Vec::as_slice).collect();
-        let total = |cpu: &mut CpuExecutor| -> f64 {
-            cpu.forward_with_noise(5, &[&x], &noise, &[&y]).unwrap();
-            cpu.tensor(loss_id).iter().sum::<f64>() + cpu.balance_loss()
-        };
-        total(&mut cpu);
-        cpu.backward().unwrap();
-        let analytic = cpu.gradients().to_vec();
-        let eps = 1e-6;
-        let mut worst: f64 = 0.0;
-        let scale = analytic.iter().fold(0.0f64, |m, g| m.max(g.abs()));
-        for (i, &want) in analytic.iter().enumerate() {
-            let p = cpu.parameters()[i];
-            cpu.parameters_mut()[i] = p + eps;
-            let up = total(&mut cpu);
-            cpu.parameters_mut()[i] = p - eps;
-            let down = total(&mut cpu);
-            cpu.parameters_mut()[i] = p;
-            let numeric = (up - down) / (2.0 * eps);
-            worst = worst.max((numeric - want).abs() / scale);
-        }
+        let (analytic, worst) = finite_difference_gap(&trainer, 5, &x, &y);
         assert!(
             worst < 1e-6,
             "{name}: finite differences differ by {worst:.2e} of the largest gradient"

@@ -2,12 +2,13 @@
 //! MMoE, the GPU executor against the CPU executor, the CPU model against finite
 //! differences, the dispatches of a step, and bad level settings.
 
-use crate::common::{gpu, relative_error, to_f64};
-use crate::model::{batch, cpu_forward_backward, subset_targets, tasks, worst_parameter_error};
+use crate::common::{gpu, relative_error};
+use crate::model::{
+    batch, cpu_forward_backward, finite_difference_gap, subset_targets, tasks,
+    worst_parameter_error,
+};
 use mmoe_wgpu::Error;
-use mmoe_wgpu::graph::CpuExecutor;
 use mmoe_wgpu::model::{Architecture, Checkpoint, Gate, Level, ModelConfig, Trainer};
-use mmoe_wgpu::rng::Rng;
 
 const ROWS: usize = 19;
 const INPUTS: usize = 7;
@@ -108,34 +109,8 @@ fn gpu_and_cpu_executors_agree_on_multi_level_models() {
 fn multi_level_reference_gradients_match_finite_differences() {
     for (name, config) in configs() {
         let trainer = Trainer::new(gpu(), config.clone(), 5).unwrap();
-        let mut cpu = trainer.reference().unwrap();
         let (x, y) = batch(&config, 5, 9);
-        let (x, y) = (to_f64(&x), to_f64(&y));
-        // Off the ReLU kinks that zero biases put dead rows on (see model.rs).
-        let mut rng = Rng::new(17);
-        for p in cpu.parameters_mut() {
-            *p += rng.uniform(-0.1, 0.1);
-        }
-        let loss_id = trainer.model().graph.find("loss").unwrap();
-        let total = |cpu: &mut CpuExecutor| -> f64 {
-            cpu.forward(5, &[&x], &[&y]).unwrap();
-            cpu.tensor(loss_id).iter().sum::<f64>()
-        };
-        total(&mut cpu);
-        cpu.backward().unwrap();
-        let analytic = cpu.gradients().to_vec();
-        let scale = analytic.iter().fold(0.0f64, |m, g| m.max(g.abs()));
-        let eps = 1e-6;
-        let mut worst: f64 = 0.0;
-        for (i, &want) in analytic.iter().enumerate() {
-            let p = cpu.parameters()[i];
-            cpu.parameters_mut()[i] = p + eps;
-            let up = total(&mut cpu);
-            cpu.parameters_mut()[i] = p - eps;
-            let down = total(&mut cpu);
-            cpu.parameters_mut()[i] = p;
-            worst = worst.max(((up - down) / (2.0 * eps) - want).abs() / scale);
-        }
+        let (_, worst) = finite_difference_gap(&trainer, 5, &x, &y);
         assert!(
             worst < 1e-6,
             "{name}: finite differences differ by {worst:.2e} of the largest gradient"
