@@ -334,23 +334,34 @@ fn reference_gradient_matches_finite_differences() {
             }
         })
         .collect();
+    assert_reference_gradient_matches_finite_differences(&tasks, rows, &p, &y);
+}
+
+/// The reference's gradient of the summed loss of `tasks` at the logits `p` against
+/// central finite differences, element by element.
+pub(crate) fn assert_reference_gradient_matches_finite_differences(
+    tasks: &[(LossKind, f64)],
+    rows: usize,
+    p: &[f64],
+    y: &[f64],
+) {
     let total = |p: &[f64]| -> f64 {
-        reference::forward(&tasks, rows, p, &y)
+        reference::forward(tasks, rows, p, y)
             .unwrap()
             .0
             .iter()
             .sum()
     };
-    let (_, grad) = reference::forward(&tasks, rows, &p, &y).unwrap();
+    let (_, grad) = reference::forward(tasks, rows, p, y).unwrap();
     let eps = 1e-6;
     for i in 0..p.len() {
-        let (mut pp, mut pm) = (p.clone(), p.clone());
-        pp[i] += eps;
-        pm[i] -= eps;
-        let fd = (total(&pp) - total(&pm)) / (2.0 * eps);
+        let (mut up, mut down) = (p.to_vec(), p.to_vec());
+        up[i] += eps;
+        down[i] -= eps;
+        let numeric = (total(&up) - total(&down)) / (2.0 * eps);
         assert!(
-            (fd - grad[i]).abs() <= 1e-7 * (1.0 + fd.abs()),
-            "grad[{i}]: finite difference {fd} vs analytic {}",
+            (numeric - grad[i]).abs() <= 1e-7 * (1.0 + numeric.abs()),
+            "grad[{i}]: finite difference {numeric} vs analytic {}",
             grad[i]
         );
     }

@@ -4,7 +4,9 @@
 //! and its gradient against finite differences, bitwise reproducibility, and pairs
 //! that do not pair up rejected.
 
-use super::loss::{Buffers, data, reference_tasks};
+use super::loss::{
+    Buffers, assert_reference_gradient_matches_finite_differences, data, reference_tasks,
+};
 use crate::common::*;
 use mmoe_wgpu::kernels::loss::{Loss, LossKind, TaskLoss};
 use mmoe_wgpu::reference::loss as reference;
@@ -233,26 +235,7 @@ fn reference_gradient_with_pairs_matches_finite_differences() {
             _ => (rng.unit() < 0.5) as u8 as f64,
         })
         .collect();
-    let total = |p: &[f64]| -> f64 {
-        reference::forward(&tasks, rows, p, &y)
-            .unwrap()
-            .0
-            .iter()
-            .sum()
-    };
-    let (_, grad) = reference::forward(&tasks, rows, &p, &y).unwrap();
-    let eps = 1e-6;
-    for i in 0..p.len() {
-        let (mut up, mut down) = (p.clone(), p.clone());
-        up[i] += eps;
-        down[i] -= eps;
-        let numeric = (total(&up) - total(&down)) / (2.0 * eps);
-        assert!(
-            (numeric - grad[i]).abs() <= 1e-7 * (1.0 + numeric.abs()),
-            "grad[{i}]: finite difference {numeric} vs analytic {}",
-            grad[i]
-        );
-    }
+    assert_reference_gradient_matches_finite_differences(&tasks, rows, &p, &y);
 }
 
 #[test]
