@@ -7,8 +7,12 @@
 //      an extraction level [tasks + 1, rows, inputs] (blocks x_group_stride apart):
 //      groups 0..x_shared read block x_tasks, group x_shared + t·x_own + i block t.
 //      Shared is {x_tasks 0, x_shared groups, x_own 0}, per group {groups, 0, 1}.
+//      Or column windows of one X [rows, x_columns] (P.windows > 0): group g reads
+//      columns offset_g .. offset_g + width_g, multiplied by rows 0..width_g of W_g
+//      (the rows past width_g are padding: never read, their gradient zero).
 //   W  [groups, inputs, outputs]    b [groups, outputs]    Y, dY [groups, rows, outputs]
-//   dX like X (each block summed over the groups reading it)    dW like W    db like b
+//   dX like X (each block summed over the groups reading it; with windows each
+//      column over the groups whose window holds it)    dW like W    db like b
 //
 // Every output is one sequential fma chain over its reduction index, starting from +0
 // and masked terms contributing fma(0, 0, acc) == acc. All entry points of this family
@@ -69,9 +73,13 @@ struct GemmParams {
     x_tasks: u32,
     x_shared: u32,
     x_own: u32,
+    // Elements of a row of X and dX: inputs, or the columns windows read from.
+    x_columns: u32,
+    // Column windows (0: none): runs of consecutive groups, each (first group,
+    // first column, width, unused).
+    windows: u32,
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+    window: array<vec4<u32>, 8>,
 }
 
 const FLAG_BIAS: u32 = 1u;
@@ -112,19 +120,44 @@ override RAGGED: u32 = 0u;
 
 // ---------------------------------------------------------------- element access
 
-// Where group g's block of X starts: worked out once per kernel, outside the
-// reduction loops (a division by a runtime value is lane by lane on CPU drivers).
-fn x_offset(g: u32) -> u32 {
+// What group g reads of each row of X: columns from `first` on (counted from row
+// 0 of its block in the binding), `width` of them.
+struct XWindow {
+    first: u32,
+    width: u32,
+}
+
+// The columns group g reads of a row: (0, inputs) without windows; clamped into the
+// row, so a malformed window reads wrong columns, never past the row.
+fn window_of(g: u32) -> XWindow {
+    if (P.windows == 0u) {
+        return XWindow(0u, P.inputs);
+    }
+    var at = P.window[0];
+    for (var i = 1u; i < min(P.windows, 8u); i++) {
+        if (g >= P.window[i].x) {
+            at = P.window[i];
+        }
+    }
+    let first = min(at.y, P.x_columns);
+    return XWindow(first, min(at.z, min(P.inputs, P.x_columns - first)));
+}
+
+// Where group g's reads of X start, and how many columns: worked out once per
+// kernel, outside the reduction loops (a division by a runtime value is lane by lane
+// on CPU drivers).
+fn x_offset(g: u32) -> XWindow {
     var block = P.x_tasks;
     if (g >= P.x_shared) {
         block = (g - P.x_shared) / max(P.x_own, 1u);
     }
-    return P.x_base + block * P.x_group_stride;
+    let w = window_of(g);
+    return XWindow(P.x_base + block * P.x_group_stride + w.first, w.width);
 }
 
-// X[row, k] of the block starting at xo (from x_offset).
-fn x_at(xo: u32, row: u32, k: u32) -> f32 {
-    return f32(x[xo + row * P.inputs + k]);
+// X[row, k] of what group reads from xo (from x_offset); k below its width.
+fn x_at(xo: XWindow, row: u32, k: u32) -> f32 {
+    return f32(x[xo.first + row * P.x_columns + k]);
 }
 
 fn w_at(g: u32, k: u32, col: u32) -> f32 {
@@ -244,22 +277,34 @@ fn w_cols(g: u32, k: u32, col: u32) -> vec4<f32> {
     );
 }
 
-// Backward input, right operand: W_g[i..i+4, j], i.e. a row of W_gᵀ.
-fn wt_cols(g: u32, j: u32, i: u32) -> vec4<f32> {
-    let last = P.inputs - 1u;
+// W_g[c - first, j] for column c of X, or 0 where c lies outside group g's window
+// `win` (from window_of): an exact no-op in the fma chain.
+fn wt_at(g: u32, win: XWindow, j: u32, c: u32) -> f32 {
+    let k = c - win.first;
+    let v = w_at(g, min(k, max(win.width, 1u) - 1u), j);
+    return select(0.0, v, c >= win.first && k < win.width);
+}
+
+// Backward input, right operand: W_g[i..i+4, j], i.e. a row of W_gᵀ (columns of X
+// outside the window give 0).
+fn wt_cols(g: u32, win: XWindow, j: u32, i: u32) -> vec4<f32> {
     return vec4(
-        w_at(g, min(i, last), j),
-        w_at(g, min(i + 1u, last), j),
-        w_at(g, min(i + 2u, last), j),
-        w_at(g, min(i + 3u, last), j),
+        wt_at(g, win, j, i),
+        wt_at(g, win, j, i + 1u),
+        wt_at(g, win, j, i + 2u),
+        wt_at(g, win, j, i + 3u),
     );
 }
 
-// Backward weights, left operand: X[row, i] of the block at xo, where i == inputs is
-// the all-ones column whose product gives db.
-fn x_or_one(xo: u32, row: u32, i: u32) -> f32 {
+// Backward weights, left operand: X[row, i] of what the group reads from xo, where
+// i == inputs is the all-ones column whose product gives db; the padding rows of a
+// narrow window get 0, so their gradient is exactly 0.
+fn x_or_one(xo: XWindow, row: u32, i: u32) -> f32 {
     if (i >= P.inputs) {
         return 1.0;
+    }
+    if (i >= xo.width) {
+        return 0.0;
     }
     return x_at(xo, row, i);
 }
@@ -302,7 +347,7 @@ fn store_forward(g: u32, s: u32, to: OutRow, col: u32, acc: f32) {
 // Output slot s (a row when dense) of group g's input gradient, column i; `base` is
 // slot_base(g). dX has one group when X is shared (x_group_stride == 0).
 fn store_dx(g: u32, s: u32, to: OutRow, base: u32, i: u32, acc: f32) {
-    if (s >= P.rows || i >= P.inputs) {
+    if (s >= P.rows || i >= P.x_columns) {
         return;
     }
     if (RAGGED != 0u && (P.flags & FLAG_COMPACT_DX) != 0u) {
@@ -311,7 +356,7 @@ fn store_dx(g: u32, s: u32, to: OutRow, base: u32, i: u32, acc: f32) {
         }
         return;
     }
-    let at = P.dx_base + g * P.x_group_stride + to.row * P.inputs + i;
+    let at = P.dx_base + g * P.x_group_stride + to.row * P.x_columns + i;
     let accumulate = (P.flags & FLAG_ACCUMULATE) != 0u;
     if (to.live) {
         var v = acc;
@@ -402,8 +447,8 @@ fn forward_naive(@builtin(global_invocation_id) id: vec3<u32>) {
         return;
     }
     let to = out_row(g, s);
-    let k_end = select(0u, P.inputs, to.live);
     let xo = x_offset(g);
+    let k_end = select(0u, xo.width, to.live);
     var acc = 0.0;
     for (var k = 0u; k < k_end; k++) {
         acc = fma(x_at(xo, to.row, k), w_at(g, k, col), acc);
@@ -415,7 +460,7 @@ fn forward_naive(@builtin(global_invocation_id) id: vec3<u32>) {
 fn backward_input_naive(@builtin(global_invocation_id) id: vec3<u32>) {
     let i = id.x;
     let s = id.y;
-    if (i >= P.inputs || s >= P.rows) {
+    if (i >= P.x_columns || s >= P.rows) {
         return;
     }
     // Dense shared X: one dX summed over all groups. Otherwise one group per z.
@@ -424,8 +469,9 @@ fn backward_input_naive(@builtin(global_invocation_id) id: vec3<u32>) {
     let j_end = select(0u, P.outputs, to.live);
     var acc = 0.0;
     for (var g = groups.x; g < groups.y; g++) {
+        let win = window_of(g);
         for (var j = 0u; j < j_end; j++) {
-            acc = fma(dz_at(g, to.row, j), w_at(g, i, j), acc);
+            acc = fma(dz_at(g, to.row, j), wt_at(g, win, j, i), acc);
         }
     }
     store_dx(id.z, s, to, slot_base(id.z), i, acc);

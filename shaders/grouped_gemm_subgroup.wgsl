@@ -48,7 +48,8 @@ fn forward_subgroup(
     var t4: Tile; var t5: Tile; var t6: Tile; var t7: Tile;
     var u0: Tile; var u1: Tile; var u2: Tile; var u3: Tile;
     var u4: Tile; var u5: Tile; var u6: Tile; var u7: Tile;
-    for (var k = 0u; k < P.inputs; k++) {
+    // Uniform: with windows a workgroup holds one group (they are never packed).
+    for (var k = 0u; k < xo.width; k++) {
         let b0 = w_cols(g, k, col);
         var b1 = b0;
         if (CN > 1u) {
@@ -106,11 +107,12 @@ fn backward_input_subgroup(
     var u0: Tile; var u1: Tile; var u2: Tile; var u3: Tile;
     var u4: Tile; var u5: Tile; var u6: Tile; var u7: Tile;
     for (var g = g_first; g < g_end; g++) {
+        let win = window_of(g);
         for (var j = 0u; j < P.outputs; j++) {
-            let b0 = wt_cols(g, j, col);
+            let b0 = wt_cols(g, win, j, col);
             var b1 = b0;
             if (CN > 1u) {
-                b1 = wt_cols(g, j, col + 4u);
+                b1 = wt_cols(g, win, j, col + 4u);
             }
             block_step(&t0, &u0, dz_at(g, d0, j), b0, b1);
             if (RB > 1u) { block_step(&t1, &u1, dz_at(g, d1, j), b0, b1); }

@@ -94,8 +94,8 @@ fn store_zero_dx_rows(g: u32, row0: u32, col: u32) {
         return;
     }
     for (var i = 0u; i < RB * 8u && row0 + i < P.rows; i++) {
-        let at = P.dx_base + g * P.x_group_stride + row_of(g, row0 + i) * P.inputs;
-        for (var c = col; c < min(col + CN * 4u, P.inputs); c++) {
+        let at = P.dx_base + g * P.x_group_stride + row_of(g, row0 + i) * P.x_columns;
+        for (var c = col; c < min(col + CN * 4u, P.x_columns); c++) {
             dx[at + c] = Elem(0.0);
         }
     }

@@ -73,8 +73,9 @@ fn row_sources(g: u32, row0: u32, lid: u32) -> Sources {
     );
 }
 
-// Forward, step k: X[row, k] of the block at xo for the invocation's rows.
-fn stage_x(slot: u32, xo: u32, k: u32, lid: u32, src: Sources) {
+// Forward, step k: X[row, k] of what the group reads from xo for the invocation's
+// rows.
+fn stage_x(slot: u32, xo: XWindow, k: u32, lid: u32, src: Sources) {
     if (loads(0u, lid)) { put(slot, lid, x_at(xo, src.lo.x, k)); }
     if (loads(1u, lid)) { put(slot, lid + WG, x_at(xo, src.lo.y, k)); }
     if (loads(2u, lid)) { put(slot, lid + 2u * WG, x_at(xo, src.lo.z, k)); }
@@ -99,7 +100,7 @@ fn stage_dz(slot: u32, g: u32, j: u32, lid: u32, src: Sources) {
 
 // Weight gradients, the step of batch row `row`: X[row, i] of the block at xo (1 for
 // the bias row) for the invocation's inputs i.
-fn stage_xt(slot: u32, xo: u32, row: u32, lid: u32, src: Sources) {
+fn stage_xt(slot: u32, xo: XWindow, row: u32, lid: u32, src: Sources) {
     if (loads(0u, lid)) { put(slot, lid, x_or_one(xo, row, src.lo.x)); }
     if (loads(1u, lid)) { put(slot, lid + WG, x_or_one(xo, row, src.lo.y)); }
     if (loads(2u, lid)) { put(slot, lid + 2u * WG, x_or_one(xo, row, src.lo.z)); }
@@ -127,7 +128,8 @@ fn forward_workgroup(
     // for every group the workgroup's columns belong to.
     let src = row_sources(wg.z, row0, lid);
     let xo = x_offset(wg.z);
-    let n = P.inputs;
+    // Uniform: with windows a workgroup holds one group (they are never packed).
+    let n = xo.width;
     for (var k = 0u; k < min(KT, n); k++) {
         stage_x(k, xo, k, lid, src);
     }
@@ -199,6 +201,7 @@ fn backward_input_workgroup(
         ahead = next_step(ahead);
     }
     var at = vec2(groups.x, 0u);
+    var win = window_of(at.x);
     var t0: Tile; var t1: Tile; var t2: Tile; var t3: Tile;
     var t4: Tile; var t5: Tile; var t6: Tile; var t7: Tile;
     var u0: Tile; var u1: Tile; var u2: Tile; var u3: Tile;
@@ -212,10 +215,10 @@ fn backward_input_workgroup(
             ahead = next_step(ahead);
         }
         let slot = ring_slot(q);
-        let b0 = wt_cols(at.x, at.y, col);
+        let b0 = wt_cols(at.x, win, at.y, col);
         var b1 = b0;
         if (CN > 1u) {
-            b1 = wt_cols(at.x, at.y, col + 4u);
+            b1 = wt_cols(at.x, win, at.y, col + 4u);
         }
         block_step_rows(&t0, &u0, staged_rows(slot, 0u), b0, b1);
         if (RB > 1u) { block_step_rows(&t1, &u1, staged_rows(slot, 1u), b0, b1); }
@@ -226,6 +229,9 @@ fn backward_input_workgroup(
         if (RB > 6u) { block_step_rows(&t6, &u6, staged_rows(slot, 6u), b0, b1); }
         if (RB > 7u) { block_step_rows(&t7, &u7, staged_rows(slot, 7u), b0, b1); }
         at = next_step(at);
+        if (at.y == 0u && P.windows != 0u) {
+            win = window_of(at.x);
+        }
     }
     let g = wg.z;
     let base = slot_base(g);

@@ -104,7 +104,7 @@ pub use gpu::{AdapterReport, Capabilities, Gpu, GpuOptions};
 /// The `half` crate, whose [`half::f16`] is the host type of f16 tensors.
 pub use half;
 pub use kernels::Precision;
-pub use shape::{Activation, GemmShape, InputLayout, StandardShape};
+pub use shape::{Activation, ColumnWindow, ColumnWindows, GemmShape, InputLayout, StandardShape};
 /// The `wgpu` this crate is built against: the application's device, buffers and
 /// encoders must come from this version.
 pub use wgpu;

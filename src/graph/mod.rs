@@ -179,7 +179,7 @@ impl Graph {
     ) -> Result<TensorId> {
         let (x_groups, inputs) = self.row_features(x)?;
         let blocks = match layout {
-            InputLayout::Shared => 1,
+            InputLayout::Shared | InputLayout::Columns(_) => 1,
             InputLayout::PerGroup => groups,
             InputLayout::Level { tasks, .. } => tasks + 1,
         };

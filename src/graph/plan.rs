@@ -297,7 +297,7 @@ fn routed_layers(graph: &Graph) -> Vec<Option<usize>> {
             routed[node] = Some(gate);
             next = match gemm.input {
                 InputLayout::PerGroup => producer(*x),
-                InputLayout::Shared | InputLayout::Level { .. } => None,
+                InputLayout::Shared | InputLayout::Level { .. } | InputLayout::Columns(_) => None,
             };
         }
     }

@@ -95,7 +95,7 @@
 use super::{BufferView, Dispatch, Operand, Precision, bind_operands};
 use crate::gpu::{BindingKind, Gpu};
 use crate::kernels::dispatch::Kernel;
-use crate::shape::{Activation, GemmShape, InputLayout};
+use crate::shape::{Activation, GemmShape, InputLayout, MAX_COLUMN_WINDOWS};
 use crate::{Error, Result};
 
 mod ragged;
@@ -171,20 +171,23 @@ crate::kernels::binding::host_struct! {
         x_tasks: u32,
         x_shared: u32,
         x_own: u32,
-        _pad: [u32; 3],
+        x_columns: u32,
+        windows: u32,
+        _pad0: u32,
+        window: [[u32; 4]; MAX_COLUMN_WINDOWS],
     }
 }
 
 impl GemmParams {
     fn new(shape: &GemmShape, activation: Activation, flags: u32) -> Self {
         let (tasks, shared, own) = shape.level_form();
-        GemmParams {
+        let mut p = GemmParams {
             groups: shape.groups as u32,
             rows: shape.rows as u32,
             inputs: shape.inputs as u32,
             outputs: shape.outputs as u32,
             x_group_stride: match shape.input {
-                InputLayout::Shared => 0,
+                InputLayout::Shared | InputLayout::Columns(_) => 0,
                 InputLayout::PerGroup | InputLayout::Level { .. } => {
                     (shape.rows * shape.inputs) as u32
                 }
@@ -192,10 +195,20 @@ impl GemmParams {
             x_tasks: tasks as u32,
             x_shared: shared as u32,
             x_own: own as u32,
+            x_columns: shape.x_columns() as u32,
             activation: activation.code(),
             flags,
             ..Default::default()
+        };
+        if let InputLayout::Columns(windows) = &shape.input {
+            let mut first = 0;
+            for (at, run) in p.window.iter_mut().zip(windows.runs()) {
+                *at = [first as u32, run.offset as u32, run.width as u32, 0];
+                first += run.groups;
+            }
+            p.windows = windows.runs().len() as u32;
         }
+        p
     }
 }
 
@@ -420,7 +433,7 @@ impl GroupedGemm {
         } else {
             s.x_groups()
         };
-        let workgroups = tiling.workgroups(s.rows, s.inputs, groups);
+        let workgroups = tiling.workgroups(s.rows, s.x_columns(), groups);
         self.build(
             ctx,
             Pass::BackwardInput,

@@ -6,13 +6,14 @@ use super::routing::routed_rows;
 use crate::Result;
 use crate::shape::{Activation, GemmShape, InputLayout};
 
+/// Where group `g`'s reads of `X` start (row 0 of its block, its first column), and
+/// the row length of `X`; it reads `shape.x_window(g).1` columns of each row.
 fn x_offset(shape: &GemmShape, g: usize) -> usize {
-    match shape.input {
-        InputLayout::Shared => 0,
-        InputLayout::PerGroup | InputLayout::Level { .. } => {
-            shape.x_block(g) * shape.rows * shape.inputs
-        }
-    }
+    let block = match shape.input {
+        InputLayout::Shared | InputLayout::Columns(_) => 0,
+        InputLayout::PerGroup | InputLayout::Level { .. } => shape.x_block(g),
+    };
+    block * shape.rows * shape.x_columns() + shape.x_window(g).0
 }
 
 /// `Y: [groups, rows, outputs]`.
@@ -37,15 +38,17 @@ pub fn forward(
         outputs: n,
         ..
     } = shape;
+    let xc = shape.x_columns();
     let mut y = vec![0.0; shape.y_len()];
     for g in 0..groups {
         let xg = &x[x_offset(shape, g)..];
         let wg = &w[g * d * n..(g + 1) * d * n];
+        let width = shape.x_window(g).1;
         for r in 0..rows {
             for c in 0..n {
                 let mut acc = 0.0;
-                for k in 0..d {
-                    acc += xg[r * d + k] * wg[k * n + c];
+                for k in 0..width {
+                    acc += xg[r * xc + k] * wg[k * n + c];
                 }
                 if let Some(b) = bias {
                     acc += b[g * n + c];
@@ -101,17 +104,19 @@ pub fn backward(
         dw: vec![0.0; shape.w_len()],
         db: vec![0.0; shape.b_len()],
     };
+    let xc = shape.x_columns();
     for g in 0..groups {
         let xo = x_offset(shape, g);
         let wg = &w[g * d * n..(g + 1) * d * n];
         let dzg = &dz[g * rows * n..(g + 1) * rows * n];
+        let width = shape.x_window(g).1;
         for r in 0..rows {
             for c in 0..n {
                 let v = dzg[r * n + c];
                 grads.db[g * n + c] += v;
-                for k in 0..d {
-                    grads.dw[(g * d + k) * n + c] += x[xo + r * d + k] * v;
-                    grads.dx[xo + r * d + k] += v * wg[k * n + c];
+                for k in 0..width {
+                    grads.dw[(g * d + k) * n + c] += x[xo + r * xc + k] * v;
+                    grads.dx[xo + r * xc + k] += v * wg[k * n + c];
                 }
             }
         }
@@ -203,13 +208,15 @@ pub fn backward_input_ragged(
         outputs: n,
         ..
     } = shape;
+    let xc = shape.x_columns();
     let mut dx = vec![0.0; shape.x_len()];
     for (g, routed) in routed.iter().enumerate() {
         let wg = &w[g * d * n..(g + 1) * d * n];
+        let width = shape.x_window(g).1;
         for &r in routed.iter() {
             let r = r as usize;
             let at = (g * rows + r) * n;
-            let out = &mut dx[x_offset(shape, g) + r * d..][..d];
+            let out = &mut dx[x_offset(shape, g) + r * xc..][..width];
             for c in 0..n {
                 let dz = dy[at + c] * derivative(activation, y[at + c]);
                 for (k, o) in out.iter_mut().enumerate() {

@@ -51,6 +51,7 @@ impl GateMixShape {
             InputLayout::Level { tasks, shared, own } => {
                 tasks == self.gates && shared == 0 && own == 1
             }
+            InputLayout::Columns(_) => false,
         };
         if !own_blocks {
             return Err(Error::invalid(
@@ -82,7 +83,7 @@ impl GateMixShape {
     /// Where gate `gate`'s rows of `X` start: 0 when shared, else block `gate`.
     pub fn x_offset(&self, gate: usize) -> usize {
         match self.input {
-            InputLayout::Shared => 0,
+            InputLayout::Shared | InputLayout::Columns(_) => 0,
             InputLayout::PerGroup | InputLayout::Level { .. } => gate * self.rows * self.inputs,
         }
     }

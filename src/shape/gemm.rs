@@ -1,6 +1,6 @@
 //! The grouped GEMM's vocabulary: its shape, input layout and fused activation.
 
-use super::{check_elements, check_nonzero};
+use super::{ColumnWindows, check_elements, check_nonzero};
 use crate::Result;
 
 /// Activation fused into a GEMM's epilogue.
@@ -45,6 +45,12 @@ pub enum InputLayout {
         /// Groups of each task's own, reading that task's block.
         own: usize,
     },
+    /// One `X: [rows, columns]`, each group reading its window of columns (experts on
+    /// feature subsets). `inputs` is at least the widest window; group `g` multiplies
+    /// its `width_g` columns by rows `0..width_g` of `W_g` (the rest of `W_g` is
+    /// padding: never read, its gradient zero). The input gradient of a column sums
+    /// the groups whose window holds it, in group order (zeros where none does).
+    Columns(ColumnWindows),
 }
 
 /// Shape of a grouped GEMM `Y_g = act(X_g · W_g + b_g)`, `g = 0..groups`.
@@ -91,11 +97,26 @@ impl GemmShape {
                 ));
             }
         }
+        if let InputLayout::Columns(windows) = &self.input {
+            if windows.groups() != self.groups || windows.max_width() > self.inputs {
+                return Err(crate::Error::invalid(
+                    format!("{context} input layout"),
+                    format!(
+                        "column windows for {} groups up to {} wide, but the shape has {} \
+                         groups of {} inputs",
+                        windows.groups(),
+                        windows.max_width(),
+                        self.groups,
+                        self.inputs
+                    ),
+                ));
+            }
+        }
         let (g, b, d, n) = (self.groups, self.rows, self.inputs, self.outputs);
         check_elements(
             context,
             &[
-                ("X", &[self.x_groups(), b, d]),
+                ("X", &[self.x_groups(), b, self.x_columns()]),
                 ("W", &[g, d, n]),
                 ("Y", &[g, b, n]),
             ],
@@ -104,13 +125,31 @@ impl GemmShape {
 
     /// Elements of `X` (and of `dX`).
     pub fn x_len(&self) -> usize {
-        self.x_groups() * self.rows * self.inputs
+        self.x_groups() * self.rows * self.x_columns()
+    }
+
+    /// Columns of a row of `X`: `inputs`, or the input's width under
+    /// [`InputLayout::Columns`].
+    pub fn x_columns(&self) -> usize {
+        match &self.input {
+            InputLayout::Columns(windows) => windows.columns(),
+            _ => self.inputs,
+        }
+    }
+
+    /// `(first column, width)` of what group `g` reads of its block's rows:
+    /// `(0, inputs)` except under [`InputLayout::Columns`].
+    pub fn x_window(&self, g: usize) -> (usize, usize) {
+        match &self.input {
+            InputLayout::Columns(windows) => windows.window_of(g),
+            _ => (0, self.inputs),
+        }
     }
 
     /// Number of distinct inputs (blocks of `X`): 1 when shared.
     pub fn x_groups(&self) -> usize {
         match self.input {
-            InputLayout::Shared => 1,
+            InputLayout::Shared | InputLayout::Columns(_) => 1,
             InputLayout::PerGroup => self.groups,
             InputLayout::Level { tasks, .. } => tasks + 1,
         }
@@ -141,7 +180,7 @@ impl GemmShape {
     /// The layout as `(tasks, shared, own)` of [`InputLayout::Level`].
     pub(crate) fn level_form(&self) -> (usize, usize, usize) {
         match self.input {
-            InputLayout::Shared => (0, self.groups, 0),
+            InputLayout::Shared | InputLayout::Columns(_) => (0, self.groups, 0),
             InputLayout::PerGroup => (self.groups, 0, 1),
             InputLayout::Level { tasks, shared, own } => (tasks, shared, own),
         }
@@ -162,8 +201,10 @@ impl GemmShape {
         self.groups * self.rows * self.outputs
     }
 
-    /// Floating-point operations of the forward pass (2 per multiply-add).
+    /// Floating-point operations of the forward pass (2 per multiply-add; each group
+    /// over its window's columns).
     pub fn forward_flops(&self) -> f64 {
-        2.0 * self.groups as f64 * self.rows as f64 * self.inputs as f64 * self.outputs as f64
+        let reduced: usize = (0..self.groups).map(|g| self.x_window(g).1).sum();
+        2.0 * reduced as f64 * self.rows as f64 * self.outputs as f64
     }
 }

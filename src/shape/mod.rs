@@ -8,6 +8,7 @@
 //! structs use, so a kernel backend can import a family from one place.
 
 mod balance;
+mod columns;
 mod embedding;
 mod gate;
 mod gemm;
@@ -20,6 +21,7 @@ mod standard;
 
 pub use balance::{BalanceLoss, BalanceShape, BalanceStats};
 pub(crate) use balance::{check_load_k, check_weight};
+pub use columns::{ColumnWindow, ColumnWindows, MAX_COLUMN_WINDOWS};
 pub use embedding::{
     EmbeddingArrays, EmbeddingBatch, EmbeddingBounds, EmbeddingField, EmbeddingShape, NO_ID,
     Pooling, SparseOptimizer, TableOptimizer, union_ids,

@@ -11,7 +11,8 @@ use mmoe_wgpu::kernels::grouped_gemm::{
 };
 use mmoe_wgpu::reference::grouped_gemm as reference;
 use mmoe_wgpu::rng::Rng;
-use mmoe_wgpu::{Activation, Error, GemmShape, Gpu, InputLayout};
+use mmoe_wgpu::shape::MAX_COLUMN_WINDOWS;
+use mmoe_wgpu::{Activation, ColumnWindow, ColumnWindows, Error, GemmShape, Gpu, InputLayout};
 
 const TOLERANCE: f64 = 1e-4;
 
@@ -73,7 +74,60 @@ fn cases() -> Vec<(GemmShape, Activation, bool)> {
         };
         out.push((shape, act, bias));
     }
+    for (columns, runs, rows, outputs, act, bias) in column_window_cases() {
+        let windows = ColumnWindows::new(columns, &runs).unwrap();
+        let shape = GemmShape {
+            groups: windows.groups(),
+            rows,
+            inputs: windows.max_width(),
+            outputs,
+            input: InputLayout::Columns(windows),
+        };
+        out.push((shape, act, bias));
+    }
     out
+}
+
+/// Column windows: disjoint halves, windows that coincide, partial overlaps of
+/// different widths that are not tile multiples (leaving columns no group reads),
+/// and the most windows a dispatch takes, one group each.
+#[allow(clippy::type_complexity)]
+fn column_window_cases() -> Vec<(usize, Vec<ColumnWindow>, usize, usize, Activation, bool)> {
+    let run = |groups, offset, width| ColumnWindow {
+        groups,
+        offset,
+        width,
+    };
+    let eight = (0..MAX_COLUMN_WINDOWS)
+        .map(|i| run(1, i, 1 + i % 3))
+        .collect();
+    vec![
+        (
+            20,
+            vec![run(4, 0, 10), run(4, 10, 10)],
+            17,
+            33,
+            Activation::Relu,
+            true,
+        ),
+        (
+            13,
+            vec![run(2, 0, 13), run(3, 0, 13)],
+            100,
+            16,
+            Activation::Relu,
+            false,
+        ),
+        (
+            40,
+            vec![run(1, 3, 5), run(2, 0, 37), run(1, 30, 9)],
+            100,
+            9,
+            Activation::Identity,
+            true,
+        ),
+        (11, eight, 3, 70, Activation::Relu, true),
+    ]
 }
 
 struct Data {
@@ -351,11 +405,31 @@ fn reference_gradients_match_finite_differences() {
         shared: 1,
         own: 1,
     };
+    // Two groups on columns 1..6, one on 4..7 of 8: overlapping, column 0 and 7 unread,
+    // the narrow window's last rows of W padding.
+    let windows = ColumnWindows::new(
+        8,
+        &[
+            ColumnWindow {
+                groups: 2,
+                offset: 1,
+                width: 5,
+            },
+            ColumnWindow {
+                groups: 1,
+                offset: 4,
+                width: 3,
+            },
+        ],
+    )
+    .unwrap();
     for (input, act) in [
         (InputLayout::Shared, Activation::Relu),
         (InputLayout::PerGroup, Activation::Identity),
         (InputLayout::PerGroup, Activation::Relu),
         (level, Activation::Relu),
+        (InputLayout::Columns(windows), Activation::Relu),
+        (InputLayout::Columns(windows), Activation::Identity),
     ] {
         let shape = GemmShape {
             groups: 3,
@@ -609,4 +683,54 @@ fn a_missing_adapter_says_how_to_get_one() {
         msg.contains("mesa-vulkan-drivers") && msg.contains("no adapter is called this"),
         "{msg}"
     );
+}
+
+/// Windows that cannot be read are errors that say which window and why, before
+/// anything is bound; so is a shape whose groups or inputs disagree with its windows.
+#[test]
+fn bad_column_windows_are_errors() {
+    let run = |groups, offset, width| ColumnWindow {
+        groups,
+        offset,
+        width,
+    };
+    let message = |r: mmoe_wgpu::Result<ColumnWindows>| match r {
+        Err(e) => e.to_string(),
+        Ok(w) => panic!("accepted {w:?}"),
+    };
+    let outside = message(ColumnWindows::new(10, &[run(1, 0, 4), run(2, 8, 3)]));
+    assert!(
+        outside.contains("window 1") && outside.contains("8..11"),
+        "{outside}"
+    );
+    let empty = message(ColumnWindows::new(10, &[run(1, 2, 0)]));
+    assert!(empty.contains("window 0 is empty"), "{empty}");
+    let nobody = message(ColumnWindows::new(10, &[run(0, 2, 3)]));
+    assert!(nobody.contains("no groups"), "{nobody}");
+    let none = message(ColumnWindows::new(10, &[]));
+    assert!(none.contains("0 windows"), "{none}");
+    let many = vec![run(1, 0, 1); MAX_COLUMN_WINDOWS + 1];
+    let many = message(ColumnWindows::new(10, &many));
+    assert!(
+        many.contains(&format!("{} windows", MAX_COLUMN_WINDOWS + 1)),
+        "{many}"
+    );
+    let huge = message(ColumnWindows::new(10, &[run(1, usize::MAX, 2)]));
+    assert!(huge.contains("outside"), "{huge}");
+
+    let windows = ColumnWindows::new(10, &[run(2, 0, 6), run(1, 4, 6)]).unwrap();
+    for (groups, inputs) in [(2, 6), (3, 5)] {
+        let shape = GemmShape {
+            groups,
+            rows: 4,
+            inputs,
+            outputs: 3,
+            input: InputLayout::Columns(windows),
+        };
+        let err = shape.validate("layer").unwrap_err().to_string();
+        assert!(
+            err.contains("column windows for 3 groups up to 6 wide"),
+            "{err}"
+        );
+    }
 }

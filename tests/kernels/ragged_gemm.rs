@@ -18,7 +18,7 @@ use mmoe_wgpu::kernels::{BufferView, Precision};
 use mmoe_wgpu::reference::grouped_gemm as reference;
 use mmoe_wgpu::reference::routing::{route, routed_rows};
 use mmoe_wgpu::rng::Rng;
-use mmoe_wgpu::{Activation, GemmShape, Gpu, InputLayout};
+use mmoe_wgpu::{Activation, ColumnWindow, ColumnWindows, GemmShape, Gpu, InputLayout};
 
 const TOLERANCE: f64 = 1e-4;
 
@@ -90,6 +90,41 @@ fn cases() -> Vec<(GemmShape, Activation, bool, usize, usize)> {
                 k,
             ));
         }
+    }
+    // Experts on feature subsets under a top-k gate: overlapping windows of
+    // different widths, and disjoint ones.
+    let run = |groups, offset, width| ColumnWindow {
+        groups,
+        offset,
+        width,
+    };
+    for (columns, runs, rows, outputs, act, k) in [
+        (
+            12,
+            vec![run(2, 0, 7), run(1, 5, 7)],
+            100,
+            33,
+            Activation::Relu,
+            2,
+        ),
+        (
+            10,
+            vec![run(2, 0, 5), run(2, 5, 5)],
+            17,
+            9,
+            Activation::Identity,
+            1,
+        ),
+    ] {
+        let windows = ColumnWindows::new(columns, &runs).unwrap();
+        let shape = GemmShape {
+            groups: windows.groups(),
+            rows,
+            inputs: windows.max_width(),
+            outputs,
+            input: InputLayout::Columns(windows),
+        };
+        out.push((shape, act, true, 2, k));
     }
     out
 }
@@ -267,10 +302,14 @@ pub(crate) fn every_tiling_matches_the_reference_and_the_dense_kernels_bitwise_o
         }
         let counts = read_counts(gpu, RowMap::new(&routes), shape.groups).unwrap();
         assert_eq!(counts, map[..shape.groups]);
-        let routed_pairs: u64 = counts.iter().map(|&c| u64::from(c)).sum();
+        let routed_products: u64 = counts
+            .iter()
+            .enumerate()
+            .map(|(g, &c)| u64::from(c) * shape.x_window(g).1 as u64)
+            .sum();
         assert_eq!(
             ragged_flops(&shape, &counts).unwrap(),
-            2.0 * routed_pairs as f64 * (shape.inputs * shape.outputs) as f64
+            2.0 * routed_products as f64 * shape.outputs as f64
         );
     }
     gpu.check().unwrap();
@@ -692,7 +731,9 @@ impl DxProblem {
         let expected = match self.shape.input {
             InputLayout::PerGroup => 1,
             InputLayout::Shared => 2,
-            InputLayout::Level { .. } => unreachable!("the ragged passes take no level"),
+            InputLayout::Level { .. } | InputLayout::Columns(_) => {
+                unreachable!("the ragged input gradient takes no level or windows")
+            }
         };
         assert_eq!(ragged.len(), expected, "dispatches of {:?}", self.shape);
         let dense = gemm
@@ -721,7 +762,9 @@ impl DxProblem {
         let live = routed_mask(&self.shape, &self.map);
         match self.shape.input {
             InputLayout::PerGroup => live,
-            InputLayout::Level { .. } => unreachable!("the ragged passes take no level"),
+            InputLayout::Level { .. } | InputLayout::Columns(_) => {
+                unreachable!("the ragged input gradient takes no level or windows")
+            }
             InputLayout::Shared => (0..self.shape.rows)
                 .map(|r| (0..self.shape.groups).any(|g| live[g * self.shape.rows + r]))
                 .collect(),
@@ -740,7 +783,11 @@ fn ragged_input_gradient_matches_the_reference_and_the_dense_kernel() {
 
 pub(crate) fn ragged_input_gradient_matches_the_reference_and_the_dense_kernel_on(gpu: &Gpu) {
     let gemm = GroupedGemm::new(gpu);
-    for (n, (shape, act, _, gates, k)) in cases().into_iter().enumerate() {
+    // Column windows take the dense input gradient (tested with the forward above).
+    let cases = cases()
+        .into_iter()
+        .filter(|c| !matches!(c.0.input, InputLayout::Columns(_)));
+    for (n, (shape, act, _, gates, k)) in cases.enumerate() {
         let mut problem = DxProblem::new(gpu, shape, act, gates, k, 500 + n as u64);
         let written = problem.written_rows();
         let mut rng = Rng::new(900 + n as u64);

@@ -261,8 +261,10 @@ impl GpuExecutor {
                     accumulate,
                 };
                 match self.plan.routed_by[node] {
-                    // Only the rows the gate routed to each expert.
-                    Some(gate) => {
+                    // Only the rows the gate routed to each expert. Column windows take
+                    // the dense pass: after a ragged ReLU forward dZ is zero on the
+                    // unrouted rows, so it gives the same gradient.
+                    Some(gate) if !matches!(shape.input, InputLayout::Columns(_)) => {
                         let scratch = (shape.input == InputLayout::Shared).then(|| {
                             SlotScratch::new(
                                 self.scratch_view(node, ScratchKind::InputGradSlots),
@@ -275,7 +277,7 @@ impl GpuExecutor {
                             scratch,
                         )?);
                     }
-                    None => out.push(self.gemm.backward_input(&args)?),
+                    _ => out.push(self.gemm.backward_input(&args)?),
                 }
             }
             (

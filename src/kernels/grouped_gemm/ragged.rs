@@ -379,6 +379,14 @@ impl GroupedGemm {
                 format!("{CTX} input"),
                 "the ragged passes take a shared or per-group X, not the blocks of a level",
             )),
+            // dZ is zero on the unrouted rows after a ragged forward with ReLU, so the
+            // dense pass gives this gradient; a compact scratch would need a scatter
+            // of each window into its columns.
+            (InputLayout::Columns(_), _) => Err(Error::invalid(
+                format!("{CTX} input"),
+                "X read through column windows: use the dense backward_input, which gives \
+                 the ragged input gradient whenever dZ is zero on the unrouted rows",
+            )),
             (InputLayout::Shared, Some(scratch)) => {
                 let compact = check_scratch(CTX, s, &scratch)?;
                 let ragged = RaggedInput {
@@ -492,8 +500,12 @@ pub fn ragged_flops(shape: &GemmShape, counts: &[u32]) -> Result<f64> {
             format!("{c} rows routed, but the shape has {} rows", shape.rows),
         ));
     }
-    let rows: f64 = counts.iter().map(|&c| f64::from(c)).sum();
-    Ok(2.0 * rows * shape.inputs as f64 * shape.outputs as f64)
+    let products: f64 = counts
+        .iter()
+        .enumerate()
+        .map(|(g, &c)| f64::from(c) * shape.x_window(g).1 as f64)
+        .sum();
+    Ok(2.0 * products * shape.outputs as f64)
 }
 
 /// Reads the `groups` counts at the start of `rows` back from the device (waiting for

@@ -94,11 +94,11 @@ impl Tiling {
 }
 
 /// Output rows and columns of a pass: the weight gradient's rows are the inputs (and
-/// the bias row), the input gradient's columns are the inputs.
+/// the bias row), the input gradient's columns are the columns of `X`.
 fn output_extent(pass: Pass, shape: &GemmShape, bias: bool) -> (usize, usize) {
     match pass {
         Pass::Forward => (shape.rows, shape.outputs),
-        Pass::BackwardInput => (shape.rows, shape.inputs),
+        Pass::BackwardInput => (shape.rows, shape.x_columns()),
         Pass::BackwardWeights => (shape.inputs + usize::from(bias), shape.outputs),
     }
 }
