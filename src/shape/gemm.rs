@@ -97,20 +97,20 @@ impl GemmShape {
                 ));
             }
         }
-        if let InputLayout::Columns(windows) = &self.input {
-            if windows.groups() != self.groups || windows.max_width() > self.inputs {
-                return Err(crate::Error::invalid(
-                    format!("{context} input layout"),
-                    format!(
-                        "column windows for {} groups up to {} wide, but the shape has {} \
-                         groups of {} inputs",
-                        windows.groups(),
-                        windows.max_width(),
-                        self.groups,
-                        self.inputs
-                    ),
-                ));
-            }
+        if let InputLayout::Columns(windows) = &self.input
+            && (windows.groups() != self.groups || windows.max_width() > self.inputs)
+        {
+            return Err(crate::Error::invalid(
+                format!("{context} input layout"),
+                format!(
+                    "column windows for {} groups up to {} wide, but the shape has {} \
+                     groups of {} inputs",
+                    windows.groups(),
+                    windows.max_width(),
+                    self.groups,
+                    self.inputs
+                ),
+            ));
         }
         let (g, b, d, n) = (self.groups, self.rows, self.inputs, self.outputs);
         check_elements(
