@@ -157,6 +157,7 @@ fn model_config(o: &Options, inputs: usize, fields: Vec<FieldConfig>) -> ModelCo
         fields,
         shared_layers: Vec::new(),
         architecture,
+        expert_inputs: Vec::new(),
         tower_layers: vec![o.tower],
         tasks,
         optimizer: if o.weight_decay > 0.0 {

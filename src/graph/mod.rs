@@ -177,7 +177,20 @@ impl Graph {
         layout: InputLayout,
         weight_init: Option<Init>,
     ) -> Result<TensorId> {
-        let (x_groups, inputs) = self.row_features(x)?;
+        let (x_groups, mut inputs) = self.row_features(x)?;
+        if let InputLayout::Columns(windows) = &layout {
+            if windows.columns() != inputs {
+                return Err(Error::invalid(
+                    "graph",
+                    format!(
+                        "`{name}` has column windows over {} columns but its input `{}` has {inputs}",
+                        windows.columns(),
+                        self.tensor(x).name
+                    ),
+                ));
+            }
+            inputs = windows.max_width();
+        }
         let blocks = match layout {
             InputLayout::Shared | InputLayout::Columns(_) => 1,
             InputLayout::PerGroup => groups,
@@ -192,9 +205,10 @@ impl Graph {
                 ),
             ));
         }
-        let init = weight_init.unwrap_or(match activation {
-            Activation::Relu => Init::HeUniform { fan_in: inputs },
-            Activation::Identity => Init::GlorotUniform {
+        let init = weight_init.unwrap_or(match (activation, layout) {
+            (Activation::Relu, InputLayout::Columns(windows)) => Init::HeUniformWindows(windows),
+            (Activation::Relu, _) => Init::HeUniform { fan_in: inputs },
+            (Activation::Identity, _) => Init::GlorotUniform {
                 fan_in: inputs,
                 fan_out: outputs,
             },

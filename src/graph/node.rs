@@ -45,6 +45,9 @@ pub enum Init {
         /// Outputs per input.
         fan_out: usize,
     },
+    /// He uniform per group of a layer on column windows, each group's fan-in its
+    /// window's width; the rows of `W_g` past that width (padding) zero.
+    HeUniformWindows(crate::shape::ColumnWindows),
 }
 
 /// A tensor: name, shape at full batch capacity, role.

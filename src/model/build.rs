@@ -6,7 +6,7 @@ use crate::Result;
 use crate::graph::{GateSpec, Graph, Init, Plan, Role, TensorId};
 use crate::kernels::LOOP_BUDGET;
 use crate::rng::Rng;
-use crate::shape::{Activation, EmbeddingBounds, ExpertAccess, InputLayout};
+use crate::shape::{Activation, ColumnWindows, EmbeddingBounds, ExpertAccess, InputLayout};
 
 /// A model's graph and the tensors the trainer feeds and reads.
 #[derive(Clone, Debug)]
@@ -65,12 +65,13 @@ pub fn build(config: &ModelConfig, capacity: usize) -> Result<ModelGraph> {
             ..
         } => {
             let experts = config.architecture.total_experts(tasks);
+            let windows = super::subsets::expert_windows(config)?;
             let mut h = below;
             for (i, &width) in expert_layers.iter().enumerate() {
-                let layout = if i == 0 {
-                    InputLayout::Shared
-                } else {
-                    InputLayout::PerGroup
+                let layout = match (i, windows) {
+                    (0, Some(windows)) => InputLayout::Columns(windows),
+                    (0, None) => InputLayout::Shared,
+                    _ => InputLayout::PerGroup,
                 };
                 h = graph.dense(&format!("experts.{i}"), h, experts, width, relu, layout)?;
             }
@@ -296,6 +297,15 @@ pub fn initial_parameters(graph: &Graph, plan: &Plan, seed: u64) -> Vec<f32> {
             Init::Zeros => continue,
             Init::HeUniform { fan_in } => (6.0 / fan_in as f64).sqrt(),
             Init::GlorotUniform { fan_in, fan_out } => (6.0 / (fan_in + fan_out) as f64).sqrt(),
+            Init::HeUniformWindows(windows) => {
+                let mut rng = root.fork(index as u64);
+                he_uniform_windows(
+                    &windows,
+                    &mut params[offset..offset + tensor.len()],
+                    &mut rng,
+                );
+                continue;
+            }
         };
         let mut rng = root.fork(index as u64);
         for p in &mut params[offset..offset + tensor.len()] {
@@ -303,4 +313,22 @@ pub fn initial_parameters(graph: &Graph, plan: &Plan, seed: u64) -> Vec<f32> {
         }
     }
     params
+}
+
+/// `W: [groups, inputs, outputs]` of a layer on column windows: group `g` He-uniform
+/// over its window's width (its fan-in), its padding rows zero. Draws every element
+/// in order, so windows of one width start as a plain He-uniform layer would.
+fn he_uniform_windows(windows: &ColumnWindows, w: &mut [f32], rng: &mut Rng) {
+    let groups = windows.groups();
+    let per_group = w.len() / groups.max(1);
+    let inputs = windows.max_width();
+    let outputs = per_group / inputs.max(1);
+    for (g, block) in w.chunks_mut(per_group.max(1)).enumerate().take(groups) {
+        let width = windows.window_of(g).1;
+        let limit = (6.0 / width as f64).sqrt();
+        for (at, p) in block.iter_mut().enumerate() {
+            let v = rng.uniform(-limit, limit) as f32;
+            *p = if at / outputs.max(1) < width { v } else { 0.0 };
+        }
+    }
 }

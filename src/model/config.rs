@@ -5,6 +5,7 @@ use super::fields::{self, FieldConfig};
 pub use super::gate::{Gate, GateKind};
 pub use super::level::Level;
 use super::level::validate_levels;
+use super::subsets::ExpertInput;
 use crate::shape::{
     LossKind, MAX_SHARED_SELECTION_EXPERTS, OptimizerConfig, Selection, TableOptimizer,
 };
@@ -184,6 +185,9 @@ pub struct ModelConfig {
     pub shared_layers: Vec<usize>,
     /// MMoE, OMoE or shared-bottom.
     pub architecture: Architecture,
+    /// Which part of the input row each run of MMoE or OMoE experts reads, in expert
+    /// order (empty: every expert reads all of it). The gates read the whole row.
+    pub expert_inputs: Vec<ExpertInput>,
     /// Widths of each tower's ReLU layers (may be empty: the head then reads the
     /// mixture directly).
     pub tower_layers: Vec<usize>,
@@ -228,6 +232,7 @@ impl ModelConfig {
                 gate: Gate::SOFTMAX,
                 task_experts: 0,
             },
+            expert_inputs: Vec::new(),
             tower_layers: vec![tower_width],
             tasks,
             optimizer: Self::ADAM,
@@ -263,6 +268,7 @@ impl ModelConfig {
         if let Architecture::Ple { levels } = &self.architecture {
             validate_levels(levels)?;
         }
+        super::subsets::expert_windows(self)?;
         let (experts, layers, what) = match &self.architecture {
             Architecture::Mmoe { expert_layers, .. } | Architecture::Omoe { expert_layers, .. } => {
                 (

@@ -366,6 +366,12 @@ fn experts_of(config: &ModelConfig) -> Result<(usize, &[usize])> {
     if !config.shared_layers.is_empty() {
         return bad("the experts read shared layers, not the input the rows are clustered on");
     }
+    if !config.expert_inputs.is_empty() {
+        return bad(
+            "the experts read subsets of the input (expert_inputs), not the whole rows the \
+             clusters are drawn on",
+        );
+    }
     match &config.architecture {
         Architecture::Mmoe {
             task_experts: 0,

@@ -27,6 +27,7 @@ mod gate;
 mod level;
 mod noise;
 pub mod partition;
+mod subsets;
 mod trainer;
 
 pub use crate::shape::BalanceLoss;
@@ -41,4 +42,5 @@ pub use config::{
 pub use esmm::EsmmPair;
 pub use expert_start::{ExpertStart, ExpertStartReport, PartitionOn};
 pub use fields::{FieldConfig, FieldValues, table_name};
+pub use subsets::{ExpertInput, InputSubset};
 pub use trainer::{BatchGradients, Evaluation, GateReport, TableGradient, Trainer};

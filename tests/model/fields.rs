@@ -5,11 +5,13 @@
 //! split in chunks; tables trained on their touched rows only; and the dense-only
 //! path of a model without fields unchanged.
 
-use crate::common::fields::{OwnedBatch, mmoe_with_fields, shared_bottom_with_fields};
+use crate::common::fields::{DENSE, OwnedBatch, mmoe_with_fields, shared_bottom_with_fields};
 use crate::common::models::two_task_batch;
 use crate::common::{bits, gpu, relative_error, to_f64};
 use mmoe_wgpu::graph::{CpuExecutor, Role};
-use mmoe_wgpu::model::{Architecture, Batch, Gate, ModelConfig, TableOptimizer, Trainer};
+use mmoe_wgpu::model::{
+    Architecture, Batch, ExpertInput, Gate, ModelConfig, TableOptimizer, Trainer,
+};
 
 const ROWS: usize = 17;
 
@@ -45,7 +47,34 @@ fn configs() -> Vec<(&'static str, ModelConfig)> {
                 ..mmoe_with_fields(ADAGRAD)
             },
         ),
+        (
+            "mmoe, experts on the dense columns and country, and on the tag fields",
+            ModelConfig {
+                expert_inputs: vec![
+                    ExpertInput::columns(1, 0..DENSE + 3),
+                    ExpertInput::fields(2, ["tags", "recent"]),
+                ],
+                ..mmoe_with_fields(TableOptimizer::LAZY_ADAM)
+            },
+        ),
     ]
+}
+
+/// Fields an expert run reads must be adjacent, their columns one range.
+#[test]
+fn experts_on_fields_that_are_not_adjacent_are_an_error() {
+    let config = ModelConfig {
+        expert_inputs: vec![
+            ExpertInput::fields(1, ["country", "recent"]),
+            ExpertInput::columns(2, 0..DENSE),
+        ],
+        ..mmoe_with_fields(TableOptimizer::LAZY_ADAM)
+    };
+    let err = config.validate().unwrap_err().to_string();
+    assert!(
+        err.contains(r#"run 0's fields ["country", "recent"] are not adjacent"#),
+        "{err}"
+    );
 }
 
 /// Forward (with the step's gate noise) and backward of `batch` on the CPU.

@@ -16,3 +16,4 @@ mod fields_input;
 mod fuzz_checkpoint;
 mod model;
 mod ple;
+mod subsets;

@@ -15,7 +15,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::json::{exact, some, some_exact};
 use crate::model::{
-    Architecture, FieldConfig, Gate, GateKind, HeadKind, Level, ModelConfig, TaskConfig, TaskKind,
+    Architecture, ExpertInput, FieldConfig, Gate, GateKind, HeadKind, Level, ModelConfig,
+    TaskConfig, TaskKind,
 };
 use crate::shape::{BalanceLoss, OptimizerConfig, Selection, TableOptimizer};
 
@@ -23,11 +24,13 @@ mod dense;
 mod fields;
 mod head;
 mod levels;
+mod subsets;
 
 pub(super) use dense::DenseInputs;
 pub(super) use fields::Vocabulary;
 use fields::{FieldList, TableOptimizerDef};
 use head::HeadKindDef;
+use subsets::ExpertInputList;
 
 /// The whole description.
 #[derive(Serialize, Deserialize)]
@@ -79,6 +82,13 @@ struct ConfigDef {
     shared_layers: Vec<usize>,
     #[serde(with = "ArchitectureDef")]
     architecture: Architecture,
+    /// Absent when every expert reads the whole input, as in earlier files.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        with = "ExpertInputList"
+    )]
+    expert_inputs: Vec<ExpertInput>,
     tower_layers: Vec<usize>,
     #[serde(with = "TaskList")]
     tasks: Vec<TaskConfig>,
