@@ -137,6 +137,29 @@ def layer(t, name, group, v):
     return v @ t[name + ".weight"][group] + t[name + ".bias"][group]
 
 
+def expert_columns(config, experts, width):
+    """Per expert, the columns (start, end) of the input row it reads: all of
+    them, or its run's subset from `expert_inputs` (a column range, or adjacent
+    fields, whose columns follow the dense inputs in field order)."""
+    runs = config.get("expert_inputs", [])
+    if not runs:
+        return [(0, width)] * experts
+    first = {}
+    at = config["inputs"]
+    for f in config.get("fields", []):
+        first[f["name"]] = (at, at + f["dim"])
+        at += f["dim"]
+    out = []
+    for run in runs:
+        if "columns" in run:
+            span = tuple(run["columns"])
+        else:
+            names = run["fields"]
+            span = (first[names[0]][0], first[names[-1]][1])
+        out += [span] * run["experts"]
+    return out
+
+
 def seen_experts(config):
     """Per gate, the expert numbers it sees; and E, the number of all experts."""
     arch, tasks = config["architecture"], len(config["tasks"])
@@ -224,10 +247,17 @@ def forward(tensors, config, x, eps=None):
         seen, experts = seen_experts(config)
         gates, gate = len(seen), arch["gate"]
         o = []
+        columns = expert_columns(config, experts, z.shape[1])
         for e in range(experts):
-            v = z
+            start, end = columns[e]
+            v = z[:, start:end]
             for i in range(len(arch["expert_layers"])):
-                v = relu(layer(t, f"experts.{i}", e, v))
+                if i == 0:
+                    # Rows of a narrow window's weights past its width are padding.
+                    w = t["experts.0.weight"][e][: end - start]
+                    v = relu(v @ w + t["experts.0.bias"][e])
+                else:
+                    v = relu(layer(t, f"experts.{i}", e, v))
             o.append(v)
         q = np.empty((gates, rows, experts))
         for g in range(gates):

@@ -9,6 +9,7 @@
 //! cargo run --release --example synthetic -- --models mmoe --gate topk --k 2 --noise
 //! cargo run --release --example synthetic -- --models mmoe --gate topk --k 2 --selection shared
 //! cargo run --release --example synthetic -- --models mmoe,omoe --expert-init input-output
+//! cargo run --release --example synthetic -- --data halves --correlations 0 --models mmoe,mmoe-halves
 //! cargo run --release --example synthetic -- --help
 //! ```
 //!
@@ -26,6 +27,9 @@
 //! one level of `--shared-experts` shared experts and `--task-experts` per task, and
 //! PLE, `--levels` such levels stacked; their experts' width is the one that brings
 //! their parameter count closest to MMoE's.
+//! `--models mmoe-halves` is MMoE with experts on feature subsets: 4 experts on each
+//! half of the input, their width matching MMoE's parameter count; `--data halves`
+//! puts each task on its own half of the input, where such experts should win.
 //! `--expert-init input|input-output` starts each expert of MMoE and OMoE on its own
 //! k-means cluster of the training rows (`Trainer::start_experts`): pre-trained on it
 //! for `--pretrain-steps` steps, the gates routing each cluster to its expert.
@@ -181,6 +185,12 @@ struct Args {
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true,
           value_parser = non_negative)]
     gate_scale: f32,
+    /// The data: the paper's tasks of set correlation, or each task on its own half
+    /// of the inputs (task 1 on the first, task 2 on the second; their correlation
+    /// is 0 and --correlations only labels the runs), the setting of
+    /// --models mmoe-halves.
+    #[arg(long, value_enum, default_value_t = DataChoice::Paper)]
+    data: DataChoice,
     /// Where to write the trainability histogram (PNG), with --trainability.
     #[arg(long, default_value = "target/synthetic/trainability.png")]
     trainability_plot: PathBuf,
@@ -196,6 +206,15 @@ struct Args {
     #[arg(long, default_value_t = 2, allow_negative_numbers = true,
           value_parser = clap::value_parser!(u32).range(0..))]
     task_experts: u32,
+}
+
+/// The `--data` choices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum DataChoice {
+    /// The paper's two tasks of set correlation on all inputs.
+    Paper,
+    /// Each task on its own half of the inputs.
+    Halves,
 }
 
 /// The `--gate` choices.
@@ -313,6 +332,14 @@ fn main() -> ExitCode {
             )
             .exit();
     }
+    if args.data == DataChoice::Halves && args.correlations.len() > 1 {
+        Args::command()
+            .error(
+                ErrorKind::ArgumentConflict,
+                "--data halves sets the tasks' correlation to 0: give at most one --correlations value",
+            )
+            .exit();
+    }
     if args.selection == SelectionChoice::Shared && args.gate != GateChoice::Topk {
         Args::command()
             .error(
@@ -387,6 +414,7 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
                     shared: args.shared_experts as usize,
                     task: args.task_experts as usize,
                 },
+                on_halves: args.data == DataChoice::Halves,
             };
             // The three models see the same data set.
             let (train, test) = experiment::data_for(&spec)?;

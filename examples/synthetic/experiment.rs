@@ -5,11 +5,11 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mmoe_wgpu::Gpu;
 use mmoe_wgpu::data::Dataset;
-use mmoe_wgpu::data::synthetic::{SyntheticConfig, generate};
+use mmoe_wgpu::data::synthetic::{SyntheticConfig, generate, generate_on_halves};
 use mmoe_wgpu::graph::Role;
 use mmoe_wgpu::model::{
-    Architecture, ExpertStart, Gate, Level, ModelConfig, PartitionOn, TaskConfig, TaskKind,
-    Trainer, build,
+    Architecture, ExpertInput, ExpertStart, Gate, Level, ModelConfig, PartitionOn, TaskConfig,
+    TaskKind, Trainer, build,
 };
 use mmoe_wgpu::rng::Rng;
 
@@ -35,6 +35,10 @@ pub enum Model {
     Cgc,
     /// Progressive layered extraction: `--levels` CGC levels stacked.
     Ple,
+    /// MMoE whose experts read halves of the input (feature subsets): 4 experts on
+    /// the first half, 4 on the second, one ReLU layer each of the width that brings
+    /// the parameter count closest to MMoE's.
+    MmoeHalves,
 }
 
 /// The experts of the CGC and PLE models: levels (CGC: one), shared experts and
@@ -55,6 +59,7 @@ impl Model {
             Model::SharedBottom => "shared-bottom",
             Model::Cgc => "cgc",
             Model::Ple => "ple",
+            Model::MmoeHalves => "mmoe-halves",
         }
     }
 
@@ -66,6 +71,7 @@ impl Model {
             Model::SharedBottom => "Shared-Bottom",
             Model::Cgc => "CGC",
             Model::Ple => "PLE",
+            Model::MmoeHalves => "MMoE-halves",
         }
     }
 
@@ -128,6 +134,28 @@ impl Model {
                     })
                     .expect("a width");
                 at(width)
+            }
+            Model::MmoeHalves => {
+                let mmoe = parameters(&config);
+                let half = inputs / 2;
+                let at = |width| ModelConfig {
+                    architecture: Architecture::Mmoe {
+                        experts: 8,
+                        expert_layers: vec![width],
+                        gate,
+                        task_experts: 0,
+                    },
+                    expert_inputs: vec![
+                        ExpertInput::columns(4, 0..half),
+                        ExpertInput::columns(4, half..inputs),
+                    ],
+                    ..config.clone()
+                };
+                let width = (1..=64)
+                    .min_by_key(|&w| parameters(&at(w)).abs_diff(mmoe))
+                    .expect("a width");
+                config = at(width);
+                config.architecture.clone()
             }
         };
         config.learning_rate = learning_rate;
@@ -225,6 +253,9 @@ pub struct RunSpec {
     pub expert_start: Option<ExpertStart>,
     /// The levels of CGC and PLE.
     pub levels: LevelShape,
+    /// Each task on its own half of the inputs (`--data halves`) instead of the
+    /// paper's correlated directions.
+    pub on_halves: bool,
 }
 
 /// What one run produced.
@@ -265,7 +296,11 @@ pub fn data_for(spec: &RunSpec) -> mmoe_wgpu::Result<(Dataset, Dataset)> {
         seed: spec.seed,
         ..spec.data.clone()
     };
-    let splits = generate(&config)?;
+    let splits = if spec.on_halves {
+        generate_on_halves(&config)?
+    } else {
+        generate(&config)?
+    };
     Ok((splits.train, splits.test))
 }
 

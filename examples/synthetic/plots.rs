@@ -37,6 +37,7 @@ pub fn model_color(model: Model) -> RGBColor {
         Model::SharedBottom => RGBColor(0x2c, 0xa0, 0x2c),
         Model::Cgc => RGBColor(0xd6, 0x27, 0x28),
         Model::Ple => RGBColor(0x94, 0x67, 0xbd),
+        Model::MmoeHalves => RGBColor(0x8c, 0x56, 0x4b),
     }
 }
 

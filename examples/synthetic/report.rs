@@ -34,6 +34,7 @@ pub fn json_line(r: &RunResult, args: &Args) -> serde_json::Value {
         "balance": args.balance,
         "balance_loss": format!("{:?}", args.balance_loss).to_lowercase(),
         "expert_init": args.expert_init.to_possible_value().map(|v| v.get_name().to_string()),
+        "data": args.data.to_possible_value().map(|v| v.get_name().to_string()),
     })
 }
 

@@ -157,6 +157,47 @@ impl SyntheticProblem {
         })
     }
 
+    /// A problem whose tasks read disjoint halves of the input: `u1` is a random
+    /// unit direction on the first `⌊d/2⌋` inputs, `u2` one on the others, so task 1
+    /// depends on the first half only and task 2 on the second (their cosine is 0
+    /// whatever `config.correlation`). The sinusoids are drawn as in [`new`](Self::new).
+    /// The setting of experts on feature subsets: experts that read one half each
+    /// see all a task needs and nothing it does not.
+    pub fn on_halves(config: &SyntheticConfig, rng: &mut Rng) -> Result<SyntheticProblem> {
+        config.validate()?;
+        let d = config.inputs;
+        let c = config.scale;
+        let mut draw_on = |range: std::ops::Range<usize>| loop {
+            let v = (0..d)
+                .map(|i| {
+                    if range.contains(&i) {
+                        rng.normal()
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            if let Some(u) = normalized(v) {
+                break u;
+            }
+        };
+        let u1 = draw_on(0..d / 2);
+        let u2 = draw_on(d / 2..d);
+        let w1 = u1.iter().map(|a| c * a).collect();
+        let w2 = u2.iter().map(|b| c * b).collect();
+        let alpha = (0..config.sinusoids).map(|_| rng.normal()).collect();
+        let beta = (0..config.sinusoids).map(|_| rng.normal()).collect();
+        Ok(SyntheticProblem {
+            u1,
+            u2,
+            w1,
+            w2,
+            alpha,
+            beta,
+            noise_std: config.noise_std,
+        })
+    }
+
     /// Draws `rows` examples (`x ~ N(0, I)`, two targets with fresh noise) from `rng`.
     pub fn sample(&self, rows: usize, rng: &mut Rng) -> Result<Dataset> {
         let d = self.w1.len();
@@ -195,6 +236,18 @@ impl SyntheticProblem {
 pub fn generate(config: &SyntheticConfig) -> Result<Splits> {
     let root = Rng::new(config.seed);
     let problem = SyntheticProblem::new(config, &mut root.fork(0))?;
+    splits(config, &problem, &root)
+}
+
+/// [`generate`] on the problem of [`SyntheticProblem::on_halves`]: task 1 on the
+/// first half of the inputs, task 2 on the second.
+pub fn generate_on_halves(config: &SyntheticConfig) -> Result<Splits> {
+    let root = Rng::new(config.seed);
+    let problem = SyntheticProblem::on_halves(config, &mut root.fork(0))?;
+    splits(config, &problem, &root)
+}
+
+fn splits(config: &SyntheticConfig, problem: &SyntheticProblem, root: &Rng) -> Result<Splits> {
     Ok(Splits {
         train: problem.sample(config.train_rows, &mut root.fork(1))?,
         validation: problem.sample(config.validation_rows, &mut root.fork(2))?,

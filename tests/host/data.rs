@@ -12,7 +12,7 @@ use mmoe_wgpu::Error;
 use mmoe_wgpu::data::census::{
     self, COLUMNS, CensusEncoder, EDUCATION, LABEL, MARITAL, NUMERIC_COLUMNS, TaskGroup, WEIGHT,
 };
-use mmoe_wgpu::data::synthetic::{SyntheticConfig, SyntheticProblem, generate};
+use mmoe_wgpu::data::synthetic::{SyntheticConfig, SyntheticProblem, generate, generate_on_halves};
 use mmoe_wgpu::data::{Dataset, Splits};
 use mmoe_wgpu::rng::Rng;
 
@@ -120,6 +120,31 @@ fn synthetic_directions_are_orthonormal_and_weights_have_cosine_p() {
         assert!((dot(&problem.w2, &problem.w2) - 4.0).abs() < 1e-10);
         assert!((dot(&problem.w1, &problem.w2) - 4.0 * p).abs() < 1e-10);
         assert_eq!((problem.alpha.len(), problem.beta.len()), (10, 10));
+    }
+}
+
+/// On halves, each task's weights live on its own half of the inputs (odd d too),
+/// unit length times the scale, whatever the correlation asked for.
+#[test]
+fn synthetic_on_halves_puts_each_task_on_its_own_half() {
+    for (inputs, p) in [(100, 0.5), (7, 1.0)] {
+        let config = SyntheticConfig {
+            inputs,
+            correlation: p,
+            scale: 2.0,
+            ..SyntheticConfig::default()
+        };
+        let problem = SyntheticProblem::on_halves(&config, &mut Rng::new(5)).unwrap();
+        let half = inputs / 2;
+        assert!(problem.w1[half..].iter().all(|&v| v == 0.0));
+        assert!(problem.w2[..half].iter().all(|&v| v == 0.0));
+        assert!(problem.w1[..half].iter().all(|&v| v != 0.0));
+        assert!(problem.w2[half..].iter().all(|&v| v != 0.0));
+        assert!((dot(&problem.w1, &problem.w1) - 4.0).abs() < 1e-10);
+        assert!((dot(&problem.w2, &problem.w2) - 4.0).abs() < 1e-10);
+        assert_eq!(dot(&problem.w1, &problem.w2), 0.0);
+        let splits = generate_on_halves(&config).unwrap();
+        assert_eq!(splits.train.inputs, inputs);
     }
 }
 
