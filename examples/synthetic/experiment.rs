@@ -138,24 +138,26 @@ impl Model {
             Model::MmoeHalves => {
                 let mmoe = parameters(&config);
                 let half = inputs / 2;
-                let at = |width| ModelConfig {
-                    architecture: Architecture::Mmoe {
-                        experts: 8,
-                        expert_layers: vec![width],
-                        gate,
-                        task_experts: 0,
-                    },
-                    expert_inputs: vec![
-                        ExpertInput::columns(4, 0..half),
-                        ExpertInput::columns(4, half..inputs),
-                    ],
-                    ..config.clone()
+                config.expert_inputs = vec![
+                    ExpertInput::columns(4, 0..half),
+                    ExpertInput::columns(4, half..inputs),
+                ];
+                let at = |width| Architecture::Mmoe {
+                    experts: 8,
+                    expert_layers: vec![width],
+                    gate,
+                    task_experts: 0,
                 };
                 let width = (1..=64)
-                    .min_by_key(|&w| parameters(&at(w)).abs_diff(mmoe))
+                    .min_by_key(|&w| {
+                        let c = ModelConfig {
+                            architecture: at(w),
+                            ..config.clone()
+                        };
+                        parameters(&c).abs_diff(mmoe)
+                    })
                     .expect("a width");
-                config = at(width);
-                config.architecture.clone()
+                at(width)
             }
         };
         config.learning_rate = learning_rate;

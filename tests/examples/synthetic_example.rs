@@ -100,6 +100,8 @@ fn bad_flags_are_usage_errors_with_exit_code_2() {
         &["--gate", "static", "--noise"],
         &["--selection", "shared"],
         &["--gate", "topk", "--selection", "both"],
+        &["--data", "halves", "--correlations", "0,0.5"],
+        &["--data", "quarters"],
         &["--no-such-flag"],
     ] {
         let output = run(args);
@@ -343,5 +345,57 @@ fn cgc_and_ple_run_with_parameter_counts_matched_to_mmoe() {
     assert!(
         stderr.contains("level 0: top-k gate with k = 3"),
         "the error does not name the level:\n{stderr}"
+    );
+}
+
+/// Experts on halves of the input, on data whose tasks each use one half: the run
+/// succeeds, says which data it trained on, and matches MMoE's parameter count.
+#[test]
+fn experts_on_input_halves_run_with_parameters_matched_to_mmoe() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("synthetic_halves");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (loss, gates) = (dir.join("loss.png"), dir.join("gates.png"));
+    let output = run(&[
+        "--json",
+        "--data",
+        "halves",
+        "--models",
+        "mmoe,mmoe-halves",
+        "--steps",
+        "20",
+        "--batch-size",
+        "32",
+        "--train-rows",
+        "128",
+        "--test-rows",
+        "32",
+        "--seeds",
+        "1",
+        "--correlations",
+        "0",
+        "--loss-plot",
+        loss.to_str().unwrap(),
+        "--gate-plot",
+        gates.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "the example failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let params = |model: &str| {
+        let line = lines.iter().find(|v| v["model"] == model).unwrap();
+        assert_eq!(line["data"], "halves", "{line}");
+        assert!(line["test_mse"].as_f64().unwrap().is_finite(), "{line}");
+        line["parameters"].as_f64().unwrap()
+    };
+    let ratio = params("mmoe-halves") / params("mmoe");
+    assert!(
+        (0.95..1.05).contains(&ratio),
+        "{ratio} of MMoE's parameters"
     );
 }
