@@ -65,7 +65,7 @@ pub fn build(config: &ModelConfig, capacity: usize) -> Result<ModelGraph> {
             ..
         } => {
             let experts = config.architecture.total_experts(tasks);
-            let windows = super::subsets::expert_windows(config)?;
+            let windows = config.expert_windows()?;
             let mut h = below;
             for (i, &width) in expert_layers.iter().enumerate() {
                 let layout = match (i, windows) {

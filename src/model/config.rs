@@ -5,9 +5,10 @@ use super::fields::{self, FieldConfig};
 pub use super::gate::{Gate, GateKind};
 pub use super::level::Level;
 use super::level::validate_levels;
-use super::subsets::ExpertInput;
+use super::subsets::{self, ExpertInput};
 use crate::shape::{
-    LossKind, MAX_SHARED_SELECTION_EXPERTS, OptimizerConfig, Selection, TableOptimizer,
+    ColumnWindows, LossKind, MAX_SHARED_SELECTION_EXPERTS, OptimizerConfig, Selection,
+    TableOptimizer,
 };
 use crate::{Error, Result};
 
@@ -256,6 +257,30 @@ impl ModelConfig {
             .fold(self.inputs, |w, f| w.saturating_add(f.dim))
     }
 
+    /// The column windows of the first expert layer, `None` when every expert reads
+    /// the whole input row. Errors name the run of `expert_inputs` that is wrong, or
+    /// say why the model's experts cannot take subsets.
+    pub(crate) fn expert_windows(&self) -> Result<Option<ColumnWindows>> {
+        if self.expert_inputs.is_empty() {
+            return Ok(None);
+        }
+        let bad = |what: &str| Err(Error::invalid("model config expert_inputs", what));
+        if !matches!(
+            self.architecture,
+            Architecture::Mmoe { .. } | Architecture::Omoe { .. }
+        ) {
+            return bad("feature subsets are for the experts of MMoE and OMoE");
+        }
+        if !self.shared_layers.is_empty() {
+            return bad(
+                "the experts read the shared layers' output, not the input, so they cannot \
+                 take subsets of the input",
+            );
+        }
+        let experts = self.architecture.total_experts(self.tasks.len());
+        subsets::column_windows(&self.expert_inputs, experts, self.inputs, &self.fields).map(Some)
+    }
+
     /// Checks every count and width is positive and every value finite, and the
     /// fields (names, sizes, bags, shared tables) and the table optimizer.
     pub fn validate(&self) -> Result<()> {
@@ -268,7 +293,7 @@ impl ModelConfig {
         if let Architecture::Ple { levels } = &self.architecture {
             validate_levels(levels)?;
         }
-        super::subsets::expert_windows(self)?;
+        self.expert_windows()?;
         let (experts, layers, what) = match &self.architecture {
             Architecture::Mmoe { expert_layers, .. } | Architecture::Omoe { expert_layers, .. } => {
                 (

@@ -1,13 +1,14 @@
 //! Experts on feature subsets: which columns of the input row each run of experts
 //! reads (user features to some experts, item features to others).
 
-use super::config::{Architecture, ModelConfig};
+use super::fields::FieldConfig;
 use crate::shape::{ColumnWindow, ColumnWindows, MAX_COLUMN_WINDOWS};
 use crate::{Error, Result};
 
 /// Part of the input row: a range of its columns (dense features first, then each
-/// field's embedding, as [`ModelConfig`] lays them out), or fields by name, which
-/// must be adjacent in `ModelConfig::fields` (their columns one range).
+/// field's embedding, as [`ModelConfig`](super::ModelConfig) lays them out), or
+/// fields by name, which must be adjacent in `ModelConfig::fields` (their columns
+/// one range).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum InputSubset {
     /// Columns `start..end` of the input row.
@@ -51,49 +52,44 @@ impl ExpertInput {
     }
 }
 
-/// The column windows of `config`'s first expert layer, `None` when every expert
-/// reads the whole input. Errors name the run and say what is wrong: a model
-/// without experts on its input, expert counts that do not add up, an empty subset,
-/// columns past the input, unknown or non-adjacent fields, too many runs.
-pub(crate) fn expert_windows(config: &ModelConfig) -> Result<Option<ColumnWindows>> {
-    let runs = &config.expert_inputs;
-    if runs.is_empty() {
-        return Ok(None);
-    }
+/// The column windows of `runs` over an input row of `inputs` dense features then
+/// `fields`, for `experts` experts. Errors name the run and say what is wrong: expert
+/// counts that do not add up, an empty subset, columns past the input, unknown or
+/// non-adjacent fields, too many runs.
+pub(crate) fn column_windows(
+    runs: &[ExpertInput],
+    experts: usize,
+    inputs: usize,
+    fields: &[FieldConfig],
+) -> Result<ColumnWindows> {
     let bad = |what: String| Err(Error::invalid("model config expert_inputs", what));
-    if !matches!(
-        config.architecture,
-        Architecture::Mmoe { .. } | Architecture::Omoe { .. }
-    ) {
-        return bad("feature subsets are for the experts of MMoE and OMoE".into());
-    }
-    if !config.shared_layers.is_empty() {
-        return bad(
-            "the experts read the shared layers' output, not the input, so they cannot \
-             take subsets of the input"
-                .into(),
-        );
-    }
     if runs.len() > MAX_COLUMN_WINDOWS {
         return bad(format!(
             "{} runs of experts; at most {MAX_COLUMN_WINDOWS}",
             runs.len()
         ));
     }
-    let experts = config.architecture.total_experts(config.tasks.len());
     let listed: usize = runs.iter().map(|r| r.experts).sum();
     if listed != experts {
         return bad(format!(
             "the runs list {listed} experts but the model has {experts}"
         ));
     }
-    let width = config.input_width();
+    // The first column of each field, and the row's width.
+    let mut starts = Vec::with_capacity(fields.len());
+    let width = fields.iter().fold(inputs, |at, f| {
+        starts.push(at);
+        at.saturating_add(f.dim)
+    });
     let mut windows = Vec::with_capacity(runs.len());
     for (i, run) in runs.iter().enumerate() {
         if run.experts == 0 {
             return bad(format!("run {i} has no experts"));
         }
-        let (start, end) = columns_of(config, i, &run.subset)?;
+        let (start, end) = match &run.subset {
+            InputSubset::Columns { start, end } => (*start, *end),
+            InputSubset::Fields(names) => field_columns(i, names, fields, &starts)?,
+        };
         if start >= end {
             return bad(format!(
                 "run {i} reads an empty subset (columns {start}..{end})"
@@ -110,19 +106,21 @@ pub(crate) fn expert_windows(config: &ModelConfig) -> Result<Option<ColumnWindow
             width: end - start,
         });
     }
-    ColumnWindows::new(width, &windows).map(Some)
+    ColumnWindows::new(width, &windows)
 }
 
-/// The columns `start..end` of a subset; fields must exist and be adjacent.
-fn columns_of(config: &ModelConfig, run: usize, subset: &InputSubset) -> Result<(usize, usize)> {
-    let names = match subset {
-        InputSubset::Columns { start, end } => return Ok((*start, *end)),
-        InputSubset::Fields(names) => names,
-    };
+/// The columns `start..end` of the fields `names` (which must exist and be
+/// adjacent, in order), field `i` starting at column `starts[i]`.
+fn field_columns(
+    run: usize,
+    names: &[String],
+    fields: &[FieldConfig],
+    starts: &[usize],
+) -> Result<(usize, usize)> {
     let bad = |what: String| Err(Error::invalid("model config expert_inputs", what));
     let mut at = Vec::with_capacity(names.len());
     for name in names {
-        match config.fields.iter().position(|f| &f.name == name) {
+        match fields.iter().position(|f| &f.name == name) {
             Some(i) => at.push(i),
             None => {
                 return bad(format!(
@@ -131,7 +129,7 @@ fn columns_of(config: &ModelConfig, run: usize, subset: &InputSubset) -> Result<
             }
         }
     }
-    let Some(&first) = at.first() else {
+    let (Some(&first), Some(&last)) = (at.first(), at.last()) else {
         return bad(format!("run {run} lists no fields"));
     };
     if at.iter().enumerate().any(|(k, &i)| i != first + k) {
@@ -140,7 +138,5 @@ fn columns_of(config: &ModelConfig, run: usize, subset: &InputSubset) -> Result<
              their columns must be one range"
         ));
     }
-    let start = config.field_column(first);
-    let end = config.field_column(first + at.len() - 1) + config.fields[first + at.len() - 1].dim;
-    Ok((start, end))
+    Ok((starts[first], starts[last].saturating_add(fields[last].dim)))
 }
