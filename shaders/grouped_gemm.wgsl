@@ -51,7 +51,8 @@ struct GemmParams {
     // 0: identity, 1: relu.
     activation: u32,
     // FLAG_BIAS (forward adds b), FLAG_ACCUMULATE (backward_input adds into dX),
-    // FLAG_PACK_GROUPS (tiled kernels: columns run over all groups, see column_of).
+    // FLAG_PACK_GROUPS (tiled kernels: columns run over all groups, see column_of),
+    // FLAG_DB_APART (tiled weight gradients: db from its own accumulators, not a row).
     flags: u32,
     // Element offsets of each operand inside its binding (bindings start at the
     // device's offset alignment, operands anywhere after it).
@@ -86,6 +87,7 @@ const FLAG_BIAS: u32 = 1u;
 const FLAG_ACCUMULATE: u32 = 2u;
 const FLAG_PACK_GROUPS: u32 = 4u;
 const FLAG_COMPACT_DX: u32 = 16u;
+const FLAG_DB_APART: u32 = 32u;
 const ACT_RELU: u32 = 1u;
 
 @group(0) @binding(0) var<uniform> P: GemmParams;
@@ -370,15 +372,28 @@ fn store_dx(g: u32, s: u32, to: OutRow, base: u32, i: u32, acc: f32) {
 }
 
 // Row i of the backward-weights result is dW_g[i, :] for i < inputs and db_g for
-// i == inputs (when there is a bias; otherwise the db slot is a stand-in for dW).
+// i == inputs (when there is a bias and it is not stored apart; otherwise the db slot
+// is a stand-in for dW).
 fn store_dw(g: u32, i: u32, col: u32, acc: f32) {
     if (col >= P.outputs) {
         return;
     }
     if (i < P.inputs) {
         dw[P.dw_base + (g * P.inputs + i) * P.outputs + col] = Elem(acc);
-    } else if (i == P.inputs && (P.flags & FLAG_BIAS) != 0u) {
+    } else if (i == P.inputs && (P.flags & (FLAG_BIAS | FLAG_DB_APART)) == FLAG_BIAS) {
         db[P.db_base + g * P.outputs + col] = Elem(acc);
+    }
+}
+
+// FLAG_DB_APART: db_g[col..col+4] from its own accumulators, summed by the first
+// row block's workgroups. Σ dZ one add at a time is the fma(1, dZ, acc) chain of the
+// all-ones row, bit for bit, without a row block of its own: with inputs a multiple
+// of the block (512 at census), that row cost a whole extra block of 64 rows.
+fn store_db_apart(g: u32, col: u32, sum: vec4<f32>) {
+    for (var c = 0u; c < 4u; c++) {
+        if (col + c < P.outputs) {
+            db[P.db_base + g * P.outputs + col + c] = Elem(sum[c]);
+        }
     }
 }
 

@@ -154,6 +154,9 @@ fn backward_weights_subgroup(
     var t4: Tile; var t5: Tile; var t6: Tile; var t7: Tile;
     var u0: Tile; var u1: Tile; var u2: Tile; var u3: Tile;
     var u4: Tile; var u5: Tile; var u6: Tile; var u7: Tile;
+    let db_here = sums_db(wg);
+    var d0 = vec4(0.0);
+    var d1 = vec4(0.0);
     let n = live_slots(wg.z);
     let xo = x_offset(g);
     let i0 = min(src, P.inputs);
@@ -171,6 +174,10 @@ fn backward_weights_subgroup(
         if (CN > 1u) {
             b1 = dz_cols(g, row, col + 4u);
         }
+        if (db_here) {
+            d0 = d0 + b0;
+            d1 = d1 + b1;
+        }
         block_step(&t0, &u0, x_or_one(xo, row, i0), b0, b1);
         if (RB > 1u) { block_step(&t1, &u1, x_or_one(xo, row, i1), b0, b1); }
         if (RB > 2u) { block_step(&t2, &u2, x_or_one(xo, row, i2), b0, b1); }
@@ -179,6 +186,9 @@ fn backward_weights_subgroup(
         if (RB > 5u) { block_step(&t5, &u5, x_or_one(xo, row, i5), b0, b1); }
         if (RB > 6u) { block_step(&t6, &u6, x_or_one(xo, row, i6), b0, b1); }
         if (RB > 7u) { block_step(&t7, &u7, x_or_one(xo, row, i7), b0, b1); }
+    }
+    if (db_here) {
+        block_store_db(g, col, d0, d1);
     }
     block_store_dw(g, row0, col, t0, u0);
     if (RB > 1u) { block_store_dw(g, row0 + 8u, col, t1, u1); }

@@ -74,6 +74,19 @@ fn block_store_dw(g: u32, row0: u32, col: u32, t: Tile, u: Tile) {
     }
 }
 
+// Whether a weight-gradient workgroup sums db apart (FLAG_DB_APART): the first row
+// block's, uniform over the workgroup.
+fn sums_db(wg: vec3<u32>) -> bool {
+    return wg.y == 0u && (P.flags & (FLAG_BIAS | FLAG_DB_APART)) == (FLAG_BIAS | FLAG_DB_APART);
+}
+
+fn block_store_db(g: u32, col: u32, d0: vec4<f32>, d1: vec4<f32>) {
+    store_db_apart(g, col, d0);
+    if (CN > 1u) {
+        store_db_apart(g, col + 4u, d1);
+    }
+}
+
 // Ragged forward, a workgroup whose slots all lie past its group's count (a uniform
 // branch: in ragged mode a workgroup holds one group): only the zeros of those rows,
 // without the bias loads and register tiles of the full epilogue.

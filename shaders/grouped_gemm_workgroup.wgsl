@@ -272,6 +272,9 @@ fn backward_weights_workgroup(
     var t4: Tile; var t5: Tile; var t6: Tile; var t7: Tile;
     var u0: Tile; var u1: Tile; var u2: Tile; var u3: Tile;
     var u4: Tile; var u5: Tile; var u6: Tile; var u7: Tile;
+    let db_here = sums_db(wg);
+    var d0 = vec4(0.0);
+    var d1 = vec4(0.0);
     for (var b = 0u; b < n; b++) {
         if ((b & (KT - 1u)) == 0u) {
             workgroupBarrier();
@@ -286,6 +289,10 @@ fn backward_weights_workgroup(
         if (CN > 1u) {
             b1 = dz_cols(g, row, col + 4u);
         }
+        if (db_here) {
+            d0 = d0 + b0;
+            d1 = d1 + b1;
+        }
         block_step_rows(&t0, &u0, staged_rows(slot, 0u), b0, b1);
         if (RB > 1u) { block_step_rows(&t1, &u1, staged_rows(slot, 1u), b0, b1); }
         if (RB > 2u) { block_step_rows(&t2, &u2, staged_rows(slot, 2u), b0, b1); }
@@ -294,6 +301,9 @@ fn backward_weights_workgroup(
         if (RB > 5u) { block_step_rows(&t5, &u5, staged_rows(slot, 5u), b0, b1); }
         if (RB > 6u) { block_step_rows(&t6, &u6, staged_rows(slot, 6u), b0, b1); }
         if (RB > 7u) { block_step_rows(&t7, &u7, staged_rows(slot, 7u), b0, b1); }
+    }
+    if (db_here) {
+        block_store_db(g, col, d0, d1);
     }
     block_store_dw(g, row0, col, t0, u0);
     if (RB > 1u) { block_store_dw(g, row0 + 8u, col, t1, u1); }

@@ -141,6 +141,7 @@ const FLAG_BIAS: u32 = 1;
 const FLAG_ACCUMULATE: u32 = 2;
 const FLAG_PACK_GROUPS: u32 = 4;
 const FLAG_COMPACT_DX: u32 = 16;
+const FLAG_DB_APART: u32 = 32;
 /// Binding slot of the row map (ragged mode), or of a stand-in that is never read.
 const ROUTES_SLOT: u32 = 10;
 /// Binding slot of the ragged input gradient's compact rows (shared X), or of a
@@ -507,10 +508,15 @@ impl GroupedGemm {
         p.dw_base = bound[3].base;
         p.db_base = bound[4].base;
         p.routes_base = bound[5].base;
-        // Output rows are the inputs, plus the bias row.
-        let out_rows = s.inputs + usize::from(args.db.is_some());
+        // Output rows are the inputs, plus the bias row in the naive kernel (the tiled
+        // ones sum db apart, in the first row block: see store_db_apart).
+        let naive = matches!(tiling, Tiling::Naive { .. });
+        let out_rows = s.inputs + usize::from(args.db.is_some() && naive);
         let (workgroups, pack) = tiling.output_workgroups(s, out_rows, rows.is_some());
         p.flags |= pack;
+        if !naive {
+            p.flags |= FLAG_DB_APART;
+        }
         self.build(
             ctx,
             Pass::BackwardWeights,
