@@ -9,6 +9,7 @@ mod async_api;
 mod backend_api;
 mod backend_checks;
 mod balance;
+mod ceiling_probe;
 mod embedding;
 mod gate_levels;
 mod gate_mix;
