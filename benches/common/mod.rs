@@ -36,17 +36,6 @@ pub fn ceiling(gpu: &Gpu) -> Ceiling {
     ceiling
 }
 
-/// Measures the ceilings again and keeps, for each, the better of the two: a probe
-/// run during a burst of other work on a shared machine understates the device.
-pub fn measure_again(gpu: &Gpu, ceiling: &mut Ceiling) {
-    let again = CeilingProbe::new(gpu)
-        .measure()
-        .unwrap_or_else(|e| panic!("{e}"));
-    println!("again: {again}");
-    ceiling.fma_gflops = ceiling.fma_gflops.max(again.fma_gflops);
-    ceiling.copy_gbps = ceiling.copy_gbps.max(again.copy_gbps);
-}
-
 /// `flops` done in `seconds` as GFLOP/s and as a share of the FMA probe.
 pub fn gflops(ceiling: &Ceiling, flops: f64, seconds: f64) -> String {
     let rate = flops / seconds;

@@ -20,6 +20,7 @@ mod loss;
 mod loss_esmm;
 mod noise;
 mod optimizer;
+mod optimizer_lanes;
 mod ragged_gemm;
 mod routing;
 mod tune;
