@@ -15,7 +15,9 @@
 //! included) in rounds interleaved between the two models, and where a step's time
 //! goes (forward, loss, backward, the dense optimizer, the tables' sparse updates),
 //! dispatch by dispatch. Then it checks that the large table trained: the rows one
-//! step touched changed, and no other row did. Quick mode uses a 3·10^6-row user
+//! step touched changed, and no other row did. It starts with the device's ceiling
+//! (the FMA-only and streaming-copy probes) and gives the dense optimizer's GB/s, a
+//! pure streaming pass, as a fraction of the copy probe. Quick mode uses a 3·10^6-row user
 //! table (192 MB, still past one binding), 1,024-row batches and fewer rounds.
 
 use std::time::{Duration, Instant};
@@ -28,7 +30,8 @@ use mmoe_wgpu::model::{
 use mmoe_wgpu::rng::Rng;
 
 mod common;
-use common::fresh_gpu;
+use common::{ceiling, fresh_gpu, gbps};
+use mmoe_wgpu::kernels::ceiling_probe::Ceiling;
 
 const DENSE: usize = 13;
 const DIM: usize = 16;
@@ -247,8 +250,9 @@ fn median(times: &[Duration]) -> Duration {
     sorted[sorted.len() / 2]
 }
 
-/// Where one step's time goes, by phase, and the slowest dispatches.
-fn profile(case: &mut Case) {
+/// Where one step's time goes, by phase, and the slowest dispatches; the dense
+/// optimizer's bandwidth against the copy probe.
+fn profile(case: &mut Case, ceiling: &Ceiling) {
     let b = &case.batches[0];
     let phases = case
         .trainer
@@ -273,6 +277,21 @@ fn profile(case: &mut Case) {
         ));
     }
     println!("{line} sum {:.1} ms", ms(total));
+    // The dense optimizer reads the parameters, gradients and moments and writes the
+    // parameters and moments back.
+    let memory = case.trainer.memory();
+    let moved = 2 * memory.parameters + memory.gradients + 2 * memory.optimizer_state;
+    let optimizer: Duration = phases
+        .iter()
+        .filter(|(phase, _)| *phase == StepPhase::Optimizer)
+        .flat_map(|(_, times)| times.iter().map(|(_, t)| *t))
+        .sum();
+    println!(
+        "    dense optimizer: {:.2} MiB moved in {:.2} ms, {}",
+        mib(moved),
+        ms(optimizer),
+        gbps(ceiling, moved as f64, optimizer.as_secs_f64())
+    );
     for (phase, times) in &phases {
         if matches!(
             phase,
@@ -335,6 +354,7 @@ fn check_large_table_trains(case: &mut Case, rng: &mut Rng) {
 fn main() {
     let s = sizes();
     let gpu = fresh_gpu();
+    let ceiling = ceiling(&gpu);
     println!(
         "batch {} rows, {} dense features, 8 fields of {DIM} (bags of {}-{} IDs in \
          `recent_items`), MMoE 8 experts of 64, towers of 32, 2 tasks, lazy Adam on the tables",
@@ -382,7 +402,7 @@ fn main() {
         if ratio <= 1.3 { "within" } else { "OVER" }
     );
     for case in cases.iter_mut() {
-        profile(case);
+        profile(case, &ceiling);
     }
     let mut rng = Rng::new(99);
     check_large_table_trains(&mut cases[1], &mut rng);

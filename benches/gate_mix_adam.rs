@@ -1,7 +1,9 @@
 //! Throughput of the fused gate + mix kernels (forward, backward) and of one Adam
 //! update over all parameters, at the standard shapes. Criterion's `elem/s` counts
 //! floating-point operations (so `Gelem/s` reads as GFLOP/s) and `B/s` the bytes
-//! each pass must move at least once.
+//! each pass must move at least once. The bench first measures the device's ceiling
+//! (the FMA-only and streaming-copy probes) and gives every GFLOP/s and GB/s it
+//! prints, and each pass's fastest criterion sample, as a fraction of it.
 //!
 //! ```text
 //! cargo bench --bench gate_mix_adam [-- census]
@@ -19,10 +21,11 @@ use mmoe_wgpu::{Gpu, StandardShape};
 
 mod common;
 use common::{
-    best_seconds_interleaved, decision, fresh_gpu, full_tuning_gpu, print_candidates,
-    print_decisions,
+    Fastest, best_seconds_interleaved, ceiling, decision, fresh_gpu, full_tuning_gpu, gbps, gflops,
+    print_candidates, print_decisions,
 };
 use mmoe_wgpu::gpu::TuneRecord;
+use mmoe_wgpu::kernels::ceiling_probe::Ceiling;
 
 fn random(gpu: &Gpu, label: &str, rng: &mut Rng, n: usize) -> wgpu::Buffer {
     let values: Vec<f32> = (0..n).map(|_| rng.uniform(-1.0, 1.0) as f32).collect();
@@ -40,29 +43,42 @@ fn parameter_count(s: &StandardShape) -> usize {
     e * (d * h + h) + t * (d * e + e) + t * (h * u + u) + t * (u + 1)
 }
 
+/// Criterion's measurement of `passes` recorded one after another, then its fastest
+/// sample's rates as fractions of `ceiling`: `flops` and `bytes` per run.
 fn bench_passes(
     c: &mut Criterion,
-    gpu: &Gpu,
+    (gpu, ceiling): (&Gpu, &Ceiling),
     (name, function): (&str, &str),
-    throughput: Throughput,
+    (flops, bytes): (u64, u64),
     passes: &[Dispatch],
 ) {
+    let best = Fastest::default();
     let mut group = c.benchmark_group(name);
     group
         .sampling_mode(SamplingMode::Flat)
         .sample_size(10)
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(2))
-        .throughput(throughput);
+        .throughput(Throughput::ElementsAndBytes {
+            elements: flops,
+            bytes,
+        });
     group.bench_function(function, |bencher| {
         bencher.iter_custom(|iterations| {
             let reps = u32::try_from(iterations).unwrap_or(u32::MAX);
-            gpu.time_pass(reps, |pass| passes.iter().for_each(|d| d.record(pass)))
+            let total = gpu
+                .time_pass(reps, |pass| passes.iter().for_each(|d| d.record(pass)))
                 .unwrap_or_else(|e| panic!("{e}"))
-                .total
+                .total;
+            best.note(total, iterations)
         })
     });
     group.finish();
+    println!(
+        "{name}/{function}: fastest sample {}, {}",
+        gflops(ceiling, flops as f64, best.seconds()),
+        gbps(ceiling, bytes as f64, best.seconds())
+    );
 }
 
 /// The full-mode tuning decisions for the gate + mix at `shape`, on their own device.
@@ -149,7 +165,7 @@ impl GateBuffers {
 /// choice. The forward pass is one dispatch; in the backward pass only the first (dH
 /// and dz) depends on the tiling, so it is measured alone here.
 fn compare_tilings(
-    gpu: &Gpu,
+    (gpu, ceiling): (&Gpu, &Ceiling),
     kernel: &GateMix,
     name: &str,
     before: usize,
@@ -185,6 +201,7 @@ fn compare_tilings(
     {
         print_candidates(
             &format!("gate_mix/{name} {pass}"),
+            ceiling,
             flops,
             &measured[i],
             &[
@@ -200,6 +217,7 @@ fn compare_tilings(
 
 fn gate_mix_and_adam(c: &mut Criterion) {
     let gpu = fresh_gpu();
+    let ceiling = ceiling(&gpu);
     let full = full_tuning_gpu();
     let kernel = GateMix::new(&gpu);
     let optimizer = Optimizer::new(&gpu);
@@ -223,7 +241,7 @@ fn gate_mix_and_adam(c: &mut Criterion) {
             .backward(&backward_args)
             .unwrap_or_else(|e| panic!("{e}"));
         compare_tilings(
-            &gpu,
+            (&gpu, &ceiling),
             &kernel,
             standard.name,
             before,
@@ -243,22 +261,16 @@ fn gate_mix_and_adam(c: &mut Criterion) {
         let bytes = 4 * (b * d + t * d * e + e * b * w + t * b * e + t * b * w);
         bench_passes(
             c,
-            &gpu,
+            (&gpu, &ceiling),
             (&format!("gate_mix/{}", standard.name), "forward"),
-            Throughput::ElementsAndBytes {
-                elements: logits + mix,
-                bytes,
-            },
+            (logits + mix, bytes),
             std::slice::from_ref(&forward),
         );
         bench_passes(
             c,
-            &gpu,
+            (&gpu, &ceiling),
             (&format!("gate_mix/{}", standard.name), "backward"),
-            Throughput::ElementsAndBytes {
-                elements: logits + 2 * mix,
-                bytes: bytes + 4 * e * b * w,
-            },
+            (logits + 2 * mix, bytes + 4 * e * b * w),
             &backward,
         );
 
@@ -285,12 +297,9 @@ fn gate_mix_and_adam(c: &mut Criterion) {
         // Reads p, g, m, v and writes p, m, v: 7 floats per parameter; ~12 flops.
         bench_passes(
             c,
-            &gpu,
+            (&gpu, &ceiling),
             ("adam", standard.name),
-            Throughput::ElementsAndBytes {
-                elements: 12 * n as u64,
-                bytes: 28 * n as u64,
-            },
+            (12 * n as u64, 28 * n as u64),
             std::slice::from_ref(adam.dispatch()),
         );
     }

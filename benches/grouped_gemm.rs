@@ -1,6 +1,8 @@
 //! GFLOP/s of the expert grouped GEMM, forward and both backward passes, at the
 //! standard shapes. Criterion's `elem/s` column counts floating-point operations,
-//! so `Gelem/s` reads as GFLOP/s.
+//! so `Gelem/s` reads as GFLOP/s. The bench first measures the device's ceiling
+//! (the FMA-only and streaming-copy probes) and gives every GFLOP/s it prints, and
+//! each pass's fastest criterion sample, as a fraction of the FMA probe.
 //!
 //! ```text
 //! cargo bench --bench grouped_gemm [-- census]
@@ -25,9 +27,11 @@ use mmoe_wgpu::{Activation, Gpu, StandardShape};
 
 mod common;
 use common::{
-    best_seconds, best_seconds_interleaved, decision, fresh_gpu, fresh_gpu_without_subgroups,
-    full_tuning_gpu, print_candidates, print_decisions, step_seconds,
+    Fastest, best_seconds, best_seconds_interleaved, ceiling, decision, fresh_gpu,
+    fresh_gpu_without_subgroups, full_tuning_gpu, gflops, print_candidates, print_decisions,
+    step_seconds,
 };
+use mmoe_wgpu::kernels::ceiling_probe::Ceiling;
 
 const PASS_NAMES: [&str; 3] = ["Forward", "BackwardInput", "BackwardWeights"];
 const NAIVE: Tiling = Tiling::Naive { wg: 8, wg_rows: 8 };
@@ -120,7 +124,7 @@ fn passes(
 
 /// Every tiling on the full shape next to the choices of both tuning modes, pass by
 /// pass; returns the fast-mode (default) passes.
-fn compare_tilings(gpu: &Gpu, full: &Gpu, standard: StandardShape) -> Passes {
+fn compare_tilings(gpu: &Gpu, full: &Gpu, ceiling: &Ceiling, standard: StandardShape) -> Passes {
     let shape = standard.expert_gemm();
     let gemm = GroupedGemm::new(gpu);
     let before = [gpu.tune_records().len(), full.tune_records().len()];
@@ -146,6 +150,7 @@ fn compare_tilings(gpu: &Gpu, full: &Gpu, standard: StandardShape) -> Passes {
         let key = format!("grouped_gemm {pass} ");
         print_candidates(
             &format!("grouped_gemm/{} {pass}", standard.name),
+            ceiling,
             shape.forward_flops(),
             &measured[i],
             &[
@@ -169,7 +174,7 @@ fn once(gpu: &Gpu, dispatch: &Dispatch) -> f64 {
 /// On a device without subgroups: the tuned tiling (the fast mode's choice) against
 /// the naive kernels, pass by pass, at `census` and `large`; then a census training
 /// step with the tuned GEMMs against one with every GEMM pinned to the naive kernel.
-fn without_subgroups(only: Option<&str>) {
+fn without_subgroups(ceiling: &Ceiling, only: Option<&str>) {
     println!("--- the same adapter without SUBGROUP ---");
     let gpu = fresh_gpu_without_subgroups();
     let gemm = GroupedGemm::new(&gpu);
@@ -198,10 +203,10 @@ fn without_subgroups(only: Option<&str>) {
             };
             let chosen = decision(&gpu, before, &format!("grouped_gemm {pass} ")).chosen;
             println!(
-                "without subgroups, {} {pass}: tuned {chosen} {:.2} GFLOP/s, {NAIVE} {:.3} GFLOP/s: {:.1}x",
+                "without subgroups, {} {pass}: tuned {chosen} {}, {NAIVE} {}: {:.1}x",
                 standard.name,
-                flops / t_tuned / 1e9,
-                flops / t_naive / 1e9,
+                gflops(ceiling, flops, t_tuned),
+                gflops(ceiling, flops, t_naive),
                 t_naive / t_tuned,
             );
         }
@@ -235,6 +240,9 @@ fn without_subgroups(only: Option<&str>) {
 
 fn grouped_gemm(c: &mut Criterion) {
     let gpu = fresh_gpu();
+    // The probe needs no subgroups: the same ceiling holds for the device without
+    // them below, on the same adapter.
+    let ceiling = ceiling(&gpu);
     let full = full_tuning_gpu();
     let only: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     for standard in StandardShape::ALL {
@@ -245,7 +253,7 @@ fn grouped_gemm(c: &mut Criterion) {
             continue;
         }
         let shape = standard.expert_gemm();
-        let passes = compare_tilings(&gpu, &full, standard);
+        let passes = compare_tilings(&gpu, &full, &ceiling, standard);
         let mut group = c.benchmark_group(format!("grouped_gemm/{}", standard.name));
         // Each iteration is a whole GPU pass (up to seconds on lavapipe at `large`):
         // flat sampling with few samples keeps the run in minutes.
@@ -255,25 +263,37 @@ fn grouped_gemm(c: &mut Criterion) {
             .warm_up_time(Duration::from_millis(500))
             .measurement_time(Duration::from_secs(3))
             .throughput(Throughput::Elements(shape.forward_flops() as u64));
+        let mut fastest = Vec::new();
         for (name, dispatch) in [
             ("forward", &passes.forward),
             ("backward_input", &passes.backward_input),
             ("backward_weights", &passes.backward_weights),
         ] {
+            let best = Fastest::default();
             group.bench_function(name, |bencher| {
                 bencher.iter_custom(|iterations| {
                     let reps = u32::try_from(iterations).unwrap_or(u32::MAX);
-                    gpu.time_pass(reps, |pass| dispatch.record(pass))
+                    let total = gpu
+                        .time_pass(reps, |pass| dispatch.record(pass))
                         .unwrap_or_else(|e| panic!("{e}"))
-                        .total
+                        .total;
+                    best.note(total, iterations)
                 })
             });
+            fastest.push((name, best));
         }
         group.finish();
+        for (name, best) in fastest {
+            println!(
+                "grouped_gemm/{}/{name}: fastest sample {}",
+                standard.name,
+                gflops(&ceiling, shape.forward_flops(), best.seconds())
+            );
+        }
     }
     print_decisions("fast mode", &gpu, 0);
     print_decisions("full mode", &full, 0);
-    without_subgroups(only.as_deref());
+    without_subgroups(&ceiling, only.as_deref());
 }
 
 criterion_group!(benches, grouped_gemm);

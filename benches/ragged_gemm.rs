@@ -22,6 +22,9 @@
 //! compact scratch and the per-row reduce), and gives both totals. The gate values
 //! come from the GPU gate kernel; its time is the same on both paths and left out.
 //!
+//! Every GFLOP/s is also given as a fraction of the FMA-only probe measured first in
+//! the same run (see `mmoe_wgpu::kernels::ceiling_probe`).
+//!
 //! Last, whole training steps of the one-layer MMoE at this shape (gate, routing,
 //! experts, mixing, towers, losses, backward, Adam), with dense softmax gates and
 //! with top-2 gates of both selections.
@@ -40,7 +43,7 @@ use mmoe_wgpu::rng::Rng;
 use mmoe_wgpu::{Activation, GemmShape, Gpu, StandardShape};
 
 mod common;
-use common::{best_seconds, fresh_gpu, print_decisions};
+use common::{best_seconds, ceiling, fresh_gpu, gflops, print_decisions};
 
 const TOP_K: usize = 2;
 
@@ -199,6 +202,7 @@ fn training_step(gpu: &Gpu, s: &StandardShape, gate: Gate) -> (f64, f64) {
 
 fn main() {
     let gpu = fresh_gpu();
+    let ceiling = ceiling(&gpu);
     let s = StandardShape::LARGE;
     let shape = s.expert_gemm();
     println!(
@@ -231,12 +235,12 @@ fn main() {
     let time_dense = dense[0] + dense[1];
     println!(
         "dense: forward {:.3} s, backward dW+db {:.3} s, dX {dense_dx:.3} s \
-         ({:.2}, {:.2}, {:.2} GFLOP/s); {:.2} GFLOP each",
+         ({}; {}; {}); {:.2} GFLOP each",
         dense[0],
         dense[1],
-        dense_flops / dense[0] / 1e9,
-        dense_flops / dense[1] / 1e9,
-        dense_flops / dense_dx / 1e9,
+        gflops(&ceiling, dense_flops, dense[0]),
+        gflops(&ceiling, dense_flops, dense[1]),
+        gflops(&ceiling, dense_flops, dense_dx),
         dense_flops / 1e9
     );
 
@@ -312,13 +316,12 @@ fn main() {
             2.0 * dense_flops / 1e9,
         );
         println!(
-            "  time: routing {:.2} ms; forward {:.3} s ({:.2} GFLOP/s), backward dW+db {:.3} s \
-             ({:.2} GFLOP/s)",
+            "  time: routing {:.2} ms; forward {:.3} s ({}), backward dW+db {:.3} s ({})",
             route_time * 1e3,
             ragged[0],
-            flops / ragged[0] / 1e9,
+            gflops(&ceiling, flops, ragged[0]),
             ragged[1],
-            flops / ragged[1] / 1e9
+            gflops(&ceiling, flops, ragged[1])
         );
         println!(
             "  forward + backward: ragged (with routing) {time_ragged:.3} s vs dense \
@@ -340,7 +343,11 @@ fn main() {
 
     println!("whole training steps, one-layer MMoE (wall time, best of 3):");
     let (dense_step, _) = training_step(&gpu, &s, Gate::SOFTMAX);
-    println!("  dense softmax gates: {dense_step:.3} s");
+    println!(
+        "  dense softmax gates: {dense_step:.3} s ({}, counting a step as 3x the forward \
+         FLOPs)",
+        gflops(&ceiling, 3.0 * s.model_forward_flops(), dense_step)
+    );
     for (name, gate) in [
         ("top-2, each task its own", Gate::top_k(TOP_K)),
         (

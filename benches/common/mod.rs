@@ -3,9 +3,11 @@
 
 #![allow(dead_code)]
 
-use std::time::Instant;
+use std::cell::Cell;
+use std::time::{Duration, Instant};
 
 use mmoe_wgpu::gpu::{TuneMode, TuneRecord};
+use mmoe_wgpu::kernels::ceiling_probe::{Ceiling, CeilingProbe};
 use mmoe_wgpu::model::{ModelConfig, TaskConfig, TaskKind, Trainer};
 use mmoe_wgpu::rng::Rng;
 use mmoe_wgpu::{Gpu, GpuOptions, StandardShape};
@@ -21,6 +23,60 @@ pub fn fresh_gpu() -> Gpu {
     let gpu = Gpu::with_options(&options).unwrap_or_else(|e| panic!("{e}"));
     println!("{}", gpu.report());
     gpu
+}
+
+/// The device's ceilings measured now, printed: every GFLOP/s and GB/s the bench
+/// reports is also given as a fraction of these, measured in the same run on the
+/// same device, which carries across machines where absolute rates do not.
+pub fn ceiling(gpu: &Gpu) -> Ceiling {
+    let ceiling = CeilingProbe::new(gpu)
+        .measure()
+        .unwrap_or_else(|e| panic!("{e}"));
+    println!("{ceiling}");
+    ceiling
+}
+
+/// `flops` done in `seconds` as GFLOP/s and as a share of the FMA probe.
+pub fn gflops(ceiling: &Ceiling, flops: f64, seconds: f64) -> String {
+    let rate = flops / seconds;
+    format!(
+        "{:.2} GFLOP/s = {:.1}% of the FMA probe",
+        rate / 1e9,
+        100.0 * ceiling.of_flops(rate)
+    )
+}
+
+/// `bytes` moved in `seconds` as GB/s and as a share of the copy probe.
+pub fn gbps(ceiling: &Ceiling, bytes: f64, seconds: f64) -> String {
+    let rate = bytes / seconds;
+    format!(
+        "{:.2} GB/s = {:.1}% of the copy probe",
+        rate / 1e9,
+        100.0 * ceiling.of_bandwidth(rate)
+    )
+}
+
+/// The fastest time per iteration among a criterion benchmark's samples, noted by
+/// its `iter_custom` closure, so that the bench can give that rate as a share of
+/// the ceiling next to criterion's own lines.
+#[derive(Default)]
+pub struct Fastest(Cell<Option<f64>>);
+
+impl Fastest {
+    /// Notes a sample of `iterations` that took `total`, and returns `total`.
+    pub fn note(&self, total: Duration, iterations: u64) -> Duration {
+        let each = total.as_secs_f64() / iterations.max(1) as f64;
+        self.0
+            .set(Some(self.0.get().map_or(each, |best| best.min(each))));
+        total
+    }
+
+    /// Seconds per iteration of the fastest sample.
+    pub fn seconds(&self) -> f64 {
+        self.0
+            .get()
+            .unwrap_or_else(|| panic!("no sample was noted"))
+    }
 }
 
 /// [`fresh_gpu`] on the same adapter opened without `SUBGROUP`: the kernels as they
@@ -180,12 +236,12 @@ pub fn full_tuning_gpu() -> Gpu {
 /// tried and chose, and how each choice compares with the fastest.
 pub fn print_candidates(
     title: &str,
+    ceiling: &Ceiling,
     flops: f64,
     measured: &[(String, f64)],
     decisions: &[TuneRecord],
 ) {
     println!("{title}: {}", decisions[0].key);
-    let rate = |s: f64| flops / s / 1e9;
     let mode_name = |i: usize| if i == 0 { "fast" } else { "full" };
     for (name, seconds) in measured {
         let marks: Vec<String> = decisions
@@ -195,8 +251,8 @@ pub fn print_candidates(
             .map(|(i, _)| format!("<- {} mode", mode_name(i)))
             .collect();
         println!(
-            "  {name:<24} {:>8.2} GFLOP/s  {}",
-            rate(*seconds),
+            "  {name:<24} {}  {}",
+            gflops(ceiling, flops, *seconds),
             marks.join(", ")
         );
     }
@@ -217,13 +273,13 @@ pub fn print_candidates(
             .fold(f64::INFINITY, f64::min);
         if let Some(chosen) = time_of(&d.chosen) {
             println!(
-                "  {} mode ({:?}, {} candidate(s), {:.2} s): {} at {:.2} GFLOP/s = {:.1}% of its fastest candidate, {:.1}% of the fastest tiling",
+                "  {} mode ({:?}, {} candidate(s), {:.2} s): {} at {} = {:.1}% of its fastest candidate, {:.1}% of the fastest tiling",
                 mode_name(i),
                 d.source,
                 tried.len(),
                 d.spent.as_secs_f64(),
                 d.chosen,
-                rate(chosen),
+                gflops(ceiling, flops, chosen),
                 100.0 * fastest_tried / chosen,
                 100.0 * fastest / chosen,
             );

@@ -143,6 +143,13 @@ impl Plan {
         })
     }
 
+    /// Elements the flat parameter, gradient and moment buffers are allocated with:
+    /// [`param_len`](Self::param_len) rounded up to whole units of four, so that the
+    /// optimizer runs its vec4 kernels on them (the padding is never written).
+    pub fn flat_buffer_len(&self) -> usize {
+        self.param_len.next_multiple_of(4)
+    }
+
     /// Bytes the plan needs on the device, by kind (f32 everywhere), trained with
     /// `optimizer`.
     pub fn memory(&self, graph: &Graph, optimizer: &OptimizerConfig) -> MemoryReport {
@@ -169,9 +176,9 @@ impl Plan {
             )
         };
         MemoryReport {
-            parameters: bytes(self.param_len),
-            gradients: bytes(self.param_len),
-            optimizer_state: bytes(self.param_len * moments),
+            parameters: bytes(self.flat_buffer_len()),
+            gradients: bytes(self.flat_buffer_len()),
+            optimizer_state: bytes(self.flat_buffer_len() * moments),
             activations: sum_role(Role::Activation),
             activation_gradients: bytes(
                 graph
@@ -216,7 +223,7 @@ impl Plan {
             (limits.max_buffer_size, "max_buffer_size")
         };
         let bytes = |n: usize| 4 * n as u64;
-        let flat = bytes(self.param_len);
+        let flat = bytes(self.flat_buffer_len());
         let mut buffers = vec![
             ("the flat parameters".to_string(), flat),
             ("the flat gradients".to_string(), flat),

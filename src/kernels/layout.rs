@@ -15,15 +15,17 @@ struct ShaderLayout {
     fields: Vec<(String, usize, usize)>,
 }
 
-fn host_layouts() -> [HostLayout; 13] {
+fn host_layouts() -> [HostLayout; 14] {
     use super::{
-        balance, embedding, gate_mix, grouped_gemm, kmeans, loss, noise, optimizer, routing,
+        balance, ceiling_probe, embedding, gate_mix, grouped_gemm, kmeans, loss, noise, optimizer,
+        routing,
     };
     [
         grouped_gemm::GemmParams::LAYOUT,
         grouped_gemm::ReduceParams::LAYOUT,
         gate_mix::GateMixParams::LAYOUT,
         balance::BalanceParams::LAYOUT,
+        ceiling_probe::ProbeParams::LAYOUT,
         noise::NoiseParams::LAYOUT,
         routing::RoutingParams::LAYOUT,
         loss::LossParams::LAYOUT,

@@ -5,7 +5,8 @@
 //! # The contract every family keeps
 //!
 //! A family is one module, one WGSL file (`shaders/<family>.wgsl`, plus helper parts)
-//! and one type named after it: [`GroupedGemm`], [`GateMix`] (with its top-k mode), [`KMeans`], [`Noise`], [`Routing`], [`Balance`], [`Loss`] and [`Optimizer`]. The
+//! and one type named after it: [`GroupedGemm`], [`GateMix`] (with its top-k mode), [`KMeans`], [`Noise`], [`Routing`], [`Balance`], [`Loss`] and [`Optimizer`]
+//! (and [`CeilingProbe`], which measures what the device can do at best). The
 //! names that describe an operation rather than run it (shapes, enums, hyper-parameters
 //! such as [`OptimizerConfig`](crate::shape::OptimizerConfig)) live in [`crate::shape`] and are re-exported by the
 //! family that takes them.
@@ -34,10 +35,11 @@
 //!
 //! Each family's module docs hold a runnable example: [`grouped_gemm`], [`gate_mix`],
 //! [`loss`], [`optimizer`], [`routing`], [`balance`], [`noise`], [`embedding`],
-//! [`kmeans`].
+//! [`kmeans`], [`ceiling_probe`].
 
 pub mod balance;
 mod binding;
+pub mod ceiling_probe;
 mod dispatch;
 pub mod embedding;
 pub mod gate_mix;
@@ -54,6 +56,7 @@ pub mod tune;
 pub use balance::Balance;
 pub use binding::{BufferView, Precision};
 pub(crate) use binding::{Operand, bind_operands};
+pub use ceiling_probe::CeilingProbe;
 pub use dispatch::{Dispatch, LOOP_BUDGET, Recorder};
 pub(crate) use dispatch::{check_loop_budget, encoders};
 pub use embedding::Embedding;
@@ -69,6 +72,7 @@ pub use routing::Routing;
 pub fn programs() -> Vec<crate::gpu::ShaderProgram> {
     let mut out = grouped_gemm::PROGRAMS.to_vec();
     out.extend_from_slice(balance::PROGRAMS);
+    out.extend_from_slice(ceiling_probe::PROGRAMS);
     out.extend_from_slice(embedding::PROGRAMS);
     out.extend_from_slice(gate_mix::PROGRAMS);
     out.extend_from_slice(kmeans::PROGRAMS);

@@ -29,7 +29,24 @@
 //! [`params_copy`](OptimizerUpdate::params_copy), the updated parameters rounded to
 //! f16 in the same pass for f16 forward kernels to read.
 //!
-//! Shader: `shaders/optimizer.wgsl`, with the storage part (`shaders/storage_*.wgsl`)
+//! # Speed
+//!
+//! The update is a pure streaming pass (Adam reads 4 and writes 3 floats per
+//! parameter), so what it costs is how it moves memory. Each invocation updates units
+//! of four consecutive elements with vec4 arithmetic, several units in a grid-stride
+//! loop (few workgroups: on lavapipe each one has a fixed start-up cost). Where every
+//! operand starts at a multiple of four elements from its binding's start and its
+//! buffer holds the operand rounded up to whole units (the trainer's flat parameter
+//! buffers are padded so), the **vec4 kernels** move a unit with one load or store;
+//! otherwise the **scalar kernels** move each element on its own
+//! ([`OptimizerStep::vectorized`] says which). Lanes past an operand's end are read
+//! (inside the buffer) and never written. The arithmetic per element is the same
+//! either way, and the same as one element per invocation: the results are bitwise
+//! identical whichever kernel runs. On lavapipe the vec4 kernels ran the census
+//! model's Adam step (0.28 M parameters) 5× faster than one element per invocation.
+//!
+//! Shader: `shaders/optimizer.wgsl` with a lanes part (`shaders/optimizer_vec4.wgsl`
+//! or `shaders/optimizer_scalar.wgsl`) and the storage part (`shaders/storage_*.wgsl`)
 //! of the call's [`Precision`].
 //!
 //! # Example
@@ -70,7 +87,8 @@
 //! # }
 //! ```
 
-use super::binding::{program_for, storage_programs};
+use super::binding::BoundOperand;
+use super::binding::{STORAGE_F16, STORAGE_F32, program_for};
 use super::dispatch::Extra;
 use super::{BufferView, Dispatch, Operand, Precision, Recorder, bind_operands, div_ceil};
 use crate::gpu::{BindingKind, Gpu, ShaderProgram};
@@ -78,16 +96,64 @@ use crate::kernels::dispatch::Kernel;
 pub use crate::shape::OptimizerConfig;
 use crate::{Error, Result};
 
-/// The WGSL programs of this family.
-pub const PROGRAMS: &[ShaderProgram] = &PROGRAM;
+/// The WGSL programs of this family: vec4 and scalar lanes, each with f32 and f16
+/// gradients.
+pub const PROGRAMS: &[ShaderProgram] = &[VEC4[0], VEC4[1], SCALAR[0], SCALAR[1]];
 
 const SOURCE: (&str, &str) = (
     "optimizer.wgsl",
     include_str!("../../shaders/optimizer.wgsl"),
 );
+const VEC4_LANES: (&str, &str) = (
+    "optimizer_vec4.wgsl",
+    include_str!("../../shaders/optimizer_vec4.wgsl"),
+);
+const SCALAR_LANES: (&str, &str) = (
+    "optimizer_scalar.wgsl",
+    include_str!("../../shaders/optimizer_scalar.wgsl"),
+);
 
-/// The kernels with f32 and f16 gradients.
-const PROGRAM: [ShaderProgram; 2] = storage_programs!("optimizer", SOURCE);
+/// The kernels moving each unit of four elements as one vec4, with f32 and f16
+/// gradients: for operands at offsets of whole units in buffers that hold the last
+/// unit whole.
+const VEC4: [ShaderProgram; 2] = [
+    ShaderProgram {
+        name: "optimizer_vec4",
+        parts: &[SOURCE, VEC4_LANES, STORAGE_F32],
+        needs_subgroups: false,
+        needs_f16: false,
+    },
+    ShaderProgram {
+        name: "optimizer_vec4_f16",
+        parts: &[STORAGE_F16, SOURCE, VEC4_LANES],
+        needs_subgroups: false,
+        needs_f16: true,
+    },
+];
+
+/// The kernels moving each element on its own, for any operands.
+const SCALAR: [ShaderProgram; 2] = [
+    ShaderProgram {
+        name: "optimizer_scalar",
+        parts: &[SOURCE, SCALAR_LANES, STORAGE_F32],
+        needs_subgroups: false,
+        needs_f16: false,
+    },
+    ShaderProgram {
+        name: "optimizer_scalar_f16",
+        parts: &[STORAGE_F16, SOURCE, SCALAR_LANES],
+        needs_subgroups: false,
+        needs_f16: true,
+    },
+];
+
+/// Elements each invocation updates (16 units of four, in a grid-stride loop) when
+/// the parameters are many; the dispatch has `len / (workgroup size · this)`
+/// workgroups, at most the device's limit per dimension. On lavapipe every workgroup
+/// costs a fixed start-up: 64 elements per invocation ran the census update (0.28 M
+/// parameters) about 2× faster than 4 per invocation, and a large model still gets
+/// about a thousand workgroups.
+pub const ELEMENTS_PER_INVOCATION: usize = 64;
 
 use BindingKind::{Read, ReadWrite, Uniform};
 const SGD_BINDINGS: &[(u32, BindingKind)] = &[
@@ -193,6 +259,7 @@ pub struct OptimizerStep {
     dispatch: Dispatch,
     uniform: wgpu::Buffer,
     config: OptimizerConfig,
+    vectorized: bool,
 }
 
 impl OptimizerStep {
@@ -223,11 +290,54 @@ impl OptimizerStep {
         self.config
     }
 
+    /// Whether the step runs the vec4 kernels (see the [module docs](self#speed)):
+    /// every operand's offset is a multiple of 16 bytes (8 for f16) from a binding
+    /// boundary and every buffer holds the operand rounded up to whole units of four
+    /// elements. Otherwise the scalar kernels run, slower, to the same bits.
+    pub fn vectorized(&self) -> bool {
+        self.vectorized
+    }
+
     /// Records the step into `target`: a [`wgpu::CommandEncoder`] (in a compute pass
     /// of its own) or an open [`wgpu::ComputePass`].
     pub fn encode(&self, target: &mut impl Recorder) {
         target.record_dispatch(&self.dispatch);
     }
+}
+
+/// Slots of the operands the lanes part declares: params, grads, moment1, moment2,
+/// params_copy.
+const LANE_SLOTS: [u32; 5] = [2, 3, 4, 5, 8];
+
+/// `operands` (already checked and `bound`) bound for the vec4 kernels, if they can
+/// be: every lane operand starts at a whole unit of four elements in its binding,
+/// and its buffer holds its last unit whole without overlapping another output.
+fn bind_whole_units<'a>(
+    gpu: &Gpu,
+    operands: &[Operand<'a>],
+    bound: &[BoundOperand<'a>],
+) -> Option<Vec<BoundOperand<'a>>> {
+    let aligned = bound
+        .iter()
+        .filter(|b| LANE_SLOTS.contains(&b.slot))
+        .all(|b| b.base % 4 == 0);
+    if !aligned {
+        return None;
+    }
+    let whole: Vec<Operand<'a>> = operands
+        .iter()
+        .map(|op| {
+            if LANE_SLOTS.contains(&op.slot) {
+                Operand {
+                    len: op.len.next_multiple_of(4),
+                    ..*op
+                }
+            } else {
+                *op
+            }
+        })
+        .collect();
+    bind_operands(gpu, "optimizer", &whole).ok()
 }
 
 /// The optimizer kernels on one device. Cheap to clone; pipelines are compiled on
@@ -357,10 +467,15 @@ impl Optimizer {
             None => params.stand_in(8),
         });
         let bound = bind_operands(&self.gpu, CTX, &operands)?;
+        let (bound, vectorized) = match bind_whole_units(&self.gpu, &operands, &bound) {
+            Some(whole) => (whole, true),
+            None => (bound, false),
+        };
         let base = |slot: u32| bound.iter().find(|b| b.slot == slot).map_or(0, |b| b.base);
 
         let wg = self.workgroup_size;
-        let workgroups = div_ceil(len, wg as usize)
+        let invocations = len.div_ceil(ELEMENTS_PER_INVOCATION);
+        let workgroups = div_ceil(invocations, wg as usize)
             .min(self.gpu.limits().max_compute_workgroups_per_dimension)
             .max(1);
         let mut p = OptParams {
@@ -427,7 +542,7 @@ impl Optimizer {
                 })
             })?;
         let kernel = Kernel {
-            program: program_for(&PROGRAM, args.precision),
+            program: program_for(if vectorized { &VEC4 } else { &SCALAR }, args.precision),
             entry,
             bindings,
             constants: &[("WG", wg)],
@@ -451,6 +566,7 @@ impl Optimizer {
             dispatch,
             uniform,
             config: opt,
+            vectorized,
         })
     }
 

@@ -2,6 +2,7 @@
 //! kernels and the finite-difference checks are measured against.
 
 pub mod balance;
+pub mod ceiling_probe;
 pub mod embedding;
 pub mod gate_mix;
 pub mod gate_topk;

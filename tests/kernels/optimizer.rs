@@ -7,7 +7,9 @@ use crate::common::*;
 use mmoe_wgpu::Error;
 use mmoe_wgpu::kernels::BufferView;
 use mmoe_wgpu::kernels::Precision;
-use mmoe_wgpu::kernels::optimizer::{Optimizer, OptimizerConfig, OptimizerStep, OptimizerUpdate};
+use mmoe_wgpu::kernels::optimizer::{
+    ELEMENTS_PER_INVOCATION, Optimizer, OptimizerConfig, OptimizerStep, OptimizerUpdate,
+};
 use mmoe_wgpu::reference::optimizer as reference;
 use mmoe_wgpu::rng::Rng;
 
@@ -15,7 +17,7 @@ const TOLERANCE: f64 = 1e-5;
 /// A different learning rate for each of the three steps.
 const LEARNING_RATES: [f32; 3] = [0.01, 0.003, 0.05];
 
-fn optimizers() -> Vec<OptimizerConfig> {
+pub(crate) fn optimizers() -> Vec<OptimizerConfig> {
     vec![
         OptimizerConfig::Sgd { momentum: 0.0 },
         OptimizerConfig::Sgd { momentum: 0.9 },
@@ -171,11 +173,13 @@ fn every_rule_matches_the_reference_over_three_steps() {
 fn lengths_beyond_one_workgroup_per_element_use_the_grid_stride_loop() {
     let gpu = gpu();
     let max = gpu.limits().max_compute_workgroups_per_dimension as usize;
-    // A small workgroup makes "more elements than max workgroups × workgroup size"
-    // cheap to test; the default size gets one such run too.
-    for wg in [8u32, Optimizer::new(gpu).workgroup_size()] {
+    // Each invocation updates ELEMENTS_PER_INVOCATION elements unless the workgroups
+    // would be too many: a workgroup of one makes "more elements than max workgroups ×
+    // workgroup size × elements per invocation" cheap to test; the default size gets
+    // the same length, each invocation looping over its elements.
+    for wg in [1u32, Optimizer::new(gpu).workgroup_size()] {
         let kernel = Optimizer::with_workgroup_size(gpu, wg).unwrap();
-        let len = max * wg as usize + 1001;
+        let len = max * ELEMENTS_PER_INVOCATION + 1001;
         let opt = OptimizerConfig::AdamW {
             beta1: 0.9,
             beta2: 0.999,
@@ -185,7 +189,8 @@ fn lengths_beyond_one_workgroup_per_element_use_the_grid_stride_loop() {
         let s = state(len, 2, 77);
         let b = Buffers::new(&s);
         let step = kernel.update(&b.args(opt, len)).unwrap();
-        assert_eq!(step.dispatch().workgroups(), [max as u32, 1, 1]);
+        let workgroups = len.div_ceil(wg as usize * ELEMENTS_PER_INVOCATION).min(max);
+        assert_eq!(step.dispatch().workgroups(), [workgroups as u32, 1, 1]);
         gpu_run(&step, &b, &s, 2);
         check(opt, &b, &s, 2, &format!("len {len} wg {wg}"));
     }

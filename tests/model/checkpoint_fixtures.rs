@@ -113,3 +113,34 @@ fn checkpoints_of_earlier_versions_load_bitwise() {
     let files = std::fs::read_dir(fixture_dir()).unwrap().count();
     assert_eq!(files, all.len(), "files in {}", fixture_dir().display());
 }
+
+/// Training each fixture's config afresh on the same batches gives the fixture's
+/// trainer state bit for bit: parameters and optimizer moments as an earlier version
+/// of every kernel (the optimizer's included) computed them.
+#[test]
+fn training_again_reproduces_the_fixtures_bitwise() {
+    for (name, config) in fixtures() {
+        let path = fixture_dir().join(format!("{name}.safetensors"));
+        let frozen = Checkpoint::load(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut trainer = Trainer::new(gpu(), config, ROWS).unwrap();
+        for step in 0..STEPS {
+            trainer
+                .set_learning_rate(0.01 / (1.0 + step as f32))
+                .unwrap();
+            let (x, y) = batch(step as u64);
+            trainer.step(&x, &y).unwrap();
+        }
+        let state = trainer.checkpoint().unwrap();
+        for tensor in frozen.tensors() {
+            let again = state
+                .tensor(&tensor.name)
+                .unwrap_or_else(|| panic!("{name}: no `{}`", tensor.name));
+            assert_eq!(
+                bits(&again.values),
+                bits(&tensor.values),
+                "{name}: `{}` differs from the frozen fixture",
+                tensor.name
+            );
+        }
+    }
+}

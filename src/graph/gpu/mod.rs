@@ -105,15 +105,13 @@ impl GpuExecutor {
             ));
         }
         let bytes = |n: usize| 4 * n as u64;
-        let params_buffer = gpu.upload("parameters", params)?;
-        let grads = gpu.storage_buffer("gradients", bytes(plan.param_len))?;
+        // Padded to whole units of four: the optimizer's vec4 kernels.
+        let flat_bytes = bytes(plan.flat_buffer_len());
+        let params_buffer = gpu.storage_buffer("parameters", flat_bytes)?;
+        gpu.write(&params_buffer, 0, params)?;
+        let grads = gpu.storage_buffer("gradients", flat_bytes)?;
         let moments = (0..moment_buffers(&optimizer))
-            .map(|i| {
-                gpu.storage_buffer(
-                    &format!("optimizer moment {}", i + 1),
-                    bytes(plan.param_len),
-                )
-            })
+            .map(|i| gpu.storage_buffer(&format!("optimizer moment {}", i + 1), flat_bytes))
             .collect::<Result<Vec<_>>>()?;
         let mut buffers = Vec::new();
         let mut grad_buffers = Vec::new();
