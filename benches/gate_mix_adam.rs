@@ -157,6 +157,7 @@ impl GateBuffers {
             dbg: (&self.dbg).into(),
             dx: None,
             accumulate_dx: false,
+            relu_dh: false,
         }
     }
 }

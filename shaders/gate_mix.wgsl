@@ -58,6 +58,9 @@ struct GateMixParams {
     // shared_experts and own_experts say, and keeps k_all of them), or 0xffffffff.
     all_gate: u32,
     k_all: u32,
+    // 1: the backward stores dH ⊙ [H > 0], the gradient at the input of the ReLU that
+    // made H, so the expert GEMM's backward loads no H (and the same bits).
+    relu_dh: u32,
 }
 
 const STAGE_GATE: u32 = 1u;
@@ -612,7 +615,12 @@ fn dh_tile(row: u32, e0: u32, j: u32) {
         let v = quad_row(q, i);
         for (var c = 0u; c < 4u; c++) {
             if (e0 + i < P.experts && j + c < P.width) {
-                dh[P.dh_base + expert_index(e0 + i, row, j + c)] = Elem(v[c]);
+                let at = expert_index(e0 + i, row, j + c);
+                var d = v[c];
+                if (P.relu_dh != 0u) {
+                    d = select(0.0, d, f32(h[P.h_base + at]) > 0.0);
+                }
+                dh[P.dh_base + at] = Elem(d);
             }
         }
     }

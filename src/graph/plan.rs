@@ -5,7 +5,9 @@
 use super::backward::{BackwardStep, backward_steps, needs_grad};
 use super::{Graph, Op, Role, TensorId};
 use crate::kernels::grouped_gemm::{RowMap, SlotScratch};
-use crate::shape::{BalanceLoss, BalanceShape, InputLayout, OptimizerConfig, Selection};
+use crate::shape::{
+    Activation, BalanceLoss, BalanceShape, InputLayout, OptimizerConfig, Selection,
+};
 use crate::{Error, Result};
 
 /// Where every tensor lives.
@@ -29,6 +31,11 @@ pub struct Plan {
     pub noise_of: Vec<Option<usize>>,
     /// The backward pass.
     pub backward: Vec<BackwardStep>,
+    /// Per tensor: whether its gradient buffer holds the gradient at the input of
+    /// the ReLU that made it (`dY ⊙ [Y > 0]`), written so by its only reader's
+    /// backward (a gate + mix on an expert layer), so that the layer's own backward
+    /// runs with the identity and loads no `Y`.
+    pub relu_applied: Vec<bool>,
 }
 
 impl Plan {
@@ -140,6 +147,7 @@ impl Plan {
             routed_by,
             noise_of,
             backward,
+            relu_applied: relu_applied(graph),
         })
     }
 
@@ -324,6 +332,35 @@ pub(super) fn max_routes_per_row(graph: &Graph, gate: usize) -> usize {
         Op::GateMix { shape, k, .. } => (k * shape.gates).min(shape.experts),
         _ => unreachable!("node {gate} is the gate of a routed layer"),
     }
+}
+
+/// The expert outputs whose gradient the gate + mix reading them stores at the
+/// ReLU's input: made by a ReLU dense node and read by nothing else. The mask then
+/// costs one load of `H` per element there instead of one per element and weight-
+/// gradient row block (and input-gradient column block) in the grouped GEMM.
+fn relu_applied(graph: &Graph) -> Vec<bool> {
+    let mut applied = vec![false; graph.tensors().len()];
+    for op in graph.nodes() {
+        let Op::GateMix { h, .. } = op else {
+            continue;
+        };
+        let relu = producer(graph, *h).is_some_and(|n| {
+            matches!(
+                graph.nodes()[n],
+                Op::Dense {
+                    activation: Activation::Relu,
+                    ..
+                }
+            )
+        });
+        let readers = graph
+            .nodes()
+            .iter()
+            .filter(|op| op.inputs().contains(h))
+            .count();
+        applied[h.0] = relu && readers == 1;
+    }
+    applied
 }
 
 /// The dense node that computes `t`, if one does.

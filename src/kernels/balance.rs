@@ -100,6 +100,7 @@
 //!     x: view(&x), wg: view(&wg), h: view(&h), g: view(&g), dm: view(&dm),
 //!     dh: view(&dh), dz: view(&dz), dwg: view(&dwg), dbg: view(&dbg),
 //!     dx: None, accumulate_dx: false,
+//! relu_dh: false,
 //! })?;
 //! gate_backward[0].encode(&mut encoder); // writes dz
 //! balance.encode_backward(&mut encoder, &BalanceBackward {

@@ -83,6 +83,7 @@
 //!         dbg: BufferView::new(&dbg),
 //!         dx: None,
 //!         accumulate_dx: false,
+//!         relu_dh: false,
 //!     })?;
 //! }
 //! gpu.queue().submit([encoder.finish()]);
@@ -202,6 +203,8 @@ crate::kernels::binding::host_struct! {
         /// none), and the experts it keeps per row.
         all_gate: u32,
         k_all: u32,
+        /// 1: the backward stores `dH ⊙ [H > 0]` (see [`GateMixBackward::relu_dh`]).
+        relu_dh: u32,
     }
 }
 
@@ -468,6 +471,7 @@ impl GateMix {
         p.dm_base = bound[2].base;
         p.dh_base = bound[3].base;
         p.dz_base = bound[4].base;
+        p.relu_dh = u32::from(args.relu_dh);
         let mut dispatches = vec![self.build(
             CTX,
             "backward",

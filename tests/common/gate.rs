@@ -168,6 +168,7 @@ impl Buffers {
             dbg: (&self.dbg).into(),
             dx: Some((&self.dx).into()),
             accumulate_dx,
+            relu_dh: false,
         }
     }
 

@@ -495,6 +495,7 @@ fn gate_mix_case(gpu: &Gpu, p: Precision, s: GateMixShape, seed: u64) {
             dbg: BufferView::new(&dbg),
             dx: Some(BufferView::new(&dx)),
             accumulate_dx: false,
+            relu_dh: false,
         };
         kernels.encode_backward(&mut pass, &args).expect("backward");
     });

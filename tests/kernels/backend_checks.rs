@@ -139,6 +139,7 @@ fn f16_without_shader_f16_is_an_error_that_says_so() {
         dbg: BufferView::at(&outs, 3072),
         dx: None,
         accumulate_dx: false,
+        relu_dh: false,
     };
     expect_err(mix.backward(&bwd), &["gate_mix backward", "SHADER_F16"]);
     let tasks = [TaskLoss {

@@ -217,6 +217,7 @@ fn operands_at_unaligned_offsets_inside_shared_buffers() {
         dbg: view(&bb, &b, 2),
         dx: Some(view(&bb, &b, 3)),
         accumulate_dx: true,
+        relu_dh: false,
     };
     let (fd, bd) = (
         kernels.forward(&fwd).unwrap(),
@@ -356,4 +357,48 @@ fn bad_input_is_an_error_not_a_panic() {
         &["`experts`"],
     );
     gpu.check().unwrap();
+}
+
+/// With `relu_dh` the backward stores `dH ⊙ [H > 0]`, bit for bit the plain `dH`
+/// where `H > 0` and +0 elsewhere, on every tiling; the other outputs are unchanged.
+#[test]
+fn relu_dh_stores_the_gradient_at_the_relu_input() {
+    let gpu = gpu();
+    let kernels = GateMix::new(gpu);
+    let shape = gate::shape(3, 5, 37, 6, 11);
+    let d = gate::data(&shape, 41, 1.0);
+    for tiling in kernels.tilings() {
+        let mut out = Vec::new();
+        for relu_dh in [false, true] {
+            let bufs = Buffers::new(gpu, shape, &d);
+            let fwd = kernels.forward_with(&bufs.forward(), tiling).unwrap();
+            let args = GateMixBackward {
+                relu_dh,
+                ..bufs.backward(false)
+            };
+            let bwd = kernels.backward_with(&args, tiling).unwrap();
+            run(gpu, |e| {
+                fwd.encode(e);
+                bwd.iter().for_each(|b| b.encode(e));
+            });
+            out.push(bufs.read(gpu));
+        }
+        let (plain, masked) = (&out[0], &out[1]);
+        let want: Vec<u32> = plain[2]
+            .iter()
+            .zip(&d.h)
+            .map(|(&dh, &h)| if h > 0.0 { dh.to_bits() } else { 0 })
+            .collect();
+        let got: Vec<u32> = masked[2].iter().map(|v| v.to_bits()).collect();
+        assert_eq!(got, want, "dH under {tiling:?}");
+        assert!(d.h.iter().any(|&h| h <= 0.0) && d.h.iter().any(|&h| h > 0.0));
+        for k in [0, 1, 3, 4, 5, 6] {
+            assert_eq!(
+                gate::output_bits(&plain[k..k + 1]),
+                gate::output_bits(&masked[k..k + 1]),
+                "{} under {tiling:?}",
+                gate::NAMES[k]
+            );
+        }
+    }
 }

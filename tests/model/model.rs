@@ -1025,3 +1025,19 @@ fn the_load_loss_trains_top_1_gates_and_is_reported() {
         assert!((l - 0.3).abs() < 1e-6, "dense gate load loss {l}");
     }
 }
+
+/// The gate + mix stores the expert outputs' gradient at their ReLU's input, so
+/// the experts' backward runs without loading H; the towers, read by a dense layer,
+/// keep their ReLU derivative in their own backward.
+#[test]
+fn the_gate_applies_the_experts_relu_derivative() {
+    let config = ModelConfig {
+        tower_layers: vec![3],
+        ..ModelConfig::mmoe(INPUTS, 3, 5, 3, tasks(2))
+    };
+    let trainer = Trainer::new(gpu(), config, ROWS).unwrap();
+    let graph = &trainer.model().graph;
+    let applied = &trainer.executor().plan().relu_applied;
+    assert!(applied[graph.find("experts.0").unwrap().0]);
+    assert!(!applied[graph.find("towers.0").unwrap().0]);
+}

@@ -203,6 +203,16 @@ impl GpuExecutor {
         Ok(forward)
     }
 
+    /// The activation a dense node's backward applies: the identity where the gate
+    /// + mix reading its output already stored the gradient at the ReLU's input.
+    fn backward_activation(&self, activation: Activation, y: TensorId) -> Activation {
+        if self.plan.relu_applied[y.0] {
+            Activation::Identity
+        } else {
+            activation
+        }
+    }
+
     fn build_backward(
         &self,
         step: BackwardStep,
@@ -222,6 +232,7 @@ impl GpuExecutor {
                     y,
                 },
             ) => {
+                let activation = self.backward_activation(activation, y);
                 let args = GroupedGemmBackwardWeights {
                     precision: Precision::F32,
                     shape,
@@ -250,6 +261,7 @@ impl GpuExecutor {
                     ..
                 },
             ) => {
+                let activation = self.backward_activation(activation, y);
                 let args = GroupedGemmBackwardInput {
                     precision: Precision::F32,
                     shape,
@@ -313,6 +325,7 @@ impl GpuExecutor {
                     dbg: self.grad_view(bg),
                     dx: dx.map(|_| self.grad_view(x)),
                     accumulate_dx: dx == Some(true),
+                    relu_dh: self.plan.relu_applied[h.0],
                 })?;
                 // The balancing loss adds to dz after the gate writes it, before the
                 // GEMMs read it.

@@ -83,7 +83,9 @@ impl GpuExecutor {
             .read(view.buffer, view.offset, self.graph.tensor(id).len_at(rows))
     }
 
-    /// Reads the gradient of a tensor (parameter or activation).
+    /// Reads the gradient of a tensor (parameter or activation). For an expert
+    /// layer's output marked in [`Plan::relu_applied`](crate::graph::Plan::relu_applied)
+    /// it is the gradient at the ReLU's input, `dH ⊙ [H > 0]`.
     pub fn read_grad(&self, id: TensorId, rows: usize) -> Result<Vec<f32>> {
         let view = self.grad_view(id);
         self.gpu

@@ -98,4 +98,9 @@ pub struct GateMixBackward<'a> {
     pub dx: Option<BufferView<'a>>,
     /// Add into `dX` instead of overwriting it (the experts also feed from `X`).
     pub accumulate_dx: bool,
+    /// Store `dH ⊙ [H > 0]` instead of `dH`: the gradient at the input of the ReLU
+    /// that made `H`, so that the expert layer's grouped GEMM backward runs with the
+    /// identity and loads no `H` (the same bits its ReLU derivative would give).
+    /// Only for an `H` that is a ReLU's output and that nothing else differentiates.
+    pub relu_dh: bool,
 }

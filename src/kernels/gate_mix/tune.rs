@@ -207,6 +207,7 @@ impl ProxyOperands {
                         dbg: (&b[10]).into(),
                         dx: None,
                         accumulate_dx: false,
+                        relu_dh: false,
                     },
                     tiling,
                 )?
