@@ -33,6 +33,28 @@ pub(crate) enum Extra<'a> {
     Buffer(&'a wgpu::Buffer),
 }
 
+impl Extra<'_> {
+    fn kind(&self) -> BindingKind {
+        match self {
+            Extra::Table(_) => BindingKind::Read,
+            Extra::Buffer(_) => BindingKind::Uniform,
+        }
+    }
+}
+
+/// The bindings of a dispatch over `operands` and `extras`, in slot order: the
+/// parameter uniform at slot 0, then each operand and extra at its slot as its kind.
+pub(crate) fn bindings_of(
+    operands: &[BoundOperand<'_>],
+    extras: &[(u32, Extra<'_>)],
+) -> Vec<(u32, BindingKind)> {
+    let mut bindings = vec![(0, BindingKind::Uniform)];
+    bindings.extend(operands.iter().map(|op| (op.slot, op.kind)));
+    bindings.extend(extras.iter().map(|(slot, extra)| (*slot, extra.kind())));
+    bindings.sort_by_key(|&(slot, _)| slot);
+    bindings
+}
+
 /// A compute entry point to launch: its program (at the call's precision), name,
 /// bindings and override constants.
 pub(crate) struct Kernel<'a> {

@@ -52,10 +52,9 @@
 //! ```
 
 use super::binding::{program_for, storage_programs};
-use super::dispatch::Extra;
 use super::{BufferView, Dispatch, Operand, Precision, bind_operands};
-use crate::gpu::{BindingKind, Gpu, ShaderProgram};
-use crate::kernels::dispatch::Kernel;
+use crate::gpu::{Gpu, ShaderProgram};
+use crate::kernels::dispatch::{Extra, Kernel, bindings_of};
 pub use crate::shape::{LossKind, TaskLoss};
 use crate::{Error, Result};
 
@@ -69,15 +68,7 @@ const PROGRAM: [ShaderProgram; 2] = storage_programs!("loss", SOURCE);
 
 const ENTRY: &str = "loss_forward_backward";
 
-use BindingKind::{Read, ReadWrite, Uniform};
-const BINDINGS: &[(u32, BindingKind)] = &[
-    (0, Uniform),
-    (1, Read),
-    (2, Read),
-    (3, Read),
-    (4, ReadWrite),
-    (5, ReadWrite),
-];
+use crate::gpu::BindingKind::{Read, ReadWrite};
 /// Slot of the per-task table (kind, weight) the kernel uploads.
 const TABLE_SLOT: u32 = 1;
 
@@ -224,13 +215,13 @@ impl Loss {
                 _pad: 0,
             })
             .collect();
+        let table = [(TABLE_SLOT, Extra::Table(bytemuck::cast_slice(&table)))];
         let kernel = Kernel {
             program: program_for(&PROGRAM, args.precision),
             entry: ENTRY,
-            bindings: BINDINGS,
+            bindings: &bindings_of(&bound, &table),
             constants: &[("WG", self.workgroup_size)],
         };
-        let table = [(TABLE_SLOT, Extra::Table(bytemuck::cast_slice(&table)))];
         let params = bytemuck::bytes_of(&params);
         Dispatch::new(
             &self.gpu,

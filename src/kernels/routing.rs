@@ -79,8 +79,8 @@
 use super::binding::{program_for, storage_programs};
 use super::{BufferView, Dispatch, Operand, Precision, bind_operands};
 use crate::Result;
-use crate::gpu::{BindingKind, Gpu, ShaderProgram};
-use crate::kernels::dispatch::Kernel;
+use crate::gpu::{Gpu, ShaderProgram};
+use crate::kernels::dispatch::{Kernel, bindings_of};
 pub use crate::shape::RoutingShape;
 
 pub use super::grouped_gemm::RowMap;
@@ -95,8 +95,7 @@ pub const PROGRAMS: &[ShaderProgram] = &PROGRAM;
 
 const ENTRY: &str = "route_rows";
 
-use BindingKind::{Read, ReadWrite, Uniform};
-const BINDINGS: &[(u32, BindingKind)] = &[(0, Uniform), (1, Read), (2, ReadWrite)];
+use crate::gpu::BindingKind::{Read, ReadWrite};
 
 /// The workgroup size [`Routing::new`] uses.
 pub const DEFAULT_WORKGROUP_SIZE: u32 = 64;
@@ -183,7 +182,7 @@ impl Routing {
         let kernel = Kernel {
             program: program_for(&PROGRAM, args.precision),
             entry: ENTRY,
-            bindings: BINDINGS,
+            bindings: &bindings_of(&bound, &[]),
             constants: &[("WG", self.workgroup_size)],
         };
         let params = bytemuck::bytes_of(&params);
