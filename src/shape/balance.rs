@@ -4,6 +4,7 @@
 use std::ops::Range;
 
 use super::{GateMixShape, check_elements, check_nonzero};
+use crate::error::check_len;
 use crate::{Error, Result};
 
 /// Shape of the balance loss: `G` and `dz` are `[gates, rows, experts]`, row-major.
@@ -100,14 +101,7 @@ pub struct BalanceStats<T> {
 impl<T: Copy> BalanceStats<T> {
     /// Splits `stats` ([`BalanceShape::stats_len`] values) into its sections.
     pub fn split(shape: &BalanceShape, stats: &[T]) -> Result<Self> {
-        if stats.len() != shape.stats_len() {
-            return Err(Error::shape(
-                "BalanceStats::split",
-                "stats",
-                format!("{} values", shape.stats_len()),
-                format!("{} values", stats.len()),
-            ));
-        }
+        check_len("BalanceStats::split", "stats", stats, shape.stats_len())?;
         Ok(BalanceStats {
             importance: stats[shape.importance_range()].to_vec(),
             load: stats[shape.load_range()].to_vec(),

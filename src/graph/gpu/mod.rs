@@ -16,13 +16,14 @@ use std::collections::HashMap;
 
 use super::plan::{ScratchKind, moment_buffers};
 use super::{Graph, MemoryReport, Op, Plan, Role, TensorId};
+use crate::Result;
+use crate::error::check_len;
 use crate::gpu::Gpu;
 use crate::kernels::optimizer::{OptimizerStep, OptimizerUpdate};
 use crate::kernels::{
     Balance, BufferView, Dispatch, GateMix, GroupedGemm, Loss, Noise, Optimizer, Precision, Routing,
 };
 use crate::shape::OptimizerConfig;
-use crate::{Error, Result};
 
 /// The parts of a training step, as [`GpuExecutor::profile_step_phases`] groups its
 /// dispatches.
@@ -96,14 +97,7 @@ impl GpuExecutor {
         optimizer: OptimizerConfig,
         params: &[f32],
     ) -> Result<Self> {
-        if params.len() != plan.param_len {
-            return Err(Error::shape(
-                "GpuExecutor::new",
-                "params",
-                format!("{} values", plan.param_len),
-                format!("{} values", params.len()),
-            ));
-        }
+        check_len("GpuExecutor::new", "params", params, plan.param_len)?;
         let bytes = |n: usize| 4 * n as u64;
         let params_buffer = gpu.upload("parameters", params)?;
         let grads = gpu.storage_buffer("gradients", bytes(plan.param_len))?;
