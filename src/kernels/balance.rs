@@ -124,7 +124,7 @@
 use super::binding::{program_for, storage_programs};
 use super::{BufferView, Dispatch, Operand, Precision, bind_operands, div_ceil};
 use crate::Result;
-use crate::gpu::{Gpu, ShaderProgram};
+use crate::gpu::ShaderProgram;
 use crate::kernels::dispatch::{Kernel, bindings_of};
 pub use crate::shape::{BalanceLoss, BalanceShape, BalanceStats};
 use crate::shape::{check_load_k, check_weight};
@@ -260,41 +260,15 @@ impl BalanceParams {
     }
 }
 
-/// The balance loss kernels on one device. Cheap to clone; pipelines are compiled on
-/// first use and cached per device.
-#[derive(Clone, Debug)]
-pub struct Balance {
-    gpu: Gpu,
-    workgroup_size: u32,
+super::dispatch::sized_family! {
+    /// The balance loss kernels on one device. Cheap to clone; pipelines are compiled
+    /// on first use and cached per device.
+    pub struct Balance("balance", per "workgroup", bytes 8);
+    // The forward's tree keeps an f32 and a u32 per invocation in workgroup memory.
+    "The forward's summation order, and so the last bits of its results, depend on it."
 }
 
 impl Balance {
-    /// The kernels on `gpu`, with [`DEFAULT_WORKGROUP_SIZE`] invocations per
-    /// workgroup.
-    pub fn new(gpu: &Gpu) -> Self {
-        Balance {
-            gpu: gpu.clone(),
-            workgroup_size: DEFAULT_WORKGROUP_SIZE,
-        }
-    }
-
-    /// The kernels with `workgroup_size` invocations per workgroup: a power of two
-    /// within the device's limits. The forward's summation order, and so the last bits
-    /// of its results, depend on it.
-    pub fn with_workgroup_size(gpu: &Gpu, workgroup_size: u32) -> Result<Self> {
-        // The forward's tree keeps an f32 and a u32 per invocation in workgroup memory.
-        super::dispatch::check_workgroup_size(gpu, "balance", workgroup_size, 8)?;
-        Ok(Balance {
-            gpu: gpu.clone(),
-            workgroup_size,
-        })
-    }
-
-    /// Invocations per workgroup.
-    pub fn workgroup_size(&self) -> u32 {
-        self.workgroup_size
-    }
-
     /// Checks and binds the forward pass: one dispatch, one workgroup per gate.
     pub fn forward(&self, args: &BalanceForward<'_>) -> Result<Dispatch> {
         self.forward_pass("balance forward", args, None)

@@ -279,6 +279,60 @@ macro_rules! encoders {
 }
 pub(crate) use encoders;
 
+/// Declares a family type over one device whose kernels run a tunable number of
+/// invocations per workgroup, with `new` (at the module's `DEFAULT_WORKGROUP_SIZE`),
+/// `with_workgroup_size` (checked by [`check_workgroup_size`] with `$bytes` of
+/// workgroup memory per invocation) and `workgroup_size`. `$per` names what one
+/// workgroup serves and `$effect` says what the size changes, both for the docs.
+macro_rules! sized_family {
+    (
+        $(#[$meta:meta])*
+        pub struct $family:ident($name:literal, per $per:literal, bytes $bytes:expr);
+        $effect:literal
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Debug)]
+        pub struct $family {
+            gpu: $crate::Gpu,
+            workgroup_size: u32,
+        }
+
+        impl $family {
+            #[doc = concat!(
+                "On `gpu`, with [`DEFAULT_WORKGROUP_SIZE`] invocations per ", $per, "."
+            )]
+            pub fn new(gpu: &$crate::Gpu) -> Self {
+                $family {
+                    gpu: gpu.clone(),
+                    workgroup_size: DEFAULT_WORKGROUP_SIZE,
+                }
+            }
+
+            #[doc = concat!(
+                "With `workgroup_size` invocations per ", $per, ": a power of two within ",
+                "the device's limits. ", $effect
+            )]
+            pub fn with_workgroup_size(
+                gpu: &$crate::Gpu,
+                workgroup_size: u32,
+            ) -> $crate::Result<Self> {
+                use $crate::kernels::dispatch::check_workgroup_size;
+                check_workgroup_size(gpu, $name, workgroup_size, $bytes)?;
+                Ok($family {
+                    gpu: gpu.clone(),
+                    workgroup_size,
+                })
+            }
+
+            #[doc = concat!("Invocations per ", $per, ".")]
+            pub fn workgroup_size(&self) -> u32 {
+                self.workgroup_size
+            }
+        }
+    };
+}
+pub(crate) use sized_family;
+
 /// Checks a tree-reduction kernel's `workgroup_size`: a power of two within the
 /// device's invocation limits and with `bytes_per_invocation` of workgroup memory each;
 /// `kernel` names it in the error.

@@ -69,7 +69,7 @@ use super::binding::BoundOperand;
 use super::dispatch::{Kernel, bindings_of, check_loop_budget};
 use super::{BufferView, Dispatch, Operand, bind_operands, div_ceil};
 use crate::Result;
-use crate::gpu::{BindingKind, Gpu, ShaderProgram};
+use crate::gpu::{BindingKind, ShaderProgram};
 pub use crate::shape::{KMEANS_CHUNK_ROWS, KMeansShape};
 
 const SOURCE: (&str, &str) = ("kmeans.wgsl", include_str!("../../shaders/kmeans.wgsl"));
@@ -163,40 +163,14 @@ impl KMeansParams {
     }
 }
 
-/// The k-means kernels on one device. Cheap to clone; pipelines compile on first use
-/// and are cached per device.
-#[derive(Clone, Debug)]
-pub struct KMeans {
-    gpu: Gpu,
-    workgroup_size: u32,
+super::dispatch::sized_family! {
+    /// The k-means kernels on one device. Cheap to clone; pipelines compile on first use
+    /// and are cached per device.
+    pub struct KMeans("kmeans", per "workgroup", bytes 1);
+    "The results do not depend on it (each output is one invocation's, in a fixed order)."
 }
 
 impl KMeans {
-    /// The kernels on `gpu`, with [`DEFAULT_WORKGROUP_SIZE`] invocations per
-    /// workgroup.
-    pub fn new(gpu: &Gpu) -> Self {
-        KMeans {
-            gpu: gpu.clone(),
-            workgroup_size: DEFAULT_WORKGROUP_SIZE,
-        }
-    }
-
-    /// The kernels with `workgroup_size` invocations per workgroup, a power of two
-    /// within the device's limits. The results do not depend on it (each output is
-    /// one invocation's, in a fixed order).
-    pub fn with_workgroup_size(gpu: &Gpu, workgroup_size: u32) -> Result<Self> {
-        super::dispatch::check_workgroup_size(gpu, "kmeans", workgroup_size, 1)?;
-        Ok(KMeans {
-            gpu: gpu.clone(),
-            workgroup_size,
-        })
-    }
-
-    /// Invocations per workgroup.
-    pub fn workgroup_size(&self) -> u32 {
-        self.workgroup_size
-    }
-
     /// The dispatch of `entry` over `bound`, `groups` workgroups.
     fn dispatch(
         &self,

@@ -79,7 +79,7 @@
 use super::binding::{program_for, storage_programs};
 use super::{BufferView, Dispatch, Operand, Precision, bind_operands};
 use crate::Result;
-use crate::gpu::{Gpu, ShaderProgram};
+use crate::gpu::ShaderProgram;
 use crate::kernels::dispatch::{Kernel, bindings_of};
 pub use crate::shape::RoutingShape;
 
@@ -127,39 +127,15 @@ crate::kernels::binding::host_struct! {
     }
 }
 
-/// The routing kernel on one device. Cheap to clone; the pipeline is compiled on first
-/// use and cached per device.
-#[derive(Clone, Debug)]
-pub struct Routing {
-    gpu: Gpu,
-    workgroup_size: u32,
+super::dispatch::sized_family! {
+    /// The routing kernel on one device. Cheap to clone; the pipeline is compiled on first
+    /// use and cached per device.
+    pub struct Routing("routing", per "expert", bytes 4);
+    // The prefix sum keeps one u32 per invocation in workgroup memory.
+    "The map does not depend on it."
 }
 
 impl Routing {
-    /// The kernel on `gpu`, with [`DEFAULT_WORKGROUP_SIZE`] invocations per expert.
-    pub fn new(gpu: &Gpu) -> Self {
-        Routing {
-            gpu: gpu.clone(),
-            workgroup_size: DEFAULT_WORKGROUP_SIZE,
-        }
-    }
-
-    /// The kernel with `workgroup_size` invocations per expert: a power of two within
-    /// the device's limits. The map does not depend on it.
-    pub fn with_workgroup_size(gpu: &Gpu, workgroup_size: u32) -> Result<Self> {
-        // The prefix sum keeps one u32 per invocation in workgroup memory.
-        super::dispatch::check_workgroup_size(gpu, "routing", workgroup_size, 4)?;
-        Ok(Routing {
-            gpu: gpu.clone(),
-            workgroup_size,
-        })
-    }
-
-    /// Invocations per expert.
-    pub fn workgroup_size(&self) -> u32 {
-        self.workgroup_size
-    }
-
     /// Checks and binds the routing: one dispatch, one workgroup per expert.
     pub fn forward(&self, args: &RoutingForward<'_>) -> Result<Dispatch> {
         const CTX: &str = "routing";
