@@ -298,20 +298,17 @@ impl Embedding {
             "bounds.longest_bag, the IDs of the longest bag: shorter bags need fewer",
         )?;
         let ids = Operand::new("ids", 2, args.ids, s.ids_len(), Read);
-        let offsets = match (f.multi_valued, args.offsets) {
-            (true, Some(v)) => Operand::new("offsets", 3, v, s.offsets_len(), Read),
-            (false, None) => ids.stand_in(3),
-            (multi, _) => return Err(optional_mismatch(CTX, "offsets", multi)),
-        };
-        let weights = optional(
+        let (multi, weighted) = (f.multi_valued, f.weighted);
+        let offsets = optional(
             CTX,
-            "weights",
-            4,
-            f.weighted,
-            args.weights,
-            s.ids_len(),
+            "offsets",
+            3,
+            multi,
+            args.offsets,
+            s.offsets_len(),
             &ids,
         )?;
+        let weights = optional(CTX, "weights", 4, weighted, args.weights, s.ids_len(), &ids)?;
         let x = Operand::new("x", 6, args.x, s.x_len(), ReadWrite);
         let dim = f.dim;
         let mut out = Vec::new();
