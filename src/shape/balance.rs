@@ -134,16 +134,21 @@ pub enum BalanceLoss {
     Load,
 }
 
-/// Checks the loss weight is finite and ≥ 0.
-pub(crate) fn check_weight(ctx: &str, weight: f32) -> Result<()> {
-    if !weight.is_finite() {
+/// Checks the loss weight (the kernel's f32 or the reference's f64) is finite and
+/// ≥ 0.
+pub(crate) fn check_weight<W>(ctx: &str, weight: W) -> Result<()>
+where
+    W: Into<f64> + std::fmt::Display + Copy,
+{
+    let value: f64 = weight.into();
+    if !value.is_finite() {
         return Err(Error::NonFinite {
             what: format!("{ctx}: the loss weight"),
             index: 0,
-            value: weight,
+            value: value as f32,
         });
     }
-    if weight < 0.0 {
+    if value < 0.0 {
         return Err(Error::invalid(
             format!("{ctx} weight"),
             format!("{weight} is negative; the loss weight must be ≥ 0"),
