@@ -125,7 +125,6 @@ use super::binding::{program_for, storage_programs};
 use super::{BufferView, Dispatch, Operand, Precision, bind_operands, div_ceil};
 use crate::Result;
 use crate::gpu::ShaderProgram;
-use crate::kernels::dispatch::{Kernel, bindings_of};
 pub use crate::shape::{BalanceLoss, BalanceShape, BalanceStats};
 use crate::shape::{check_load_k, check_weight};
 
@@ -372,20 +371,9 @@ impl Balance {
         bound: &[super::binding::BoundOperand<'_>],
         workgroups: u32,
     ) -> Result<Dispatch> {
-        let kernel = Kernel {
-            program: program_for(&PROGRAM, precision),
-            entry,
-            bindings: &bindings_of(bound, &[]),
-            constants: &[("WG", self.workgroup_size)],
-        };
-        let params = bytemuck::bytes_of(params);
-        Dispatch::new(
-            &self.gpu,
-            ctx,
-            kernel,
-            params,
-            (bound, &[]),
-            [workgroups, 1, 1],
-        )
+        let constants = [("WG", self.workgroup_size)];
+        let kernel = (program_for(&PROGRAM, precision), entry, &constants[..]);
+        let groups = [workgroups, 1, 1];
+        Dispatch::launch(&self.gpu, ctx, kernel, params, (bound, &[]), groups)
     }
 }

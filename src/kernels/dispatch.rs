@@ -44,7 +44,7 @@ impl Extra<'_> {
 
 /// The bindings of a dispatch over `operands` and `extras`, in slot order: the
 /// parameter uniform at slot 0, then each operand and extra at its slot as its kind.
-pub(crate) fn bindings_of(
+fn bindings_of(
     operands: &[BoundOperand<'_>],
     extras: &[(u32, Extra<'_>)],
 ) -> Vec<(u32, BindingKind)> {
@@ -123,6 +123,26 @@ impl Dispatch {
             workgroups,
             _owned: made.owned,
         })
+    }
+
+    /// [`Dispatch::new`] of `entry` in `program` with the override `constants`, the
+    /// uniform block `params`, and the layout `operands` and `extras` make.
+    pub(crate) fn launch(
+        gpu: &Gpu,
+        label: &'static str,
+        (program, entry, constants): (&'static ShaderProgram, &'static str, &[(&'static str, u32)]),
+        params: &impl bytemuck::Pod,
+        (operands, extras): (&[BoundOperand<'_>], &[(u32, Extra<'_>)]),
+        workgroups: [u32; 3],
+    ) -> Result<Dispatch> {
+        let kernel = Kernel {
+            program,
+            entry,
+            bindings: &bindings_of(operands, extras),
+            constants,
+        };
+        let params = bytemuck::bytes_of(params);
+        Dispatch::new(gpu, label, kernel, params, (operands, extras), workgroups)
     }
 
     /// Records the dispatch into an open compute pass.

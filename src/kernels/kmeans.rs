@@ -66,7 +66,7 @@
 //! ```
 
 use super::binding::BoundOperand;
-use super::dispatch::{Kernel, bindings_of, check_loop_budget};
+use super::dispatch::check_loop_budget;
 use super::{BufferView, Dispatch, Operand, bind_operands, div_ceil};
 use crate::Result;
 use crate::gpu::{BindingKind, ShaderProgram};
@@ -180,14 +180,9 @@ impl KMeans {
         bound: &[BoundOperand<'_>],
         groups: [u32; 3],
     ) -> Result<Dispatch> {
-        let kernel = Kernel {
-            program: &PROGRAMS[0],
-            entry,
-            bindings: &bindings_of(bound, &[]),
-            constants: &[("WG", self.workgroup_size)],
-        };
-        let params = bytemuck::bytes_of(params);
-        Dispatch::new(&self.gpu, ctx, kernel, params, (bound, &[]), groups)
+        let constants = [("WG", self.workgroup_size)];
+        let kernel = (&PROGRAMS[0], entry, &constants[..]);
+        Dispatch::launch(&self.gpu, ctx, kernel, params, (bound, &[]), groups)
     }
 
     /// Checks and binds the assignment step: one dispatch, one invocation per 4 rows.

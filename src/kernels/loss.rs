@@ -54,7 +54,7 @@
 use super::binding::{program_for, storage_programs};
 use super::{BufferView, Dispatch, Operand, Precision, bind_operands};
 use crate::gpu::ShaderProgram;
-use crate::kernels::dispatch::{Extra, Kernel, bindings_of};
+use crate::kernels::dispatch::Extra;
 pub use crate::shape::{LossKind, TaskLoss};
 use crate::{Error, Result};
 
@@ -191,21 +191,10 @@ impl Loss {
             })
             .collect();
         let table = [(TABLE_SLOT, Extra::Table(bytemuck::cast_slice(&table)))];
-        let kernel = Kernel {
-            program: program_for(&PROGRAM, args.precision),
-            entry: ENTRY,
-            bindings: &bindings_of(&bound, &table),
-            constants: &[("WG", self.workgroup_size)],
-        };
-        let params = bytemuck::bytes_of(&params);
-        Dispatch::new(
-            &self.gpu,
-            CTX,
-            kernel,
-            params,
-            (&bound, &table),
-            [tasks as u32, 1, 1],
-        )
+        let constants = [("WG", self.workgroup_size)];
+        let kernel = (program_for(&PROGRAM, args.precision), ENTRY, &constants[..]);
+        let groups = [tasks as u32, 1, 1];
+        Dispatch::launch(&self.gpu, CTX, kernel, &params, (&bound, &table), groups)
     }
 
     crate::kernels::encoders! {

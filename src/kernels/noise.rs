@@ -59,7 +59,6 @@ use super::binding::{program_for, storage_programs};
 use super::{BufferView, Dispatch, Operand, Precision, bind_operands, div_ceil};
 use crate::Result;
 use crate::gpu::{BindingKind, Gpu, ShaderProgram};
-use crate::kernels::dispatch::{Kernel, bindings_of};
 pub use crate::shape::NoiseShape;
 
 const SOURCE: (&str, &str) = ("noise.wgsl", include_str!("../../shaders/noise.wgsl"));
@@ -215,14 +214,12 @@ impl Noise {
             };
             *base = b.base;
         }
-        let kernel = Kernel {
-            program: program_for(&PROGRAM, precision),
+        let kernel = (
+            program_for(&PROGRAM, precision),
             entry,
-            bindings: &bindings_of(&bound, &[]),
-            constants: &[("WG", WORKGROUP_SIZE)],
-        };
+            &[("WG", WORKGROUP_SIZE)][..],
+        );
         let workgroups = [groups_x, groups.div_ceil(groups_x), 1];
-        let params = bytemuck::bytes_of(&params);
-        Dispatch::new(&self.gpu, ctx, kernel, params, (&bound, &[]), workgroups)
+        Dispatch::launch(&self.gpu, ctx, kernel, &params, (&bound, &[]), workgroups)
     }
 }

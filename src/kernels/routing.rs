@@ -80,7 +80,6 @@ use super::binding::{program_for, storage_programs};
 use super::{BufferView, Dispatch, Operand, Precision, bind_operands};
 use crate::Result;
 use crate::gpu::ShaderProgram;
-use crate::kernels::dispatch::{Kernel, bindings_of};
 pub use crate::shape::RoutingShape;
 
 pub use super::grouped_gemm::RowMap;
@@ -155,21 +154,10 @@ impl Routing {
             routes_base: bound[1].base,
             _pad: [0; 3],
         };
-        let kernel = Kernel {
-            program: program_for(&PROGRAM, args.precision),
-            entry: ENTRY,
-            bindings: &bindings_of(&bound, &[]),
-            constants: &[("WG", self.workgroup_size)],
-        };
-        let params = bytemuck::bytes_of(&params);
-        Dispatch::new(
-            &self.gpu,
-            CTX,
-            kernel,
-            params,
-            (&bound, &[]),
-            [s.experts as u32, 1, 1],
-        )
+        let constants = [("WG", self.workgroup_size)];
+        let kernel = (program_for(&PROGRAM, args.precision), ENTRY, &constants[..]);
+        let groups = [s.experts as u32, 1, 1];
+        Dispatch::launch(&self.gpu, CTX, kernel, &params, (&bound, &[]), groups)
     }
 
     crate::kernels::encoders! {

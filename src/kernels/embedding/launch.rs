@@ -4,7 +4,7 @@
 use super::{Embedding, EmbeddingShape, PROGRAM, SparseOptimizer};
 use crate::gpu::BindingKind::Read;
 use crate::kernels::binding::BoundOperand;
-use crate::kernels::dispatch::{Extra, Kernel, bindings_of};
+use crate::kernels::dispatch::Extra;
 use crate::kernels::{BufferView, Dispatch, Operand, div_ceil};
 use crate::{Error, Result};
 
@@ -138,15 +138,9 @@ impl Embedding {
         let workgroups = div_ceil(invocations, self.tiling.workgroup_size as usize).max(1);
         let max = self.gpu.limits().max_compute_workgroups_per_dimension;
         params.groups_x = workgroups.min(max);
-        let kernel = Kernel {
-            program: &PROGRAM,
-            entry: entry.name,
-            bindings: &bindings_of(bound, extras),
-            constants: &entry.constants,
-        };
+        let kernel = (&PROGRAM, entry.name, &entry.constants[..]);
         let grid = [params.groups_x, workgroups.div_ceil(params.groups_x), 1];
-        let params = bytemuck::bytes_of(&params);
-        Dispatch::new(&self.gpu, label, kernel, params, (bound, extras), grid)
+        Dispatch::launch(&self.gpu, label, kernel, &params, (bound, extras), grid)
     }
 }
 
