@@ -11,32 +11,27 @@ impl GpuExecutor {
     /// Writes a batch of `rows` rows: one slice per input tensor and (optionally) per
     /// target tensor, in creation order.
     pub fn write_batch(&self, rows: usize, inputs: &[&[f32]], targets: &[&[f32]]) -> Result<()> {
-        for (id, values) in
-            self.graph
-                .fed_tensors("GpuExecutor::write_batch", rows, inputs, targets)?
-        {
-            self.gpu.write(
-                self.buffers[id.0].as_ref().expect("input buffer"),
-                0,
-                values,
-            )?;
-        }
-        Ok(())
+        let ctx = "GpuExecutor::write_batch";
+        self.write_fed(self.graph.fed_tensors(ctx, rows, inputs, targets)?)
     }
 
     /// Writes the draws `ε` of a training pass on `rows` rows: one slice per noise
     /// tensor (one per noisy gate node), in creation order. Training passes read the
     /// draws last written (zeros before the first write).
     pub fn write_noise(&self, rows: usize, noise: &[&[f32]]) -> Result<()> {
-        for (id, values) in self
-            .graph
-            .fed_noise("GpuExecutor::write_noise", rows, noise)?
-        {
-            self.gpu.write(
-                self.buffers[id.0].as_ref().expect("noise buffer"),
-                0,
-                values,
-            )?;
+        self.write_fed(
+            self.graph
+                .fed_noise("GpuExecutor::write_noise", rows, noise)?,
+        )
+    }
+
+    /// Writes each fed tensor's values into its buffer.
+    fn write_fed<'a>(&self, fed: impl IntoIterator<Item = (TensorId, &'a [f32])>) -> Result<()> {
+        for (id, values) in fed {
+            let buffer = self.buffers[id.0]
+                .as_ref()
+                .expect("a fed tensor has a buffer");
+            self.gpu.write(buffer, 0, values)?;
         }
         Ok(())
     }
