@@ -209,3 +209,17 @@ impl Error {
         }
     }
 }
+
+/// `Ok` when `data` holds `len` values, otherwise an [`Error::Shape`] naming `name`
+/// in `context`.
+pub(crate) fn check_len<T>(context: &str, name: &str, data: &[T], len: usize) -> Result<()> {
+    if data.len() == len {
+        return Ok(());
+    }
+    Err(Error::shape(
+        context,
+        name,
+        format!("{len} values"),
+        format!("{} values", data.len()),
+    ))
+}

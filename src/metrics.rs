@@ -34,18 +34,11 @@ pub fn auc(scores: &[f32], labels: &[f32]) -> Result<f64> {
     let mut order: Vec<usize> = (0..scores.len()).collect();
     order.sort_unstable_by(|&a, &b| scores[a].total_cmp(&scores[b]));
     // Sum of the positives' 1-based ranks, each tie group sharing its average rank.
-    let mut positive_rank_sum = 0.0f64;
-    let mut start = 0;
-    while start < order.len() {
-        let mut end = start + 1;
-        while end < order.len() && scores[order[end]] == scores[order[start]] {
-            end += 1;
-        }
+    let (mut positive_rank_sum, mut start) = (0.0f64, 0);
+    for group in order.chunk_by(|&a, &b| scores[a] == scores[b]) {
+        let end = start + group.len();
         let average_rank = (start + 1 + end) as f64 / 2.0;
-        let tied_positives = order[start..end]
-            .iter()
-            .filter(|&&i| labels[i] == 1.0)
-            .count();
+        let tied_positives = group.iter().filter(|&&i| labels[i] == 1.0).count();
         positive_rank_sum += average_rank * tied_positives as f64;
         start = end;
     }
@@ -135,18 +128,12 @@ pub fn probability_auc(scores: &[f32], probabilities: &[f32]) -> Result<f64> {
     order.sort_unstable_by(|&a, &b| scores[a].total_cmp(&scores[b]));
     // For each tie group from the lowest score up: its positives beat the
     // negatives below it, and half its own negatives.
-    let (mut wins, mut negatives_below, mut start) = (0.0f64, 0.0f64, 0);
-    while start < order.len() {
-        let mut end = start + 1;
-        while end < order.len() && scores[order[end]] == scores[order[start]] {
-            end += 1;
-        }
-        let group = &order[start..end];
+    let (mut wins, mut negatives_below) = (0.0f64, 0.0f64);
+    for group in order.chunk_by(|&a, &b| scores[a] == scores[b]) {
         let p: f64 = group.iter().map(|&i| positive(i)).sum();
         let n: f64 = group.iter().map(|&i| 1.0 - positive(i)).sum();
         wins += p * (negatives_below + 0.5 * n);
         negatives_below += n;
-        start = end;
     }
     // Each item paired with itself is a tie of weight p(1 − p): leave those out.
     let own: f64 = (0..scores.len())

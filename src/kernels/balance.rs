@@ -125,8 +125,7 @@
 use super::binding::{program_for, storage_programs};
 use super::{BufferView, Dispatch, Operand, Precision, bind_operands, div_ceil};
 use crate::Result;
-use crate::gpu::{BindingKind, Gpu, ShaderProgram};
-use crate::kernels::dispatch::Kernel;
+use crate::gpu::ShaderProgram;
 pub use crate::shape::{BalanceLoss, BalanceShape, BalanceStats};
 use crate::shape::{check_load_k, check_weight};
 
@@ -138,11 +137,7 @@ const PROGRAM: [ShaderProgram; 2] = storage_programs!("balance", SOURCE);
 /// The WGSL programs of this family.
 pub const PROGRAMS: &[ShaderProgram] = &PROGRAM;
 
-use BindingKind::{Read, ReadWrite, Uniform};
-const FORWARD_BINDINGS: &[(u32, BindingKind)] =
-    &[(0, Uniform), (1, Read), (2, ReadWrite), (5, Read)];
-const BACKWARD_BINDINGS: &[(u32, BindingKind)] =
-    &[(0, Uniform), (1, Read), (3, Read), (4, ReadWrite)];
+use crate::gpu::BindingKind::{Read, ReadWrite};
 
 /// The workgroup size [`Balance::new`] uses.
 pub const DEFAULT_WORKGROUP_SIZE: u32 = 64;
@@ -265,69 +260,18 @@ impl BalanceParams {
     }
 }
 
-/// The balance loss kernels on one device. Cheap to clone; pipelines are compiled on
-/// first use and cached per device.
-#[derive(Clone, Debug)]
-pub struct Balance {
-    gpu: Gpu,
-    workgroup_size: u32,
+super::dispatch::sized_family! {
+    /// The balance loss kernels on one device. Cheap to clone; pipelines are compiled
+    /// on first use and cached per device.
+    pub struct Balance("balance", per "workgroup", bytes 8);
+    // The forward's tree keeps an f32 and a u32 per invocation in workgroup memory.
+    "The forward's summation order, and so the last bits of its results, depend on it."
 }
 
 impl Balance {
-    /// The kernels on `gpu`, with [`DEFAULT_WORKGROUP_SIZE`] invocations per
-    /// workgroup.
-    pub fn new(gpu: &Gpu) -> Self {
-        Balance {
-            gpu: gpu.clone(),
-            workgroup_size: DEFAULT_WORKGROUP_SIZE,
-        }
-    }
-
-    /// The kernels with `workgroup_size` invocations per workgroup: a power of two
-    /// within the device's limits. The forward's summation order, and so the last bits
-    /// of its results, depend on it.
-    pub fn with_workgroup_size(gpu: &Gpu, workgroup_size: u32) -> Result<Self> {
-        // The forward's tree keeps an f32 and a u32 per invocation in workgroup memory.
-        super::dispatch::check_workgroup_size(gpu, "balance", workgroup_size, 8)?;
-        Ok(Balance {
-            gpu: gpu.clone(),
-            workgroup_size,
-        })
-    }
-
-    /// Invocations per workgroup.
-    pub fn workgroup_size(&self) -> u32 {
-        self.workgroup_size
-    }
-
     /// Checks and binds the forward pass: one dispatch, one workgroup per gate.
     pub fn forward(&self, args: &BalanceForward<'_>) -> Result<Dispatch> {
-        const CTX: &str = "balance forward";
-        let s = &args.shape;
-        self.check_forward(CTX, s, args.weight, args.precision)?;
-        let g = Operand::new("g", 1, args.g, s.g_len(), Read).of(args.precision);
-        let operands = [
-            g,
-            Operand::new("stats", 2, args.stats, s.stats_len(), ReadWrite),
-            // p is not read: G stands in for it.
-            g.stand_in(5),
-        ];
-        let bound = bind_operands(&self.gpu, CTX, &operands)?;
-        let mut p = BalanceParams::new(s);
-        // −0 and 0 are one weight: one value keeps one cached bind group.
-        p.weight = args.weight.abs();
-        p.g_base = bound[0].base;
-        p.stats_base = bound[1].base;
-        p.kind = KIND_IMPORTANCE;
-        self.build(
-            CTX,
-            "balance_forward",
-            args.precision,
-            FORWARD_BINDINGS,
-            &p,
-            &bound,
-            s.gates as u32,
-        )
+        self.forward_pass("balance forward", args, None)
     }
 
     /// Checks and binds the load loss's forward pass (see the [module
@@ -337,50 +281,51 @@ impl Balance {
         args: &BalanceForward<'_>,
         load: &BalanceLoad<'_>,
     ) -> Result<Dispatch> {
-        const CTX: &str = "balance load forward";
+        self.forward_pass("balance load forward", args, Some(load))
+    }
+
+    /// The forward of the importance loss, or of the load loss when `load` is given.
+    fn forward_pass(
+        &self,
+        ctx: &'static str,
+        args: &BalanceForward<'_>,
+        load: Option<&BalanceLoad<'_>>,
+    ) -> Result<Dispatch> {
         let s = &args.shape;
-        self.check_forward(CTX, s, args.weight, args.precision)?;
-        check_load_k(CTX, s, load.k, load.seen)?;
+        s.validate(ctx)?;
+        check_weight(ctx, args.weight)?;
+        args.precision.check(&self.gpu, ctx)?;
+        let iterations = forward_iterations(s, self.workgroup_size);
+        check_loop_budget(ctx, iterations, self.workgroup_size)?;
+        if let Some(load) = load {
+            check_load_k(ctx, s, load.k, load.seen)?;
+        }
+        let g = Operand::new("g", 1, args.g, s.g_len(), Read).of(args.precision);
+        let p_operand = match load {
+            Some(load) => Operand::new("p", 5, load.p, s.g_len(), Read).of(args.precision),
+            // p is not read: G stands in for it.
+            None => g.stand_in(5),
+        };
         let operands = [
-            Operand::new("g", 1, args.g, s.g_len(), Read).of(args.precision),
+            g,
             Operand::new("stats", 2, args.stats, s.stats_len(), ReadWrite),
-            Operand::new("p", 5, load.p, s.g_len(), Read).of(args.precision),
+            p_operand,
         ];
-        let bound = bind_operands(&self.gpu, CTX, &operands)?;
+        let bound = bind_operands(&self.gpu, ctx, &operands)?;
         let mut p = BalanceParams::new(s);
+        // −0 and 0 are one weight: one value keeps one cached bind group.
         p.weight = args.weight.abs();
         p.g_base = bound[0].base;
         p.stats_base = bound[1].base;
-        p.p_base = bound[2].base;
-        p.kind = KIND_LOAD;
-        p.k = load.k as u32;
-        p.seen = load.seen as u32;
-        self.build(
-            CTX,
-            "balance_forward",
-            args.precision,
-            FORWARD_BINDINGS,
-            &p,
-            &bound,
-            s.gates as u32,
-        )
-    }
-
-    fn check_forward(
-        &self,
-        ctx: &str,
-        s: &BalanceShape,
-        weight: f32,
-        precision: Precision,
-    ) -> Result<()> {
-        s.validate(ctx)?;
-        check_weight(ctx, weight)?;
-        precision.check(&self.gpu, ctx)?;
-        check_loop_budget(
-            ctx,
-            forward_iterations(s, self.workgroup_size),
-            self.workgroup_size,
-        )
+        p.kind = KIND_IMPORTANCE;
+        if let Some(load) = load {
+            p.p_base = bound[2].base;
+            p.kind = KIND_LOAD;
+            p.k = load.k as u32;
+            p.seen = load.seen as u32;
+        }
+        let gates = s.gates as u32;
+        self.build(ctx, "balance_forward", args.precision, &p, &bound, gates)
     }
 
     /// Checks and binds the backward pass: one dispatch, one invocation per gate and
@@ -409,15 +354,7 @@ impl Balance {
         p.g_base = bound[0].base;
         p.stats_base = bound[1].base;
         p.dz_base = bound[2].base;
-        self.build(
-            CTX,
-            "balance_backward",
-            args.precision,
-            BACKWARD_BINDINGS,
-            &p,
-            &bound,
-            groups,
-        )
+        self.build(CTX, "balance_backward", args.precision, &p, &bound, groups)
     }
 
     crate::kernels::encoders! {
@@ -426,31 +363,18 @@ impl Balance {
         encode_backward => backward(args: &BalanceBackward<'_>);
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn build(
         &self,
         ctx: &'static str,
         entry: &'static str,
         precision: Precision,
-        bindings: &[(u32, BindingKind)],
         params: &BalanceParams,
         bound: &[super::binding::BoundOperand<'_>],
         workgroups: u32,
     ) -> Result<Dispatch> {
-        let kernel = Kernel {
-            program: program_for(&PROGRAM, precision),
-            entry,
-            bindings,
-            constants: &[("WG", self.workgroup_size)],
-        };
-        let params = bytemuck::bytes_of(params);
-        Dispatch::new(
-            &self.gpu,
-            ctx,
-            kernel,
-            params,
-            (bound, &[]),
-            [workgroups, 1, 1],
-        )
+        let constants = [("WG", self.workgroup_size)];
+        let kernel = (program_for(&PROGRAM, precision), entry, &constants[..]);
+        let groups = [workgroups, 1, 1];
+        Dispatch::launch(&self.gpu, ctx, kernel, params, (bound, &[]), groups)
     }
 }

@@ -211,13 +211,27 @@ impl<'a> Operand<'a> {
 
 /// An operand after checking: where its binding starts and the element offset of the
 /// operand inside it.
+#[derive(Clone, Copy)]
 pub(crate) struct BoundOperand<'a> {
     pub slot: u32,
+    pub kind: BindingKind,
     pub buffer: &'a wgpu::Buffer,
     pub bind_offset: u64,
     pub bind_size: u64,
     /// Element index of the operand's first value within the binding.
     pub base: u32,
+}
+
+impl<'a> BoundOperand<'a> {
+    /// The same binding at `slot` as `kind`: for a dispatch that reads what another
+    /// one over the same operands writes.
+    pub fn at(&self, slot: u32, kind: BindingKind) -> Self {
+        BoundOperand {
+            slot,
+            kind,
+            ..*self
+        }
+    }
 }
 
 fn ranges_overlap(a: &Operand<'_>, b: &Operand<'_>) -> bool {
@@ -296,6 +310,7 @@ pub(crate) fn bind_operands<'a>(
         }
         bound.push(BoundOperand {
             slot: op.slot,
+            kind: op.kind,
             buffer,
             bind_offset,
             bind_size,

@@ -33,6 +33,28 @@ pub(crate) enum Extra<'a> {
     Buffer(&'a wgpu::Buffer),
 }
 
+impl Extra<'_> {
+    fn kind(&self) -> BindingKind {
+        match self {
+            Extra::Table(_) => BindingKind::Read,
+            Extra::Buffer(_) => BindingKind::Uniform,
+        }
+    }
+}
+
+/// The bindings of a dispatch over `operands` and `extras`, in slot order: the
+/// parameter uniform at slot 0, then each operand and extra at its slot as its kind.
+fn bindings_of(
+    operands: &[BoundOperand<'_>],
+    extras: &[(u32, Extra<'_>)],
+) -> Vec<(u32, BindingKind)> {
+    let mut bindings = vec![(0, BindingKind::Uniform)];
+    bindings.extend(operands.iter().map(|op| (op.slot, op.kind)));
+    bindings.extend(extras.iter().map(|(slot, extra)| (*slot, extra.kind())));
+    bindings.sort_by_key(|&(slot, _)| slot);
+    bindings
+}
+
 /// A compute entry point to launch: its program (at the call's precision), name,
 /// bindings and override constants.
 pub(crate) struct Kernel<'a> {
@@ -101,6 +123,26 @@ impl Dispatch {
             workgroups,
             _owned: made.owned,
         })
+    }
+
+    /// [`Dispatch::new`] of `entry` in `program` with the override `constants`, the
+    /// uniform block `params`, and the layout `operands` and `extras` make.
+    pub(crate) fn launch(
+        gpu: &Gpu,
+        label: &'static str,
+        (program, entry, constants): (&'static ShaderProgram, &'static str, &[(&'static str, u32)]),
+        params: &impl bytemuck::Pod,
+        (operands, extras): (&[BoundOperand<'_>], &[(u32, Extra<'_>)]),
+        workgroups: [u32; 3],
+    ) -> Result<Dispatch> {
+        let kernel = Kernel {
+            program,
+            entry,
+            bindings: &bindings_of(operands, extras),
+            constants,
+        };
+        let params = bytemuck::bytes_of(params);
+        Dispatch::new(gpu, label, kernel, params, (operands, extras), workgroups)
     }
 
     /// Records the dispatch into an open compute pass.
@@ -256,6 +298,60 @@ macro_rules! encoders {
     )+};
 }
 pub(crate) use encoders;
+
+/// Declares a family type over one device whose kernels run a tunable number of
+/// invocations per workgroup, with `new` (at the module's `DEFAULT_WORKGROUP_SIZE`),
+/// `with_workgroup_size` (checked by [`check_workgroup_size`] with `$bytes` of
+/// workgroup memory per invocation) and `workgroup_size`. `$per` names what one
+/// workgroup serves and `$effect` says what the size changes, both for the docs.
+macro_rules! sized_family {
+    (
+        $(#[$meta:meta])*
+        pub struct $family:ident($name:literal, per $per:literal, bytes $bytes:expr);
+        $effect:literal
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Debug)]
+        pub struct $family {
+            gpu: $crate::Gpu,
+            workgroup_size: u32,
+        }
+
+        impl $family {
+            #[doc = concat!(
+                "On `gpu`, with [`DEFAULT_WORKGROUP_SIZE`] invocations per ", $per, "."
+            )]
+            pub fn new(gpu: &$crate::Gpu) -> Self {
+                $family {
+                    gpu: gpu.clone(),
+                    workgroup_size: DEFAULT_WORKGROUP_SIZE,
+                }
+            }
+
+            #[doc = concat!(
+                "With `workgroup_size` invocations per ", $per, ": a power of two within ",
+                "the device's limits. ", $effect
+            )]
+            pub fn with_workgroup_size(
+                gpu: &$crate::Gpu,
+                workgroup_size: u32,
+            ) -> $crate::Result<Self> {
+                use $crate::kernels::dispatch::check_workgroup_size;
+                check_workgroup_size(gpu, $name, workgroup_size, $bytes)?;
+                Ok($family {
+                    gpu: gpu.clone(),
+                    workgroup_size,
+                })
+            }
+
+            #[doc = concat!("Invocations per ", $per, ".")]
+            pub fn workgroup_size(&self) -> u32 {
+                self.workgroup_size
+            }
+        }
+    };
+}
+pub(crate) use sized_family;
 
 /// Checks a tree-reduction kernel's `workgroup_size`: a power of two within the
 /// device's invocation limits and with `bytes_per_invocation` of workgroup memory each;

@@ -162,26 +162,7 @@ const PROGRAM: ShaderProgram = ShaderProgram {
 /// The WGSL programs of this family.
 pub const PROGRAMS: &[ShaderProgram] = &[PROGRAM];
 
-use BindingKind::{Read, ReadWrite, Uniform};
-const POOL_BINDINGS: &[(u32, BindingKind)] = &[
-    (0, Uniform),
-    (2, Read),
-    (3, Read),
-    (4, Read),
-    (5, Read),
-    (6, ReadWrite),
-];
-const GATHER_BINDINGS: &[(u32, BindingKind)] =
-    &[(0, Uniform), (2, Read), (5, Read), (6, ReadWrite)];
-const BACKWARD_BINDINGS: &[(u32, BindingKind)] = &[
-    (0, Uniform),
-    (3, Read),
-    (4, Read),
-    (6, ReadWrite),
-    (7, Read),
-    (9, Read),
-    (10, Read),
-];
+use BindingKind::{Read, ReadWrite};
 
 /// How the kernels map work to invocations: `workgroup_size` invocations per
 /// workgroup, each computing `columns` (1 to 4) adjacent columns of a row. Results are
@@ -317,20 +298,17 @@ impl Embedding {
             "bounds.longest_bag, the IDs of the longest bag: shorter bags need fewer",
         )?;
         let ids = Operand::new("ids", 2, args.ids, s.ids_len(), Read);
-        let offsets = match (f.multi_valued, args.offsets) {
-            (true, Some(v)) => Operand::new("offsets", 3, v, s.offsets_len(), Read),
-            (false, None) => ids.stand_in(3),
-            (multi, _) => return Err(optional_mismatch(CTX, "offsets", multi)),
-        };
-        let weights = optional(
+        let (multi, weighted) = (f.multi_valued, f.weighted);
+        let offsets = optional(
             CTX,
-            "weights",
-            4,
-            f.weighted,
-            args.weights,
-            s.ids_len(),
+            "offsets",
+            3,
+            multi,
+            args.offsets,
+            s.offsets_len(),
             &ids,
         )?;
+        let weights = optional(CTX, "weights", 4, weighted, args.weights, s.ids_len(), &ids)?;
         let x = Operand::new("x", 6, args.x, s.x_len(), ReadWrite);
         let dim = f.dim;
         let mut out = Vec::new();
@@ -352,7 +330,7 @@ impl Embedding {
                 let ctx = format!("{CTX}, table chunk {i}");
                 let bound = bind_operands(&self.gpu, &ctx, &[ids, table, scratch])?;
                 let p = self.params(s, s.bounds.ids).bases(&bound).chunk(rows);
-                let entry = self.entry("gather", GATHER_BINDINGS, &[]);
+                let entry = self.entry("gather", &[]);
                 out.push(self.dispatch("embedding gather", entry, p, &bound, &[])?);
             }
             Operand::new("scratch", 5, scratch_view, s.scratch_len(), Read)
@@ -365,7 +343,7 @@ impl Embedding {
             ("MEAN", f.is_mean() as u32),
             ("GATHERED", (args.table.chunks.len() > 1) as u32),
         ];
-        let entry = self.entry("pool", POOL_BINDINGS, &modes);
+        let entry = self.entry("pool", &modes);
         out.push(self.dispatch("embedding pool", entry, p, &bound, &[])?);
         Ok(out)
     }
@@ -426,7 +404,7 @@ impl Embedding {
             ("MEAN", f.is_mean() as u32),
             ("ACCUMULATE", args.accumulate as u32),
         ];
-        let entry = self.entry("backward", BACKWARD_BINDINGS, &modes);
+        let entry = self.entry("backward", &modes);
         self.dispatch("embedding backward", entry, p, &bound, &[])
     }
 

@@ -66,10 +66,10 @@
 //! ```
 
 use super::binding::BoundOperand;
-use super::dispatch::{Kernel, check_loop_budget};
+use super::dispatch::check_loop_budget;
 use super::{BufferView, Dispatch, Operand, bind_operands, div_ceil};
 use crate::Result;
-use crate::gpu::{BindingKind, Gpu, ShaderProgram};
+use crate::gpu::{BindingKind, ShaderProgram};
 pub use crate::shape::{KMEANS_CHUNK_ROWS, KMeansShape};
 
 const SOURCE: (&str, &str) = ("kmeans.wgsl", include_str!("../../shaders/kmeans.wgsl"));
@@ -85,23 +85,7 @@ const PROGRAM: ShaderProgram = ShaderProgram {
 /// The WGSL programs of this family.
 pub const PROGRAMS: &[ShaderProgram] = &[PROGRAM];
 
-use BindingKind::{Read, ReadWrite, Uniform};
-const ASSIGN_BINDINGS: &[(u32, BindingKind)] = &[
-    (0, Uniform),
-    (1, Read),
-    (2, Read),
-    (3, ReadWrite),
-    (4, ReadWrite),
-];
-const PARTIAL_BINDINGS: &[(u32, BindingKind)] =
-    &[(0, Uniform), (1, Read), (5, Read), (6, ReadWrite)];
-const CENTROID_BINDINGS: &[(u32, BindingKind)] = &[
-    (0, Uniform),
-    (2, Read),
-    (7, Read),
-    (8, ReadWrite),
-    (9, ReadWrite),
-];
+use BindingKind::{Read, ReadWrite};
 
 /// The workgroup size [`KMeans::new`] uses.
 pub const DEFAULT_WORKGROUP_SIZE: u32 = 64;
@@ -179,51 +163,26 @@ impl KMeansParams {
     }
 }
 
-/// The k-means kernels on one device. Cheap to clone; pipelines compile on first use
-/// and are cached per device.
-#[derive(Clone, Debug)]
-pub struct KMeans {
-    gpu: Gpu,
-    workgroup_size: u32,
+super::dispatch::sized_family! {
+    /// The k-means kernels on one device. Cheap to clone; pipelines compile on first use
+    /// and are cached per device.
+    pub struct KMeans("kmeans", per "workgroup", bytes 1);
+    "The results do not depend on it (each output is one invocation's, in a fixed order)."
 }
 
 impl KMeans {
-    /// The kernels on `gpu`, with [`DEFAULT_WORKGROUP_SIZE`] invocations per
-    /// workgroup.
-    pub fn new(gpu: &Gpu) -> Self {
-        KMeans {
-            gpu: gpu.clone(),
-            workgroup_size: DEFAULT_WORKGROUP_SIZE,
-        }
-    }
-
-    /// The kernels with `workgroup_size` invocations per workgroup, a power of two
-    /// within the device's limits. The results do not depend on it (each output is
-    /// one invocation's, in a fixed order).
-    pub fn with_workgroup_size(gpu: &Gpu, workgroup_size: u32) -> Result<Self> {
-        super::dispatch::check_workgroup_size(gpu, "kmeans", workgroup_size, 1)?;
-        Ok(KMeans {
-            gpu: gpu.clone(),
-            workgroup_size,
-        })
-    }
-
-    /// Invocations per workgroup.
-    pub fn workgroup_size(&self) -> u32 {
-        self.workgroup_size
-    }
-
-    fn kernel<'a>(
+    /// The dispatch of `entry` over `bound`, `groups` workgroups.
+    fn dispatch(
+        &self,
+        ctx: &'static str,
         entry: &'static str,
-        bindings: &'a [(u32, BindingKind)],
-        constants: &'a [(&'static str, u32)],
-    ) -> Kernel<'a> {
-        Kernel {
-            program: &PROGRAMS[0],
-            entry,
-            bindings,
-            constants,
-        }
+        params: &KMeansParams,
+        bound: &[BoundOperand<'_>],
+        groups: [u32; 3],
+    ) -> Result<Dispatch> {
+        let constants = [("WG", self.workgroup_size)];
+        let kernel = (&PROGRAMS[0], entry, &constants[..]);
+        Dispatch::launch(&self.gpu, ctx, kernel, params, (bound, &[]), groups)
     }
 
     /// Checks and binds the assignment step: one dispatch, one invocation per 4 rows.
@@ -248,17 +207,8 @@ impl KMeans {
             distance_base: bound[3].base,
             ..KMeansParams::of(s)
         };
-        let constants = [("WG", self.workgroup_size)];
-        let kernel = Self::kernel("assign", ASSIGN_BINDINGS, &constants);
         let groups = div_ceil(s.rows.div_ceil(TILE), self.workgroup_size as usize);
-        Dispatch::new(
-            &self.gpu,
-            CTX,
-            kernel,
-            bytemuck::bytes_of(&params),
-            (&bound, &[]),
-            [groups, 1, 1],
-        )
+        self.dispatch(CTX, "assign", &params, &bound, [groups, 1, 1])
     }
 
     /// Checks and binds the update step: two dispatches, to record in order (the
@@ -290,44 +240,23 @@ impl KMeans {
             count_base: bound[5].base,
             ..KMeansParams::of(s)
         };
-        let params = bytemuck::bytes_of(&params);
-        let constants = [("WG", self.workgroup_size)];
         let wg = self.workgroup_size as usize;
-
-        let sums = Self::kernel("partial_sums", PARTIAL_BINDINGS, &constants);
-        let sums_bound = [
-            at_slot(&bound[0], 1),
-            at_slot(&bound[1], 5),
-            at_slot(&bound[3], 6),
+        let sums_bound = [bound[0], bound[1], bound[3]];
+        let sums_groups = [
+            div_ceil(s.cols + 1, wg),
+            div_ceil(s.clusters, TILE),
+            s.chunks() as u32,
         ];
-        let sums = Dispatch::new(
-            &self.gpu,
-            CTX,
-            sums,
-            params,
-            (&sums_bound, &[]),
-            [
-                div_ceil(s.cols + 1, wg),
-                div_ceil(s.clusters, TILE),
-                s.chunks() as u32,
-            ],
-        )?;
-
-        let means = Self::kernel("centroids_from_sums", CENTROID_BINDINGS, &constants);
+        let sums = self.dispatch(CTX, "partial_sums", &params, &sums_bound, sums_groups)?;
         // The scratch, written above, is read here at slot 7.
-        let means_bound = [
-            at_slot(&bound[2], 2),
-            at_slot(&bound[3], 7),
-            at_slot(&bound[4], 8),
-            at_slot(&bound[5], 9),
-        ];
-        let means = Dispatch::new(
-            &self.gpu,
+        let means_bound = [bound[2], bound[3].at(7, Read), bound[4], bound[5]];
+        let means_groups = [div_ceil(s.cols, wg), s.clusters as u32, 1];
+        let means = self.dispatch(
             CTX,
-            means,
-            params,
-            (&means_bound, &[]),
-            [div_ceil(s.cols, wg), s.clusters as u32, 1],
+            "centroids_from_sums",
+            &params,
+            &means_bound,
+            means_groups,
         )?;
         Ok(vec![sums, means])
     }
@@ -335,16 +264,5 @@ impl KMeans {
     crate::kernels::encoders! {
         encode_assign => assign(args: &KMeansAssign<'_>);
         encode_update => update(args: &KMeansUpdate<'_>);
-    }
-}
-
-/// `bound` bound at `slot`: one dispatch of the update reads what the other writes.
-fn at_slot<'a>(bound: &BoundOperand<'a>, slot: u32) -> BoundOperand<'a> {
-    BoundOperand {
-        slot,
-        buffer: bound.buffer,
-        bind_offset: bound.bind_offset,
-        bind_size: bound.bind_size,
-        base: bound.base,
     }
 }

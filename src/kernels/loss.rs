@@ -52,10 +52,9 @@
 //! ```
 
 use super::binding::{program_for, storage_programs};
-use super::dispatch::Extra;
 use super::{BufferView, Dispatch, Operand, Precision, bind_operands};
-use crate::gpu::{BindingKind, Gpu, ShaderProgram};
-use crate::kernels::dispatch::Kernel;
+use crate::gpu::ShaderProgram;
+use crate::kernels::dispatch::Extra;
 pub use crate::shape::{LossKind, TaskLoss};
 use crate::{Error, Result};
 
@@ -69,15 +68,7 @@ const PROGRAM: [ShaderProgram; 2] = storage_programs!("loss", SOURCE);
 
 const ENTRY: &str = "loss_forward_backward";
 
-use BindingKind::{Read, ReadWrite, Uniform};
-const BINDINGS: &[(u32, BindingKind)] = &[
-    (0, Uniform),
-    (1, Read),
-    (2, Read),
-    (3, Read),
-    (4, ReadWrite),
-    (5, ReadWrite),
-];
+use crate::gpu::BindingKind::{Read, ReadWrite};
 /// Slot of the per-task table (kind, weight) the kernel uploads.
 const TABLE_SLOT: u32 = 1;
 
@@ -129,40 +120,15 @@ crate::kernels::binding::host_struct! {
     }
 }
 
-/// The loss kernel on one device. Cheap to clone; the pipeline is compiled on first
-/// use and cached per device.
-#[derive(Clone, Debug)]
-pub struct Loss {
-    gpu: Gpu,
-    workgroup_size: u32,
+super::dispatch::sized_family! {
+    /// The loss kernel on one device. Cheap to clone; the pipeline is compiled on first
+    /// use and cached per device.
+    pub struct Loss("loss", per "task", bytes 4);
+    // The tree reduction keeps one f32 per invocation in workgroup memory.
+    "The summation order, and so the last bits of the loss, depend on it."
 }
 
 impl Loss {
-    /// The kernel on `gpu`, with [`DEFAULT_WORKGROUP_SIZE`] invocations per task.
-    pub fn new(gpu: &Gpu) -> Self {
-        Loss {
-            gpu: gpu.clone(),
-            workgroup_size: DEFAULT_WORKGROUP_SIZE,
-        }
-    }
-
-    /// The kernel with `workgroup_size` invocations per task: a power of two within
-    /// the device's limits. The summation order, and so the last bits of the loss,
-    /// depend on it.
-    pub fn with_workgroup_size(gpu: &Gpu, workgroup_size: u32) -> Result<Self> {
-        // The tree reduction keeps one f32 per invocation in workgroup memory.
-        super::dispatch::check_workgroup_size(gpu, "loss", workgroup_size, 4)?;
-        Ok(Loss {
-            gpu: gpu.clone(),
-            workgroup_size,
-        })
-    }
-
-    /// Invocations per task.
-    pub fn workgroup_size(&self) -> u32 {
-        self.workgroup_size
-    }
-
     /// Checks and binds the loss and gradient computation. The task table (kinds and
     /// weights) is uploaded into a small buffer the returned dispatch keeps alive.
     pub fn forward(&self, args: &LossForward<'_>) -> Result<Dispatch> {
@@ -224,22 +190,11 @@ impl Loss {
                 _pad: 0,
             })
             .collect();
-        let kernel = Kernel {
-            program: program_for(&PROGRAM, args.precision),
-            entry: ENTRY,
-            bindings: BINDINGS,
-            constants: &[("WG", self.workgroup_size)],
-        };
         let table = [(TABLE_SLOT, Extra::Table(bytemuck::cast_slice(&table)))];
-        let params = bytemuck::bytes_of(&params);
-        Dispatch::new(
-            &self.gpu,
-            CTX,
-            kernel,
-            params,
-            (&bound, &table),
-            [tasks as u32, 1, 1],
-        )
+        let constants = [("WG", self.workgroup_size)];
+        let kernel = (program_for(&PROGRAM, args.precision), ENTRY, &constants[..]);
+        let groups = [tasks as u32, 1, 1];
+        Dispatch::launch(&self.gpu, CTX, kernel, &params, (&bound, &table), groups)
     }
 
     crate::kernels::encoders! {

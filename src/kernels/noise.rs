@@ -59,7 +59,6 @@ use super::binding::{program_for, storage_programs};
 use super::{BufferView, Dispatch, Operand, Precision, bind_operands, div_ceil};
 use crate::Result;
 use crate::gpu::{BindingKind, Gpu, ShaderProgram};
-use crate::kernels::dispatch::Kernel;
 pub use crate::shape::NoiseShape;
 
 const SOURCE: (&str, &str) = ("noise.wgsl", include_str!("../../shaders/noise.wgsl"));
@@ -70,16 +69,7 @@ const PROGRAM: [ShaderProgram; 2] = storage_programs!("noise", SOURCE);
 /// The WGSL programs of this family.
 pub const PROGRAMS: &[ShaderProgram] = &PROGRAM;
 
-use BindingKind::{Read, ReadWrite, Uniform};
-const FORWARD_BINDINGS: &[(u32, BindingKind)] =
-    &[(0, Uniform), (1, Read), (2, Read), (3, ReadWrite)];
-const BACKWARD_BINDINGS: &[(u32, BindingKind)] = &[
-    (0, Uniform),
-    (1, Read),
-    (2, Read),
-    (4, Read),
-    (5, ReadWrite),
-];
+use BindingKind::{Read, ReadWrite};
 
 /// Invocations per workgroup, one per element.
 const WORKGROUP_SIZE: u32 = 64;
@@ -146,64 +136,37 @@ impl Noise {
 
     /// Checks and binds the forward pass: one dispatch, one invocation per element.
     pub fn forward(&self, args: &NoiseForward<'_>) -> Result<Dispatch> {
-        const CTX: &str = "noise forward";
-        let s = &args.shape;
-        s.validate(CTX)?;
-        args.precision.check(&self.gpu, CTX)?;
         let operands = [
-            Operand::new("n", 1, args.n, s.len(), Read),
-            Operand::new("eps", 2, args.eps, s.len(), Read),
-            Operand::new("offset", 3, args.offset, s.len(), ReadWrite),
-        ]
-        .map(|o| o.of(args.precision));
-        let bound = bind_operands(&self.gpu, CTX, &operands)?;
-        let params = NoiseParams {
-            n_base: bound[0].base,
-            eps_base: bound[1].base,
-            offset_base: bound[2].base,
-            ..Default::default()
-        };
+            ("n", 1, args.n, Read),
+            ("eps", 2, args.eps, Read),
+            ("offset", 3, args.offset, ReadWrite),
+        ];
+        let (shape, precision) = (&args.shape, args.precision);
         self.build(
-            CTX,
+            "noise forward",
             "noise_forward",
-            args.precision,
-            FORWARD_BINDINGS,
-            params,
-            s,
-            &bound,
+            shape,
+            precision,
+            &operands,
         )
     }
 
     /// Checks and binds the backward pass: one dispatch, one invocation per element.
     /// Record it after whatever writes `dz` last.
     pub fn backward(&self, args: &NoiseBackward<'_>) -> Result<Dispatch> {
-        const CTX: &str = "noise backward";
-        let s = &args.shape;
-        s.validate(CTX)?;
-        args.precision.check(&self.gpu, CTX)?;
         let operands = [
-            Operand::new("n", 1, args.n, s.len(), Read),
-            Operand::new("eps", 2, args.eps, s.len(), Read),
-            Operand::new("dz", 4, args.dz, s.len(), Read),
-            Operand::new("dn", 5, args.dn, s.len(), ReadWrite),
-        ]
-        .map(|o| o.of(args.precision));
-        let bound = bind_operands(&self.gpu, CTX, &operands)?;
-        let params = NoiseParams {
-            n_base: bound[0].base,
-            eps_base: bound[1].base,
-            dz_base: bound[2].base,
-            dn_base: bound[3].base,
-            ..Default::default()
-        };
+            ("n", 1, args.n, Read),
+            ("eps", 2, args.eps, Read),
+            ("dz", 4, args.dz, Read),
+            ("dn", 5, args.dn, ReadWrite),
+        ];
+        let (shape, precision) = (&args.shape, args.precision);
         self.build(
-            CTX,
+            "noise backward",
             "noise_backward",
-            args.precision,
-            BACKWARD_BINDINGS,
-            params,
-            s,
-            &bound,
+            shape,
+            precision,
+            &operands,
         )
     }
 
@@ -212,32 +175,51 @@ impl Noise {
         encode_backward => backward(args: &NoiseBackward<'_>);
     }
 
-    /// One invocation per element: the workgroups fill x up to the device's limit,
-    /// then rows of them along y.
-    #[allow(clippy::too_many_arguments)]
+    /// Checks a pass whose operands (name, slot, view, kind) each hold one value per
+    /// element, stored at `precision`, and binds it with one invocation per element:
+    /// the workgroups fill x up to the device's limit, then rows of them along y.
     fn build(
         &self,
         ctx: &'static str,
         entry: &'static str,
-        precision: Precision,
-        bindings: &[(u32, BindingKind)],
-        mut params: NoiseParams,
         shape: &NoiseShape,
-        bound: &[super::binding::BoundOperand<'_>],
+        precision: Precision,
+        operands: &[(&'static str, u32, BufferView<'_>, BindingKind)],
     ) -> Result<Dispatch> {
+        shape.validate(ctx)?;
+        precision.check(&self.gpu, ctx)?;
+        let operands: Vec<Operand<'_>> = operands
+            .iter()
+            .map(|&(name, slot, view, kind)| {
+                Operand::new(name, slot, view, shape.len(), kind).of(precision)
+            })
+            .collect();
+        let bound = bind_operands(&self.gpu, ctx, &operands)?;
         let groups = div_ceil(shape.len(), WORKGROUP_SIZE as usize);
         let max = self.gpu.limits().max_compute_workgroups_per_dimension;
         let groups_x = groups.min(max);
-        params.len = shape.len() as u32;
-        params.groups_x = groups_x;
-        let kernel = Kernel {
-            program: program_for(&PROGRAM, precision),
-            entry,
-            bindings,
-            constants: &[("WG", WORKGROUP_SIZE)],
+        let mut params = NoiseParams {
+            len: shape.len() as u32,
+            groups_x,
+            ..Default::default()
         };
+        for b in &bound {
+            let base = match b.slot {
+                1 => &mut params.n_base,
+                2 => &mut params.eps_base,
+                3 => &mut params.offset_base,
+                4 => &mut params.dz_base,
+                5 => &mut params.dn_base,
+                _ => continue,
+            };
+            *base = b.base;
+        }
+        let kernel = (
+            program_for(&PROGRAM, precision),
+            entry,
+            &[("WG", WORKGROUP_SIZE)][..],
+        );
         let workgroups = [groups_x, groups.div_ceil(groups_x), 1];
-        let params = bytemuck::bytes_of(&params);
-        Dispatch::new(&self.gpu, ctx, kernel, params, (bound, &[]), workgroups)
+        Dispatch::launch(&self.gpu, ctx, kernel, &params, (&bound, &[]), workgroups)
     }
 }

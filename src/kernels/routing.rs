@@ -79,8 +79,7 @@
 use super::binding::{program_for, storage_programs};
 use super::{BufferView, Dispatch, Operand, Precision, bind_operands};
 use crate::Result;
-use crate::gpu::{BindingKind, Gpu, ShaderProgram};
-use crate::kernels::dispatch::Kernel;
+use crate::gpu::ShaderProgram;
 pub use crate::shape::RoutingShape;
 
 pub use super::grouped_gemm::RowMap;
@@ -95,8 +94,7 @@ pub const PROGRAMS: &[ShaderProgram] = &PROGRAM;
 
 const ENTRY: &str = "route_rows";
 
-use BindingKind::{Read, ReadWrite, Uniform};
-const BINDINGS: &[(u32, BindingKind)] = &[(0, Uniform), (1, Read), (2, ReadWrite)];
+use crate::gpu::BindingKind::{Read, ReadWrite};
 
 /// The workgroup size [`Routing::new`] uses.
 pub const DEFAULT_WORKGROUP_SIZE: u32 = 64;
@@ -128,39 +126,15 @@ crate::kernels::binding::host_struct! {
     }
 }
 
-/// The routing kernel on one device. Cheap to clone; the pipeline is compiled on first
-/// use and cached per device.
-#[derive(Clone, Debug)]
-pub struct Routing {
-    gpu: Gpu,
-    workgroup_size: u32,
+super::dispatch::sized_family! {
+    /// The routing kernel on one device. Cheap to clone; the pipeline is compiled on first
+    /// use and cached per device.
+    pub struct Routing("routing", per "expert", bytes 4);
+    // The prefix sum keeps one u32 per invocation in workgroup memory.
+    "The map does not depend on it."
 }
 
 impl Routing {
-    /// The kernel on `gpu`, with [`DEFAULT_WORKGROUP_SIZE`] invocations per expert.
-    pub fn new(gpu: &Gpu) -> Self {
-        Routing {
-            gpu: gpu.clone(),
-            workgroup_size: DEFAULT_WORKGROUP_SIZE,
-        }
-    }
-
-    /// The kernel with `workgroup_size` invocations per expert: a power of two within
-    /// the device's limits. The map does not depend on it.
-    pub fn with_workgroup_size(gpu: &Gpu, workgroup_size: u32) -> Result<Self> {
-        // The prefix sum keeps one u32 per invocation in workgroup memory.
-        super::dispatch::check_workgroup_size(gpu, "routing", workgroup_size, 4)?;
-        Ok(Routing {
-            gpu: gpu.clone(),
-            workgroup_size,
-        })
-    }
-
-    /// Invocations per expert.
-    pub fn workgroup_size(&self) -> u32 {
-        self.workgroup_size
-    }
-
     /// Checks and binds the routing: one dispatch, one workgroup per expert.
     pub fn forward(&self, args: &RoutingForward<'_>) -> Result<Dispatch> {
         const CTX: &str = "routing";
@@ -180,21 +154,10 @@ impl Routing {
             routes_base: bound[1].base,
             _pad: [0; 3],
         };
-        let kernel = Kernel {
-            program: program_for(&PROGRAM, args.precision),
-            entry: ENTRY,
-            bindings: BINDINGS,
-            constants: &[("WG", self.workgroup_size)],
-        };
-        let params = bytemuck::bytes_of(&params);
-        Dispatch::new(
-            &self.gpu,
-            CTX,
-            kernel,
-            params,
-            (&bound, &[]),
-            [s.experts as u32, 1, 1],
-        )
+        let constants = [("WG", self.workgroup_size)];
+        let kernel = (program_for(&PROGRAM, args.precision), ENTRY, &constants[..]);
+        let groups = [s.experts as u32, 1, 1];
+        Dispatch::launch(&self.gpu, CTX, kernel, &params, (&bound, &[]), groups)
     }
 
     crate::kernels::encoders! {

@@ -5,8 +5,8 @@
 //! backward is [`backward`] with the full softmax `p` in place of `G`.
 
 use super::check_len;
-use crate::shape::{BalanceShape, BalanceStats};
-use crate::{Error, Result};
+use crate::Result;
+use crate::shape::{BalanceShape, BalanceStats, check_weight};
 
 /// Importance, load, coefficients and loss of every gate for the gate values
 /// `g: [gates, rows, experts]` and the weight `w` (finite, ≥ 0). A zero mean
@@ -133,23 +133,6 @@ pub fn backward(
         for ((dz, g), a) in dz.iter_mut().zip(g).zip(a) {
             *dz += g * (a - s);
         }
-    }
-    Ok(())
-}
-
-fn check_weight(ctx: &str, weight: f64) -> Result<()> {
-    if !weight.is_finite() {
-        return Err(Error::NonFinite {
-            what: format!("{ctx}: the loss weight"),
-            index: 0,
-            value: weight as f32,
-        });
-    }
-    if weight < 0.0 {
-        return Err(Error::invalid(
-            format!("{ctx} weight"),
-            format!("{weight} is negative; the loss weight must be ≥ 0"),
-        ));
     }
     Ok(())
 }

@@ -23,22 +23,16 @@ pub fn forward(
         gates,
         experts: n,
         rows,
-        inputs: d,
         width: w,
         ..
     } = shape;
-    let mut g = vec![0.0; shape.g_len()];
+    // The logits as the top-k gate computes them; the softmax and mix are this
+    // reference's own.
+    let mut g = super::gate_topk::logits(shape, x, wg, bg)?;
     let mut m = vec![0.0; shape.m_len()];
     for t in 0..gates {
         for b in 0..rows {
             let row = &mut g[(t * rows + b) * n..(t * rows + b + 1) * n];
-            for (e, z) in row.iter_mut().enumerate() {
-                let mut acc = bg[t * n + e];
-                for k in 0..d {
-                    acc += x[shape.x_offset(t) + b * d + k] * wg[(t * d + k) * n + e];
-                }
-                *z = acc;
-            }
             let top = row.iter().fold(f64::NEG_INFINITY, |a, &z| a.max(z));
             let mut sum = 0.0;
             for z in row.iter_mut() {

@@ -13,18 +13,4 @@ pub mod noise;
 pub mod optimizer;
 pub mod routing;
 
-use crate::{Error, Result};
-
-/// Checks `data` holds `len` values.
-pub(crate) fn check_len(context: &str, name: &str, data: &[f64], len: usize) -> Result<()> {
-    if data.len() == len {
-        Ok(())
-    } else {
-        Err(Error::shape(
-            context,
-            name,
-            format!("{len} values"),
-            format!("{} values", data.len()),
-        ))
-    }
-}
+pub(crate) use crate::error::check_len;

@@ -4,6 +4,7 @@
 use std::ops::Range;
 
 use super::{GateMixShape, check_elements, check_nonzero};
+use crate::error::check_len;
 use crate::{Error, Result};
 
 /// Shape of the balance loss: `G` and `dz` are `[gates, rows, experts]`, row-major.
@@ -100,14 +101,7 @@ pub struct BalanceStats<T> {
 impl<T: Copy> BalanceStats<T> {
     /// Splits `stats` ([`BalanceShape::stats_len`] values) into its sections.
     pub fn split(shape: &BalanceShape, stats: &[T]) -> Result<Self> {
-        if stats.len() != shape.stats_len() {
-            return Err(Error::shape(
-                "BalanceStats::split",
-                "stats",
-                format!("{} values", shape.stats_len()),
-                format!("{} values", stats.len()),
-            ));
-        }
+        check_len("BalanceStats::split", "stats", stats, shape.stats_len())?;
         Ok(BalanceStats {
             importance: stats[shape.importance_range()].to_vec(),
             load: stats[shape.load_range()].to_vec(),
@@ -140,16 +134,21 @@ pub enum BalanceLoss {
     Load,
 }
 
-/// Checks the loss weight is finite and ≥ 0.
-pub(crate) fn check_weight(ctx: &str, weight: f32) -> Result<()> {
-    if !weight.is_finite() {
+/// Checks the loss weight (the kernel's f32 or the reference's f64) is finite and
+/// ≥ 0.
+pub(crate) fn check_weight<W>(ctx: &str, weight: W) -> Result<()>
+where
+    W: Into<f64> + std::fmt::Display + Copy,
+{
+    let value: f64 = weight.into();
+    if !value.is_finite() {
         return Err(Error::NonFinite {
             what: format!("{ctx}: the loss weight"),
             index: 0,
-            value: weight,
+            value: value as f32,
         });
     }
-    if weight < 0.0 {
+    if value < 0.0 {
         return Err(Error::invalid(
             format!("{ctx} weight"),
             format!("{weight} is negative; the loss weight must be ≥ 0"),

@@ -16,13 +16,14 @@ use std::collections::HashMap;
 
 use super::plan::{ScratchKind, moment_buffers};
 use super::{Graph, MemoryReport, Op, Plan, Role, TensorId};
+use crate::Result;
+use crate::error::check_len;
 use crate::gpu::Gpu;
 use crate::kernels::optimizer::{OptimizerStep, OptimizerUpdate};
 use crate::kernels::{
     Balance, BufferView, Dispatch, GateMix, GroupedGemm, Loss, Noise, Optimizer, Precision, Routing,
 };
 use crate::shape::OptimizerConfig;
-use crate::{Error, Result};
 
 /// The parts of a training step, as [`GpuExecutor::profile_step_phases`] groups its
 /// dispatches.
@@ -96,14 +97,7 @@ impl GpuExecutor {
         optimizer: OptimizerConfig,
         params: &[f32],
     ) -> Result<Self> {
-        if params.len() != plan.param_len {
-            return Err(Error::shape(
-                "GpuExecutor::new",
-                "params",
-                format!("{} values", plan.param_len),
-                format!("{} values", params.len()),
-            ));
-        }
+        check_len("GpuExecutor::new", "params", params, plan.param_len)?;
         let bytes = |n: usize| 4 * n as u64;
         // Padded to whole units of four: the optimizer's vec4 kernels.
         let flat_bytes = bytes(plan.flat_buffer_len());
@@ -287,14 +281,39 @@ impl GpuExecutor {
     fn submit(&mut self, rows: usize, what: &str, parts: Parts) -> Result<()> {
         self.recorded(rows)?;
         let recorded = &self.recorded[&rows];
-        // The tables' updates read the status the dense optimizer's guard writes.
-        let optimizer: Vec<&Dispatch> = if parts.optimizer {
-            let mut all = vec![self.optimizer.dispatch()];
-            all.extend(self.tables.update_dispatches());
-            all
+        let forward = match (&recorded.inference, parts.noise) {
+            (Some(quiet), false) => quiet,
+            _ => &recorded.forward,
+        };
+        let loss: &[Dispatch] = if parts.loss { &recorded.loss } else { &[] };
+        let backward: &[Dispatch] = if parts.backward {
+            &recorded.backward
+        } else {
+            &[]
+        };
+        let optimizer = if parts.optimizer {
+            self.update_dispatches()
         } else {
             Vec::new()
         };
+        let all = forward.iter().chain(loss).chain(backward).chain(optimizer);
+        self.submit_dispatches(what, all)
+    }
+
+    /// The dense optimizer's step, then the tables' updates, which read the status
+    /// its guard writes.
+    fn update_dispatches(&self) -> Vec<&Dispatch> {
+        let mut all = vec![self.optimizer.dispatch()];
+        all.extend(self.tables.update_dispatches());
+        all
+    }
+
+    /// Records `dispatches` in order into one compute pass and submits it.
+    fn submit_dispatches<'a>(
+        &self,
+        what: &str,
+        dispatches: impl IntoIterator<Item = &'a Dispatch>,
+    ) -> Result<()> {
         self.gpu.scoped(what, || {
             let mut encoder = self
                 .gpu
@@ -305,17 +324,7 @@ impl GpuExecutor {
                     label: Some(what),
                     timestamp_writes: None,
                 });
-                let forward = match (&recorded.inference, parts.noise) {
-                    (Some(quiet), false) => quiet,
-                    _ => &recorded.forward,
-                };
-                let loss: &[Dispatch] = if parts.loss { &recorded.loss } else { &[] };
-                let backward: &[Dispatch] = if parts.backward {
-                    &recorded.backward
-                } else {
-                    &[]
-                };
-                for d in forward.iter().chain(loss).chain(backward).chain(optimizer) {
+                for d in dispatches {
                     d.record(&mut pass);
                 }
             }
@@ -434,25 +443,7 @@ impl GpuExecutor {
         self.optimizer
             .set_step(self.gpu.queue(), step, learning_rate);
         self.set_table_steps(step, learning_rate);
-        let what = "optimizer update";
-        let mut all = vec![self.optimizer.dispatch()];
-        all.extend(self.tables.update_dispatches());
-        self.gpu.scoped(what, || {
-            let mut encoder = self
-                .gpu
-                .device()
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(what) });
-            {
-                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some(what),
-                    timestamp_writes: None,
-                });
-                for d in all {
-                    d.record(&mut pass);
-                }
-            }
-            self.gpu.queue().submit([encoder.finish()]);
-        })
+        self.submit_dispatches("optimizer update", self.update_dispatches())
     }
 }
 

@@ -208,41 +208,35 @@ impl Tables {
         Ok(out)
     }
 
-    /// Every buffer, for the device's bind group cache to forget.
-    pub(super) fn buffers(&self) -> Vec<&wgpu::Buffer> {
-        let mut out = Vec::new();
-        for t in &self.tables {
-            out.extend(t.weight.buffers());
-            for s in t.state.iter().chain(&t.dense_grad) {
-                out.extend(s.buffers());
-            }
-            out.extend([&t.unique_ids, &t.grad]);
-            out.extend(&t.zeros);
-        }
-        for l in &self.lookups {
-            out.extend([&l.ids, &l.unique_offsets, &l.occurrences]);
-            out.extend(l.offsets.iter().chain(&l.weights).chain(&l.scratch));
-        }
-        out
-    }
-
-    /// Bytes of the tables, their state and dense gradients; and of the rest (batch
-    /// arrays, scratch and compact gradients).
-    pub(super) fn bytes(&self) -> (u64, u64) {
-        let size = |b: &wgpu::Buffer| b.size();
-        let (mut tables, mut rest) = (0, 0);
+    /// Every buffer, in two parts: the tables, their state and dense gradients; and
+    /// the rest (batch arrays, scratch and compact gradients).
+    fn parts(&self) -> (Vec<&wgpu::Buffer>, Vec<&wgpu::Buffer>) {
+        let (mut tables, mut rest) = (Vec::new(), Vec::new());
         for t in &self.tables {
             for s in [&t.weight].into_iter().chain(&t.state).chain(&t.dense_grad) {
-                tables += s.buffers().iter().map(size).sum::<u64>();
+                tables.extend(s.buffers());
             }
-            rest += size(&t.unique_ids) + size(&t.grad) + t.zeros.as_ref().map_or(0, size);
+            rest.extend([&t.unique_ids, &t.grad]);
+            rest.extend(&t.zeros);
         }
         for l in &self.lookups {
-            let all = [&l.ids, &l.unique_offsets, &l.occurrences].into_iter();
-            let optional = l.offsets.iter().chain(&l.weights).chain(&l.scratch);
-            rest += all.chain(optional).map(size).sum::<u64>();
+            rest.extend([&l.ids, &l.unique_offsets, &l.occurrences]);
+            rest.extend(l.offsets.iter().chain(&l.weights).chain(&l.scratch));
         }
         (tables, rest)
+    }
+
+    /// Every buffer, for the device's bind group cache to forget.
+    pub(super) fn buffers(&self) -> Vec<&wgpu::Buffer> {
+        let (tables, rest) = self.parts();
+        [tables, rest].concat()
+    }
+
+    /// Bytes of the tables, their state and dense gradients; and of the rest.
+    pub(super) fn bytes(&self) -> (u64, u64) {
+        let (tables, rest) = self.parts();
+        let total = |part: Vec<&wgpu::Buffer>| part.iter().map(|b| b.size()).sum();
+        (total(tables), total(rest))
     }
 
     /// The tables' update dispatches, in order.

@@ -2,6 +2,7 @@
 //! parameters, gradients, optimizer state, losses and the non-finite status.
 
 use super::GpuExecutor;
+use crate::error::check_len;
 use crate::graph::TensorId;
 use crate::graph::plan::ScratchKind;
 use crate::{Error, Result};
@@ -10,32 +11,27 @@ impl GpuExecutor {
     /// Writes a batch of `rows` rows: one slice per input tensor and (optionally) per
     /// target tensor, in creation order.
     pub fn write_batch(&self, rows: usize, inputs: &[&[f32]], targets: &[&[f32]]) -> Result<()> {
-        for (id, values) in
-            self.graph
-                .fed_tensors("GpuExecutor::write_batch", rows, inputs, targets)?
-        {
-            self.gpu.write(
-                self.buffers[id.0].as_ref().expect("input buffer"),
-                0,
-                values,
-            )?;
-        }
-        Ok(())
+        let ctx = "GpuExecutor::write_batch";
+        self.write_fed(self.graph.fed_tensors(ctx, rows, inputs, targets)?)
     }
 
     /// Writes the draws `ε` of a training pass on `rows` rows: one slice per noise
     /// tensor (one per noisy gate node), in creation order. Training passes read the
     /// draws last written (zeros before the first write).
     pub fn write_noise(&self, rows: usize, noise: &[&[f32]]) -> Result<()> {
-        for (id, values) in self
-            .graph
-            .fed_noise("GpuExecutor::write_noise", rows, noise)?
-        {
-            self.gpu.write(
-                self.buffers[id.0].as_ref().expect("noise buffer"),
-                0,
-                values,
-            )?;
+        self.write_fed(
+            self.graph
+                .fed_noise("GpuExecutor::write_noise", rows, noise)?,
+        )
+    }
+
+    /// Writes each fed tensor's values into its buffer.
+    fn write_fed<'a>(&self, fed: impl IntoIterator<Item = (TensorId, &'a [f32])>) -> Result<()> {
+        for (id, values) in fed {
+            let buffer = self.buffers[id.0]
+                .as_ref()
+                .expect("a fed tensor has a buffer");
+            self.gpu.write(buffer, 0, values)?;
         }
         Ok(())
     }
@@ -43,14 +39,8 @@ impl GpuExecutor {
     /// Replaces the flat gradients (layout: [`Plan::param_offsets`](crate::graph::Plan::param_offsets)) the next
     /// [`apply_update`](Self::apply_update) applies.
     pub fn write_gradients(&self, grads: &[f32]) -> Result<()> {
-        if grads.len() != self.plan.param_len {
-            return Err(Error::shape(
-                "GpuExecutor::write_gradients",
-                "grads",
-                format!("{} values", self.plan.param_len),
-                format!("{} values", grads.len()),
-            ));
-        }
+        let len = self.plan.param_len;
+        check_len("GpuExecutor::write_gradients", "grads", grads, len)?;
         self.gpu.write(&self.grads, 0, grads)
     }
 
@@ -64,14 +54,7 @@ impl GpuExecutor {
             ));
         };
         let tasks = self.graph.tensor(id).len();
-        if loss.len() != tasks {
-            return Err(Error::shape(
-                "GpuExecutor::write_loss",
-                "loss",
-                format!("{tasks} values"),
-                format!("{} values", loss.len()),
-            ));
-        }
+        check_len("GpuExecutor::write_loss", "loss", loss, tasks)?;
         let buffer = self.buffers[id.0].as_ref().expect("loss buffer");
         self.gpu.write(buffer, 0, loss)
     }
@@ -104,14 +87,8 @@ impl GpuExecutor {
 
     /// Replaces the flat parameters.
     pub fn set_parameters(&self, params: &[f32]) -> Result<()> {
-        if params.len() != self.plan.param_len {
-            return Err(Error::shape(
-                "GpuExecutor::set_parameters",
-                "params",
-                format!("{} values", self.plan.param_len),
-                format!("{} values", params.len()),
-            ));
-        }
+        let len = self.plan.param_len;
+        check_len("GpuExecutor::set_parameters", "params", params, len)?;
         self.gpu.write(&self.params, 0, params)
     }
 
@@ -136,14 +113,13 @@ impl GpuExecutor {
             ));
         }
         for (i, (buffer, values)) in self.moments.iter().zip(state).enumerate() {
-            if values.len() != self.plan.param_len {
-                return Err(Error::shape(
-                    "GpuExecutor::set_optimizer_state",
-                    format!("state[{i}]"),
-                    format!("{} values", self.plan.param_len),
-                    format!("{} values", values.len()),
-                ));
-            }
+            let name = format!("state[{i}]");
+            check_len(
+                "GpuExecutor::set_optimizer_state",
+                &name,
+                values,
+                self.plan.param_len,
+            )?;
             self.gpu.write(buffer, 0, values)?;
         }
         Ok(())

@@ -2,9 +2,9 @@
 //! constants, the grid, and the optional operands.
 
 use super::{Embedding, EmbeddingShape, PROGRAM, SparseOptimizer};
-use crate::gpu::BindingKind::{self, Read};
+use crate::gpu::BindingKind::Read;
 use crate::kernels::binding::BoundOperand;
-use crate::kernels::dispatch::{Extra, Kernel};
+use crate::kernels::dispatch::Extra;
 use crate::kernels::{BufferView, Dispatch, Operand, div_ceil};
 use crate::{Error, Result};
 
@@ -115,22 +115,13 @@ impl Embedding {
     }
 
     /// The entry point `name` with the tiling's constants and the pass's `modes`.
-    pub(super) fn entry<'a>(
-        &self,
-        name: &'static str,
-        bindings: &'a [(u32, BindingKind)],
-        modes: &[(&'static str, u32)],
-    ) -> Entry<'a> {
+    pub(super) fn entry(&self, name: &'static str, modes: &[(&'static str, u32)]) -> Entry {
         let mut constants = vec![
             ("WG", self.tiling.workgroup_size),
             ("COLS", self.tiling.columns),
         ];
         constants.extend_from_slice(modes);
-        Entry {
-            name,
-            bindings,
-            constants,
-        }
+        Entry { name, constants }
     }
 
     /// One invocation per item and column group: the workgroups fill x up to the
@@ -138,7 +129,7 @@ impl Embedding {
     pub(super) fn dispatch(
         &self,
         label: &'static str,
-        entry: Entry<'_>,
+        entry: Entry,
         mut params: EmbeddingParams,
         bound: &[BoundOperand<'_>],
         extras: &[(u32, Extra<'_>)],
@@ -147,22 +138,15 @@ impl Embedding {
         let workgroups = div_ceil(invocations, self.tiling.workgroup_size as usize).max(1);
         let max = self.gpu.limits().max_compute_workgroups_per_dimension;
         params.groups_x = workgroups.min(max);
-        let kernel = Kernel {
-            program: &PROGRAM,
-            entry: entry.name,
-            bindings: entry.bindings,
-            constants: &entry.constants,
-        };
+        let kernel = (&PROGRAM, entry.name, &entry.constants[..]);
         let grid = [params.groups_x, workgroups.div_ceil(params.groups_x), 1];
-        let params = bytemuck::bytes_of(&params);
-        Dispatch::new(&self.gpu, label, kernel, params, (bound, extras), grid)
+        Dispatch::launch(&self.gpu, label, kernel, &params, (bound, extras), grid)
     }
 }
 
-/// An entry point of the program with its bindings and pipeline constants.
-pub(super) struct Entry<'a> {
+/// An entry point of the program with its pipeline constants.
+pub(super) struct Entry {
     name: &'static str,
-    bindings: &'a [(u32, BindingKind)],
     constants: Vec<(&'static str, u32)>,
 }
 

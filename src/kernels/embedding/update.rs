@@ -3,31 +3,10 @@
 
 use super::{Embedding, EmbeddingShape, EmbeddingTable, SparseOptimizer};
 use crate::Result;
-use crate::gpu::BindingKind::{self, Read, ReadWrite, Uniform};
+use crate::gpu::BindingKind::{Read, ReadWrite};
 use crate::kernels::dispatch::Extra;
 use crate::kernels::{BufferView, Dispatch, Operand, Recorder, bind_operands};
 
-const ADAM_BINDINGS: &[(u32, BindingKind)] = &[
-    (0, Uniform),
-    (1, Uniform),
-    (6, ReadWrite),
-    (8, Read),
-    (11, Read),
-    (12, ReadWrite),
-    (13, ReadWrite),
-    (14, Read),
-];
-const ADAGRAD_BINDINGS: &[(u32, BindingKind)] = &[
-    (0, Uniform),
-    (1, Uniform),
-    (6, ReadWrite),
-    (8, Read),
-    (11, Read),
-    (12, ReadWrite),
-    (14, Read),
-];
-const SCATTER_BINDINGS: &[(u32, BindingKind)] =
-    &[(0, Uniform), (6, ReadWrite), (8, Read), (11, Read)];
 /// Slot of the per-step uniform.
 const STEP_SLOT: u32 = 1;
 
@@ -155,11 +134,7 @@ impl Embedding {
                 mapped_at_creation: false,
             })
         })?;
-        let (entry, bindings) = if adam {
-            ("adam", ADAM_BINDINGS)
-        } else {
-            ("adagrad", ADAGRAD_BINDINGS)
-        };
+        let entry = if adam { "adam" } else { "adagrad" };
         let unique_ids = Operand::new("unique_ids", 8, args.unique_ids, s.unique_len(), Read);
         let grad = Operand::new("grad", 11, args.grad, s.grad_len(), Read);
         let status = match args.status {
@@ -185,7 +160,7 @@ impl Embedding {
             let bound = bind_operands(&self.gpu, &ctx, &operands)?;
             let p = self.params(s, s.bounds.unique).bases(&bound).chunk(rows);
             let p = p.optimizer(args.optimizer);
-            let entry = self.entry(entry, bindings, &[("GUARDED", guarded)]);
+            let entry = self.entry(entry, &[("GUARDED", guarded)]);
             let step = [(STEP_SLOT, Extra::Buffer(&uniform))];
             dispatches.push(self.dispatch("embedding update", entry, p, &bound, &step)?);
         }
@@ -227,7 +202,7 @@ impl Embedding {
             let ctx = format!("{CTX}, dense chunk {i}");
             let bound = bind_operands(&self.gpu, &ctx, &[unique_ids, grad, dense])?;
             let p = self.params(s, s.bounds.unique).bases(&bound).chunk(rows);
-            let entry = self.entry("scatter", SCATTER_BINDINGS, &[]);
+            let entry = self.entry("scatter", &[]);
             dispatches.push(self.dispatch("embedding scatter", entry, p, &bound, &[])?);
         }
         Ok(dispatches)

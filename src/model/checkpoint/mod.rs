@@ -465,16 +465,14 @@ fn decode(bytes: &[u8], origin: &str) -> Result<Checkpoint> {
             let message = format!("value {} at index {i} is not finite", values[i]);
             return Err(fault(origin, &what, message));
         }
-        if name.starts_with("optimizer.exp_avg_sq.")
+        let never_negative = [
+            ("optimizer.exp_avg_sq.", "second moment"),
+            ("optimizer.sum.", "accumulator"),
+        ];
+        if let Some((_, state)) = never_negative.iter().find(|(p, _)| name.starts_with(p))
             && let Some(i) = values.iter().position(|v| *v < 0.0)
         {
-            let message = format!("second moment {} at index {i} is negative", values[i]);
-            return Err(fault(origin, &what, message));
-        }
-        if name.starts_with("optimizer.sum.")
-            && let Some(i) = values.iter().position(|v| *v < 0.0)
-        {
-            let message = format!("accumulator {} at index {i} is negative", values[i]);
+            let message = format!("{state} {} at index {i} is negative", values[i]);
             return Err(fault(origin, &what, message));
         }
         let shape = view.shape().to_vec();
