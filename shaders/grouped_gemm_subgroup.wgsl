@@ -136,9 +136,9 @@ fn backward_input_subgroup(
     if (RB > 7u) { block_store_dx(g, row0 + 56u, base, col, t7, u7); }
 }
 
-// dW_g[i, col] = Σ_b X_g[b, i] · dZ_g[b, col], and db_g as the row i == inputs:
-// output rows are inputs i (plus one), the reduction runs over the batch rows b (in
-// ragged mode, over the slots of the routed rows).
+// dW_g[i, col] = Σ_b X_g[b, i] · dZ_g[b, col], and db_g = Σ_b dZ_g[b, col] apart
+// (FLAG_DB_APART): output rows are inputs i, the reduction runs over the batch rows
+// b (in ragged mode, over the slots of the routed rows).
 @compute @workgroup_size(WG)
 fn backward_weights_subgroup(
     @builtin(local_invocation_index) lid: u32,
@@ -174,18 +174,18 @@ fn backward_weights_subgroup(
         if (CN > 1u) {
             b1 = dz_cols(g, row, col + 4u);
         }
-        if (db_here) {
-            d0 = d0 + b0;
-            d1 = d1 + b1;
-        }
-        block_step(&t0, &u0, x_or_one(xo, row, i0), b0, b1);
-        if (RB > 1u) { block_step(&t1, &u1, x_or_one(xo, row, i1), b0, b1); }
-        if (RB > 2u) { block_step(&t2, &u2, x_or_one(xo, row, i2), b0, b1); }
-        if (RB > 3u) { block_step(&t3, &u3, x_or_one(xo, row, i3), b0, b1); }
-        if (RB > 4u) { block_step(&t4, &u4, x_or_one(xo, row, i4), b0, b1); }
-        if (RB > 5u) { block_step(&t5, &u5, x_or_one(xo, row, i5), b0, b1); }
-        if (RB > 6u) { block_step(&t6, &u6, x_or_one(xo, row, i6), b0, b1); }
-        if (RB > 7u) { block_step(&t7, &u7, x_or_one(xo, row, i7), b0, b1); }
+        // Every workgroup sums (a branch in the loop cost more than the adds); the
+        // first row block's store.
+        d0 = d0 + b0;
+        d1 = d1 + b1;
+        block_step(&t0, &u0, x_in_window(xo, row, i0), b0, b1);
+        if (RB > 1u) { block_step(&t1, &u1, x_in_window(xo, row, i1), b0, b1); }
+        if (RB > 2u) { block_step(&t2, &u2, x_in_window(xo, row, i2), b0, b1); }
+        if (RB > 3u) { block_step(&t3, &u3, x_in_window(xo, row, i3), b0, b1); }
+        if (RB > 4u) { block_step(&t4, &u4, x_in_window(xo, row, i4), b0, b1); }
+        if (RB > 5u) { block_step(&t5, &u5, x_in_window(xo, row, i5), b0, b1); }
+        if (RB > 6u) { block_step(&t6, &u6, x_in_window(xo, row, i6), b0, b1); }
+        if (RB > 7u) { block_step(&t7, &u7, x_in_window(xo, row, i7), b0, b1); }
     }
     if (db_here) {
         block_store_db(g, col, d0, d1);

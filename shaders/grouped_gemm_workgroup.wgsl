@@ -98,17 +98,17 @@ fn stage_dz(slot: u32, g: u32, j: u32, lid: u32, src: Sources) {
     if (loads(7u, lid)) { put(slot, lid + 7u * WG, dz_at(g, src.hi.w, j)); }
 }
 
-// Weight gradients, the step of batch row `row`: X[row, i] of the block at xo (1 for
-// the bias row) for the invocation's inputs i.
+// Weight gradients, the step of batch row `row`: X[row, i] of what the group reads
+// from xo for the invocation's inputs i.
 fn stage_xt(slot: u32, xo: XWindow, row: u32, lid: u32, src: Sources) {
-    if (loads(0u, lid)) { put(slot, lid, x_or_one(xo, row, src.lo.x)); }
-    if (loads(1u, lid)) { put(slot, lid + WG, x_or_one(xo, row, src.lo.y)); }
-    if (loads(2u, lid)) { put(slot, lid + 2u * WG, x_or_one(xo, row, src.lo.z)); }
-    if (loads(3u, lid)) { put(slot, lid + 3u * WG, x_or_one(xo, row, src.lo.w)); }
-    if (loads(4u, lid)) { put(slot, lid + 4u * WG, x_or_one(xo, row, src.hi.x)); }
-    if (loads(5u, lid)) { put(slot, lid + 5u * WG, x_or_one(xo, row, src.hi.y)); }
-    if (loads(6u, lid)) { put(slot, lid + 6u * WG, x_or_one(xo, row, src.hi.z)); }
-    if (loads(7u, lid)) { put(slot, lid + 7u * WG, x_or_one(xo, row, src.hi.w)); }
+    if (loads(0u, lid)) { put(slot, lid, x_in_window(xo, row, src.lo.x)); }
+    if (loads(1u, lid)) { put(slot, lid + WG, x_in_window(xo, row, src.lo.y)); }
+    if (loads(2u, lid)) { put(slot, lid + 2u * WG, x_in_window(xo, row, src.lo.z)); }
+    if (loads(3u, lid)) { put(slot, lid + 3u * WG, x_in_window(xo, row, src.lo.w)); }
+    if (loads(4u, lid)) { put(slot, lid + 4u * WG, x_in_window(xo, row, src.hi.x)); }
+    if (loads(5u, lid)) { put(slot, lid + 5u * WG, x_in_window(xo, row, src.hi.y)); }
+    if (loads(6u, lid)) { put(slot, lid + 6u * WG, x_in_window(xo, row, src.hi.z)); }
+    if (loads(7u, lid)) { put(slot, lid + 7u * WG, x_in_window(xo, row, src.hi.w)); }
 }
 
 @compute @workgroup_size(WG)
@@ -245,7 +245,7 @@ fn backward_input_workgroup(
     if (RB > 7u) { block_store_dx(g, row0 + 56u, base, col, t7, u7); }
 }
 
-// dW_g[i, col] = Σ_b X_g[b, i] · dZ_g[b, col], and db_g as the row i == inputs (see
+// dW_g[i, col] = Σ_b X_g[b, i] · dZ_g[b, col], and db_g apart (see
 // backward_weights_subgroup): the staged operand is X_gᵀ, the reduction runs over the
 // batch rows (ragged: the slots of the routed rows).
 @compute @workgroup_size(WG)
@@ -289,10 +289,10 @@ fn backward_weights_workgroup(
         if (CN > 1u) {
             b1 = dz_cols(g, row, col + 4u);
         }
-        if (db_here) {
-            d0 = d0 + b0;
-            d1 = d1 + b1;
-        }
+        // Every workgroup sums (a branch in the loop cost more than the adds); the
+        // first row block's store.
+        d0 = d0 + b0;
+        d1 = d1 + b1;
         block_step_rows(&t0, &u0, staged_rows(slot, 0u), b0, b1);
         if (RB > 1u) { block_step_rows(&t1, &u1, staged_rows(slot, 1u), b0, b1); }
         if (RB > 2u) { block_step_rows(&t2, &u2, staged_rows(slot, 2u), b0, b1); }
