@@ -123,40 +123,25 @@ impl Model {
                         levels: vec![level; count],
                     }
                 };
-                let mmoe = parameters(&config);
-                let width = (1..=64)
-                    .min_by_key(|&w| {
-                        let c = ModelConfig {
-                            architecture: at(w),
-                            ..config.clone()
-                        };
-                        parameters(&c).abs_diff(mmoe)
-                    })
-                    .expect("a width");
-                at(width)
+                at(closest_width(parameters(&config), &config, at))
             }
             Model::MmoeHalves => {
-                let mmoe = parameters(&config);
-                let half = inputs / 2;
-                config.expert_inputs = vec![
-                    ExpertInput::columns(4, 0..half),
-                    ExpertInput::columns(4, half..inputs),
-                ];
                 let at = |width| Architecture::Mmoe {
                     experts: 8,
                     expert_layers: vec![width],
                     gate,
                     task_experts: 0,
                 };
-                let width = (1..=64)
-                    .min_by_key(|&w| {
-                        let c = ModelConfig {
-                            architecture: at(w),
-                            ..config.clone()
-                        };
-                        parameters(&c).abs_diff(mmoe)
-                    })
-                    .expect("a width");
+                let half = inputs / 2;
+                let halves = ModelConfig {
+                    expert_inputs: vec![
+                        ExpertInput::columns(4, 0..half),
+                        ExpertInput::columns(4, half..inputs),
+                    ],
+                    ..config.clone()
+                };
+                let width = closest_width(parameters(&config), &halves, at);
+                config = halves;
                 at(width)
             }
         };
@@ -164,6 +149,20 @@ impl Model {
         config.seed = seed;
         config
     }
+}
+
+/// The expert width in 1..=64 whose architecture `at(width)`, in place of `base`'s,
+/// brings the parameter count closest to `target` (MMoE's).
+fn closest_width(target: usize, base: &ModelConfig, at: impl Fn(usize) -> Architecture) -> usize {
+    (1..=64)
+        .min_by_key(|&w| {
+            let c = ModelConfig {
+                architecture: at(w),
+                ..base.clone()
+            };
+            parameters(&c).abs_diff(target)
+        })
+        .expect("a width")
 }
 
 /// Trainable parameters of `config` (0 for a config that does not build).

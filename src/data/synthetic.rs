@@ -138,15 +138,26 @@ impl SyntheticProblem {
             }
         };
         let q = (1.0 - p * p).max(0.0).sqrt();
-        let w1 = u1.iter().map(|a| c * a).collect();
         let w2 = u1
             .iter()
             .zip(&u2)
             .map(|(a, b)| c * (p * a + q * b))
             .collect();
+        Ok(Self::with_directions(config, rng, (u1, u2), w2))
+    }
+
+    /// The problem on directions `u1`, `u2` with task 2's weights `w2` (task 1's are
+    /// `c·u1`), drawing the sinusoids from `rng`.
+    fn with_directions(
+        config: &SyntheticConfig,
+        rng: &mut Rng,
+        (u1, u2): (Vec<f64>, Vec<f64>),
+        w2: Vec<f64>,
+    ) -> SyntheticProblem {
+        let w1 = u1.iter().map(|a| config.scale * a).collect();
         let alpha = (0..config.sinusoids).map(|_| rng.normal()).collect();
         let beta = (0..config.sinusoids).map(|_| rng.normal()).collect();
-        Ok(SyntheticProblem {
+        SyntheticProblem {
             u1,
             u2,
             w1,
@@ -154,7 +165,7 @@ impl SyntheticProblem {
             alpha,
             beta,
             noise_std: config.noise_std,
-        })
+        }
     }
 
     /// A problem whose tasks read disjoint halves of the input: `u1` is a random
@@ -183,19 +194,8 @@ impl SyntheticProblem {
         };
         let u1 = draw_on(0..d / 2);
         let u2 = draw_on(d / 2..d);
-        let w1 = u1.iter().map(|a| c * a).collect();
         let w2 = u2.iter().map(|b| c * b).collect();
-        let alpha = (0..config.sinusoids).map(|_| rng.normal()).collect();
-        let beta = (0..config.sinusoids).map(|_| rng.normal()).collect();
-        Ok(SyntheticProblem {
-            u1,
-            u2,
-            w1,
-            w2,
-            alpha,
-            beta,
-            noise_std: config.noise_std,
-        })
+        Ok(Self::with_directions(config, rng, (u1, u2), w2))
     }
 
     /// Draws `rows` examples (`x ~ N(0, I)`, two targets with fresh noise) from `rng`.

@@ -259,6 +259,51 @@ pub(crate) fn worst_parameter_error(trainer: &Trainer, got: &[f32], want: &[f64]
         .fold((String::new(), 0.0), |a, b| if b.1 > a.1 { b } else { a })
 }
 
+/// The GPU executor against the CPU executor on `config`, a model without gate
+/// noise: outputs and every parameter's gradient on a full and a partial batch, then
+/// every parameter after three Adam steps.
+pub(crate) fn assert_executors_agree(name: &str, config: &ModelConfig) {
+    let mut trainer = Trainer::new(gpu(), config.clone(), ROWS).unwrap();
+    let mut cpu = trainer.reference().unwrap();
+    let (x, y) = batch(config, ROWS, 5);
+    let tasks = config.tasks.len();
+    for rows in [ROWS, 4] {
+        let (x, y) = (
+            &x[..rows * config.inputs],
+            &subset_targets(&y, tasks, ROWS, rows),
+        );
+        let got_grads = trainer.gradients(x, y).unwrap();
+        cpu_forward_backward(&mut cpu, (x, y), rows, None);
+        let preds = trainer
+            .executor()
+            .read(trainer.model().predictions, rows)
+            .unwrap();
+        let err = relative_error(&preds, cpu.tensor(trainer.model().predictions));
+        assert!(
+            err <= 1e-4,
+            "{name}, {rows} rows: predictions differ by {err:.2e}"
+        );
+        let (worst, err) = worst_parameter_error(&trainer, &got_grads, cpu.gradients());
+        assert!(
+            err <= 1e-4,
+            "{name}, {rows} rows: gradient of `{worst}` differs by {err:.2e}"
+        );
+    }
+    for step in 1..=3 {
+        let (x, y) = batch(config, ROWS, 100 + step as u64);
+        trainer.step(&x, &y).unwrap();
+        cpu_forward_backward(&mut cpu, (&x, &y), ROWS, None);
+        cpu.optimizer_step(step, config.learning_rate as f64)
+            .unwrap();
+    }
+    let params = trainer.parameters().unwrap();
+    let (worst, err) = worst_parameter_error(&trainer, &params, cpu.parameters());
+    assert!(
+        err <= 1e-3,
+        "{name}: after 3 Adam steps `{worst}` differs by {err:.2e}"
+    );
+}
+
 /// Forward with the gate noise `noise` (if any) and backward on the CPU.
 pub(crate) fn cpu_forward_backward(
     cpu: &mut CpuExecutor,

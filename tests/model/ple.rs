@@ -2,11 +2,8 @@
 //! MMoE, the GPU executor against the CPU executor, the CPU model against finite
 //! differences, the dispatches of a step, and bad level settings.
 
-use crate::common::{gpu, relative_error};
-use crate::model::{
-    batch, cpu_forward_backward, finite_difference_gap, subset_targets, tasks,
-    worst_parameter_error,
-};
+use crate::common::gpu;
+use crate::model::{assert_executors_agree, batch, finite_difference_gap, tasks};
 use mmoe_wgpu::Error;
 use mmoe_wgpu::model::{Architecture, Checkpoint, Gate, Level, ModelConfig, Trainer};
 
@@ -63,45 +60,7 @@ fn configs() -> Vec<(&'static str, ModelConfig)> {
 #[test]
 fn gpu_and_cpu_executors_agree_on_multi_level_models() {
     for (name, config) in configs() {
-        let mut trainer = Trainer::new(gpu(), config.clone(), ROWS).unwrap();
-        let mut cpu = trainer.reference().unwrap();
-        let (x, y) = batch(&config, ROWS, 5);
-        let task_count = config.tasks.len();
-        for rows in [ROWS, 4] {
-            let (x, y) = (
-                &x[..rows * INPUTS],
-                &subset_targets(&y, task_count, ROWS, rows),
-            );
-            let got_grads = trainer.gradients(x, y).unwrap();
-            cpu_forward_backward(&mut cpu, (x, y), rows, None);
-            let preds = trainer
-                .executor()
-                .read(trainer.model().predictions, rows)
-                .unwrap();
-            let err = relative_error(&preds, cpu.tensor(trainer.model().predictions));
-            assert!(
-                err <= 1e-4,
-                "{name}, {rows} rows: predictions differ by {err:.2e}"
-            );
-            let (worst, err) = worst_parameter_error(&trainer, &got_grads, cpu.gradients());
-            assert!(
-                err <= 1e-4,
-                "{name}, {rows} rows: gradient of `{worst}` differs by {err:.2e}"
-            );
-        }
-        for step in 1..=3 {
-            let (x, y) = batch(&config, ROWS, 100 + step as u64);
-            trainer.step(&x, &y).unwrap();
-            cpu_forward_backward(&mut cpu, (&x, &y), ROWS, None);
-            cpu.optimizer_step(step, config.learning_rate as f64)
-                .unwrap();
-        }
-        let params = trainer.parameters().unwrap();
-        let (worst, err) = worst_parameter_error(&trainer, &params, cpu.parameters());
-        assert!(
-            err <= 1e-3,
-            "{name}: after 3 Adam steps `{worst}` differs by {err:.2e}"
-        );
+        assert_executors_agree(name, &config);
     }
 }
 
