@@ -304,6 +304,18 @@ pub(crate) fn assert_executors_agree(name: &str, config: &ModelConfig) {
     );
 }
 
+/// The reference's gradient of `config`'s model, without gate noise, against
+/// central finite differences on a batch of 5 rows.
+pub(crate) fn assert_reference_matches_finite_differences(name: &str, config: &ModelConfig) {
+    let trainer = Trainer::new(gpu(), config.clone(), 5).unwrap();
+    let (x, y) = batch(config, 5, 9);
+    let (_, worst) = finite_difference_gap(&trainer, 5, &x, &y);
+    assert!(
+        worst < 1e-6,
+        "{name}: finite differences differ by {worst:.2e} of the largest gradient"
+    );
+}
+
 /// Forward with the gate noise `noise` (if any) and backward on the CPU.
 pub(crate) fn cpu_forward_backward(
     cpu: &mut CpuExecutor,

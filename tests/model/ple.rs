@@ -3,7 +3,9 @@
 //! differences, the dispatches of a step, and bad level settings.
 
 use crate::common::gpu;
-use crate::model::{assert_executors_agree, batch, finite_difference_gap, tasks};
+use crate::model::{
+    assert_executors_agree, assert_reference_matches_finite_differences, batch, tasks,
+};
 use mmoe_wgpu::Error;
 use mmoe_wgpu::model::{Architecture, Checkpoint, Gate, Level, ModelConfig, Trainer};
 
@@ -67,13 +69,7 @@ fn gpu_and_cpu_executors_agree_on_multi_level_models() {
 #[test]
 fn multi_level_reference_gradients_match_finite_differences() {
     for (name, config) in configs() {
-        let trainer = Trainer::new(gpu(), config.clone(), 5).unwrap();
-        let (x, y) = batch(&config, 5, 9);
-        let (_, worst) = finite_difference_gap(&trainer, 5, &x, &y);
-        assert!(
-            worst < 1e-6,
-            "{name}: finite differences differ by {worst:.2e} of the largest gradient"
-        );
+        assert_reference_matches_finite_differences(name, &config);
     }
 }
 

@@ -3,7 +3,9 @@
 //! of narrow windows staying zero, checkpoints, and bad subsets.
 
 use crate::common::gpu;
-use crate::model::{assert_executors_agree, batch, finite_difference_gap, tasks};
+use crate::model::{
+    assert_executors_agree, assert_reference_matches_finite_differences, batch, tasks,
+};
 use mmoe_wgpu::model::{Architecture, Checkpoint, ExpertInput, Gate, ModelConfig, Trainer};
 
 const ROWS: usize = 19;
@@ -65,13 +67,7 @@ fn gpu_and_cpu_executors_agree_on_experts_on_feature_subsets() {
 #[test]
 fn feature_subset_reference_gradients_match_finite_differences() {
     for (name, config) in configs() {
-        let trainer = Trainer::new(gpu(), config.clone(), 5).unwrap();
-        let (x, y) = batch(&config, 5, 9);
-        let (_, worst) = finite_difference_gap(&trainer, 5, &x, &y);
-        assert!(
-            worst < 1e-6,
-            "{name}: finite differences differ by {worst:.2e} of the largest gradient"
-        );
+        assert_reference_matches_finite_differences(name, &config);
     }
 }
 
