@@ -38,7 +38,6 @@
 
 use std::fmt;
 
-use super::dispatch::Kernel;
 use super::{BufferView, Dispatch, Operand, bind_operands, check_loop_budget, div_ceil};
 use crate::gpu::{BindingKind, Gpu, ShaderProgram, TimeSource};
 use crate::{Error, Result};
@@ -56,9 +55,7 @@ const PROGRAM: ShaderProgram = ShaderProgram {
     needs_f16: false,
 };
 
-use BindingKind::{Read, ReadWrite, Uniform};
-const FMA_BINDINGS: &[(u32, BindingKind)] = &[(0, Uniform), (2, ReadWrite)];
-const COPY_BINDINGS: &[(u32, BindingKind)] = &[(0, Uniform), (1, Read), (2, ReadWrite)];
+use BindingKind::{Read, ReadWrite};
 
 /// Invocations per workgroup of both probes.
 pub const WORKGROUP_SIZE: u32 = 64;
@@ -237,16 +234,11 @@ impl CeilingProbe {
             offset: args.offset,
             ..Default::default()
         };
-        Dispatch::new(
+        Dispatch::launch(
             &self.gpu,
             "ceiling_probe fma",
-            Kernel {
-                program: &PROGRAM,
-                entry: "fma_chains",
-                bindings: FMA_BINDINGS,
-                constants: &[("WG", WORKGROUP_SIZE)],
-            },
-            bytemuck::bytes_of(&params),
+            (&PROGRAM, "fma_chains", &[("WG", WORKGROUP_SIZE)]),
+            &params,
             (&bound, &[]),
             [div_ceil(args.invocations, WORKGROUP_SIZE as usize), 1, 1],
         )
@@ -283,16 +275,11 @@ impl CeilingProbe {
             dst_base: bound[1].base / 4,
             ..Default::default()
         };
-        Dispatch::new(
+        Dispatch::launch(
             &self.gpu,
             "ceiling_probe copy",
-            Kernel {
-                program: &PROGRAM,
-                entry: "stream_copy",
-                bindings: COPY_BINDINGS,
-                constants: &[("WG", WORKGROUP_SIZE)],
-            },
-            bytemuck::bytes_of(&params),
+            (&PROGRAM, "stream_copy", &[("WG", WORKGROUP_SIZE)]),
+            &params,
             (&bound, &[]),
             [args.workgroups, 1, 1],
         )

@@ -121,7 +121,6 @@ use super::grouped_gemm::{GroupedGemmBackwardInput, GroupedGemmBackwardWeights};
 use super::{Dispatch, GroupedGemm, Operand, Precision, bind_operands};
 use crate::Result;
 use crate::gpu::{BindingKind, Gpu, ShaderProgram};
-use crate::kernels::dispatch::Kernel;
 use crate::shape::Activation;
 pub use crate::shape::{ExpertAccess, GateMixShape, MAX_SHARED_SELECTION_EXPERTS, Selection};
 
@@ -141,26 +140,7 @@ const PROGRAM: [ShaderProgram; 2] = storage_programs!("gate_mix", SOURCE);
 /// The WGSL programs of this family.
 pub const PROGRAMS: &[ShaderProgram] = &PROGRAM;
 
-use BindingKind::{Read, ReadWrite, Uniform};
-const FORWARD_BINDINGS: &[(u32, BindingKind)] = &[
-    (0, Uniform),
-    (1, Read),
-    (2, Read),
-    (3, Read),
-    (4, Read),
-    (5, ReadWrite),
-    (6, ReadWrite),
-    (11, Read),
-    (12, ReadWrite),
-];
-const BACKWARD_BINDINGS: &[(u32, BindingKind)] = &[
-    (0, Uniform),
-    (4, Read),
-    (7, Read),
-    (8, Read),
-    (9, ReadWrite),
-    (10, ReadWrite),
-];
+use BindingKind::{Read, ReadWrite};
 
 crate::kernels::binding::host_struct! {
     /// Mirrors `GateMixParams` in the shader.
@@ -398,15 +378,7 @@ impl GateMix {
         p.h_base = bound[3].base;
         p.g_base = bound[4].base;
         p.m_base = bound[5].base;
-        self.build(
-            ctx,
-            "forward",
-            tiling,
-            args.precision,
-            FORWARD_BINDINGS,
-            &p,
-            &bound,
-        )
+        self.build(ctx, "forward", tiling, args.precision, &p, &bound)
     }
 
     /// Checks and binds the backward pass: `dH` and `dz` in one dispatch, then `dWg`
@@ -472,15 +444,7 @@ impl GateMix {
         p.dh_base = bound[3].base;
         p.dz_base = bound[4].base;
         p.relu_dh = u32::from(args.relu_dh);
-        let mut dispatches = vec![self.build(
-            CTX,
-            "backward",
-            tiling,
-            precision,
-            BACKWARD_BINDINGS,
-            &p,
-            &bound,
-        )?];
+        let mut dispatches = vec![self.build(CTX, "backward", tiling, precision, &p, &bound)?];
 
         let gemm = s.logits_gemm();
         dispatches.push(self.gemm.backward_weights(&GroupedGemmBackwardWeights {
@@ -522,18 +486,15 @@ impl GateMix {
         entry: &'static str,
         tiling: GateMixTiling,
         precision: Precision,
-        bindings: &[(u32, BindingKind)],
         params: &GateMixParams,
         bound: &[super::binding::BoundOperand<'_>],
     ) -> Result<Dispatch> {
         let workgroups = [tiling.row_workgroups(params.rows as usize), 1, 1];
-        let kernel = Kernel {
-            program: program_for(&PROGRAM, precision),
+        let program = (
+            program_for(&PROGRAM, precision),
             entry,
-            bindings,
-            constants: &tiling.constants(),
-        };
-        let params = bytemuck::bytes_of(params);
-        Dispatch::new(&self.gpu, ctx, kernel, params, (bound, &[]), workgroups)
+            &tiling.constants()[..],
+        );
+        Dispatch::launch(&self.gpu, ctx, program, params, (bound, &[]), workgroups)
     }
 }

@@ -94,7 +94,6 @@
 
 use super::{BufferView, Dispatch, Operand, Precision, bind_operands};
 use crate::gpu::{BindingKind, Gpu};
-use crate::kernels::dispatch::Kernel;
 use crate::shape::{Activation, GemmShape, InputLayout, MAX_COLUMN_WINDOWS};
 use crate::{Error, Result};
 
@@ -109,33 +108,7 @@ pub use ragged::{RowMap, SlotScratch, ragged_flops, read_counts};
 pub use tiling::{PROGRAMS, Tiling};
 use tiling::{Pass, REDUCE};
 
-use BindingKind::{Read, ReadWrite, Uniform};
-const FORWARD_BINDINGS: &[(u32, BindingKind)] = &[
-    (0, Uniform),
-    (1, Read),
-    (2, Read),
-    (3, Read),
-    (4, ReadWrite),
-    (10, Read),
-];
-const BACKWARD_INPUT_BINDINGS: &[(u32, BindingKind)] = &[
-    (0, Uniform),
-    (2, Read),
-    (5, Read),
-    (6, Read),
-    (7, ReadWrite),
-    (10, Read),
-    (11, ReadWrite),
-];
-const BACKWARD_WEIGHTS_BINDINGS: &[(u32, BindingKind)] = &[
-    (0, Uniform),
-    (1, Read),
-    (5, Read),
-    (6, Read),
-    (8, ReadWrite),
-    (9, ReadWrite),
-    (10, Read),
-];
+use BindingKind::{Read, ReadWrite};
 
 const FLAG_BIAS: u32 = 1;
 const FLAG_ACCUMULATE: u32 = 2;
@@ -347,7 +320,6 @@ impl GroupedGemm {
             Pass::Forward,
             tiling,
             args.precision,
-            FORWARD_BINDINGS,
             &p,
             &bound,
             (workgroups, rows.is_some()),
@@ -440,7 +412,6 @@ impl GroupedGemm {
             Pass::BackwardInput,
             tiling,
             args.precision,
-            BACKWARD_INPUT_BINDINGS,
             &p,
             &bound,
             (workgroups, ragged.is_some()),
@@ -522,7 +493,6 @@ impl GroupedGemm {
             Pass::BackwardWeights,
             tiling,
             args.precision,
-            BACKWARD_WEIGHTS_BINDINGS,
             &p,
             &bound,
             (workgroups, rows.is_some()),
@@ -542,7 +512,6 @@ impl GroupedGemm {
         pass: Pass,
         tiling: Tiling,
         precision: Precision,
-        bindings: &[(u32, BindingKind)],
         params: &GemmParams,
         bound: &[super::binding::BoundOperand<'_>],
         (workgroups, ragged): ([u32; 3], bool),
@@ -554,14 +523,8 @@ impl GroupedGemm {
         if ragged {
             constants.push(("RAGGED", 1));
         }
-        let kernel = Kernel {
-            program: tiling.source(precision),
-            entry: tiling.entry(pass),
-            bindings,
-            constants: &constants,
-        };
-        let params = bytemuck::bytes_of(params);
-        Dispatch::new(&self.gpu, ctx, kernel, params, (bound, &[]), workgroups)
+        let program = (tiling.source(precision), tiling.entry(pass), &constants[..]);
+        Dispatch::launch(&self.gpu, ctx, program, params, (bound, &[]), workgroups)
     }
 }
 

@@ -92,7 +92,6 @@ use super::binding::{STORAGE_F16, STORAGE_F32, program_for};
 use super::dispatch::Extra;
 use super::{BufferView, Dispatch, Operand, Precision, Recorder, bind_operands, div_ceil};
 use crate::gpu::{BindingKind, Gpu, ShaderProgram};
-use crate::kernels::dispatch::Kernel;
 pub use crate::shape::OptimizerConfig;
 use crate::{Error, Result};
 
@@ -155,28 +154,7 @@ const SCALAR: [ShaderProgram; 2] = [
 /// about a thousand workgroups.
 pub const ELEMENTS_PER_INVOCATION: usize = 64;
 
-use BindingKind::{Read, ReadWrite, Uniform};
-const SGD_BINDINGS: &[(u32, BindingKind)] = &[
-    (0, Uniform),
-    (1, Uniform),
-    (2, ReadWrite),
-    (3, Read),
-    (4, ReadWrite),
-    (6, Read),
-    (7, ReadWrite),
-    (8, ReadWrite),
-];
-const ADAM_BINDINGS: &[(u32, BindingKind)] = &[
-    (0, Uniform),
-    (1, Uniform),
-    (2, ReadWrite),
-    (3, Read),
-    (4, ReadWrite),
-    (5, ReadWrite),
-    (6, Read),
-    (7, ReadWrite),
-    (8, ReadWrite),
-];
+use BindingKind::{Read, ReadWrite};
 /// Slot of the per-step uniform.
 const STEP_SLOT: u32 = 1;
 
@@ -525,11 +503,7 @@ impl Optimizer {
             }
         }
 
-        let (entry, bindings) = if adam {
-            ("adam", ADAM_BINDINGS)
-        } else {
-            ("sgd", SGD_BINDINGS)
-        };
+        let entry = if adam { "adam" } else { "sgd" };
         // Zero-filled: step 0, a no-op until `set_step`.
         let uniform = self
             .gpu
@@ -541,24 +515,22 @@ impl Optimizer {
                     mapped_at_creation: false,
                 })
             })?;
-        let kernel = Kernel {
-            program: program_for(if vectorized { &VEC4 } else { &SCALAR }, args.precision),
+        let program = (
+            program_for(if vectorized { &VEC4 } else { &SCALAR }, args.precision),
             entry,
-            bindings,
-            constants: &[("WG", wg)],
-        };
+            &[("WG", wg)][..],
+        );
         let label = if adam {
             "optimizer adam"
         } else {
             "optimizer sgd"
         };
         let step = [(STEP_SLOT, Extra::Buffer(&uniform))];
-        let params = bytemuck::bytes_of(&p);
-        let dispatch = Dispatch::new(
+        let dispatch = Dispatch::launch(
             &self.gpu,
             label,
-            kernel,
-            params,
+            program,
+            &p,
             (&bound, &step),
             [workgroups, 1, 1],
         )?;

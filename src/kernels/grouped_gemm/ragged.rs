@@ -8,7 +8,6 @@ use super::{
 };
 use crate::gpu::{BindingKind, Gpu};
 use crate::kernels::binding::program_for;
-use crate::kernels::dispatch::Kernel;
 use crate::shape::{GemmShape, InputLayout};
 
 /// The rows each group of a ragged pass computes: `u32`s in the layout the
@@ -121,9 +120,7 @@ crate::kernels::binding::host_struct! {
     }
 }
 
-use BindingKind::{Read, ReadWrite, Uniform};
-const REDUCE_BINDINGS: &[(u32, BindingKind)] =
-    &[(0, Uniform), (1, Read), (2, Read), (3, ReadWrite)];
+use BindingKind::{Read, ReadWrite};
 /// Invocations per reduce workgroup (fewer where the device allows fewer).
 const REDUCE_WORKGROUP: u32 = 64;
 /// The most 4-column blocks a reduce invocation sums.
@@ -463,14 +460,12 @@ impl GroupedGemm {
             along_y as u32,
             s.rows.div_ceil(along_y) as u32,
         ];
-        let kernel = Kernel {
-            program: program_for(&REDUCE, args.precision),
-            entry: "reduce_slots",
-            bindings: REDUCE_BINDINGS,
-            constants: &[("WG", workgroup), ("CB", blocks)],
-        };
-        let params = bytemuck::bytes_of(&params);
-        Dispatch::new(&self.gpu, ctx, kernel, params, (&bound, &[]), workgroups)
+        let program = (
+            program_for(&REDUCE, args.precision),
+            "reduce_slots",
+            &[("WG", workgroup), ("CB", blocks)][..],
+        );
+        Dispatch::launch(&self.gpu, ctx, program, &params, (&bound, &[]), workgroups)
     }
 }
 
