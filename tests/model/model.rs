@@ -259,10 +259,20 @@ pub(crate) fn worst_parameter_error(trainer: &Trainer, got: &[f32], want: &[f64]
         .fold((String::new(), 0.0), |a, b| if b.1 > a.1 { b } else { a })
 }
 
-/// The GPU executor against the CPU executor on `config`, a model without gate
-/// noise: outputs and every parameter's gradient on a full and a partial batch, then
-/// every parameter after three Adam steps.
+/// The GPU executor against the CPU executor on `config`: outputs and every
+/// parameter's gradient on a full and a partial batch (the CPU given the gate noise
+/// the GPU's pass drew, if any), then every parameter after three Adam steps.
 pub(crate) fn assert_executors_agree(name: &str, config: &ModelConfig) {
+    assert_executors_agree_and(name, config, |_, _, _| {});
+}
+
+/// [`assert_executors_agree`], calling `also(trainer, cpu gradients, rows)` after
+/// each batch's gradients are compared.
+fn assert_executors_agree_and(
+    name: &str,
+    config: &ModelConfig,
+    mut also: impl FnMut(&Trainer, &[f64], usize),
+) {
     let mut trainer = Trainer::new(gpu(), config.clone(), ROWS).unwrap();
     let mut cpu = trainer.reference().unwrap();
     let (x, y) = batch(config, ROWS, 5);
@@ -273,7 +283,9 @@ pub(crate) fn assert_executors_agree(name: &str, config: &ModelConfig) {
             &subset_targets(&y, tasks, ROWS, rows),
         );
         let got_grads = trainer.gradients(x, y).unwrap();
-        cpu_forward_backward(&mut cpu, (x, y), rows, None);
+        // The noise the GPU's pass drew: that of the next step.
+        let noise = trainer.gate_noise(trainer.steps() + 1, rows);
+        cpu_forward_backward(&mut cpu, (x, y), rows, noise);
         let preds = trainer
             .executor()
             .read(trainer.model().predictions, rows)
@@ -288,11 +300,12 @@ pub(crate) fn assert_executors_agree(name: &str, config: &ModelConfig) {
             err <= 1e-4,
             "{name}, {rows} rows: gradient of `{worst}` differs by {err:.2e}"
         );
+        also(&trainer, cpu.gradients(), rows);
     }
     for step in 1..=3 {
         let (x, y) = batch(config, ROWS, 100 + step as u64);
         trainer.step(&x, &y).unwrap();
-        cpu_forward_backward(&mut cpu, (&x, &y), ROWS, None);
+        cpu_forward_backward(&mut cpu, (&x, &y), ROWS, trainer.gate_noise(step, ROWS));
         cpu.optimizer_step(step, config.learning_rate as f64)
             .unwrap();
     }
@@ -302,6 +315,7 @@ pub(crate) fn assert_executors_agree(name: &str, config: &ModelConfig) {
         err <= 1e-3,
         "{name}: after 3 Adam steps `{worst}` differs by {err:.2e}"
     );
+    eprintln!("{name}: after 3 Adam steps the worst parameter `{worst}` differs by {err:.2e}");
 }
 
 /// The reference's gradient of `config`'s model, without gate noise, against
@@ -333,57 +347,14 @@ pub(crate) fn cpu_forward_backward(
 #[test]
 fn gpu_and_cpu_executors_agree_on_outputs_gradients_and_adam_steps() {
     for (name, config) in configs() {
-        let mut trainer = Trainer::new(gpu(), config.clone(), ROWS).unwrap();
-        let mut cpu = trainer.reference().unwrap();
-        let (x, y) = batch(&config, ROWS, 5);
-
-        // Outputs and every parameter's gradient, on a full and on a partial batch.
-        for rows in [ROWS, 4] {
-            let (x, y) = (
-                &x[..rows * INPUTS],
-                &subset_targets(&y, config.tasks.len(), ROWS, rows),
-            );
-            let got_grads = trainer.gradients(x, y).unwrap();
-            // The noise the GPU's pass drew: that of the next step.
-            let noise = trainer.gate_noise(trainer.steps() + 1, rows);
-            cpu_forward_backward(&mut cpu, (x, y), rows, noise);
-            let preds = trainer
-                .executor()
-                .read(trainer.model().predictions, rows)
-                .unwrap();
-            let err = relative_error(&preds, cpu.tensor(trainer.model().predictions));
-            assert!(
-                err <= 1e-4,
-                "{name}, {rows} rows: predictions differ by {err:.2e}"
-            );
-            let (worst, err) = worst_parameter_error(&trainer, &got_grads, cpu.gradients());
-            assert!(
-                err <= 1e-4,
-                "{name}, {rows} rows: gradient of `{worst}` differs by {err:.2e}"
-            );
-            if let Some(share) = noise_gradient_share(&trainer, cpu.gradients()) {
+        assert_executors_agree_and(name, &config, |trainer, grads, rows| {
+            if let Some(share) = noise_gradient_share(trainer, grads) {
                 assert!(
                     share > 1e-2,
                     "{name}, {rows} rows: the noise layer's gradient is {share:.1e} of the largest"
                 );
             }
-        }
-
-        // Three Adam steps on different batches.
-        for step in 1..=3 {
-            let (x, y) = batch(&config, ROWS, 100 + step as u64);
-            trainer.step(&x, &y).unwrap();
-            cpu_forward_backward(&mut cpu, (&x, &y), ROWS, trainer.gate_noise(step, ROWS));
-            cpu.optimizer_step(step, config.learning_rate as f64)
-                .unwrap();
-        }
-        let params = trainer.parameters().unwrap();
-        let (worst, err) = worst_parameter_error(&trainer, &params, cpu.parameters());
-        assert!(
-            err <= 1e-3,
-            "{name}: after 3 Adam steps `{worst}` differs by {err:.2e}"
-        );
-        eprintln!("{name}: after 3 Adam steps the worst parameter `{worst}` differs by {err:.2e}");
+        });
     }
 }
 
