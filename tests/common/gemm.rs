@@ -5,7 +5,7 @@
 use mmoe_wgpu::kernels::Precision;
 use mmoe_wgpu::kernels::grouped_gemm::{GroupedGemmBackwardWeights, GroupedGemmForward};
 use mmoe_wgpu::rng::Rng;
-use mmoe_wgpu::{Activation, GemmShape, Gpu, InputLayout};
+use mmoe_wgpu::{Activation, ColumnWindow, ColumnWindows, GemmShape, Gpu, InputLayout};
 
 pub struct SmallGemm {
     pub shape: GemmShape,
@@ -77,4 +77,27 @@ pub fn gradient_point(shape: &GemmShape, rng: &mut Rng) -> ([Vec<f64>; 3], Vec<f
         draw(shape.b_len(), 0.5),
     ];
     (p, draw(shape.y_len(), 1.0))
+}
+
+/// A run of `groups` groups reading columns `offset..offset + width`.
+pub fn window_run(groups: usize, offset: usize, width: usize) -> ColumnWindow {
+    ColumnWindow {
+        groups,
+        offset,
+        width,
+    }
+}
+
+/// The grouped GEMM of `rows` rows and `outputs` outputs per group on the column
+/// windows `runs` of an input `columns` wide: a group per run member, the widest
+/// window as its inputs.
+pub fn on_windows(columns: usize, runs: &[ColumnWindow], rows: usize, outputs: usize) -> GemmShape {
+    let windows = ColumnWindows::new(columns, runs).unwrap();
+    GemmShape {
+        groups: windows.groups(),
+        rows,
+        inputs: windows.max_width(),
+        outputs,
+        input: InputLayout::Columns(windows),
+    }
 }

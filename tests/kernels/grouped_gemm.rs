@@ -2,7 +2,7 @@
 //! the adapter offers; the reference's gradients against finite differences; bad
 //! input rejected with errors.
 
-use crate::common::gemm::{SmallGemm, gradient_point};
+use crate::common::gemm::{SmallGemm, gradient_point, on_windows, window_run};
 use crate::common::*;
 use mmoe_wgpu::kernels::BufferView;
 use mmoe_wgpu::kernels::Precision;
@@ -75,14 +75,7 @@ fn cases() -> Vec<(GemmShape, Activation, bool)> {
         out.push((shape, act, bias));
     }
     for (columns, runs, rows, outputs, act, bias) in column_window_cases() {
-        let windows = ColumnWindows::new(columns, &runs).unwrap();
-        let shape = GemmShape {
-            groups: windows.groups(),
-            rows,
-            inputs: windows.max_width(),
-            outputs,
-            input: InputLayout::Columns(windows),
-        };
+        let shape = on_windows(columns, &runs, rows, outputs);
         out.push((shape, act, bias));
     }
     out
@@ -93,18 +86,13 @@ fn cases() -> Vec<(GemmShape, Activation, bool)> {
 /// and the most windows a dispatch takes, one group each.
 #[allow(clippy::type_complexity)]
 fn column_window_cases() -> Vec<(usize, Vec<ColumnWindow>, usize, usize, Activation, bool)> {
-    let run = |groups, offset, width| ColumnWindow {
-        groups,
-        offset,
-        width,
-    };
     let eight = (0..MAX_COLUMN_WINDOWS)
-        .map(|i| run(1, i, 1 + i % 3))
+        .map(|i| window_run(1, i, 1 + i % 3))
         .collect();
     vec![
         (
             20,
-            vec![run(4, 0, 10), run(4, 10, 10)],
+            vec![window_run(4, 0, 10), window_run(4, 10, 10)],
             17,
             33,
             Activation::Relu,
@@ -112,7 +100,7 @@ fn column_window_cases() -> Vec<(usize, Vec<ColumnWindow>, usize, usize, Activat
         ),
         (
             13,
-            vec![run(2, 0, 13), run(3, 0, 13)],
+            vec![window_run(2, 0, 13), window_run(3, 0, 13)],
             100,
             16,
             Activation::Relu,
@@ -120,7 +108,11 @@ fn column_window_cases() -> Vec<(usize, Vec<ColumnWindow>, usize, usize, Activat
         ),
         (
             40,
-            vec![run(1, 3, 5), run(2, 0, 37), run(1, 30, 9)],
+            vec![
+                window_run(1, 3, 5),
+                window_run(2, 0, 37),
+                window_run(1, 30, 9),
+            ],
             100,
             9,
             Activation::Identity,
@@ -407,22 +399,7 @@ fn reference_gradients_match_finite_differences() {
     };
     // Two groups on columns 1..6, one on 4..7 of 8: overlapping, column 0 and 7 unread,
     // the narrow window's last rows of W padding.
-    let windows = ColumnWindows::new(
-        8,
-        &[
-            ColumnWindow {
-                groups: 2,
-                offset: 1,
-                width: 5,
-            },
-            ColumnWindow {
-                groups: 1,
-                offset: 4,
-                width: 3,
-            },
-        ],
-    )
-    .unwrap();
+    let windows = ColumnWindows::new(8, &[window_run(2, 1, 5), window_run(1, 4, 3)]).unwrap();
     for (input, act) in [
         (InputLayout::Shared, Activation::Relu),
         (InputLayout::PerGroup, Activation::Identity),
@@ -689,36 +666,34 @@ fn a_missing_adapter_says_how_to_get_one() {
 /// anything is bound; so is a shape whose groups or inputs disagree with its windows.
 #[test]
 fn bad_column_windows_are_errors() {
-    let run = |groups, offset, width| ColumnWindow {
-        groups,
-        offset,
-        width,
-    };
     let message = |r: mmoe_wgpu::Result<ColumnWindows>| match r {
         Err(e) => e.to_string(),
         Ok(w) => panic!("accepted {w:?}"),
     };
-    let outside = message(ColumnWindows::new(10, &[run(1, 0, 4), run(2, 8, 3)]));
+    let outside = message(ColumnWindows::new(
+        10,
+        &[window_run(1, 0, 4), window_run(2, 8, 3)],
+    ));
     assert!(
         outside.contains("window 1") && outside.contains("8..11"),
         "{outside}"
     );
-    let empty = message(ColumnWindows::new(10, &[run(1, 2, 0)]));
+    let empty = message(ColumnWindows::new(10, &[window_run(1, 2, 0)]));
     assert!(empty.contains("window 0 is empty"), "{empty}");
-    let nobody = message(ColumnWindows::new(10, &[run(0, 2, 3)]));
+    let nobody = message(ColumnWindows::new(10, &[window_run(0, 2, 3)]));
     assert!(nobody.contains("no groups"), "{nobody}");
     let none = message(ColumnWindows::new(10, &[]));
     assert!(none.contains("0 windows"), "{none}");
-    let many = vec![run(1, 0, 1); MAX_COLUMN_WINDOWS + 1];
+    let many = vec![window_run(1, 0, 1); MAX_COLUMN_WINDOWS + 1];
     let many = message(ColumnWindows::new(10, &many));
     assert!(
         many.contains(&format!("{} windows", MAX_COLUMN_WINDOWS + 1)),
         "{many}"
     );
-    let huge = message(ColumnWindows::new(10, &[run(1, usize::MAX, 2)]));
+    let huge = message(ColumnWindows::new(10, &[window_run(1, usize::MAX, 2)]));
     assert!(huge.contains("outside"), "{huge}");
 
-    let windows = ColumnWindows::new(10, &[run(2, 0, 6), run(1, 4, 6)]).unwrap();
+    let windows = ColumnWindows::new(10, &[window_run(2, 0, 6), window_run(1, 4, 6)]).unwrap();
     for (groups, inputs) in [(2, 6), (3, 5)] {
         let shape = GemmShape {
             groups,

@@ -5,7 +5,7 @@
 //! input gradient (per-group and shared X, with and without accumulating); the ragged
 //! reference against finite differences; bad input rejected with errors.
 
-use crate::common::gemm::{SmallGemm, gradient_point};
+use crate::common::gemm::{SmallGemm, gradient_point, on_windows, window_run};
 use crate::common::routing::top_k_gates;
 use crate::common::*;
 use half::f16;
@@ -18,7 +18,7 @@ use mmoe_wgpu::kernels::{BufferView, Precision};
 use mmoe_wgpu::reference::grouped_gemm as reference;
 use mmoe_wgpu::reference::routing::{route, routed_rows};
 use mmoe_wgpu::rng::Rng;
-use mmoe_wgpu::{Activation, ColumnWindow, ColumnWindows, GemmShape, Gpu, InputLayout};
+use mmoe_wgpu::{Activation, GemmShape, Gpu, InputLayout};
 
 const TOLERANCE: f64 = 1e-4;
 
@@ -93,15 +93,10 @@ fn cases() -> Vec<(GemmShape, Activation, bool, usize, usize)> {
     }
     // Experts on feature subsets under a top-k gate: overlapping windows of
     // different widths, and disjoint ones.
-    let run = |groups, offset, width| ColumnWindow {
-        groups,
-        offset,
-        width,
-    };
     for (columns, runs, rows, outputs, act, k) in [
         (
             12,
-            vec![run(2, 0, 7), run(1, 5, 7)],
+            vec![window_run(2, 0, 7), window_run(1, 5, 7)],
             100,
             33,
             Activation::Relu,
@@ -109,21 +104,14 @@ fn cases() -> Vec<(GemmShape, Activation, bool, usize, usize)> {
         ),
         (
             10,
-            vec![run(2, 0, 5), run(2, 5, 5)],
+            vec![window_run(2, 0, 5), window_run(2, 5, 5)],
             17,
             9,
             Activation::Identity,
             1,
         ),
     ] {
-        let windows = ColumnWindows::new(columns, &runs).unwrap();
-        let shape = GemmShape {
-            groups: windows.groups(),
-            rows,
-            inputs: windows.max_width(),
-            outputs,
-            input: InputLayout::Columns(windows),
-        };
+        let shape = on_windows(columns, &runs, rows, outputs);
         out.push((shape, act, true, 2, k));
     }
     out
